@@ -1,0 +1,101 @@
+//! The `Delegation` kind: a human grants an agent scoped, time-bound on-behalf-of rights.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::LocalRef;
+
+/// A grant of on-behalf-of rights to an agent. A root Delegation is created by a human (the admission webhook
+/// records who); an agent may pass on a subset of its rights with a child Delegation naming its parent, so
+/// every chain ends at an explicit human decision.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "agentiam.dev",
+    version = "v1alpha1",
+    kind = "Delegation",
+    namespaced,
+    status = "DelegationStatus",
+    shortname = "dlg",
+    category = "agentiam",
+    printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".spec.agentRef.name"}"#,
+    printcolumn = r#"{"name":"Parent","type":"string","jsonPath":".spec.parentRef.name"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ttl) != has(self.expiresAt)")
+    .message("a Delegation needs exactly one of spec.ttl and spec.expiresAt"))]
+#[x_kube(validation = Rule::new("self == oldSelf")
+    .message("a Delegation is immutable once granted; revoke it and create a new one"))]
+pub struct DelegationSpec {
+    /// The grantee: the agent (in this namespace) that may act on the grantor's behalf.
+    pub agent_ref: LocalRef,
+    /// The Delegation this one re-delegates from. Absent for a root grant made by a human. A child's scopes
+    /// must be a subset of its parent's and it cannot outlive it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<LocalRef>,
+    /// What the grantee may do on the grantor's behalf, e.g. "crm:contacts:read", "payments:refund".
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[a-zA-Z0-9][a-zA-Z0-9._:/*-]{0,252}$'))")
+        .message("spec.scopes: each scope is 1-253 characters of letters, digits, '.', '_', ':', '/', '*', '-'"))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(o, o == s))").message("spec.scopes must not repeat a scope"))]
+    pub scopes: Vec<String>,
+    /// The task the rights are granted for, in words the grantor will recognise in an audit trail.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.trim().size() > 0").message("spec.task must not be blank"))]
+    pub task: String,
+    /// How long the grant lasts from creation, as a duration ("30m", "8h"); at most 30 days (720h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(s|m|h))+$') && duration(self) >= duration('1m') && duration(self) <= duration('720h')")
+        .message("spec.ttl must be a duration such as \"8h\" between 1m and 720h"))]
+    pub ttl: Option<String>,
+    /// Absolute expiry (RFC 3339), as an alternative to ttl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) > timestamp('2000-01-01T00:00:00Z')")
+        .message("spec.expiresAt must be an RFC 3339 timestamp such as 2026-12-01T18:00:00Z"))]
+    pub expires_at: Option<String>,
+}
+
+/// The phase of a delegation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DelegationPhase {
+    /// Not yet validated.
+    Pending,
+    /// In force.
+    Active,
+    /// Past its expiry.
+    Expired,
+    /// Withdrawn by a Revocation or by its grantor.
+    Revoked,
+    /// Rejected: broader than its parent, a broken chain, or an unknown agent.
+    Invalid,
+}
+
+/// What the operator observed about a delegation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DelegationStatus {
+    /// Pending, Active, Expired, Revoked or Invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DelegationPhase>,
+    /// The human at the root of the chain, as authenticated by the API server when the root was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grantor: Option<String>,
+    /// The chain from the root grant to this one, as Delegation names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    /// When the grant ends (RFC 3339), taking the parent's expiry into account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready and other conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,5 @@
+//! The agentiam operator.
+use agentiam::crdgen;
+fn main() {
+    for crd in crdgen::all() { print!("{}", crdgen::render(&crd).unwrap()); }
+}

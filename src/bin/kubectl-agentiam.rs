@@ -1,0 +1,2 @@
+//! kubectl agentiam.
+fn main() {}

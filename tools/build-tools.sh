@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds the test and benchmark tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, opa)
+# from their published Go modules, pinned in tools/versions.env, into a cache outside the clone:
+#   ${AGENTIAM_TOOLS_CACHE:-~/.cache/agentiam-tools}/<name>-<version>/<binary>
+# A tool already in the cache is not rebuilt, so only the first run on a machine is slow.
+# Usage: tools/build-tools.sh [kubernetes] [etcd] [helm] [opa]   (default: kubernetes etcd helm)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${AGENTIAM_TOOLS_CACHE:-$HOME/.cache/agentiam-tools}
+mkdir -p "$cache"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+# Module sources live in Go's own module cache; our wrapper modules live beside the binaries.
+log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# build_wrapper <dir> <go.mod text> <ldflags> <out-dir> <package>...
+build_in_wrapper() {
+  local dir=$1 ldflags=$2 out=$3; shift 3
+  local pkg
+  for pkg in "$@"; do
+    local bin; bin=$(basename "$pkg")
+    [ "$bin" = v3 ] && bin=etcd
+    if [ -x "$out/$bin" ]; then log "$bin cached at $out/$bin"; continue; fi
+    log "building $bin ($pkg); the first build of a Kubernetes binary takes 10-25 minutes on 2 cores"
+    local start=$SECONDS
+    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$out/$bin.partial" "$pkg")
+    mv "$out/$bin.partial" "$out/$bin"
+    log "built $bin in $((SECONDS - start))s"
+  done
+}
+
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION out=$cache/kubernetes-$KUBERNETES_VERSION
+  local bins=(kube-apiserver kube-controller-manager kubectl)
+  local missing=0 b
+  for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
+  if [ $missing = 0 ]; then log "kubernetes $v cached in $out"; return; fi
+  mkdir -p "$out"
+  local wrap=$cache/src/kubernetes-$v
+  mkdir -p "$wrap"
+  log "resolving k8s.io/kubernetes@$v and its staging modules"
+  local gomod
+  gomod=$(cd "$wrap" && go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  local staging_version="v0.${v#v1.}"
+  {
+    echo "module agentiam.dev/tools/kubernetes"
+    echo
+    grep -E '^go [0-9.]+$' "$gomod"
+    grep -E '^godebug ' "$gomod" || true
+    echo
+    echo "require k8s.io/kubernetes $v"
+    echo
+    echo "tool ("
+    echo "  k8s.io/kubernetes/cmd/kube-apiserver"
+    echo "  k8s.io/kubernetes/cmd/kube-controller-manager"
+    echo "  k8s.io/kubernetes/cmd/kubectl"
+    echo ")"
+    echo
+    echo "replace ("
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#  \1 => \1 '"$staging_version"'#p' "$gomod"
+    echo ")"
+  } > "$wrap/go.mod"
+  (cd "$wrap" && go mod tidy)
+  local pkgv=k8s.io/component-base/version cgv=k8s.io/client-go/pkg/version
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local ld="-s -w"
+  local p
+  for p in $pkgv $cgv; do
+    ld+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitCommit=release-$v"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$date"
+  done
+  build_in_wrapper "$wrap" "$ld" "$out" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+}
+
+build_etcd() {
+  local v=$ETCD_VERSION out=$cache/etcd-$ETCD_VERSION
+  if [ -x "$out/etcd" ]; then log "etcd $v cached in $out"; return; fi
+  mkdir -p "$out"
+  local wrap=$cache/src/etcd-$v
+  mkdir -p "$wrap"
+  # etcd's own go.mod replaces its sibling modules with local paths; a wrapper module ignores those.
+  printf 'module agentiam.dev/tools/etcd\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n\ntool go.etcd.io/etcd/server/v3\n' "$v" \
+    > "$wrap/go.mod"
+  (cd "$wrap" && go mod tidy)
+  build_in_wrapper "$wrap" "-s -w" "$out" go.etcd.io/etcd/server/v3
+}
+
+build_simple() { # build_simple <name> <module> <version> <package> <ldflags>
+  local name=$1 mod=$2 v=$3 pkg=$4 ld=$5 out=$cache/$1-$3
+  if [ -x "$out/$name" ]; then log "$name $v cached in $out"; return; fi
+  mkdir -p "$out"
+  local wrap=$cache/src/$name-$v
+  mkdir -p "$wrap"
+  printf 'module agentiam.dev/tools/%s\n\ngo 1.26\n\nrequire %s %s\n\ntool %s\n' "$name" "$mod" "$v" "$pkg" > "$wrap/go.mod"
+  (cd "$wrap" && go mod tidy)
+  build_in_wrapper "$wrap" "$ld" "$out" "$pkg"
+}
+
+build_helm() {
+  local kmin=${KUBERNETES_VERSION#v1.}; kmin=${kmin%%.*}
+  # Without these, helm assumes Kubernetes 1.20 for template and lint.
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kmin"
+  ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kmin"
+  build_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$ld"
+}
+
+build_opa() {
+  build_simple opa github.com/open-policy-agent/opa "$OPA_VERSION" github.com/open-policy-agent/opa \
+    "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}"
+}
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm)
+for t in "${targets[@]}"; do
+  case $t in
+    kubernetes) build_kubernetes ;;
+    etcd) build_etcd ;;
+    helm) build_helm ;;
+    opa) build_opa ;;
+    *) echo "unknown tool: $t (known: kubernetes etcd helm opa)" >&2; exit 2 ;;
+  esac
+done
