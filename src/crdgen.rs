@@ -1,7 +1,7 @@
 //! Generates the CRD manifests from the Rust types, so the committed YAML can never drift from the code.
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 use crate::api::{Agent, AgentPolicy, Delegation, Revocation};
 

@@ -1,7 +1,15 @@
 //! agentiam: identity and access management for autonomous AI agents, as a Kubernetes operator.
 //!
-//! The library holds everything the two binaries share. Pure logic (validation, trust scoring, audit hashing
-//! and verification) lives apart from the code that talks to the API server, so it can be tested without one.
+//! The library holds everything the two binaries share. Pure logic (validation, trust scoring, the lifecycle,
+//! audit hashing and verification) lives apart from the code that talks to the API server, so it is tested
+//! without one.
 
 pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod controller;
 pub mod crdgen;
+pub mod identity;
+pub mod operator;
+pub mod registry;
+pub mod server;

@@ -5,8 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::PrincipalKind;
 use super::LocalRef;
+use super::common::PrincipalKind;
 
 /// An autonomous AI agent registered with agentiam: who owns it, what it is for, where it came from, which
 /// pods are it, and which policies govern it. The operator assigns it a SPIFFE ID and a trust score and drives
@@ -150,11 +150,7 @@ pub struct Workload {
 pub struct CredentialsSpec {
     /// One JWT-SVID is issued per audience (the `aud` claim): the services the agent calls.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(a, a.size() > 0 && a.size() <= 256)")
-        .message("spec.credentials.audiences: each audience must be 1-256 characters"))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b == a))")
-        .message("spec.credentials.audiences must not repeat an audience"))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256)), extend("x-kubernetes-list-type" = "set"))]
     pub audiences: Vec<String>,
     /// Lifetime of each credential, as a duration ("10m", "30m", "1h"); default 10m, at most 1h. Policies and
     /// a low trust score can shorten it further.
@@ -236,6 +232,7 @@ pub struct AgentStatus {
     /// Trust score from 0 to 1000, computed from provenance completeness and environment (see
     /// docs/trust-score.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000), transform = super::common::int32)]
     pub trust_score: Option<u16>,
     /// The object UID the identity is bound to. A deleted and recreated Agent of the same name has a new UID
     /// and therefore a new identity.

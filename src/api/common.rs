@@ -3,6 +3,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Schema transform for unsigned Rust integers: the API server knows the formats int32 and int64 only, and
+/// warns about schemars' "uint16"/"uint32".
+pub(crate) fn int32(schema: &mut schemars::Schema) {
+    schema.insert("format".into(), "int32".into());
+}
+
 /// A reference to an object of a known kind in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]

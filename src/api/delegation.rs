@@ -38,10 +38,11 @@ pub struct DelegationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_ref: Option<LocalRef>,
     /// What the grantee may do on the grantor's behalf, e.g. "crm:contacts:read", "payments:refund".
-    #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[a-zA-Z0-9][a-zA-Z0-9._:/*-]{0,252}$'))")
-        .message("spec.scopes: each scope is 1-253 characters of letters, digits, '.', '_', ':', '/', '*', '-'"))]
-    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(o, o == s))").message("spec.scopes must not repeat a scope"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._:/*-]*$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub scopes: Vec<String>,
     /// The task the rights are granted for, in words the grantor will recognise in an audit trail.
     #[schemars(length(min = 1, max = 1024))]

@@ -29,9 +29,10 @@ pub struct AgentPolicySpec {
     #[serde(default)]
     pub mode: PolicyMode,
     /// The rules, evaluated together: any matching Deny wins, otherwise the first matching Allow decides.
-    #[schemars(length(min = 1, max = 1000))]
-    #[x_kube(validation = Rule::new("self.all(r, !has(r.name) || self.exists_one(o, has(o.name) && o.name == r.name))")
-        .message("spec.rules: rule names must be unique"))]
+    #[schemars(
+        length(min = 1, max = 1000),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub rules: Vec<PolicyRule>,
     /// Upper bound for the lifetime of credentials issued to the selected agents ("5m", "15m").
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +51,7 @@ pub struct AgentPolicySpec {
 pub struct AgentSelector {
     /// Agent names in this namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)), extend("x-kubernetes-list-type" = "set"))]
     pub names: Vec<String>,
     /// A label selector over Agents in this namespace; `{}` selects all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,27 +83,25 @@ pub enum Effect {
 #[x_kube(validation = Rule::new("size(self.resources) > 0 || (has(self.tools) && size(self.tools) > 0)")
     .message("a rule needs at least one resource or tool"))]
 pub struct PolicyRule {
-    /// A name for the rule, shown in decisions and audit records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
-    pub name: Option<String>,
+    /// The rule's name, unique within the policy; decisions and audit records name the rule that decided.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
     /// Allow or Deny.
     pub effect: Effect,
     /// Verbs such as "read", "update", "refund"; "*" matches every verb.
-    #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("self.all(a, a.matches('^(\\\\*|[a-zA-Z0-9][a-zA-Z0-9._:-]{0,62})$'))")
-        .message("spec.rules[].actions: each action is \"*\" or 1-63 characters of letters, digits, '.', '_', ':', '-'"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 1, max = 63), regex(pattern = r"^(\*|[a-zA-Z0-9][a-zA-Z0-9._:-]*)$"))
+    )]
     pub actions: Vec<String>,
     /// Resource patterns such as "crm:contacts/*": segments are separated by '/', "*" matches exactly one
     /// segment and "**" any number of segments.
     #[serde(default)]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(r, r.size() > 0 && r.size() <= 512)")
-        .message("spec.rules[].resources: each pattern must be 1-512 characters"))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
     pub resources: Vec<String>,
     /// MCP tool names the rule covers; "*" matches every tool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub tools: Vec<String>,
     /// Further conditions that must all hold for the rule to match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,7 +118,7 @@ pub struct RuleConditions {
     pub time_windows: Vec<TimeWindow>,
     /// The agent's trust score must be at least this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(max = 1000), transform = super::common::int32)]
     pub min_trust_score: Option<u16>,
     /// The agent must act on behalf of a human who delegated this scope to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,13 +142,13 @@ pub struct RuleConditions {
 pub struct TimeWindow {
     /// Days of the week; empty means every day.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 7))]
+    #[schemars(length(max = 7), extend("x-kubernetes-list-type" = "set"))]
     pub days: Vec<Weekday>,
     /// Start time of day, "HH:MM" (inclusive).
-    #[x_kube(validation = Rule::new("self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')").message("start must be HH:MM"))]
+    #[schemars(length(max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub start: String,
     /// End time of day, "HH:MM" (exclusive); an end before the start spans midnight.
-    #[x_kube(validation = Rule::new("self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$')").message("end must be HH:MM"))]
+    #[schemars(length(max = 5), regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"))]
     pub end: String,
     /// IANA time zone such as "Europe/Berlin"; default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,7 +188,7 @@ pub struct AttributeConstraint {
     pub value: Option<String>,
     /// The set of values for In and NotIn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 256)))]
     pub values: Option<Vec<String>>,
 }
 
@@ -212,9 +211,10 @@ pub enum AttributeOperator {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// How many matching requests are allowed per period.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = 1, max = 1_000_000), transform = super::common::int32)]
     pub requests: u32,
     /// The period, as a duration ("1s", "1m", "1h").
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('24h')")
         .message("rateLimit.per must be a duration such as \"1m\" between 1s and 24h"))]
     pub per: String,
@@ -237,6 +237,7 @@ pub struct AgentPolicyStatus {
     pub observed_generation: Option<i64>,
     /// How many agents the policy currently selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::common::int32)]
     pub matched_agents: Option<u32>,
     /// Ready (compiled) and other conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

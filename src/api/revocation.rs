@@ -85,6 +85,7 @@ pub struct RevocationStatus {
     pub phase: Option<RevocationPhase>,
     /// How many agents it stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::common::int32)]
     pub affected_agents: Option<u32>,
     /// When enforcement completed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]

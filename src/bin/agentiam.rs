@@ -1,5 +1,152 @@
-//! The agentiam operator.
+//! `agentiam`: the operator, and the maintenance subcommands that ship with it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentiam::controller::Config;
 use agentiam::crdgen;
-fn main() {
-    for crd in crdgen::all() { print!("{}", crdgen::render(&crd).unwrap()); }
+use agentiam::identity::TrustDomain;
+use agentiam::operator::{self, Options};
+use agentiam::registry::validate::parse_duration;
+use clap::{Parser, Subcommand};
+
+/// agentiam: identity and access management for autonomous AI agents.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr: text or json.
+    #[arg(long, env = "AGENTIAM_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator against the cluster of the current kubeconfig (or in-cluster config).
+    Run(RunArgs),
+    /// Write the CRD manifests generated from the Rust types.
+    Crdgen {
+        /// Directory to write agentiam.dev_<plural>.yaml files into; prints to stdout when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// SPIFFE trust domain of agent IDs (spiffe://<trust-domain>/ns/<ns>/agent/<name>).
+    #[arg(long, env = "AGENTIAM_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The operator's own namespace: holds the audit checkpoint ConfigMap and signing-key Secret.
+    #[arg(long, env = "AGENTIAM_NAMESPACE", default_value = "agentiam-system")]
+    namespace: String,
+    /// Watch only this namespace instead of the whole cluster.
+    #[arg(long, env = "AGENTIAM_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Audit log file (JSON lines, append-only, hash-chained).
+    #[arg(long, env = "AGENTIAM_AUDIT_LOG", default_value = "/var/lib/agentiam/audit/audit.jsonl")]
+    audit_log: PathBuf,
+    /// Also stream audit records as JSON lines to stdout (operator logs go to stderr).
+    #[arg(long, env = "AGENTIAM_AUDIT_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    audit_stdout: bool,
+    /// How often the audit head is signed and published to the checkpoint ConfigMap.
+    #[arg(long, env = "AGENTIAM_CHECKPOINT_INTERVAL", default_value = "30s")]
+    checkpoint_interval: String,
+    /// Address of the /healthz and /readyz server.
+    #[arg(long, env = "AGENTIAM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Testing only: pause this long between writing an audit intent and acting on it.
+    #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_INTENT", default_value = "0s", hide = true)]
+    failpoint_delay_after_intent: String,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn duration_arg(name: &str, value: &str) -> Result<Duration, String> {
+    parse_duration(value).map_err(|e| format!("--{name}: {e}"))
+}
+
+fn options(args: RunArgs) -> Result<Options, String> {
+    let trust_domain = TrustDomain::parse(&args.trust_domain).map_err(|e| format!("--trust-domain: {e}"))?;
+    let checkpoint_interval = duration_arg("checkpoint-interval", &args.checkpoint_interval)?;
+    if checkpoint_interval < Duration::from_millis(100) {
+        return Err("--checkpoint-interval must be at least 100ms".into());
+    }
+    let failpoint_delay_after_intent =
+        duration_arg("failpoint-delay-after-intent", &args.failpoint_delay_after_intent)?;
+    Ok(Options {
+        config: Config {
+            trust_domain,
+            operator_namespace: args.namespace,
+            watch_namespace: args.watch_namespace,
+            checkpoint_interval,
+            failpoint_delay_after_intent,
+        },
+        audit_log: args.audit_log,
+        audit_stdout: args.audit_stdout,
+        http_addr: args.http_addr,
+    })
+}
+
+fn crdgen(out: Option<PathBuf>) -> Result<(), String> {
+    for crd in crdgen::all() {
+        let yaml =
+            crdgen::render(&crd).map_err(|e| format!("failed to render {}: {e}", crdgen::file_name(&crd)))?;
+        match &out {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+                let path = dir.join(crdgen::file_name(&crd));
+                std::fs::write(&path, yaml)
+                    .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+            }
+            None => {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(yaml.as_bytes())
+                    .map_err(|e| format!("failed to write stdout: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Crdgen { out } => crdgen(out),
+        Command::Run(args) => options(args).and_then(|opts| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("failed to start the async runtime: {e}"))?;
+            runtime.block_on(operator::run(opts)).map_err(|e| e.to_string())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("agentiam: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,390 @@
+//! The writer thread: the only code that appends to the log file, one group commit per batch.
+//!
+//! It is an OS thread rather than a tokio task because `write` + `fsync` block for milliseconds, and a
+//! dedicated thread keeps that off the runtime's workers without a `spawn_blocking` per batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::AuditError;
+use super::log::IntentState;
+use super::record::{Entry, Outcome, Record, RecordKind, ZERO_HASH, now_rfc3339};
+use super::verify::Problem;
+
+/// Most requests folded into one write + sync, so one batch's latency and memory stay bounded under load.
+const MAX_BATCH: usize = 1024;
+
+/// Where a record's line sits in the file.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Loc {
+    offset: u64,
+    len: u64,
+}
+
+/// What the log knows about its durable contents, rebuilt from the file at open.
+///
+/// Memory: open intents are kept whole (there are few: they are closed within one reconcile, or at
+/// startup); closed intents cost their key plus a few dozen bytes each for the life of the process,
+/// because an intent key must never be reused. Keep keys short (at most 256 bytes are accepted).
+#[derive(Debug)]
+pub(super) struct Index {
+    pub(super) seq: u64,
+    pub(super) hash: String,
+    /// Length of the file up to the end of record `seq`.
+    pub(super) len: u64,
+    pub(super) open: BTreeMap<String, Record>,
+    done: HashMap<String, Loc>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self { seq: 0, hash: ZERO_HASH.to_owned(), len: 0, open: BTreeMap::new(), done: HashMap::new() }
+    }
+}
+
+impl Index {
+    /// Enforces one intent per key and one outcome per intent, for records read back at open.
+    pub(super) fn check(&self, record: &Record) -> Result<(), Problem> {
+        let Some(key) = &record.key else { return Ok(()) };
+        match record.kind {
+            RecordKind::Intent if self.open.contains_key(key) || self.done.contains_key(key) => {
+                Err(Problem::DuplicateIntent { key: key.clone() })
+            }
+            RecordKind::Outcome if !self.open.contains_key(key) => {
+                Err(Problem::OrphanOutcome { key: key.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes in a record that is now durable, `line_len` bytes long including its newline.
+    pub(super) fn apply(&mut self, record: &Record, line_len: u64) {
+        let loc = Loc { offset: self.len, len: line_len };
+        self.len += line_len;
+        self.seq = record.seq;
+        self.hash.clone_from(&record.hash);
+        if let Some(key) = &record.key {
+            match record.kind {
+                RecordKind::Intent => {
+                    self.open.insert(key.clone(), record.clone());
+                }
+                RecordKind::Outcome => {
+                    self.open.remove(key);
+                    self.done.insert(key.clone(), loc);
+                }
+                RecordKind::Event | RecordKind::Recovery => {}
+            }
+        }
+    }
+}
+
+/// State shared between the handles and the writer thread.
+#[derive(Debug)]
+pub(super) struct Shared {
+    index: Mutex<Index>,
+    /// Set on the first failed write or sync; never cleared (fail closed until restart).
+    pub(super) failed: AtomicBool,
+    /// Tests set this to make the next sync fail; nothing else writes it.
+    pub(super) fail_next_sync: AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn new(index: Index) -> Self {
+        Self {
+            index: Mutex::new(index),
+            failed: AtomicBool::new(false),
+            fail_next_sync: AtomicBool::new(false),
+        }
+    }
+
+    /// The index. A panic elsewhere while holding the lock cannot leave it half-updated (updates are
+    /// single inserts), so a poisoned lock is still usable.
+    pub(super) fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a caller asks the writer to record.
+#[derive(Debug)]
+pub(super) enum Op {
+    Append(Entry),
+    Intent { key: String, entry: Entry },
+    Outcome { key: String, outcome: Outcome, reason: String, details: BTreeMap<String, String> },
+}
+
+/// A message to the writer thread.
+#[derive(Debug)]
+pub(super) enum Request {
+    /// The op is boxed so queue slots stay small.
+    Write { op: Box<Op>, reply: oneshot::Sender<Result<IntentState, AuditError>> },
+    /// Finish the current batch, release the file (and its lock), then answer.
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// Records staged in the current batch, not yet durable, and what they do to intent keys.
+struct Batch {
+    seq: u64,
+    prev: String,
+    buf: Vec<u8>,
+    written: Vec<(Record, u64)>,
+    opened: HashMap<String, Record>,
+    closed: HashMap<String, Record>,
+}
+
+/// What is known about an intent key, counting staged records.
+enum Known {
+    Nothing,
+    Open(Record),
+    Done(Record),
+    DoneAt(Loc),
+}
+
+/// The answer to one request, once the batch is durable.
+enum Planned {
+    Ready(Box<IntentState>),
+    ReadBack(Loc),
+}
+
+impl Batch {
+    fn new(index: &Index) -> Self {
+        Self {
+            seq: index.seq,
+            prev: index.hash.clone(),
+            buf: Vec::new(),
+            written: Vec::new(),
+            opened: HashMap::new(),
+            closed: HashMap::new(),
+        }
+    }
+
+    fn stage(&mut self, kind: RecordKind, key: Option<String>, entry: Entry) -> Result<Record, AuditError> {
+        let seq = self.seq + 1;
+        let record =
+            Record::seal(&self.prev, seq, now_rfc3339(), kind, key, entry).map_err(AuditError::Encode)?;
+        let line = record.to_line().map_err(AuditError::Encode)?;
+        self.buf.extend_from_slice(line.as_bytes());
+        self.written.push((record.clone(), line.len() as u64));
+        self.seq = seq;
+        self.prev.clone_from(&record.hash);
+        if let Some(key) = &record.key {
+            if kind == RecordKind::Outcome {
+                self.opened.remove(key);
+                self.closed.insert(key.clone(), record.clone());
+            } else {
+                self.opened.insert(key.clone(), record.clone());
+            }
+        }
+        Ok(record)
+    }
+
+    /// Closed wins over open: an intent opened before and closed in this batch is done.
+    fn lookup(&self, index: &Index, key: &str) -> Known {
+        if let Some(record) = self.closed.get(key) {
+            Known::Done(record.clone())
+        } else if let Some(loc) = index.done.get(key) {
+            Known::DoneAt(*loc)
+        } else if let Some(record) = self.opened.get(key).or_else(|| index.open.get(key)) {
+            Known::Open(record.clone())
+        } else {
+            Known::Nothing
+        }
+    }
+
+    fn plan(&mut self, index: &Index, op: Op) -> Result<Planned, AuditError> {
+        let state = match op {
+            Op::Append(entry) => {
+                if entry.outcome == Outcome::Pending {
+                    return Err(AuditError::InvalidOutcome("only intents may be pending"));
+                }
+                IntentState::Fresh(self.stage(RecordKind::Event, None, entry)?)
+            }
+            Op::Intent { key, mut entry } => match self.lookup(index, &key) {
+                Known::Nothing => {
+                    entry.outcome = Outcome::Pending;
+                    IntentState::Fresh(self.stage(RecordKind::Intent, Some(key), entry)?)
+                }
+                Known::Open(record) => IntentState::Pending(record),
+                Known::Done(record) => IntentState::Completed(record),
+                Known::DoneAt(loc) => return Ok(Planned::ReadBack(loc)),
+            },
+            Op::Outcome { key, outcome, reason, details } => {
+                if outcome == Outcome::Pending {
+                    return Err(AuditError::InvalidOutcome("an outcome cannot be pending"));
+                }
+                match self.lookup(index, &key) {
+                    Known::Nothing => return Err(AuditError::UnknownIntent { key }),
+                    Known::Open(intent) => {
+                        // Who acted on what comes from the intent, so the pair always agrees.
+                        let entry = Entry {
+                            actor: intent.actor,
+                            action: intent.action,
+                            object: intent.object,
+                            outcome,
+                            reason,
+                            details,
+                        };
+                        IntentState::Fresh(self.stage(RecordKind::Outcome, Some(key), entry)?)
+                    }
+                    Known::Done(record) => IntentState::Completed(record),
+                    Known::DoneAt(loc) => return Ok(Planned::ReadBack(loc)),
+                }
+            }
+        };
+        Ok(Planned::Ready(Box::new(state)))
+    }
+}
+
+/// Writes `buf` and makes it durable.
+pub(super) fn write_durably(file: &mut File, buf: &[u8]) -> Result<(), AuditError> {
+    file.write_all(buf).map_err(AuditError::Write)?;
+    file.sync_data().map_err(AuditError::Sync)
+}
+
+/// Copies durable records to stdout for log shippers. Best effort: the file is the record of truth, and a
+/// stalled or closed stdout must not stop the operator.
+pub(super) fn stream_to_stdout(buf: &[u8]) {
+    let mut out = io::stdout().lock();
+    if let Err(error) = out.write_all(buf).and_then(|()| out.flush()) {
+        tracing::warn!(%error, "failed to copy audit records to stdout; the audit log file has them");
+    }
+}
+
+/// An io::Error is not Clone; every caller in a failed batch gets one with the same kind and message.
+fn copy_error(error: &AuditError) -> AuditError {
+    let copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+    match error {
+        AuditError::Write(e) => AuditError::Write(copy(e)),
+        AuditError::Sync(e) => AuditError::Sync(copy(e)),
+        _ => AuditError::Failed,
+    }
+}
+
+/// Reads an earlier record back and checks it is still what was written.
+fn read_back(file: &File, loc: Loc) -> Result<Record, AuditError> {
+    let tampered = |reason: &str| AuditError::Tampered { offset: loc.offset, reason: reason.to_owned() };
+    let len = usize::try_from(loc.len).map_err(|_| tampered("record too large"))?;
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, loc.offset)
+        .map_err(|source| AuditError::ReadBack { offset: loc.offset, source })?;
+    let line = buf.strip_suffix(b"\n").ok_or_else(|| tampered("no newline"))?;
+    let record: Record = serde_json::from_slice(line).map_err(|_| tampered("not a record"))?;
+    let canonical = serde_json::to_vec(&record).map_err(AuditError::Encode)?;
+    let hash = record.compute_hash().map_err(AuditError::Encode)?;
+    if canonical != line || hash != record.hash {
+        return Err(tampered("hash mismatch"));
+    }
+    Ok(record)
+}
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    file: File,
+    shared: Arc<Shared>,
+    stream_stdout: bool,
+    rx: mpsc::Receiver<Request>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        file: File,
+        shared: Arc<Shared>,
+        stream_stdout: bool,
+        rx: mpsc::Receiver<Request>,
+    ) -> Self {
+        Self { file, shared, stream_stdout, rx }
+    }
+
+    /// Serves batches until every handle is dropped or one asks to close.
+    pub(super) fn run(mut self) {
+        let mut close = None;
+        while close.is_none() {
+            let Some(first) = self.rx.blocking_recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            close = self.process(batch);
+        }
+        // Dropping the receiver fails everything still queued with `Closed`; dropping the file releases
+        // its lock, which the close reply promises.
+        let Self { file, rx, .. } = self;
+        drop(rx);
+        drop(file);
+        if let Some(reply) = close {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Plans, commits and answers one batch. Returns the close reply if the batch asked to close.
+    fn process(&mut self, batch: Vec<Request>) -> Option<oneshot::Sender<()>> {
+        let failed = self.shared.failed.load(Ordering::Acquire);
+        let mut close = None;
+        let mut waiting = Vec::new();
+        let mut staged = {
+            let index = self.shared.index();
+            let mut staged = Batch::new(&index);
+            for request in batch {
+                match request {
+                    Request::Close { reply } => close = close.or(Some(reply)),
+                    Request::Write { reply, .. } if close.is_some() => {
+                        let _ = reply.send(Err(AuditError::Closed));
+                    }
+                    Request::Write { reply, .. } if failed => {
+                        let _ = reply.send(Err(AuditError::Failed));
+                    }
+                    Request::Write { op, reply } => match staged.plan(&index, *op) {
+                        Ok(planned) => waiting.push((reply, planned)),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    },
+                }
+            }
+            staged
+        };
+        if !staged.buf.is_empty() {
+            if let Err(error) = self.commit(&staged.buf) {
+                self.shared.failed.store(true, Ordering::Release);
+                tracing::error!(%error, "audit log write failed; refusing further appends until restart");
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(copy_error(&error)));
+                }
+                return close;
+            }
+            let mut index = self.shared.index();
+            for (record, len) in staged.written.drain(..) {
+                index.apply(&record, len);
+            }
+        }
+        for (reply, planned) in waiting {
+            let answer = match planned {
+                Planned::Ready(state) => Ok(*state),
+                Planned::ReadBack(loc) => read_back(&self.file, loc).map(IntentState::Completed),
+            };
+            // A caller that gave up waiting is fine: its record is durable either way.
+            let _ = reply.send(answer);
+        }
+        if self.stream_stdout && !staged.buf.is_empty() {
+            stream_to_stdout(&staged.buf);
+        }
+        close
+    }
+
+    fn commit(&mut self, buf: &[u8]) -> Result<(), AuditError> {
+        if self.shared.fail_next_sync.swap(false, Ordering::AcqRel) {
+            // The write goes through as in a real sync failure, where the data may or may not be on disk.
+            self.file.write_all(buf).map_err(AuditError::Write)?;
+            return Err(AuditError::Sync(io::Error::other("injected sync failure")));
+        }
+        write_durably(&mut self.file, buf)
+    }
+}

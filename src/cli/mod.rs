@@ -1,0 +1,3 @@
+//! `kubectl agentiam`: the user CLI. Thin over the library, so the same checks run here as in the operator.
+
+pub mod audit;

@@ -1,0 +1,297 @@
+//! The Agent registry controller: assigns identity, computes the trust score, drives the lifecycle, and
+//! archives agents to the audit log before they go.
+//!
+//! Pipeline per reconcile: read (the object) -> decide (pure, `registry::status::decide`) -> close stale
+//! audit intents -> write ahead (intent) -> apply status (server-side apply) -> outcome -> Event.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::api::{Agent, AgentPhase, AgentStatus};
+use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
+use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, intents};
+use crate::registry::lifecycle::Transition;
+use crate::registry::status::{CONDITION_VALID, Decision, Subject, decide};
+use crate::registry::trust::trust_score;
+
+/// The finalizer that makes deletion wait until the agent is archived.
+pub const FINALIZER: &str = "agentiam.dev/archive";
+
+/// How often a settled agent is looked at again even without a change.
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// Runs the Agent controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let api: Api<Agent> = match &ctx.config.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(agent = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Reconciles one Agent.
+#[instrument(skip_all, fields(kind = "Agent", namespace = agent.namespace().unwrap_or_default(), name = %agent.name_any()))]
+pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, agent, |event| async {
+        match event {
+            Finalizer::Apply(agent) => apply(&agent, &ctx).await,
+            Finalizer::Cleanup(agent) => archive(&agent, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Requeues transient failures with a short delay; logs and records every error as an Event.
+pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(agent = %agent.name_any(), error = %error, label = error.metric_label(), "reconcile failed");
+    let note = error.to_string();
+    tokio::spawn(async move {
+        publish(&ctx, &agent, EventType::Warning, "ReconcileError", note).await;
+    });
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The audit reference for an agent.
+pub fn object_ref(agent: &Agent) -> ObjectRef {
+    ObjectRef {
+        api_version: Agent::api_version(&()).into_owned(),
+        kind: Agent::kind(&()).into_owned(),
+        namespace: agent.namespace(),
+        name: agent.name_any(),
+        uid: agent.uid(),
+    }
+}
+
+async fn publish(ctx: &Context, agent: &Agent, type_: EventType, reason: &str, note: String) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &agent.object_ref(&())).await {
+        warn!(error = %e, reason, "failed to publish event");
+    }
+}
+
+fn subject_of(agent: &Agent) -> Result<(String, String, String, i64)> {
+    let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let generation = agent.metadata.generation.ok_or(Error::MissingObjectKey("generation"))?;
+    Ok((ns, agent.name_any(), uid, generation))
+}
+
+async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
+    let (ns, name, uid, generation) = subject_of(agent)?;
+    let subject = Subject { namespace: &ns, name: &name, uid: &uid, generation };
+    let decision =
+        decide(&ctx.config.trust_domain, subject, &agent.spec, agent.status.as_ref(), Timestamp::now());
+    let key = decision.transition.map(|t| t.audit_key(&uid, generation));
+    intents::resolve_for_agent(ctx, agent, &uid, key.as_deref()).await?;
+
+    if let (Some(t), Some(key)) = (decision.transition, key.as_deref()) {
+        let state = write_intent(ctx, agent, t, key, &decision).await?;
+        if !ctx.config.failpoint_delay_after_intent.is_zero() {
+            tokio::time::sleep(ctx.config.failpoint_delay_after_intent).await;
+        }
+        apply_status(ctx, &ns, &name, &decision.status).await?;
+        if !matches!(state, Some(IntentState::Completed(_))) {
+            let reason = format!("agent is now {}", t.to);
+            ctx.audit
+                .outcome(key, Outcome::Success, reason, BTreeMap::new())
+                .await
+                .map_err(Error::AuditOutcome)?;
+        }
+        info!(agent = %name, from = ?t.from, to = %t.to, spiffe_id = ?decision.status.spiffe_id, "lifecycle transition");
+        let note = match (&decision.status.spiffe_id, t.to) {
+            (Some(id), AgentPhase::Active) => format!("agent is Active as {id}"),
+            _ => format!("agent is now {}", t.to),
+        };
+        publish(ctx, agent, EventType::Normal, t.event_reason(), note).await;
+    } else if agent.status.as_ref() != Some(&decision.status) {
+        apply_status(ctx, &ns, &name, &decision.status).await?;
+    }
+    if let Err(errors) = &decision.validation
+        && newly_invalid(agent.status.as_ref(), generation)
+    {
+        publish(ctx, agent, EventType::Warning, "InvalidSpec", errors.to_string()).await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// True unless the current status already reports this generation as invalid (so the Warning is published
+/// once per bad generation, not on every resync).
+fn newly_invalid(current: Option<&AgentStatus>, generation: i64) -> bool {
+    !current.into_iter().flat_map(|s| s.conditions.iter()).any(|c| {
+        c.type_ == CONDITION_VALID && c.status == "False" && c.observed_generation == Some(generation)
+    })
+}
+
+/// Writes the intent for a transition. Granting transitions fail closed when the intent cannot be written;
+/// ones that only take rights away go ahead (stopping an agent must not depend on the log), and the error is
+/// logged.
+async fn write_intent(
+    ctx: &Context,
+    agent: &Agent,
+    t: Transition,
+    key: &str,
+    decision: &Decision,
+) -> Result<Option<IntentState>> {
+    let mut entry =
+        Entry::new(ACTOR, t.action(), object_ref(agent), Outcome::Pending, format!("agent becomes {}", t.to))
+            .with_detail("from", t.from.map_or("None", |p| p.as_str()))
+            .with_detail("to", t.to.as_str())
+            .with_detail("generation", agent.metadata.generation.unwrap_or_default().to_string())
+            .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name));
+    if let Some(id) = &decision.status.spiffe_id {
+        entry = entry.with_detail("spiffeID", id.clone());
+    }
+    if let Some(score) = decision.status.trust_score {
+        entry = entry.with_detail("trustScore", score.to_string());
+    }
+    if let Err(errors) = &decision.validation {
+        entry = entry.with_detail("validationErrors", errors.to_string());
+    }
+    if t.to == AgentPhase::Retired {
+        entry = final_state(agent, entry);
+    }
+    match ctx.audit.intent(key, entry).await {
+        Ok(state) => Ok(Some(state)),
+        Err(e) if t.grants() => {
+            publish(
+                ctx,
+                agent,
+                EventType::Warning,
+                "AuditWriteFailed",
+                format!("{} refused: {e}", t.action()),
+            )
+            .await;
+            Err(Error::AuditIntent(e))
+        }
+        Err(e) => {
+            warn!(error = %e, action = t.action(), "audit intent failed; taking rights away regardless");
+            Ok(None)
+        }
+    }
+}
+
+/// Adds everything known about the agent, so the archive record stands on its own after the object is gone.
+fn final_state(agent: &Agent, mut entry: Entry) -> Entry {
+    let s = &agent.spec;
+    let mut add = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            entry.details.insert(k.to_owned(), v);
+        }
+    };
+    add("owner", Some(format!("{}:{}", s.owner.kind, s.owner.name)));
+    add("purpose", Some(s.purpose.clone()));
+    add("environment", Some(format!("{:?}", s.environment)));
+    add("finalPhase", agent.status.as_ref().and_then(|st| st.phase).map(|p| p.to_string()));
+    add("spiffeID", agent.status.as_ref().and_then(|st| st.spiffe_id.clone()));
+    add("trustScore", Some(trust_score(s).score.to_string()));
+    add("createdAt", agent.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()));
+    if let Some(p) = &s.provenance {
+        add("provenance.builder", p.builder.clone());
+        add("provenance.model", p.model.clone());
+        add("provenance.modelProvider", p.model_provider.clone());
+        add("provenance.version", p.version.clone());
+        add("provenance.image", p.image.clone());
+        add("provenance.sourceRepository", p.source_repository.clone());
+    }
+    entry
+}
+
+async fn apply_status(ctx: &Context, ns: &str, name: &str, status: &AgentStatus) -> Result<()> {
+    let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::ApplyStatus)?;
+    Ok(())
+}
+
+/// Deletion: write the agent's final state to the audit log (write-ahead, keyed by UID so a retried cleanup
+/// writes it once), revoke what was issued to it, then let the finalizer go.
+async fn archive(agent: &Agent, ctx: &Context) -> Result<Action> {
+    let (_, name, uid, _) = subject_of(agent)?;
+    let key = format!("agent.archive:{uid}");
+    intents::resolve_for_agent(ctx, agent, &uid, Some(&key)).await?;
+    let entry = final_state(
+        agent,
+        Entry::new(
+            ACTOR,
+            "agent.archive",
+            object_ref(agent),
+            Outcome::Pending,
+            "agent deleted: archiving its final state",
+        ),
+    );
+    // Fail closed here too: an agent must not disappear without its archive record.
+    let state = ctx.audit.intent(&key, entry).await.map_err(Error::AuditIntent)?;
+    if !ctx.config.failpoint_delay_after_intent.is_zero() {
+        tokio::time::sleep(ctx.config.failpoint_delay_after_intent).await;
+    }
+    // Credentials are issued by a later controller; there is nothing to revoke yet beyond the identity, which
+    // dies with the object's UID.
+    if !matches!(state, IntentState::Completed(_)) {
+        ctx.audit
+            .outcome(&key, Outcome::Success, "agent archived", BTreeMap::new())
+            .await
+            .map_err(Error::AuditOutcome)?;
+    }
+    info!(agent = %name, "agent archived");
+    publish(ctx, agent, EventType::Normal, "Archived", "final state written to the audit log".into()).await;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn invalid_at(generation: i64) -> AgentStatus {
+        AgentStatus {
+            conditions: vec![Condition {
+                type_: CONDITION_VALID.into(),
+                status: "False".into(),
+                reason: "SpecInvalid".into(),
+                message: String::new(),
+                observed_generation: Some(generation),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn invalid_spec_warning_is_published_once_per_generation() {
+        assert!(newly_invalid(None, 1));
+        assert!(!newly_invalid(Some(&invalid_at(1)), 1));
+        assert!(newly_invalid(Some(&invalid_at(1)), 2));
+    }
+}

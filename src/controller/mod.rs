@@ -1,0 +1,108 @@
+//! Controllers: the I/O around the pure logic. `mod.rs` owns the shared [`Context`], the operator
+//! configuration, the error type and the wiring; one file per concern.
+
+pub mod agent;
+pub mod checkpoints;
+pub mod intents;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::audit::{AuditError, AuditLog};
+use crate::identity::TrustDomain;
+
+/// The field manager under which the operator applies everything it owns (server-side apply).
+pub const FIELD_MANAGER: &str = "agentiam-operator";
+/// The audit actor the operator writes under.
+pub const ACTOR: &str = "agentiam-operator";
+
+/// Operator settings, fixed at startup.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SPIFFE trust domain of every agent ID.
+    pub trust_domain: TrustDomain,
+    /// The operator's own namespace: the checkpoint ConfigMap and signing-key Secret live here.
+    pub operator_namespace: String,
+    /// Only watch this namespace (None: the whole cluster).
+    pub watch_namespace: Option<String>,
+    /// How often the audit head is signed and published.
+    pub checkpoint_interval: Duration,
+    /// Test hook: sleep this long after writing an audit intent and before the side effect, so tests can kill
+    /// the operator inside the window the write-ahead log exists for. Zero in production.
+    pub failpoint_delay_after_intent: Duration,
+}
+
+/// Everything a reconcile needs, shared by all controllers.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Operator settings.
+    pub config: Config,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context with a recorder reporting as `agentiam-operator` from this instance.
+    pub fn new(client: Client, config: Config, audit: AuditLog) -> Arc<Self> {
+        let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Arc::new(Self { client, config, audit, recorder })
+    }
+}
+
+/// Errors a reconcile can end with. Variants name the step that failed; messages never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace, name or UID (it was not read from the API server).
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+    /// Writing the intent record failed: the grant does not happen (fail closed).
+    #[error("failed to write audit intent, so the change was not made: {0}")]
+    AuditIntent(#[source] AuditError),
+    /// Writing the outcome record failed; the intent stays open and is resolved on the next reconcile.
+    #[error("failed to write audit outcome: {0}")]
+    AuditOutcome(#[source] AuditError),
+    /// Writing a plain audit record failed.
+    #[error("failed to write audit record: {0}")]
+    AuditRecord(#[source] AuditError),
+    /// Applying the status failed.
+    #[error("failed to apply status: {0}")]
+    ApplyStatus(#[source] kube::Error),
+    /// Reading an object failed.
+    #[error("failed to read {what}: {source}")]
+    Read {
+        /// What was being read.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer step failed: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::MissingObjectKey(_) => "missing_object_key",
+            Self::AuditIntent(_) => "audit_intent",
+            Self::AuditOutcome(_) => "audit_outcome",
+            Self::AuditRecord(_) => "audit_record",
+            Self::ApplyStatus(_) => "apply_status",
+            Self::Read { .. } => "read",
+            Self::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Result of a reconcile step.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

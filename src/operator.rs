@@ -1,0 +1,148 @@
+//! Starting and stopping the operator: the order in which the audit log, the checkpoint key, intent recovery,
+//! the controllers and the HTTP server come up, and go down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Client;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::audit::{AuditConfig, AuditError, AuditLog};
+use crate::controller::checkpoints::{self, CheckpointsError};
+use crate::controller::{self, Config, Context};
+use crate::server::{self, Health};
+
+/// Settings that are not part of the controllers' [`Config`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Controller configuration.
+    pub config: Config,
+    /// Audit log file.
+    pub audit_log: PathBuf,
+    /// Stream audit records to stdout.
+    pub audit_stdout: bool,
+    /// Address of the health/readiness server.
+    pub http_addr: SocketAddr,
+}
+
+/// Why the operator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error("failed to create a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The operator namespace is missing or unreadable.
+    #[error("operator namespace {namespace:?} is not usable: {source}")]
+    Namespace {
+        /// The namespace.
+        namespace: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The audit log could not be opened (or failed verification).
+    #[error("failed to open the audit log: {0}")]
+    Audit(#[source] AuditError),
+    /// The audit task panicked or was cancelled.
+    #[error("audit log open task failed: {0}")]
+    AuditTask(String),
+    /// The checkpoint key or the published checkpoint.
+    #[error(transparent)]
+    Checkpoints(#[from] CheckpointsError),
+    /// Resolving intents left open by a previous run failed.
+    #[error("failed to resolve open audit intents: {0}")]
+    Recovery(#[source] controller::Error),
+    /// The HTTP server could not bind or failed.
+    #[error("http server on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(opts: Options) -> Result<(), StartupError> {
+    let client = Client::try_default().await.map_err(StartupError::Client)?;
+    let ns = opts.config.operator_namespace.clone();
+    let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    ns_api.get(&ns).await.map_err(|source| StartupError::Namespace { namespace: ns.clone(), source })?;
+
+    let audit_config = AuditConfig { path: opts.audit_log.clone(), stream_stdout: opts.audit_stdout };
+    let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config))
+        .await
+        .map_err(|e| StartupError::AuditTask(e.to_string()))?
+        .map_err(StartupError::Audit)?;
+    info!(path = %opts.audit_log.display(), head = audit.head().0, "audit log open");
+
+    let signer = checkpoints::load_or_create_signer(&client, &ns).await?;
+    checkpoints::check_log(&client, &ns, &audit).await?;
+
+    let ctx = Context::new(client.clone(), opts.config.clone(), audit.clone());
+    controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let health = Health::default();
+    let (listener, addr) = server::bind(opts.http_addr)
+        .await
+        .map_err(|source| StartupError::Http { addr: opts.http_addr, source })?;
+    info!(%addr, "serving /healthz and /readyz");
+    let http = tokio::spawn(server::serve(listener, health.clone(), stopped(stop_rx.clone())));
+
+    // The publisher stops after the controllers, so its final checkpoint covers everything they wrote.
+    let (publisher_stop_tx, publisher_stop_rx) = watch::channel(false);
+    let publisher = tokio::spawn(checkpoints::run_publisher(
+        client.clone(),
+        ns.clone(),
+        audit.clone(),
+        signer,
+        opts.config.checkpoint_interval,
+        stopped(publisher_stop_rx),
+    ));
+    let agents = tokio::spawn(controller::agent::run(Arc::clone(&ctx), stopped(stop_rx.clone())));
+    health.set_ready(true);
+    info!(trust_domain = %opts.config.trust_domain, watch_namespace = ?opts.config.watch_namespace, "operator running");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    health.set_ready(false);
+    let _ = stop_tx.send(true);
+    let _ = agents.await;
+    let _ = publisher_stop_tx.send(true);
+    let _ = publisher.await;
+    let _ = http.await;
+    audit.close().await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The Agent lifecycle: which phase an agent is in, and what a change of phase means.
+//!
+//! Pure. The reconciler asks `decide_phase` for the target phase and `Transition::between` for what to
+//! record; it never invents phases itself, so this file is the whole state machine:
+//!
+//! ```text
+//!            valid             desiredState=Suspended
+//!  (new) ──> Pending ──> Active <──────────────────────> Suspended
+//!              ^  invalid   │                                │
+//!              └────────────┘                                │
+//!  any (but Revoked) ── desiredState=Retired ──> Retired (terminal)
+//!  Revoked: set only by the kill switch; terminal here.
+//! ```
+
+use crate::api::{AgentPhase, DesiredState};
+
+/// The phase an agent should be in.
+///
+/// Retired and Revoked are terminal: nothing the owner writes brings an agent back from them. Suspension and
+/// retirement are honoured even when the spec is invalid, because they only take rights away; Active needs
+/// a valid spec.
+pub fn decide_phase(current: Option<AgentPhase>, desired: DesiredState, valid: bool) -> AgentPhase {
+    match (current, desired) {
+        (Some(AgentPhase::Retired), _) => AgentPhase::Retired,
+        (Some(AgentPhase::Revoked), _) => AgentPhase::Revoked,
+        (_, DesiredState::Retired) => AgentPhase::Retired,
+        (_, DesiredState::Suspended) => AgentPhase::Suspended,
+        (_, DesiredState::Active) if valid => AgentPhase::Active,
+        (_, DesiredState::Active) => AgentPhase::Pending,
+    }
+}
+
+/// A change of phase, with the names it is recorded under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The phase before (None for a new agent).
+    pub from: Option<AgentPhase>,
+    /// The phase after.
+    pub to: AgentPhase,
+}
+
+impl Transition {
+    /// The transition from `from` to `to`, or None if the phase does not change.
+    pub fn between(from: Option<AgentPhase>, to: AgentPhase) -> Option<Self> {
+        (from != Some(to)).then_some(Self { from, to })
+    }
+
+    /// The audit action, e.g. "agent.activate".
+    pub fn action(&self) -> &'static str {
+        match (self.from, self.to) {
+            (_, AgentPhase::Active) => "agent.activate",
+            (None, AgentPhase::Pending) => "agent.register",
+            (Some(_), AgentPhase::Pending) => "agent.deactivate",
+            (_, AgentPhase::Suspended) => "agent.suspend",
+            (_, AgentPhase::Retired) => "agent.retire",
+            (_, AgentPhase::Revoked) => "agent.revoke",
+        }
+    }
+
+    /// The Kubernetes Event reason, PascalCase.
+    pub fn event_reason(&self) -> &'static str {
+        match (self.from, self.to) {
+            (Some(AgentPhase::Suspended), AgentPhase::Active) => "Resumed",
+            (_, AgentPhase::Active) => "Activated",
+            (None, AgentPhase::Pending) => "Registered",
+            (Some(_), AgentPhase::Pending) => "Deactivated",
+            (_, AgentPhase::Suspended) => "Suspended",
+            (_, AgentPhase::Retired) => "Retired",
+            (_, AgentPhase::Revoked) => "Revoked",
+        }
+    }
+
+    /// Whether the transition grants something (and so must be written ahead to the audit log, failing
+    /// closed if it cannot be).
+    pub fn grants(&self) -> bool {
+        self.to == AgentPhase::Active
+    }
+
+    /// The idempotency key of this transition for one agent object at one generation. The UID binds it to the
+    /// object (a recreated agent of the same name is a different key); the generation separates a second
+    /// activation after a suspension from a retry of the first.
+    pub fn audit_key(&self, uid: &str, generation: i64) -> String {
+        format!("{}:{uid}:{generation}", self.action())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AgentPhase::*;
+
+    #[test]
+    fn valid_new_agents_become_active_and_invalid_ones_wait() {
+        assert_eq!(decide_phase(None, DesiredState::Active, true), Active);
+        assert_eq!(decide_phase(None, DesiredState::Active, false), Pending);
+        assert_eq!(decide_phase(Some(Active), DesiredState::Active, false), Pending);
+    }
+
+    #[test]
+    fn suspension_and_retirement_do_not_need_a_valid_spec() {
+        assert_eq!(decide_phase(Some(Active), DesiredState::Suspended, false), Suspended);
+        assert_eq!(decide_phase(Some(Pending), DesiredState::Retired, false), Retired);
+        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true), Active);
+    }
+
+    #[test]
+    fn retired_and_revoked_are_terminal() {
+        for desired in [DesiredState::Active, DesiredState::Suspended, DesiredState::Retired] {
+            for valid in [true, false] {
+                assert_eq!(decide_phase(Some(Retired), desired, valid), Retired);
+                assert_eq!(decide_phase(Some(Revoked), desired, valid), Revoked);
+            }
+        }
+    }
+
+    #[test]
+    fn transitions_are_named_and_keyed() {
+        assert_eq!(Transition::between(Some(Active), Active), None);
+        let t = Transition::between(None, Active).unwrap();
+        assert_eq!((t.action(), t.event_reason(), t.grants()), ("agent.activate", "Activated", true));
+        assert_eq!(t.audit_key("u-1", 3), "agent.activate:u-1:3");
+        let r = Transition::between(Some(Suspended), Active).unwrap();
+        assert_eq!(r.event_reason(), "Resumed");
+        let s = Transition::between(Some(Active), Suspended).unwrap();
+        assert_eq!((s.action(), s.grants()), ("agent.suspend", false));
+        assert_eq!(Transition::between(None, Pending).unwrap().action(), "agent.register");
+        assert_eq!(Transition::between(Some(Active), Pending).unwrap().action(), "agent.deactivate");
+    }
+}

@@ -1,0 +1,189 @@
+//! The status an Agent should have, computed from its spec and current status. Pure.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{AgentPhase, AgentSpec, AgentStatus};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::registry::lifecycle::{Transition, decide_phase};
+use crate::registry::trust::trust_score;
+use crate::registry::validate::{ValidAgent, ValidationErrors, desired_state, validate_agent};
+
+/// Condition type: the spec passed validation.
+pub const CONDITION_VALID: &str = "Valid";
+/// Condition type: the agent is Active and may act.
+pub const CONDITION_READY: &str = "Ready";
+
+/// What the registry decided for one agent.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The status to write.
+    pub status: AgentStatus,
+    /// The change of phase, if any.
+    pub transition: Option<Transition>,
+    /// The validation outcome.
+    pub validation: Result<ValidAgent, ValidationErrors>,
+}
+
+/// The identifying facts of the object being decided about.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Object UID.
+    pub uid: &'a str,
+    /// metadata.generation.
+    pub generation: i64,
+}
+
+/// Sets a condition by type, keeping `lastTransitionTime` when the status did not change so that re-running
+/// the reconciler changes nothing.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: Time(now),
+    }
+}
+
+/// Decides the status of an agent.
+pub fn decide(
+    trust_domain: &TrustDomain,
+    subject: Subject<'_>,
+    spec: &AgentSpec,
+    current: Option<&AgentStatus>,
+    now: Timestamp,
+) -> Decision {
+    let validation = validate_agent(trust_domain, subject.namespace, subject.name, spec);
+    let current_phase = current.and_then(|s| s.phase);
+    let phase = decide_phase(current_phase, desired_state(spec), validation.is_ok());
+    let transition = Transition::between(current_phase, phase);
+
+    let mut status = current.cloned().unwrap_or_default();
+    status.phase = Some(phase);
+    status.spiffe_id =
+        SpiffeId::for_agent(trust_domain, subject.namespace, subject.name).ok().map(|id| id.to_string());
+    status.trust_score = Some(trust_score(spec).score);
+    status.uid = Some(subject.uid.to_owned());
+    status.observed_generation = Some(subject.generation);
+
+    let g = subject.generation;
+    let valid = match &validation {
+        Ok(_) => condition(CONDITION_VALID, true, "SpecValid", "the spec is valid".into(), g, now),
+        Err(e) => condition(CONDITION_VALID, false, "SpecInvalid", e.to_string(), g, now),
+    };
+    set_condition(&mut status.conditions, valid);
+    let (ready, reason, message) = match phase {
+        AgentPhase::Active => (true, "Active", "the agent is active".to_owned()),
+        AgentPhase::Pending => {
+            (false, "Pending", "the agent waits for a valid spec (see the Valid condition)".into())
+        }
+        AgentPhase::Suspended => (false, "Suspended", "the owner suspended the agent".into()),
+        AgentPhase::Retired => (false, "Retired", "the agent is retired and archived".into()),
+        AgentPhase::Revoked => (false, "Revoked", "the agent was revoked by the kill switch".into()),
+    };
+    set_condition(&mut status.conditions, condition(CONDITION_READY, ready, reason, message, g, now));
+    Decision { status, transition, validation }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DesiredState, LifecycleSpec, Owner, PrincipalKind};
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            owner: Owner { kind: PrincipalKind::Team, name: "support".into() },
+            purpose: "triage".into(),
+            provenance: None,
+            environment: Default::default(),
+            workload: None,
+            policy_refs: vec![],
+            credentials: None,
+            lifecycle: None,
+        }
+    }
+
+    fn subject(generation: i64) -> Subject<'static> {
+        Subject { namespace: "ns", name: "bot", uid: "uid-1", generation }
+    }
+
+    fn td() -> TrustDomain {
+        TrustDomain::parse("example.org").unwrap()
+    }
+
+    fn cond<'a>(s: &'a AgentStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn a_valid_new_agent_becomes_active_with_identity() {
+        let d = decide(&td(), subject(1), &spec(), None, Timestamp::UNIX_EPOCH);
+        assert_eq!(d.status.phase, Some(AgentPhase::Active));
+        assert_eq!(d.status.spiffe_id.as_deref(), Some("spiffe://example.org/ns/ns/agent/bot"));
+        assert_eq!(d.status.trust_score, Some(250));
+        assert_eq!(d.status.observed_generation, Some(1));
+        assert_eq!(cond(&d.status, "Ready").status, "True");
+        assert_eq!(cond(&d.status, "Valid").observed_generation, Some(1));
+        assert!(d.transition.unwrap().grants());
+    }
+
+    #[test]
+    fn deciding_twice_changes_nothing() {
+        let first = decide(&td(), subject(1), &spec(), None, Timestamp::UNIX_EPOCH);
+        let later = Timestamp::from_second(1_000_000).unwrap();
+        let second = decide(&td(), subject(1), &spec(), Some(&first.status), later);
+        assert_eq!(second.status, first.status);
+        assert!(second.transition.is_none());
+    }
+
+    #[test]
+    fn an_invalid_spec_gives_valid_false_with_the_field() {
+        let mut s = spec();
+        s.purpose = " ".into();
+        let d = decide(&td(), subject(2), &s, None, Timestamp::UNIX_EPOCH);
+        assert_eq!(d.status.phase, Some(AgentPhase::Pending));
+        let v = cond(&d.status, "Valid");
+        assert_eq!((v.status.as_str(), v.reason.as_str()), ("False", "SpecInvalid"));
+        assert!(v.message.contains("spec.purpose"), "{}", v.message);
+        assert_eq!(cond(&d.status, "Ready").reason, "Pending");
+    }
+
+    #[test]
+    fn suspend_then_resume_changes_ready_and_its_transition_time() {
+        let active = decide(&td(), subject(1), &spec(), None, Timestamp::UNIX_EPOCH).status;
+        let mut s = spec();
+        s.lifecycle = Some(LifecycleSpec { desired_state: DesiredState::Suspended });
+        let t1 = Timestamp::from_second(100).unwrap();
+        let suspended = decide(&td(), subject(2), &s, Some(&active), t1);
+        assert_eq!(suspended.status.phase, Some(AgentPhase::Suspended));
+        assert_eq!(suspended.transition.unwrap().action(), "agent.suspend");
+        assert_eq!(cond(&suspended.status, "Ready").last_transition_time, Time(t1));
+        // Valid did not change, so its transition time is kept.
+        assert_eq!(cond(&suspended.status, "Valid").last_transition_time, Time(Timestamp::UNIX_EPOCH));
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the e2e tier (tests/e2e) against the local control plane, bringing it up when it is not running and
+# taking it down again afterwards if this script started it (KEEP_CLUSTER=1 keeps it).
+# EXISTING_KUBECONFIG=<path> runs against another cluster instead. E2E_REQUIRED=1 turns "no control plane"
+# into a failure instead of a skip; CI sets it.
+set -euo pipefail
+
+LOG_TAG=e2e
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+cd "$AGENTIAM_ROOT"
+
+required=${E2E_REQUIRED:-0}
+cargo=${CARGO:-cargo}
+started_here=0
+
+if [ -n "${EXISTING_KUBECONFIG:-}" ]; then
+  kubeconfig=$EXISTING_KUBECONFIG
+else
+  kubeconfig=${AGENTIAM_CLUSTER_DIR:-$AGENTIAM_ROOT/.local/cluster}/kubeconfig
+  if ! tools/cluster.sh status >/dev/null 2>&1; then
+    if ! tools/cluster.sh up; then
+      if [ "$required" = 1 ]; then die "E2E_REQUIRED=1 and the local control plane did not come up"; fi
+      log "SKIPPED: the local control plane did not come up (set E2E_REQUIRED=1 to make this a failure)"
+      exit 0
+    fi
+    started_here=1
+  fi
+fi
+cleanup() {
+  if [ "$started_here" = 1 ] && [ "${KEEP_CLUSTER:-0}" != 1 ]; then tools/cluster.sh down || true; fi
+}
+trap cleanup EXIT
+
+kubectl=$KUBE_BIN_DIR/kubectl
+[ -x "$kubectl" ] || kubectl=$(command -v kubectl) || die "no kubectl"
+log "installing CRDs into the cluster of $kubeconfig"
+KUBECONFIG=$kubeconfig "$kubectl" apply --server-side --force-conflicts --field-manager=agentiam-e2e -f crds/ >/dev/null
+KUBECONFIG=$kubeconfig "$kubectl" wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
+
+export AGENTIAM_E2E_KUBECONFIG=$kubeconfig KUBECTL=$kubectl HELM=${HELM:-$HELM_BIN} E2E_REQUIRED=$required
+start=$EPOCHREALTIME
+# Each test runs its own operator in its own namespace, so tests run in parallel; 2 cores make 4 threads
+# a good balance between wall time and flakiness from CPU starvation.
+"$cargo" test --locked --test e2e -- --test-threads="${E2E_THREADS:-4}" "$@"
+log "e2e tier finished in $(elapsed "$start")s"

@@ -1,0 +1,22 @@
+# Shared helpers for the scripts in tools/. Source it; it only defines variables and functions.
+# shellcheck shell=bash
+
+AGENTIAM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=versions.env
+source "$AGENTIAM_ROOT/tools/versions.env"
+
+# Same cache layout as tools/build-tools.sh: <cache>/<name>-<version>/<binary>.
+AGENTIAM_TOOLS_CACHE=${AGENTIAM_TOOLS_CACHE:-$HOME/.cache/agentiam-tools}
+KUBE_BIN_DIR=$AGENTIAM_TOOLS_CACHE/kubernetes-$KUBERNETES_VERSION
+ETCD_BIN=$AGENTIAM_TOOLS_CACHE/etcd-$ETCD_VERSION/etcd
+HELM_BIN=$AGENTIAM_TOOLS_CACHE/helm-$HELM_VERSION/helm
+# Exported for the same reason the values exist: scripts that source lib.sh hand them to their children.
+export AGENTIAM_ROOT AGENTIAM_TOOLS_CACHE KUBE_BIN_DIR ETCD_BIN HELM_BIN
+
+# Progress goes to stderr so that stdout stays machine-readable (`eval "$(tools/cluster.sh env)"`).
+LOG_TAG=${LOG_TAG:-tools}
+log() { printf '[%s %s] %s\n' "$LOG_TAG" "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Wall-clock seconds since $1 (an $EPOCHREALTIME value), with one decimal.
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }

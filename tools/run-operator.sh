@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make run`: install the CRDs, run the operator in the foreground against a cluster, apply config/samples,
+# and print how to look at the result. Ctrl-C stops the operator cleanly (it publishes a final checkpoint).
+# Usage: tools/run-operator.sh <kubeconfig> <kubectl> <operator-namespace> <samples-namespace> <run-dir>
+set -euo pipefail
+
+LOG_TAG=run
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+
+[ $# -eq 5 ] || die "usage: $0 <kubeconfig> <kubectl> <operator-namespace> <samples-namespace> <run-dir>"
+export KUBECONFIG=$1
+kubectl=$2 op_ns=$3 samples_ns=$4 run_dir=$5
+[ -r "$KUBECONFIG" ] || die "kubeconfig $KUBECONFIG not found (run 'make cluster-up' or set EXISTING_KUBECONFIG)"
+k() { "$kubectl" "$@"; }
+
+cd "$AGENTIAM_ROOT"
+mkdir -p "$run_dir"
+log "installing CRDs"
+k apply --server-side --field-manager=agentiam-make -f crds/ >/dev/null
+k wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
+k create namespace "$op_ns" --dry-run=client -o yaml | k apply -f - >/dev/null
+k create namespace "$samples_ns" --dry-run=client -o yaml | k apply -f - >/dev/null
+
+audit_log=$run_dir/audit.jsonl
+log "starting the operator (logs: $run_dir/operator.log; audit records stream below as JSON lines)"
+./target/debug/agentiam run \
+  --namespace "$op_ns" \
+  --audit-log "$audit_log" \
+  --http-addr 127.0.0.1:${AGENTIAM_HTTP_PORT:-8081} \
+  --checkpoint-interval 10s \
+  2> >(tee -a "$run_dir/operator.log" >&2) &
+operator=$!
+stop() { kill -TERM "$operator" 2>/dev/null || true; wait "$operator" 2>/dev/null || true; }
+trap stop INT TERM
+trap 'stop' EXIT
+
+for _ in $(seq 1 100); do
+  grep -q "operator running" "$run_dir/operator.log" 2>/dev/null && break
+  kill -0 "$operator" 2>/dev/null || die "the operator exited during startup; see $run_dir/operator.log"
+  sleep 0.1
+done
+
+log "applying config/samples to namespace $samples_ns"
+k apply -n "$samples_ns" -k config/samples >&2
+if k wait -n "$samples_ns" --for=jsonpath='{.status.phase}'=Active --timeout=60s agent/support-triage >/dev/null; then
+  log "sample Agent support-triage is Active"
+else
+  log "sample Agent support-triage did not become Active within 60s; see $run_dir/operator.log"
+fi
+k get agents -n "$samples_ns" -o wide >&2
+
+cat >&2 <<TXT
+
+The operator runs in the foreground; Ctrl-C stops it. In another terminal:
+
+  export KUBECONFIG=$KUBECONFIG
+  export PATH=$AGENTIAM_ROOT/target/debug:$KUBE_BIN_DIR:\$PATH   # kubectl and the kubectl-agentiam plugin
+  kubectl get agents -A -o wide
+  kubectl describe agent support-triage -n $samples_ns
+  kubectl agentiam audit verify --log $audit_log --operator-namespace $op_ns
+  kubectl agentiam audit trace support-triage -n $samples_ns --log $audit_log
+
+TXT
+wait "$operator"
