@@ -67,6 +67,9 @@ struct RunArgs {
     /// Testing only: pause this long between writing an audit intent and acting on it.
     #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_INTENT", default_value = "0s", hide = true)]
     failpoint_delay_after_intent: String,
+    /// Testing only: pause this long between acting and writing the audit outcome.
+    #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_EFFECT", default_value = "0s", hide = true)]
+    failpoint_delay_after_effect: String,
 }
 
 fn init_logging(format: LogFormat) {
@@ -91,6 +94,8 @@ fn options(args: RunArgs) -> Result<Options, String> {
     }
     let failpoint_delay_after_intent =
         duration_arg("failpoint-delay-after-intent", &args.failpoint_delay_after_intent)?;
+    let failpoint_delay_after_effect =
+        duration_arg("failpoint-delay-after-effect", &args.failpoint_delay_after_effect)?;
     Ok(Options {
         config: Config {
             trust_domain,
@@ -98,6 +103,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
             watch_namespace: args.watch_namespace,
             checkpoint_interval,
             failpoint_delay_after_intent,
+            failpoint_delay_after_effect,
         },
         audit_log: args.audit_log,
         audit_stdout: args.audit_stdout,

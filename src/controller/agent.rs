@@ -99,6 +99,13 @@ async fn publish(ctx: &Context, agent: &Agent, type_: EventType, reason: &str, n
     }
 }
 
+/// Test hook (see [`crate::controller::Config`]): a pause inside a crash window.
+async fn failpoint(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 fn subject_of(agent: &Agent) -> Result<(String, String, String, i64)> {
     let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
     let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
@@ -116,10 +123,9 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
 
     if let (Some(t), Some(key)) = (decision.transition, key.as_deref()) {
         let state = write_intent(ctx, agent, t, key, &decision).await?;
-        if !ctx.config.failpoint_delay_after_intent.is_zero() {
-            tokio::time::sleep(ctx.config.failpoint_delay_after_intent).await;
-        }
+        failpoint(ctx.config.failpoint_delay_after_intent).await;
         apply_status(ctx, &ns, &name, &decision.status).await?;
+        failpoint(ctx.config.failpoint_delay_after_effect).await;
         if !matches!(state, Some(IntentState::Completed(_))) {
             let reason = format!("agent is now {}", t.to);
             ctx.audit
@@ -253,9 +259,7 @@ async fn archive(agent: &Agent, ctx: &Context) -> Result<Action> {
     );
     // Fail closed here too: an agent must not disappear without its archive record.
     let state = ctx.audit.intent(&key, entry).await.map_err(Error::AuditIntent)?;
-    if !ctx.config.failpoint_delay_after_intent.is_zero() {
-        tokio::time::sleep(ctx.config.failpoint_delay_after_intent).await;
-    }
+    failpoint(ctx.config.failpoint_delay_after_intent).await;
     // Credentials are issued by a later controller; there is nothing to revoke yet beyond the identity, which
     // dies with the object's UID.
     if !matches!(state, IntentState::Completed(_)) {

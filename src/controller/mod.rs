@@ -33,6 +33,9 @@ pub struct Config {
     /// Test hook: sleep this long after writing an audit intent and before the side effect, so tests can kill
     /// the operator inside the window the write-ahead log exists for. Zero in production.
     pub failpoint_delay_after_intent: Duration,
+    /// Test hook: sleep this long after the side effect and before writing its outcome (the other crash
+    /// window). Zero in production.
+    pub failpoint_delay_after_effect: Duration,
 }
 
 /// Everything a reconcile needs, shared by all controllers.

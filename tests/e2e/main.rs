@@ -1,1 +1,15 @@
-//! End-to-end tests against the local control plane.
+//! End-to-end tests against a real kube-apiserver + etcd + kube-controller-manager started on 127.0.0.1 by
+//! tools/cluster.sh (`make test` / `make e2e` do that). Each test has its own namespace and, where it needs
+//! one, its own operator process watching only that namespace with its own audit log, so tests run in
+//! parallel without seeing each other.
+
+// Test code: a panic is a failed test with a message, which is what we want here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+mod harness;
+
+mod audit;
+mod crds;
+mod recovery;
+mod registry;
+mod validation;

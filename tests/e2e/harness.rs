@@ -1,0 +1,387 @@
+//! Test harness for the e2e tier: a real kube-apiserver (started by tools/cluster.sh), one namespace and one
+//! operator process per test, and polling helpers that wait on conditions instead of sleeping.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use agentiam::api::Agent;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::Value;
+
+/// Default time to wait for the operator to react. Generous because tests share 2 cores.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Where the cluster and tools are.
+#[derive(Clone, Debug)]
+pub struct Env {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+/// The e2e environment, or None when there is no control plane. With E2E_REQUIRED=1, a missing control plane
+/// panics instead, so CI cannot pass by skipping.
+pub fn env() -> Option<Env> {
+    let kubeconfig = std::env::var_os("AGENTIAM_E2E_KUBECONFIG").map(PathBuf::from);
+    let required = std::env::var("E2E_REQUIRED").is_ok_and(|v| v == "1");
+    match kubeconfig {
+        Some(k) if k.exists() => {
+            let kubectl = std::env::var_os("KUBECTL").map_or_else(|| PathBuf::from("kubectl"), PathBuf::from);
+            Some(Env { kubeconfig: k, kubectl })
+        }
+        _ if required => panic!(
+            "E2E_REQUIRED=1 but AGENTIAM_E2E_KUBECONFIG does not name a kubeconfig; run via `make test`"
+        ),
+        _ => {
+            eprintln!("SKIPPED: no control plane (AGENTIAM_E2E_KUBECONFIG unset); run via `make test`");
+            None
+        }
+    }
+}
+
+/// Returns the environment or ends the test early (skip).
+#[macro_export]
+macro_rules! require_cluster {
+    () => {
+        match $crate::harness::env() {
+            Some(env) => env,
+            None => return,
+        }
+    };
+}
+
+impl Env {
+    /// An API client for the admin kubeconfig.
+    pub async fn client(&self) -> Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config =
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Runs kubectl with optional stdin.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        run_with_stdin(Command::new(&self.kubectl).args(args).env("KUBECONFIG", &self.kubeconfig), stdin)
+    }
+
+    /// Runs the kubectl-agentiam plugin binary.
+    pub fn plugin(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-agentiam"));
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env_remove("AGENTIAM_AUDIT_LOG");
+        run_with_stdin(&mut cmd, None)
+    }
+}
+
+fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait for command")
+}
+
+/// Text of stdout and stderr together, for assertions and failure messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A namespace for one test, deleted (with any leftover finalizers removed) when dropped.
+pub struct TestNs {
+    pub name: String,
+    pub client: Client,
+    env: Env,
+}
+
+impl TestNs {
+    pub async fn new(env: &Env, prefix: &str) -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("e2e-{prefix}-{}", &suffix[..6]);
+        let client = env.client().await;
+        let ns: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        Self { name, client, env: env.clone() }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Creates an Agent from a JSON spec.
+    pub async fn create_agent(&self, name: &str, spec: Value) -> Agent {
+        let agent: Agent = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("agent JSON");
+        self.api::<Agent>().create(&PostParams::default(), &agent).await.expect("create agent")
+    }
+
+    /// Applies a manifest with kubectl in this namespace.
+    pub fn apply(&self, yaml: &str) -> Output {
+        self.env.kubectl(&["apply", "-n", &self.name, "-f", "-"], Some(yaml))
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        // The operator of this test may be gone, so finalizers would keep the namespace forever.
+        let listed = self.env.kubectl(&["get", "agents", "-n", &self.name, "-o", "name"], None);
+        for obj in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = self.env.kubectl(
+                &[
+                    "patch",
+                    "-n",
+                    &self.name,
+                    obj,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ],
+                None,
+            );
+        }
+        let _ = self.env.kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// A minimal valid Agent spec.
+pub fn basic_spec() -> Value {
+    serde_json::json!({
+        "owner": {"kind": "Team", "name": "e2e"},
+        "purpose": "exercises the e2e tests",
+    })
+}
+
+/// The operator, run as a child process against one namespace, with its own audit log.
+pub struct Operator {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub namespace: String,
+    env: Env,
+    extra: Vec<String>,
+    runs: u32,
+    _tmp: tempfile::TempDir,
+}
+
+impl Operator {
+    /// Starts the operator watching (and keeping its checkpoint in) `ns`, and waits until it runs.
+    pub fn start(env: &Env, ns: &str, extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut op = Self {
+            child: None,
+            dir: tmp.path().to_owned(),
+            namespace: ns.to_owned(),
+            env: env.clone(),
+            extra: extra.iter().map(ToString::to_string).collect(),
+            runs: 0,
+            _tmp: tmp,
+        };
+        op.spawn_and_wait();
+        op
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit").join("audit.jsonl")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.join(format!("stderr-{}.log", self.runs))
+    }
+
+    /// stdout of the current run: the streamed audit records.
+    pub fn stdout_path(&self) -> PathBuf {
+        self.dir.join(format!("stdout-{}.log", self.runs))
+    }
+
+    /// Spawns without waiting; returns the child for tests of startup failures.
+    pub fn spawn(&mut self) {
+        self.runs += 1;
+        let args = self.command_args();
+        let child = Command::new(env!("CARGO_BIN_EXE_agentiam"))
+            .args(&args)
+            .env("KUBECONFIG", &self.env.kubeconfig)
+            .env("RUST_LOG", "info,agentiam=debug")
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(self.stdout_path()).expect("stdout file"))
+            .stderr(std::fs::File::create(self.stderr_path()).expect("stderr file"))
+            .spawn()
+            .expect("spawn operator");
+        self.child = Some(child);
+    }
+
+    fn command_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--log-format",
+            "text",
+            "run",
+            "--namespace",
+            &self.namespace,
+            "--watch-namespace",
+            &self.namespace,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--checkpoint-interval",
+            "500ms",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.push("--audit-log".into());
+        args.push(self.audit_log().display().to_string());
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// Replaces the extra flags used by the next (re)start.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(ToString::to_string).collect();
+    }
+
+    fn spawn_and_wait(&mut self) {
+        self.spawn();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.stderr().contains("operator running") {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("operator exited during startup with {status}:\n{}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "operator did not start:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit (for startup-failure tests) and returns its exit code and stderr.
+    pub fn wait_exit(&mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return (status.code(), self.stderr());
+            }
+            assert!(Instant::now() < deadline, "operator did not exit:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no cleanup, no final checkpoint, like a crash or OOM kill.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the graceful path (final checkpoint).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + WAIT;
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("operator ignored SIGTERM:\n{}", self.stderr());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Starts again with the same audit log and namespace.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn_and_wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the agent's status.phase is `phase` and returns the agent.
+pub async fn wait_phase(api: &Api<Agent>, name: &str, phase: &str) -> Agent {
+    wait_for(&format!("agent {name} to be {phase}"), WAIT, || async {
+        let a = api.get_opt(name).await.ok().flatten()?;
+        let p = a.status.as_ref()?.phase?;
+        (p.as_str() == phase).then_some(a)
+    })
+    .await
+}
+
+/// Deletes an agent and waits until it is gone (i.e. its finalizer ran).
+pub async fn delete_and_wait(api: &Api<Agent>, name: &str) {
+    api.delete(name, &DeleteParams::default()).await.expect("delete agent");
+    wait_for(&format!("agent {name} to be gone"), WAIT, || async {
+        api.get_opt(name).await.ok().map(|o| o.is_none()).filter(|gone| *gone)
+    })
+    .await;
+}
+
+/// The audit log's records as JSON values.
+pub fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// The seq of the published checkpoint, if any.
+pub async fn published_checkpoint_seq(ns: &TestNs) -> Option<u64> {
+    let cm = ns
+        .api::<k8s_openapi::api::core::v1::ConfigMap>()
+        .get_opt("agentiam-audit-checkpoint")
+        .await
+        .ok()??;
+    let json = cm.data?.get("checkpoint.json")?.clone();
+    serde_json::from_str::<Value>(&json).ok()?.get("seq")?.as_u64()
+}
+
+/// Waits until the published checkpoint covers every record in the log.
+pub async fn wait_checkpoint_covers_log(ns: &TestNs, op: &Operator) -> u64 {
+    wait_for("the checkpoint to cover the whole log", WAIT, || async {
+        let last = records(&op.audit_log()).last()?.get("seq")?.as_u64()?;
+        (published_checkpoint_seq(ns).await? == last).then_some(last)
+    })
+    .await
+}
