@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use kube::Client;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::audit::{AuditConfig, AuditError, AuditLog};
-use crate::controller::checkpoints::{self, CheckpointsError};
+use crate::audit::{AuditConfig, AuditError, AuditLog, Checkpoint, Entry, ObjectRef, Outcome};
+use crate::controller::checkpoints::{self, CheckpointsError, SIGNING_KEY_SECRET};
 use crate::controller::{self, Config, Context};
 use crate::server::{self, Health};
 
@@ -88,6 +88,36 @@ async fn shutdown_signal() {
     }
 }
 
+/// Records in the audit log that the checkpoint signing key is not the one that signed the last checkpoint
+/// (the Secret was deleted or replaced), so a key change is never silent.
+async fn record_key_rotation(
+    audit: &AuditLog,
+    namespace: &str,
+    published: Option<&Checkpoint>,
+    key_id: &str,
+) -> Result<(), StartupError> {
+    let Some(previous) = published.filter(|c| c.key_id != key_id) else { return Ok(()) };
+    warn!(previous = %previous.key_id, current = key_id, "the audit checkpoint signing key changed");
+    let object = ObjectRef {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        namespace: Some(namespace.to_owned()),
+        name: SIGNING_KEY_SECRET.into(),
+        uid: None,
+    };
+    let entry = Entry::new(
+        controller::ACTOR,
+        "audit.signing-key.change",
+        object,
+        Outcome::Success,
+        "the checkpoint signing key is not the one that signed the last published checkpoint",
+    )
+    .with_detail("previousKeyID", previous.key_id.clone())
+    .with_detail("keyID", key_id);
+    audit.append(entry).await.map_err(StartupError::Audit)?;
+    Ok(())
+}
+
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(opts: Options) -> Result<(), StartupError> {
     let client = Client::try_default().await.map_err(StartupError::Client)?;
@@ -103,7 +133,8 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     info!(path = %opts.audit_log.display(), head = audit.head().0, "audit log open");
 
     let signer = checkpoints::load_or_create_signer(&client, &ns).await?;
-    checkpoints::check_log(&client, &ns, &audit).await?;
+    let published = checkpoints::check_log(&client, &ns, &audit).await?;
+    record_key_rotation(&audit, &ns, published.as_ref(), signer.key_id()).await?;
 
     let ctx = Context::new(client.clone(), opts.config.clone(), audit.clone());
     controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
@@ -113,7 +144,10 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let health = Health::default();
+    let audit_for_health = audit.clone();
+    let health = Health::default().with_check(Arc::new(move || {
+        audit_for_health.is_failed().then_some("the audit log failed; restart the operator")
+    }));
     let (listener, addr) = server::bind(opts.http_addr)
         .await
         .map_err(|source| StartupError::Http { addr: opts.http_addr, source })?;

@@ -3,12 +3,16 @@
 # manifest rendered for a set of value combinations validated by the live API server
 # (`kubectl apply --dry-run=server`) in a throwaway namespace. With --install it also installs the chart for
 # real into a throwaway namespace, checks the operator ServiceAccount's permissions (what it must and must not
-# be able to do), uninstalls it and deletes the namespace. Pods stay Pending on the local control plane (no
-# scheduler or kubelet); that is expected.
+# be able to do), then runs the operator binary on this machine with the Deployment's own args and nothing but
+# the ServiceAccount's token (cluster-wide, then with watchNamespace after a `helm upgrade`) and drives a sample
+# Agent through its lifecycle: a permission the chart forgot shows up as a failure here. Finally it uninstalls
+# and deletes the namespaces. Pods stay Pending on the local control plane (no scheduler or kubelet); that is
+# expected, and is why the binary runs here instead.
 #
 # Usage: tools/chart-check.sh [--install]
 # Runs against the local control plane (started when it is down, and stopped again afterwards unless
-# KEEP_CLUSTER=1) or against EXISTING_KUBECONFIG=<path>. Exits non-zero on any failure.
+# KEEP_CLUSTER=1) or against EXISTING_KUBECONFIG=<path>. AGENTIAM_BIN is the operator binary for --install
+# (default target/debug/agentiam; `cargo build` first). Exits non-zero on any failure.
 set -euo pipefail
 
 LOG_TAG="chart-check"
@@ -23,7 +27,8 @@ case ${1:-} in
   *) die "usage: $0 [--install]" ;;
 esac
 
-chart=charts/agentiam
+chart=${AGENTIAM_CHART:-charts/agentiam} # AGENTIAM_CHART: check a copy instead
+release=agentiam
 helm=$HELM_BIN
 kubectl=$KUBE_BIN_DIR/kubectl
 [ -x "$helm" ] || die "no helm at $helm (run 'make tools')"
@@ -43,10 +48,27 @@ fi
 k() { "$kubectl" "$@"; }
 
 work=$(mktemp -d)
+operator_pid=
+release_ns= # namespace of the installed release until it is uninstalled
+stop_operator() {
+  [ -n "$operator_pid" ] || return 0
+  kill -TERM "$operator_pid" 2>/dev/null || true
+  wait "$operator_pid" 2>/dev/null || true
+  operator_pid=
+}
 cleanup() {
   local rc=$? ns
+  stop_operator
   rm -rf "$work"
+  # After a failure midway: the release's cluster-scoped objects do not go with its namespace.
+  if [ -n "$release_ns" ]; then
+    "$helm" uninstall "$release" --namespace "$release_ns" --ignore-not-found --wait >/dev/null ||
+      log "warning: could not uninstall $release from $release_ns"
+  fi
   for ns in "${namespaces[@]}"; do
+    # With the operator gone, nothing would ever release the archive finalizer of an Agent left behind.
+    k -n "$ns" get agents.agentiam.dev -o name 2>/dev/null |
+      xargs -r "$kubectl" -n "$ns" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
     k delete namespace "$ns" --ignore-not-found --wait=true --timeout=120s >/dev/null ||
       log "warning: could not delete namespace $ns"
   done
@@ -129,7 +151,7 @@ for c in "${cases[@]}"; do
     { cat "$work/$name.lint" >&2; die "$name: helm lint --strict failed"; }
 
   out=$work/$name.yaml
-  "$helm" template agentiam "$chart" --namespace "$ns" "${crds[@]}" "${flags[@]}" >"$out" ||
+  "$helm" template "$release" "$chart" --namespace "$ns" "${crds[@]}" "${flags[@]}" >"$out" ||
     die "$name: helm template failed"
 
   # kubectl reports every object it validated; any invalid one makes it exit non-zero.
@@ -184,7 +206,7 @@ done
 for r in "${rejected[@]}"; do
   name=${r%%|*}
   split_flags "${r#*|}"
-  if "$helm" template agentiam "$chart" --namespace "$ns" "${flags[@]}" >/dev/null 2>"$work/rejected.err"; then
+  if "$helm" template "$release" "$chart" --namespace "$ns" "${flags[@]}" >/dev/null 2>"$work/rejected.err"; then
     die "the schema accepted: $name (${flags[*]})"
   fi
   grep -q "values don't meet the specifications of the schema" "$work/rejected.err" ||
@@ -199,8 +221,8 @@ log "ok: the schema rejects ${#rejected[@]} kinds of bad values"
 
 new_namespace install
 ins=$created
-release=agentiam
 log "helm install $release into $ins"
+release_ns=$ins
 "$helm" install "$release" "$chart" --namespace "$ins" --wait=false >"$work/install.out" ||
   die "helm install failed"
 "$helm" status "$release" --namespace "$ins" | grep -q '^STATUS: deployed' || die "release is not deployed"
@@ -268,7 +290,88 @@ eventually "the admission policy denies the operator other ConfigMaps" \
   denied_by_policy configmap not-ours --from-literal=k=v
 log "ok: the ServiceAccount has exactly the permissions checked"
 
+# The operator, run here with the Deployment's args and only the ServiceAccount's token.
+bin=${AGENTIAM_BIN:-$AGENTIAM_ROOT/target/debug/agentiam}
+[ -x "$bin" ] || die "no operator binary at $bin (cargo build, or set AGENTIAM_BIN)"
+server=$(k config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+ca=$(k config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+sa_kubeconfig=$work/sa.kubeconfig
+(
+  umask 077
+  cat >"$sa_kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
+users: [{name: sa, user: {token: "$(k -n "$ins" create token "$release" --duration=1h)"}}]
+contexts: [{name: sa, context: {cluster: c, user: sa}}]
+current-context: sa
+YAML
+)
+
+new_namespace agents
+agents_ns=$created
+
+# run_operator <label>: starts the operator with the args of the installed Deployment, except for the audit log
+# file and listen address (they point into the pod) and a short checkpoint interval.
+run_operator() {
+  local label=$1 port args=()
+  port=$((20000 + RANDOM % 20000))
+  mapfile -t args < <(k -n "$ins" get deployment/$release \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')
+  [ "${args[0]:-}" = run ] || die "unexpected Deployment args: ${args[*]}"
+  args=("${args[@]/#--audit-log=*/--audit-log=$work/audit/audit.jsonl}")
+  args=("${args[@]/#--http-addr=*/--http-addr=127.0.0.1:$port}")
+  args=("${args[@]/#--checkpoint-interval=*/--checkpoint-interval=1s}")
+  log "$label: agentiam ${args[*]}"
+  KUBECONFIG=$sa_kubeconfig POD_NAME=chart-check "$bin" "${args[@]}" \
+    >"$work/$label.audit" 2>"$work/$label.log" &
+  operator_pid=$!
+  operator_ready() {
+    kill -0 "$operator_pid" 2>/dev/null || { tail -n 20 "$work/$label.log" >&2; die "$label: the operator exited"; }
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1
+  }
+  eventually "$label: the operator is ready" operator_ready
+}
+
+# exercise <label>: an Agent goes Active (status, finalizer, Events) and is archived on delete, then the
+# operator stops and must have logged no permission error.
+exercise() {
+  local label=$1 agent=support-triage
+  k -n "$agents_ns" delete events.events.k8s.io --all >/dev/null # only this run's Events count
+  k -n "$agents_ns" apply -f config/samples/agentiam.dev_v1alpha1_agent.yaml >/dev/null
+  k -n "$agents_ns" wait --for=jsonpath='{.status.phase}'=Active --timeout=60s agent/$agent >/dev/null ||
+    { tail -n 20 "$work/$label.log" >&2; die "$label: the sample Agent did not become Active"; }
+  k -n "$agents_ns" get events.events.k8s.io \
+    -o jsonpath='{range .items[*]}{.regarding.name} {.reportingController}{"\n"}{end}' |
+    grep -qx "$agent agentiam-operator" || die "$label: no Event for the Agent"
+  k -n "$agents_ns" delete agent/$agent --timeout=60s >/dev/null ||
+    { tail -n 20 "$work/$label.log" >&2; die "$label: the Agent was not archived and released"; }
+  k -n "$ins" get secret/agentiam-audit-signing-key configmap/agentiam-audit-checkpoint >/dev/null ||
+    die "$label: signing key or checkpoint missing"
+  stop_operator
+  if grep -Eiq 'forbidden|\b403\b' "$work/$label.log"; then
+    grep -Ei 'forbidden|\b403\b' "$work/$label.log" >&2
+    die "$label: the operator hit a permission error"
+  fi
+  grep -q '"action":"agent.archive"' "$work/$label.audit" || die "$label: no archive record on stdout"
+  log "ok: $label: operator ran as the ServiceAccount (Agent Active, Events, archived; no permission errors)"
+}
+
+run_operator cluster-wide
+exercise cluster-wide
+"$helm" upgrade "$release" "$chart" --namespace "$ins" --reuse-values --set "watchNamespace=$agents_ns" \
+  >/dev/null || die "helm upgrade to watchNamespace failed"
+rbac_watch_ready() {
+  [ "$(k auth can-i --as="$sa" list agents.agentiam.dev -n "$agents_ns" 2>/dev/null)" = yes ] &&
+    [ "$(k auth can-i --as="$sa" list agents.agentiam.dev --all-namespaces 2>/dev/null)" = no ]
+}
+eventually "watchNamespace: Agents are readable in $agents_ns only" rbac_watch_ready
+# Restart on the same audit log: also checks the startup path that verifies it against the published checkpoint.
+run_operator watch-namespace
+exercise watch-namespace
+
 "$helm" uninstall "$release" --namespace "$ins" --wait >/dev/null || die "helm uninstall failed"
+release_ns=
 k -n "$ins" get pvc/$release-audit >/dev/null || die "the audit claim did not survive helm uninstall"
 if k get clusterrole/$release-"$ins" >/dev/null 2>&1; then die "helm uninstall left the ClusterRole"; fi
 log "ok: install and uninstall (the audit claim is kept, as intended; the namespace goes on exit)"

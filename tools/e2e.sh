@@ -43,4 +43,11 @@ start=$EPOCHREALTIME
 # Each test runs its own operator in its own namespace, so tests run in parallel; 2 cores make 4 threads
 # a good balance between wall time and flakiness from CPU starvation.
 "$cargo" test --locked --test e2e -- --test-threads="${E2E_THREADS:-4}" "$@"
-log "e2e tier finished in $(elapsed "$start")s"
+log "e2e tests finished in $(elapsed "$start")s"
+# The chart check runs the operator cluster-wide under the chart's ServiceAccount, so it runs after the
+# parallel tests (whose namespaces it would otherwise reconcile too). Skipped when a test filter is given.
+if [ $# -eq 0 ]; then
+  [ -x "$HELM_BIN" ] || tools/build-tools.sh helm
+  tools/chart-check.sh --install
+  log "e2e tier (tests + chart) finished in $(elapsed "$start")s"
+fi

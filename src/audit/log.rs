@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::AuditError;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointSigner};
 use super::record::{Entry, ObjectRef, Outcome, Record, RecordKind, now_rfc3339};
+use super::stdout::StdoutSink;
 use super::verify::{ChainVerifier, LineError, Problem};
-use super::writer::{Index, Op, Request, Shared, Writer, stream_to_stdout, write_durably};
+use super::writer::{Index, Op, Request, Shared, Writer, write_durably};
 
 /// Requests that may queue for the writer before `append` itself waits: backpressure, not a batch size.
 const QUEUE_DEPTH: usize = 4096;
@@ -103,12 +104,14 @@ impl AuditLog {
             Some(torn) => Some(repair(&mut file, &path, &mut index, &torn)?),
             None => None,
         };
-        if let Some(line) = recovery.filter(|_| config.stream_stdout) {
-            stream_to_stdout(&line);
+        let stdout =
+            if config.stream_stdout { Some(StdoutSink::start().map_err(AuditError::Spawn)?) } else { None };
+        if let (Some(line), Some(stdout)) = (recovery, stdout.as_ref()) {
+            stdout.send(&line);
         }
         let shared = Arc::new(Shared::new(index));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer::new(file, Arc::clone(&shared), config.stream_stdout, rx);
+        let writer = Writer::new(file, Arc::clone(&shared), stdout, rx);
         thread::Builder::new()
             .name("agentiam-audit".into())
             .spawn(move || writer.run())
@@ -170,6 +173,11 @@ impl AuditLog {
         let mut open: Vec<Record> = self.inner.shared.index().open.values().cloned().collect();
         open.sort_by_key(|record| record.seq);
         open
+    }
+
+    /// True once a write or sync failed: the log refuses every append until the operator restarts.
+    pub fn is_failed(&self) -> bool {
+        self.inner.shared.failed.load(Ordering::Acquire)
     }
 
     /// Seq and hash of the last durable record; `(0, ZERO_HASH)` for an empty log.

@@ -47,6 +47,7 @@
 mod checkpoint;
 mod log;
 mod record;
+mod stdout;
 mod verify;
 mod writer;
 

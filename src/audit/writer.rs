@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::AuditError;
 use super::log::IntentState;
 use super::record::{Entry, Outcome, Record, RecordKind, ZERO_HASH, now_rfc3339};
+use super::stdout::StdoutSink;
 use super::verify::Problem;
 
 /// Most requests folded into one write + sync, so one batch's latency and memory stay bounded under load.
@@ -246,15 +247,6 @@ pub(super) fn write_durably(file: &mut File, buf: &[u8]) -> Result<(), AuditErro
     file.sync_data().map_err(AuditError::Sync)
 }
 
-/// Copies durable records to stdout for log shippers. Best effort: the file is the record of truth, and a
-/// stalled or closed stdout must not stop the operator.
-pub(super) fn stream_to_stdout(buf: &[u8]) {
-    let mut out = io::stdout().lock();
-    if let Err(error) = out.write_all(buf).and_then(|()| out.flush()) {
-        tracing::warn!(%error, "failed to copy audit records to stdout; the audit log file has them");
-    }
-}
-
 /// An io::Error is not Clone; every caller in a failed batch gets one with the same kind and message.
 fn copy_error(error: &AuditError) -> AuditError {
     let copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
@@ -286,7 +278,7 @@ fn read_back(file: &File, loc: Loc) -> Result<Record, AuditError> {
 pub(super) struct Writer {
     file: File,
     shared: Arc<Shared>,
-    stream_stdout: bool,
+    stdout: Option<StdoutSink>,
     rx: mpsc::Receiver<Request>,
 }
 
@@ -294,10 +286,10 @@ impl Writer {
     pub(super) fn new(
         file: File,
         shared: Arc<Shared>,
-        stream_stdout: bool,
+        stdout: Option<StdoutSink>,
         rx: mpsc::Receiver<Request>,
     ) -> Self {
-        Self { file, shared, stream_stdout, rx }
+        Self { file, shared, stdout, rx }
     }
 
     /// Serves batches until every handle is dropped or one asks to close.
@@ -316,9 +308,11 @@ impl Writer {
         }
         // Dropping the receiver fails everything still queued with `Closed`; dropping the file releases
         // its lock, which the close reply promises.
-        let Self { file, rx, .. } = self;
+        let Self { file, rx, stdout, .. } = self;
         drop(rx);
         drop(file);
+        // Drains the stdout copy before answering, so a clean shutdown prints every record.
+        drop(stdout);
         if let Some(reply) = close {
             let _ = reply.send(());
         }
@@ -373,8 +367,8 @@ impl Writer {
             // A caller that gave up waiting is fine: its record is durable either way.
             let _ = reply.send(answer);
         }
-        if self.stream_stdout && !staged.buf.is_empty() {
-            stream_to_stdout(&staged.buf);
+        if let Some(stdout) = self.stdout.as_ref().filter(|_| !staged.buf.is_empty()) {
+            stdout.send(&staged.buf);
         }
         close
     }

@@ -25,6 +25,7 @@ use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, intents};
 use crate::registry::lifecycle::Transition;
 use crate::registry::status::{CONDITION_VALID, Decision, Subject, decide};
 use crate::registry::trust::trust_score;
+use crate::registry::validate::redact_userinfo;
 
 /// The finalizer that makes deletion wait until the agent is archived.
 pub const FINALIZER: &str = "agentiam.dev/archive";
@@ -69,10 +70,17 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(agent = %agent.name_any(), error = %error, label = error.metric_label(), "reconcile failed");
     let note = error.to_string();
+    let action = match error {
+        // Permanent for this object: retrying cannot help until it changes.
+        Error::MissingObjectKey(_) => Action::await_change(),
+        // The log refuses appends until a restart; retry slowly so the warning stays visible.
+        _ if ctx.audit.is_failed() => Action::requeue(Duration::from_secs(30)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    };
     tokio::spawn(async move {
         publish(&ctx, &agent, EventType::Warning, "ReconcileError", note).await;
     });
-    Action::requeue(Duration::from_secs(5))
+    action
 }
 
 /// The audit reference for an agent.
@@ -139,6 +147,24 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
             _ => format!("agent is now {}", t.to),
         };
         publish(ctx, agent, EventType::Normal, t.event_reason(), note).await;
+    } else if let Some(previous) = spec_changed(agent.status.as_ref(), generation) {
+        // No phase change, but the spec did change (owner, provenance, ...): record it, write-ahead, because a
+        // new trust score can widen what the agent may do.
+        let key = format!("agent.update:{uid}:{generation}");
+        let entry =
+            Entry::new(ACTOR, "agent.update", object_ref(agent), Outcome::Pending, "agent spec changed")
+                .with_detail("generation", generation.to_string())
+                .with_detail("previousGeneration", previous.to_string())
+                .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name))
+                .with_detail("trustScore", decision.status.trust_score.unwrap_or_default().to_string());
+        let state = ctx.audit.intent(&key, entry).await.map_err(Error::AuditIntent)?;
+        apply_status(ctx, &ns, &name, &decision.status).await?;
+        if !matches!(state, IntentState::Completed(_)) {
+            ctx.audit
+                .outcome(&key, Outcome::Success, "status updated", BTreeMap::new())
+                .await
+                .map_err(Error::AuditOutcome)?;
+        }
     } else if agent.status.as_ref() != Some(&decision.status) {
         apply_status(ctx, &ns, &name, &decision.status).await?;
     }
@@ -148,6 +174,11 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
         publish(ctx, agent, EventType::Warning, "InvalidSpec", errors.to_string()).await;
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// The previously observed generation, if the spec changed since the status was written.
+fn spec_changed(current: Option<&AgentStatus>, generation: i64) -> Option<i64> {
+    current.and_then(|s| s.observed_generation).filter(|g| *g != generation)
 }
 
 /// True unless the current status already reports this generation as invalid (so the Warning is published
@@ -227,7 +258,7 @@ fn final_state(agent: &Agent, mut entry: Entry) -> Entry {
         add("provenance.modelProvider", p.model_provider.clone());
         add("provenance.version", p.version.clone());
         add("provenance.image", p.image.clone());
-        add("provenance.sourceRepository", p.source_repository.clone());
+        add("provenance.sourceRepository", p.source_repository.as_deref().map(redact_userinfo));
     }
     entry
 }

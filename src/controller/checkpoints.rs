@@ -143,10 +143,14 @@ pub async fn read_published(
 
 /// Refuses a log that is shorter than, or differs from, what the last published checkpoint pins: the
 /// operator must not continue a chain that lost records.
-pub async fn check_log(client: &Client, namespace: &str, log: &AuditLog) -> Result<(), CheckpointsError> {
+pub async fn check_log(
+    client: &Client,
+    namespace: &str,
+    log: &AuditLog,
+) -> Result<Option<Checkpoint>, CheckpointsError> {
     let Some((checkpoint, key)) = read_published(client, namespace).await? else {
         warn!("no published audit checkpoint found; starting a new chain of trust");
-        return Ok(());
+        return Ok(None);
     };
     let bytes = tokio::fs::read(log.path()).await.map_err(CheckpointsError::ReadLog)?;
     let report = verify_log(&bytes, std::slice::from_ref(&checkpoint), Some(&key))
@@ -156,7 +160,7 @@ pub async fn check_log(client: &Client, namespace: &str, log: &AuditLog) -> Resu
         head_seq = report.head_seq,
         "audit log matches the published checkpoint"
     );
-    Ok(())
+    Ok(Some(checkpoint))
 }
 
 /// Signs the current head and publishes it (server-side apply), with the public key.

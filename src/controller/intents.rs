@@ -84,11 +84,21 @@ pub fn resolve(
         // The object still exists and is being deleted: the cleanup will run again and complete this intent.
         return Resolution::Keep;
     }
+    let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
+    if let ("agent.update", Some(generation)) = (k.action, k.generation) {
+        return if observed >= generation {
+            Resolution::Close(
+                Outcome::Success,
+                "confirmed after an interruption: the status reflects the change".into(),
+            )
+        } else {
+            Resolution::Close(Outcome::Abandoned, "superseded: the status was not updated".into())
+        };
+    }
     let (Some(target), Some(generation)) = (target_phase(k.action), k.generation) else {
         return Resolution::Close(Outcome::Abandoned, format!("unrecognised intent key {key:?}"));
     };
     let phase = status.and_then(|s| s.phase);
-    let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
     if phase == Some(target) && observed >= generation {
         Resolution::Close(Outcome::Success, format!("confirmed after an interruption: the agent is {target}"))
     } else {
@@ -216,6 +226,19 @@ mod tests {
         ));
         assert!(matches!(
             resolve("agent.activate:u1:1", Some(("u1", None)), None),
+            Resolution::Close(Outcome::Abandoned, _)
+        ));
+    }
+
+    #[test]
+    fn spec_updates_are_confirmed_by_the_observed_generation() {
+        let s = status(AgentPhase::Active, 3);
+        assert!(matches!(
+            resolve("agent.update:u1:3", Some(("u1", Some(&s))), None),
+            Resolution::Close(Outcome::Success, _)
+        ));
+        assert!(matches!(
+            resolve("agent.update:u1:4", Some(("u1", Some(&s))), None),
             Resolution::Close(Outcome::Abandoned, _)
         ));
     }

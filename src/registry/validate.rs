@@ -193,6 +193,17 @@ pub fn is_https_url(s: &str) -> bool {
         && !s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
 }
 
+/// The URL with any `user:password@` part replaced by `REDACTED@`, for records that outlive the object.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://REDACTED@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
 fn blank(s: &str) -> bool {
     s.trim().is_empty()
 }
@@ -252,7 +263,8 @@ pub fn validate_agent(
         {
             err(
                 "spec.provenance.sourceRepository",
-                format!("{src:?} must be an https:// URL without credentials"),
+                // Not echoed: a URL with embedded credentials must not reach conditions, Events or the audit log.
+                "must be an https:// URL without credentials".into(),
             );
         }
     }
@@ -450,6 +462,23 @@ mod tests {
                 "spec.workload.podSelector.matchExpressions[1].operator"
             ]
         );
+    }
+
+    #[test]
+    fn credentials_in_urls_are_neither_echoed_nor_archived() {
+        let mut s = spec();
+        s.provenance = Some(Provenance {
+            source_repository: Some("https://bob:hunter2@git.example.com/x".into()),
+            ..Default::default()
+        });
+        let e = validate_agent(&td(), "ns", "n", &s).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert_eq!(
+            redact_userinfo("https://bob:hunter2@git.example.com/x?y@z"),
+            "https://REDACTED@git.example.com/x?y@z"
+        );
+        assert_eq!(redact_userinfo("https://git.example.com/x"), "https://git.example.com/x");
+        assert_eq!(redact_userinfo("not a url"), "not a url");
     }
 
     #[test]

@@ -10,13 +10,39 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-/// Shared readiness flag: set once the operator has opened its audit log and started its controllers.
-#[derive(Clone, Debug, Default)]
+/// A readiness check: returns why the operator is not ready, or None.
+pub type Check = Arc<dyn Fn() -> Option<&'static str> + Send + Sync>;
+
+/// Readiness: a flag set once the operator has started its controllers, plus checks of components that can
+/// fail later (the audit log).
+#[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    checks: Vec<Check>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health").field("ready", &self.ready).field("checks", &self.checks.len()).finish()
+    }
 }
 
 impl Health {
+    /// Adds a check that can make the operator unready.
+    #[must_use]
+    pub fn with_check(mut self, check: Check) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Why the operator is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Some("starting or stopping");
+        }
+        self.checks.iter().find_map(|c| c())
+    }
+
     /// Marks the operator ready (or not).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
@@ -24,7 +50,7 @@ impl Health {
 
     /// Whether the operator is ready.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready_reason().is_none()
     }
 }
 
@@ -32,11 +58,10 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
-    if health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
+    match health.not_ready_reason() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 
@@ -59,4 +84,22 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_the_flag_and_every_check() {
+        let failed = Arc::new(AtomicBool::new(false));
+        let f = Arc::clone(&failed);
+        let health = Health::default()
+            .with_check(Arc::new(move || f.load(Ordering::Acquire).then_some("audit log failed")));
+        assert_eq!(health.not_ready_reason(), Some("starting or stopping"));
+        health.set_ready(true);
+        assert!(health.is_ready());
+        failed.store(true, Ordering::Release);
+        assert_eq!(health.not_ready_reason(), Some("audit log failed"));
+    }
 }

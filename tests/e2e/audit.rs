@@ -186,3 +186,25 @@ async fn the_operator_refuses_a_corrupted_log_naming_the_line() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("line 2"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_changed_checkpoint_signing_key_is_recorded_and_the_log_still_verifies() {
+    let Some((env, ns, mut op, last)) = settled_log("key-change").await else { return };
+    op.stop();
+    let out = env.kubectl(&["delete", "secret", "agentiam-audit-signing-key", "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", text(&out));
+    op.restart();
+    let change = crate::harness::wait_for("the key change record", crate::harness::WAIT, || async {
+        records(&op.audit_log()).into_iter().find(|r| r["action"] == "audit.signing-key.change")
+    })
+    .await;
+    assert_eq!(change["seq"].as_u64(), Some(last + 1), "recorded first thing after the restart");
+    assert_ne!(change["details"]["previousKeyID"], change["details"]["keyID"]);
+    wait_checkpoint_covers_log(&ns, &op).await;
+    let (ok, out) = verify(&env, &ns, &op.audit_log());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(change["details"]["keyID"].as_str().unwrap()),
+        "checkpoint signed by the new key: {out}"
+    );
+}

@@ -83,10 +83,10 @@ async fn an_invalid_trust_domain_stops_the_operator_with_a_clear_error() {
 }
 
 #[tokio::test]
-async fn trust_score_follows_provenance_edits() {
+async fn trust_score_follows_provenance_edits_and_each_edit_is_audited() {
     let env = require_cluster!();
     let ns = TestNs::new(&env, "trust").await;
-    let _op = Operator::start(&env, &ns.name, &[]);
+    let op = Operator::start(&env, &ns.name, &[]);
     let api = ns.api::<Agent>();
     ns.create_agent("t", basic_spec()).await;
     wait_phase(&api, "t", "Active").await;
@@ -99,6 +99,12 @@ async fn trust_score_follows_provenance_edits() {
         (a.status?.trust_score == Some(750)).then_some(())
     })
     .await;
+    let updates: Vec<_> =
+        records(&op.audit_log()).into_iter().filter(|r| r["action"] == "agent.update").collect();
+    assert_eq!(updates.len(), 2, "one intent and one outcome for the edit: {updates:?}");
+    assert_eq!(updates[0]["details"]["trustScore"], "750");
+    assert_eq!(updates[0]["details"]["previousGeneration"], "1");
+    assert_eq!(updates[1]["outcome"], "success");
 }
 
 #[tokio::test]
