@@ -19,8 +19,9 @@ mkdir -p "$run_dir"
 log "installing CRDs"
 k apply --server-side --field-manager=agentiam-make -f crds/ >/dev/null
 k wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
-k create namespace "$op_ns" --dry-run=client -o yaml | k apply -f - >/dev/null
-k create namespace "$samples_ns" --dry-run=client -o yaml | k apply -f - >/dev/null
+for ns in "$op_ns" "$samples_ns"; do
+  k get namespace "$ns" >/dev/null 2>&1 || k create namespace "$ns" >/dev/null
+done
 
 audit_log=$run_dir/audit.jsonl
 log "starting the operator (logs: $run_dir/operator.log; audit records stream below as JSON lines)"

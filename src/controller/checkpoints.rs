@@ -57,7 +57,11 @@ pub enum CheckpointsError {
     #[error("configmap {CHECKPOINT_CONFIGMAP} is malformed: {0}")]
     Malformed(String),
     /// The log does not match the published checkpoint.
-    #[error("the audit log does not match the last published checkpoint (refusing to run on it): {0}")]
+    #[error(
+        "the audit log does not match the last published checkpoint (refusing to run on it): {0}; restore the \
+         log from backup, or, if it is known to be lost, delete configmap {CHECKPOINT_CONFIGMAP} in the operator \
+         namespace to start a new chain of trust"
+    )]
     Mismatch(#[source] VerifyError),
     /// The log file could not be read.
     #[error("failed to read the audit log: {0}")]
