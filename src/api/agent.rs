@@ -72,6 +72,22 @@ pub struct AgentSpec {
     pub lifecycle: Option<LifecycleSpec>,
 }
 
+impl AgentSpec {
+    /// A spec with only the required fields set; everything else takes its default.
+    pub fn new(owner: Owner, purpose: impl Into<String>) -> Self {
+        Self {
+            owner,
+            purpose: purpose.into(),
+            provenance: None,
+            environment: Environment::default(),
+            workload: None,
+            policy_refs: Vec::new(),
+            credentials: None,
+            lifecycle: None,
+        }
+    }
+}
+
 /// The accountable principal of an agent.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -116,16 +116,7 @@ mod tests {
     use crate::api::{DesiredState, LifecycleSpec, Owner, PrincipalKind};
 
     fn spec() -> AgentSpec {
-        AgentSpec {
-            owner: Owner { kind: PrincipalKind::Team, name: "support".into() },
-            purpose: "triage".into(),
-            provenance: None,
-            environment: Default::default(),
-            workload: None,
-            policy_refs: vec![],
-            credentials: None,
-            lifecycle: None,
-        }
+        AgentSpec::new(Owner { kind: PrincipalKind::Team, name: "support".into() }, "triage")
     }
 
     fn subject(generation: i64) -> Subject<'static> {

@@ -85,14 +85,8 @@ mod tests {
 
     fn spec(env: Environment) -> AgentSpec {
         AgentSpec {
-            owner: Owner { kind: PrincipalKind::Team, name: "payments".into() },
-            purpose: "refunds".into(),
-            provenance: None,
             environment: env,
-            workload: None,
-            policy_refs: vec![],
-            credentials: None,
-            lifecycle: None,
+            ..AgentSpec::new(Owner { kind: PrincipalKind::Team, name: "payments".into() }, "refunds")
         }
     }
 

@@ -329,16 +329,10 @@ mod tests {
     }
 
     fn spec() -> AgentSpec {
-        AgentSpec {
-            owner: Owner { kind: PrincipalKind::User, name: "alice@example.com".into() },
-            purpose: "answers support tickets".into(),
-            provenance: None,
-            environment: Default::default(),
-            workload: None,
-            policy_refs: vec![],
-            credentials: None,
-            lifecycle: None,
-        }
+        AgentSpec::new(
+            Owner { kind: PrincipalKind::User, name: "alice@example.com".into() },
+            "answers support tickets",
+        )
     }
 
     fn fields(r: Result<ValidAgent, ValidationErrors>) -> Vec<String> {

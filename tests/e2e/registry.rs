@@ -36,6 +36,15 @@ async fn event_reasons(ns: &TestNs, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until events with all `reasons` were recorded for `name`; returns every reason seen.
+async fn wait_events(ns: &TestNs, name: &str, reasons: &[&str]) -> Vec<String> {
+    wait_for(&format!("events {reasons:?} for {name}"), WAIT, || async {
+        let seen = event_reasons(ns, name).await;
+        reasons.iter().all(|r| seen.iter().any(|s| s == r)).then_some(seen)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_agent_reaches_active_with_spiffe_id_trust_score_and_conditions() {
     let env = require_cluster!();
@@ -119,11 +128,7 @@ async fn events_are_recorded_for_every_transition() {
     wait_phase(&api, "ev", "Suspended").await;
     set_desired(&api, "ev", "Active").await;
     wait_phase(&api, "ev", "Active").await;
-    let reasons = wait_for("Activated, Suspended and Resumed events", WAIT, || async {
-        let r = event_reasons(&ns, "ev").await;
-        ["Activated", "Suspended", "Resumed"].iter().all(|x| r.iter().any(|y| y == x)).then_some(r)
-    })
-    .await;
+    let reasons = wait_events(&ns, "ev", &["Activated", "Suspended", "Resumed"]).await;
     assert!(!reasons.iter().any(|r| r == "ReconcileError"), "{reasons:?}");
     let out = env.kubectl(&["describe", "agent", "ev", "-n", &ns.name], None);
     assert!(text(&out).contains("agent is Active as spiffe://"), "{}", text(&out));
@@ -185,12 +190,7 @@ async fn retiring_is_terminal_and_archives_the_final_state() {
     assert_eq!(retire["details"]["provenance.model"], "m1");
     assert_eq!(retire["details"]["owner"], "User:bob");
     assert_eq!(retire["details"]["finalPhase"], "Active", "state before retiring");
-    let reasons = wait_for("Retired event", WAIT, || async {
-        let r = event_reasons(&ns, "r").await;
-        r.iter().any(|x| x == "Retired").then_some(r)
-    })
-    .await;
-    assert!(reasons.contains(&"Retired".to_string()));
+    wait_events(&ns, "r", &["Retired"]).await;
 }
 
 #[tokio::test]
@@ -245,11 +245,7 @@ async fn an_invalid_spec_that_passes_the_api_gives_valid_false_not_a_crash_loop(
     assert!(valid.message.contains("spec.provenance.image"), "{}", valid.message);
     assert!(valid.message.contains("spec.provenance.sourceRepository"), "{}", valid.message);
     assert_eq!(a.status.as_ref().unwrap().phase.unwrap().as_str(), "Pending");
-    let reasons = wait_for("InvalidSpec event", WAIT, || async {
-        let r = event_reasons(&ns, "bad").await;
-        r.iter().any(|x| x == "InvalidSpec").then_some(r)
-    })
-    .await;
+    let reasons = wait_events(&ns, "bad", &["InvalidSpec"]).await;
     assert!(!reasons.iter().any(|r| r == "ReconcileError"), "{reasons:?}");
     // Fixing the spec activates it.
     let fix = json!({"spec": {"provenance": {"image": "ghcr.io/acme/x:1", "sourceRepository": "https://github.com/acme/x"}}});
