@@ -49,9 +49,10 @@ generate: ## Regenerate crds/ from the Rust types and copy them into the chart.
 	mkdir -p charts/agentiam/crds && rm -f charts/agentiam/crds/*.yaml && cp crds/*.yaml charts/agentiam/crds/
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings denied.
+lint: ## cargo fmt --check, clippy and rustdoc with warnings denied.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --quiet
 
 .PHONY: unit
 unit: ## Unit tests only (no cluster needed).

@@ -13,3 +13,4 @@ pub mod identity;
 pub mod operator;
 pub mod registry;
 pub mod server;
+pub mod webhook;

@@ -242,7 +242,7 @@ pub struct AgentStatus {
     /// Pending, Active, Suspended, Revoked or Retired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<AgentPhase>,
-    /// The agent's SPIFFE ID: spiffe://<trust-domain>/ns/<namespace>/agent/<name>.
+    /// The agent's SPIFFE ID: `spiffe://<trust-domain>/ns/<namespace>/agent/<name>`.
     #[serde(rename = "spiffeID", default, skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<String>,
     /// Trust score from 0 to 1000, computed from provenance completeness and environment (see

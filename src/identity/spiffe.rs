@@ -45,7 +45,7 @@ pub enum SpiffeError {
         /// The trust domain that was required.
         expected: String,
     },
-    /// The ID is valid but not of the form /ns/<namespace>/agent/<name>.
+    /// The ID is valid but not of the form `/ns/<namespace>/agent/<name>`.
     #[error("SPIFFE ID path is not of the form /ns/<namespace>/agent/<name>")]
     NotAnAgent,
 }
