@@ -1,7 +1,9 @@
-//! Workload identity: SPIFFE IDs now; keys, SVID minting and the strict verifier arrive with the credentials
-//! work.
+//! Workload identity: SPIFFE IDs, signing keys and their rotation, JWT-SVID minting, the strict verifier,
+//! the X.509 CA, and the published documents (JWKS, SPIFFE bundle, OIDC discovery). All pure: the controllers
+//! persist and distribute what these modules compute.
 
 pub mod bundle;
+pub mod issuer;
 pub mod jwt;
 pub mod keys;
 pub mod spiffe;
