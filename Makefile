@@ -34,7 +34,7 @@ run: build ## Bring up the local control plane (or use EXISTING_KUBECONFIG), ins
 
 .PHONY: test
 test: ## Run every test: unit, then e2e against the local control plane (E2E_REQUIRED=1 makes a missing one fail).
-	$(CARGO) test --locked --lib --bins --test crds
+	$(CARGO) test --locked --lib --bins --test crds --test interop
 	@tools/e2e.sh
 
 ##@ Development
@@ -56,7 +56,7 @@ lint: ## cargo fmt --check, clippy and rustdoc with warnings denied.
 
 .PHONY: unit
 unit: ## Unit tests only (no cluster needed).
-	$(CARGO) test --locked --lib --bins --test crds
+	$(CARGO) test --locked --lib --bins --test crds --test interop
 
 .PHONY: e2e
 e2e: ## E2E tests only (brings the local control plane up when needed).

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::Client;
 use tokio::sync::watch;
@@ -11,8 +12,10 @@ use tracing::{error, info, warn};
 
 use crate::audit::{AuditConfig, AuditError, AuditLog, Checkpoint, Entry, ObjectRef, Outcome};
 use crate::controller::checkpoints::{self, CheckpointsError, SIGNING_KEY_SECRET};
+use crate::controller::keys::IssuerSettings;
 use crate::controller::{self, Config, Context};
 use crate::server::{self, Health};
+use crate::webhook::config::WebhookSettings;
 
 /// Settings that are not part of the controllers' [`Config`].
 #[derive(Debug, Clone)]
@@ -23,8 +26,12 @@ pub struct Options {
     pub audit_log: PathBuf,
     /// Stream audit records to stdout.
     pub audit_stdout: bool,
-    /// Address of the health/readiness server.
+    /// Address of the HTTP server (probes and issuer documents).
     pub http_addr: SocketAddr,
+    /// The credentials issuer: URL, trust domain, key rotation.
+    pub issuer: IssuerSettings,
+    /// The pod admission webhook (None: disabled).
+    pub webhook: Option<WebhookSettings>,
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -51,6 +58,9 @@ pub enum StartupError {
     /// The checkpoint key or the published checkpoint.
     #[error(transparent)]
     Checkpoints(#[from] CheckpointsError),
+    /// The signing keys or the CA could not be loaded or created.
+    #[error(transparent)]
+    Keys(controller::keys::KeysError),
     /// Resolving intents left open by a previous run failed.
     #[error("failed to resolve open audit intents: {0}")]
     Recovery(#[source] controller::Error),
@@ -136,7 +146,10 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let published = checkpoints::check_log(&client, &ns, &audit).await?;
     record_key_rotation(&audit, &ns, published.as_ref(), signer.key_id()).await?;
 
-    let ctx = Context::new(client.clone(), opts.config.clone(), audit.clone());
+    let (key_manager, issuer) = controller::keys::bootstrap(&client, &ns, opts.issuer.clone(), &audit)
+        .await
+        .map_err(StartupError::Keys)?;
+    let ctx = Context::new(client.clone(), opts.config.clone(), audit.clone(), issuer.clone());
     controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -145,14 +158,25 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     };
 
     let audit_for_health = audit.clone();
-    let health = Health::default().with_check(Arc::new(move || {
-        audit_for_health.is_failed().then_some("the audit log failed; restart the operator")
-    }));
+    let webhook_failed = Arc::new(AtomicBool::new(false));
+    let webhook_for_health = Arc::clone(&webhook_failed);
+    let health = Health::default()
+        .with_check(Arc::new(move || {
+            audit_for_health.is_failed().then_some("the audit log failed; restart the operator")
+        }))
+        .with_check(Arc::new(move || {
+            webhook_for_health.load(Ordering::Acquire).then_some("the pod admission webhook stopped")
+        }));
     let (listener, addr) = server::bind(opts.http_addr)
         .await
         .map_err(|source| StartupError::Http { addr: opts.http_addr, source })?;
-    info!(%addr, "serving /healthz and /readyz");
-    let http = tokio::spawn(server::serve(listener, health.clone(), stopped(stop_rx.clone())));
+    // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.
+    info!(
+        "http server listening on {addr} (/healthz, /readyz, /.well-known/openid-configuration, /keys, /v1/bundle)"
+    );
+    let http =
+        tokio::spawn(server::serve_with(listener, health.clone(), Some(issuer), stopped(stop_rx.clone())));
+    let keys = tokio::spawn(key_manager.run(stopped(stop_rx.clone())));
 
     // The publisher stops after the controllers, so its final checkpoint covers everything they wrote.
     let (publisher_stop_tx, publisher_stop_rx) = watch::channel(false);
@@ -164,7 +188,21 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         opts.config.checkpoint_interval,
         stopped(publisher_stop_rx),
     ));
-    let agents = tokio::spawn(controller::agent::run(Arc::clone(&ctx), stopped(stop_rx.clone())));
+    let agent_controller = controller::agent::controller(&ctx);
+    let webhook = opts.webhook.clone().map(|settings| {
+        let (client, store, failed) = (client.clone(), agent_controller.store(), Arc::clone(&webhook_failed));
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            info!(listen = %settings.listen, configuration = %settings.configuration_name, "starting the pod admission webhook");
+            if let Err(e) = crate::webhook::run::run(client, settings, store, stop).await {
+                // Labelled pods are refused while the webhook is down (failurePolicy Fail); say so loudly.
+                error!(error = %e, "the pod admission webhook stopped");
+                failed.store(true, Ordering::Release);
+            }
+        })
+    });
+    let agents =
+        tokio::spawn(controller::agent::run(agent_controller, Arc::clone(&ctx), stopped(stop_rx.clone())));
     health.set_ready(true);
     info!(trust_domain = %opts.config.trust_domain, watch_namespace = ?opts.config.watch_namespace, "operator running");
 
@@ -173,6 +211,10 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     health.set_ready(false);
     let _ = stop_tx.send(true);
     let _ = agents.await;
+    if let Some(w) = webhook {
+        let _ = w.await;
+    }
+    let _ = keys.await;
     let _ = publisher_stop_tx.send(true);
     let _ = publisher.await;
     let _ = http.await;

@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agentiam::controller::Config;
+use agentiam::controller::keys::IssuerSettings;
 use agentiam::crdgen;
 use agentiam::identity::TrustDomain;
+use agentiam::identity::keys::RotationPolicy;
 use agentiam::operator::{self, Options};
 use agentiam::registry::validate::parse_duration;
+use agentiam::webhook::config::{WebhookClientConfig, WebhookSettings};
 use clap::{Parser, Subcommand};
 
 /// agentiam: identity and access management for autonomous AI agents.
@@ -32,7 +35,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the CRD manifests generated from the Rust types.
     Crdgen {
         /// Directory to write agentiam.dev_<plural>.yaml files into; prints to stdout when absent.
@@ -64,6 +67,26 @@ struct RunArgs {
     /// Address of the /healthz and /readyz server.
     #[arg(long, env = "AGENTIAM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// The issuer URL: the `iss` claim of every JWT-SVID and the base of the OIDC discovery document. Defaults
+    /// to the in-cluster Service `https://agentiam.<namespace>.svc`.
+    #[arg(long, env = "AGENTIAM_ISSUER_URL")]
+    issuer_url: Option<String>,
+    /// How long a signing key signs before the next one (published one period earlier) takes over.
+    #[arg(long, env = "AGENTIAM_KEY_ROTATION_PERIOD", default_value = "24h")]
+    key_rotation_period: String,
+    /// Serve the pod admission webhook that mounts credentials into agent pods.
+    #[arg(long, env = "AGENTIAM_WEBHOOK", default_value_t = true, action = clap::ArgAction::Set)]
+    webhook: bool,
+    /// Where the webhook's TLS server listens.
+    #[arg(long, env = "AGENTIAM_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    webhook_listen: SocketAddr,
+    /// How the API server reaches the webhook when the operator runs outside the cluster, e.g.
+    /// `https://127.0.0.1:9443/mutate-pods`. Without it, the in-cluster Service --webhook-service is used.
+    #[arg(long, env = "AGENTIAM_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The Service (in the operator namespace, port 443) in front of the webhook, for in-cluster runs.
+    #[arg(long, env = "AGENTIAM_WEBHOOK_SERVICE", default_value = "agentiam-webhook")]
+    webhook_service: String,
     /// Testing only: pause this long between writing an audit intent and acting on it.
     #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_INTENT", default_value = "0s", hide = true)]
     failpoint_delay_after_intent: String,
@@ -99,9 +122,37 @@ fn options(args: RunArgs) -> Result<Options, String> {
         duration_arg("failpoint-delay-after-intent", &args.failpoint_delay_after_intent)?;
     let failpoint_delay_after_effect =
         duration_arg("failpoint-delay-after-effect", &args.failpoint_delay_after_effect)?;
+    let rotation_period = duration_arg("key-rotation-period", &args.key_rotation_period)?;
+    let policy = RotationPolicy { rotation_period, ..RotationPolicy::default() };
+    policy.validate().map_err(|e| format!("--key-rotation-period: {e}"))?;
+    let issuer_url =
+        args.issuer_url.clone().unwrap_or_else(|| format!("https://agentiam.{}.svc", args.namespace));
+    if !(issuer_url.starts_with("https://") || issuer_url.starts_with("http://")) || issuer_url.ends_with('/')
+    {
+        return Err("--issuer-url must be an http(s) URL without a trailing slash".into());
+    }
+    let webhook = args.webhook.then(|| {
+        let client_config = match &args.webhook_url {
+            Some(url) => WebhookClientConfig::Url(url.clone()),
+            None => WebhookClientConfig::Service { name: args.webhook_service.clone(), port: 443 },
+        };
+        WebhookSettings::new(
+            args.namespace.clone(),
+            args.watch_namespace.clone(),
+            client_config,
+            args.webhook_listen,
+        )
+    });
+    if let Some(url) = &args.webhook_url
+        && !url.starts_with("https://")
+    {
+        return Err(
+            "--webhook-url must be an https:// URL (the API server only calls webhooks over TLS)".into()
+        );
+    }
     Ok(Options {
         config: Config {
-            trust_domain,
+            trust_domain: trust_domain.clone(),
             operator_namespace: args.namespace,
             watch_namespace: args.watch_namespace,
             checkpoint_interval,
@@ -111,6 +162,8 @@ fn options(args: RunArgs) -> Result<Options, String> {
         audit_log: args.audit_log,
         audit_stdout: args.audit_stdout,
         http_addr: args.http_addr,
+        issuer: IssuerSettings { issuer_url, trust_domain: trust_domain.clone(), policy },
+        webhook,
     })
 }
 
@@ -142,7 +195,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Crdgen { out } => crdgen(out),
-        Command::Run(args) => options(args).and_then(|opts| {
+        Command::Run(args) => options(*args).and_then(|opts| {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -1,10 +1,12 @@
 //! `kubectl-agentiam`: the agentiam user CLI, usable as a kubectl plugin (`kubectl agentiam ...`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentiam::audit::Record;
 use agentiam::cli::audit::{self, CheckpointSource, TraceFilter};
+use agentiam::cli::token::{self, TokenCommand};
 use clap::{Parser, Subcommand};
 
 /// Inspect what agentiam records about AI agents.
@@ -20,6 +22,9 @@ enum Command {
     /// Work with the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Decode or verify a JWT-SVID (reads the token from stdin by default).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,6 +95,16 @@ async fn run(cli: Cli) -> Result<String, String> {
                     .collect::<Result<String, _>>()
                     .map_err(|e| format!("failed to render records: {e}")),
             }
+        }
+        Command::Token(command) => {
+            // Hints go to stderr so stdout stays exactly the command's output.
+            if let Some(warning) = command.history_warning() {
+                eprintln!("kubectl-agentiam: {warning}");
+            }
+            if command.reads_stdin() && std::io::stdin().is_terminal() {
+                eprintln!("kubectl-agentiam: reading the token from stdin (paste it, then Ctrl-D)");
+            }
+            token::run(command, std::io::stdin().lock()).await.map_err(|e| e.to_string())
         }
     }
 }

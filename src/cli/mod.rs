@@ -1,3 +1,4 @@
 //! `kubectl agentiam`: the user CLI. Thin over the library, so the same checks run here as in the operator.
 
 pub mod audit;
+pub mod token;

@@ -21,7 +21,7 @@ use tracing::{info, instrument, warn};
 
 use crate::api::{Agent, AgentPhase, AgentStatus};
 use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
-use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, intents};
+use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, intents};
 use crate::registry::lifecycle::Transition;
 use crate::registry::status::{CONDITION_VALID, Decision, Subject, decide};
 use crate::registry::trust::trust_score;
@@ -34,12 +34,28 @@ pub const FINALIZER: &str = "agentiam.dev/archive";
 const RESYNC: Duration = Duration::from_secs(600);
 
 /// Runs the Agent controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+/// The Agent controller, not yet running. Its [`Controller::store`] is the in-memory view of all Agents that
+/// the admission webhook reads, so pod admission never costs an API call.
+pub fn controller(ctx: &Context) -> Controller<Agent> {
     let api: Api<Agent> = match &ctx.config.watch_namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    Controller::new(api, watcher::Config::default().any_semantic())
+    // Every new issuer snapshot (a key rotation) re-reconciles every agent: trust bundles follow at once, and
+    // credentials signed by a withdrawn key are replaced.
+    let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    });
+    Controller::new(api, watcher::Config::default().any_semantic()).reconcile_all_on(rotations)
+}
+
+/// Runs the Agent controller until `shutdown` resolves.
+pub async fn run(
+    controller: Controller<Agent>,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -94,7 +110,8 @@ pub fn object_ref(agent: &Agent) -> ObjectRef {
     }
 }
 
-async fn publish(ctx: &Context, agent: &Agent, type_: EventType, reason: &str, note: String) {
+/// Publishes a Kubernetes Event about `agent`; failures are logged, never fatal.
+pub(crate) async fn publish(ctx: &Context, agent: &Agent, type_: EventType, reason: &str, note: String) {
     let event = KubeEvent {
         type_,
         reason: reason.into(),
@@ -173,7 +190,20 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     {
         publish(ctx, agent, EventType::Warning, "InvalidSpec", errors.to_string()).await;
     }
-    Ok(Action::requeue(RESYNC))
+
+    // Credentials follow the phase that is now in the status: issued only to Active agents, withdrawn from
+    // all others.
+    let phase = decision.status.phase.unwrap_or(AgentPhase::Pending);
+    let mut seen = agent.clone();
+    seen.status = Some(decision.status.clone());
+    let creds = credentials::reconcile(ctx, &seen, phase).await?;
+    if creds.status != decision.status.credentials {
+        let mut status = decision.status.clone();
+        status.credentials = creds.status;
+        apply_status(ctx, &ns, &name, &status).await?;
+    }
+    let requeue = creds.recheck_in.map_or(RESYNC, |r| r.clamp(Duration::from_secs(1), RESYNC));
+    Ok(Action::requeue(requeue))
 }
 
 /// The previously observed generation, if the spec changed since the status was written.
@@ -291,11 +321,13 @@ async fn archive(agent: &Agent, ctx: &Context) -> Result<Action> {
     // Fail closed here too: an agent must not disappear without its archive record.
     let state = ctx.audit.intent(&key, entry).await.map_err(Error::AuditIntent)?;
     failpoint(ctx.config.failpoint_delay_after_intent).await;
-    // Credentials are issued by a later controller; there is nothing to revoke yet beyond the identity, which
-    // dies with the object's UID.
+    // Revoke what was issued before the object goes, rather than leave it to the garbage collector: the
+    // archive record then says the credentials are gone.
+    let withdrawn = credentials::delete_secret(ctx, agent).await?;
     if !matches!(state, IntentState::Completed(_)) {
+        let details = [("credentialsWithdrawn".to_owned(), withdrawn.to_string())].into();
         ctx.audit
-            .outcome(&key, Outcome::Success, "agent archived", BTreeMap::new())
+            .outcome(&key, Outcome::Success, "agent archived", details)
             .await
             .map_err(Error::AuditOutcome)?;
     }

@@ -118,7 +118,10 @@ pub async fn resolve_for_agent(
     in_progress: Option<&str>,
 ) -> Result<()> {
     for intent in ctx.audit.open_intents() {
-        if intent.object.uid.as_deref() != Some(uid) {
+        // Only the registry's own intents: credential intents are resolved against the Secret by the
+        // credentials step, which can see whether the issuance reached it.
+        let ours = intent.key.as_deref().is_some_and(|k| k.starts_with("agent."));
+        if intent.object.uid.as_deref() != Some(uid) || !ours {
             continue;
         }
         close(ctx, &intent, resolve_key(&intent, Some((uid, agent.status.as_ref())), in_progress)).await?;

@@ -3,9 +3,12 @@
 
 pub mod agent;
 pub mod checkpoints;
+pub mod credentials;
 pub mod intents;
+pub mod keys;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::Client;
@@ -13,6 +16,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::audit::{AuditError, AuditLog};
 use crate::identity::TrustDomain;
+use crate::identity::issuer::IssuerReceiver;
 
 /// The field manager under which the operator applies everything it owns (server-side apply).
 pub const FIELD_MANAGER: &str = "agentiam-operator";
@@ -48,15 +52,27 @@ pub struct Context {
     pub audit: AuditLog,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
+    /// The current issuer snapshot (keys, CA), replaced on every rotation.
+    pub issuer: IssuerReceiver,
+    /// The issuer snapshot sequence last applied to each namespace's trust bundle ConfigMap, so a bundle is
+    /// written once per rotation rather than once per agent.
+    pub bundles_applied: Mutex<HashMap<String, u64>>,
 }
 
 impl Context {
     /// A context with a recorder reporting as `agentiam-operator` from this instance.
-    pub fn new(client: Client, config: Config, audit: AuditLog) -> Arc<Self> {
+    pub fn new(client: Client, config: Config, audit: AuditLog, issuer: IssuerReceiver) -> Arc<Self> {
         let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
         let recorder = Recorder::new(client.clone(), reporter);
-        Arc::new(Self { client, config, audit, recorder })
+        Arc::new(Self {
+            client,
+            config,
+            audit,
+            recorder,
+            issuer,
+            bundles_applied: Mutex::new(HashMap::new()),
+        })
     }
 }
 
@@ -87,6 +103,18 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Writing an object failed.
+    #[error("failed to write {what}: {source}")]
+    Write {
+        /// What was being written.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Credentials could not be minted (never contains key or token material).
+    #[error("credentials: {0}")]
+    Credentials(String),
     /// Adding or removing the finalizer failed.
     #[error("finalizer step failed: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -102,6 +130,8 @@ impl Error {
             Self::AuditRecord(_) => "audit_record",
             Self::ApplyStatus(_) => "apply_status",
             Self::Read { .. } => "read",
+            Self::Write { .. } => "write",
+            Self::Credentials(_) => "credentials",
             Self::Finalizer(_) => "finalizer",
         }
     }

@@ -1,4 +1,7 @@
-//! HTTP surfaces of the operator. For now: health and readiness probes.
+//! HTTP surfaces of the operator: health and readiness probes, and the issuer documents (OIDC discovery,
+//! JWKS, SPIFFE bundle) once the operator has an issuer.
+
+pub mod issuer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +12,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
+
+use crate::identity::issuer::IssuerReceiver;
 
 /// A readiness check: returns why the operator is not ready, or None.
 pub type Check = Arc<dyn Fn() -> Option<&'static str> + Send + Sync>;
@@ -70,6 +75,15 @@ pub fn router(health: Health) -> Router {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health)
 }
 
+/// The probe routes, plus the issuer documents when `issuer` is given (see [`issuer::routes`]).
+pub fn router_with(health: Health, issuer: Option<IssuerReceiver>) -> Router {
+    let probes = router(health);
+    match issuer {
+        Some(issuer) => probes.merge(issuer::routes(issuer)),
+        None => probes,
+    }
+}
+
 /// Binds the HTTP listener, returning the address actually bound (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
@@ -84,6 +98,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves the routes of [`router_with`] until `shutdown` resolves.
+pub async fn serve_with(
+    listener: TcpListener,
+    health: Health,
+    issuer: Option<IssuerReceiver>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(health, issuer)).with_graceful_shutdown(shutdown).await
 }
 
 #[cfg(test)]

@@ -1,3 +1,8 @@
 //! The admission webhook: TLS server and AdmissionReview plumbing, with one pure decision function per kind.
 
+pub mod config;
 pub mod pods;
+pub mod run;
+pub mod secret;
+pub mod server;
+pub mod tls;

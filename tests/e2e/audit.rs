@@ -19,6 +19,7 @@ async fn settled_log(prefix: &str) -> Option<(crate::harness::Env, TestNs, Opera
     }
     for name in ["a", "b", "c"] {
         wait_phase(&api, name, "Active").await;
+        crate::harness::wait_credentials(&api, name).await;
     }
     crate::harness::delete_and_wait(&api, "c").await;
     let last = wait_checkpoint_covers_log(&ns, &op).await;
@@ -134,7 +135,15 @@ async fn trace_prints_an_agents_actions_in_order() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let actions: Vec<&str> = stdout.lines().skip(1).map(|l| l.split('\t').nth(3).unwrap()).collect();
-    assert_eq!(actions, ["agent.activate", "agent.activate", "agent.archive", "agent.archive"], "{stdout}");
+    let expected = [
+        "agent.activate",
+        "agent.activate",
+        "credential.issue",
+        "credential.issue",
+        "agent.archive",
+        "agent.archive",
+    ];
+    assert_eq!(actions, expected, "{stdout}");
     let seqs: Vec<u64> =
         stdout.lines().skip(1).map(|l| l.split('\t').next().unwrap().parse().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "not in log order: {seqs:?}");

@@ -157,6 +157,11 @@ impl Drop for TestNs {
             );
         }
         let _ = self.env.kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+        // The operator of this namespace registered a cluster-scoped webhook configuration for it.
+        let webhook = format!("agentiam-{}", self.name);
+        let _ = self
+            .env
+            .kubectl(&["delete", "mutatingwebhookconfiguration", &webhook, "--ignore-not-found"], None);
     }
 }
 
@@ -176,6 +181,11 @@ pub struct Operator {
     env: Env,
     extra: Vec<String>,
     runs: u32,
+    /// 127.0.0.1:<port> of the HTTP server (probes, issuer documents); fixed across restarts so the issuer URL
+    /// in tokens stays the same.
+    pub http_addr: String,
+    /// 127.0.0.1:<port> of the admission webhook's TLS server.
+    pub webhook_addr: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -190,6 +200,8 @@ impl Operator {
             env: env.clone(),
             extra: extra.iter().map(ToString::to_string).collect(),
             runs: 0,
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            webhook_addr: format!("127.0.0.1:{}", free_port()),
             _tmp: tmp,
         };
         op.spawn_and_wait();
@@ -235,7 +247,13 @@ impl Operator {
             "--watch-namespace",
             &self.namespace,
             "--http-addr",
-            "127.0.0.1:0",
+            &self.http_addr,
+            "--issuer-url",
+            &format!("http://{}", self.http_addr),
+            "--webhook-listen",
+            &self.webhook_addr,
+            "--webhook-url",
+            &format!("https://{}/mutate-pods", self.webhook_addr),
             "--checkpoint-interval",
             "500ms",
         ]
@@ -384,4 +402,56 @@ pub async fn wait_checkpoint_covers_log(ns: &TestNs, op: &Operator) -> u64 {
         (published_checkpoint_seq(ns).await? == last).then_some(last)
     })
     .await
+}
+
+/// Waits until the audit log satisfies `pred`, and returns its records.
+pub async fn wait_records(op: &Operator, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    wait_for(what, WAIT, || async {
+        let recs = records(&op.audit_log());
+        pred(&recs).then_some(recs)
+    })
+    .await
+}
+
+/// The actions of the outcome records in the log, in order.
+pub fn outcome_actions(recs: &[Value]) -> Vec<String> {
+    recs.iter()
+        .filter(|r| r["kind"] == "outcome")
+        .filter_map(|r| r["action"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until the agent's credentials are issued and summarised in its status (the last step of settling).
+pub async fn wait_credentials(api: &Api<Agent>, name: &str) -> Agent {
+    wait_for(&format!("credentials of {name} in its status"), WAIT, || async {
+        let a = api.get_opt(name).await.ok().flatten()?;
+        a.status.as_ref()?.credentials.as_ref()?;
+        Some(a)
+    })
+    .await
+}
+
+/// A port that was free a moment ago (bind to port 0 and let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.1 GET against the operator on loopback: (status, headers lowercased, body).
+pub async fn http_get(addr: &str, path: &str) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the operator");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8(buf).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let mut lines = head.lines();
+    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    // Bodies here are small and sent with Content-Length (no chunked encoding from axum for fixed bodies).
+    (status, headers, body.to_owned())
 }

@@ -10,6 +10,8 @@ mod harness;
 
 mod audit;
 mod crds;
+mod credentials;
 mod recovery;
 mod registry;
 mod validation;
+mod webhook;

@@ -152,12 +152,19 @@ async fn suspend_and_resume_move_phase_ready_and_the_audit_log() {
     set_desired(&api, "s", "Active").await;
     let a = wait_phase(&api, "s", "Active").await;
     assert_eq!(condition(&a, "Ready").observed_generation, Some(3));
-    let actions: Vec<String> = records(&op.audit_log())
-        .iter()
-        .filter(|r| r["kind"] == "outcome")
-        .map(|r| r["action"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(actions, ["agent.activate", "agent.suspend", "agent.activate"]);
+    let expected = [
+        "agent.activate",
+        "credential.issue",
+        "agent.suspend",
+        "credential.withdraw",
+        "agent.activate",
+        "credential.issue",
+    ];
+    let recs = crate::harness::wait_records(&op, "the full lifecycle in the log", |r| {
+        crate::harness::outcome_actions(r).len() >= expected.len()
+    })
+    .await;
+    assert_eq!(crate::harness::outcome_actions(&recs), expected);
 }
 
 #[tokio::test]
@@ -262,6 +269,11 @@ async fn reconciling_a_settled_agent_changes_nothing() {
     let api = ns.api::<Agent>();
     ns.create_agent("i", basic_spec()).await;
     wait_phase(&api, "i", "Active").await;
+    // Settled: the credentials summary is written after the phase.
+    wait_for("credentials in the status", WAIT, || async {
+        api.get("i").await.ok()?.status?.credentials.map(|_| ())
+    })
+    .await;
     let before = api.get("i").await.unwrap();
     let log_len = records(&op.audit_log()).len();
     // A restart reconciles every agent again from scratch.
@@ -285,7 +297,8 @@ async fn a_recreated_agent_of_the_same_name_is_a_new_identity() {
     wait_phase(&api, "same", "Active").await;
     delete_and_wait(&api, "same").await;
     let second = ns.create_agent("same", basic_spec()).await.metadata.uid.unwrap();
-    let a = wait_phase(&api, "same", "Active").await;
+    wait_phase(&api, "same", "Active").await;
+    let a = crate::harness::wait_credentials(&api, "same").await;
     assert_ne!(first, second);
     assert_eq!(a.status.unwrap().uid.unwrap(), second);
     let activations: Vec<String> = records(&op.audit_log())
@@ -310,6 +323,13 @@ async fn a_recreated_agent_of_the_same_name_is_a_new_identity() {
         log.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
-    assert_eq!(lines.len(), 2, "only the second agent's activation intent and outcome: {lines:?}");
+    let lines: Vec<serde_json::Value> =
+        std::str::from_utf8(&out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let actions: Vec<&str> = lines.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        ["agent.activate", "agent.activate", "credential.issue", "credential.issue"],
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|r| r["object"]["uid"] == second.as_str()), "only the second incarnation");
 }

@@ -1,0 +1,391 @@
+//! Credentials for Active agents: the `<agent>-credentials` Secret (one JWT-SVID per audience, optionally an
+//! X.509-SVID, the CA bundle), rotated at 80% of its lifetime, withdrawn when the agent leaves Active, and
+//! the trust bundle ConfigMap in every namespace with agents.
+//!
+//! Issuing is a grant: it is written ahead to the audit log and does not happen if the intent cannot be
+//! written. The Secret is owned by the Agent (garbage-collected with it) and carries the Agent's UID, so a
+//! recreated Agent of the same name never inherits its predecessor's credentials.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::{Agent, AgentPhase, CredentialStatus};
+use crate::audit::{Entry, IntentState, Outcome};
+use crate::controller::agent::{object_ref, publish};
+use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result};
+use crate::identity::SpiffeId;
+use crate::identity::issuer::Issuer;
+use crate::identity::jwt::{AgentClaims, Minter, SvidClaims, effective_ttl};
+use crate::registry::credentials::{
+    self as plan, ANNOTATION_EXPIRES_AT, ANNOTATION_FINGERPRINT, ANNOTATION_ISSUE_KEY, ANNOTATION_ISSUED_AT,
+    ANNOTATION_KEY_ID, ANNOTATION_REFRESH_AT, ANNOTATION_UID, CredentialPlan, Desired, IssueReason,
+    IssuedFacts,
+};
+use crate::registry::validate::parse_duration;
+use crate::webhook::pods::{AGENT_LABEL, TRUST_BUNDLE_CONFIGMAP, credentials_secret_name};
+
+/// Secret key of the CA bundle in the credentials Secret.
+pub const BUNDLE_PEM: &str = "bundle.pem";
+/// Secret key of the X.509-SVID certificate chain.
+pub const SVID_PEM: &str = "svid.pem";
+/// Secret key of the X.509-SVID private key.
+pub const SVID_KEY_PEM: &str = "svid-key.pem";
+/// Trust bundle ConfigMap key: the CA certificates, PEM.
+pub const TRUST_BUNDLE_PEM: &str = "trust-bundle.pem";
+/// Trust bundle ConfigMap key: the SPIFFE bundle (JWKS with jwt-svid and x509-svid keys).
+pub const TRUST_BUNDLE_SPIFFE: &str = "spiffe-bundle.json";
+
+/// What the credentials step decided, for the status and the requeue.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialsResult {
+    /// The status summary (None: the agent holds no credentials).
+    pub status: Option<CredentialStatus>,
+    /// When to look again.
+    pub recheck_in: Option<Duration>,
+}
+
+fn owner_line(agent: &Agent) -> String {
+    format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name)
+}
+
+/// What the agent asks for, with the lifetime lowered for a low trust score.
+pub fn desired(agent: &Agent) -> Desired {
+    let creds = agent.spec.credentials.clone().unwrap_or_default();
+    let requested = creds.ttl.as_deref().and_then(|t| parse_duration(t).ok());
+    let trust = agent.status.as_ref().and_then(|s| s.trust_score).unwrap_or(0);
+    // Policy caps arrive with the authorization engine; until then only the agent's own request and its
+    // trust score shape the lifetime.
+    Desired { audiences: creds.audiences, x509: creds.x509, ttl: effective_ttl(requested, None, trust) }
+}
+
+fn status_of(facts: &IssuedFacts, name: &str) -> CredentialStatus {
+    CredentialStatus {
+        secret_name: Some(name.to_owned()),
+        issued_at: facts.issued_at.map(|t| t.to_string()),
+        expires_at: facts.expires_at.map(|t| t.to_string()),
+        key_id: facts.key_id.clone(),
+    }
+}
+
+/// Brings the credentials of `agent` (in `phase`, just written to its status) to what they should be.
+pub async fn reconcile(ctx: &Context, agent: &Agent, phase: AgentPhase) -> Result<CredentialsResult> {
+    let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let name = agent.name_any();
+    let issuer = ctx.issuer.borrow().clone();
+    ensure_trust_bundle(ctx, &ns, &issuer).await?;
+
+    let secret_name = credentials_secret_name(&name);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(|source| Error::Read { what: format!("Secret {ns}/{secret_name}"), source })?;
+    let facts = existing.as_ref().map(|s| IssuedFacts::from_annotations(&s.annotations().clone()));
+    resolve_stale_issues(ctx, &uid, facts.as_ref()).await?;
+
+    let want = desired(agent);
+    let kids: Vec<&str> = issuer.keys.published().map(|k| k.kid()).collect();
+    let now = Timestamp::now();
+    match plan::plan(phase, &uid, &want, facts.as_ref(), &kids, now) {
+        CredentialPlan::Nothing => Ok(CredentialsResult::default()),
+        CredentialPlan::Keep { recheck_at } => Ok(CredentialsResult {
+            status: facts.as_ref().map(|f| status_of(f, &secret_name)),
+            recheck_in: Some(until(now, recheck_at)),
+        }),
+        CredentialPlan::Withdraw => {
+            withdraw(ctx, agent, &secrets, existing.as_ref(), facts.as_ref(), phase).await?;
+            Ok(CredentialsResult::default())
+        }
+        CredentialPlan::Issue(reason) => {
+            let facts = issue(ctx, agent, &issuer, &want, reason, now).await?;
+            Ok(CredentialsResult {
+                status: Some(status_of(&facts, &secret_name)),
+                recheck_in: facts.refresh_at.map(|r| until(Timestamp::now(), r)),
+            })
+        }
+    }
+}
+
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+/// Closes issuance intents left open by an interruption: the issuance happened iff the Secret carries its key.
+async fn resolve_stale_issues(ctx: &Context, uid: &str, facts: Option<&IssuedFacts>) -> Result<()> {
+    for intent in ctx.audit.open_intents() {
+        let Some(key) = intent.key.as_deref() else { continue };
+        if intent.action != "credential.issue" || intent.object.uid.as_deref() != Some(uid) {
+            continue;
+        }
+        let stored = facts.and_then(|f| f.issue_key.as_deref()) == Some(key);
+        let (outcome, reason) = if stored {
+            (Outcome::Success, "confirmed after an interruption: the Secret holds these credentials")
+        } else {
+            (Outcome::Abandoned, "the credentials never reached the Secret; they were superseded")
+        };
+        let details = [("resolvedBy".to_owned(), "intent-recovery".to_owned())].into();
+        ctx.audit.outcome(key, outcome, reason, details).await.map_err(Error::AuditOutcome)?;
+    }
+    Ok(())
+}
+
+async fn issue(
+    ctx: &Context,
+    agent: &Agent,
+    issuer: &Issuer,
+    want: &Desired,
+    reason: IssueReason,
+    now: Timestamp,
+) -> Result<IssuedFacts> {
+    let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let name = agent.name_any();
+    let spiffe_id = SpiffeId::for_agent(&issuer.trust_domain, &ns, &name)
+        .map_err(|e| Error::Credentials(format!("agent has no valid SPIFFE ID: {e}")))?;
+    let ttl = want.ttl;
+    let expires_at = now.checked_add(SignedDuration::from_secs(ttl.as_secs() as i64)).unwrap_or(now);
+    let refresh_at = plan::refresh_at(now, ttl);
+    let key = issuer.keys.current();
+    let issue_key = format!("credential.issue:{uid}:{}", now.as_millisecond());
+
+    let entry = Entry::new(ACTOR, "credential.issue", object_ref(agent), Outcome::Pending, reason.as_str())
+        .with_detail("spiffeID", spiffe_id.to_string())
+        .with_detail("audiences", want.audiences.join(","))
+        .with_detail("x509", want.x509.to_string())
+        .with_detail("ttlSeconds", ttl.as_secs().to_string())
+        .with_detail("keyID", key.kid())
+        .with_detail("expiresAt", expires_at.to_string());
+    match ctx.audit.intent(&issue_key, entry).await {
+        Ok(IntentState::Fresh(_) | IntentState::Pending(_)) => {}
+        Ok(IntentState::Completed(_)) => {}
+        Err(e) => {
+            publish(
+                ctx,
+                agent,
+                EventType::Warning,
+                "AuditWriteFailed",
+                format!("credential issuance refused: {e}"),
+            )
+            .await;
+            return Err(Error::AuditIntent(e));
+        }
+    }
+
+    let owner = owner_line(agent);
+    let trust_score = agent.status.as_ref().and_then(|s| s.trust_score).unwrap_or(0);
+    let claims_for = |aud: &str| {
+        SvidClaims::new(
+            &issuer.issuer_url,
+            &spiffe_id,
+            aud,
+            AgentClaims { uid: &uid, owner: &owner, trust_score },
+            now,
+            ttl,
+        )
+    };
+    let mut minter = Minter::new(Arc::clone(key));
+    let mut data: BTreeMap<String, String> = BTreeMap::new();
+    let mut jtis = Vec::new();
+    for (aud, secret_key) in plan::token_keys(&want.audiences) {
+        let claims =
+            claims_for(&aud).map_err(|e| Error::Credentials(format!("failed to build claims: {e}")))?;
+        jtis.push(claims.jti.clone());
+        let token =
+            minter.mint(&claims).map_err(|e| Error::Credentials(format!("failed to sign token: {e}")))?;
+        data.insert(secret_key, token);
+    }
+    let mut serial = None;
+    if want.x509 {
+        let ttl_signed = SignedDuration::from_secs(ttl.as_secs() as i64);
+        let svid = issuer
+            .ca
+            .issue_svid(&spiffe_id, ttl_signed, now)
+            .map_err(|e| Error::Credentials(format!("failed to issue X.509-SVID: {e}")))?;
+        serial = Some(svid.serial_hex.clone());
+        data.insert(SVID_PEM.into(), svid.chain_pem.clone());
+        data.insert(SVID_KEY_PEM.into(), svid.key_pem.clone());
+    }
+    data.insert(BUNDLE_PEM.into(), issuer.ca.bundle_pem());
+
+    let annotations: BTreeMap<String, String> = [
+        (ANNOTATION_UID, uid.clone()),
+        (ANNOTATION_ISSUED_AT, now.to_string()),
+        (ANNOTATION_EXPIRES_AT, expires_at.to_string()),
+        (ANNOTATION_REFRESH_AT, refresh_at.to_string()),
+        (ANNOTATION_KEY_ID, key.kid().to_owned()),
+        (ANNOTATION_FINGERPRINT, want.fingerprint()),
+        (ANNOTATION_ISSUE_KEY, issue_key.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let secret_name = credentials_secret_name(&name);
+    let owner_ref = json!({
+        "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "name": name, "uid": uid,
+        "controller": true, "blockOwnerDeletion": true,
+    });
+    let patch = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": secret_name, "namespace": ns,
+            "labels": {AGENT_LABEL: name, "app.kubernetes.io/managed-by": ACTOR},
+            "annotations": annotations,
+            "ownerReferences": [owner_ref],
+        },
+        "type": "Opaque",
+        "stringData": data,
+    });
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    secrets
+        .patch(&secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Write { what: format!("Secret {ns}/{secret_name}"), source })?;
+
+    let mut details = BTreeMap::new();
+    details.insert("jti".to_owned(), jtis.join(","));
+    if let Some(s) = serial {
+        details.insert("x509Serial".to_owned(), s);
+    }
+    ctx.audit
+        .outcome(&issue_key, Outcome::Success, "credentials stored", details)
+        .await
+        .map_err(Error::AuditOutcome)?;
+    let event = if reason == IssueReason::Initial { "CredentialsIssued" } else { "CredentialsRotated" };
+    let note = format!(
+        "{} token(s){} signed by key {}, valid until {expires_at} ({})",
+        want.audiences.len(),
+        if want.x509 { " and an X.509-SVID" } else { "" },
+        key.kid(),
+        reason.as_str()
+    );
+    info!(agent = %name, reason = reason.as_str(), key_id = key.kid(), %expires_at, "credentials issued");
+    publish(ctx, agent, EventType::Normal, event, note).await;
+    Ok(IssuedFacts::from_annotations(&annotations))
+}
+
+async fn withdraw(
+    ctx: &Context,
+    agent: &Agent,
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    facts: Option<&IssuedFacts>,
+    phase: AgentPhase,
+) -> Result<()> {
+    let Some(secret) = existing else { return Ok(()) };
+    let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let issued = facts.and_then(|f| f.issue_key.clone()).unwrap_or_else(|| "unknown".into());
+    let key = format!("credential.withdraw:{uid}:{}", issued.rsplit(':').next().unwrap_or("unknown"));
+    let entry = Entry::new(
+        ACTOR,
+        "credential.withdraw",
+        object_ref(agent),
+        Outcome::Pending,
+        format!("agent is {phase}"),
+    )
+    .with_detail("secret", secret.name_any());
+    // Taking credentials away must not depend on the log: go ahead if the intent cannot be written.
+    let recorded = match ctx.audit.intent(&key, entry).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(error = %e, "audit intent failed; withdrawing credentials regardless");
+            false
+        }
+    };
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: secret.uid(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match secrets.delete(&secret.name_any(), &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(source) => return Err(Error::Write { what: format!("Secret {}", secret.name_any()), source }),
+    }
+    if recorded {
+        ctx.audit
+            .outcome(&key, Outcome::Success, "credentials deleted", BTreeMap::new())
+            .await
+            .map_err(Error::AuditOutcome)?;
+    }
+    info!(agent = %agent.name_any(), %phase, "credentials withdrawn");
+    publish(
+        ctx,
+        agent,
+        EventType::Normal,
+        "CredentialsWithdrawn",
+        format!("credentials deleted: the agent is {phase}"),
+    )
+    .await;
+    Ok(())
+}
+
+/// Deletes the agent's credentials Secret if it belongs to this agent (by UID); returns whether one was
+/// deleted. Used when the agent is archived.
+pub async fn delete_secret(ctx: &Context, agent: &Agent) -> Result<bool> {
+    let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let name = credentials_secret_name(&agent.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(secret) = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Read { what: format!("Secret {ns}/{name}"), source })?
+    else {
+        return Ok(false);
+    };
+    if secret.annotations().get(ANNOTATION_UID) != Some(&uid) {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: secret.uid(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match secrets.delete(&name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(source) => Err(Error::Write { what: format!("Secret {ns}/{name}"), source }),
+    }
+}
+
+/// Keeps the trust bundle ConfigMap of `namespace` at the current issuer snapshot. Applied at most once per
+/// snapshot and namespace.
+pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer) -> Result<()> {
+    if ctx.bundles_applied.lock().map(|m| m.get(namespace) == Some(&issuer.sequence)).unwrap_or(false) {
+        return Ok(());
+    }
+    let spiffe = issuer
+        .spiffe_bundle()
+        .map_err(|e| Error::Credentials(format!("failed to build the trust bundle: {e}")))?;
+    let patch = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": TRUST_BUNDLE_CONFIGMAP, "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": ACTOR},
+            "annotations": {"agentiam.dev/bundle-sequence": issuer.sequence.to_string()},
+        },
+        "data": {
+            TRUST_BUNDLE_PEM: issuer.ca.bundle_pem(),
+            TRUST_BUNDLE_SPIFFE: spiffe.to_string(),
+        },
+    });
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    api.patch(TRUST_BUNDLE_CONFIGMAP, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Write {
+            what: format!("ConfigMap {namespace}/{TRUST_BUNDLE_CONFIGMAP}"),
+            source,
+        })?;
+    if let Ok(mut m) = ctx.bundles_applied.lock() {
+        m.insert(namespace.to_owned(), issuer.sequence);
+    }
+    Ok(())
+}

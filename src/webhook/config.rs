@@ -1,0 +1,315 @@
+//! The MutatingWebhookConfiguration the operator owns: built purely by [`desired`], applied with server-side
+//! apply by [`apply`] whenever the serving CA bundle may have changed.
+//!
+//! Scope is deliberately narrow so that a webhook that is down can only ever affect pods that claim an agent:
+//! the `objectSelector` sends only pods carrying [`AGENT_LABEL`], and the `namespaceSelector` keeps
+//! kube-system and the operator's own namespace out (or, for an operator watching one namespace, keeps
+//! everything else out). Within that scope `failurePolicy: Fail` holds: a pod that claims an identity is never
+//! admitted unchecked.
+//!
+//! The operator should **not** delete the configuration on shutdown. While it is down, labelled pods are
+//! refused ("failed calling webhook"), which is the intended fail-closed behaviour: an agent's pod must not
+//! start without its credentials or with an identity nobody checked. Unrelated pods are unaffected.
+//! [`delete`] exists for uninstalling and for tests.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1 as admission;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+
+use super::pods::AGENT_LABEL;
+use super::run::WebhookError;
+use super::server::MUTATE_PODS_PATH;
+use super::tls::{RenewalPolicy, SECRET_NAME, San};
+use crate::controller::FIELD_MANAGER;
+
+/// The name of the one webhook in the configuration.
+pub const WEBHOOK_NAME: &str = "pods.agentiam.dev";
+/// How long the API server waits for an answer. Short: pod creation blocks on it, and the decision is an
+/// in-memory lookup.
+pub const TIMEOUT_SECONDS: i32 = 5;
+/// The default port the webhook server listens on.
+pub const DEFAULT_PORT: u16 = 9443;
+/// How often the serving certificate is checked for renewal and the configuration re-applied.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// The namespace label every namespace carries (set by the API server, so it cannot be forged).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// How the API server reaches the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookClientConfig {
+    /// A URL, for an operator running outside the cluster (`https://127.0.0.1:9443/mutate-pods`).
+    Url(String),
+    /// A Service in the operator namespace, for an operator running in the cluster.
+    Service {
+        /// The Service name.
+        name: String,
+        /// The Service port (the Service maps it to the listen port).
+        port: u16,
+    },
+}
+
+/// Everything the webhook needs to know; see [`WebhookSettings::new`] for the defaults.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// The operator's namespace: the TLS Secret and the Service live here, and no pod here is sent to us.
+    pub operator_namespace: String,
+    /// The only namespace with Agents, if the operator watches just one.
+    pub watch_namespace: Option<String>,
+    /// Name of the MutatingWebhookConfiguration (cluster-scoped).
+    pub configuration_name: String,
+    /// How the API server reaches the server.
+    pub client_config: WebhookClientConfig,
+    /// Where the server listens.
+    pub listen: SocketAddr,
+    /// Subject alternative names of the serving certificate.
+    pub sans: Vec<San>,
+    /// Name of the TLS Secret in the operator namespace.
+    pub tls_secret: String,
+    /// Certificate lifetimes.
+    pub renewal: RenewalPolicy,
+    /// How often renewal is checked and the configuration re-applied.
+    pub check_interval: Duration,
+}
+
+impl WebhookSettings {
+    /// Settings with defaults: configuration `agentiam-<operator namespace>` (operators in different
+    /// namespaces never collide), Secret [`SECRET_NAME`], SANs that match `client_config` (the Service's DNS
+    /// names, or the URL's host), default lifetimes and a five-minute check.
+    pub fn new(
+        operator_namespace: impl Into<String>,
+        watch_namespace: Option<String>,
+        client_config: WebhookClientConfig,
+        listen: SocketAddr,
+    ) -> Self {
+        let operator_namespace = operator_namespace.into();
+        let sans = default_sans(&client_config, &operator_namespace);
+        Self {
+            configuration_name: default_configuration_name(&operator_namespace),
+            operator_namespace,
+            watch_namespace,
+            client_config,
+            listen,
+            sans,
+            tls_secret: SECRET_NAME.to_owned(),
+            renewal: RenewalPolicy::default(),
+            check_interval: DEFAULT_CHECK_INTERVAL,
+        }
+    }
+
+    /// Settings for an operator outside the cluster: listen on 127.0.0.1:`port`, reached by URL.
+    pub fn local(operator_namespace: impl Into<String>, watch_namespace: Option<String>, port: u16) -> Self {
+        let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let url = format!("https://127.0.0.1:{port}{MUTATE_PODS_PATH}");
+        Self::new(operator_namespace, watch_namespace, WebhookClientConfig::Url(url), listen)
+    }
+}
+
+/// `agentiam-<operator namespace>`.
+pub fn default_configuration_name(operator_namespace: &str) -> String {
+    format!("agentiam-{operator_namespace}")
+}
+
+/// The SANs the API server will check for `client_config`.
+pub fn default_sans(client_config: &WebhookClientConfig, operator_namespace: &str) -> Vec<San> {
+    match client_config {
+        WebhookClientConfig::Service { name, .. } => San::for_service(name, operator_namespace),
+        WebhookClientConfig::Url(url) => {
+            let host = url
+                .parse::<axum::http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .unwrap_or_else(|| "127.0.0.1".to_owned());
+            vec![San::parse(&host)]
+        }
+    }
+}
+
+fn requirement(key: &str, operator: &str, values: Option<Vec<String>>) -> LabelSelectorRequirement {
+    LabelSelectorRequirement { key: key.to_owned(), operator: operator.to_owned(), values }
+}
+
+/// The configuration as the operator wants it, with `ca_bundle_pem` as the trusted serving CAs.
+pub fn desired(config: &WebhookSettings, ca_bundle_pem: &str) -> admission::MutatingWebhookConfiguration {
+    let (url, service) = match &config.client_config {
+        WebhookClientConfig::Url(url) => (Some(url.clone()), None),
+        WebhookClientConfig::Service { name, port } => (
+            None,
+            Some(admission::ServiceReference {
+                name: name.clone(),
+                namespace: config.operator_namespace.clone(),
+                path: Some(MUTATE_PODS_PATH.to_owned()),
+                port: Some(i32::from(*port)),
+            }),
+        ),
+    };
+    let namespaces = match &config.watch_namespace {
+        Some(ns) => requirement(NAMESPACE_NAME_LABEL, "In", Some(vec![ns.clone()])),
+        None => requirement(
+            NAMESPACE_NAME_LABEL,
+            "NotIn",
+            Some(vec!["kube-system".to_owned(), config.operator_namespace.clone()]),
+        ),
+    };
+    let webhook = admission::MutatingWebhook {
+        name: WEBHOOK_NAME.to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        client_config: admission::WebhookClientConfig {
+            ca_bundle: Some(ByteString(ca_bundle_pem.as_bytes().to_vec())),
+            service,
+            url,
+        },
+        rules: Some(vec![admission::RuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".to_owned()]),
+            operations: Some(vec!["CREATE".to_owned()]),
+            resources: Some(vec!["pods".to_owned()]),
+            scope: Some("Namespaced".to_owned()),
+        }]),
+        failure_policy: Some("Fail".to_owned()),
+        match_policy: Some("Equivalent".to_owned()),
+        side_effects: "None".to_owned(),
+        timeout_seconds: Some(TIMEOUT_SECONDS),
+        // Our patch only adds to what other webhooks produced before us; re-running it would be refused as a
+        // duplicate mount.
+        reinvocation_policy: Some("Never".to_owned()),
+        object_selector: Some(LabelSelector {
+            match_expressions: Some(vec![requirement(AGENT_LABEL, "Exists", None)]),
+            match_labels: None,
+        }),
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![namespaces]),
+            match_labels: None,
+        }),
+        match_conditions: None,
+    };
+    admission::MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(config.configuration_name.clone()),
+            labels: Some(
+                [
+                    ("app.kubernetes.io/managed-by".to_owned(), FIELD_MANAGER.to_owned()),
+                    ("app.kubernetes.io/part-of".to_owned(), "agentiam".to_owned()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        webhooks: Some(vec![webhook]),
+    }
+}
+
+/// Applies [`desired`] with server-side apply under the operator's field manager. Forced: the operator owns
+/// this object, and an injector (cert-manager's cainjector) or a person editing `caBundle` would otherwise
+/// leave the API server trusting the wrong CA.
+pub async fn apply(
+    client: &Client,
+    config: &WebhookSettings,
+    ca_bundle_pem: &str,
+) -> Result<(), WebhookError> {
+    let api: Api<admission::MutatingWebhookConfiguration> = Api::all(client.clone());
+    let object = desired(config, ca_bundle_pem);
+    api.patch(&config.configuration_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+        .await
+        .map_err(WebhookError::ApplyConfiguration)?;
+    Ok(())
+}
+
+/// Deletes the configuration; already gone is fine. For uninstalling and tests, not for shutdown (see the
+/// module documentation).
+pub async fn delete(client: &Client, configuration_name: &str) -> Result<(), WebhookError> {
+    let api: Api<admission::MutatingWebhookConfiguration> = Api::all(client.clone());
+    match api.delete(configuration_name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(WebhookError::DeleteConfiguration(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn service() -> WebhookSettings {
+        WebhookSettings::new(
+            "agentiam-system",
+            None,
+            WebhookClientConfig::Service { name: "agentiam-webhook".into(), port: 443 },
+            SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+        )
+    }
+
+    #[test]
+    fn the_in_cluster_configuration_is_fail_closed_and_narrow() {
+        let v = serde_json::to_value(desired(&service(), "PEM")).unwrap();
+        assert_eq!(v["apiVersion"], "admissionregistration.k8s.io/v1");
+        assert_eq!(v["kind"], "MutatingWebhookConfiguration");
+        assert_eq!(v["metadata"]["name"], "agentiam-agentiam-system");
+        let w = &v["webhooks"][0];
+        assert_eq!(w["name"], WEBHOOK_NAME);
+        assert_eq!(
+            w["clientConfig"],
+            json!({
+                "caBundle": "UEVN",
+                "service": {"name": "agentiam-webhook", "namespace": "agentiam-system", "path": "/mutate-pods", "port": 443}
+            })
+        );
+        assert_eq!(
+            w["rules"],
+            json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}])
+        );
+        assert_eq!(w["failurePolicy"], "Fail");
+        assert_eq!(w["sideEffects"], "None");
+        assert_eq!(w["timeoutSeconds"], 5);
+        assert_eq!(w["admissionReviewVersions"], json!(["v1"]));
+        assert_eq!(w["matchPolicy"], "Equivalent");
+        assert_eq!(w["reinvocationPolicy"], "Never");
+        assert_eq!(
+            w["objectSelector"],
+            json!({"matchExpressions": [{"key": AGENT_LABEL, "operator": "Exists"}]})
+        );
+        assert_eq!(
+            w["namespaceSelector"],
+            json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "agentiam-system"]}]})
+        );
+        assert_eq!(
+            service().sans,
+            San::for_service("agentiam-webhook", "agentiam-system"),
+            "the certificate names the Service the configuration points at"
+        );
+    }
+
+    #[test]
+    fn a_local_single_namespace_operator_uses_a_url_and_selects_its_namespace() {
+        let s = WebhookSettings::local("ops", Some("team-a".into()), 9444);
+        assert_eq!(s.configuration_name, "agentiam-ops");
+        assert_eq!(s.sans, vec![San::Ip(Ipv4Addr::LOCALHOST.into())]);
+        let v = serde_json::to_value(desired(&s, "PEM")).unwrap();
+        let w = &v["webhooks"][0];
+        assert_eq!(
+            w["clientConfig"],
+            json!({"caBundle": "UEVN", "url": "https://127.0.0.1:9444/mutate-pods"})
+        );
+        assert_eq!(
+            w["namespaceSelector"],
+            json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}]})
+        );
+    }
+
+    #[test]
+    fn url_hosts_become_sans() {
+        let sans = |u: &str| default_sans(&WebhookClientConfig::Url(u.into()), "ns");
+        assert_eq!(
+            sans("https://webhook.example:8443/mutate-pods"),
+            vec![San::Dns("webhook.example".into())]
+        );
+        assert_eq!(sans("https://[::1]:8443/mutate-pods"), vec![San::Ip("::1".parse().unwrap())]);
+        assert_eq!(sans("not a url"), vec![San::Ip(Ipv4Addr::LOCALHOST.into())]);
+    }
+}

@@ -1,0 +1,137 @@
+//! Running the webhook inside the operator: certificate, configuration, server, and the renewal loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use jiff::Timestamp;
+use kube::Client;
+use kube::runtime::reflector::Store;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::config::{self, WebhookSettings};
+use super::secret;
+use super::server::{self, CertHandle};
+use super::tls::{ServingCerts, TlsError};
+use crate::api::Agent;
+
+/// Why the webhook could not start or stopped. Variants name the step; messages never contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// Reading or writing the TLS Secret failed.
+    #[error("failed to {step}: {source}")]
+    TlsSecret {
+        /// What was being done.
+        step: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The TLS Secret kept changing under us.
+    #[error("the webhook TLS secret changed on every attempt to renew it; will retry")]
+    TlsSecretContended,
+    /// Making or reading the certificates failed.
+    #[error("failed to build the webhook serving certificate: {0}")]
+    Certificate(#[from] TlsError),
+    /// The certificate cannot be used by the TLS server.
+    #[error("failed to load the webhook serving certificate: {0}")]
+    ServerCertificate(&'static str),
+    /// Applying the MutatingWebhookConfiguration failed.
+    #[error("failed to apply the webhook configuration: {0}")]
+    ApplyConfiguration(#[source] kube::Error),
+    /// Deleting the MutatingWebhookConfiguration failed.
+    #[error("failed to delete the webhook configuration: {0}")]
+    DeleteConfiguration(#[source] kube::Error),
+    /// The listener could not be bound.
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server task ended abnormally.
+    #[error("the webhook server task failed: {0}")]
+    ServerTask(String),
+}
+
+impl WebhookError {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::TlsSecret { .. } | Self::TlsSecretContended => "tls_secret",
+            Self::Certificate(_) | Self::ServerCertificate(_) => "certificate",
+            Self::ApplyConfiguration(_) => "apply_configuration",
+            Self::DeleteConfiguration(_) => "delete_configuration",
+            Self::Bind { .. } => "bind",
+            Self::ServerTask(_) => "server",
+        }
+    }
+}
+
+/// Runs the webhook until `shutdown` resolves: (a) loads or creates the TLS Secret, (b) applies the webhook
+/// configuration with its CA bundle, (c) serves, and (d) every `check_interval` renews the certificate when
+/// due, re-applies the configuration (which also repairs edits to it) and only then swaps the served
+/// certificate, so the API server already trusts the CA of every certificate it is shown.
+///
+/// Startup errors are returned; renewal errors are logged and retried at the next check (the leaf is renewed
+/// with a third of its lifetime to spare). The configuration is left in place on shutdown (see
+/// [`config`]).
+pub async fn run(
+    client: Client,
+    settings: WebhookSettings,
+    store: Store<Agent>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WebhookError> {
+    settings.renewal.check()?;
+    let certs = secret::ensure(&client, &settings, None, Timestamp::now()).await?;
+    let handle = CertHandle::new(&certs)?;
+    let (listener, addr) = server::bind(settings.listen).await?;
+    config::apply(&client, &settings, &certs.ca_bundle_pem()).await?;
+    info!(
+        %addr,
+        configuration = %settings.configuration_name,
+        serial = %certs.leaf_serial(),
+        not_after = ?certs.leaf_not_after(),
+        "serving the pod admission webhook"
+    );
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let mut server = tokio::spawn(server::serve_listener(listener, handle.clone(), store, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    let mut served = certs;
+    let mut ticks = tokio::time::interval(settings.check_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            ended = &mut server => return ended.map_err(|e| WebhookError::ServerTask(e.to_string()))?,
+            _ = ticks.tick() => match renew(&client, &settings, &handle, &served).await {
+                Ok(next) => served = next,
+                Err(e) => warn!(error = %e, "webhook certificate check failed; retrying at the next check"),
+            },
+        }
+    }
+    let _ = stop_tx.send(true);
+    server.await.map_err(|e| WebhookError::ServerTask(e.to_string()))?
+}
+
+/// One check: renew if due, publish the bundle, then present the new leaf.
+async fn renew(
+    client: &Client,
+    settings: &WebhookSettings,
+    handle: &CertHandle,
+    served: &ServingCerts,
+) -> Result<ServingCerts, WebhookError> {
+    let certs = secret::ensure(client, settings, Some(served), Timestamp::now()).await?;
+    config::apply(client, settings, &certs.ca_bundle_pem()).await?;
+    if !handle.presents(&certs) {
+        handle.swap(&certs)?;
+        info!(serial = %certs.leaf_serial(), not_after = ?certs.leaf_not_after(), "now serving the renewed webhook certificate");
+    }
+    Ok(certs)
+}
