@@ -24,11 +24,16 @@ for ns in "$op_ns" "$samples_ns"; do
 done
 
 audit_log=$run_dir/audit.jsonl
+http_port=${AGENTIAM_HTTP_PORT:-8081}
+webhook_port=${AGENTIAM_WEBHOOK_PORT:-9443}
 log "starting the operator (logs: $run_dir/operator.log; audit records stream below as JSON lines)"
 ./target/debug/agentiam run \
   --namespace "$op_ns" \
   --audit-log "$audit_log" \
-  --http-addr 127.0.0.1:${AGENTIAM_HTTP_PORT:-8081} \
+  --http-addr "127.0.0.1:$http_port" \
+  --issuer-url "http://127.0.0.1:$http_port" \
+  --webhook-listen "127.0.0.1:$webhook_port" \
+  --webhook-url "https://127.0.0.1:$webhook_port/mutate-pods" \
   --checkpoint-interval 10s \
   2> >(tee -a "$run_dir/operator.log" >&2) &
 operator=$!
@@ -61,6 +66,11 @@ The operator runs in the foreground; Ctrl-C stops it. In another terminal:
   kubectl describe agent support-triage -n $samples_ns
   kubectl agentiam audit verify --log $audit_log --operator-namespace $op_ns
   kubectl agentiam audit trace support-triage -n $samples_ns --log $audit_log
+  kubectl get secret support-triage-credentials -n $samples_ns -o jsonpath='{.metadata.annotations}'
+  curl -s http://127.0.0.1:$http_port/.well-known/openid-configuration
+  kubectl get secret support-triage-credentials -n $samples_ns \
+    -o jsonpath='{.data.token-https___tickets\.example\.com}' | base64 -d | \
+    kubectl agentiam token verify --audience https://tickets.example.com --issuer-url http://127.0.0.1:$http_port
 
 TXT
 wait "$operator"

@@ -390,3 +390,46 @@ async fn the_issuer_documents_are_served_with_cache_headers() {
     assert!(b["spiffe_refresh_hint"].as_u64().unwrap() > 0);
     assert!(b["spiffe_sequence"].as_u64().unwrap() >= 1);
 }
+
+const PYJWT_DISCOVERY: &str = r#"
+import json, sys, urllib.request
+import jwt
+base, aud = sys.argv[1], sys.argv[2]
+token = sys.stdin.read().strip()
+conf = json.load(urllib.request.urlopen(base + "/.well-known/openid-configuration"))
+key = jwt.PyJWKClient(conf["jwks_uri"]).get_signing_key_from_jwt(token)
+claims = jwt.decode(token, key.key, algorithms=["ES256"], audience=aud, issuer=conf["issuer"])
+print(claims["sub"])
+"#;
+
+#[tokio::test]
+async fn pyjwt_verifies_issued_tokens_through_the_operators_oidc_discovery() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "pyjwt").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let api = ns.api::<Agent>();
+    ns.create_agent("py", spec(false, "10m", "Production")).await;
+    wait_credentials(&api, "py").await;
+    let token = data(&secret(&ns, "py").await.unwrap())["token-https___tickets.example.com"].clone();
+    let base = format!("http://{}", op.http_addr);
+    let run = |aud: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", PYJWT_DISCOVERY, &base, aud])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with pyjwt[crypto] is required (.ci/run installs it)");
+        child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = run(TICKETS);
+    assert!(ok.status.success(), "PyJWT refused our token: {}", text(&ok));
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        format!("spiffe://cluster.local/ns/{}/agent/py", ns.name)
+    );
+    let wrong = run("https://elsewhere.example.com");
+    assert!(!wrong.status.success() && text(&wrong).contains("Audience"), "{}", text(&wrong));
+}
