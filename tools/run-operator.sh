@@ -37,7 +37,14 @@ log "starting the operator (logs: $run_dir/operator.log; audit records stream be
   --checkpoint-interval 10s \
   2> >(tee -a "$run_dir/operator.log" >&2) &
 operator=$!
-stop() { kill -TERM "$operator" 2>/dev/null || true; wait "$operator" 2>/dev/null || true; }
+stop() {
+  kill -TERM "$operator" 2>/dev/null || true
+  wait "$operator" 2>/dev/null || true
+  # The operator keeps its fail-closed webhook configuration on shutdown (labelled pods are refused while it
+  # is down). For a local run that pointed at 127.0.0.1, remove it, or later pods on this cluster would be
+  # refused by a webhook that is gone.
+  k delete mutatingwebhookconfiguration "agentiam-$op_ns" --ignore-not-found >/dev/null 2>&1 || true
+}
 trap stop INT TERM
 trap 'stop' EXIT
 

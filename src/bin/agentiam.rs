@@ -64,7 +64,8 @@ struct RunArgs {
     /// How often the audit head is signed and published to the checkpoint ConfigMap.
     #[arg(long, env = "AGENTIAM_CHECKPOINT_INTERVAL", default_value = "30s")]
     checkpoint_interval: String,
-    /// Address of the /healthz and /readyz server.
+    /// Address of the HTTP server: /healthz, /readyz and the issuer documents (/.well-known/openid-configuration,
+    /// /keys, /v1/bundle). Plain HTTP: put TLS in front of it for relying parties outside the cluster.
     #[arg(long, env = "AGENTIAM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
     /// The issuer URL: the `iss` claim of every JWT-SVID and the base of the OIDC discovery document. Defaults

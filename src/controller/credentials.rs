@@ -44,6 +44,10 @@ pub const TRUST_BUNDLE_PEM: &str = "trust-bundle.pem";
 /// Trust bundle ConfigMap key: the SPIFFE bundle (JWKS with jwt-svid and x509-svid keys).
 pub const TRUST_BUNDLE_SPIFFE: &str = "spiffe-bundle.json";
 
+/// A trust bundle is re-applied at least this often even without a rotation, so a deleted or edited
+/// ConfigMap comes back with the next reconcile of any agent in its namespace.
+const BUNDLE_REAPPLY: Duration = Duration::from_secs(60);
+
 /// What the credentials step decided, for the status and the requeue.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialsResult {
@@ -124,7 +128,23 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 async fn resolve_stale_issues(ctx: &Context, uid: &str, facts: Option<&IssuedFacts>) -> Result<()> {
     for intent in ctx.audit.open_intents() {
         let Some(key) = intent.key.as_deref() else { continue };
-        if intent.action != "credential.issue" || intent.object.uid.as_deref() != Some(uid) {
+        if intent.object.uid.as_deref() != Some(uid) {
+            continue;
+        }
+        if intent.action == "credential.withdraw" {
+            // A withdrawal is confirmed once no Secret is left; otherwise the withdrawal in progress reuses the
+            // same key and completes it.
+            if facts.is_none() {
+                let details = [("resolvedBy".to_owned(), "intent-recovery".to_owned())].into();
+                let reason = "confirmed after an interruption: the Secret is gone";
+                ctx.audit
+                    .outcome(key, Outcome::Success, reason, details)
+                    .await
+                    .map_err(Error::AuditOutcome)?;
+            }
+            continue;
+        }
+        if intent.action != "credential.issue" {
             continue;
         }
         let stored = facts.and_then(|f| f.issue_key.as_deref()) == Some(key);
@@ -359,7 +379,9 @@ pub async fn delete_secret(ctx: &Context, agent: &Agent) -> Result<bool> {
 /// Keeps the trust bundle ConfigMap of `namespace` at the current issuer snapshot. Applied at most once per
 /// snapshot and namespace.
 pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer) -> Result<()> {
-    if ctx.bundles_applied.lock().map(|m| m.get(namespace) == Some(&issuer.sequence)).unwrap_or(false) {
+    let fresh =
+        |(seq, at): &(u64, std::time::Instant)| *seq == issuer.sequence && at.elapsed() < BUNDLE_REAPPLY;
+    if ctx.bundles_applied.lock().map(|m| m.get(namespace).is_some_and(fresh)).unwrap_or(false) {
         return Ok(());
     }
     let spiffe = issuer
@@ -385,7 +407,7 @@ pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer
             source,
         })?;
     if let Ok(mut m) = ctx.bundles_applied.lock() {
-        m.insert(namespace.to_owned(), issuer.sequence);
+        m.insert(namespace.to_owned(), (issuer.sequence, std::time::Instant::now()));
     }
     Ok(())
 }

@@ -155,7 +155,9 @@ pub async fn bootstrap(
         issuer_url: settings.issuer_url.clone(),
         trust_domain: settings.trust_domain.clone(),
         policy: settings.policy,
-        sequence: 1,
+        // Unix seconds: strictly higher than any sequence an earlier run published (clocks permitting), so
+        // relying parties that compare spiffe_sequence never see it go back after a restart.
+        sequence: u64::try_from(now.as_second()).unwrap_or(1),
     };
     let (tx, rx) = issuer::channel(issuer);
     let manager = KeyManager { api, namespace: namespace.to_owned(), audit: audit.clone(), tx };
@@ -249,9 +251,15 @@ impl KeyManager {
                 None => "scheduled rotation".to_owned(),
             };
             let entry = rotation_entry(&self.namespace, r, reason);
-            match self.audit.intent(&intent_key, entry).await.map_err(KeysError::Audit)? {
-                IntentState::Fresh(_) | IntentState::Pending(_) => {}
-                IntentState::Completed(_) => warn!(key = intent_key, "rotation already recorded as done"),
+            match self.audit.intent(&intent_key, entry).await {
+                Ok(IntentState::Fresh(_) | IntentState::Pending(_)) => {}
+                Ok(IntentState::Completed(_)) => warn!(key = intent_key, "rotation already recorded as done"),
+                // An emergency rotation takes trust away: it must not wait for a working log.
+                Err(e) if emergency.is_some() => {
+                    warn!(error = %e, "audit intent failed; rotating regardless")
+                }
+                // A scheduled rotation puts a new key to work: fail closed.
+                Err(e) => return Err(KeysError::Audit(e)),
             }
         }
         let mut secret = new_secret(SIGNING_KEYS_SECRET, keys.to_secret_data()?);
@@ -260,10 +268,13 @@ impl KeyManager {
         // Replacing drops the emergency annotation, so one request causes one rotation.
         self.api.replace(SIGNING_KEYS_SECRET, &PostParams::default(), &secret).await.map_err(err("store"))?;
         if let Some(r) = &rotation {
-            self.audit
+            let recorded = self
+                .audit
                 .outcome(&intent_key, Outcome::Success, "rotated keys stored", BTreeMap::new())
-                .await
-                .map_err(KeysError::Audit)?;
+                .await;
+            if let Err(e) = recorded {
+                warn!(error = %e, "failed to record the outcome of the key rotation");
+            }
             info!(kind = r.kind.as_str(), activated = %r.activated, withdrawn = ?r.withdrawn, "signing keys rotated");
         }
         if !pruned.is_empty() {
@@ -281,7 +292,10 @@ impl KeyManager {
             issuer_url: old.issuer_url.clone(),
             trust_domain: old.trust_domain.clone(),
             policy: old.policy,
-            sequence: old.sequence.saturating_add(1),
+            sequence: old
+                .sequence
+                .saturating_add(1)
+                .max(u64::try_from(Timestamp::now().as_second()).unwrap_or(0)),
         };
         if let Some(r) = rotation {
             tracing::debug!(

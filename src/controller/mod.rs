@@ -56,7 +56,7 @@ pub struct Context {
     pub issuer: IssuerReceiver,
     /// The issuer snapshot sequence last applied to each namespace's trust bundle ConfigMap, so a bundle is
     /// written once per rotation rather than once per agent.
-    pub bundles_applied: Mutex<HashMap<String, u64>>,
+    pub bundles_applied: Mutex<HashMap<String, (u64, std::time::Instant)>>,
 }
 
 impl Context {

@@ -19,7 +19,7 @@ pub const ANNOTATION_EXPIRES_AT: &str = "agentiam.dev/expires-at";
 pub const ANNOTATION_REFRESH_AT: &str = "agentiam.dev/refresh-at";
 /// Annotation: the ID of the key that signed the tokens.
 pub const ANNOTATION_KEY_ID: &str = "agentiam.dev/key-id";
-/// Annotation: a digest of what was asked for (audiences, x509, lifetime, trust domain); a change re-issues.
+/// Annotation: a digest of what was asked for (audiences, x509, lifetime); a change re-issues.
 pub const ANNOTATION_FINGERPRINT: &str = "agentiam.dev/request-fingerprint";
 /// Annotation: the audit intent key of the issuance that wrote this Secret.
 pub const ANNOTATION_ISSUE_KEY: &str = "agentiam.dev/issue-key";
@@ -160,6 +160,11 @@ pub fn plan(
     if facts.fingerprint.as_deref() != Some(desired.fingerprint().as_str()) {
         return CredentialPlan::Issue(IssueReason::SpecChanged);
     }
+    if desired.audiences.is_empty() && !desired.x509 {
+        // Only the CA bundle: nothing in the Secret expires, so there is nothing to rotate.
+        let day = now.checked_add(SignedDuration::from_hours(24)).unwrap_or(now);
+        return CredentialPlan::Keep { recheck_at: day };
+    }
     if now >= refresh_at {
         return CredentialPlan::Issue(IssueReason::Rotation);
     }
@@ -287,6 +292,16 @@ mod tests {
             plan(AgentPhase::Active, "u1", &d, Some(&unreadable), &["k1"], t(0)),
             CredentialPlan::Issue(IssueReason::Rebind)
         );
+    }
+
+    #[test]
+    fn a_secret_without_tokens_or_certificates_is_not_rotated_on_time() {
+        let d = Desired { audiences: vec![], x509: false, ttl: Duration::from_secs(600) };
+        let f = facts(&d);
+        assert!(matches!(
+            plan(AgentPhase::Active, "u1", &d, Some(&f), &["k1"], t(10_000)),
+            CredentialPlan::Keep { .. }
+        ));
     }
 
     #[test]

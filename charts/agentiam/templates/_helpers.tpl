@@ -99,8 +99,10 @@ Where the audit volume is mounted: the directory of the operator's default --aud
 {{- end }}
 
 {{/*
-Names the operator itself creates in its namespace (src/controller/checkpoints.rs). RBAC restricts get/patch
-to exactly these.
+Fixed names the operator uses; the code hard-codes them, the chart only repeats them for RBAC resourceNames and
+the admission policy. In its own namespace: the audit checkpoint key and checkpoint
+(src/controller/checkpoints.rs), the JWT-SVID signing key set and the X.509 CA (src/controller/keys.rs), and
+the webhook's serving certificate (src/webhook/tls.rs SECRET_NAME).
 */}}
 {{- define "agentiam.signingKeySecret" -}}
 agentiam-audit-signing-key
@@ -108,16 +110,61 @@ agentiam-audit-signing-key
 {{- define "agentiam.checkpointConfigMap" -}}
 agentiam-audit-checkpoint
 {{- end }}
+{{- define "agentiam.issuerKeysSecret" -}}
+agentiam-signing-keys
+{{- end }}
+{{- define "agentiam.caSecret" -}}
+agentiam-ca
+{{- end }}
+{{- define "agentiam.webhookTlsSecret" -}}
+agentiam-webhook-tls
+{{- end }}
 
 {{/*
-Rules on the agentiam.dev API and on Events: granted cluster-wide by a ClusterRole, or, with watchNamespace,
-by a Role in that namespace. Keep in step with src/controller/ (every rule names the code that needs it).
+In every namespace with Agents: the trust bundle ConfigMap (src/webhook/pods.rs TRUST_BUNDLE_CONFIGMAP), and
+the per-agent credentials Secrets <agent>-credentials labelled agentiam.dev/agent=<agent>
+(credentials_secret_name, AGENT_LABEL).
+*/}}
+{{- define "agentiam.trustBundleConfigMap" -}}
+agentiam-trust-bundle
+{{- end }}
+{{- define "agentiam.agentLabel" -}}
+agentiam.dev/agent
+{{- end }}
+
+{{/*
+The MutatingWebhookConfiguration the operator applies: agentiam-<operator namespace>, fixed by the code
+(src/webhook/config.rs default_configuration_name), whatever the release is called.
+*/}}
+{{- define "agentiam.webhookConfigurationName" -}}
+{{- printf "agentiam-%s" .Release.Namespace }}
+{{- end }}
+
+{{/*
+The Service in front of the webhook server; passed to the operator as --webhook-service, so the webhook
+configuration and the serving certificate's DNS names always name this Service.
+*/}}
+{{- define "agentiam.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "agentiam.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The issuer URL (the `iss` of every token): issuer.url, else the release's Service https://<fullname>.<ns>.svc.
+*/}}
+{{- define "agentiam.issuerUrl" -}}
+{{- default (printf "https://%s.%s.svc" (include "agentiam.fullname" .) .Release.Namespace) .Values.issuer.url }}
+{{- end }}
+
+{{/*
+Rules on the agentiam.dev API, Events and the objects the operator writes next to each Agent: granted
+cluster-wide by a ClusterRole, or, with watchNamespace, by a Role in that namespace. Keep in step with
+src/controller/ (every rule names the code that needs it).
 */}}
 {{- define "agentiam.controllerRules" -}}
 # The Agent controller watches Agents (controller/agent.rs: Controller::new -> list + watch), reads single
 # Agents (controller/intents.rs: get_opt while resolving open audit intents), and adds/removes its
 # agentiam.dev/archive finalizer with a JSON patch (kube::runtime::finalizer -> patch). It never
-# creates, replaces or deletes Agents.
+# creates, replaces or deletes Agents. The webhook reads Agents from this controller's cache, never the API.
 - apiGroups: ["agentiam.dev"]
   resources: ["agents"]
   verbs: ["get", "list", "watch", "patch"]
@@ -126,6 +173,14 @@ by a Role in that namespace. Keep in step with src/controller/ (every rule names
 - apiGroups: ["agentiam.dev"]
   resources: ["agents/status"]
   verbs: ["patch"]
+# The credentials Secret names its Agent as owner with blockOwnerDeletion: true (controller/credentials.rs
+# issue). Where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, hardened
+# clusters; not the upstream default), setting that needs update on the owner's finalizers subresource. It
+# grants nothing else: custom resources serve no /finalizers endpoint (the operator's own finalizer goes
+# through the patch above); the name exists only for this check.
+- apiGroups: ["agentiam.dev"]
+  resources: ["agents/finalizers"]
+  verbs: ["update"]
 # AgentPolicies, Delegations and Revocations: read-only for the spec, server-side apply for the status. Not
 # used by the code yet; granted ahead for the policy, delegation and revocation controllers in progress
 # (and the Agent controller's planned relation watches), with the same verbs the Agent controller needs.
@@ -140,5 +195,24 @@ by a Role in that namespace. Keep in step with src/controller/ (every rule names
 # Events are created in the namespace of the Agent they are about.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
+  verbs: ["create", "patch"]
+# Each Active Agent's credentials Secret <agent>-credentials (controller/credentials.rs):
+#   get     reconcile and delete_secret read it (get_opt) to see what was issued and to whom (UID annotation);
+#   create  issue writes it with server-side apply, which the API server authorizes as create when the
+#   patch     Secret does not exist yet and as patch afterwards;
+#   delete  withdraw (Agent no longer Active) and delete_secret (archive) delete it, with a UID precondition.
+# The names depend on the Agents, so none of this can carry resourceNames: the operator may read EVERY Secret
+# where this rule applies (all namespaces, or watchNamespace). That is a real widening, and RBAC cannot do
+# better: reads never reach admission. Writes are narrowed by the admission policy (rbac.restrictCreates) to
+# Opaque Secrets named <agent>-credentials that carry agentiam.dev/agent=<agent>.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch", "delete"]
+# The trust bundle ConfigMap of each namespace with Agents (controller/credentials.rs ensure_trust_bundle):
+# server-side apply only, never read back or deleted. A server-side apply that creates the object is
+# authorized as create *with* the object's name, so unlike a POST it can be limited by resourceNames.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: [{{ include "agentiam.trustBundleConfigMap" . | quote }}]
   verbs: ["create", "patch"]
 {{- end }}
