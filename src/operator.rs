@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::StreamExt;
 use kube::Client;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::api::AgentPolicy;
 use crate::audit::{AuditConfig, AuditError, AuditLog, Checkpoint, Entry, ObjectRef, Outcome};
 use crate::controller::checkpoints::{self, CheckpointsError, SIGNING_KEY_SECRET};
 use crate::controller::keys::IssuerSettings;
@@ -149,7 +152,23 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let (key_manager, issuer) = controller::keys::bootstrap(&client, &ns, opts.issuer.clone(), &audit)
         .await
         .map_err(StartupError::Keys)?;
-    let ctx = Context::new(client.clone(), opts.config.clone(), audit.clone(), issuer.clone());
+    // The AgentPolicy index (credential lifetime caps): one watch kept current for the life of the operator.
+    let (policies, policy_writer) = reflector::store::<AgentPolicy>();
+    let policy_api: kube::Api<AgentPolicy> = match &opts.config.watch_namespace {
+        Some(w) => kube::Api::namespaced(client.clone(), w),
+        None => kube::Api::all(client.clone()),
+    };
+    let policy_index = tokio::spawn(
+        reflector(policy_writer, watcher(policy_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(|event| async move {
+                if let Err(e) = event {
+                    warn!(error = %e, "AgentPolicy watch error; retrying");
+                }
+            }),
+    );
+    let ctx = Context::new(client.clone(), opts.config.clone(), audit.clone(), issuer.clone(), policies);
     controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -218,6 +237,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let _ = publisher_stop_tx.send(true);
     let _ = publisher.await;
     let _ = http.await;
+    policy_index.abort();
     audit.close().await;
     info!("stopped");
     Ok(())

@@ -19,7 +19,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::api::{Agent, AgentPhase, AgentStatus};
+use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
 use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
 use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, intents};
 use crate::registry::lifecycle::Transition;
@@ -46,7 +46,24 @@ pub fn controller(ctx: &Context) -> Controller<Agent> {
     let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
-    Controller::new(api, watcher::Config::default().any_semantic()).reconcile_all_on(rotations)
+    let controller =
+        Controller::new(api, watcher::Config::default().any_semantic()).reconcile_all_on(rotations);
+    // A policy change can change any agent's credential lifetime cap in its namespace (including agents it
+    // no longer selects), so it re-reconciles every agent there.
+    let agents = controller.store();
+    let policies: Api<AgentPolicy> = match &ctx.config.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    controller.watches(policies, watcher::Config::default(), move |policy: AgentPolicy| {
+        let ns = policy.namespace();
+        agents
+            .state()
+            .into_iter()
+            .filter(|a| a.namespace() == ns)
+            .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// Runs the Agent controller until `shutdown` resolves.

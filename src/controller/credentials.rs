@@ -18,7 +18,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::{Agent, AgentPhase, CredentialStatus};
+use crate::api::{Agent, AgentPhase, AgentPolicy, CredentialStatus};
 use crate::audit::{Entry, IntentState, Outcome};
 use crate::controller::agent::{object_ref, publish};
 use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result};
@@ -30,6 +30,7 @@ use crate::registry::credentials::{
     ANNOTATION_KEY_ID, ANNOTATION_REFRESH_AT, ANNOTATION_UID, CredentialPlan, Desired, IssueReason,
     IssuedFacts,
 };
+use crate::registry::selector::credential_ttl_cap;
 use crate::registry::validate::parse_duration;
 use crate::webhook::pods::{AGENT_LABEL, TRUST_BUNDLE_CONFIGMAP, credentials_secret_name};
 
@@ -61,15 +62,19 @@ fn owner_line(agent: &Agent) -> String {
     format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name)
 }
 
-/// What the agent asks for, with the lifetime lowered for a low trust score.
-pub fn desired(agent: &Agent) -> Desired {
+/// What the agent asks for, with the lifetime capped by the policies that govern it and lowered for a low
+/// trust score.
+pub fn desired(agent: &Agent, policies: &[Arc<AgentPolicy>]) -> Desired {
     let creds = agent.spec.credentials.clone().unwrap_or_default();
     let requested = creds.ttl.as_deref().and_then(|t| parse_duration(t).ok());
     let trust = agent.status.as_ref().and_then(|s| s.trust_score).unwrap_or(0);
-    // Policy caps arrive with the authorization engine; until then only the agent's own request and its
-    // trust score shape the lifetime.
-    Desired { audiences: creds.audiences, x509: creds.x509, ttl: effective_ttl(requested, None, trust) }
+    let cap = credential_ttl_cap(policies.iter().map(AsRef::as_ref), agent);
+    Desired { audiences: creds.audiences, x509: creds.x509, ttl: effective_ttl(requested, cap, trust) }
 }
+
+/// How long issuance waits for the first full list of AgentPolicies: issuing before the caps are known could
+/// hand out a credential longer than a policy allows.
+const POLICY_INDEX_WAIT: Duration = Duration::from_secs(30);
 
 fn status_of(facts: &IssuedFacts, name: &str) -> CredentialStatus {
     CredentialStatus {
@@ -97,7 +102,11 @@ pub async fn reconcile(ctx: &Context, agent: &Agent, phase: AgentPhase) -> Resul
     let facts = existing.as_ref().map(|s| IssuedFacts::from_annotations(&s.annotations().clone()));
     resolve_stale_issues(ctx, &uid, facts.as_ref()).await?;
 
-    let want = desired(agent);
+    tokio::time::timeout(POLICY_INDEX_WAIT, ctx.policies.wait_until_ready())
+        .await
+        .map_err(|_| Error::Credentials("the AgentPolicy index is not ready yet; not issuing".into()))?
+        .map_err(|_| Error::Credentials("the AgentPolicy watch stopped; not issuing".into()))?;
+    let want = desired(agent, &ctx.policies.state());
     let kids: Vec<&str> = issuer.keys.published().map(|k| k.kid()).collect();
     let now = Timestamp::now();
     match plan::plan(phase, &uid, &want, facts.as_ref(), &kids, now) {

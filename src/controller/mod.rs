@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 
+use crate::api::AgentPolicy;
 use crate::audit::{AuditError, AuditLog};
 use crate::identity::TrustDomain;
 use crate::identity::issuer::IssuerReceiver;
@@ -57,11 +59,19 @@ pub struct Context {
     /// The issuer snapshot sequence last applied to each namespace's trust bundle ConfigMap, so a bundle is
     /// written once per rotation rather than once per agent.
     pub bundles_applied: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// Every AgentPolicy in scope, kept current by a watch; read for credential lifetime caps.
+    pub policies: Store<AgentPolicy>,
 }
 
 impl Context {
     /// A context with a recorder reporting as `agentiam-operator` from this instance.
-    pub fn new(client: Client, config: Config, audit: AuditLog, issuer: IssuerReceiver) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        config: Config,
+        audit: AuditLog,
+        issuer: IssuerReceiver,
+        policies: Store<AgentPolicy>,
+    ) -> Arc<Self> {
         let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
         let recorder = Recorder::new(client.clone(), reporter);
@@ -72,6 +82,7 @@ impl Context {
             recorder,
             issuer,
             bundles_applied: Mutex::new(HashMap::new()),
+            policies,
         })
     }
 }

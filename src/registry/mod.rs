@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod lifecycle;
+pub mod selector;
 pub mod status;
 pub mod trust;
 pub mod validate;

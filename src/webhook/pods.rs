@@ -5,14 +5,12 @@
 //! Refusals are deliberate: a pod that claims an identity it cannot have must not start at all, rather than
 //! start without credentials and fail later in a way nobody connects to the label.
 
-use std::collections::BTreeMap;
-
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
 use crate::api::{Agent, AgentPhase};
+use crate::registry::selector;
 
 /// The label that names a pod's Agent.
 pub const AGENT_LABEL: &str = "agentiam.dev/agent";
@@ -46,24 +44,6 @@ pub fn claimed_agent(pod: &Pod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(AGENT_LABEL).map(String::as_str)
 }
 
-fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match (e.operator.as_str(), labels.get(&e.key)) {
-            ("In", Some(v)) => values.contains(v),
-            ("In", None) => false,
-            ("NotIn", Some(v)) => !values.contains(v),
-            ("NotIn", None) => true,
-            ("Exists", v) => v.is_some(),
-            ("DoesNotExist", v) => v.is_none(),
-            // Unknown operators never match: fail closed.
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
-}
-
 /// Decides about a pod being created in `namespace`. `agent` is the Agent of the claimed name in the pod's
 /// own namespace, if one exists there (agents are namespaced; a pod can never claim another namespace's).
 pub fn decide(pod: &Pod, namespace: &str, agent: Option<&Agent>) -> PodDecision {
@@ -93,7 +73,7 @@ pub fn decide(pod: &Pod, namespace: &str, agent: Option<&Agent>) -> PodDecision 
         }
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         if let Some(sel) = &w.pod_selector
-            && !selector_matches(sel, &labels)
+            && !selector::matches(sel, &labels)
         {
             return PodDecision::Deny(format!(
                 "the pod's labels do not match agent {name:?}'s spec.workload.podSelector"
@@ -167,6 +147,7 @@ fn container_ops(
 mod tests {
     use super::*;
     use crate::api::{AgentSpec, AgentStatus, Owner, PrincipalKind, Workload};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn agent(phase: AgentPhase) -> Agent {
         let mut a =
@@ -281,29 +262,5 @@ mod tests {
             json!({"containers": [{"name": "c", "volumeMounts": [{"name": "x", "mountPath": MOUNT_PATH}]}]}),
         );
         assert!(denied(decide(&mount, "ns", Some(&a))).contains("already mounts"));
-    }
-
-    #[test]
-    fn selector_semantics() {
-        let labels: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
-        let expr = |op: &str, vals: Option<Vec<&str>>| LabelSelector {
-            match_labels: None,
-            match_expressions: Some(vec![
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
-                    key: "a".into(),
-                    operator: op.into(),
-                    values: vals.map(|v| v.into_iter().map(String::from).collect()),
-                },
-            ]),
-        };
-        assert!(selector_matches(&expr("In", Some(vec!["1", "2"])), &labels));
-        assert!(!selector_matches(&expr("NotIn", Some(vec!["1"])), &labels));
-        assert!(selector_matches(&expr("Exists", None), &labels));
-        assert!(!selector_matches(&expr("DoesNotExist", None), &labels));
-        assert!(!selector_matches(&expr("Matches", None), &labels), "unknown operators fail closed");
-        assert!(
-            selector_matches(&LabelSelector::default(), &labels),
-            "the empty selector matches everything"
-        );
     }
 }

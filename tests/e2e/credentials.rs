@@ -433,3 +433,37 @@ async fn pyjwt_verifies_issued_tokens_through_the_operators_oidc_discovery() {
     let wrong = run("https://elsewhere.example.com");
     assert!(!wrong.status.success() && text(&wrong).contains("Audience"), "{}", text(&wrong));
 }
+
+#[tokio::test]
+async fn a_policy_ttl_cap_shortens_credentials_and_changing_it_reissues() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "ttlcap").await;
+    let policy = |cap: &str| {
+        json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "cap"},
+            "spec": {"agents": {"names": ["capped"]}, "credentialTTLCap": cap,
+                     "rules": [{"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["x"]}]},
+        })
+        .to_string()
+    };
+    assert!(ns.apply(&policy("5m")).status.success());
+    let _op = Operator::start(&env, &ns.name, &[]);
+    let api = ns.api::<Agent>();
+    // Sandbox + individual owner = trust 425: not lowered, so only the policy shortens the requested 30m.
+    ns.create_agent("capped", spec(false, "30m", "Sandbox")).await;
+    wait_credentials(&api, "capped").await;
+    let lifetime = |s: &Secret| {
+        let at = |k: &str| annotation(s, k).parse::<Timestamp>().unwrap();
+        at("agentiam.dev/expires-at").duration_since(at("agentiam.dev/issued-at")).as_secs()
+    };
+    assert_eq!(lifetime(&secret(&ns, "capped").await.unwrap()), 300, "capped at the policy's 5m");
+    assert!(ns.apply(&policy("2m")).status.success());
+    let s = wait_for("re-issuance under the lower cap", WAIT, || async {
+        let s = secret(&ns, "capped").await?;
+        (lifetime(&s) == 120).then_some(s)
+    })
+    .await;
+    let token = &data(&s)["token-https___tickets.example.com"];
+    let (_, claims) = agentiam::identity::verify::decode_unverified(token).unwrap();
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 120);
+}
