@@ -84,3 +84,9 @@ cluster-status: ## Show the local control plane's state.
 install-crds: ## Install the CRDs into the cluster of RUN_KUBECONFIG.
 	KUBECONFIG="$(RUN_KUBECONFIG)" "$(KUBECTL)" apply --server-side --field-manager=agentiam-make -f crds/
 	KUBECONFIG="$(RUN_KUBECONFIG)" "$(KUBECTL)" wait --for=condition=Established --timeout=60s -f crds/
+
+##@ Performance
+
+.PHONY: bench
+bench: ## Benchmarks side by side with their peers (openssl, raw Secret creates, TokenRequest) -> bench/results/.
+	@bench/run.sh
