@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod authz;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;

@@ -6,13 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
 use kube::Client;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::api::AgentPolicy;
 use crate::audit::{AuditConfig, AuditError, AuditLog, Checkpoint, Entry, ObjectRef, Outcome};
 use crate::controller::checkpoints::{self, CheckpointsError, SIGNING_KEY_SECRET};
 use crate::controller::keys::IssuerSettings;
@@ -35,6 +32,8 @@ pub struct Options {
     pub issuer: IssuerSettings,
     /// The pod admission webhook (None: disabled).
     pub webhook: Option<WebhookSettings>,
+    /// Test hook: decisions evaluate time windows at this instant instead of now. None in production.
+    pub authz_fixed_time: Option<jiff::Timestamp>,
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -152,23 +151,23 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let (key_manager, issuer) = controller::keys::bootstrap(&client, &ns, opts.issuer.clone(), &audit)
         .await
         .map_err(StartupError::Keys)?;
-    // The AgentPolicy index (credential lifetime caps): one watch kept current for the life of the operator.
-    let (policies, policy_writer) = reflector::store::<AgentPolicy>();
-    let policy_api: kube::Api<AgentPolicy> = match &opts.config.watch_namespace {
-        Some(w) => kube::Api::namespaced(client.clone(), w),
-        None => kube::Api::all(client.clone()),
-    };
-    let policy_index = tokio::spawn(
-        reflector(policy_writer, watcher(policy_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects()
-            .for_each(|event| async move {
-                if let Err(e) = event {
-                    warn!(error = %e, "AgentPolicy watch error; retrying");
-                }
-            }),
+    // The authorization index: watches of Agents, AgentPolicies and Revocations, rebuilt on every change.
+    // Its AgentPolicy store also gives the credentials controller its lifetime caps.
+    let authz = controller::authz::start(&client, opts.config.watch_namespace.as_deref());
+    let ctx = Context::new(
+        client.clone(),
+        opts.config.clone(),
+        audit.clone(),
+        issuer.clone(),
+        authz.policies.clone(),
+        Arc::clone(&authz.index),
     );
-    let ctx = Context::new(client.clone(), opts.config.clone(), audit.clone(), issuer.clone(), policies);
+    let authorizer = server::decision::Authorizer::new(
+        Arc::clone(&authz.index),
+        issuer.clone(),
+        audit.clone(),
+        opts.authz_fixed_time,
+    );
     controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -191,10 +190,24 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         .map_err(|source| StartupError::Http { addr: opts.http_addr, source })?;
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.
     info!(
-        "http server listening on {addr} (/healthz, /readyz, /.well-known/openid-configuration, /keys, /v1/bundle)"
+        "http server listening on {addr} (/healthz, /readyz, /.well-known/openid-configuration, /keys, /v1/bundle, /v1/authorize, /v1/ext_authz)"
     );
-    let http =
-        tokio::spawn(server::serve_with(listener, health.clone(), Some(issuer), stopped(stop_rx.clone())));
+    let http = tokio::spawn(server::serve_with(
+        listener,
+        health.clone(),
+        Some(issuer),
+        Some(Arc::clone(&authorizer)),
+        stopped(stop_rx.clone()),
+    ));
+    let sweeper = tokio::spawn(async move {
+        // Idle rate-limit buckets are full again anyway; forgetting them bounds memory.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            authorizer.limiter().sweep(std::time::Instant::now(), std::time::Duration::from_secs(24 * 3600));
+        }
+    });
+    let policy_status = tokio::spawn(controller::policy::run(Arc::clone(&ctx), stopped(stop_rx.clone())));
     let keys = tokio::spawn(key_manager.run(stopped(stop_rx.clone())));
 
     // The publisher stops after the controllers, so its final checkpoint covers everything they wrote.
@@ -230,6 +243,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     health.set_ready(false);
     let _ = stop_tx.send(true);
     let _ = agents.await;
+    let _ = policy_status.await;
     if let Some(w) = webhook {
         let _ = w.await;
     }
@@ -237,7 +251,10 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let _ = publisher_stop_tx.send(true);
     let _ = publisher.await;
     let _ = http.await;
-    policy_index.abort();
+    sweeper.abort();
+    for task in authz.tasks {
+        task.abort();
+    }
     audit.close().await;
     info!("stopped");
     Ok(())

@@ -127,6 +127,27 @@ impl AuditLog {
         self.request(Op::Append(entry)).await.map(IntentState::into_record)
     }
 
+    /// Queues a plain record without waiting for it to be durable, for records made at a high rate where
+    /// the caller must not wait for a disk sync (authorization decisions). It waits only for queue space, so
+    /// under load callers slow down rather than records being dropped; the writer group-commits queued
+    /// records within milliseconds. What is lost in a crash is at most the batch being written.
+    ///
+    /// # Errors
+    /// [`AuditError::Failed`] once the log has failed, [`AuditError::Closed`] after close: the caller must
+    /// then refuse what it was about to allow (fail closed).
+    pub async fn enqueue(&self, entry: Entry) -> Result<(), AuditError> {
+        if self.inner.shared.failed.load(Ordering::Acquire) {
+            return Err(AuditError::Failed);
+        }
+        // Nobody waits for the answer: the writer ignores a reply channel whose receiver is gone.
+        let (reply, _) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Write { op: Box::new(Op::Append(entry)), reply })
+            .await
+            .map_err(|_| AuditError::Closed)
+    }
+
     /// Records the intent to perform a granting side effect, idempotently by `key` (see [`IntentState`]).
     /// The entry's outcome is stored as pending whatever it was.
     ///

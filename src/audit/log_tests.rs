@@ -258,3 +258,23 @@ async fn checkpoints_of_the_head_verify_against_the_file() {
     let report = verify_log(&bytes, &[empty, one], Some(signer.public_key_der())).unwrap();
     assert_eq!((report.checkpoints_verified, report.unpinned_records), (2, 1));
 }
+
+#[tokio::test]
+async fn enqueued_records_are_all_written_in_order_and_refused_after_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    // Far more than the queue holds: enqueue must wait for space, never drop.
+    for n in 1..=10_000 {
+        log.enqueue(ok_entry(n)).await.unwrap();
+    }
+    // A waited-for append lands after every queued record, so once it is durable they all are.
+    let last = log.append(ok_entry(10_001)).await.unwrap();
+    assert_eq!(last.seq, 10_001);
+    let records = all_records(&dir);
+    assert_eq!(records.len(), 10_001);
+    assert!(records.iter().zip(1..).all(|(r, n)| r.seq == n && r.entry() == ok_entry(n)));
+
+    log.fail_next_sync();
+    assert!(log.append(ok_entry(1)).await.is_err());
+    assert!(matches!(log.enqueue(ok_entry(2)).await, Err(AuditError::Failed)));
+}

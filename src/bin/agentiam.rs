@@ -94,6 +94,9 @@ struct RunArgs {
     /// Testing only: pause this long between acting and writing the audit outcome.
     #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_EFFECT", default_value = "0s", hide = true)]
     failpoint_delay_after_effect: String,
+    /// Testing only: evaluate policy time windows at this RFC 3339 instant instead of now.
+    #[arg(long, env = "AGENTIAM_FAILPOINT_AUTHZ_TIME", hide = true)]
+    failpoint_authz_time: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -119,6 +122,13 @@ fn options(args: RunArgs) -> Result<Options, String> {
     if checkpoint_interval < Duration::from_millis(100) {
         return Err("--checkpoint-interval must be at least 100ms".into());
     }
+    let authz_fixed_time = match &args.failpoint_authz_time {
+        None => None,
+        Some(t) => Some(
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| format!("--failpoint-authz-time {t:?} is not an RFC 3339 time: {e}"))?,
+        ),
+    };
     let failpoint_delay_after_intent =
         duration_arg("failpoint-delay-after-intent", &args.failpoint_delay_after_intent)?;
     let failpoint_delay_after_effect =
@@ -165,6 +175,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         http_addr: args.http_addr,
         issuer: IssuerSettings { issuer_url, trust_domain: trust_domain.clone(), policy },
         webhook,
+        authz_fixed_time,
     })
 }
 

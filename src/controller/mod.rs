@@ -2,10 +2,12 @@
 //! configuration, the error type and the wiring; one file per concern.
 
 pub mod agent;
+pub mod authz;
 pub mod checkpoints;
 pub mod credentials;
 pub mod intents;
 pub mod keys;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,6 +63,8 @@ pub struct Context {
     pub bundles_applied: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     /// Every AgentPolicy in scope, kept current by a watch; read for credential lifetime caps.
     pub policies: Store<AgentPolicy>,
+    /// The authorization index decisions read; the policy status controller reports from it.
+    pub authz: Arc<authz::PolicyIndex>,
 }
 
 impl Context {
@@ -71,6 +75,7 @@ impl Context {
         audit: AuditLog,
         issuer: IssuerReceiver,
         policies: Store<AgentPolicy>,
+        authz: Arc<authz::PolicyIndex>,
     ) -> Arc<Self> {
         let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
@@ -83,6 +88,7 @@ impl Context {
             issuer,
             bundles_applied: Mutex::new(HashMap::new()),
             policies,
+            authz,
         })
     }
 }

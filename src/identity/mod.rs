@@ -3,6 +3,7 @@
 //! persist and distribute what these modules compute.
 
 pub mod bundle;
+pub mod cache;
 pub mod issuer;
 pub mod jwt;
 pub mod keys;

@@ -346,6 +346,22 @@ impl JwtVerifier {
         expected_audience: &str,
         now: Timestamp,
     ) -> Result<VerifiedSvid, TokenError> {
+        self.verify_inner(token, Some(expected_audience), now)
+    }
+
+    /// [`verify`](Self::verify) for a caller that accepts any single audience and decides on the result
+    /// itself (the decision API, which records the audience). Every other check is the same, including that
+    /// `aud` is present and names exactly one non-empty audience.
+    pub fn verify_any_audience(&self, token: &str, now: Timestamp) -> Result<VerifiedSvid, TokenError> {
+        self.verify_inner(token, None, now)
+    }
+
+    fn verify_inner(
+        &self,
+        token: &str,
+        expected_audience: Option<&str>,
+        now: Timestamp,
+    ) -> Result<VerifiedSvid, TokenError> {
         let segments = Segments::split(token, self.config.max_token_bytes)?;
         let header =
             parse_object(&decode(segments.header, "header is not canonical base64url")?, Part::Header)?;
@@ -364,7 +380,11 @@ impl JwtVerifier {
         if claims.iss != self.config.issuer {
             return Err(TokenError::Issuer);
         }
-        if expected_audience.is_empty() || claims.aud != expected_audience {
+        let audience_ok = match expected_audience {
+            Some(expected) => !expected.is_empty() && claims.aud == expected,
+            None => !claims.aud.is_empty(),
+        };
+        if !audience_ok {
             return Err(TokenError::Audience);
         }
         let spiffe_id = SpiffeId::parse(&claims.sub).map_err(TokenError::Subject)?;

@@ -703,3 +703,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn any_audience_still_requires_exactly_one_and_every_other_check() {
+    let (signer, verifier) = fixture();
+    let ok = verifier.verify_any_audience(&signer.token(&header(), &claims()), at(T0 + 10)).unwrap();
+    assert_eq!(ok.audience, AUD);
+    let other = with(claims(), "aud", json!("billing"));
+    assert_eq!(
+        verifier.verify_any_audience(&signer.token(&header(), &other), at(T0)).unwrap().audience,
+        "billing"
+    );
+    let cases = [
+        (with(claims(), "aud", json!("")), TokenError::Audience),
+        (with(claims(), "aud", json!([AUD, "other"])), TokenError::AudienceCount(2)),
+        (without(claims(), "aud"), TokenError::MissingClaim("aud")),
+        (with(claims(), "iss", json!("https://evil.example")), TokenError::Issuer),
+    ];
+    for (c, expected) in cases {
+        assert_eq!(verifier.verify_any_audience(&signer.token(&header(), &c), at(T0)).unwrap_err(), expected);
+    }
+    assert_eq!(
+        verifier.verify_any_audience(&signer.token(&header(), &claims()), at(T0 + 400)).unwrap_err(),
+        TokenError::Expired
+    );
+}

@@ -276,12 +276,12 @@ mod tests {
     #[tokio::test]
     async fn the_operator_router_serves_probes_and_documents_together() {
         let (_tx, rx) = daily();
-        let app = crate::server::router_with(crate::server::Health::default(), Some(rx));
+        let app = crate::server::router_with(crate::server::Health::default(), Some(rx), None);
         for (path, status) in [("/healthz", StatusCode::OK), (JWKS_PATH, StatusCode::OK)] {
             let request = Request::get(path).body(Body::empty()).unwrap();
             assert_eq!(app.clone().oneshot(request).await.unwrap().status(), status, "{path}");
         }
-        let without = crate::server::router_with(crate::server::Health::default(), None);
+        let without = crate::server::router_with(crate::server::Health::default(), None, None);
         let request = Request::get(JWKS_PATH).body(Body::empty()).unwrap();
         assert_eq!(without.oneshot(request).await.unwrap().status(), StatusCode::NOT_FOUND);
     }

@@ -1,7 +1,9 @@
 //! HTTP surfaces of the operator: health and readiness probes, and the issuer documents (OIDC discovery,
 //! JWKS, SPIFFE bundle) once the operator has an issuer.
 
+pub mod decision;
 pub mod issuer;
+pub mod mcp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,13 +77,21 @@ pub fn router(health: Health) -> Router {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health)
 }
 
-/// The probe routes, plus the issuer documents when `issuer` is given (see [`issuer::routes`]).
-pub fn router_with(health: Health, issuer: Option<IssuerReceiver>) -> Router {
-    let probes = router(health);
-    match issuer {
-        Some(issuer) => probes.merge(issuer::routes(issuer)),
-        None => probes,
+/// The probe routes, plus the issuer documents when `issuer` is given (see [`issuer::routes`]) and the
+/// decision API when `authorizer` is (see [`decision::routes`]).
+pub fn router_with(
+    health: Health,
+    issuer: Option<IssuerReceiver>,
+    authorizer: Option<Arc<decision::Authorizer>>,
+) -> Router {
+    let mut router = router(health);
+    if let Some(issuer) = issuer {
+        router = router.merge(issuer::routes(issuer));
     }
+    if let Some(authorizer) = authorizer {
+        router = router.merge(decision::routes(authorizer));
+    }
+    router
 }
 
 /// Binds the HTTP listener, returning the address actually bound (port 0 picks a free one).
@@ -105,9 +115,10 @@ pub async fn serve_with(
     listener: TcpListener,
     health: Health,
     issuer: Option<IssuerReceiver>,
+    authorizer: Option<Arc<decision::Authorizer>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with(health, issuer)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router_with(health, issuer, authorizer)).with_graceful_shutdown(shutdown).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,423 @@
+//! Deciding one request against a [`Snapshot`]. Pure: the caller passes the time and the rate-limit state;
+//! nothing here performs I/O, and the only allocation is splitting the resource into segments.
+//!
+//! # Semantics
+//! 1. The agent must exist with the token's UID and name, be Active (and not asked to stop, nor being
+//!    deleted), and no Revocation may target it; otherwise Deny.
+//! 2. The policies that govern it are evaluated. A rule matches when the action is one of its actions (or
+//!    it has `*`), the resource matches one of its patterns (if it lists any), the tool matches one of its
+//!    tools (if it lists any; a request without a tool never matches a rule that lists tools), and every
+//!    condition holds.
+//! 3. Enforce-mode policies decide: a governing policy that does not compile denies everything; else any
+//!    matching Deny denies; else a matching rate-limited Allow over its limit denies; else a matching Allow
+//!    that requires approval gives RequireApproval; else any matching Allow allows; else Deny (default
+//!    deny). No governing policy at all: Deny.
+//! 4. Audit-mode policies never change an Enforce-mode decision. What the decision would have been with
+//!    them enforced is reported next to it when it is stricter ("would deny"). An agent governed only by
+//!    Audit-mode policies is allowed, with the would-be decision reported: that is what a dry run means.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use serde_json::{Map, Value};
+
+use crate::api::{AgentPhase, DesiredState, Effect, PolicyMode, RevocationMode};
+
+use super::compile::CompiledRule;
+use super::index::{AgentFacts, Candidate, NO_PATTERN, RuleSet, Snapshot};
+use super::ratelimit::RateLimiter;
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Verdict {
+    /// The action may go ahead.
+    Allow,
+    /// A human must approve the action first.
+    RequireApproval,
+    /// The action must not happen.
+    Deny,
+}
+
+impl Verdict {
+    /// The verdict's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "Allow",
+            Self::RequireApproval => "RequireApproval",
+            Self::Deny => "Deny",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a decision came out as it did. Rendered to text only when answered, never on the hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A matching Allow rule.
+    Allowed,
+    /// A matching Allow rule that requires approval.
+    ApprovalRequired,
+    /// A matching Deny rule.
+    DeniedByRule,
+    /// A matching Allow rule over its rate limit.
+    RateLimited {
+        /// Requests allowed per period.
+        requests: u32,
+        /// The period in seconds.
+        per_secs: u64,
+    },
+    /// No rule matched (default deny).
+    NoMatchingRule,
+    /// No policy governs the agent (default deny).
+    NoPolicy,
+    /// A governing policy has rules that do not compile.
+    PolicyBroken,
+    /// Only Audit-mode policies govern the agent: allowed as a dry run.
+    AuditOnly,
+    /// No agent has the token's UID (deleted, or recreated under the same name).
+    UnknownAgent,
+    /// The token's subject is not the agent with the token's UID.
+    IdentityMismatch,
+    /// The agent's phase is not Active.
+    NotActive(Option<AgentPhase>),
+    /// The agent's owner asked it to stop.
+    Stopping(DesiredState),
+    /// The agent is being deleted.
+    Deleting,
+    /// A Revocation targets the agent.
+    Revoked {
+        /// The Revocation.
+        by: Arc<str>,
+        /// Suspend or Revoke.
+        mode: RevocationMode,
+    },
+    /// Refused before evaluation (bad token, audit log down, ...), with the caller's explanation.
+    Refused(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Allowed => f.write_str("allowed by rule"),
+            Self::ApprovalRequired => f.write_str("allowed by a rule that requires human approval"),
+            Self::DeniedByRule => f.write_str("denied by rule"),
+            Self::RateLimited { requests, per_secs } => {
+                write!(f, "rate limit of {requests} requests per {per_secs}s exceeded")
+            }
+            Self::NoMatchingRule => f.write_str("no rule allows this action (default deny)"),
+            Self::NoPolicy => f.write_str("no AgentPolicy governs this agent (default deny)"),
+            Self::PolicyBroken => {
+                f.write_str("the policy has rules that do not compile, so it denies everything")
+            }
+            Self::AuditOnly => {
+                f.write_str("only Audit-mode policies govern this agent: allowed as a dry run")
+            }
+            Self::UnknownAgent => f.write_str("no agent with the token's UID exists (deleted or recreated)"),
+            Self::IdentityMismatch => {
+                f.write_str("the token's subject does not name the agent it is bound to")
+            }
+            Self::NotActive(Some(p)) => write!(f, "agent is {p:?}, not Active"),
+            Self::NotActive(None) => f.write_str("agent has not been activated yet"),
+            Self::Stopping(d) => write!(f, "agent's desired state is {d:?}"),
+            Self::Deleting => f.write_str("agent is being deleted"),
+            Self::Revoked { by, mode: RevocationMode::Suspend } => {
+                write!(f, "agent suspended by Revocation {by}")
+            }
+            Self::Revoked { by, mode: RevocationMode::Revoke } => {
+                write!(f, "agent revoked by Revocation {by}")
+            }
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A decision: the verdict, why, and the policy and rule that decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow, RequireApproval or Deny.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The deciding policy.
+    pub policy: Option<Arc<str>>,
+    /// The deciding rule.
+    pub rule: Option<Arc<str>>,
+    /// What Audit-mode policies would have decided, when stricter than the verdict.
+    pub would: Option<Box<Decision>>,
+}
+
+impl Decision {
+    /// A Deny that no rule decided.
+    pub fn deny(reason: Reason) -> Self {
+        Self { verdict: Verdict::Deny, reason, policy: None, rule: None, would: None }
+    }
+
+    fn by_rule(verdict: Verdict, reason: Reason, rule: &CompiledRule) -> Self {
+        Self {
+            verdict,
+            reason,
+            policy: Some(Arc::clone(&rule.policy)),
+            rule: Some(Arc::clone(&rule.name)),
+            would: None,
+        }
+    }
+}
+
+/// What is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The verb.
+    pub action: &'a str,
+    /// The resource.
+    pub resource: &'a str,
+    /// The MCP tool, if any.
+    pub tool: Option<&'a str>,
+    /// Attributes of the request (amount, region, ...).
+    pub context: &'a Map<String, Value>,
+    /// Scopes the agent holds by delegation from a human (empty until delegated tokens exist).
+    pub delegation_scopes: &'a [String],
+}
+
+/// Who asks: what a verified token says.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The UID the token is bound to.
+    pub uid: &'a str,
+    /// The namespace in the token's SPIFFE ID.
+    pub namespace: &'a str,
+    /// The agent name in the token's SPIFFE ID.
+    pub name: &'a str,
+}
+
+/// The time of a decision: wall clock for time windows, monotonic for rate limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall-clock time (time windows).
+    pub now: Timestamp,
+    /// Monotonic time (rate limits).
+    pub instant: Instant,
+}
+
+impl Clock {
+    /// The current time.
+    pub fn now() -> Self {
+        Self { now: Timestamp::now(), instant: Instant::now() }
+    }
+}
+
+impl Snapshot {
+    /// Decides `request` for the agent a verified token names.
+    pub fn decide(
+        &self,
+        subject: Subject<'_>,
+        request: &Request<'_>,
+        clock: Clock,
+        limiter: &RateLimiter,
+    ) -> Decision {
+        let Some(agent) = self.agent(subject.uid) else { return Decision::deny(Reason::UnknownAgent) };
+        if &*agent.namespace != subject.namespace || &*agent.name != subject.name {
+            return Decision::deny(Reason::IdentityMismatch);
+        }
+        decide_for(agent, request, clock, limiter)
+    }
+}
+
+/// Decides `request` for `agent` (whose identity the caller established).
+pub fn decide_for(
+    agent: &AgentFacts,
+    request: &Request<'_>,
+    clock: Clock,
+    limiter: &RateLimiter,
+) -> Decision {
+    if let Some(r) = &agent.revoked_by {
+        return Decision::deny(Reason::Revoked { by: Arc::clone(&r.name), mode: r.mode });
+    }
+    if agent.deleting {
+        return Decision::deny(Reason::Deleting);
+    }
+    if agent.desired != DesiredState::Active {
+        return Decision::deny(Reason::Stopping(agent.desired));
+    }
+    if agent.phase != Some(AgentPhase::Active) {
+        return Decision::deny(Reason::NotActive(agent.phase));
+    }
+    evaluate(&agent.rules, agent, request, clock, limiter)
+}
+
+/// The matches of one mode's rules.
+#[derive(Default)]
+struct Matches {
+    deny: Option<u32>,
+    approval: Option<u32>,
+    allow: Option<u32>,
+    limited: Vec<u32>,
+}
+
+impl Matches {
+    fn note(&mut self, index: u32, rule: &CompiledRule) {
+        let min = |slot: &mut Option<u32>| *slot = Some(slot.map_or(index, |s| s.min(index)));
+        match rule.effect {
+            Effect::Deny => min(&mut self.deny),
+            Effect::Allow => {
+                if rule.approval {
+                    min(&mut self.approval);
+                }
+                min(&mut self.allow);
+                if rule.rate_limit.is_some() && !self.limited.contains(&index) {
+                    self.limited.push(index);
+                }
+            }
+        }
+    }
+
+    fn merged(&self, other: &Self) -> Self {
+        let min = |a: Option<u32>, b: Option<u32>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut limited = self.limited.clone();
+        limited.extend(other.limited.iter().filter(|i| !self.limited.contains(i)));
+        Self {
+            deny: min(self.deny, other.deny),
+            approval: min(self.approval, other.approval),
+            allow: min(self.allow, other.allow),
+            limited,
+        }
+    }
+}
+
+fn evaluate(
+    set: &RuleSet,
+    agent: &AgentFacts,
+    request: &Request<'_>,
+    clock: Clock,
+    limiter: &RateLimiter,
+) -> Decision {
+    if set.enforce_policies == 0 && set.audit_policies == 0 {
+        return Decision::deny(Reason::NoPolicy);
+    }
+    let segments: Vec<&str> = request.resource.split('/').collect();
+    let first = segments.first().copied().unwrap_or_default();
+    let mut enforce = Matches::default();
+    let mut audit = Matches::default();
+    let buckets = [set.by_action.get(request.action), Some(&set.any_action)];
+    for bucket in buckets.into_iter().flatten() {
+        let lists = [bucket.by_prefix.get(first).map(Vec::as_slice), Some(bucket.other.as_slice())];
+        for candidate in lists.into_iter().flatten().flatten() {
+            let Some(rule) = set.rules.get(candidate.rule as usize) else { continue };
+            if rule_matches(rule, *candidate, &segments, agent, request, clock) {
+                match rule.mode {
+                    PolicyMode::Enforce => enforce.note(candidate.rule, rule),
+                    PolicyMode::Audit => audit.note(candidate.rule, rule),
+                }
+            }
+        }
+    }
+    let broken = |mode: PolicyMode| set.broken.iter().find(|(_, m)| *m == mode).map(|(p, _)| p);
+    if set.enforce_policies > 0 {
+        let decision = verdict_of(set, &enforce, broken(PolicyMode::Enforce), agent, clock, limiter, true);
+        if set.audit_policies == 0 {
+            return decision;
+        }
+        let all = enforce.merged(&audit);
+        let any_broken = broken(PolicyMode::Enforce).or(broken(PolicyMode::Audit));
+        let would = verdict_of(set, &all, any_broken, agent, clock, limiter, false);
+        return with_would(decision, would);
+    }
+    let would = verdict_of(set, &audit, broken(PolicyMode::Audit), agent, clock, limiter, false);
+    let allowed = match would.verdict {
+        Verdict::Allow => Decision { reason: Reason::AuditOnly, ..would.clone() },
+        _ => Decision {
+            verdict: Verdict::Allow,
+            reason: Reason::AuditOnly,
+            policy: None,
+            rule: None,
+            would: None,
+        },
+    };
+    with_would(allowed, would)
+}
+
+fn with_would(mut decision: Decision, would: Decision) -> Decision {
+    if would.verdict > decision.verdict {
+        decision.would = Some(Box::new(would));
+    }
+    decision
+}
+
+fn verdict_of(
+    set: &RuleSet,
+    m: &Matches,
+    broken: Option<&Arc<str>>,
+    agent: &AgentFacts,
+    clock: Clock,
+    limiter: &RateLimiter,
+    consume: bool,
+) -> Decision {
+    if let Some(policy) = broken {
+        return Decision { policy: Some(Arc::clone(policy)), ..Decision::deny(Reason::PolicyBroken) };
+    }
+    let rule = |i: Option<u32>| i.and_then(|i| set.rules.get(i as usize));
+    if let Some(r) = rule(m.deny) {
+        return Decision::by_rule(Verdict::Deny, Reason::DeniedByRule, r);
+    }
+    let mut limited: Vec<u32> = m.limited.clone();
+    limited.sort_unstable();
+    for i in limited {
+        let Some(r) = rule(Some(i)) else { continue };
+        let Some(limit) = &r.rate_limit else { continue };
+        if !limiter.try_take(agent.limiter_key, limit, clock.instant, consume) {
+            let reason = Reason::RateLimited { requests: limit.requests, per_secs: limit.per.as_secs() };
+            return Decision::by_rule(Verdict::Deny, reason, r);
+        }
+    }
+    if let Some(r) = rule(m.approval) {
+        return Decision::by_rule(Verdict::RequireApproval, Reason::ApprovalRequired, r);
+    }
+    if let Some(r) = rule(m.allow) {
+        return Decision::by_rule(Verdict::Allow, Reason::Allowed, r);
+    }
+    Decision::deny(Reason::NoMatchingRule)
+}
+
+fn rule_matches(
+    rule: &CompiledRule,
+    candidate: Candidate,
+    segments: &[&str],
+    agent: &AgentFacts,
+    request: &Request<'_>,
+    clock: Clock,
+) -> bool {
+    if candidate.pattern != NO_PATTERN
+        && !rule.resources.get(usize::from(candidate.pattern)).is_some_and(|p| p.matches(segments))
+    {
+        return false;
+    }
+    if !rule.tools.is_empty() {
+        match request.tool {
+            Some(tool) if rule.tools.iter().any(|t| t.matches(tool)) => {}
+            _ => return false,
+        }
+    }
+    if !rule.windows.is_empty() && !rule.windows.iter().any(|w| w.contains(clock.now)) {
+        return false;
+    }
+    if rule.min_trust_score.is_some_and(|min| agent.trust_score < min) {
+        return false;
+    }
+    if let Some(scope) = &rule.delegation_scope
+        && !request.delegation_scopes.iter().any(|s| **s == **scope)
+    {
+        return false;
+    }
+    // Unknown attributes resolve to the stricter outcome: no grant for an Allow, the Deny applies.
+    let unknown_holds = rule.effect == Effect::Deny;
+    rule.attributes.iter().all(|a| a.evaluate(request.context).unwrap_or(unknown_holds))
+}

@@ -1,0 +1,305 @@
+//! The in-memory index: every Agent, compiled AgentPolicy and Revocation in scope, arranged so a decision
+//! is a few hash lookups and a short candidate scan. Pure: built from objects the caller read (from watch
+//! caches in the operator, from one list call in `kubectl agentiam can-i`).
+//!
+//! A [`Snapshot`] is immutable. The operator builds a new one on every change and swaps it in atomically,
+//! so a decision always sees one consistent state and never waits for a rebuild.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use crate::api::{Agent, AgentPhase, AgentPolicy, DesiredState, PolicyMode, Revocation, RevocationMode};
+use crate::registry::selector::{governs, matches};
+
+use super::compile::{CompiledPolicy, CompiledRule, compile};
+use super::ratelimit::agent_key;
+
+/// Marks a candidate of a rule that does not constrain the resource (tool-only rules).
+pub(super) const NO_PATTERN: u16 = u16::MAX;
+
+/// One place a rule may match: the rule and which of its resource patterns to try.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Candidate {
+    pub(super) rule: u32,
+    pub(super) pattern: u16,
+}
+
+/// Candidates for one action, split by the resource's first segment.
+#[derive(Debug, Default)]
+pub(super) struct Bucket {
+    pub(super) by_prefix: HashMap<Box<str>, Vec<Candidate>>,
+    pub(super) other: Vec<Candidate>,
+}
+
+impl Bucket {
+    fn add(&mut self, rule_index: u32, rule: &CompiledRule) {
+        if rule.resources.is_empty() {
+            self.other.push(Candidate { rule: rule_index, pattern: NO_PATTERN });
+        }
+        for (i, p) in rule.resources.iter().enumerate() {
+            let candidate = Candidate { rule: rule_index, pattern: u16::try_from(i).unwrap_or(NO_PATTERN) };
+            match p.literal_prefix() {
+                Some(prefix) => self.by_prefix.entry(prefix.into()).or_default().push(candidate),
+                None => self.other.push(candidate),
+            }
+        }
+    }
+}
+
+/// The combined rules of one set of policies (agents governed by the same policies share one).
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// Every rule, ordered by policy name then position in the policy.
+    pub(super) rules: Vec<Arc<CompiledRule>>,
+    pub(super) by_action: HashMap<Box<str>, Bucket>,
+    pub(super) any_action: Bucket,
+    /// Governing policies that do not compile, with their modes: they deny everything.
+    pub(super) broken: Vec<(Arc<str>, PolicyMode)>,
+    /// How many governing policies are in Enforce mode (broken ones included).
+    pub(super) enforce_policies: u32,
+    /// How many governing policies are in Audit mode (broken ones included).
+    pub(super) audit_policies: u32,
+}
+
+impl RuleSet {
+    fn build(policies: &[&CompiledPolicy]) -> Self {
+        let mut set = Self::default();
+        for p in policies {
+            match p.mode {
+                PolicyMode::Enforce => set.enforce_policies += 1,
+                PolicyMode::Audit => set.audit_policies += 1,
+            }
+            if p.is_broken() {
+                set.broken.push((Arc::clone(&p.name), p.mode));
+                continue;
+            }
+            for rule in &p.rules {
+                let Ok(index) = u32::try_from(set.rules.len()) else { continue };
+                if rule.any_action {
+                    set.any_action.add(index, rule);
+                } else {
+                    for a in &rule.actions {
+                        set.by_action.entry(a.clone()).or_default().add(index, rule);
+                    }
+                }
+                set.rules.push(Arc::clone(rule));
+            }
+        }
+        set
+    }
+
+    /// How many rules the set holds.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether the set holds no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether any rule has a rate limit (which only a caller holding the live counters can apply).
+    pub fn has_rate_limits(&self) -> bool {
+        self.rules.iter().any(|r| r.rate_limit.is_some())
+    }
+}
+
+/// A Revocation that stops an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedBy {
+    /// The Revocation's name.
+    pub name: Arc<str>,
+    /// Suspend or Revoke.
+    pub mode: RevocationMode,
+}
+
+/// What a decision needs to know about an agent.
+#[derive(Debug, Clone)]
+pub struct AgentFacts {
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Name.
+    pub name: Arc<str>,
+    /// The object UID tokens are bound to.
+    pub uid: Arc<str>,
+    /// Current phase (None before the operator first reconciled it).
+    pub phase: Option<AgentPhase>,
+    /// What its owner asked for: a pending suspension denies before the controller catches up.
+    pub desired: DesiredState,
+    /// Whether the object is being deleted.
+    pub deleting: bool,
+    /// Current trust score (0 when not yet computed).
+    pub trust_score: u16,
+    /// The first Revocation that targets it, if any.
+    pub revoked_by: Option<RevokedBy>,
+    /// The rules of every policy that governs it.
+    pub rules: Arc<RuleSet>,
+    pub(super) limiter_key: u64,
+}
+
+/// An immutable view of everything decisions depend on.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    by_uid: HashMap<Arc<str>, AgentFacts>,
+    by_name: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
+    policies: Vec<PolicySummary>,
+}
+
+/// What the index knows about one policy, for its status.
+#[derive(Debug, Clone)]
+pub struct PolicySummary {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The generation compiled.
+    pub generation: Option<i64>,
+    /// How many agents it governs.
+    pub matched_agents: u32,
+    /// Compilation errors (non-empty: the policy denies everything).
+    pub errors: Vec<String>,
+    /// How many rules compiled.
+    pub rules: usize,
+}
+
+impl Snapshot {
+    /// The facts of the agent with this UID.
+    pub fn agent(&self, uid: &str) -> Option<&AgentFacts> {
+        self.by_uid.get(uid)
+    }
+
+    /// The facts of the agent `namespace/name`.
+    pub fn agent_by_name(&self, namespace: &str, name: &str) -> Option<&AgentFacts> {
+        let key: (Arc<str>, Arc<str>) = (namespace.into(), name.into());
+        self.by_name.get(&key).and_then(|uid| self.by_uid.get(uid))
+    }
+
+    /// How many agents are indexed.
+    pub fn agents(&self) -> usize {
+        self.by_uid.len()
+    }
+
+    /// Every policy with what the index made of it.
+    pub fn policies(&self) -> &[PolicySummary] {
+        &self.policies
+    }
+}
+
+/// Builds snapshots, keeping compiled policies between builds so an agent status change does not recompile
+/// a thousand rules.
+#[derive(Debug, Default)]
+pub struct Builder {
+    compiled: HashMap<String, (Option<i64>, Arc<CompiledPolicy>)>,
+}
+
+impl Builder {
+    /// Builds a snapshot from the objects in scope. Objects without a UID (not read from the API server)
+    /// are still indexed under their namespace/name.
+    pub fn build(
+        &mut self,
+        agents: &[Arc<Agent>],
+        policies: &[Arc<AgentPolicy>],
+        revocations: &[Arc<Revocation>],
+    ) -> Snapshot {
+        let mut policies: Vec<&Arc<AgentPolicy>> = policies.iter().collect();
+        policies.sort_by_key(|p| (p.namespace(), p.name_any()));
+        let mut keep = HashMap::with_capacity(policies.len());
+        let compiled: Vec<Arc<CompiledPolicy>> = policies
+            .iter()
+            .map(|p| {
+                let key = p
+                    .metadata
+                    .uid
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
+                let generation = p.metadata.generation;
+                let c = match self.compiled.get(&key) {
+                    Some((g, c)) if generation.is_some() && *g == generation => Arc::clone(c),
+                    _ => Arc::new(compile(p)),
+                };
+                keep.insert(key, (generation, Arc::clone(&c)));
+                c
+            })
+            .collect();
+        self.compiled = keep;
+
+        let mut matched = vec![0u32; compiled.len()];
+        let mut sets: HashMap<Vec<usize>, Arc<RuleSet>> = HashMap::new();
+        let mut snapshot = Snapshot::default();
+        for agent in agents {
+            let governing: Vec<usize> =
+                policies.iter().enumerate().filter(|(_, p)| governs(p, agent)).map(|(i, _)| i).collect();
+            for &i in &governing {
+                if let Some(m) = matched.get_mut(i) {
+                    *m += 1;
+                }
+            }
+            let rules = Arc::clone(sets.entry(governing.clone()).or_insert_with(|| {
+                let chosen: Vec<&CompiledPolicy> =
+                    governing.iter().filter_map(|&i| compiled.get(i)).map(|c| &**c).collect();
+                Arc::new(RuleSet::build(&chosen))
+            }));
+            let namespace: Arc<str> = agent.namespace().unwrap_or_default().into();
+            let name: Arc<str> = agent.name_any().into();
+            let uid: Arc<str> =
+                agent.metadata.uid.clone().unwrap_or_else(|| format!("{namespace}/{name}")).into();
+            let status = agent.status.as_ref();
+            let facts = AgentFacts {
+                namespace: Arc::clone(&namespace),
+                name: Arc::clone(&name),
+                uid: Arc::clone(&uid),
+                phase: status.and_then(|s| s.phase),
+                desired: agent.spec.lifecycle.as_ref().map(|l| l.desired_state).unwrap_or_default(),
+                deleting: agent.metadata.deletion_timestamp.is_some(),
+                trust_score: status.and_then(|s| s.trust_score).unwrap_or(0),
+                revoked_by: revoked_by(agent, revocations),
+                rules,
+                limiter_key: agent_key(&uid),
+            };
+            snapshot.by_name.insert((namespace, name), Arc::clone(&uid));
+            snapshot.by_uid.insert(uid, facts);
+        }
+        snapshot.policies = compiled
+            .iter()
+            .zip(matched)
+            .map(|(c, matched_agents)| PolicySummary {
+                namespace: c.namespace.clone(),
+                name: c.name.to_string(),
+                generation: c.generation,
+                matched_agents,
+                errors: c.errors.clone(),
+                rules: c.rules.len(),
+            })
+            .collect();
+        snapshot
+    }
+}
+
+/// The first Revocation (by name) in the agent's namespace that targets it by name, selector or `all`.
+/// Delegation targets stop delegation chains, not agents, and are checked where delegated tokens are.
+fn revoked_by(agent: &Agent, revocations: &[Arc<Revocation>]) -> Option<RevokedBy> {
+    let name = agent.name_any();
+    let mut hits: Vec<&Arc<Revocation>> = revocations
+        .iter()
+        .filter(|r| r.namespace() == agent.namespace() && r.metadata.deletion_timestamp.is_none())
+        .filter(|r| {
+            let t = &r.spec.target;
+            t.agent_ref.as_ref().is_some_and(|a| a.name == name)
+                || t.selector.as_ref().is_some_and(|s| matches(s, agent.labels()) || has_unknown_operator(s))
+                || t.all == Some(true)
+        })
+        .collect();
+    hits.sort_by_key(|r| r.name_any());
+    hits.first().map(|r| RevokedBy { name: r.name_any().into(), mode: r.spec.mode })
+}
+
+/// For the kill switch an unknown selector operator must stop agents rather than spare them: the
+/// opposite of policy selectors, where an unknown operator grants nothing.
+fn has_unknown_operator(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> bool {
+    s.match_expressions
+        .iter()
+        .flatten()
+        .any(|e| !matches!(e.operator.as_str(), "In" | "NotIn" | "Exists" | "DoesNotExist"))
+}

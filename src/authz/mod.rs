@@ -1,0 +1,26 @@
+//! Authorization: AgentPolicy compilation, the in-memory index, and evaluation. No I/O.
+//!
+//! - [`compile`](compile::compile) turns an `AgentPolicy` into rules with parsed patterns, time zones,
+//!   numbers and rate limits, collecting every error; a policy with errors denies everything.
+//! - [`Builder`] arranges Agents, compiled policies and Revocations into an immutable [`Snapshot`]: per
+//!   agent the facts a decision needs (UID, phase, trust score, revocation) and a [`RuleSet`] indexed by
+//!   action and by the resource's first segment.
+//! - [`Snapshot::decide`] answers one request in a few hash lookups and a short candidate scan; the
+//!   semantics (default deny, Deny beats Allow, audit mode) are documented in [`eval`].
+//!
+//! The operator keeps a snapshot current from watches (`controller::authz`) and serves it over HTTP
+//! (`server::decision`); `kubectl agentiam can-i` builds one from a single list of each kind.
+
+pub mod compile;
+pub mod conditions;
+pub mod eval;
+pub mod index;
+pub mod pattern;
+pub mod ratelimit;
+
+#[cfg(test)]
+mod eval_tests;
+
+pub use eval::{Clock, Decision, Reason, Request, Subject, Verdict, decide_for};
+pub use index::{AgentFacts, Builder, PolicySummary, RevokedBy, RuleSet, Snapshot};
+pub use ratelimit::RateLimiter;

@@ -1,0 +1,329 @@
+//! Resource and tool patterns. Pure.
+//!
+//! A resource is a string of segments separated by `/` (`crm:contacts/42`). In a pattern, a segment that is
+//! exactly `*` matches one segment, a segment that is exactly `**` matches any number of segments (zero
+//! included), and a `*` inside a segment matches any run of characters within that segment (`contacts-*`).
+//! A segment that ends in `**` after literal text (`crm:**`) is short for `crm:*/**`: a first segment
+//! starting with `crm:`, then any depth. Everything else is literal. Tool names are matched as one segment with the same in-segment glob.
+
+use std::fmt;
+use std::ops::Add;
+
+/// Most segments a pattern may have; bounds the matcher's work together with [`MAX_DEEP_WILDCARDS`].
+pub const MAX_SEGMENTS: usize = 32;
+/// Most `**` segments in one pattern: each one can multiply the backtracking work by the resource's depth.
+pub const MAX_DEEP_WILDCARDS: usize = 2;
+
+/// Why a pattern does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// Empty pattern.
+    #[error("is empty")]
+    Empty,
+    /// A `**` mixed with other characters in one segment.
+    #[error("segment {0:?} mixes \"**\" with other characters; \"**\" must be a whole segment")]
+    MixedDeepWildcard(String),
+    /// Too many segments.
+    #[error("has more than {MAX_SEGMENTS} segments")]
+    TooManySegments,
+    /// Too many `**`.
+    #[error("has more than {MAX_DEEP_WILDCARDS} \"**\" segments")]
+    TooManyDeepWildcards,
+    /// A control character.
+    #[error("contains a control character")]
+    ControlCharacter,
+}
+
+/// One compiled segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Matches exactly this text.
+    Literal(Box<str>),
+    /// `*`: any one segment.
+    One,
+    /// `**`: any number of segments.
+    Deep,
+    /// Text with `*` inside: any run of characters within the segment at each `*`.
+    Glob(Box<str>),
+}
+
+/// A compiled resource pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourcePattern {
+    source: Box<str>,
+    segments: Box<[Segment]>,
+}
+
+impl ResourcePattern {
+    /// Compiles `pattern`.
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        if pattern.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if pattern.chars().any(char::is_control) {
+            return Err(PatternError::ControlCharacter);
+        }
+        let mut segments = Vec::new();
+        let mut deep = 0;
+        for raw in pattern.split('/') {
+            let segment = match raw {
+                "*" => Segment::One,
+                "**" => {
+                    deep += 1;
+                    Segment::Deep
+                }
+                // "crm:**" is "crm:*" followed by "**": a segment starting with "crm:", then any depth.
+                s if s.ends_with("**") && !s.trim_end_matches('*').contains('*') && s.len() > 2 => {
+                    segments.push(Segment::Glob(s.trim_end_matches('*').to_owned().add("*").into()));
+                    deep += 1;
+                    Segment::Deep
+                }
+                s if s.contains("**") => return Err(PatternError::MixedDeepWildcard(s.to_owned())),
+                s if s.contains('*') => Segment::Glob(s.into()),
+                s => Segment::Literal(s.into()),
+            };
+            // Consecutive `**` match the same as one; keeping both would only add backtracking.
+            if segment == Segment::Deep && segments.last() == Some(&Segment::Deep) {
+                deep -= 1;
+                continue;
+            }
+            segments.push(segment);
+        }
+        if segments.len() > MAX_SEGMENTS {
+            return Err(PatternError::TooManySegments);
+        }
+        if deep > MAX_DEEP_WILDCARDS {
+            return Err(PatternError::TooManyDeepWildcards);
+        }
+        Ok(Self { source: pattern.into(), segments: segments.into() })
+    }
+
+    /// The first segment when it is literal: the index files the pattern under it.
+    pub fn literal_prefix(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Literal(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the resource, already split on `/`, matches.
+    pub fn matches(&self, resource: &[&str]) -> bool {
+        match_segments(&self.segments, resource)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl fmt::Display for ResourcePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+fn match_segments(pattern: &[Segment], resource: &[&str]) -> bool {
+    let Some((first, rest)) = pattern.split_first() else { return resource.is_empty() };
+    match first {
+        // Try every split point; the pattern holds at most MAX_DEEP_WILDCARDS of these, so the work is
+        // bounded by depth^MAX_DEEP_WILDCARDS segment comparisons.
+        Segment::Deep => {
+            (0..=resource.len()).any(|skip| match_segments(rest, resource.get(skip..).unwrap_or(&[])))
+        }
+        _ => match resource.split_first() {
+            Some((head, tail)) => match_one(first, head) && match_segments(rest, tail),
+            None => false,
+        },
+    }
+}
+
+fn match_one(segment: &Segment, text: &str) -> bool {
+    match segment {
+        Segment::Literal(s) => **s == *text,
+        Segment::One => true,
+        Segment::Deep => false,
+        Segment::Glob(g) => glob(g, text),
+    }
+}
+
+/// A tool-name pattern: `*` alone matches every tool, `*` inside matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolPattern(Box<str>);
+
+impl ToolPattern {
+    /// Compiles `pattern`.
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        if pattern.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if pattern.chars().any(char::is_control) {
+            return Err(PatternError::ControlCharacter);
+        }
+        Ok(Self(pattern.into()))
+    }
+
+    /// Whether `tool` matches.
+    pub fn matches(&self, tool: &str) -> bool {
+        glob(&self.0, tool)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Wildcard match where `*` matches any run of bytes (patterns and texts are UTF-8 and `*` is ASCII, so a
+/// match never splits a character in a way that matters for equality). Linear-time greedy algorithm with
+/// one backtrack point, so a hostile text cannot make it exponential.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if Some(c) == t.get(ti) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+}
+
+/// Splits a resource into segments for [`ResourcePattern::matches`].
+pub fn split_resource(resource: &str) -> Vec<&str> {
+    resource.split('/').collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pattern: &str, resource: &str) -> bool {
+        ResourcePattern::parse(pattern).unwrap().matches(&split_resource(resource))
+    }
+
+    #[test]
+    fn one_star_matches_exactly_one_segment() {
+        assert!(m("crm:contacts/*", "crm:contacts/42"));
+        assert!(!m("crm:contacts/*", "crm:contacts"));
+        assert!(!m("crm:contacts/*", "crm:contacts/42/notes"));
+        assert!(m("crm:contacts/*/notes", "crm:contacts/42/notes"));
+        assert!(!m("crm:contacts/*", "crm:leads/42"));
+    }
+
+    #[test]
+    fn double_star_matches_any_depth_including_zero() {
+        assert!(m("crm:contacts/**", "crm:contacts"));
+        assert!(m("crm:contacts/**", "crm:contacts/42/notes/7"));
+        assert!(m("crm:**/notes", "crm:contacts/42/notes"));
+        assert!(!m("crm:**/notes", "crm:notes"), "crm:** needs a first segment that starts with crm:");
+        assert!(!m("crm:**/notes", "crm:contacts/42/notes/7"));
+        assert!(m("**", "anything/at/all"));
+        assert!(m("a/**/b/**/c", "a/x/b/y/z/c"));
+        assert!(m("crm:**", "crm:contacts/42/notes"));
+        assert!(m("crm:**", "crm:contacts"));
+        assert!(!m("crm:**", "erp:contacts/42"));
+        assert!(!m("a/**/b/**/c", "a/x/y/z/c"));
+    }
+
+    #[test]
+    fn in_segment_globs_stay_within_the_segment() {
+        assert!(m("crm:contacts-*/x", "crm:contacts-eu/x"));
+        assert!(!m("crm:contacts-*/x", "crm:leads-eu/x"));
+        assert!(m("crm:*", "crm:contacts"));
+        assert!(!m("crm:*", "crm:contacts/42"));
+        assert!(m("s3:bucket/*.csv", "s3:bucket/report.csv"));
+        assert!(!m("s3:bucket/*.csv", "s3:bucket/report.csv.gz"));
+    }
+
+    #[test]
+    fn literals_are_exact() {
+        assert!(m("crm:contacts", "crm:contacts"));
+        assert!(!m("crm:contacts", "crm:contacts/"));
+        assert!(!m("crm:contacts", "CRM:contacts"));
+        assert!(!m("crm:contacts/42", "crm:contacts/420"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_with_reasons() {
+        assert_eq!(ResourcePattern::parse(""), Err(PatternError::Empty));
+        assert!(matches!(ResourcePattern::parse("a/**x/b"), Err(PatternError::MixedDeepWildcard(_))));
+        assert!(matches!(ResourcePattern::parse("a/x**y"), Err(PatternError::MixedDeepWildcard(_))));
+        assert!(matches!(ResourcePattern::parse("a/x*y**"), Err(PatternError::MixedDeepWildcard(_))));
+        assert_eq!(ResourcePattern::parse("a/**/b/**/c/**/d"), Err(PatternError::TooManyDeepWildcards));
+        assert_eq!(ResourcePattern::parse(&"a/".repeat(40)), Err(PatternError::TooManySegments));
+        assert_eq!(ResourcePattern::parse("a\nb"), Err(PatternError::ControlCharacter));
+        // Adjacent ** collapse, so they do not count twice.
+        assert!(ResourcePattern::parse("a/**/**/**/b").is_ok());
+    }
+
+    #[test]
+    fn literal_prefix_only_for_literal_first_segments() {
+        assert_eq!(ResourcePattern::parse("crm:x/*").unwrap().literal_prefix(), Some("crm:x"));
+        assert_eq!(ResourcePattern::parse("*/x").unwrap().literal_prefix(), None);
+        assert_eq!(ResourcePattern::parse("crm:*/x").unwrap().literal_prefix(), None);
+    }
+
+    #[test]
+    fn glob_is_linear_on_hostile_input() {
+        let text = "a".repeat(10_000);
+        let pattern = format!("{}b", "*a".repeat(20));
+        let started = std::time::Instant::now();
+        assert!(!glob(&pattern, &text));
+        assert!(glob("*a*a*", &text));
+        // Not a timing assertion on the machine: only that a pathological case finishes at all.
+        let _ = started.elapsed();
+    }
+
+    #[test]
+    fn tools_match_by_glob() {
+        let t = |p: &str, s: &str| ToolPattern::parse(p).unwrap().matches(s);
+        assert!(t("*", "anything"));
+        assert!(t("search_*", "search_contacts"));
+        assert!(!t("search_*", "delete_contacts"));
+        assert!(t("send_email", "send_email"));
+        assert!(!t("send_email", "send_emails"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_literal_pattern_matches_only_itself(a in "[a-z:]{1,8}(/[a-z0-9]{1,5}){0,4}", b in "[a-z:]{1,8}(/[a-z0-9]{1,5}){0,4}") {
+            proptest::prop_assert_eq!(m(&a, &b), a == b);
+        }
+
+        #[test]
+        fn double_star_suffix_matches_every_extension(base in "[a-z:]{1,8}(/[a-z0-9]{1,5}){0,3}", ext in "(/[a-z0-9]{1,5}){0,4}") {
+            let pattern = format!("{base}/**");
+            let resource = format!("{base}{ext}");
+            proptest::prop_assert!(m(&pattern, &resource));
+        }
+
+        #[test]
+        fn glob_agrees_with_a_reference_matcher(p in "[ab*]{0,8}", t in "[ab]{0,10}") {
+            proptest::prop_assert_eq!(glob(&p, &t), reference_glob(p.as_bytes(), t.as_bytes()));
+        }
+    }
+
+    fn reference_glob(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| reference_glob(rest, &t[i..])),
+            Some((c, rest)) => t.first() == Some(c) && reference_glob(rest, &t[1..]),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A cache of tokens that passed [`JwtVerifier::verify_any_audience`], so a gateway asking about the same
+//! token many times pays for one ECDSA verification instead of one per request.
+//!
+//! Safe because a hit requires the *exact* token bytes that verified before (the hash only picks the slot;
+//! the stored token is compared in full), and the time checks (`exp`, `nbf`) are repeated on every hit. A
+//! cache belongs to one verifier, i.e. one published key set: on every key change (rotation, emergency
+//! rotation) the owner builds a new verifier with an empty cache, so a token signed by a withdrawn key stops
+//! verifying at once. Memory is bounded: a full shard first drops expired entries, then everything.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::verify::{JwtVerifier, TokenError, VerifiedSvid};
+
+const SHARDS: usize = 16;
+
+#[derive(Debug)]
+struct Entry {
+    token: Box<str>,
+    svid: Arc<VerifiedSvid>,
+}
+
+/// A verifier with a cache of verified tokens.
+#[derive(Debug)]
+pub struct CachingVerifier {
+    verifier: JwtVerifier,
+    leeway: SignedDuration,
+    per_shard: usize,
+    hasher: RandomState,
+    shards: [Mutex<HashMap<u64, Entry>>; SHARDS],
+}
+
+impl CachingVerifier {
+    /// Wraps `verifier`, caching up to about `capacity` tokens.
+    pub fn new(verifier: JwtVerifier, capacity: usize) -> Self {
+        let leeway = SignedDuration::try_from(verifier.config().leeway).unwrap_or(SignedDuration::ZERO);
+        Self {
+            verifier,
+            leeway,
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The wrapped verifier.
+    pub fn verifier(&self) -> &JwtVerifier {
+        &self.verifier
+    }
+
+    /// Verifies `token` for any single audience at `now`, from the cache when this exact token verified
+    /// before and is still within its validity.
+    pub fn verify_any_audience(&self, token: &str, now: Timestamp) -> Result<Arc<VerifiedSvid>, TokenError> {
+        let hash = self.hasher.hash_one(token);
+        let shard = self.shards.get(hash as usize % SHARDS);
+        if let Some(shard) = shard {
+            let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = map.get(&hash)
+                && *e.token == *token
+            {
+                let svid = Arc::clone(&e.svid);
+                drop(map);
+                self.check_time(&svid, now)?;
+                return Ok(svid);
+            }
+        }
+        let svid = Arc::new(self.verifier.verify_any_audience(token, now)?);
+        if let Some(shard) = shard {
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.len() >= self.per_shard {
+                map.retain(|_, e| e.svid.expires_at > now);
+                if map.len() >= self.per_shard {
+                    map.clear();
+                }
+            }
+            map.insert(hash, Entry { token: token.into(), svid: Arc::clone(&svid) });
+        }
+        Ok(svid)
+    }
+
+    /// The same time checks as the verifier: a cached token expires exactly when it would have failed.
+    fn check_time(&self, svid: &VerifiedSvid, now: Timestamp) -> Result<(), TokenError> {
+        if now >= svid.expires_at.saturating_add(self.leeway).unwrap_or(svid.expires_at) {
+            return Err(TokenError::Expired);
+        }
+        if svid.not_before.is_some_and(|nbf| now < nbf.saturating_sub(self.leeway).unwrap_or(nbf)) {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(())
+    }
+
+    /// How many tokens are cached.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The default capacity in tokens (at most 16 KiB each, typically under 1 KiB): every token of a few
+/// thousand agents.
+pub const DEFAULT_CAPACITY: usize = 16_384;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use jsonwebtoken::jwk::JwkSet;
+
+    use super::*;
+    use crate::identity::TrustDomain;
+    use crate::identity::jwt::{AgentClaims, Minter, SvidClaims};
+    use crate::identity::keys::SigningKey;
+    use crate::identity::spiffe::SpiffeId;
+    use crate::identity::verify::VerifierConfig;
+
+    const ISSUER: &str = "https://issuer.example";
+
+    fn setup() -> (Minter, CachingVerifier, Timestamp) {
+        let now = Timestamp::now();
+        let key = Arc::new(SigningKey::generate(now).unwrap());
+        let td = TrustDomain::parse("example.org").unwrap();
+        let verifier =
+            JwtVerifier::new(VerifierConfig::new(td, ISSUER), &JwkSet { keys: vec![key.public_jwk()] })
+                .unwrap();
+        (Minter::new(key), CachingVerifier::new(verifier, 64), now)
+    }
+
+    fn token(minter: &mut Minter, now: Timestamp, ttl: u64) -> String {
+        let sub = SpiffeId::parse("spiffe://example.org/ns/a/agent/bot").unwrap();
+        let agent = AgentClaims { uid: "u", owner: "team:x", trust_score: 500 };
+        minter
+            .mint(&SvidClaims::new(ISSUER, &sub, "crm", agent, now, Duration::from_secs(ttl)).unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn hits_need_the_exact_token_and_still_expire() {
+        let (mut minter, cache, now) = setup();
+        let t = token(&mut minter, now, 60);
+        let first = cache.verify_any_audience(&t, now).unwrap();
+        let again = cache.verify_any_audience(&t, now).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the second call is a cache hit");
+        // One flipped signature byte is a different token: verified afresh, and refused.
+        let mut bad = t.clone().into_bytes();
+        let last = bad.len() - 2;
+        bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+        assert!(cache.verify_any_audience(std::str::from_utf8(&bad).unwrap(), now).is_err());
+        let later = now.checked_add(jiff::SignedDuration::from_secs(60 + 31)).unwrap();
+        assert_eq!(cache.verify_any_audience(&t, later).unwrap_err(), TokenError::Expired);
+        let within_leeway = now.checked_add(jiff::SignedDuration::from_secs(60 + 29)).unwrap();
+        assert!(cache.verify_any_audience(&t, within_leeway).is_ok());
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let (mut minter, cache, now) = setup();
+        for _ in 0..500 {
+            cache.verify_any_audience(&token(&mut minter, now, 60), now).unwrap();
+        }
+        assert!(cache.len() <= 64 + SHARDS, "{} cached", cache.len());
+    }
+}

@@ -1,0 +1,548 @@
+//! The decision API: `POST /v1/authorize` for gateways and SDKs, an Envoy `ext_authz` HTTP check endpoint
+//! (`/v1/ext_authz/...`, also used by agentgateway's extAuth) with the MCP mapping, and [`Authorizer`], the
+//! same decision path callable in-process.
+//!
+//! Every decision: validate the input (bad input is a 400, never a 500 and never an Allow) -> verify the
+//! token with the strict verifier (cached per exact token, per key set) -> find the agent by the token's
+//! UID in the policy index and check it is Active and not revoked -> evaluate the policies and rate limits
+//! -> queue an audit record -> answer. Delegated tokens will add their checks between verification and
+//! evaluation. If the audit record cannot be queued (the log failed), the answer is Deny: nothing is
+//! allowed that is not recorded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::audit::{AuditLog, Entry, ObjectRef, Outcome};
+use crate::authz::{Clock, Decision, RateLimiter, Reason, Request, Subject, Verdict};
+use crate::controller::authz::PolicyIndex;
+use crate::identity::TrustDomain;
+use crate::identity::cache::{CachingVerifier, DEFAULT_CAPACITY};
+use crate::identity::issuer::IssuerReceiver;
+use crate::identity::jwt::CLAIM_UID;
+
+use super::mcp::{self, Mapping};
+
+/// Path of the decision endpoint.
+pub const AUTHORIZE_PATH: &str = "/v1/authorize";
+/// Prefix of the Envoy ext_authz HTTP check endpoint (configure it as the service's `path_prefix`).
+pub const EXT_AUTHZ_PREFIX: &str = "/v1/ext_authz";
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most top-level keys in a request context, and its deepest nesting.
+const MAX_CONTEXT_KEYS: usize = 64;
+const MAX_CONTEXT_DEPTH: usize = 4;
+
+/// `POST /v1/authorize` request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeRequest {
+    /// The agent's JWT-SVID.
+    #[serde(default)]
+    pub token: String,
+    /// The verb.
+    pub action: String,
+    /// The resource.
+    pub resource: String,
+    /// The MCP tool, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// When set, the token's audience must be exactly this (a gateway names the service it protects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Request attributes for attribute conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Map<String, Value>>,
+}
+
+/// What a would-be decision of Audit-mode policies looked like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditModeOutcome {
+    /// The verdict had the Audit-mode policies been enforced.
+    pub would_decision: Verdict,
+    /// Why.
+    pub reason: String,
+    /// The policy.
+    pub policy: Option<String>,
+    /// The rule.
+    pub rule: Option<String>,
+}
+
+/// `POST /v1/authorize` response body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizeResponse {
+    /// Allow, Deny or RequireApproval.
+    pub decision: Verdict,
+    /// Why, for humans.
+    pub reason: String,
+    /// The deciding policy.
+    pub policy: Option<String>,
+    /// The deciding rule.
+    pub rule: Option<String>,
+    /// The `auditId` detail of the decision's audit record.
+    pub audit_id: String,
+    /// What Audit-mode policies would have decided, when stricter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_mode: Option<AuditModeOutcome>,
+}
+
+/// Input the API refuses (a 400), with a message that names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+/// How the decision was asked for (recorded in the audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `POST /v1/authorize`.
+    Api,
+    /// The ext_authz check endpoint.
+    ExtAuthz,
+    /// The ext_authz endpoint with an MCP JSON-RPC body.
+    Mcp,
+    /// An in-process caller.
+    InProcess,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::ExtAuthz => "ext_authz",
+            Self::Mcp => "mcp",
+            Self::InProcess => "in-process",
+        }
+    }
+}
+
+/// The verifier for one issuer snapshot, with its token cache.
+struct Verifier {
+    sequence: u64,
+    verifier: CachingVerifier,
+}
+
+/// The decision path, shared by the HTTP handlers and in-process callers.
+pub struct Authorizer {
+    index: Arc<PolicyIndex>,
+    issuer: IssuerReceiver,
+    audit: AuditLog,
+    trust_domain: TrustDomain,
+    limiter: RateLimiter,
+    verifier: ArcSwapOption<Verifier>,
+    rebuild: Mutex<()>,
+    fixed_time: Option<Timestamp>,
+    id_prefix: String,
+    ids: AtomicU64,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    /// A decision path over `index`, verifying tokens against the keys `issuer` publishes and recording
+    /// every decision in `audit`. `fixed_time` pins the clock of time windows (a test hook; None in
+    /// production).
+    pub fn new(
+        index: Arc<PolicyIndex>,
+        issuer: IssuerReceiver,
+        audit: AuditLog,
+        fixed_time: Option<Timestamp>,
+    ) -> Arc<Self> {
+        let trust_domain = issuer.borrow().trust_domain.clone();
+        let mut nonce = [0u8; 6];
+        // Only uniqueness across restarts depends on this; a failure falls back to the clock.
+        let id_prefix = match aws_lc_rs::rand::fill(&mut nonce) {
+            Ok(()) => hex::encode(nonce),
+            Err(_) => format!("{:012x}", Timestamp::now().as_nanosecond() & 0xffff_ffff_ffff),
+        };
+        Arc::new(Self {
+            index,
+            issuer,
+            audit,
+            trust_domain,
+            limiter: RateLimiter::default(),
+            verifier: ArcSwapOption::empty(),
+            rebuild: Mutex::new(()),
+            fixed_time,
+            id_prefix,
+            ids: AtomicU64::new(0),
+        })
+    }
+
+    /// The rate-limit counters (swept periodically by the operator).
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The verifier for the current key set, rebuilt (with an empty cache) when the keys change.
+    fn verifier(&self) -> Option<Arc<Verifier>> {
+        let sequence = self.issuer.borrow().sequence;
+        if let Some(v) = self.verifier.load_full().filter(|v| v.sequence == sequence) {
+            return Some(v);
+        }
+        let _one_at_a_time = self.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = self.verifier.load_full().filter(|v| v.sequence == sequence) {
+            return Some(v);
+        }
+        let issuer = Arc::clone(&self.issuer.borrow());
+        let verifier = match issuer.verifier() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a token verifier from the published keys; denying");
+                return None;
+            }
+        };
+        let v = Arc::new(Verifier {
+            sequence: issuer.sequence,
+            verifier: CachingVerifier::new(verifier, DEFAULT_CAPACITY),
+        });
+        self.verifier.store(Some(Arc::clone(&v)));
+        Some(v)
+    }
+
+    /// Decides one request and records it. `Err` only for input that is not a valid question (a 400).
+    pub async fn authorize(
+        &self,
+        req: &AuthorizeRequest,
+        source: Source,
+    ) -> Result<AuthorizeResponse, BadRequest> {
+        validate(req, source)?;
+        let empty = Map::new();
+        let context = req.context.as_ref().unwrap_or(&empty);
+        let now = Timestamp::now();
+        let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
+        let (decision, who) = self.decide(req, context, now, clock);
+        let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
+        let entry = audit_entry(req, source, &decision, &who, &audit_id);
+        let decision = match self.audit.enqueue(entry).await {
+            Ok(()) => decision,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the decision; denying");
+                Decision::deny(Reason::Refused("the audit log is unavailable, so nothing is allowed".into()))
+            }
+        };
+        Ok(response(decision, audit_id))
+    }
+
+    fn decide(
+        &self,
+        req: &AuthorizeRequest,
+        context: &Map<String, Value>,
+        now: Timestamp,
+        clock: Clock,
+    ) -> (Decision, Who) {
+        let refuse = |why: String| (Decision::deny(Reason::Refused(why)), Who::default());
+        if req.token.is_empty() {
+            return refuse("no token".into());
+        }
+        if !self.index.is_ready() {
+            return refuse("the policy index is still loading".into());
+        }
+        let Some(verifier) = self.verifier() else {
+            return refuse("no usable signing keys are published".into());
+        };
+        let svid = match verifier.verifier.verify_any_audience(&req.token, now) {
+            Ok(s) => s,
+            Err(e) => return refuse(format!("invalid token: {e}")),
+        };
+        let Ok((namespace, name)) = svid.spiffe_id.agent_in(&self.trust_domain) else {
+            return refuse("the token's subject is not an agent".into());
+        };
+        let who = Who {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: svid.extra.get(CLAIM_UID).and_then(Value::as_str).map(str::to_owned),
+            audience: svid.audience.clone(),
+            jti: svid.jti.clone(),
+        };
+        if let Some(expected) = &req.audience
+            && *expected != svid.audience
+        {
+            return (
+                Decision::deny(Reason::Refused(format!(
+                    "the token is for audience {:?}, not {expected:?}",
+                    svid.audience
+                ))),
+                who,
+            );
+        }
+        let Some(uid) = who.uid.as_deref() else {
+            return (Decision::deny(Reason::Refused(format!("the token has no {CLAIM_UID} claim"))), who);
+        };
+        let request = Request {
+            action: &req.action,
+            resource: &req.resource,
+            tool: req.tool.as_deref(),
+            context,
+            delegation_scopes: &[],
+        };
+        let subject = Subject { uid, namespace: &who.namespace, name: &who.name };
+        let decision = self.index.load().decide(subject, &request, clock, &self.limiter);
+        (decision, who)
+    }
+}
+
+/// Who a decision was about, as far as the token told.
+#[derive(Debug, Default)]
+struct Who {
+    namespace: String,
+    name: String,
+    uid: Option<String>,
+    audience: String,
+    jti: String,
+}
+
+fn response(decision: Decision, audit_id: String) -> AuthorizeResponse {
+    AuthorizeResponse {
+        decision: decision.verdict,
+        reason: decision.reason.to_string(),
+        policy: decision.policy.as_deref().map(str::to_owned),
+        rule: decision.rule.as_deref().map(str::to_owned),
+        audit_id,
+        audit_mode: decision.would.map(|w| AuditModeOutcome {
+            would_decision: w.verdict,
+            reason: w.reason.to_string(),
+            policy: w.policy.as_deref().map(str::to_owned),
+            rule: w.rule.as_deref().map(str::to_owned),
+        }),
+    }
+}
+
+/// The decision's audit record. Never the token, never context values (they may hold personal data):
+/// only the context's keys.
+fn audit_entry(req: &AuthorizeRequest, source: Source, d: &Decision, who: &Who, audit_id: &str) -> Entry {
+    let known = !who.name.is_empty();
+    let actor =
+        if known { format!("agent:{}/{}", who.namespace, who.name) } else { "unauthenticated".to_owned() };
+    let object = ObjectRef {
+        api_version: "agentiam.dev/v1alpha1".into(),
+        kind: "Agent".into(),
+        namespace: known.then(|| who.namespace.clone()),
+        name: if known { who.name.clone() } else { "unknown".into() },
+        uid: who.uid.clone(),
+    };
+    let outcome = if d.verdict == Verdict::Allow { Outcome::Success } else { Outcome::Denied };
+    let mut e = Entry::new(actor, "authz.decide", object, outcome, d.reason.to_string())
+        .with_detail("auditId", audit_id)
+        .with_detail("decision", d.verdict.as_str())
+        .with_detail("requestAction", req.action.as_str())
+        .with_detail("resource", req.resource.as_str())
+        .with_detail("source", source.as_str());
+    let mut add = |k: &str, v: Option<&str>| {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            e.details.insert(k.to_owned(), v.to_owned());
+        }
+    };
+    add("tool", req.tool.as_deref());
+    add("policy", d.policy.as_deref());
+    add("rule", d.rule.as_deref());
+    add("audience", Some(&who.audience));
+    add("jti", Some(&who.jti));
+    if let Some(w) = &d.would {
+        add("wouldDecision", Some(w.verdict.as_str()));
+        add("wouldPolicy", w.policy.as_deref());
+        add("wouldRule", w.rule.as_deref());
+    }
+    if let Some(ctx) = req.context.as_ref().filter(|c| !c.is_empty()) {
+        let keys: Vec<&str> = ctx.keys().map(String::as_str).collect();
+        add("contextKeys", Some(&keys.join(",")));
+    }
+    e
+}
+
+/// Checks the request's fields, naming the bad one.
+pub fn validate(req: &AuthorizeRequest, source: Source) -> Result<(), BadRequest> {
+    let bad = |m: String| Err(BadRequest(m));
+    if source == Source::Api && req.token.is_empty() {
+        return bad("token is required".into());
+    }
+    if req.token.len() > 16 * 1024 {
+        return bad("token is longer than 16384 bytes".into());
+    }
+    let action_ok = |a: &str| a.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if req.action.is_empty() || req.action.len() > 63 || !action_ok(&req.action) {
+        return bad("action must be 1-63 characters of letters, digits, '.', '_', ':' and '-'".into());
+    }
+    if req.resource.is_empty() || req.resource.len() > 1024 || req.resource.chars().any(char::is_control) {
+        return bad("resource must be 1-1024 characters without control characters".into());
+    }
+    if let Some(t) = &req.tool
+        && (t.is_empty() || t.len() > 253 || t.chars().any(char::is_control))
+    {
+        return bad("tool must be 1-253 characters without control characters".into());
+    }
+    if let Some(a) = &req.audience
+        && a.is_empty()
+    {
+        return bad("audience must not be empty when given".into());
+    }
+    if let Some(ctx) = &req.context {
+        if ctx.len() > MAX_CONTEXT_KEYS {
+            return bad(format!("context has more than {MAX_CONTEXT_KEYS} keys"));
+        }
+        if ctx.values().any(|v| depth(v) > MAX_CONTEXT_DEPTH) {
+            return bad(format!("context is nested deeper than {MAX_CONTEXT_DEPTH} levels"));
+        }
+    }
+    Ok(())
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The routes of the decision API.
+pub fn routes(authorizer: Arc<Authorizer>) -> Router {
+    Router::new()
+        .route(AUTHORIZE_PATH, post(authorize))
+        .route(EXT_AUTHZ_PREFIX, any(ext_authz))
+        .route(&format!("{EXT_AUTHZ_PREFIX}/{{*path}}"), any(ext_authz))
+        .with_state(authorizer)
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+async fn read_body(body: Body) -> Result<axum::body::Bytes, String> {
+    to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| format!("request body is larger than {MAX_BODY_BYTES} bytes"))
+}
+
+async fn authorize(State(authorizer): State<Arc<Authorizer>>, request: HttpRequest) -> Response {
+    let bytes = match read_body(request.into_body()).await {
+        Ok(b) => b,
+        Err(m) => return bad_request(m),
+    };
+    let req: AuthorizeRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) if e.is_syntax() || e.is_eof() => return bad_request(format!("malformed JSON: {e}")),
+        Err(e) => return bad_request(format!("invalid request: {e}")),
+    };
+    match authorizer.authorize(&req, Source::Api).await {
+        Ok(resp) => (StatusCode::OK, axum::Json(resp)).into_response(),
+        Err(BadRequest(m)) => bad_request(m),
+    }
+}
+
+/// The ext_authz mapping of an HTTP request (see docs/authorization.md): token from `Authorization:
+/// Bearer`, action from `x-agentiam-action` or the method, resource from `x-agentiam-resource` or
+/// host + path, audience from `x-agentiam-audience`; an MCP JSON-RPC body sets action, tool and context.
+pub fn ext_authz_request(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(AuthorizeRequest, Source), String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if header("x-envoy-auth-partial-body").as_deref() == Some("true") {
+        return Err("the request body was cut short (raise max_request_bytes); it cannot be judged".into());
+    }
+    let token = header("authorization")
+        .and_then(|h| {
+            let (scheme, rest) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let action = header("x-agentiam-action").unwrap_or_else(|| verb_of(method).to_owned());
+    let resource = header("x-agentiam-resource").unwrap_or_else(|| {
+        let host = header("host").unwrap_or_default();
+        let path = path.strip_prefix(EXT_AUTHZ_PREFIX).unwrap_or(path);
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        format!("{host}{path}")
+    });
+    let mut req = AuthorizeRequest {
+        token,
+        action,
+        resource,
+        audience: header("x-agentiam-audience"),
+        ..Default::default()
+    };
+    match mcp::map_body(body) {
+        Mapping::NotJsonRpc => Ok((req, Source::ExtAuthz)),
+        Mapping::Refused(why) => Err(why.to_owned()),
+        Mapping::Call { action, tool, arguments } => {
+            req.action = action;
+            req.tool = tool;
+            req.context = Some(arguments);
+            Ok((req, Source::Mcp))
+        }
+    }
+}
+
+/// HTTP methods as verbs: reads are `read`, the rest follow REST.
+fn verb_of(method: &Method) -> &'static str {
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => "read",
+        Method::POST => "create",
+        Method::PUT | Method::PATCH => "update",
+        Method::DELETE => "delete",
+        _ => "unknown",
+    }
+}
+
+async fn ext_authz(State(authorizer): State<Arc<Authorizer>>, request: HttpRequest) -> Response {
+    let (parts, body) = request.into_parts();
+    let denied = |why: String| {
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("x-agentiam-decision"), HeaderValue::from_static("Deny"));
+        insert(&mut headers, "x-agentiam-reason", &why);
+        (StatusCode::FORBIDDEN, headers, why).into_response()
+    };
+    let bytes = match read_body(body).await {
+        Ok(b) => b,
+        Err(m) => return denied(m),
+    };
+    let (req, source) = match ext_authz_request(&parts.method, parts.uri.path(), &parts.headers, &bytes) {
+        Ok(r) => r,
+        Err(why) => return denied(why),
+    };
+    let resp = match authorizer.authorize(&req, source).await {
+        Ok(r) => r,
+        Err(BadRequest(m)) => return denied(m),
+    };
+    let mut headers = HeaderMap::new();
+    insert(&mut headers, "x-agentiam-decision", resp.decision.as_str());
+    insert(&mut headers, "x-agentiam-reason", &resp.reason);
+    insert(&mut headers, "x-agentiam-audit-id", &resp.audit_id);
+    if let Some(p) = &resp.policy {
+        insert(&mut headers, "x-agentiam-policy", p);
+    }
+    if let Some(r) = &resp.rule {
+        insert(&mut headers, "x-agentiam-rule", r);
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    let status = if resp.decision == Verdict::Allow { StatusCode::OK } else { StatusCode::FORBIDDEN };
+    (status, headers, resp.reason).into_response()
+}
+
+/// Sets a header, replacing characters a header value cannot carry.
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    let clean: String =
+        value.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' }).collect();
+    if let Ok(v) = HeaderValue::from_str(&clean) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
