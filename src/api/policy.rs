@@ -6,7 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Rules that decide, at every consequential action, whether the agents it selects may perform it. Default
-/// deny: an action no Allow rule matches is denied, and a matching Deny rule beats every Allow.
+/// deny: an action no Allow rule matches is denied, and a matching Deny rule beats every Allow. A policy
+/// with a rule that does not compile denies everything for the agents it governs until it is fixed.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "agentiam.dev",
@@ -25,10 +26,14 @@ use serde::{Deserialize, Serialize};
 pub struct AgentPolicySpec {
     /// Which agents in this namespace the policy governs.
     pub agents: AgentSelector,
-    /// Enforce (default) applies decisions; Audit records "would deny" but allows, for safe rollout.
+    /// Enforce (default) applies decisions; Audit records "would deny" but allows, for safe rollout. An Audit
+    /// policy never changes what Enforce policies decide; an agent governed only by Audit policies is allowed
+    /// and every would-be denial is recorded.
     #[serde(default)]
     pub mode: PolicyMode,
-    /// The rules, evaluated together: any matching Deny wins, otherwise the first matching Allow decides.
+    /// The rules, evaluated together with those of every other policy governing the agent: any matching Deny
+    /// wins; then a matching rate-limited Allow over its limit denies; then a matching Allow that requires
+    /// approval gives RequireApproval; then any matching Allow allows.
     #[schemars(
         length(min = 1, max = 1000),
         extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
@@ -88,18 +93,21 @@ pub struct PolicyRule {
     pub name: String,
     /// Allow or Deny.
     pub effect: Effect,
-    /// Verbs such as "read", "update", "refund"; "*" matches every verb.
+    /// Verbs such as "read", "update", "refund", "tools.call"; "*" matches every verb. The ext_authz endpoint
+    /// maps HTTP methods to read/create/update/delete and MCP JSON-RPC methods to "tools.call" and the like.
     #[schemars(
         length(min = 1, max = 64),
         inner(length(min = 1, max = 63), regex(pattern = r"^(\*|[a-zA-Z0-9][a-zA-Z0-9._:-]*)$"))
     )]
     pub actions: Vec<String>,
-    /// Resource patterns such as "crm:contacts/*": segments are separated by '/', "*" matches exactly one
-    /// segment and "**" any number of segments.
+    /// Resource patterns such as "crm:contacts/*": segments are separated by '/', "*" as a segment matches
+    /// exactly one segment, "**" any number (zero included), and "*" inside a segment any characters within
+    /// it ("crm:**" is "crm:*/**"). Empty means the rule does not constrain the resource (it then needs tools).
     #[serde(default)]
     #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
     pub resources: Vec<String>,
-    /// MCP tool names the rule covers; "*" matches every tool.
+    /// MCP tool names the rule covers ("*" inside matches any characters). A rule with tools only matches
+    /// requests that name a tool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub tools: Vec<String>,
@@ -124,11 +132,13 @@ pub struct RuleConditions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub delegation_scope: Option<String>,
-    /// Constraints on attributes of the request context, e.g. amount <= 10000.
+    /// Constraints on attributes of the request context, e.g. amount <= 10000. An attribute that is missing
+    /// or cannot be compared makes an Allow rule not match and a Deny rule match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub attributes: Vec<AttributeConstraint>,
-    /// At most this many matching requests per agent per period; beyond it the rule denies.
+    /// At most this many matching requests per agent per period; beyond it the rule denies. Allow rules only;
+    /// counted in the operator's memory (a token bucket that refills over the period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     /// When Required, a matching Allow becomes RequireApproval: a human must approve the action.

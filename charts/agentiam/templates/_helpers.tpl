@@ -181,9 +181,11 @@ src/controller/ (every rule names the code that needs it).
 - apiGroups: ["agentiam.dev"]
   resources: ["agents/finalizers"]
   verbs: ["update"]
-# AgentPolicies, Delegations and Revocations: read-only for the spec, server-side apply for the status. Not
-# used by the code yet; granted ahead for the policy, delegation and revocation controllers in progress
-# (and the Agent controller's planned relation watches), with the same verbs the Agent controller needs.
+# AgentPolicies and Revocations are watched by the authorization index (controller/authz.rs: list + watch)
+# and AgentPolicies by the policy status controller (controller/policy.rs) and the Agent controller
+# (lifetime caps). AgentPolicy status is written with server-side apply (controller/policy.rs:
+# patch_status). Delegations, and the status of Delegations and Revocations, are granted ahead for the
+# delegation and revocation controllers in progress, with the same verbs.
 - apiGroups: ["agentiam.dev"]
   resources: ["agentpolicies", "delegations", "revocations"]
   verbs: ["get", "list", "watch"]
