@@ -2,6 +2,8 @@
 //! JWKS, SPIFFE bundle) once the operator has an issuer.
 
 pub mod decision;
+#[cfg(test)]
+mod decision_tests;
 pub mod issuer;
 pub mod mcp;
 

@@ -1,0 +1,306 @@
+//! Router-level tests of the decision API: real verifier, real index, real audit log in a temp dir; no
+//! socket and no API server (the e2e tests cover those).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request as HttpRequest, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::decision::*;
+use crate::api::{Agent, AgentPolicy};
+use crate::audit::{AuditConfig, AuditLog};
+use crate::authz::Builder;
+use crate::controller::authz::PolicyIndex;
+use crate::identity::TrustDomain;
+use crate::identity::issuer::{self, Issuer, IssuerSender};
+use crate::identity::jwt::{AgentClaims, Minter, SvidClaims};
+use crate::identity::keys::{KeySet, RotationPolicy};
+use crate::identity::spiffe::SpiffeId;
+use crate::identity::x509::CertificateAuthority;
+
+const ISSUER_URL: &str = "https://issuer.test";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    audit: AuditLog,
+    index: Arc<PolicyIndex>,
+    app: axum::Router,
+    minter: Minter,
+    _issuer: IssuerSender,
+}
+
+fn agent() -> Arc<Agent> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+            "metadata": {"name": "bot", "namespace": "ns", "uid": "uid-bot"},
+            "spec": {"owner": {"kind": "Team", "name": "t"}, "purpose": "p"},
+            "status": {"phase": "Active", "trustScore": 600},
+        }))
+        .unwrap(),
+    )
+}
+
+fn policy() -> Arc<AgentPolicy> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "AgentPolicy",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "uid-p", "generation": 1},
+            "spec": {"agents": {"names": ["bot"]}, "rules": [
+                {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm/contacts/*"]},
+                {"name": "search", "effect": "Allow", "actions": ["tools.call"], "tools": ["search_*"],
+                 "conditions": {"attributes": [{"key": "limit", "operator": "LessThanOrEqual", "value": "50"}]}},
+            ]},
+        }))
+        .unwrap(),
+    )
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let audit =
+        AuditLog::open(AuditConfig { path: dir.path().join("audit.log"), stream_stdout: false }).unwrap();
+    let now = jiff::Timestamp::now();
+    let td = TrustDomain::parse("cluster.local").unwrap();
+    let keys = KeySet::generate(now).unwrap();
+    let minter = Minter::new(Arc::clone(keys.current()));
+    let ca = CertificateAuthority::generate(&td, jiff::SignedDuration::from_hours(24), now).unwrap();
+    let (tx, rx) = issuer::channel(Issuer {
+        keys,
+        ca: Arc::new(ca),
+        issuer_url: ISSUER_URL.into(),
+        trust_domain: td,
+        policy: RotationPolicy::default(),
+        sequence: 1,
+    });
+    let index = Arc::new(PolicyIndex::default());
+    index.publish(Builder::default().build(&[agent()], &[policy()], &[]));
+    let authorizer = Authorizer::new(Arc::clone(&index), rx, audit.clone(), None);
+    Fixture { _dir: dir, audit, index, app: routes(authorizer), minter, _issuer: tx }
+}
+
+impl Fixture {
+    fn token(&mut self, uid: &str, audience: &str) -> String {
+        let sub = SpiffeId::parse("spiffe://cluster.local/ns/ns/agent/bot").unwrap();
+        let claims = SvidClaims::new(
+            ISSUER_URL,
+            &sub,
+            audience,
+            AgentClaims { uid, owner: "Team:t", trust_score: 600 },
+            jiff::Timestamp::now(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        self.minter.mint(&claims).unwrap()
+    }
+
+    async fn send(&self, req: HttpRequest<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec();
+        (status, headers, body)
+    }
+
+    async fn authorize(&self, body: impl Into<Body>) -> (StatusCode, Value) {
+        let req = HttpRequest::post(AUTHORIZE_PATH).body(body.into()).unwrap();
+        let (status, _, body) = self.send(req).await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn decisions_verify_the_token_and_are_recorded_without_it() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let (status, body) = f
+        .authorize(json!({"token": token, "action": "read", "resource": "crm/contacts/7"}).to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body["decision"].as_str(), body["policy"].as_str(), body["rule"].as_str()),
+        (Some("Allow"), Some("p"), Some("read"))
+    );
+    let audit_id = body["auditId"].as_str().unwrap().to_owned();
+
+    let (_, denied) = f
+        .authorize(json!({"token": token, "action": "delete", "resource": "crm/contacts/7"}).to_string())
+        .await;
+    assert_eq!(denied["decision"], "Deny");
+    assert!(denied["reason"].as_str().unwrap().contains("default deny"));
+
+    let stale = f.token("uid-of-a-deleted-bot", "crm");
+    let (_, body) = f
+        .authorize(json!({"token": stale, "action": "read", "resource": "crm/contacts/7"}).to_string())
+        .await;
+    assert_eq!(body["decision"], "Deny", "credentials are bound to the UID");
+    let (_, body) = f
+        .authorize(
+            json!({"token": token, "audience": "billing", "action": "read", "resource": "crm/contacts/7"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(body["decision"], "Deny");
+    assert!(body["reason"].as_str().unwrap().contains("audience"));
+    let (_, body) = f
+        .authorize(
+            json!({"token": "e30.e30.sig", "action": "read", "resource": "crm/contacts/7"}).to_string(),
+        )
+        .await;
+    assert_eq!(body["decision"], "Deny");
+    assert!(body["reason"].as_str().unwrap().starts_with("invalid token"));
+
+    // Every decision is a record; none holds the token.
+    // A waited-for append lands after every queued decision: once it is durable, they all are.
+    let object = crate::audit::ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: None,
+        name: "marker".into(),
+        uid: None,
+    };
+    let marker = f
+        .audit
+        .append(crate::audit::Entry::new(
+            "test",
+            "test.marker",
+            object,
+            crate::audit::Outcome::Success,
+            "marker",
+        ))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(f.audit.path()).unwrap();
+    let decisions: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == "authz.decide")
+        .collect();
+    assert_eq!(decisions.len(), 5);
+    assert_eq!(decisions[0]["details"]["auditId"], audit_id.as_str());
+    assert_eq!(decisions[0]["outcome"], "success");
+    assert_eq!(decisions[1]["outcome"], "denied");
+    assert_eq!(decisions[0]["object"]["uid"], "uid-bot");
+    assert!(!log.contains(&token) && !log.contains(token.split('.').nth(2).unwrap()));
+    assert!(marker.seq > 5);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_naming_the_problem_never_an_allow() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let cases: Vec<(Body, &str)> = vec![
+        (Body::from("{not json"), "malformed JSON"),
+        (Body::from(vec![b' '; MAX_BODY_BYTES + 1]), "larger than 65536"),
+        (
+            Body::from(json!({"token": token, "action": "read", "resource": "x", "extra": 1}).to_string()),
+            "unknown field `extra`",
+        ),
+        (Body::from(json!({"action": "read", "resource": "x"}).to_string()), "token is required"),
+        (Body::from(json!({"token": token, "action": "", "resource": "x"}).to_string()), "action must be"),
+        (
+            Body::from(json!({"token": token, "action": "read", "resource": "a\nb"}).to_string()),
+            "resource must be",
+        ),
+        (Body::from(json!({"token": token, "resource": "x"}).to_string()), "missing field `action`"),
+        (
+            Body::from(
+                json!({"token": token, "action": "read", "resource": "x", "context": [1]}).to_string(),
+            ),
+            "invalid request",
+        ),
+        (
+            Body::from(json!({"token": token, "action": "read", "resource": "x", "tool": ""}).to_string()),
+            "tool must be",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, body) = f.authorize(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{expected}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{message:?} should contain {expected:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unready_index_or_a_failed_audit_log_denies() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let ask = json!({"token": token, "action": "read", "resource": "crm/contacts/7"}).to_string();
+    let fresh = Arc::new(PolicyIndex::default());
+    let (_tx, rx) = {
+        let now = jiff::Timestamp::now();
+        let td = TrustDomain::parse("cluster.local").unwrap();
+        issuer::channel(Issuer {
+            keys: KeySet::generate(now).unwrap(),
+            ca: Arc::new(
+                CertificateAuthority::generate(&td, jiff::SignedDuration::from_hours(24), now).unwrap(),
+            ),
+            issuer_url: ISSUER_URL.into(),
+            trust_domain: td,
+            policy: RotationPolicy::default(),
+            sequence: 1,
+        })
+    };
+    let unready = Authorizer::new(fresh, rx, f.audit.clone(), None);
+    let req: AuthorizeRequest = serde_json::from_str(&ask).unwrap();
+    let d = unready.authorize(&req, Source::InProcess).await.unwrap();
+    assert_eq!(d.decision, crate::authz::Verdict::Deny);
+    assert!(d.reason.contains("loading"), "{}", d.reason);
+
+    let _ = &f.index;
+    f.audit.close().await;
+    let (_, body) = f.authorize(ask).await;
+    assert_eq!(body["decision"], "Deny");
+    assert!(body["reason"].as_str().unwrap().contains("audit log"));
+}
+
+#[tokio::test]
+async fn ext_authz_maps_http_and_mcp_requests() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let req = |method: &str, path: &str, auth: bool, body: Body| {
+        let mut b = HttpRequest::builder().method(method).uri(path).header("host", "crm");
+        if auth {
+            b = b.header("authorization", format!("Bearer {token}"));
+        }
+        b.body(body).unwrap()
+    };
+    let (status, headers, _) =
+        f.send(req("GET", "/v1/ext_authz/contacts/1?fields=all", true, Body::empty())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-agentiam-decision"], "Allow");
+    assert_eq!(
+        (headers["x-agentiam-policy"].to_str().unwrap(), headers["x-agentiam-rule"].to_str().unwrap()),
+        ("p", "read")
+    );
+    assert!(headers.contains_key("x-agentiam-audit-id"));
+
+    let (status, headers, _) = f.send(req("DELETE", "/v1/ext_authz/contacts/1", true, Body::empty())).await;
+    assert_eq!((status, headers["x-agentiam-decision"].to_str().unwrap()), (StatusCode::FORBIDDEN, "Deny"));
+    let (status, _, _) = f.send(req("GET", "/v1/ext_authz/contacts/1", false, Body::empty())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no token");
+
+    let call = |name: &str, limit: u32| {
+        Body::from(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {"limit": limit}}}).to_string())
+    };
+    let (status, _, _) = f.send(req("POST", "/v1/ext_authz/mcp", true, call("search_contacts", 10))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = f.send(req("POST", "/v1/ext_authz/mcp", true, call("search_contacts", 500))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the tool's arguments are the context");
+    let (status, _, _) = f.send(req("POST", "/v1/ext_authz/mcp", true, call("delete_everything", 1))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let batch = Body::from(
+        json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search_x"}}])
+            .to_string(),
+    );
+    let (status, headers, _) = f.send(req("POST", "/v1/ext_authz/mcp", true, batch)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers["x-agentiam-reason"].to_str().unwrap().contains("batches"));
+    let mut partial = req("POST", "/v1/ext_authz/mcp", true, call("search_contacts", 1));
+    partial.headers_mut().insert("x-envoy-auth-partial-body", "true".parse().unwrap());
+    assert_eq!(f.send(partial).await.0, StatusCode::FORBIDDEN, "a cut body cannot be judged");
+}
