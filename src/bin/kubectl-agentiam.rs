@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use agentiam::audit::Record;
 use agentiam::cli::audit::{self, CheckpointSource, TraceFilter};
+use agentiam::cli::can_i::{self, CanIArgs};
 use agentiam::cli::token::{self, TokenCommand};
 use clap::{Parser, Subcommand};
 
-/// Inspect what agentiam records about AI agents.
+/// Ask what agentiam would decide for AI agents, and inspect what it records about them.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl agentiam", version, about)]
 struct Cli {
@@ -25,6 +26,30 @@ enum Command {
     /// Decode or verify a JWT-SVID (reads the token from stdin by default).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ask whether an agent may perform an action, as the operator's policy engine would decide.
+    ///
+    /// Like `kubectl auth can-i`, for agents. Reads the Agent, the AgentPolicies and the Revocations of the
+    /// namespace with your kubeconfig (so you need get on agents and list on agentpolicies and revocations)
+    /// and evaluates the request with the operator's own engine: the agent must be Active and not revoked;
+    /// default deny; any matching Deny rule wins; then an Allow that requires approval; then any Allow.
+    ///
+    /// Prints `yes`, `no` or `approval required`, then the decision, its reason, and the policy and rule that
+    /// decided it. When Audit-mode policies would have decided more strictly, an `audit mode: would be ...`
+    /// line says what and why. Rate limits are counted by the running operator, so they are not applied
+    /// here; a note says so when the answer is not `no` and a rule governing the agent has a rate limit.
+    #[command(after_help = can_i::EXAMPLES)]
+    CanI(CanIArgs),
+}
+
+impl Command {
+    /// The exit status of a failed command. `can-i` exits 1 for "no", as `kubectl auth can-i` does, so its
+    /// errors exit 2 (clap's status for bad arguments) to stay distinguishable.
+    fn error_code(&self) -> u8 {
+        match self {
+            Self::CanI(_) => can_i::EXIT_ERROR,
+            Self::Audit(_) | Self::Token(_) => 1,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,25 +99,32 @@ enum Output {
     Json,
 }
 
-async fn run(cli: Cli) -> Result<String, String> {
-    match cli.command {
+/// A command that succeeded: what it prints, with exit status 0.
+fn done(stdout: String) -> (String, u8) {
+    (stdout, 0)
+}
+
+/// Runs a command: what it prints on stdout and its exit status, or the message for stderr.
+async fn run(command: Command) -> Result<(String, u8), String> {
+    match command {
         Command::Audit(AuditCommand::Verify { log, operator_namespace, public_key, offline }) => {
             let source = if offline {
                 CheckpointSource::Offline
             } else {
                 CheckpointSource::Cluster { namespace: operator_namespace, pinned_key: public_key }
             };
-            audit::verify(&log.log, &source).await.map_err(|e| e.to_string())
+            audit::verify(&log.log, &source).await.map(done).map_err(|e| e.to_string())
         }
         Command::Audit(AuditCommand::Trace { agent, namespace, uid, output, log }) => {
             let filter = TraceFilter { namespace, name: agent, uid };
             let records = audit::trace_records(&log.log, &filter).map_err(|e| e.to_string())?;
             match output {
-                Output::Text => Ok(audit::render_trace(&records)),
+                Output::Text => Ok(done(audit::render_trace(&records))),
                 Output::Json => records
                     .iter()
                     .map(Record::to_line)
                     .collect::<Result<String, _>>()
+                    .map(done)
                     .map_err(|e| format!("failed to render records: {e}")),
             }
         }
@@ -104,29 +136,33 @@ async fn run(cli: Cli) -> Result<String, String> {
             if command.reads_stdin() && std::io::stdin().is_terminal() {
                 eprintln!("kubectl-agentiam: reading the token from stdin (paste it, then Ctrl-D)");
             }
-            token::run(command, std::io::stdin().lock()).await.map_err(|e| e.to_string())
+            token::run(command, std::io::stdin().lock()).await.map(done).map_err(|e| e.to_string())
+        }
+        Command::CanI(args) => {
+            can_i::run(args).await.map(|o| (o.output, o.exit_code)).map_err(|e| e.to_string())
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let error_code = ExitCode::from(cli.command.error_code());
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kubectl-agentiam: failed to start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return error_code;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(text) => {
+    match runtime.block_on(run(cli.command)) {
+        Ok((text, code)) => {
             use std::io::Write;
             let _ = std::io::stdout().write_all(text.as_bytes());
-            ExitCode::SUCCESS
+            ExitCode::from(code)
         }
         Err(message) => {
             eprintln!("kubectl-agentiam: {message}");
-            ExitCode::FAILURE
+            error_code
         }
     }
 }

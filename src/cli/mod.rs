@@ -1,4 +1,5 @@
 //! `kubectl agentiam`: the user CLI. Thin over the library, so the same checks run here as in the operator.
 
 pub mod audit;
+pub mod can_i;
 pub mod token;
