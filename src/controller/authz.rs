@@ -92,18 +92,27 @@ where
     }
 }
 
-/// A reflector whose every event wakes the rebuilder. One malformed object is logged by the watcher and
-/// skipped; watch errors back off and retry, never stalling the others.
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+/// A reflector whose every event wakes the rebuilder, and a flag that turns true once its first complete
+/// list is in the store. One malformed object is logged by the watcher and skipped; watch errors back off
+/// and retry, never stalling the others.
+fn reflect<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+) -> (Store<K>, watch::Receiver<bool>, tokio::task::JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store::<K>();
+    let (listed_tx, listed) = watch::channel(false);
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let task = tokio::spawn(
         reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().for_each(
             move |event| {
+                // The reflector applies an event to the store before passing it on.
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    listed_tx.send_replace(true);
+                }
                 let (changed, kind) = (Arc::clone(&changed), kind.clone());
                 async move {
                     match event {
@@ -114,18 +123,27 @@ where
             },
         ),
     );
-    (store, task)
+    (store, listed, task)
 }
 
 /// Starts the watches and the rebuild loop.
 pub fn start(client: &Client, namespace: Option<&str>) -> Started {
     let changed = Arc::new(Notify::new());
-    let (agents, agents_task) = reflect::<Agent>(api(client, namespace), Arc::clone(&changed));
-    let (policies, policies_task) = reflect::<AgentPolicy>(api(client, namespace), Arc::clone(&changed));
-    let (revocations, revocations_task) = reflect::<Revocation>(api(client, namespace), Arc::clone(&changed));
+    let (agents, agents_listed, agents_task) = reflect::<Agent>(api(client, namespace), Arc::clone(&changed));
+    let (policies, policies_listed, policies_task) =
+        reflect::<AgentPolicy>(api(client, namespace), Arc::clone(&changed));
+    let (revocations, revocations_listed, revocations_task) =
+        reflect::<Revocation>(api(client, namespace), Arc::clone(&changed));
     let index = Arc::new(PolicyIndex::default());
-    let rebuild =
-        tokio::spawn(rebuild_loop(Arc::clone(&index), agents, policies.clone(), revocations, changed));
+    let listed = [agents_listed, policies_listed, revocations_listed];
+    let rebuild = tokio::spawn(rebuild_loop(
+        Arc::clone(&index),
+        agents,
+        policies.clone(),
+        revocations,
+        listed,
+        changed,
+    ));
     Started { index, policies, tasks: vec![agents_task, policies_task, revocations_task, rebuild] }
 }
 
@@ -134,15 +152,15 @@ async fn rebuild_loop(
     agents: Store<Agent>,
     policies: Store<AgentPolicy>,
     revocations: Store<Revocation>,
+    listed: [watch::Receiver<bool>; 3],
     changed: Arc<Notify>,
 ) {
-    // Decisions before the first complete list of each kind would be made on partial state.
-    for ready in [
-        agents.wait_until_ready().await,
-        policies.wait_until_ready().await,
-        revocations.wait_until_ready().await,
-    ] {
-        if ready.is_err() {
+    // Decisions before the first complete list of each kind would be made on partial state. Not
+    // `Store::wait_until_ready`: its future wakes only the task that polled it last, and the credentials
+    // controller waits on the same AgentPolicy store, so this loop could sleep forever with every decision
+    // refused as "still loading".
+    for mut done in listed {
+        if done.wait_for(|listed| *listed).await.is_err() {
             warn!("a watch stopped before its first list; the policy index stays unready");
             return;
         }

@@ -455,3 +455,58 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, std::collections::BTreeMa
     // Bodies here are small and sent with Content-Length (no chunked encoding from axum for fixed bodies).
     (status, headers, body.to_owned())
 }
+
+/// An HTTP response as the helpers below return it: (status, headers lowercased, body).
+pub type HttpResponse = (u16, std::collections::BTreeMap<String, String>, String);
+
+/// A minimal HTTP/1.1 POST against the operator on loopback, with extra headers (a `Host` among them
+/// replaces the default).
+pub async fn http_post(addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    http_request(addr, "POST", path, headers, body).await
+}
+
+/// A minimal HTTP/1.1 request with any method, extra headers and a body (sent with Content-Length).
+/// The server may answer before reading all of a large body and then reset the connection; what it
+/// answered is still returned.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the operator");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    // A write cut short by an early answer is fine: the answer is what the test looks at.
+    let _ = s.write_all(&req).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the response to {method} {path}: {e}"),
+        }
+    }
+    let text = String::from_utf8(buf).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let mut lines = head.lines();
+    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}

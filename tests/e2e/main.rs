@@ -9,6 +9,7 @@
 mod harness;
 
 mod audit;
+mod authz;
 mod crds;
 mod credentials;
 mod recovery;
