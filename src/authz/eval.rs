@@ -2,8 +2,9 @@
 //! nothing here performs I/O, and the only allocation is splitting the resource into segments.
 //!
 //! # Semantics
-//! 1. The agent must exist with the token's UID and name, be Active (and not asked to stop, nor being
-//!    deleted), and no Revocation may target it; otherwise Deny.
+//! 1. The agent must exist with the token's UID and name, the token must not predate the agent's latest
+//!    activation, the agent must be Active (and not asked to stop, nor being deleted), and no Revocation may
+//!    target it; otherwise Deny.
 //! 2. The policies that govern it are evaluated. A rule matches when the action is one of its actions (or
 //!    it has `*`), the resource matches one of its patterns (if it lists any), the tool matches one of its
 //!    tools (if it lists any; a request without a tool never matches a rule that lists tools), and every
@@ -85,6 +86,8 @@ pub enum Reason {
     UnknownAgent,
     /// The token's subject is not the agent with the token's UID.
     IdentityMismatch,
+    /// The token was issued before the agent last became Active (before a suspension, say).
+    IssuedBeforeActivation,
     /// The agent's phase is not Active.
     NotActive(Option<AgentPhase>),
     /// The agent's owner asked it to stop.
@@ -123,6 +126,9 @@ impl fmt::Display for Reason {
             Self::IdentityMismatch => {
                 f.write_str("the token's subject does not name the agent it is bound to")
             }
+            Self::IssuedBeforeActivation => f.write_str(
+                "the token was issued before the agent last became Active; use its current credentials",
+            ),
             Self::NotActive(Some(p)) => write!(f, "agent is {p:?}, not Active"),
             Self::NotActive(None) => f.write_str("agent has not been activated yet"),
             Self::Stopping(d) => write!(f, "agent's desired state is {d:?}"),
@@ -194,6 +200,8 @@ pub struct Subject<'a> {
     pub namespace: &'a str,
     /// The agent name in the token's SPIFFE ID.
     pub name: &'a str,
+    /// The token's `iat`.
+    pub issued_at: Option<Timestamp>,
 }
 
 /// The time of a decision: wall clock for time windows, monotonic for rate limits.
@@ -224,6 +232,13 @@ impl Snapshot {
         let Some(agent) = self.agent(subject.uid) else { return Decision::deny(Reason::UnknownAgent) };
         if &*agent.namespace != subject.namespace || &*agent.name != subject.name {
             return Decision::deny(Reason::IdentityMismatch);
+        }
+        // Both times come from the operator's clock in whole seconds, and a token is only ever issued after
+        // the status that made the agent Active was written, so `iat >= active_since` for every current one.
+        if let Some(since) = agent.active_since
+            && subject.issued_at.is_none_or(|iat| iat < since)
+        {
+            return Decision::deny(Reason::IssuedBeforeActivation);
         }
         decide_for(agent, request, clock, limiter)
     }

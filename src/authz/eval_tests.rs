@@ -59,7 +59,7 @@ impl World {
     fn ask(&self, agent: &str, action: &str, resource: &str, tool: Option<&str>, context: Value) -> Decision {
         let context: Map<String, Value> = context.as_object().cloned().unwrap_or_default();
         let uid = format!("uid-{agent}");
-        let subject = Subject { uid: &uid, namespace: "ns", name: agent };
+        let subject = Subject { uid: &uid, namespace: "ns", name: agent, issued_at: Some(self.clock.now) };
         let request = Request { action, resource, tool, context: &context, delegation_scopes: &[] };
         self.snapshot.decide(subject, &request, self.clock, &self.limiter)
     }
@@ -324,9 +324,9 @@ fn agent_state_and_revocations_deny_before_any_rule() {
     // The token's UID must be the agent's current UID, and its subject must name it.
     let ctx = Map::new();
     let req = Request { action: "read", resource: "x", tool: None, context: &ctx, delegation_scopes: &[] };
-    let stale = Subject { uid: "uid-of-a-deleted-bot", namespace: "ns", name: "bot" };
+    let stale = Subject { uid: "uid-of-a-deleted-bot", namespace: "ns", name: "bot", issued_at: None };
     assert_eq!(w.snapshot.decide(stale, &req, w.clock, &w.limiter).reason, Reason::UnknownAgent);
-    let swapped = Subject { uid: "uid-bot", namespace: "ns", name: "sus" };
+    let swapped = Subject { uid: "uid-bot", namespace: "ns", name: "sus", issued_at: None };
     assert_eq!(w.snapshot.decide(swapped, &req, w.clock, &w.limiter).reason, Reason::IdentityMismatch);
 
     for target in [
@@ -457,4 +457,43 @@ proptest! {
         let expected = if deny || !allow { Verdict::Deny } else { Verdict::Allow };
         prop_assert_eq!(decide_with(&rules, &req), expected);
     }
+}
+
+#[test]
+fn tokens_issued_before_the_latest_activation_are_refused() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let mut resumed = (*bot()).clone();
+    resumed.status.as_mut().unwrap().conditions.push(Condition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        reason: "Active".into(),
+        message: String::new(),
+        observed_generation: Some(1),
+        last_transition_time: Time("2026-11-30T09:00:00Z".parse().unwrap()),
+    });
+    let p = policy(
+        "p",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "all", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+    );
+    let w = World::new(&[Arc::new(resumed)], &[p], &[]);
+    let ctx = Map::new();
+    let req = Request { action: "read", resource: "x", tool: None, context: &ctx, delegation_scopes: &[] };
+    let at = |iat: Option<&str>| Subject {
+        uid: "uid-bot",
+        namespace: "ns",
+        name: "bot",
+        issued_at: iat.map(|t| t.parse().unwrap()),
+    };
+    let decide = |s| w.snapshot.decide(s, &req, w.clock, &w.limiter);
+    assert_eq!(decide(at(Some("2026-11-30T08:59:59Z"))).reason, Reason::IssuedBeforeActivation);
+    assert_eq!(
+        decide(at(Some("2026-11-30T09:00:00Z"))).verdict,
+        Verdict::Allow,
+        "issued in the second of activation"
+    );
+    assert_eq!(decide(at(Some("2026-11-30T09:05:00Z"))).verdict, Verdict::Allow);
+    assert_eq!(decide(at(None)).reason, Reason::IssuedBeforeActivation, "no iat: fail closed");
 }

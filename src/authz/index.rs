@@ -132,6 +132,9 @@ pub struct AgentFacts {
     pub deleting: bool,
     /// Current trust score (0 when not yet computed).
     pub trust_score: u16,
+    /// When the agent last became Active (its Ready condition's transition to True). Tokens issued before
+    /// it are refused, so credentials handed out before a suspension do not come back on resume.
+    pub active_since: Option<jiff::Timestamp>,
     /// The first Revocation that targets it, if any.
     pub revoked_by: Option<RevokedBy>,
     /// The rules of every policy that governs it.
@@ -254,6 +257,12 @@ impl Builder {
                 desired: agent.spec.lifecycle.as_ref().map(|l| l.desired_state).unwrap_or_default(),
                 deleting: agent.metadata.deletion_timestamp.is_some(),
                 trust_score: status.and_then(|s| s.trust_score).unwrap_or(0),
+                active_since: status.and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == crate::registry::status::CONDITION_READY && c.status == "True")
+                        .map(|c| c.last_transition_time.0)
+                }),
                 revoked_by: revoked_by(agent, revocations),
                 rules,
                 limiter_key: agent_key(&uid),

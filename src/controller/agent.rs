@@ -158,8 +158,13 @@ fn subject_of(agent: &Agent) -> Result<(String, String, String, i64)> {
 async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     let (ns, name, uid, generation) = subject_of(agent)?;
     let subject = Subject { namespace: &ns, name: &name, uid: &uid, generation };
-    let decision =
+    let mut decision =
         decide(&ctx.config.trust_domain, subject, &agent.spec, agent.status.as_ref(), Timestamp::now());
+    // An agent that is not Active holds no credentials: say so in the same status write that changes the
+    // phase, so no reader ever sees a stopped agent advertising credentials (the withdrawal follows below).
+    if decision.status.phase != Some(AgentPhase::Active) {
+        decision.status.credentials = None;
+    }
     let key = decision.transition.map(|t| t.audit_key(&uid, generation));
     intents::resolve_for_agent(ctx, agent, &uid, key.as_deref()).await?;
 

@@ -55,6 +55,14 @@ impl PolicyIndex {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Waits until the index is ready. Every waiter is woken (unlike kube-runtime's
+    /// `Store::wait_until_ready`, which wakes only the task that polled it last).
+    pub async fn wait_ready(&self) {
+        let mut rx = self.version.subscribe();
+        // The sender lives as long as `self`, so this cannot end with an error while we borrow it.
+        let _ = rx.wait_for(|_| self.is_ready()).await;
+    }
+
     /// Replaces the snapshot (and marks the index ready). Used by the watch loop, and by tests and
     /// in-process embedders that build snapshots themselves.
     pub fn publish(&self, snapshot: Snapshot) {

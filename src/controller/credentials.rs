@@ -102,10 +102,10 @@ pub async fn reconcile(ctx: &Context, agent: &Agent, phase: AgentPhase) -> Resul
     let facts = existing.as_ref().map(|s| IssuedFacts::from_annotations(&s.annotations().clone()));
     resolve_stale_issues(ctx, &uid, facts.as_ref()).await?;
 
-    tokio::time::timeout(POLICY_INDEX_WAIT, ctx.policies.wait_until_ready())
+    // Lifetime caps come from the AgentPolicies: never issue before they are all known.
+    tokio::time::timeout(POLICY_INDEX_WAIT, ctx.authz.wait_ready())
         .await
-        .map_err(|_| Error::Credentials("the AgentPolicy index is not ready yet; not issuing".into()))?
-        .map_err(|_| Error::Credentials("the AgentPolicy watch stopped; not issuing".into()))?;
+        .map_err(|_| Error::Credentials("the AgentPolicy index is not ready yet; not issuing".into()))?;
     let want = desired(agent, &ctx.policies.state());
     let kids: Vec<&str> = issuer.keys.published().map(|k| k.kid()).collect();
     let now = Timestamp::now();

@@ -292,7 +292,7 @@ impl Authorizer {
             context,
             delegation_scopes: &[],
         };
-        let subject = Subject { uid, namespace: &who.namespace, name: &who.name };
+        let subject = Subject { uid, namespace: &who.namespace, name: &who.name, issued_at: svid.issued_at };
         let decision = self.index.load().decide(subject, &request, clock, &self.limiter);
         (decision, who)
     }

@@ -403,6 +403,10 @@ async fn suspension_revocation_and_recreation_deny_within_a_second() {
     assert_ne!(first, second, "fresh credentials after resuming");
     let read = ask(&second, "read", "crm:contacts/1");
     wait_decision(&op, &read, "Allow").await;
+    // The token from before the suspension has not expired, but it predates the resumption: refused.
+    let r = authorize(&op, &ask(&first, "read", "crm:contacts/1")).await;
+    assert_eq!(r["decision"], "Deny", "{r}");
+    assert!(reason(&r).contains("issued before the agent last became Active"), "{r}");
 
     // A Revocation (the kill switch) denies within a second; deleting it lets the agent resume.
     let revocation: Revocation = serde_json::from_value(json!({
