@@ -142,7 +142,7 @@ pub async fn create_namespace(client: &Client, name: &str) {
 /// CPU seconds (user + system) of the control plane components and of this process.
 pub struct CpuMeter {
     pids: Vec<(String, u32)>,
-    ticks: f64,
+    pub ticks: f64,
 }
 
 impl CpuMeter {
@@ -239,6 +239,9 @@ pub struct Operator {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub startup_seconds: f64,
+    /// Where it serves HTTP (health, issuer, decision API); the issuance bench does not need it.
+    #[allow(dead_code)]
+    pub addr: String,
 }
 
 impl Operator {
@@ -260,7 +263,7 @@ impl Operator {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .expect("spawn the operator");
-        let mut op = Self { child: Some(child), dir, startup_seconds: 0.0 };
+        let mut op = Self { child: Some(child), dir, startup_seconds: 0.0, addr };
         let start = Instant::now();
         while !op.stderr().contains("operator running") {
             op.check_alive();
@@ -275,7 +278,7 @@ impl Operator {
         op
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("operator running").id()
     }
 
@@ -329,9 +332,14 @@ impl Operator {
         }
     }
 
+    /// The audit log's file.
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit").join("audit.jsonl")
+    }
+
     /// The audit log's record count, by kind and by action.
     pub fn audit_summary(&self) -> Value {
-        let path = self.dir.path().join("audit").join("audit.jsonl");
+        let path = self.audit_path();
         let file = std::fs::File::open(&path).expect("audit log");
         let mut by_action: BTreeMap<String, u64> = BTreeMap::new();
         let mut records = 0u64;

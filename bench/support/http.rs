@@ -1,0 +1,304 @@
+//! The HTTP half of the authorization bench: the release operator's decision API on the local control plane
+//! against `opa run --server`, the same requests through the same load generator.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use agentiam::api::{Agent, AgentPolicy};
+
+use crate::load::{self, Point, Requests};
+use crate::opa::{Opa, REST_PATH};
+use crate::rules::AGENT;
+use crate::{Workload, assert_same, cluster};
+
+/// The audience of the bench agent's token.
+const AUDIENCE: &str = "bench";
+/// The decision API's path.
+const AUTHORIZE: &str = "/v1/authorize";
+/// A point qualifies for "throughput at p99 <= 1 ms" when its p99 is at most this.
+const P99_BOUND_US: f64 = 1000.0;
+
+/// The sweep's settings.
+pub struct HttpConfig {
+    pub concurrency: Vec<usize>,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub rounds: usize,
+}
+
+impl HttpConfig {
+    pub fn to_json(&self) -> Value {
+        json!({"concurrency": self.concurrency, "seconds_per_point_per_round": self.seconds,
+            "warmup_seconds": self.warmup, "rounds": self.rounds})
+    }
+}
+
+/// One server's sweep.
+#[derive(Default)]
+struct Sweep {
+    points: Vec<Point>,
+    cpu_seconds: Vec<f64>,
+    all_completed: Vec<u64>,
+}
+
+impl Sweep {
+    fn to_json(&self) -> Value {
+        let points: Vec<Value> = self
+            .points
+            .iter()
+            .zip(self.cpu_seconds.iter().zip(&self.all_completed))
+            .map(|(p, (cpu, all))| {
+                let mut v = p.to_json();
+                v["server_cpu_us_per_request"] = json!((cpu / (*all).max(1) as f64 * 1e7).round() / 10.0);
+                v
+            })
+            .collect();
+        let best = self
+            .points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.pct_us(0.99) <= P99_BOUND_US)
+            .max_by(|a, b| a.1.rps().total_cmp(&b.1.rps()))
+            .map(|(i, _)| points[i].clone());
+        let max = self
+            .points
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.rps().total_cmp(&b.1.rps()))
+            .map(|(i, _)| points[i].clone());
+        json!({"points": points, "best_under_1ms": best, "max": max})
+    }
+}
+
+/// Runs the HTTP comparison for every workload; one JSON row per rule-set size.
+pub fn run(cfg: &HttpConfig, opa: &Opa, workloads: &[Workload], dir: &Path) -> Vec<Value> {
+    let s = cluster::Settings::from_env();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let client = rt.block_on(Client::try_default()).expect("a kubeconfig (run via `make bench`)");
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let ns = format!("bench-authz-{suffix}");
+    let mut guard = cluster::Cleanup::new(vec![ns.clone()], ns.clone());
+    rt.block_on(cluster::create_namespace(&client, &ns));
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<AgentPolicy> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let first = workloads.first().map_or(10, |w| w.n);
+    rt.block_on(async {
+        agents.create(&PostParams::default(), &bench_agent()).await.expect("create the bench Agent");
+        apply_policy(&policies, &ns, first).await;
+    });
+
+    let mut op = cluster::Operator::start(&s, &ns);
+    let ours_addr: SocketAddr = op.addr.parse().expect("operator address");
+    let (token, trust) = rt.block_on(wait_for_token(&agents, &secrets, &mut op));
+    println!(
+        "   operator on {ours_addr}: agent {AGENT} Active, trust score {trust}, token {} bytes",
+        token.len()
+    );
+    assert!(
+        (crate::rules::LOW_TRUST..crate::rules::HIGH_TRUST).contains(&trust),
+        "the bench agent's trust score {trust} must lie between the rules' thresholds"
+    );
+
+    let mut rows = Vec::new();
+    for w in workloads {
+        if w.n != first {
+            rt.block_on(apply_policy(&policies, &ns, w.n));
+        }
+        let server = opa.serve(&w.rego, &dir.join(format!("opa-{}.log", w.n)));
+        let ours_bodies: Vec<Vec<u8>> =
+            w.requests.iter().map(|r| serde_json::to_vec(&r.ours(&token)).unwrap()).collect();
+        let opa_bodies: Vec<Vec<u8>> = w
+            .requests
+            .iter()
+            .map(|r| serde_json::to_vec(&json!({"input": r.opa_input(&ns, trust)})).unwrap())
+            .collect();
+        let ours = Arc::new(Requests::post(ours_addr, AUTHORIZE, &ours_bodies));
+        let theirs = Arc::new(Requests::post(server.addr, REST_PATH, &opa_bodies));
+        let request_bytes = |r: &Requests| r.raw.iter().map(Vec::len).sum::<usize>() / r.raw.len().max(1);
+        let (ours_bytes, opa_bytes) = (request_bytes(&ours), request_bytes(&theirs));
+        equivalent(w, &ours, &theirs, &mut op);
+        println!(
+            "   {} rules: the decision API and OPA's REST API agree on all {} requests (mean request {ours_bytes} vs {opa_bytes} bytes)",
+            w.n,
+            w.requests.len()
+        );
+
+        let (mut mine, mut peer) = (Sweep::default(), Sweep::default());
+        let (warmup, measure) = (Duration::from_secs_f64(cfg.warmup), Duration::from_secs_f64(cfg.seconds));
+        let ticks = cluster::CpuMeter::new(None).ticks;
+        let audit_before = audit_size(&op);
+        for round in 0..cfg.rounds.max(1) {
+            for (k, &c) in cfg.concurrency.iter().enumerate() {
+                let ours_first = (k + round) % 2 == 0;
+                for side in [ours_first, !ours_first] {
+                    let (reqs, sweep, pid) =
+                        if side { (&ours, &mut mine, op.pid()) } else { (&theirs, &mut peer, server.pid()) };
+                    let cpu0 = cluster::cpu_seconds(pid, ticks).unwrap_or(0.0);
+                    let point = load::run(reqs, c, warmup, measure);
+                    let cpu = cluster::cpu_seconds(pid, ticks).unwrap_or(0.0) - cpu0;
+                    let all = point.all_completed;
+                    match sweep.points.get_mut(k) {
+                        Some(p) => {
+                            p.pool(point);
+                            sweep.cpu_seconds[k] += cpu;
+                            sweep.all_completed[k] += all;
+                        }
+                        None => {
+                            sweep.points.push(point);
+                            sweep.cpu_seconds.push(cpu);
+                            sweep.all_completed.push(all);
+                        }
+                    }
+                }
+                op.check_alive();
+            }
+        }
+        let audit_after = audit_size(&op);
+        let decisions: u64 = mine.all_completed.iter().sum();
+        let audit = json!({
+            "decisions": decisions,
+            "records": audit_after.1 - audit_before.1,
+            "bytes_per_decision": ((audit_after.0 - audit_before.0) as f64 / decisions.max(1) as f64).round(),
+        });
+        for (a, b) in mine.points.iter().zip(&peer.points) {
+            println!(
+                "   {:>4} rules C={:<3} ours {:>8.0}/s p50 {:>7.1} µs p99 {:>7.1} µs | OPA {:>8.0}/s p50 {:>7.1} µs p99 {:>7.1} µs",
+                w.n,
+                a.concurrency,
+                a.rps(),
+                a.pct_us(0.5),
+                a.pct_us(0.99),
+                b.rps(),
+                b.pct_us(0.5),
+                b.pct_us(0.99)
+            );
+        }
+        rows.push(json!({
+            "rules": w.n,
+            "request_bytes": {"ours": ours_bytes, "opa": opa_bytes},
+            "ours": mine.to_json(),
+            "opa": peer.to_json(),
+            "equal_bound": equal_bound(&mine, &peer),
+            "ours_audit_log": audit,
+        }));
+    }
+    op.stop();
+    guard.run();
+    rows
+}
+
+/// (bytes, records) of the operator's audit log so far.
+fn audit_size(op: &cluster::Operator) -> (u64, u64) {
+    let data = std::fs::read(op.audit_path()).unwrap_or_default();
+    (data.len() as u64, data.iter().filter(|&&b| b == b'\n').count() as u64)
+}
+
+/// When OPA has no point within [`P99_BOUND_US`]: both servers' best throughput within the tightest p99 OPA
+/// reached (rounded up to 0.1 ms), so the comparison still holds at an equal latency bound.
+fn equal_bound(mine: &Sweep, peer: &Sweep) -> Value {
+    let best_p99 = peer.points.iter().map(|p| p.pct_us(0.99)).fold(f64::INFINITY, f64::min);
+    if best_p99 <= P99_BOUND_US || !best_p99.is_finite() {
+        return Value::Null;
+    }
+    let bound = (best_p99 / 100.0).ceil() * 100.0;
+    let best = |s: &Sweep| {
+        s.points.iter().filter(|p| p.pct_us(0.99) <= bound).map(|p| (p.rps(), p.concurrency)).fold(
+            (0.0, 0),
+            |a, b| {
+                if b.0 > a.0 { b } else { a }
+            },
+        )
+    };
+    let ((ours, c_ours), (opa, c_opa)) = (best(mine), best(peer));
+    json!({"p99_bound_us": bound, "ours_rps": (ours * 10.0).round() / 10.0, "ours_concurrency": c_ours,
+        "opa_rps": (opa * 10.0).round() / 10.0, "opa_concurrency": c_opa})
+}
+
+fn bench_agent() -> Agent {
+    serde_json::from_value(json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": AGENT},
+        "spec": {
+            "owner": {"kind": "User", "name": "alice@example.com"},
+            "purpose": "authorization benchmark agent",
+            "environment": "Production",
+            "provenance": {"builder": "bench", "model": "bench-model", "modelProvider": "bench", "version": "1.0.0"},
+            "credentials": {"audiences": [AUDIENCE], "ttl": "30m", "x509": false},
+        },
+    }))
+    .expect("bench Agent")
+}
+
+async fn apply_policy(api: &Api<AgentPolicy>, ns: &str, n: usize) {
+    let policy = crate::rules::agent_policy("bench-policy", ns, n);
+    api.patch("bench-policy", &PatchParams::apply("agentiam-bench").force(), &Patch::Apply(&policy))
+        .await
+        .unwrap_or_else(|e| panic!("apply the {n}-rule AgentPolicy: {e}"));
+}
+
+/// Waits until the agent is Active and its credentials Secret holds a token for [`AUDIENCE`].
+async fn wait_for_token(
+    agents: &Api<Agent>,
+    secrets: &Api<Secret>,
+    op: &mut cluster::Operator,
+) -> (String, u16) {
+    let key = format!("token-{AUDIENCE}");
+    let start = Instant::now();
+    loop {
+        let secret = secrets.get_opt(&format!("{AGENT}-credentials")).await.expect("read credentials Secret");
+        let token = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(&key).map(|v| String::from_utf8_lossy(&v.0).into_owned()));
+        let agent = agents.get(AGENT).await.expect("read the bench Agent");
+        let trust = agent.status.as_ref().and_then(|st| st.trust_score);
+        if let (Some(token), Some(trust)) = (token, trust) {
+            return (token, trust);
+        }
+        op.check_alive();
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no {key} for {AGENT} after 120 s\n{}",
+            op.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Both servers must decide every request alike. The operator picks a new policy up from its watch, so
+/// differences are retried for up to 60 s before the bench fails with the first of them.
+fn equivalent(w: &Workload, ours: &Requests, theirs: &Requests, op: &mut cluster::Operator) {
+    let opa: Vec<Value> = load::answers(theirs)
+        .into_iter()
+        .map(|a| {
+            assert_eq!(a["status"], 200, "OPA answered {a}");
+            let r = &a["body"]["result"];
+            json!({"decision": r["decision"], "rule": r["rule"]})
+        })
+        .collect();
+    let start = Instant::now();
+    loop {
+        let mine: Vec<Value> = load::answers(ours)
+            .into_iter()
+            .map(|a| {
+                assert_eq!(a["status"], 200, "the decision API answered {a}");
+                json!({"decision": a["body"]["decision"], "rule": a["body"]["rule"]})
+            })
+            .collect();
+        let same = mine.iter().zip(&opa).all(|(a, b)| a == b);
+        if same || start.elapsed() > Duration::from_secs(60) {
+            assert_same(w, "decision API", &mine, "OPA REST", &opa);
+            return;
+        }
+        op.check_alive();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
