@@ -143,7 +143,7 @@ impl AuditLog {
         let (reply, _) = oneshot::channel();
         self.inner
             .tx
-            .send(Request::Write { op: Box::new(Op::Append(entry)), reply })
+            .send(Request::Write { op: Box::new(Op::Append(entry)), reply, waited: false })
             .await
             .map_err(|_| AuditError::Closed)
     }
@@ -183,7 +183,7 @@ impl AuditLog {
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
-            .send(Request::Write { op: Box::new(op), reply })
+            .send(Request::Write { op: Box::new(op), reply, waited: true })
             .await
             .map_err(|_| AuditError::Closed)?;
         answer.await.map_err(|_| AuditError::Closed)?

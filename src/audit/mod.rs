@@ -22,7 +22,9 @@
 //! and the log refuses all further appends until restarted (fail closed): an operator that cannot record
 //! what it does must stop doing it. An error means "not known to be durable": the record may still be in
 //! the file after a restart, which is harmless for intents (they are resolved at startup) and is why
-//! callers must not treat an error as proof that nothing was recorded.
+//! callers must not treat an error as proof that nothing was recorded. [`AuditLog::enqueue`] queues a
+//! record without waiting (authorization decisions): a batch of only such records lingers up to 2 ms for
+//! more before its one sync, and a waited-for request ends the linger at once.
 //!
 //! **Crash recovery.** Opening verifies the whole file. A crash mid-write can only leave an incomplete
 //! final line, which was never acknowledged; it is cut and a [`RecordKind::Recovery`] record says so. Any

@@ -20,6 +20,17 @@ use super::verify::Problem;
 
 /// Most requests folded into one write + sync, so one batch's latency and memory stay bounded under load.
 const MAX_BATCH: usize = 1024;
+/// How long a batch of records that nobody waits for (authorization decisions) may wait for more before it
+/// is written and synced. One sync per decision would cost more CPU than the decision; this bounds the
+/// records a crash can lose to about this long. A waited-for request ends the wait at once.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+const LINGER_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+
+impl Request {
+    fn is_unwaited(&self) -> bool {
+        matches!(self, Self::Write { waited: false, .. })
+    }
+}
 
 /// Where a record's line sits in the file.
 #[derive(Clone, Copy, Debug)]
@@ -123,7 +134,13 @@ pub(super) enum Op {
 #[derive(Debug)]
 pub(super) enum Request {
     /// The op is boxed so queue slots stay small.
-    Write { op: Box<Op>, reply: oneshot::Sender<Result<IntentState, AuditError>> },
+    Write {
+        op: Box<Op>,
+        reply: oneshot::Sender<Result<IntentState, AuditError>>,
+        /// Whether the caller waits for the answer. Batches of records nobody waits for may linger (see
+        /// [`LINGER`]) to share one sync.
+        waited: bool,
+    },
     /// Finish the current batch, release the file (and its lock), then answer.
     Close { reply: oneshot::Sender<()> },
 }
@@ -304,6 +321,22 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if batch.iter().all(Request::is_unwaited) {
+                let deadline = std::time::Instant::now() + LINGER;
+                while batch.len() < MAX_BATCH && std::time::Instant::now() < deadline {
+                    match self.rx.try_recv() {
+                        Ok(request) => {
+                            let waited = !request.is_unwaited();
+                            batch.push(request);
+                            if waited {
+                                break;
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(LINGER_POLL),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
+                }
+            }
             close = self.process(batch);
         }
         // Dropping the receiver fails everything still queued with `Closed`; dropping the file releases
@@ -335,7 +368,7 @@ impl Writer {
                     Request::Write { reply, .. } if failed => {
                         let _ = reply.send(Err(AuditError::Failed));
                     }
-                    Request::Write { op, reply } => match staged.plan(&index, *op) {
+                    Request::Write { op, reply, .. } => match staged.plan(&index, *op) {
                         Ok(planned) => waiting.push((reply, planned)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
