@@ -320,7 +320,11 @@ fn figures(inprocess: &[Value], http_rows: &[Value]) -> Vec<Value> {
     for row in http_rows {
         let n = label(row["rules"].as_u64().unwrap_or(0));
         let (ours, peer) = (rps(row, "ours", "best_under_1ms"), rps(row, "opa", "best_under_1ms"));
-        let note = if peer > 0.0 { "" } else { " (OPA reached no point with p99<=1ms: not judged; see the equal-bound row)" };
+        let note = if peer > 0.0 {
+            ""
+        } else {
+            " (OPA reached no point with p99<=1ms: not judged; see the equal-bound row)"
+        };
         out.push(figure(
             format!("decision API HTTP throughput at p99<=1ms vs OPA REST, {n} rules{note}"),
             ours,
