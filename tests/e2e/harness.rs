@@ -437,23 +437,8 @@ pub fn free_port() -> u16 {
 }
 
 /// A minimal HTTP/1.1 GET against the operator on loopback: (status, headers lowercased, body).
-pub async fn http_get(addr: &str, path: &str) -> (u16, std::collections::BTreeMap<String, String>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the operator");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8(buf).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let mut lines = head.lines();
-    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    // Bodies here are small and sent with Content-Length (no chunked encoding from axum for fixed bodies).
-    (status, headers, body.to_owned())
+pub async fn http_get(addr: &str, path: &str) -> HttpResponse {
+    http_request(addr, "GET", path, &[], &[]).await
 }
 
 /// An HTTP response as the helpers below return it: (status, headers lowercased, body).
