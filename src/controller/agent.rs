@@ -21,7 +21,7 @@ use tracing::{info, instrument, warn};
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
 use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
-use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, intents};
+use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, intents, scoped_api};
 use crate::registry::lifecycle::Transition;
 use crate::registry::status::{CONDITION_VALID, Decision, Subject, decide};
 use crate::registry::trust::trust_score;
@@ -37,10 +37,7 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// The Agent controller, not yet running. Its [`Controller::store`] is the in-memory view of all Agents that
 /// the admission webhook reads, so pod admission never costs an API call.
 pub fn controller(ctx: &Context) -> Controller<Agent> {
-    let api: Api<Agent> = match &ctx.config.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let api: Api<Agent> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
     // Every new issuer snapshot (a key rotation) re-reconciles every agent: trust bundles follow at once, and
     // credentials signed by a withdrawn key are replaced.
     let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
@@ -51,10 +48,7 @@ pub fn controller(ctx: &Context) -> Controller<Agent> {
     // A policy change can change any agent's credential lifetime cap in its namespace (including agents it
     // no longer selects), so it re-reconciles every agent there.
     let agents = controller.store();
-    let policies: Api<AgentPolicy> = match &ctx.config.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let policies: Api<AgentPolicy> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
     controller.watches(policies, watcher::Config::default(), move |policy: AgentPolicy| {
         let ns = policy.namespace();
         agents

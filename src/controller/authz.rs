@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{Agent, AgentPolicy, Revocation};
 use crate::authz::{Builder, Snapshot};
+use crate::controller::scoped_api;
 
 /// Shortest time between two rebuilds, so a burst of changes (a thousand agents created at once) costs a
 /// rebuild every few tens of milliseconds rather than one per event. Well inside the one-second goal.
@@ -89,17 +90,6 @@ pub struct Started {
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// A reflector whose every event wakes the rebuilder, and a flag that turns true once its first complete
 /// list is in the store. One malformed object is logged by the watcher and skipped; watch errors back off
 /// and retry, never stalling the others.
@@ -137,11 +127,12 @@ where
 /// Starts the watches and the rebuild loop.
 pub fn start(client: &Client, namespace: Option<&str>) -> Started {
     let changed = Arc::new(Notify::new());
-    let (agents, agents_listed, agents_task) = reflect::<Agent>(api(client, namespace), Arc::clone(&changed));
+    let (agents, agents_listed, agents_task) =
+        reflect::<Agent>(scoped_api(client, namespace), Arc::clone(&changed));
     let (policies, policies_listed, policies_task) =
-        reflect::<AgentPolicy>(api(client, namespace), Arc::clone(&changed));
+        reflect::<AgentPolicy>(scoped_api(client, namespace), Arc::clone(&changed));
     let (revocations, revocations_listed, revocations_task) =
-        reflect::<Revocation>(api(client, namespace), Arc::clone(&changed));
+        reflect::<Revocation>(scoped_api(client, namespace), Arc::clone(&changed));
     let index = Arc::new(PolicyIndex::default());
     let listed = [agents_listed, policies_listed, revocations_listed];
     let rebuild = tokio::spawn(rebuild_loop(

@@ -93,6 +93,18 @@ impl Context {
     }
 }
 
+/// An API for kind `K` in `namespace`, or in every namespace when None (`--watch-namespace` unset).
+pub fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
+}
+
 /// Errors a reconcile can end with. Variants name the step that failed; messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -21,7 +21,7 @@ use tracing::{instrument, warn};
 
 use crate::api::{AgentPolicy, AgentPolicyStatus};
 use crate::authz::PolicySummary;
-use crate::controller::{Context, Error, FIELD_MANAGER, Result};
+use crate::controller::{Context, Error, FIELD_MANAGER, Result, scoped_api};
 use crate::registry::status::set_condition;
 
 /// The condition type that says whether the policy compiled.
@@ -32,10 +32,7 @@ const MAX_LISTED_ERRORS: usize = 20;
 /// Runs the controller until `shutdown` resolves. Every index rebuild re-reconciles every policy (cheap: a
 /// status is written only when it changes), so matched-agent counts follow agent changes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let api: Api<AgentPolicy> = match &ctx.config.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let api: Api<AgentPolicy> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
     let rebuilds = futures::stream::unfold(ctx.authz.subscribe(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
