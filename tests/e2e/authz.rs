@@ -397,6 +397,14 @@ async fn suspension_revocation_and_recreation_deny_within_a_second() {
     })
     .await;
 
+    // Activation times and `iat` are whole seconds: resume in a later second than the first token was
+    // issued, or the two cannot be told apart (a documented limit of the check asserted below).
+    let (_, claims) = agentiam::identity::verify::decode_unverified(&first).unwrap();
+    let first_iat = claims["iat"].as_i64().unwrap();
+    wait_for("the clock to pass the first token's second", WAIT, || async {
+        (jiff::Timestamp::now().as_second() > first_iat).then_some(())
+    })
+    .await;
     api.patch("bot", &PatchParams::default(), &lifecycle("Active")).await.unwrap();
     wait_credentials(&api, "bot").await;
     let second = token(&ns, "bot").await;
