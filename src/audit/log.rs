@@ -79,6 +79,8 @@ pub struct AuditLog {
 #[derive(Debug)]
 struct Handle {
     tx: mpsc::Sender<Request>,
+    /// The writer thread, woken after queueing anything a caller waits for (it may be lingering).
+    writer: thread::Thread,
     shared: Arc<Shared>,
     path: PathBuf,
 }
@@ -112,11 +114,13 @@ impl AuditLog {
         let shared = Arc::new(Shared::new(index));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer::new(file, Arc::clone(&shared), stdout, rx);
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("agentiam-audit".into())
             .spawn(move || writer.run())
-            .map_err(AuditError::Spawn)?;
-        Ok(Self { inner: Arc::new(Handle { tx, shared, path }) })
+            .map_err(AuditError::Spawn)?
+            .thread()
+            .clone();
+        Ok(Self { inner: Arc::new(Handle { tx, writer, shared, path }) })
     }
 
     /// Records a plain event. Returns once the record is durable.
@@ -139,11 +143,10 @@ impl AuditLog {
         if self.inner.shared.failed.load(Ordering::Acquire) {
             return Err(AuditError::Failed);
         }
-        // Nobody waits for the answer: the writer ignores a reply channel whose receiver is gone.
-        let (reply, _) = oneshot::channel();
+        // Nobody waits for the answer, so no reply channel and no wake-up: the writer lingers for more.
         self.inner
             .tx
-            .send(Request::Write { op: Box::new(Op::Append(entry)), reply, waited: false })
+            .send(Request::Write { op: Box::new(Op::Append(entry)), reply: None })
             .await
             .map_err(|_| AuditError::Closed)
     }
@@ -183,9 +186,10 @@ impl AuditLog {
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
-            .send(Request::Write { op: Box::new(op), reply, waited: true })
+            .send(Request::Write { op: Box::new(op), reply: Some(reply) })
             .await
             .map_err(|_| AuditError::Closed)?;
+        self.inner.writer.unpark();
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -226,6 +230,7 @@ impl AuditLog {
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
         if self.inner.tx.send(Request::Close { reply }).await.is_ok() {
+            self.inner.writer.unpark();
             // An error means the writer is already gone, which is what was asked for.
             let _ = done.await;
         }

@@ -191,6 +191,49 @@ impl Record {
         Ok(hex::encode(digest::digest(&digest::SHA256, &bytes)))
     }
 
+    /// [`Record::seal`] and [`Record::to_line`] in one serialization, for the writer's hot path.
+    ///
+    /// The canonical form hashed is the record with `hash` empty, and `hash` is its last field, so the
+    /// stored line is that serialization with the digest spliced into the final `""`. Should the field
+    /// order ever change, the splice does not apply and this falls back to serializing twice.
+    ///
+    /// # Errors
+    /// Fails only if serde_json cannot encode the record.
+    pub fn seal_line(
+        prev: &str,
+        seq: u64,
+        time: String,
+        kind: RecordKind,
+        key: Option<String>,
+        entry: Entry,
+    ) -> Result<(Self, Vec<u8>), serde_json::Error> {
+        const EMPTY_HASH_TAIL: &[u8] = br#","hash":""}"#;
+        let mut record = Self {
+            seq,
+            time,
+            kind,
+            key,
+            actor: entry.actor,
+            action: entry.action,
+            object: entry.object,
+            outcome: entry.outcome,
+            reason: entry.reason,
+            details: entry.details,
+            prev: prev.to_owned(),
+            hash: String::new(),
+        };
+        let mut line = serde_json::to_vec(&record)?;
+        record.hash = hex::encode(digest::digest(&digest::SHA256, &line));
+        if line.ends_with(EMPTY_HASH_TAIL) {
+            line.truncate(line.len() - 2);
+            line.extend_from_slice(record.hash.as_bytes());
+            line.extend_from_slice(b"\"}\n");
+        } else {
+            line = record.to_line()?.into_bytes();
+        }
+        Ok((record, line))
+    }
+
     /// The stored form: canonical JSON and a trailing newline.
     ///
     /// # Errors
@@ -322,6 +365,24 @@ pub(crate) mod tests {
         );
         let parsed: Record = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!(parsed, record);
+    }
+
+    #[test]
+    fn seal_line_is_seal_then_to_line() {
+        let time = "2026-01-02T03:04:05.000000006Z";
+        let quoted = entry(2).with_detail("quote\"d", "line\nbreak \\ \u{1F600} \"hash\":\"\"}");
+        let cases = [
+            (RecordKind::Event, None, entry(1)),
+            (RecordKind::Intent, Some("credential.issue:uid-1:3".to_owned()), quoted),
+            (RecordKind::Outcome, Some("k".to_owned()), Entry { details: BTreeMap::new(), ..entry(3) }),
+        ];
+        for (kind, key, entry) in cases {
+            let prev = "ab".repeat(32);
+            let sealed = Record::seal(&prev, 7, time.into(), kind, key.clone(), entry.clone()).unwrap();
+            let (record, line) = Record::seal_line(&prev, 7, time.into(), kind, key, entry).unwrap();
+            assert_eq!(record, sealed);
+            assert_eq!(String::from_utf8(line).unwrap(), sealed.to_line().unwrap());
+        }
     }
 
     #[test]

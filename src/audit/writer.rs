@@ -24,11 +24,12 @@ const MAX_BATCH: usize = 1024;
 /// is written and synced. One sync per decision would cost more CPU than the decision; this bounds the
 /// records a crash can lose to about this long. A waited-for request ends the wait at once.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
-const LINGER_POLL: std::time::Duration = std::time::Duration::from_micros(100);
 
 impl Request {
+    /// True for records nobody waits for. The writer sleeps through a linger (one wake-up per batch,
+    /// not a poll), so whoever queues anything else must [`std::thread::Thread::unpark`] it.
     fn is_unwaited(&self) -> bool {
-        matches!(self, Self::Write { waited: false, .. })
+        matches!(self, Self::Write { reply: None, .. })
     }
 }
 
@@ -77,23 +78,47 @@ impl Index {
 
     /// Takes in a record that is now durable, `line_len` bytes long including its newline.
     pub(super) fn apply(&mut self, record: &Record, line_len: u64) {
-        let loc = Loc { offset: self.len, len: line_len };
-        self.len += line_len;
-        self.seq = record.seq;
-        self.hash.clone_from(&record.hash);
-        if let Some(key) = &record.key {
-            match record.kind {
-                RecordKind::Intent => {
-                    self.open.insert(key.clone(), record.clone());
+        let keyed = match (&record.key, record.kind) {
+            (Some(_), RecordKind::Intent) => Keyed::Opened(Box::new(record.clone())),
+            (Some(key), RecordKind::Outcome) => Keyed::Closed(key.clone()),
+            _ => Keyed::No,
+        };
+        self.take(Durable { seq: record.seq, hash: record.hash.clone(), len: line_len, keyed });
+    }
+
+    fn take(&mut self, durable: Durable) {
+        let loc = Loc { offset: self.len, len: durable.len };
+        self.len += durable.len;
+        self.seq = durable.seq;
+        self.hash = durable.hash;
+        match durable.keyed {
+            Keyed::Opened(record) => {
+                if let Some(key) = record.key.clone() {
+                    self.open.insert(key, *record);
                 }
-                RecordKind::Outcome => {
-                    self.open.remove(key);
-                    self.done.insert(key.clone(), loc);
-                }
-                RecordKind::Event | RecordKind::Recovery => {}
             }
+            Keyed::Closed(key) => {
+                self.open.remove(&key);
+                self.done.insert(key, loc);
+            }
+            Keyed::No => {}
         }
     }
+}
+
+/// What the index needs of a staged record once it is durable: position and hash, plus the intent
+/// bookkeeping for keyed records (only intents are kept whole).
+struct Durable {
+    seq: u64,
+    hash: String,
+    len: u64,
+    keyed: Keyed,
+}
+
+enum Keyed {
+    No,
+    Opened(Box<Record>),
+    Closed(String),
 }
 
 /// State shared between the handles and the writer thread.
@@ -136,10 +161,9 @@ pub(super) enum Request {
     /// The op is boxed so queue slots stay small.
     Write {
         op: Box<Op>,
-        reply: oneshot::Sender<Result<IntentState, AuditError>>,
-        /// Whether the caller waits for the answer. Batches of records nobody waits for may linger (see
+        /// None when nobody waits for the answer. Batches of only such records may linger (see
         /// [`LINGER`]) to share one sync.
-        waited: bool,
+        reply: Option<oneshot::Sender<Result<IntentState, AuditError>>>,
     },
     /// Finish the current batch, release the file (and its lock), then answer.
     Close { reply: oneshot::Sender<()> },
@@ -150,7 +174,7 @@ struct Batch {
     seq: u64,
     prev: String,
     buf: Vec<u8>,
-    written: Vec<(Record, u64)>,
+    written: Vec<Durable>,
     opened: HashMap<String, Record>,
     closed: HashMap<String, Record>,
 }
@@ -183,21 +207,24 @@ impl Batch {
 
     fn stage(&mut self, kind: RecordKind, key: Option<String>, entry: Entry) -> Result<Record, AuditError> {
         let seq = self.seq + 1;
-        let record =
-            Record::seal(&self.prev, seq, now_rfc3339(), kind, key, entry).map_err(AuditError::Encode)?;
-        let line = record.to_line().map_err(AuditError::Encode)?;
-        self.buf.extend_from_slice(line.as_bytes());
-        self.written.push((record.clone(), line.len() as u64));
+        let (record, line) = Record::seal_line(&self.prev, seq, now_rfc3339(), kind, key, entry)
+            .map_err(AuditError::Encode)?;
+        self.buf.extend_from_slice(&line);
         self.seq = seq;
         self.prev.clone_from(&record.hash);
-        if let Some(key) = &record.key {
-            if kind == RecordKind::Outcome {
+        let keyed = match &record.key {
+            Some(key) if kind == RecordKind::Outcome => {
                 self.opened.remove(key);
                 self.closed.insert(key.clone(), record.clone());
-            } else {
-                self.opened.insert(key.clone(), record.clone());
+                Keyed::Closed(key.clone())
             }
-        }
+            Some(key) => {
+                self.opened.insert(key.clone(), record.clone());
+                Keyed::Opened(Box::new(record.clone()))
+            }
+            None => Keyed::No,
+        };
+        self.written.push(Durable { seq, hash: record.hash.clone(), len: line.len() as u64, keyed });
         Ok(record)
     }
 
@@ -255,6 +282,16 @@ impl Batch {
             }
         };
         Ok(Planned::Ready(Box::new(state)))
+    }
+}
+
+/// Answers a request, if anyone waits for it.
+fn answer(
+    reply: Option<oneshot::Sender<Result<IntentState, AuditError>>>,
+    result: Result<IntentState, AuditError>,
+) {
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
     }
 }
 
@@ -322,20 +359,7 @@ impl Writer {
                 }
             }
             if batch.iter().all(Request::is_unwaited) {
-                let deadline = std::time::Instant::now() + LINGER;
-                while batch.len() < MAX_BATCH && std::time::Instant::now() < deadline {
-                    match self.rx.try_recv() {
-                        Ok(request) => {
-                            let waited = !request.is_unwaited();
-                            batch.push(request);
-                            if waited {
-                                break;
-                            }
-                        }
-                        Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(LINGER_POLL),
-                        Err(mpsc::error::TryRecvError::Disconnected) => break,
-                    }
-                }
+                self.linger(&mut batch);
             }
             close = self.process(batch);
         }
@@ -351,6 +375,32 @@ impl Writer {
         }
     }
 
+    /// Waits up to [`LINGER`] for more records to share the batch's sync, asleep in between: unwaited
+    /// senders do not wake the thread, anyone else does (see [`Request::is_unwaited`]), which ends the
+    /// linger at once.
+    fn linger(&mut self, batch: &mut Vec<Request>) {
+        let deadline = std::time::Instant::now() + LINGER;
+        while batch.len() < MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(request) => {
+                    let waited = !request.is_unwaited();
+                    batch.push(request);
+                    if waited {
+                        return;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return;
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
     /// Plans, commits and answers one batch. Returns the close reply if the batch asked to close.
     fn process(&mut self, batch: Vec<Request>) -> Option<oneshot::Sender<()>> {
         let failed = self.shared.failed.load(Ordering::Acquire);
@@ -362,17 +412,15 @@ impl Writer {
             for request in batch {
                 match request {
                     Request::Close { reply } => close = close.or(Some(reply)),
-                    Request::Write { reply, .. } if close.is_some() => {
-                        let _ = reply.send(Err(AuditError::Closed));
-                    }
-                    Request::Write { reply, .. } if failed => {
-                        let _ = reply.send(Err(AuditError::Failed));
-                    }
-                    Request::Write { op, reply, .. } => match staged.plan(&index, *op) {
-                        Ok(planned) => waiting.push((reply, planned)),
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
+                    Request::Write { reply, .. } if close.is_some() => answer(reply, Err(AuditError::Closed)),
+                    Request::Write { reply, .. } if failed => answer(reply, Err(AuditError::Failed)),
+                    Request::Write { op, reply } => match staged.plan(&index, *op) {
+                        Ok(planned) => {
+                            if let Some(reply) = reply {
+                                waiting.push((reply, planned));
+                            }
                         }
+                        Err(error) => answer(reply, Err(error)),
                     },
                 }
             }
@@ -388,8 +436,8 @@ impl Writer {
                 return close;
             }
             let mut index = self.shared.index();
-            for (record, len) in staged.written.drain(..) {
-                index.apply(&record, len);
+            for durable in staged.written.drain(..) {
+                index.take(durable);
             }
         }
         for (reply, planned) in waiting {
