@@ -229,7 +229,7 @@ impl Authorizer {
         let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
         let (decision, who) = self.decide(req, context, now, clock);
         let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
-        let entry = audit_entry(req, source, &decision, &who, &audit_id);
+        let entry = audit_entry(req, source, &decision, who, &audit_id);
         let decision = match self.audit.enqueue(entry).await {
             Ok(()) => decision,
             Err(e) => {
@@ -326,16 +326,16 @@ fn response(decision: Decision, audit_id: String) -> AuthorizeResponse {
 
 /// The decision's audit record. Never the token, never context values (they may hold personal data):
 /// only the context's keys.
-fn audit_entry(req: &AuthorizeRequest, source: Source, d: &Decision, who: &Who, audit_id: &str) -> Entry {
+fn audit_entry(req: &AuthorizeRequest, source: Source, d: &Decision, who: Who, audit_id: &str) -> Entry {
     let known = !who.name.is_empty();
     let actor =
         if known { format!("agent:{}/{}", who.namespace, who.name) } else { "unauthenticated".to_owned() };
     let object = ObjectRef {
         api_version: "agentiam.dev/v1alpha1".into(),
         kind: "Agent".into(),
-        namespace: known.then(|| who.namespace.clone()),
-        name: if known { who.name.clone() } else { "unknown".into() },
-        uid: who.uid.clone(),
+        namespace: known.then_some(who.namespace),
+        name: if known { who.name } else { "unknown".into() },
+        uid: who.uid,
     };
     let outcome = if d.verdict == Verdict::Allow { Outcome::Success } else { Outcome::Denied };
     let mut e = Entry::new(actor, "authz.decide", object, outcome, d.reason.to_string())
