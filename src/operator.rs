@@ -26,8 +26,10 @@ pub struct Options {
     pub audit_log: PathBuf,
     /// Stream audit records to stdout.
     pub audit_stdout: bool,
-    /// Address of the HTTP server (probes and issuer documents).
+    /// Address of the HTTP server (probes, issuer documents, decision API).
     pub http_addr: SocketAddr,
+    /// Threads of the HTTP server's own runtime (see [`server::spawn_api`]).
+    pub api_threads: std::num::NonZeroUsize,
     /// The credentials issuer: URL, trust domain, key rotation.
     pub issuer: IssuerSettings,
     /// The pod admission webhook (None: disabled).
@@ -185,20 +187,20 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         .with_check(Arc::new(move || {
             webhook_for_health.load(Ordering::Acquire).then_some("the pod admission webhook stopped")
         }));
-    let (listener, addr) = server::bind(opts.http_addr)
-        .await
-        .map_err(|source| StartupError::Http { addr: opts.http_addr, source })?;
+    let http_error = |source| StartupError::Http { addr: opts.http_addr, source };
+    let listener = std::net::TcpListener::bind(opts.http_addr).map_err(http_error)?;
+    let addr = listener.local_addr().map_err(http_error)?;
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.
     info!(
         "http server listening on {addr} (/healthz, /readyz, /.well-known/openid-configuration, /keys, /v1/bundle, /v1/authorize, /v1/ext_authz)"
     );
-    let http = tokio::spawn(server::serve_with(
+    let http = server::spawn_api(
         listener,
-        health.clone(),
-        Some(issuer),
-        Some(Arc::clone(&authorizer)),
+        opts.api_threads,
+        server::router_with(health.clone(), Some(issuer), Some(Arc::clone(&authorizer))),
         stopped(stop_rx.clone()),
-    ));
+    )
+    .map_err(http_error)?;
     let sweeper = tokio::spawn(async move {
         // Idle rate-limit buckets are full again anyway; forgetting them bounds memory.
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -250,7 +252,9 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let _ = keys.await;
     let _ = publisher_stop_tx.send(true);
     let _ = publisher.await;
-    let _ = http.await;
+    if let Err(e) = http.wait().await {
+        warn!(error = %e, "the http server stopped with an error");
+    }
     sweeper.abort();
     for task in authz.tasks {
         task.abort();

@@ -74,6 +74,10 @@ struct RunArgs {
     /// /keys, /v1/bundle). Plain HTTP: put TLS in front of it for relying parties outside the cluster.
     #[arg(long, env = "AGENTIAM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// Threads of the HTTP server's own runtime (decision API, issuer documents, probes), apart from the
+    /// controllers' runtime. Default: half the available CPUs, at least 1.
+    #[arg(long, env = "AGENTIAM_API_THREADS")]
+    api_threads: Option<std::num::NonZeroUsize>,
     /// The issuer URL: the `iss` claim of every JWT-SVID and the base of the OIDC discovery document. Defaults
     /// to the in-cluster Service `https://agentiam.<namespace>.svc`.
     #[arg(long, env = "AGENTIAM_ISSUER_URL")]
@@ -179,6 +183,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         audit_log: args.audit_log,
         audit_stdout: args.audit_stdout,
         http_addr: args.http_addr,
+        api_threads: args.api_threads.unwrap_or_else(agentiam::server::default_api_threads),
         issuer: IssuerSettings { issuer_url, trust_domain: trust_domain.clone(), policy },
         webhook,
         authz_fixed_time,

@@ -7,7 +7,9 @@ mod decision_tests;
 pub mod issuer;
 pub mod mcp;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -107,20 +109,71 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 pub async fn serve(
     listener: TcpListener,
     health: Health,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await
 }
 
-/// Serves the routes of [`router_with`] until `shutdown` resolves.
-pub async fn serve_with(
-    listener: TcpListener,
-    health: Health,
-    issuer: Option<IssuerReceiver>,
-    authorizer: Option<Arc<decision::Authorizer>>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router_with(health, issuer, authorizer)).with_graceful_shutdown(shutdown).await
+/// The default number of threads of the HTTP API's runtime: half the CPUs this process may use, at
+/// least one. The other half is left to the controllers, the audit writer (which does a fifth of the
+/// work of every decision: serialization, hashing, sync) and the kernel's network stack.
+pub fn default_api_threads() -> NonZeroUsize {
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new(cpus / 2).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// The HTTP server running on its own runtime (see [`spawn_api`]).
+#[derive(Debug)]
+pub struct ApiServer {
+    done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+}
+
+impl ApiServer {
+    /// Waits until the server has stopped (after its shutdown future resolved and connections closed).
+    ///
+    /// # Errors
+    /// The server's I/O error, or an error if its thread ended without answering.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.done.await.unwrap_or_else(|_| Err(std::io::Error::other("the HTTP API thread stopped")))
+    }
+}
+
+/// Serves `router` on `listener` from a runtime of its own with `threads` threads, until `shutdown`
+/// resolves.
+///
+/// Why a runtime of its own: authorization decisions are answered on the request path of every agent
+/// action, so they must not queue behind reconciles (a key rotation re-reconciles every Agent), and on
+/// a small machine fewer threads hand requests around less: with one thread there is no work stealing
+/// and no cross-core wake-up per request. The state the handlers use (policy index, audit queue,
+/// issuer documents) is shared through runtime-independent primitives.
+///
+/// # Errors
+/// The runtime or its thread could not be created.
+pub fn spawn_api(
+    listener: std::net::TcpListener,
+    threads: NonZeroUsize,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<ApiServer> {
+    let runtime = if threads.get() == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.get())
+            .thread_name("agentiam-api")
+            .enable_all()
+            .build()?
+    };
+    listener.set_nonblocking(true)?;
+    let (tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("agentiam-api".into()).spawn(move || {
+        let result = runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        });
+        let _ = tx.send(result);
+    })?;
+    Ok(ApiServer { done })
 }
 
 #[cfg(test)]
