@@ -360,7 +360,7 @@ fn figures(inprocess: &[Value], http_rows: &[Value]) -> Vec<Value> {
                 None,
             ));
         }
-        let (ours, peer) = (rps(row, "ours", "max"), rps(row, "opa", "max"));
+        let (ours, peer) = (rps(row, "ours", "max"), rps(row, "opa", "max").max(rps(row, "opa_other", "max")));
         out.push(figure(
             format!("context: decision API max HTTP throughput (any p99) vs OPA REST, {n} rules"),
             ours,

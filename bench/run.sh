@@ -342,7 +342,10 @@ if az:
           f'keep-alive HTTP/1.1 connections with one request in flight each, pre-serialized requests cycling through '
           f'the same list; every latency is kept, so percentiles are exact. Concurrency sweep {h["concurrency"]}, '
           f'{h["warmup_seconds"]} s warm-up + {h["seconds_per_point_per_round"]} s per point, {h["rounds"]} rounds '
-          f'pooled per point; ours and OPA alternate point by point (the order flips at every point). '
+          f'pooled per point. OPA runs twice, with Go\'s default thread budget and with GOMAXPROCS=1 (our API runs on '
+          f'a runtime of its own, one thread on this machine: `--api-threads` defaults to half the CPUs); ours and the '
+          f'two OPA servers take turns at every point, and who goes first rotates. The peer of each figure is OPA\'s '
+          f'better configuration for that rule set (named in the table). '
           f'"At p99 <= 1 ms" is the highest throughput among the points whose p99 is at most 1 ms.\n')
         def pt(p):
             if not p:
@@ -351,7 +354,10 @@ if az:
         w("| rules | server | req/s at p99 <= 1 ms | p50 µs | p99 µs | max req/s (any p99) | p50 µs | p99 µs | server CPU µs/req at max |")
         w("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in az["http"]:
-            for side, name in [("ours", "ours"), ("opa", "OPA")]:
+            sides = [("ours", "ours"), ("opa", f'OPA, {r["opa"].get("config", "")} (peer)')]
+            if r.get("opa_other"):
+                sides.append(("opa_other", f'OPA, {r["opa_other"]["config"]}'))
+            for side, name in sides:
                 b, m = pt(r[side]["best_under_1ms"]), pt(r[side]["max"])
                 w(f'| {fmt(r["rules"])} | {name} | {b[0]} | {b[1]} | {b[2]} | {m[0]} | {m[1]} | {m[2]} | {m[3]} |')
         for r in az["http"]:
@@ -363,13 +369,14 @@ if az:
                   f'{eb["ours_rps"]:,.0f} req/s (C={eb["ours_concurrency"]}) vs OPA {eb["opa_rps"]:,.0f} req/s '
                   f'(C={eb["opa_concurrency"]}) = {eb["ours_rps"] / eb["opa_rps"]:.2f}x.')
         w("\nEvery point (req/s, p50 / p99 µs, server CPU µs per request):\n")
-        w("| rules | C | ours req/s | ours p50 / p99 | ours CPU | OPA req/s | OPA p50 / p99 | OPA CPU |")
-        w("|---:|---:|---:|---|---:|---:|---|---:|")
+        w("| rules | C | ours req/s | ours p50 / p99 | ours CPU | OPA (peer) req/s | p50 / p99 | CPU | other OPA req/s | p50 / p99 | CPU |")
+        w("|---:|---:|---:|---|---:|---:|---|---:|---:|---|---:|")
         for r in az["http"]:
-            for a, b in zip(r["ours"]["points"], r["opa"]["points"]):
-                w(f'| {fmt(r["rules"])} | {a["concurrency"]} | {fmt(a["rps"], 0)} | {fmt(a["p50_us"])} / {fmt(a["p99_us"])} | '
-                  f'{fmt(a["server_cpu_us_per_request"])} | {fmt(b["rps"], 0)} | {fmt(b["p50_us"])} / {fmt(b["p99_us"])} | '
-                  f'{fmt(b["server_cpu_us_per_request"])} |')
+            other = r.get("opa_other", {}).get("points") or [None] * len(r["ours"]["points"])
+            cell = lambda x: (f'{fmt(x["rps"], 0)} | {fmt(x["p50_us"])} / {fmt(x["p99_us"])} | '
+                              f'{fmt(x["server_cpu_us_per_request"])}') if x else " | | "
+            for a, b, c in zip(r["ours"]["points"], r["opa"]["points"], other):
+                w(f'| {fmt(r["rules"])} | {a["concurrency"]} | {cell(a)} | {cell(b)} | {cell(c)} |')
         rb = az["http"][0]["request_bytes"]
         w(f'\nMean request size: ours {rb["ours"]} bytes (the token alone is most of it), OPA {rb["opa"]} bytes. '
           'Our audit log during the sweeps: ' + "; ".join(
@@ -402,7 +409,9 @@ for c in [
     "decision; OPA writes no decision log. Both advantages are OPA's.",
     "Authorization over HTTP: the load generator shares the 2 cores with the server under test (one thread), the same "
     "for both servers; at high concurrency the servers' throughput is bounded by the machine, not only by themselves. "
-    "OPA's Go runtime and our Tokio runtime both use every core.",
+    "Our decision API runs on one thread here (its own runtime; --api-threads defaults to half the CPUs) next to the "
+    "controllers' runtime and the audit writer thread; OPA runs once with every CPU and once with GOMAXPROCS=1, and "
+    "its better run is the peer.",
     "Authorization in process: our per-call p50/p99 include one clock-read pair; `opa bench` measures a prepared "
     "query with its input already parsed, so HTTP and JSON costs are in neither in-process figure. The OPA mix figure "
     "uses `with input as` inside one query, the single-input runs a plain query.",

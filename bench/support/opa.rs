@@ -115,10 +115,15 @@ impl Opa {
     }
 
     /// `opa run --server` with one policy on a free loopback port; returns once it answers /health.
-    pub fn serve(&self, policy: &Path, log: &Path) -> OpaServer {
+    /// `gomaxprocs` sets the Go runtime's thread budget (None: Go's default, every CPU).
+    pub fn serve(&self, policy: &Path, log: &Path, gomaxprocs: Option<usize>) -> OpaServer {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(n) = gomaxprocs {
+            command.env("GOMAXPROCS", n.to_string());
+        }
+        let child = command
             .args(["run", "--server", "--addr", &addr.to_string(), "--log-level", "error"])
             .args(["--disable-telemetry"])
             .arg(policy)
