@@ -386,11 +386,16 @@ pub async fn delete_secret(ctx: &Context, agent: &Agent) -> Result<bool> {
 }
 
 /// Keeps the trust bundle ConfigMap of `namespace` at the current issuer snapshot. Applied at most once per
-/// snapshot and namespace.
+/// snapshot and namespace (and again after [`BUNDLE_REAPPLY`]): reconciles of agents in the same namespace
+/// that run at once wait for one apply instead of each making their own.
 pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer) -> Result<()> {
-    let fresh =
-        |(seq, at): &(u64, std::time::Instant)| *seq == issuer.sequence && at.elapsed() < BUNDLE_REAPPLY;
-    if ctx.bundles_applied.lock().map(|m| m.get(namespace).is_some_and(fresh)).unwrap_or(false) {
+    let slot = match ctx.bundles_applied.lock() {
+        Ok(mut m) => Arc::clone(m.entry(namespace.to_owned()).or_default()),
+        // A poisoned map only costs the sharing: apply, unrecorded.
+        Err(_) => Arc::default(),
+    };
+    let mut last = slot.lock().await;
+    if last.is_some_and(|(seq, at)| seq == issuer.sequence && at.elapsed() < BUNDLE_REAPPLY) {
         return Ok(());
     }
     let spiffe = issuer
@@ -415,8 +420,6 @@ pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer
             what: format!("ConfigMap {namespace}/{TRUST_BUNDLE_CONFIGMAP}"),
             source,
         })?;
-    if let Ok(mut m) = ctx.bundles_applied.lock() {
-        m.insert(namespace.to_owned(), (issuer.sequence, std::time::Instant::now()));
-    }
+    *last = Some((issuer.sequence, std::time::Instant::now()));
     Ok(())
 }

@@ -46,6 +46,9 @@ pub struct Config {
     pub failpoint_delay_after_effect: Duration,
 }
 
+/// The last trust bundle apply in one namespace: issuer snapshot sequence and time.
+pub type BundleSlot = Arc<tokio::sync::Mutex<Option<(u64, std::time::Instant)>>>;
+
 /// Everything a reconcile needs, shared by all controllers.
 pub struct Context {
     /// The API client.
@@ -58,9 +61,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// The current issuer snapshot (keys, CA), replaced on every rotation.
     pub issuer: IssuerReceiver,
-    /// The issuer snapshot sequence last applied to each namespace's trust bundle ConfigMap, so a bundle is
-    /// written once per rotation rather than once per agent.
-    pub bundles_applied: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// The issuer snapshot sequence last applied to each namespace's trust bundle ConfigMap, and when, so a
+    /// bundle is written once per rotation rather than once per agent. The per-namespace lock is held while
+    /// the bundle is applied.
+    pub bundles_applied: Mutex<HashMap<String, BundleSlot>>,
     /// Every AgentPolicy in scope, kept current by a watch; read for credential lifetime caps.
     pub policies: Store<AgentPolicy>,
     /// The authorization index decisions read; the policy status controller reports from it.
