@@ -151,6 +151,16 @@ fn subject_of(agent: &Agent) -> Result<(String, String, String, i64)> {
 
 async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     let (ns, name, uid, generation) = subject_of(agent)?;
+    // An Agent at a resourceVersion our own last status writes produced (the echo of the phase write may
+    // arrive before the cache holds the credentials write after it): its status is that of our last write,
+    // credentials summary included, and the Secret is as we last saw it.
+    let known = ctx.known_credentials.recall(&uid, agent.resource_version().as_deref());
+    let mut agent = agent.clone();
+    if let (Some(status), Some(k)) = (agent.status.as_mut(), &known) {
+        status.credentials = Some(k.summary.clone());
+    }
+    let agent = &agent;
+    let mut written = Vec::new();
     let subject = Subject { namespace: &ns, name: &name, uid: &uid, generation };
     let mut decision =
         decide(&ctx.config.trust_domain, subject, &agent.spec, agent.status.as_ref(), Timestamp::now());
@@ -165,7 +175,7 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     if let (Some(t), Some(key)) = (decision.transition, key.as_deref()) {
         let state = write_intent(ctx, agent, t, key, &decision).await?;
         failpoint(ctx.config.failpoint_delay_after_intent).await;
-        apply_status(ctx, &ns, &name, &decision.status).await?;
+        written.extend(apply_status(ctx, &ns, &name, &decision.status).await?);
         failpoint(ctx.config.failpoint_delay_after_effect).await;
         if !matches!(state, Some(IntentState::Completed(_))) {
             let reason = format!("agent is now {}", t.to);
@@ -191,7 +201,7 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
                 .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name))
                 .with_detail("trustScore", decision.status.trust_score.unwrap_or_default().to_string());
         let state = ctx.audit.intent(&key, entry).await.map_err(Error::AuditIntent)?;
-        apply_status(ctx, &ns, &name, &decision.status).await?;
+        written.extend(apply_status(ctx, &ns, &name, &decision.status).await?);
         if !matches!(state, IntentState::Completed(_)) {
             ctx.audit
                 .outcome(&key, Outcome::Success, "status updated", BTreeMap::new())
@@ -199,7 +209,7 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
                 .map_err(Error::AuditOutcome)?;
         }
     } else if agent.status.as_ref() != Some(&decision.status) {
-        apply_status(ctx, &ns, &name, &decision.status).await?;
+        written.extend(apply_status(ctx, &ns, &name, &decision.status).await?);
     }
     if let Err(errors) = &decision.validation
         && newly_invalid(agent.status.as_ref(), generation)
@@ -212,11 +222,16 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     let phase = decision.status.phase.unwrap_or(AgentPhase::Pending);
     let mut seen = agent.clone();
     seen.status = Some(decision.status.clone());
-    let creds = credentials::reconcile(ctx, &seen, phase).await?;
+    let creds = credentials::reconcile(ctx, &seen, phase, known.map(|k| k.facts)).await?;
     if creds.status != decision.status.credentials {
         let mut status = decision.status.clone();
-        status.credentials = creds.status;
-        apply_status(ctx, &ns, &name, &status).await?;
+        status.credentials = creds.status.clone();
+        written.extend(apply_status(ctx, &ns, &name, &status).await?);
+    }
+    if let (false, AgentPhase::Active, Some(summary), Some(facts)) =
+        (written.is_empty(), phase, creds.status, creds.facts)
+    {
+        ctx.known_credentials.remember(&uid, written, summary, facts);
     }
     let requeue = creds.recheck_in.map_or(RESYNC, |r| r.clamp(Duration::from_secs(1), RESYNC));
     Ok(Action::requeue(requeue))
@@ -309,19 +324,22 @@ fn final_state(agent: &Agent, mut entry: Entry) -> Entry {
     entry
 }
 
-async fn apply_status(ctx: &Context, ns: &str, name: &str, status: &AgentStatus) -> Result<()> {
+/// Applies the whole status; returns the Agent's new `resourceVersion`.
+async fn apply_status(ctx: &Context, ns: &str, name: &str, status: &AgentStatus) -> Result<Option<String>> {
     let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let written = api
+        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(Error::ApplyStatus)?;
-    Ok(())
+    Ok(written.resource_version())
 }
 
 /// Deletion: write the agent's final state to the audit log (write-ahead, keyed by UID so a retried cleanup
 /// writes it once), revoke what was issued to it, then let the finalizer go.
 async fn archive(agent: &Agent, ctx: &Context) -> Result<Action> {
     let (_, name, uid, _) = subject_of(agent)?;
+    ctx.known_credentials.forget(&uid);
     let key = format!("agent.archive:{uid}");
     intents::resolve_for_agent(ctx, agent, &uid, Some(&key)).await?;
     let entry = final_state(
@@ -369,6 +387,41 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_echo_of_our_own_writes_decides_the_status_they_wrote() {
+        use crate::api::{AgentSpec, CredentialStatus, Owner, PrincipalKind};
+        use crate::identity::TrustDomain;
+        let td = TrustDomain::parse("example.org").unwrap();
+        let spec = AgentSpec::new(Owner { kind: PrincipalKind::Team, name: "support".into() }, "triage");
+        let subject = Subject { namespace: "ns", name: "bot", uid: "u1", generation: 1 };
+        let summary = CredentialStatus {
+            secret_name: Some("bot-credentials".into()),
+            issued_at: Some("1970-01-01T00:01:40.25Z".into()),
+            expires_at: Some("1970-01-01T00:11:40.25Z".into()),
+            key_id: Some("k1".into()),
+        };
+        // The phase write, then the credentials write, as the API server stores them (JSON).
+        let round_trip = |s: &AgentStatus| -> AgentStatus {
+            serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap()
+        };
+        let phase_write =
+            round_trip(&decide(&td, subject, &spec, None, Timestamp::from_second(100).unwrap()).status);
+        let credentials_write =
+            round_trip(&AgentStatus { credentials: Some(summary.clone()), ..phase_write.clone() });
+
+        // The echo of the phase write, seen with the summary our credentials write added (what
+        // KnownCredentials gives), and the echo of the credentials write, decided again later: no change.
+        let seen_early = AgentStatus { credentials: Some(summary), ..phase_write.clone() };
+        for echo in [&seen_early, &credentials_write] {
+            let again = decide(&td, subject, &spec, Some(echo), Timestamp::from_second(5000).unwrap());
+            assert!(again.transition.is_none());
+            assert_eq!(again.status, credentials_write, "nothing to write");
+        }
+        // Without it, the early echo looks like a status without credentials, and was written again.
+        let again = decide(&td, subject, &spec, Some(&phase_write), Timestamp::from_second(5000).unwrap());
+        assert_ne!(again.status, credentials_write);
     }
 
     #[test]

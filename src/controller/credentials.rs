@@ -6,9 +6,9 @@
 //! written. The Secret is owned by the Agent (garbage-collected with it) and carries the Agent's UID, so a
 //! recreated Agent of the same name never inherits its predecessor's credentials.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -56,6 +56,76 @@ pub struct CredentialsResult {
     pub status: Option<CredentialStatus>,
     /// When to look again.
     pub recheck_in: Option<Duration>,
+    /// What the Secret holds now, as this step wrote or read it (None: no Secret).
+    pub facts: Option<IssuedFacts>,
+}
+
+/// How long after a status write its echoes may be reconciled from [`KnownCredentials`] without reading the
+/// Secret. Echoes arrive within milliseconds to seconds; the bound only limits for how long a change to the
+/// Secret by someone else can go unnoticed by them (the resync reads it anyway).
+const KNOWN_FOR: Duration = Duration::from_secs(30);
+
+/// What this process's last status writes of an Active agent produced, by Agent UID: the `resourceVersion`s
+/// of those writes (the phase write and then the credentials write, or one of them), the credentials
+/// summary the last one carried, and what the Secret held then (written or read just before).
+///
+/// The reconciles that follow a status write are mostly caused by that write itself: the watch echoes each
+/// write back, and often the echo of the first of two writes is reconciled before the second write reached
+/// the cache. An Agent in hand at one of those `resourceVersion`s is the operator's own work: nothing else
+/// changed the Agent in between, its status is the last write's minus at most the credentials summary, and
+/// the Secret was read or written just before. Such a reconcile needs neither a read of the Secret nor a
+/// status write to repeat what it already wrote. Any other `resourceVersion`, a later reconcile, or a
+/// restart reads the Secret as before.
+#[derive(Debug, Default)]
+pub struct KnownCredentials(Mutex<HashMap<String, Known>>);
+
+/// One agent's entry in [`KnownCredentials`].
+#[derive(Debug, Clone)]
+pub struct Known {
+    resource_versions: Vec<String>,
+    at: Instant,
+    /// The credentials summary of the last status write.
+    pub summary: CredentialStatus,
+    /// What the Secret held at that write.
+    pub facts: IssuedFacts,
+}
+
+impl KnownCredentials {
+    /// Remembers the status writes of one reconcile of the Agent `uid`: the `resourceVersion` each produced,
+    /// in order, the credentials summary the status now carries, and what the Secret held.
+    pub fn remember(
+        &self,
+        uid: &str,
+        resource_versions: Vec<String>,
+        summary: CredentialStatus,
+        facts: IssuedFacts,
+    ) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(uid.to_owned(), Known { resource_versions, at: Instant::now(), summary, facts });
+        }
+    }
+
+    /// The entry of `uid` if the Agent in hand is at a `resourceVersion` one of its writes produced, not longer
+    /// than [`KNOWN_FOR`] ago. Otherwise the entry is dropped: the Agent changed since, or it is too old.
+    pub fn recall(&self, uid: &str, resource_version: Option<&str>) -> Option<Known> {
+        let mut m = self.0.lock().ok()?;
+        let usable = m.get(uid).is_some_and(|k| {
+            k.at.elapsed() < KNOWN_FOR
+                && resource_version.is_some_and(|rv| k.resource_versions.iter().any(|w| w == rv))
+        });
+        if usable {
+            return m.get(uid).cloned();
+        }
+        m.remove(uid);
+        None
+    }
+
+    /// Forgets the entry of `uid` (the agent is being archived).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(uid);
+        }
+    }
 }
 
 fn owner_line(agent: &Agent) -> String {
@@ -86,14 +156,37 @@ fn status_of(facts: &IssuedFacts, name: &str) -> CredentialStatus {
 }
 
 /// Brings the credentials of `agent` (in `phase`, just written to its status) to what they should be.
-pub async fn reconcile(ctx: &Context, agent: &Agent, phase: AgentPhase) -> Result<CredentialsResult> {
+///
+/// `known` is what this process last wrote to or read from the Secret, if the caller can vouch that nothing
+/// happened to the Agent since (see [`KnownCredentials`]). It is used only to skip the read
+/// when it says that the credentials of an Active agent are to be kept; every other decision (issue, rotate,
+/// withdraw) is taken from the Secret as read from the API server, so a stale `known` can at worst cost that
+/// read.
+pub async fn reconcile(
+    ctx: &Context,
+    agent: &Agent,
+    phase: AgentPhase,
+    known: Option<IssuedFacts>,
+) -> Result<CredentialsResult> {
     let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
     let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let name = agent.name_any();
     let issuer = ctx.issuer.borrow().clone();
     ensure_trust_bundle(ctx, &ns, &issuer).await?;
-
     let secret_name = credentials_secret_name(&name);
+    let kids: Vec<&str> = issuer.keys.published().map(|k| k.kid()).collect();
+
+    // Without a read: only when the caller knows what the Secret holds, there is no interrupted credentials
+    // step of this agent to close against the Secret, and the answer is to keep what it holds.
+    if let Some(facts) = known.filter(|_| phase == AgentPhase::Active && !has_open_intents(ctx, &uid)) {
+        let want = desired_when_ready(ctx, agent).await?;
+        let now = Timestamp::now();
+        if let CredentialPlan::Keep { recheck_at } = plan::plan(phase, &uid, &want, Some(&facts), &kids, now)
+        {
+            return Ok(keep(facts, &secret_name, now, recheck_at));
+        }
+    }
+
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = secrets
         .get_opt(&secret_name)
@@ -102,19 +195,14 @@ pub async fn reconcile(ctx: &Context, agent: &Agent, phase: AgentPhase) -> Resul
     let facts = existing.as_ref().map(|s| IssuedFacts::from_annotations(&s.annotations().clone()));
     resolve_stale_issues(ctx, &uid, facts.as_ref()).await?;
 
-    // Lifetime caps come from the AgentPolicies: never issue before they are all known.
-    tokio::time::timeout(POLICY_INDEX_WAIT, ctx.authz.wait_ready())
-        .await
-        .map_err(|_| Error::Credentials("the AgentPolicy index is not ready yet; not issuing".into()))?;
-    let want = desired(agent, &ctx.policies.state());
-    let kids: Vec<&str> = issuer.keys.published().map(|k| k.kid()).collect();
+    let want = desired_when_ready(ctx, agent).await?;
     let now = Timestamp::now();
     match plan::plan(phase, &uid, &want, facts.as_ref(), &kids, now) {
         CredentialPlan::Nothing => Ok(CredentialsResult::default()),
-        CredentialPlan::Keep { recheck_at } => Ok(CredentialsResult {
-            status: facts.as_ref().map(|f| status_of(f, &secret_name)),
-            recheck_in: Some(until(now, recheck_at)),
-        }),
+        CredentialPlan::Keep { recheck_at } => match facts {
+            Some(facts) => Ok(keep(facts, &secret_name, now, recheck_at)),
+            None => Ok(CredentialsResult::default()),
+        },
         CredentialPlan::Withdraw => {
             withdraw(ctx, agent, &secrets, existing.as_ref(), facts.as_ref(), phase).await?;
             Ok(CredentialsResult::default())
@@ -124,9 +212,35 @@ pub async fn reconcile(ctx: &Context, agent: &Agent, phase: AgentPhase) -> Resul
             Ok(CredentialsResult {
                 status: Some(status_of(&facts, &secret_name)),
                 recheck_in: facts.refresh_at.map(|r| until(Timestamp::now(), r)),
+                facts: Some(facts),
             })
         }
     }
+}
+
+/// What the agent asks for, once the AgentPolicies that cap its lifetime are all known: never issue before.
+async fn desired_when_ready(ctx: &Context, agent: &Agent) -> Result<Desired> {
+    tokio::time::timeout(POLICY_INDEX_WAIT, ctx.authz.wait_ready())
+        .await
+        .map_err(|_| Error::Credentials("the AgentPolicy index is not ready yet; not issuing".into()))?;
+    Ok(desired(agent, &ctx.policies.state()))
+}
+
+fn keep(facts: IssuedFacts, secret_name: &str, now: Timestamp, recheck_at: Timestamp) -> CredentialsResult {
+    CredentialsResult {
+        status: Some(status_of(&facts, secret_name)),
+        recheck_in: Some(until(now, recheck_at)),
+        facts: Some(facts),
+    }
+}
+
+/// True if an issuance or withdrawal of the agent with `uid` was interrupted: it is closed against the
+/// Secret as read, so the read must happen.
+fn has_open_intents(ctx: &Context, uid: &str) -> bool {
+    ctx.audit
+        .open_intents()
+        .iter()
+        .any(|i| i.object.uid.as_deref() == Some(uid) && i.action.starts_with("credential."))
 }
 
 fn until(now: Timestamp, at: Timestamp) -> Duration {
@@ -422,4 +536,52 @@ pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer
         })?;
     *last = Some((issuer.sequence, std::time::Instant::now()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(issue_key: &str) -> IssuedFacts {
+        IssuedFacts { issue_key: Some(issue_key.into()), ..IssuedFacts::default() }
+    }
+
+    fn summary(issued_at: &str) -> CredentialStatus {
+        CredentialStatus { issued_at: Some(issued_at.into()), ..CredentialStatus::default() }
+    }
+
+    #[test]
+    fn known_credentials_serve_only_the_objects_our_own_writes_produced() {
+        let known = KnownCredentials::default();
+        known.remember("u1", vec!["10".into(), "11".into()], summary("t1"), facts("a"));
+        // The echo of the phase write, then the one of the credentials write: both are ours.
+        assert_eq!(known.recall("u1", Some("10")).map(|k| k.facts), Some(facts("a")));
+        assert_eq!(known.recall("u1", Some("11")).map(|k| k.summary), Some(summary("t1")));
+        assert!(known.recall("u1", Some("11")).is_some(), "a second echo of the same write");
+        // Another incarnation of the name has another UID.
+        assert!(known.recall("u2", Some("11")).is_none());
+
+        // Someone else changed the Agent (or the watch went past our writes): the entry is gone for good.
+        assert!(known.recall("u1", Some("12")).is_none());
+        assert!(known.recall("u1", Some("11")).is_none());
+        known.remember("u1", vec!["13".into()], summary("t2"), facts("b"));
+        assert!(known.recall("u1", None).is_none());
+        assert!(known.recall("u1", Some("13")).is_none());
+
+        known.remember("u1", vec!["14".into()], summary("t3"), facts("c"));
+        known.forget("u1");
+        assert!(known.recall("u1", Some("14")).is_none());
+    }
+
+    #[test]
+    fn known_credentials_expire() {
+        let known = KnownCredentials::default();
+        known.remember("u1", vec!["10".into()], summary("t1"), facts("a"));
+        if let Ok(mut m) = known.0.lock()
+            && let Some(k) = m.get_mut("u1")
+        {
+            k.at = Instant::now().checked_sub(KNOWN_FOR).unwrap();
+        }
+        assert!(known.recall("u1", Some("10")).is_none());
+    }
 }

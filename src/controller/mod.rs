@@ -69,6 +69,9 @@ pub struct Context {
     pub policies: Store<AgentPolicy>,
     /// The authorization index decisions read; the policy status controller reports from it.
     pub authz: Arc<authz::PolicyIndex>,
+    /// What this process's last status writes of each Active agent produced, so the reconciles their own
+    /// echoes cause need neither read the Secret again nor repeat a write.
+    pub known_credentials: credentials::KnownCredentials,
 }
 
 impl Context {
@@ -93,6 +96,7 @@ impl Context {
             bundles_applied: Mutex::new(HashMap::new()),
             policies,
             authz,
+            known_credentials: credentials::KnownCredentials::default(),
         })
     }
 }
