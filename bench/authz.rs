@@ -360,7 +360,8 @@ fn figures(inprocess: &[Value], http_rows: &[Value]) -> Vec<Value> {
                 None,
             ));
         }
-        let (ours, peer) = (rps(row, "ours", "max"), rps(row, "opa", "max").max(rps(row, "opa_other", "max")));
+        let (ours, peer) =
+            (rps(row, "ours", "max"), rps(row, "opa", "max").max(rps(row, "opa_other", "max")));
         out.push(figure(
             format!("context: decision API max HTTP throughput (any p99) vs OPA REST, {n} rules"),
             ours,

@@ -149,6 +149,17 @@ pub struct Record {
     pub hash: String,
 }
 
+/// Lowercase hex SHA-256 of `bytes`, encoded in one pass (the hash of every record is computed on the
+/// writer thread's hot path).
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = digest::digest(&digest::SHA256, bytes);
+    let mut out = [0u8; 64];
+    match hex::encode_to_slice(digest.as_ref(), &mut out).map(|()| std::str::from_utf8(&out)) {
+        Ok(Ok(hex)) => hex.to_owned(),
+        _ => hex::encode(digest.as_ref()),
+    }
+}
+
 impl Record {
     /// Builds the record that follows `prev` and computes its hash.
     ///
@@ -188,7 +199,7 @@ impl Record {
         let mut unsealed = self.clone();
         unsealed.hash.clear();
         let bytes = serde_json::to_vec(&unsealed)?;
-        Ok(hex::encode(digest::digest(&digest::SHA256, &bytes)))
+        Ok(sha256_hex(&bytes))
     }
 
     /// [`Record::seal`] and [`Record::to_line`] in one serialization, for the writer's hot path.
@@ -222,8 +233,10 @@ impl Record {
             prev: prev.to_owned(),
             hash: String::new(),
         };
-        let mut line = serde_json::to_vec(&record)?;
-        record.hash = hex::encode(digest::digest(&digest::SHA256, &line));
+        // Records are a few hundred bytes: one allocation instead of a series of doublings.
+        let mut line = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut line, &record)?;
+        record.hash = sha256_hex(&line);
         if line.ends_with(EMPTY_HASH_TAIL) {
             line.truncate(line.len() - 2);
             line.extend_from_slice(record.hash.as_bytes());

@@ -194,11 +194,14 @@ enum Planned {
 }
 
 impl Batch {
-    fn new(index: &Index) -> Self {
+    /// `buf` is the previous batch's buffer, reused so a steady stream of batches does not grow a new one
+    /// each time.
+    fn new(index: &Index, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         Self {
             seq: index.seq,
             prev: index.hash.clone(),
-            buf: Vec::new(),
+            buf,
             written: Vec::new(),
             opened: HashMap::new(),
             closed: HashMap::new(),
@@ -334,6 +337,8 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     stdout: Option<StdoutSink>,
     rx: mpsc::Receiver<Request>,
+    /// The last batch's buffer, for the next one.
+    spare: Vec<u8>,
 }
 
 impl Writer {
@@ -343,7 +348,7 @@ impl Writer {
         stdout: Option<StdoutSink>,
         rx: mpsc::Receiver<Request>,
     ) -> Self {
-        Self { file, shared, stdout, rx }
+        Self { file, shared, stdout, rx, spare: Vec::new() }
     }
 
     /// Serves batches until every handle is dropped or one asks to close.
@@ -408,7 +413,7 @@ impl Writer {
         let mut waiting = Vec::new();
         let mut staged = {
             let index = self.shared.index();
-            let mut staged = Batch::new(&index);
+            let mut staged = Batch::new(&index, std::mem::take(&mut self.spare));
             for request in batch {
                 match request {
                     Request::Close { reply } => close = close.or(Some(reply)),
@@ -451,6 +456,7 @@ impl Writer {
         if let Some(stdout) = self.stdout.as_ref().filter(|_| !staged.buf.is_empty()) {
             stdout.send(&staged.buf);
         }
+        self.spare = staged.buf;
         close
     }
 

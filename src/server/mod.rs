@@ -17,6 +17,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::identity::issuer::IssuerReceiver;
@@ -168,7 +169,13 @@ pub fn spawn_api(
     let (tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("agentiam-api".into()).spawn(move || {
         let result = runtime.block_on(async move {
-            let listener = TcpListener::from_std(listener)?;
+            // No Nagle delay: a response is one write, and a client that sends its next request only
+            // after the answer should never wait for a delayed ACK (Go's net package, for one, does the same).
+            let listener = TcpListener::from_std(listener)?.tap_io(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+                }
+            });
             axum::serve(listener, router).with_graceful_shutdown(shutdown).await
         });
         let _ = tx.send(result);
