@@ -17,7 +17,7 @@ use super::checkpoint::{Checkpoint, CheckpointError, CheckpointSigner};
 use super::record::{Entry, ObjectRef, Outcome, Record, RecordKind, now_rfc3339};
 use super::stdout::StdoutSink;
 use super::verify::{ChainVerifier, LineError, Problem};
-use super::writer::{Index, Op, Request, Shared, Writer, write_durably};
+use super::writer::{DeferredEntry, Index, Op, Request, Shared, Writer, write_durably};
 
 /// Requests that may queue for the writer before `append` itself waits: backpressure, not a batch size.
 const QUEUE_DEPTH: usize = 4096;
@@ -140,13 +140,30 @@ impl AuditLog {
     /// [`AuditError::Failed`] once the log has failed, [`AuditError::Closed`] after close: the caller must
     /// then refuse what it was about to allow (fail closed).
     pub async fn enqueue(&self, entry: Entry) -> Result<(), AuditError> {
+        self.send_unwaited(Op::Append(entry)).await
+    }
+
+    /// [`AuditLog::enqueue`] with the entry built by `build` on the writer thread: a caller on a latency
+    /// path (the decision API) then spends its own thread only on moving the facts, not on formatting them.
+    /// `build` must be cheap and must not panic (it runs on the writer thread).
+    ///
+    /// # Errors
+    /// As [`AuditLog::enqueue`].
+    pub async fn enqueue_with(
+        &self,
+        build: impl FnOnce() -> Entry + Send + 'static,
+    ) -> Result<(), AuditError> {
+        self.send_unwaited(Op::Deferred(DeferredEntry(Box::new(build)))).await
+    }
+
+    async fn send_unwaited(&self, op: Op) -> Result<(), AuditError> {
         if self.inner.shared.failed.load(Ordering::Acquire) {
             return Err(AuditError::Failed);
         }
         // Nobody waits for the answer, so no reply channel and no wake-up: the writer lingers for more.
         self.inner
             .tx
-            .send(Request::Write { op: Box::new(Op::Append(entry)), reply: None })
+            .send(Request::Write { op: Box::new(op), reply: None })
             .await
             .map_err(|_| AuditError::Closed)
     }

@@ -265,7 +265,12 @@ async fn enqueued_records_are_all_written_in_order_and_refused_after_failure() {
     let log = open(&dir);
     // Far more than the queue holds: enqueue must wait for space, never drop.
     for n in 1..=10_000 {
-        log.enqueue(ok_entry(n)).await.unwrap();
+        if n % 2 == 0 {
+            log.enqueue(ok_entry(n)).await.unwrap();
+        } else {
+            // Built on the writer thread, in queue order like the others.
+            log.enqueue_with(move || ok_entry(n)).await.unwrap();
+        }
     }
     // A waited-for append lands after every queued record, so once it is durable they all are.
     let last = log.append(ok_entry(10_001)).await.unwrap();
@@ -277,4 +282,5 @@ async fn enqueued_records_are_all_written_in_order_and_refused_after_failure() {
     log.fail_next_sync();
     assert!(log.append(ok_entry(1)).await.is_err());
     assert!(matches!(log.enqueue(ok_entry(2)).await, Err(AuditError::Failed)));
+    assert!(matches!(log.enqueue_with(|| ok_entry(3)).await, Err(AuditError::Failed)));
 }

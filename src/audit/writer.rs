@@ -151,8 +151,27 @@ impl Shared {
 #[derive(Debug)]
 pub(super) enum Op {
     Append(Entry),
-    Intent { key: String, entry: Entry },
-    Outcome { key: String, outcome: Outcome, reason: String, details: BTreeMap<String, String> },
+    /// An entry the writer builds itself, so the caller's thread does not (see [`super::AuditLog::enqueue_with`]).
+    Deferred(DeferredEntry),
+    Intent {
+        key: String,
+        entry: Entry,
+    },
+    Outcome {
+        key: String,
+        outcome: Outcome,
+        reason: String,
+        details: BTreeMap<String, String>,
+    },
+}
+
+/// Builds an entry on the writer thread.
+pub(super) struct DeferredEntry(pub(super) Box<dyn FnOnce() -> Entry + Send>);
+
+impl std::fmt::Debug for DeferredEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeferredEntry")
+    }
 }
 
 /// A message to the writer thread.
@@ -246,6 +265,13 @@ impl Batch {
 
     fn plan(&mut self, index: &Index, op: Op) -> Result<Planned, AuditError> {
         let state = match op {
+            Op::Deferred(build) => {
+                let entry = (build.0)();
+                if entry.outcome == Outcome::Pending {
+                    return Err(AuditError::InvalidOutcome("only intents may be pending"));
+                }
+                IntentState::Fresh(self.stage(RecordKind::Event, None, entry)?)
+            }
             Op::Append(entry) => {
                 if entry.outcome == Outcome::Pending {
                     return Err(AuditError::InvalidOutcome("only intents may be pending"));

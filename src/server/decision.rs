@@ -229,8 +229,17 @@ impl Authorizer {
         let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
         let (decision, who) = self.decide(req, context, now, clock);
         let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
-        let entry = audit_entry(req, source, &decision, who, &audit_id);
-        let decision = match self.audit.enqueue(entry).await {
+        let audited = Audited {
+            action: req.action.clone(),
+            resource: req.resource.clone(),
+            tool: req.tool.clone(),
+            context_keys: context_keys(req),
+            source,
+            decision: decision.clone(),
+            who,
+            audit_id: audit_id.clone(),
+        };
+        let decision = match self.audit.enqueue_with(move || audited.entry()).await {
             Ok(()) => decision,
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the decision; denying");
@@ -324,46 +333,67 @@ fn response(decision: Decision, audit_id: String) -> AuthorizeResponse {
     }
 }
 
-/// The decision's audit record. Never the token, never context values (they may hold personal data):
-/// only the context's keys.
-fn audit_entry(req: &AuthorizeRequest, source: Source, d: &Decision, who: Who, audit_id: &str) -> Entry {
-    let known = !who.name.is_empty();
-    let actor =
-        if known { format!("agent:{}/{}", who.namespace, who.name) } else { "unauthenticated".to_owned() };
-    let object = ObjectRef {
-        api_version: "agentiam.dev/v1alpha1".into(),
-        kind: "Agent".into(),
-        namespace: known.then_some(who.namespace),
-        name: if known { who.name } else { "unknown".into() },
-        uid: who.uid,
-    };
-    let outcome = if d.verdict == Verdict::Allow { Outcome::Success } else { Outcome::Denied };
-    let mut e = Entry::new(actor, "authz.decide", object, outcome, d.reason.to_string())
-        .with_detail("auditId", audit_id)
-        .with_detail("decision", d.verdict.as_str())
-        .with_detail("requestAction", req.action.as_str())
-        .with_detail("resource", req.resource.as_str())
-        .with_detail("source", source.as_str());
-    let mut add = |k: &str, v: Option<&str>| {
-        if let Some(v) = v.filter(|v| !v.is_empty()) {
-            e.details.insert(k.to_owned(), v.to_owned());
+/// What a decision's audit record says, moved to the audit writer thread, which formats it (see
+/// [`Audited::entry`]), so the request's own thread does not.
+struct Audited {
+    action: String,
+    resource: String,
+    tool: Option<String>,
+    context_keys: Option<String>,
+    source: Source,
+    decision: Decision,
+    who: Who,
+    audit_id: String,
+}
+
+/// The request context's keys, comma-separated; never its values (they may hold personal data).
+fn context_keys(req: &AuthorizeRequest) -> Option<String> {
+    let ctx = req.context.as_ref().filter(|c| !c.is_empty())?;
+    Some(ctx.keys().map(String::as_str).collect::<Vec<_>>().join(","))
+}
+
+impl Audited {
+    /// The decision's audit record. Never the token, never context values: only the context's keys.
+    fn entry(self) -> Entry {
+        let Self { action, resource, tool, context_keys, source, decision: d, who, audit_id } = self;
+        let known = !who.name.is_empty();
+        let actor = if known {
+            format!("agent:{}/{}", who.namespace, who.name)
+        } else {
+            "unauthenticated".to_owned()
+        };
+        let object = ObjectRef {
+            api_version: "agentiam.dev/v1alpha1".into(),
+            kind: "Agent".into(),
+            namespace: known.then_some(who.namespace),
+            name: if known { who.name } else { "unknown".into() },
+            uid: who.uid,
+        };
+        let outcome = if d.verdict == Verdict::Allow { Outcome::Success } else { Outcome::Denied };
+        let mut e = Entry::new(actor, "authz.decide", object, outcome, d.reason.to_string())
+            .with_detail("auditId", audit_id)
+            .with_detail("decision", d.verdict.as_str())
+            .with_detail("requestAction", action)
+            .with_detail("resource", resource)
+            .with_detail("source", source.as_str());
+        let mut add = |k: &str, v: Option<&str>| {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                e.details.insert(k.to_owned(), v.to_owned());
+            }
+        };
+        add("tool", tool.as_deref());
+        add("policy", d.policy.as_deref());
+        add("rule", d.rule.as_deref());
+        add("audience", Some(&who.audience));
+        add("jti", Some(&who.jti));
+        if let Some(w) = &d.would {
+            add("wouldDecision", Some(w.verdict.as_str()));
+            add("wouldPolicy", w.policy.as_deref());
+            add("wouldRule", w.rule.as_deref());
         }
-    };
-    add("tool", req.tool.as_deref());
-    add("policy", d.policy.as_deref());
-    add("rule", d.rule.as_deref());
-    add("audience", Some(&who.audience));
-    add("jti", Some(&who.jti));
-    if let Some(w) = &d.would {
-        add("wouldDecision", Some(w.verdict.as_str()));
-        add("wouldPolicy", w.policy.as_deref());
-        add("wouldRule", w.rule.as_deref());
+        add("contextKeys", context_keys.as_deref());
+        e
     }
-    if let Some(ctx) = req.context.as_ref().filter(|c| !c.is_empty()) {
-        let keys: Vec<&str> = ctx.keys().map(String::as_str).collect();
-        add("contextKeys", Some(&keys.join(",")));
-    }
-    e
 }
 
 /// Checks the request's fields, naming the bad one.
