@@ -70,8 +70,9 @@ struct RunArgs {
     /// How often the audit head is signed and published to the checkpoint ConfigMap.
     #[arg(long, env = "AGENTIAM_CHECKPOINT_INTERVAL", default_value = "30s")]
     checkpoint_interval: String,
-    /// Address of the HTTP server: /healthz, /readyz and the issuer documents (/.well-known/openid-configuration,
-    /// /keys, /v1/bundle). Plain HTTP: put TLS in front of it for relying parties outside the cluster.
+    /// Address of the HTTP server: /healthz, /readyz, the issuer documents (/.well-known/openid-configuration,
+    /// /keys, /v1/bundle) and the decision API (/v1/authorize, /v1/ext_authz). Plain HTTP: put TLS in front of
+    /// it for relying parties outside the cluster.
     #[arg(long, env = "AGENTIAM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
     /// Threads of the HTTP server's own runtime (decision API, issuer documents, probes), apart from the

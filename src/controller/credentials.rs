@@ -106,7 +106,7 @@ impl KnownCredentials {
     }
 
     /// The entry of `uid` if the Agent in hand is at a `resourceVersion` one of its writes produced, not longer
-    /// than [`KNOWN_FOR`] ago. Otherwise the entry is dropped: the Agent changed since, or it is too old.
+    /// than `KNOWN_FOR` (30 s) ago. Otherwise the entry is dropped: the Agent changed since, or it is too old.
     pub fn recall(&self, uid: &str, resource_version: Option<&str>) -> Option<Known> {
         let mut m = self.0.lock().ok()?;
         let usable = m.get(uid).is_some_and(|k| {
@@ -500,7 +500,7 @@ pub async fn delete_secret(ctx: &Context, agent: &Agent) -> Result<bool> {
 }
 
 /// Keeps the trust bundle ConfigMap of `namespace` at the current issuer snapshot. Applied at most once per
-/// snapshot and namespace (and again after [`BUNDLE_REAPPLY`]): reconciles of agents in the same namespace
+/// snapshot and namespace (and again after `BUNDLE_REAPPLY`): reconciles of agents in the same namespace
 /// that run at once wait for one apply instead of each making their own.
 pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer) -> Result<()> {
     let slot = match ctx.bundles_applied.lock() {
