@@ -217,6 +217,12 @@ impl AuditLog {
         open
     }
 
+    /// Whether any intent without an outcome matches `pred`, looked at in place (no copies: reconciles ask
+    /// this on their hot path).
+    pub fn any_open_intent(&self, pred: impl Fn(&Record) -> bool) -> bool {
+        self.inner.shared.index().open.values().any(pred)
+    }
+
     /// True once a write or sync failed: the log refuses every append until the operator restarts.
     pub fn is_failed(&self) -> bool {
         self.inner.shared.failed.load(Ordering::Acquire)

@@ -145,6 +145,8 @@ async fn intents_are_idempotent_by_key_across_restarts() {
     // After a "crash", the open intent is known and not written twice.
     let log = open(&dir);
     assert_eq!(log.open_intents(), vec![intent.clone()]);
+    assert!(log.any_open_intent(|r| r.key.as_deref() == Some("grant-1")));
+    assert!(!log.any_open_intent(|r| r.key.as_deref() == Some("grant-2")));
     assert_eq!(log.intent("grant-1", ok_entry(1)).await.unwrap(), IntentState::Pending(intent.clone()));
     let details = BTreeMap::from([("jti".to_owned(), "abc".to_owned())]);
     let outcome = log.outcome("grant-1", Outcome::Success, "issued", details).await.unwrap();
@@ -154,6 +156,7 @@ async fn intents_are_idempotent_by_key_across_restarts() {
     );
     assert_eq!((&outcome.actor, &outcome.object), (&intent.actor, &intent.object));
     assert!(log.open_intents().is_empty());
+    assert!(!log.any_open_intent(|_| true));
     let again = log.outcome("grant-1", Outcome::Failure, "late retry", BTreeMap::new()).await.unwrap();
     assert_eq!(again, outcome, "a second outcome returns the first");
     assert_eq!(log.intent("grant-1", ok_entry(1)).await.unwrap(), IntentState::Completed(outcome.clone()));

@@ -237,10 +237,7 @@ fn keep(facts: IssuedFacts, secret_name: &str, now: Timestamp, recheck_at: Times
 /// True if an issuance or withdrawal of the agent with `uid` was interrupted: it is closed against the
 /// Secret as read, so the read must happen.
 fn has_open_intents(ctx: &Context, uid: &str) -> bool {
-    ctx.audit
-        .open_intents()
-        .iter()
-        .any(|i| i.object.uid.as_deref() == Some(uid) && i.action.starts_with("credential."))
+    ctx.audit.any_open_intent(|i| i.object.uid.as_deref() == Some(uid) && i.action.starts_with("credential."))
 }
 
 fn until(now: Timestamp, at: Timestamp) -> Duration {
