@@ -376,9 +376,9 @@ fn repair(file: &mut File, path: &Path, index: &mut Index, torn: &Torn) -> Resul
     .with_detail("offset", torn.offset.to_string())
     .with_detail("bytes", torn.len.to_string())
     .with_detail("sha256", torn.sha256.clone());
-    let record = Record::seal(&index.hash, index.seq + 1, now_rfc3339(), RecordKind::Recovery, None, entry)
-        .map_err(AuditError::Encode)?;
-    let line = record.to_line().map_err(AuditError::Encode)?.into_bytes();
+    let (record, line) =
+        Record::seal_line(&index.hash, index.seq + 1, now_rfc3339(), RecordKind::Recovery, None, entry)
+            .map_err(AuditError::Encode)?;
     write_durably(file, &line)?;
     index.apply(&record, line.len() as u64);
     Ok(line)

@@ -173,7 +173,21 @@ impl Record {
         key: Option<String>,
         entry: Entry,
     ) -> Result<Self, serde_json::Error> {
-        let mut record = Self {
+        let mut record = Self::unsealed(prev, seq, time, kind, key, entry);
+        record.hash = record.compute_hash()?;
+        Ok(record)
+    }
+
+    /// The record with `hash` still empty.
+    fn unsealed(
+        prev: &str,
+        seq: u64,
+        time: String,
+        kind: RecordKind,
+        key: Option<String>,
+        entry: Entry,
+    ) -> Self {
+        Self {
             seq,
             time,
             kind,
@@ -186,9 +200,7 @@ impl Record {
             details: entry.details,
             prev: prev.to_owned(),
             hash: String::new(),
-        };
-        record.hash = record.compute_hash()?;
-        Ok(record)
+        }
     }
 
     /// SHA-256 over the canonical serialization with `hash` set to the empty string, lowercase hex.
@@ -219,20 +231,7 @@ impl Record {
         entry: Entry,
     ) -> Result<(Self, Vec<u8>), serde_json::Error> {
         const EMPTY_HASH_TAIL: &[u8] = br#","hash":""}"#;
-        let mut record = Self {
-            seq,
-            time,
-            kind,
-            key,
-            actor: entry.actor,
-            action: entry.action,
-            object: entry.object,
-            outcome: entry.outcome,
-            reason: entry.reason,
-            details: entry.details,
-            prev: prev.to_owned(),
-            hash: String::new(),
-        };
+        let mut record = Self::unsealed(prev, seq, time, kind, key, entry);
         // Records are a few hundred bytes: one allocation instead of a series of doublings.
         let mut line = Vec::with_capacity(1024);
         serde_json::to_writer(&mut line, &record)?;

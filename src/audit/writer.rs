@@ -263,21 +263,17 @@ impl Batch {
         }
     }
 
+    fn append(&mut self, entry: Entry) -> Result<IntentState, AuditError> {
+        if entry.outcome == Outcome::Pending {
+            return Err(AuditError::InvalidOutcome("only intents may be pending"));
+        }
+        Ok(IntentState::Fresh(self.stage(RecordKind::Event, None, entry)?))
+    }
+
     fn plan(&mut self, index: &Index, op: Op) -> Result<Planned, AuditError> {
         let state = match op {
-            Op::Deferred(build) => {
-                let entry = (build.0)();
-                if entry.outcome == Outcome::Pending {
-                    return Err(AuditError::InvalidOutcome("only intents may be pending"));
-                }
-                IntentState::Fresh(self.stage(RecordKind::Event, None, entry)?)
-            }
-            Op::Append(entry) => {
-                if entry.outcome == Outcome::Pending {
-                    return Err(AuditError::InvalidOutcome("only intents may be pending"));
-                }
-                IntentState::Fresh(self.stage(RecordKind::Event, None, entry)?)
-            }
+            Op::Deferred(build) => self.append((build.0)())?,
+            Op::Append(entry) => self.append(entry)?,
             Op::Intent { key, mut entry } => match self.lookup(index, &key) {
                 Known::Nothing => {
                     entry.outcome = Outcome::Pending;
