@@ -8,7 +8,6 @@ pub mod issuer;
 pub mod mcp;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,22 +96,6 @@ pub fn router_with(
         router = router.merge(decision::routes(authorizer));
     }
     router
-}
-
-/// Binds the HTTP listener, returning the address actually bound (port 0 picks a free one).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
-}
-
-/// Serves the routes until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    health: Health,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await
 }
 
 /// The default number of threads of the HTTP API's runtime: half the CPUs this process may use, at
