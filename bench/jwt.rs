@@ -15,6 +15,10 @@
     missing_docs
 )]
 
+/// The operator binary's allocator (src/bin/agentiam.rs), so these loops allocate the way the operator does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;

@@ -451,7 +451,9 @@ impl<'a> Segments<'a> {
             return Err(TokenError::TooLarge { limit });
         }
         // Refuses padding, whitespace and standard-base64 characters up front, whatever the decoder tolerates.
-        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        // A fold without short-circuit: the compiler vectorizes it, and this scan was a fifth of the parsing.
+        let base64url_or_dot = |b: u8| b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.');
+        if !token.bytes().fold(true, |ok, b| ok & base64url_or_dot(b)) {
             return Err(TokenError::Malformed("token has a character outside base64url"));
         }
         let three = "token does not have exactly three non-empty segments";
