@@ -2,7 +2,9 @@
 //! same API server accepts Secret creates, and with TokenRequest (`kubectl create token` and the API directly).
 //!
 //! `cargo bench --bench issuance` with KUBECONFIG set (bench/run.sh brings the cluster up and sets it).
-//! Order: raw Secret creates (a concurrency sweep), TokenRequest, ours (Agents created while the operator is
+//! Order: raw Secret creates (a concurrency sweep), TokenRequest, the floor (the three writes per agent that no
+//! implementation of issues 2 and 3 can avoid, made by a bare client: the bound on what any operator can reach
+//! here), ours (Agents created while the operator is
 //! stopped, then the release operator started and timed until every `<agent>-credentials` Secret exists), raw
 //! Secret creates again at the best concurrency, so drift of a shared machine shows. Writes
 //! `$BENCH_RESULTS_DIR/issuance.json`. Knobs: BENCH_AGENTS (1000), BENCH_CONCURRENCY (8,32,64),
@@ -26,17 +28,20 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentiam::api::Agent;
+use agentiam::api::{Agent, CredentialStatus};
 use agentiam::identity::jwt::{AgentClaims, DEFAULT_TTL, Minter, SvidClaims};
 use agentiam::identity::keys::SigningKey;
 use agentiam::identity::x509::CertificateAuthority;
 use agentiam::identity::{SpiffeId, TrustDomain};
 use agentiam::registry::credentials as plan;
+use agentiam::registry::status::{Subject, decide};
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 
 use cluster::{Burst, CpuMeter, Settings, burst, create_namespace, metrics_diff, scrape};
@@ -53,11 +58,12 @@ async fn main() {
     let ns_secrets = format!("bench-secrets-{suffix}");
     let ns_tokens = format!("bench-tokens-{suffix}");
     let ns_agents = format!("bench-agents-{suffix}");
+    let ns_floor = format!("bench-floor-{suffix}");
     let mut guard = cluster::Cleanup::new(
-        vec![ns_secrets.clone(), ns_tokens.clone(), ns_agents.clone()],
+        vec![ns_secrets.clone(), ns_tokens.clone(), ns_floor.clone(), ns_agents.clone()],
         ns_agents.clone(),
     );
-    for ns in [&ns_secrets, &ns_tokens, &ns_agents] {
+    for ns in [&ns_secrets, &ns_tokens, &ns_floor, &ns_agents] {
         create_namespace(&client, ns).await;
     }
     let cpu = CpuMeter::new(s.cluster_dir.as_deref());
@@ -129,21 +135,66 @@ async fn main() {
         token_runs.push(run);
     }
 
+    // Peer 3, the floor: the fewest API writes an operator that does what issues 2 and 3 ask can make for a new
+    // agent, by a bare client with no logic and the cheapest verbs: create the credentials Secret (owned by the
+    // Agent), one JSON merge patch of the status (phase Active and the credentials summary together), one Event.
+    // No finalizer, no reads, no audit log. Its rate over the raw Secret create rate bounds what ANY
+    // implementation of those issues can reach on this API server.
+    let floor_agents: Api<Agent> = Api::namespaced(client.clone(), &ns_floor);
+    burst(s.agents, best_c, |i| {
+        let (api, agent) = (floor_agents.clone(), agent_object(i));
+        async move { api.create(&PostParams::default(), &agent).await.map(|_| ()) }
+    })
+    .await;
+    let floor_targets: Vec<Agent> =
+        floor_agents.list(&ListParams::default()).await.expect("list floor agents").items;
+    assert_eq!(floor_targets.len(), s.agents, "floor agents");
+    let floor_writer = Arc::new(FloorWriter::new(&client, &ns_floor, &template));
+    let mut floor_runs = Vec::new();
+    for &c in &s.concurrency {
+        let cpu0 = cpu.sample();
+        let run = burst(s.agents, c, |i| {
+            let (writer, agent) = (Arc::clone(&floor_writer), floor_targets[i].clone());
+            async move { writer.issue(&agent, &format!("c{c}")).await }
+        })
+        .await
+        .with_cpu(cpu.since(&cpu0));
+        println!(
+            "   floor (3 writes)    C={c:<3} {:>8.1}/s  p50 {:.1} ms  p99 {:.1} ms",
+            run.rate, run.p50_ms, run.p99_ms
+        );
+        floor_runs.push(run);
+    }
+    // Each of the floor's writes alone, at the floor's best concurrency: where its cost goes.
+    let floor_c = floor_runs.iter().max_by(|a, b| a.rate.total_cmp(&b.rate)).unwrap().concurrency;
+    let mut floor_parts = Vec::new();
+    for part in ["Secret create (owned by its Agent)", "Agent status merge patch", "Event create"] {
+        let cpu0 = cpu.sample();
+        let run = burst(s.agents, floor_c, |i| {
+            let (writer, agent) = (Arc::clone(&floor_writer), floor_targets[i].clone());
+            async move {
+                match part {
+                    "Event create" => writer.publish(&agent).await,
+                    "Agent status merge patch" => {
+                        let secret = format!("{}-credentials", agent.metadata.name.clone().unwrap());
+                        writer.patch_status(&agent, secret).await
+                    }
+                    _ => writer.create_secret(&agent, "part").await.map(|_| ()),
+                }
+            }
+        })
+        .await
+        .with_cpu(cpu.since(&cpu0))
+        .labelled(part);
+        println!("   floor part: {part:<36} C={floor_c:<3} {:>8.1}/s", run.rate);
+        floor_parts.push(run);
+    }
+
     // Ours: the Agents exist before the operator starts, so the whole backlog is issued in one go.
     let agents: Api<Agent> = Api::namespaced(client.clone(), &ns_agents);
     let cpu0 = cpu.sample();
     let agent_create = burst(s.agents, best_c, |i| {
-        let api = agents.clone();
-        let agent: Agent = serde_json::from_value(json!({
-            "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
-            "metadata": {"name": format!("agent-{i:04}")},
-            "spec": {
-                "owner": {"kind": "User", "name": "alice@example.com"},
-                "purpose": "benchmark agent: answers support tickets",
-                "credentials": {"audiences": [TICKETS, CRM], "x509": false},
-            },
-        }))
-        .unwrap();
+        let (api, agent) = (agents.clone(), agent_object(i));
         async move { api.create(&PostParams::default(), &agent).await.map(|_| ()) }
     })
     .await
@@ -231,6 +282,7 @@ async fn main() {
     let peer_secrets = secret_runs.iter().map(|r| r.rate).fold(0.0, f64::max);
     let peer_tokens = token_runs.iter().map(|r| r.rate).fold(0.0, f64::max);
     let peer_kubectl = kubectl_runs.iter().map(|r| r.rate).fold(0.0, f64::max);
+    let floor = floor_runs.iter().map(|r| r.rate).fold(0.0, f64::max);
     let requests = metrics_diff(&metrics_before, &metrics_after);
     let per_agent = |r: &Value| r.as_f64().unwrap_or(0.0) / s.agents as f64;
     let writes: f64 = requests.iter().filter(|r| r["write"] == true).map(|r| per_agent(&r["count"])).sum();
@@ -250,6 +302,8 @@ async fn main() {
         "token_requests_api": token_runs.iter().map(Burst::to_json).collect::<Vec<_>>(),
         "token_requests_kubectl": kubectl_runs.iter().map(Burst::to_json).collect::<Vec<_>>(),
         "agent_creates": agent_create.to_json(),
+        "floor": floor_runs.iter().map(Burst::to_json).collect::<Vec<_>>(),
+        "floor_parts": floor_parts.iter().map(Burst::to_json).collect::<Vec<_>>(),
         "ours": {
             "agents": n, "seconds_to_all_secrets": issue_secs, "agents_per_s": rate,
             "seconds_to_all_status": status_secs, "startup_seconds": op.startup_seconds,
@@ -265,6 +319,8 @@ async fn main() {
             figure(&format!("{n}-agent credential issuance vs raw Secret create rate"), rate, peer_secrets, "objects/s", Some(0.8)),
             figure(&format!("{n}-agent credential issuance vs TokenRequest via the API (kube-rs)"), rate, peer_tokens, "objects/s", None),
             figure(&format!("{n}-agent credential issuance vs `kubectl create token`"), rate, peer_kubectl, "objects/s", None),
+            figure(&format!("{n}-agent credential issuance vs the floor (the 3 writes per agent issues 2 and 3 require, bare client)"), rate, floor, "objects/s", None),
+            figure("bound: the floor (Secret create + status merge patch + Event per agent) vs raw Secret create rate", floor, peer_secrets, "objects/s", None),
             figure("context: Agent create (CRD, CEL) vs raw Secret create rate", agent_create.rate, peer_secrets, "objects/s", None),
         ],
     });
@@ -275,8 +331,112 @@ async fn main() {
         "issuance {rate:.1} agents/s vs raw Secret creates {peer_secrets:.1}/s = {:.3}x (target 0.8); {writes:.2} API writes per agent",
         rate / peer_secrets
     );
+    println!(
+        "floor {floor:.1} agents/s = {:.3}x raw Secret creates (the bound for any implementation); ours = {:.3}x the floor",
+        floor / peer_secrets,
+        rate / floor
+    );
     println!("wrote {}", path.display());
     guard.run();
+}
+
+/// The Agent the bench creates (the same for ours and the floor): two audiences, no X.509.
+fn agent_object(i: usize) -> Agent {
+    serde_json::from_value(json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": format!("agent-{i:04}")},
+        "spec": {
+            "owner": {"kind": "User", "name": "alice@example.com"},
+            "purpose": "benchmark agent: answers support tickets",
+            "credentials": {"audiences": [TICKETS, CRM], "x509": false},
+        },
+    }))
+    .unwrap()
+}
+
+/// The floor's writes for one agent: what is left of issuance when everything optional is taken away.
+struct FloorWriter {
+    secrets: Api<Secret>,
+    agents: Api<Agent>,
+    recorder: Recorder,
+    template: Secret,
+    trust_domain: TrustDomain,
+    kid: String,
+}
+
+impl FloorWriter {
+    fn new(client: &Client, ns: &str, template: &Secret) -> Self {
+        let reporter = Reporter { controller: "agentiam-bench-floor".into(), instance: None };
+        let kid = template
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(plan::ANNOTATION_KEY_ID))
+            .cloned()
+            .unwrap_or_default();
+        Self {
+            secrets: Api::namespaced(client.clone(), ns),
+            agents: Api::namespaced(client.clone(), ns),
+            recorder: Recorder::new(client.clone(), reporter),
+            template: template.clone(),
+            trust_domain: TrustDomain::parse("cluster.local").unwrap(),
+            kid,
+        }
+    }
+
+    /// Secret create, status merge patch, Event: in the order an operator must make them (the status must not
+    /// announce credentials that are not stored yet). `tag` keeps the Secret names of the runs apart.
+    async fn issue(&self, agent: &Agent, tag: &str) -> Result<(), kube::Error> {
+        let secret_name = self.create_secret(agent, tag).await?;
+        self.patch_status(agent, secret_name).await?;
+        self.publish(agent).await
+    }
+
+    async fn create_secret(&self, agent: &Agent, tag: &str) -> Result<String, kube::Error> {
+        let name = agent.metadata.name.clone().unwrap();
+        let mut secret = self.template.clone();
+        let secret_name = format!("{name}-{tag}-credentials");
+        secret.metadata.name = Some(secret_name.clone());
+        secret.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "agentiam.dev/v1alpha1".into(),
+            kind: "Agent".into(),
+            name,
+            uid: agent.metadata.uid.clone().unwrap(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        self.secrets.create(&PostParams::default(), &secret).await?;
+        Ok(secret_name)
+    }
+
+    /// The status the operator writes for a newly active agent, computed by the same pure function.
+    async fn patch_status(&self, agent: &Agent, secret_name: String) -> Result<(), kube::Error> {
+        let name = agent.metadata.name.clone().unwrap();
+        let uid = agent.metadata.uid.clone().unwrap();
+        let ns = agent.metadata.namespace.clone().unwrap();
+        let now = Timestamp::now();
+        let subject = Subject { namespace: &ns, name: &name, uid: &uid, generation: 1 };
+        let mut status = decide(&self.trust_domain, subject, &agent.spec, None, now).status;
+        status.credentials = Some(CredentialStatus {
+            secret_name: Some(secret_name),
+            issued_at: Some(now.to_string()),
+            expires_at: Some(now.checked_add(DEFAULT_TTL).unwrap().to_string()),
+            key_id: Some(self.kid.clone()),
+        });
+        let patch = Patch::Merge(json!({"status": status}));
+        self.agents.patch_status(&name, &PatchParams::default(), &patch).await.map(|_| ())
+    }
+
+    async fn publish(&self, agent: &Agent) -> Result<(), kube::Error> {
+        let event = KubeEvent {
+            type_: EventType::Normal,
+            reason: "CredentialsIssued".into(),
+            note: Some(format!("issued credentials for 2 audiences, key {}", self.kid)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        self.recorder.publish(&event, &agent.object_ref(&())).await
+    }
 }
 
 /// A Secret shaped like an operator-issued credentials Secret: real tokens for two audiences, a real CA bundle,
