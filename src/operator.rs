@@ -180,12 +180,19 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let audit_for_health = audit.clone();
     let webhook_failed = Arc::new(AtomicBool::new(false));
     let webhook_for_health = Arc::clone(&webhook_failed);
+    // Without a webhook there is nothing to wait for.
+    let webhook_serving = Arc::new(AtomicBool::new(opts.webhook.is_none()));
+    let serving_for_health = Arc::clone(&webhook_serving);
     let health = Health::default()
         .with_check(Arc::new(move || {
             audit_for_health.is_failed().then_some("the audit log failed; restart the operator")
         }))
         .with_check(Arc::new(move || {
             webhook_for_health.load(Ordering::Acquire).then_some("the pod admission webhook stopped")
+        }))
+        .with_check(Arc::new(move || {
+            (!serving_for_health.load(Ordering::Acquire))
+                .then_some("the pod admission webhook is not serving yet")
         }));
     let http_error = |source| StartupError::Http { addr: opts.http_addr, source };
     let listener = std::net::TcpListener::bind(opts.http_addr).map_err(http_error)?;
@@ -225,10 +232,11 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let agent_controller = controller::agent::controller(&ctx);
     let webhook = opts.webhook.clone().map(|settings| {
         let (client, store, failed) = (client.clone(), agent_controller.store(), Arc::clone(&webhook_failed));
+        let serving = Arc::clone(&webhook_serving);
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
             info!(listen = %settings.listen, configuration = %settings.configuration_name, "starting the pod admission webhook");
-            if let Err(e) = crate::webhook::run::run(client, settings, store, stop).await {
+            if let Err(e) = crate::webhook::run::run(client, settings, store, serving, stop).await {
                 // Labelled pods are refused while the webhook is down (failurePolicy Fail); say so loudly.
                 error!(error = %e, "the pod admission webhook stopped");
                 failed.store(true, Ordering::Release);

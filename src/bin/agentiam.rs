@@ -105,6 +105,9 @@ struct RunArgs {
     /// Testing only: pause this long between acting and writing the audit outcome.
     #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_EFFECT", default_value = "0s", hide = true)]
     failpoint_delay_after_effect: String,
+    /// Testing only: start the pod admission webhook this much later.
+    #[arg(long, env = "AGENTIAM_FAILPOINT_WEBHOOK_START_DELAY", default_value = "0s", hide = true)]
+    failpoint_webhook_start_delay: String,
     /// Testing only: evaluate policy time windows at this RFC 3339 instant instead of now.
     #[arg(long, env = "AGENTIAM_FAILPOINT_AUTHZ_TIME", hide = true)]
     failpoint_authz_time: Option<String>,
@@ -144,6 +147,8 @@ fn options(args: RunArgs) -> Result<Options, String> {
         duration_arg("failpoint-delay-after-intent", &args.failpoint_delay_after_intent)?;
     let failpoint_delay_after_effect =
         duration_arg("failpoint-delay-after-effect", &args.failpoint_delay_after_effect)?;
+    let webhook_start_delay =
+        duration_arg("failpoint-webhook-start-delay", &args.failpoint_webhook_start_delay)?;
     let rotation_period = duration_arg("key-rotation-period", &args.key_rotation_period)?;
     let policy = RotationPolicy { rotation_period, ..RotationPolicy::default() };
     policy.validate().map_err(|e| format!("--key-rotation-period: {e}"))?;
@@ -158,12 +163,14 @@ fn options(args: RunArgs) -> Result<Options, String> {
             Some(url) => WebhookClientConfig::Url(url.clone()),
             None => WebhookClientConfig::Service { name: args.webhook_service.clone(), port: 443 },
         };
-        WebhookSettings::new(
+        let mut settings = WebhookSettings::new(
             args.namespace.clone(),
             args.watch_namespace.clone(),
             client_config,
             args.webhook_listen,
-        )
+        );
+        settings.start_delay = webhook_start_delay;
+        settings
     });
     if let Some(url) = &args.webhook_url
         && !url.starts_with("https://")

@@ -74,6 +74,9 @@ pub struct WebhookSettings {
     pub renewal: RenewalPolicy,
     /// How often renewal is checked and the configuration re-applied.
     pub check_interval: Duration,
+    /// Testing only: wait this long before starting (zero in production). Lets a test hold the operator in
+    /// the window where it runs but the webhook does not serve yet.
+    pub start_delay: Duration,
 }
 
 impl WebhookSettings {
@@ -98,6 +101,7 @@ impl WebhookSettings {
             tls_secret: SECRET_NAME.to_owned(),
             renewal: RenewalPolicy::default(),
             check_interval: DEFAULT_CHECK_INTERVAL,
+            start_delay: Duration::ZERO,
         }
     }
 

@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use jiff::Timestamp;
 use kube::Client;
@@ -77,14 +79,18 @@ impl WebhookError {
 ///
 /// Startup errors are returned; renewal errors are logged and retried at the next check (the leaf is renewed
 /// with a third of its lifetime to spare). The configuration is left in place on shutdown (see
-/// [`config`]).
+/// [`config`]). `serving` is set once (c) has begun; the operator's readiness waits for it.
 pub async fn run(
     client: Client,
     settings: WebhookSettings,
     store: Store<Agent>,
+    serving: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
     settings.renewal.check()?;
+    if !settings.start_delay.is_zero() {
+        tokio::time::sleep(settings.start_delay).await;
+    }
     let certs = secret::ensure(&client, &settings, None, Timestamp::now()).await?;
     let handle = CertHandle::new(&certs)?;
     let (listener, addr) = server::bind(settings.listen).await?;
@@ -101,6 +107,10 @@ pub async fn run(
     let mut server = tokio::spawn(server::serve_listener(listener, handle.clone(), store, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
+    // Only now: the listener is bound, the server task runs and the API server has the configuration with this
+    // caBundle. Until this point /readyz says not ready, so a Service never routes admissions to a pod that
+    // cannot answer them yet.
+    serving.store(true, Ordering::Release);
     let mut served = certs;
     let mut ticks = tokio::time::interval(settings.check_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -5,7 +5,7 @@ use agentiam::api::Agent;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
-use crate::harness::{Operator, TestNs, WAIT, basic_spec, text, wait_credentials, wait_for};
+use crate::harness::{Operator, TestNs, WAIT, basic_spec, http_get, text, wait_credentials, wait_for};
 use crate::require_cluster;
 
 fn pod(name: &str, agent: &str, sa: Option<&str>) -> String {
@@ -29,6 +29,38 @@ async fn wait_webhook_ready(env: &crate::harness::Env, ns: &TestNs) {
         t.contains("has no Agent of that name").then_some(())
     })
     .await;
+}
+
+/// Readiness waits for the webhook: a Service in front of the operator routes admissions only to ready pods, so
+/// once /readyz answers 200 the very first labelled pod must already be judged by the webhook. The failpoint
+/// holds the webhook back for 3 s after "operator running", so the window in which the operator runs but the
+/// webhook does not serve is wide enough to look at. (Before, the operator said ready in that window, and a
+/// pod sent to it then was admitted unchecked.)
+#[tokio::test]
+async fn the_operator_is_ready_only_once_the_webhook_serves() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "wh-ready").await;
+    let op = Operator::start(&env, &ns.name, &["--failpoint-webhook-start-delay", "3s"]);
+    let (status, _, body) = http_get(&op.http_addr, "/readyz").await;
+    assert_eq!(status, 503, "ready before the webhook serves: {body}");
+    assert!(body.contains("the pod admission webhook is not serving yet"), "{body}");
+    assert!(!op.stderr().contains("serving the pod admission webhook"), "{}", op.stderr());
+    wait_for("/readyz to answer 200", WAIT, || async {
+        let (status, _, body) = http_get(&op.http_addr, "/readyz").await;
+        assert!(
+            status == 200 || body.contains("the pod admission webhook is not serving yet"),
+            "{status} {body}"
+        );
+        (status == 200).then_some(())
+    })
+    .await;
+    // One attempt, no retry.
+    let out = env.kubectl(
+        &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+        Some(&pod("probe", "nobody", None)),
+    );
+    assert!(!out.status.success(), "admitted without the webhook: {}", text(&out));
+    assert!(text(&out).contains("has no Agent of that name"), "{}", text(&out));
 }
 
 #[tokio::test]
