@@ -8,6 +8,7 @@
 //! stopped, then the release operator started and timed until every `<agent>-credentials` Secret exists), raw
 //! Secret creates again at the best concurrency, so drift of a shared machine shows. Writes
 //! `$BENCH_RESULTS_DIR/issuance.json`. Knobs: BENCH_AGENTS (1000), BENCH_CONCURRENCY (8,32,64),
+//! BENCH_FLOOR_CONCURRENCY (4,8,16,32,64),
 //! BENCH_KUBECTL_TOKENS (100), BENCH_KUBECTL_CONCURRENCY (8,32), BENCH_API_TOKENS (1000), BENCH_TIMEOUT_SECS
 //! (900), AGENTIAM_BIN (target/release/agentiam), KUBECTL (kubectl), AGENTIAM_CLUSTER_DIR (for CPU times).
 
@@ -151,7 +152,8 @@ async fn main() {
     assert_eq!(floor_targets.len(), s.agents, "floor agents");
     let floor_writer = Arc::new(FloorWriter::new(&client, &ns_floor, &template));
     let mut floor_runs = Vec::new();
-    for &c in &s.concurrency {
+    // A wider sweep than the raw creates': its best run is a bound, so it must not be missed by a coarse grid.
+    for &c in &s.floor_concurrency {
         let cpu0 = cpu.sample();
         let run = burst(s.agents, c, |i| {
             let (writer, agent) = (Arc::clone(&floor_writer), floor_targets[i].clone());
@@ -295,7 +297,7 @@ async fn main() {
     let n = s.agents;
     let fragment = json!({
         "bench": "issuance",
-        "config": {"agents": n, "concurrency": s.concurrency, "kubectl_tokens": s.kubectl_tokens,
+        "config": {"agents": n, "concurrency": s.concurrency, "floor_concurrency": s.floor_concurrency, "kubectl_tokens": s.kubectl_tokens,
             "kubectl_concurrency": s.kubectl_concurrency, "api_tokens": s.api_tokens, "poll_ms": 200},
         "raw_secret_creates": secret_runs.iter().map(Burst::to_json).collect::<Vec<_>>(),
         "secret_bytes": template_bytes(&template),
