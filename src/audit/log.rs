@@ -217,6 +217,15 @@ impl AuditLog {
         open
     }
 
+    /// The intents without an outcome that match `pred`, oldest first. Only the matches are copied: a
+    /// reconcile asks for the few intents of its own object while hundreds of others may be open.
+    pub fn open_intents_matching(&self, pred: impl Fn(&Record) -> bool) -> Vec<Record> {
+        let mut open: Vec<Record> =
+            self.inner.shared.index().open.values().filter(|r| pred(r)).cloned().collect();
+        open.sort_by_key(|record| record.seq);
+        open
+    }
+
     /// Whether any intent without an outcome matches `pred`, looked at in place (no copies: reconciles ask
     /// this on their hot path).
     pub fn any_open_intent(&self, pred: impl Fn(&Record) -> bool) -> bool {

@@ -130,6 +130,26 @@ async fn other_damage_fails_closed_naming_the_line() {
 }
 
 #[tokio::test]
+async fn open_intents_matching_copies_only_the_matches_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let mut made = Vec::new();
+    for key in ["a-1", "b-1", "a-2", "b-2"] {
+        let IntentState::Fresh(intent) = log.intent(key, ok_entry(1)).await.unwrap() else { panic!("{key}") };
+        made.push(intent);
+    }
+    log.outcome("a-2", Outcome::Success, "done", BTreeMap::new()).await.unwrap();
+    let a = log.open_intents_matching(|r| r.key.as_deref().is_some_and(|k| k.starts_with("a-")));
+    assert_eq!(a, vec![made[0].clone()], "a-2 is closed");
+    let b = log.open_intents_matching(|r| r.key.as_deref().is_some_and(|k| k.starts_with("b-")));
+    assert_eq!(b, vec![made[1].clone(), made[3].clone()]);
+    assert!(b[0].seq < b[1].seq);
+    assert!(log.open_intents_matching(|_| false).is_empty());
+    assert_eq!(log.open_intents_matching(|_| true), log.open_intents());
+    log.close().await;
+}
+
+#[tokio::test]
 async fn intents_are_idempotent_by_key_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&dir);

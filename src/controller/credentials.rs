@@ -246,11 +246,8 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 
 /// Closes issuance intents left open by an interruption: the issuance happened iff the Secret carries its key.
 async fn resolve_stale_issues(ctx: &Context, uid: &str, facts: Option<&IssuedFacts>) -> Result<()> {
-    for intent in ctx.audit.open_intents() {
+    for intent in ctx.audit.open_intents_matching(|i| i.object.uid.as_deref() == Some(uid)) {
         let Some(key) = intent.key.as_deref() else { continue };
-        if intent.object.uid.as_deref() != Some(uid) {
-            continue;
-        }
         if intent.action == "credential.withdraw" {
             // A withdrawal is confirmed once no Secret is left; otherwise the withdrawal in progress reuses the
             // same key and completes it.

@@ -117,13 +117,12 @@ pub async fn resolve_for_agent(
     uid: &str,
     in_progress: Option<&str>,
 ) -> Result<()> {
-    for intent in ctx.audit.open_intents() {
-        // Only the registry's own intents: credential intents are resolved against the Secret by the
-        // credentials step, which can see whether the issuance reached it.
-        let ours = intent.key.as_deref().is_some_and(|k| k.starts_with("agent."));
-        if intent.object.uid.as_deref() != Some(uid) || !ours {
-            continue;
-        }
+    // Only the registry's own intents: credential intents are resolved against the Secret by the credentials
+    // step, which can see whether the issuance reached it.
+    let mine = |i: &Record| {
+        i.object.uid.as_deref() == Some(uid) && i.key.as_deref().is_some_and(|k| k.starts_with("agent."))
+    };
+    for intent in ctx.audit.open_intents_matching(mine) {
         close(ctx, &intent, resolve_key(&intent, Some((uid, agent.status.as_ref())), in_progress)).await?;
     }
     Ok(())
