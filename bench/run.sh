@@ -285,7 +285,7 @@ if iss:
           f'not watch. Best: **{fmt(best["rate"])} agents/s at concurrency {best["concurrency"]}, '
           f'{best["rate"] / raw_best:.3f}x the best raw Secret create rate**: no implementation of those issues can '
           f'reach more on this API server, so the 0.8x target is out of reach by construction. The "part alone" rows '
-          f'show each of the three writes by itself at the same concurrency.\n')
+          f'show each of the three writes by itself at the same concurrency.')
     w(f'\nOurs: all {n} Secrets {fmt(ours["seconds_to_all_secrets"], 2)} s after "operator running" '
       f'(**{fmt(ours["agents_per_s"])} agents/s**); the first Secret after {fmt(ours["first_secret_seconds"], 2)} s; '
       f'{fmt(ours["steady_10_90_agents_per_s"])} agents/s between 10% and 90% of the Secrets; every status reports its '
