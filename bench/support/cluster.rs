@@ -421,8 +421,30 @@ async fn cleanup_namespaces(namespaces: Vec<String>, agents_ns: String) {
         .collect::<Vec<()>>()
         .await;
     let all: Api<Namespace> = Api::all(client);
-    for ns in namespaces {
-        let _ = all.delete(&ns, &DeleteParams::default()).await;
+    for ns in &namespaces {
+        let _ = all.delete(ns, &DeleteParams::default()).await;
     }
-    println!("   cleanup: deleted the bench namespaces");
+    // Wait until they are gone: bench/run.sh stops the cluster right after, and a namespace still terminating
+    // then keeps its thousands of Agents in etcd for the next operator on this cluster (`make run`) to work
+    // through.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(300);
+    let mut left = namespaces;
+    while !left.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for ns in left {
+            if !matches!(all.get_opt(&ns).await, Ok(None)) {
+                still.push(ns);
+            }
+        }
+        left = still;
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if left.is_empty() {
+        println!("   cleanup: deleted the bench namespaces ({:.1} s)", started.elapsed().as_secs_f64());
+    } else {
+        println!("   warning: still terminating after 300 s: {}; delete them by hand", left.join(", "));
+    }
 }
