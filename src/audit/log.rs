@@ -212,9 +212,7 @@ impl AuditLog {
 
     /// Intents without an outcome, oldest first: after a crash, the side effects to check and resolve.
     pub fn open_intents(&self) -> Vec<Record> {
-        let mut open: Vec<Record> = self.inner.shared.index().open.values().cloned().collect();
-        open.sort_by_key(|record| record.seq);
-        open
+        self.open_intents_matching(|_| true)
     }
 
     /// The intents without an outcome that match `pred`, oldest first. Only the matches are copied: a
