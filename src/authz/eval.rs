@@ -29,6 +29,7 @@ use crate::api::{AgentPhase, DesiredState, Effect, PolicyMode, RevocationMode};
 use super::compile::CompiledRule;
 use super::index::{AgentFacts, Candidate, NO_PATTERN, RuleSet, Snapshot};
 use super::ratelimit::RateLimiter;
+use super::resource;
 
 /// The outcome of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -317,6 +318,14 @@ fn evaluate(
 ) -> Decision {
     if set.enforce_policies == 0 && set.audit_policies == 0 {
         return Decision::deny(Reason::NoPolicy);
+    }
+    // The surfaces canonicalise before asking; an embedding caller that did not must not get a match on a
+    // resource that a server reading it as a path resolves elsewhere (see `resource`).
+    if !resource::is_canonical(request.resource) {
+        return Decision::deny(Reason::Refused(format!(
+            "resource {:?} is not in canonical form; canonicalise it first",
+            request.resource
+        )));
     }
     let segments: Vec<&str> = request.resource.split('/').collect();
     let first = segments.first().copied().unwrap_or_default();

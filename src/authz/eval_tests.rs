@@ -497,3 +497,21 @@ fn tokens_issued_before_the_latest_activation_are_refused() {
     assert_eq!(decide(at(Some("2026-11-30T09:05:00Z"))).verdict, Verdict::Allow);
     assert_eq!(decide(at(None)).reason, Reason::IssuedBeforeActivation, "no iat: fail closed");
 }
+
+#[test]
+fn the_engine_itself_denies_resources_that_are_not_canonical() {
+    // Even under an allow-everything rule: an embedding caller that skipped canonicalisation gets no Allow.
+    let p = policy(
+        "p",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([{"name": "all", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+    );
+    let w = World::new(&[bot()], &[p], &[]);
+    assert_eq!(w.verdict("read", "crm:contacts/1"), Verdict::Allow);
+    for r in ["crm:contacts/../admin", "crm:contacts/", "crm:contacts/%2e%2e", "crm\\x", "crm//x", "/crm"] {
+        let d = w.ask("bot", "read", r, None, json!({}));
+        assert_eq!(d.verdict, Verdict::Deny, "{r:?}");
+        assert!(d.reason.to_string().contains("canonical"), "{r:?}: {}", d.reason);
+    }
+}

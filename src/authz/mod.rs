@@ -1,5 +1,6 @@
 //! Authorization: AgentPolicy compilation, the in-memory index, and evaluation. No I/O.
 //!
+//! - [`resource`] defines the one canonical resource grammar every request and every pattern must follow.
 //! - [`compile`](compile::compile) turns an `AgentPolicy` into rules with parsed patterns, time zones,
 //!   numbers and rate limits, collecting every error; a policy with errors denies everything.
 //! - [`Builder`] arranges Agents, compiled policies and Revocations into an immutable [`Snapshot`]: per
@@ -17,6 +18,7 @@ pub mod eval;
 pub mod index;
 pub mod pattern;
 pub mod ratelimit;
+pub mod resource;
 
 #[cfg(test)]
 mod eval_tests;

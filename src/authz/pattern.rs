@@ -5,9 +5,14 @@
 //! included), and a `*` inside a segment matches any run of characters within that segment (`contacts-*`).
 //! A segment that ends in `**` after literal text (`crm:**`) is short for `crm:*/**`: a first segment
 //! starting with `crm:`, then any depth. Everything else is literal. Tool names are matched as one segment with the same in-segment glob.
+//!
+//! Resources are matched in their canonical form ([`super::resource`]), so a pattern whose text is not
+//! canonical (`crm:contacts/`, `a/../b`, `a/%2e`, a backslash) could never match and is refused.
 
 use std::fmt;
 use std::ops::Add;
+
+use super::resource::{PatternTextError, check_pattern};
 
 /// Most segments a pattern may have; bounds the matcher's work together with [`MAX_DEEP_WILDCARDS`].
 pub const MAX_SEGMENTS: usize = 32;
@@ -32,6 +37,9 @@ pub enum PatternError {
     /// A control character.
     #[error("contains a control character")]
     ControlCharacter,
+    /// Text no canonical resource has (see [`super::resource`]).
+    #[error("{0}")]
+    NotCanonical(#[from] PatternTextError),
 }
 
 /// One compiled segment.
@@ -63,6 +71,7 @@ impl ResourcePattern {
         if pattern.chars().any(char::is_control) {
             return Err(PatternError::ControlCharacter);
         }
+        check_pattern(pattern)?;
         let mut segments = Vec::new();
         let mut deep = 0;
         for raw in pattern.split('/') {
@@ -266,10 +275,35 @@ mod tests {
         assert!(matches!(ResourcePattern::parse("a/x**y"), Err(PatternError::MixedDeepWildcard(_))));
         assert!(matches!(ResourcePattern::parse("a/x*y**"), Err(PatternError::MixedDeepWildcard(_))));
         assert_eq!(ResourcePattern::parse("a/**/b/**/c/**/d"), Err(PatternError::TooManyDeepWildcards));
-        assert_eq!(ResourcePattern::parse(&"a/".repeat(40)), Err(PatternError::TooManySegments));
+        assert_eq!(ResourcePattern::parse(&"a/".repeat(40).add("a")), Err(PatternError::TooManySegments));
         assert_eq!(ResourcePattern::parse("a\nb"), Err(PatternError::ControlCharacter));
         // Adjacent ** collapse, so they do not count twice.
         assert!(ResourcePattern::parse("a/**/**/**/b").is_ok());
+    }
+
+    #[test]
+    fn patterns_that_no_canonical_resource_matches_are_refused() {
+        for bad in [
+            "crm:contacts/",
+            "crm:contacts//*",
+            "/crm/*",
+            "crm:contacts/../*",
+            "crm:contacts/./*",
+            "crm:contacts/%2e%2e/*",
+            "crm:contacts/%2F*",
+            "crm:contacts\\*",
+            "crm:contacts/%41",
+            "crm:contacts/*;x",
+            "crm:contacts/\u{FF0F}*",
+        ] {
+            assert!(
+                matches!(ResourcePattern::parse(bad), Err(PatternError::NotCanonical(_))),
+                "{bad:?}: {:?}",
+                ResourcePattern::parse(bad)
+            );
+        }
+        let e = ResourcePattern::parse("crm:contacts/").unwrap_err().to_string();
+        assert!(e.contains("not in canonical form"), "{e}");
     }
 
     #[test]
