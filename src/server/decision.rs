@@ -9,6 +9,7 @@
 //! evaluation. If the audit record cannot be queued (the log failed), the answer is Deny: nothing is
 //! allowed that is not recorded.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditLog, Entry, ObjectRef, Outcome};
+use crate::authz::resource::{self, MAX_RESOURCE_BYTES};
 use crate::authz::{Clock, Decision, RateLimiter, Reason, Request, Subject, Verdict};
 use crate::controller::authz::PolicyIndex;
 use crate::identity::TrustDomain;
@@ -222,7 +224,9 @@ impl Authorizer {
         req: &AuthorizeRequest,
         source: Source,
     ) -> Result<AuthorizeResponse, BadRequest> {
-        validate(req, source)?;
+        // From here on the request is the canonical one: decided, audited and answered as such.
+        let canonical = validate(req, source)?;
+        let req: &AuthorizeRequest = &canonical;
         let empty = Map::new();
         let context = req.context.as_ref().unwrap_or(&empty);
         let now = Timestamp::now();
@@ -396,8 +400,9 @@ impl Audited {
     }
 }
 
-/// Checks the request's fields, naming the bad one.
-pub fn validate(req: &AuthorizeRequest, source: Source) -> Result<(), BadRequest> {
+/// Checks the request's fields, naming the bad one, and returns it with its resource in canonical form
+/// (borrowed when it already was; see [`resource`] for the grammar and what is canonicalised).
+pub fn validate(req: &AuthorizeRequest, source: Source) -> Result<Cow<'_, AuthorizeRequest>, BadRequest> {
     let bad = |m: String| Err(BadRequest(m));
     if source == Source::Api && req.token.is_empty() {
         return bad("token is required".into());
@@ -409,9 +414,14 @@ pub fn validate(req: &AuthorizeRequest, source: Source) -> Result<(), BadRequest
     if req.action.is_empty() || req.action.len() > 63 || !action_ok(&req.action) {
         return bad("action must be 1-63 characters of letters, digits, '.', '_', ':' and '-'".into());
     }
-    if req.resource.is_empty() || req.resource.len() > 1024 || req.resource.chars().any(char::is_control) {
-        return bad("resource must be 1-1024 characters without control characters".into());
-    }
+    let canonical = match resource::canonical(&req.resource) {
+        Ok(c) => c,
+        Err(resource::ResourceError::Empty) => return bad("resource is required".into()),
+        Err(resource::ResourceError::TooLong) => {
+            return bad(format!("resource is longer than {MAX_RESOURCE_BYTES} bytes"));
+        }
+        Err(e) => return bad(format!("resource {:?} {e}", req.resource)),
+    };
     if let Some(t) = &req.tool
         && (t.is_empty() || t.len() > 253 || t.chars().any(char::is_control))
     {
@@ -430,7 +440,10 @@ pub fn validate(req: &AuthorizeRequest, source: Source) -> Result<(), BadRequest
             return bad(format!("context is nested deeper than {MAX_CONTEXT_DEPTH} levels"));
         }
     }
-    Ok(())
+    Ok(match canonical {
+        Cow::Borrowed(r) if r.len() == req.resource.len() => Cow::Borrowed(req),
+        c => Cow::Owned(AuthorizeRequest { resource: c.into_owned(), ..req.clone() }),
+    })
 }
 
 fn depth(v: &Value) -> usize {
@@ -477,42 +490,138 @@ async fn authorize(State(authorizer): State<Arc<Authorizer>>, request: HttpReque
     }
 }
 
+/// Why an ext_authz request is answered without a decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtAuthzRefusal {
+    /// Input the decision depends on cannot be read (a header sent twice or not visible ASCII, a bad
+    /// `Host`): HTTP 400, never "absent", so nothing falls back to a default.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A readable request the mapping will not judge (a cut body, a JSON-RPC batch): HTTP 403, a denial.
+    #[error("{0}")]
+    Denied(String),
+}
+
+/// The headers an ext_authz decision depends on. Each must be sent at most once and be visible ASCII.
+pub const DECISION_HEADERS: [&str; 5] =
+    ["authorization", "x-agentiam-action", "x-agentiam-resource", "x-agentiam-audience", PARTIAL_BODY_HEADER];
+/// Set by Envoy when it cut the body at `max_request_bytes`.
+const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+
+/// One header the decision depends on: None when absent, an error naming it when it cannot be read. A
+/// header sent twice is refused rather than picked from: a gateway that adds its own copy next to a
+/// client's would otherwise let the order of the two decide.
+fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ExtAuthzRefusal> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ExtAuthzRefusal::BadRequest(format!(
+            "header {name} was sent more than once; the decision depends on it, so it must be sent once"
+        )));
+    }
+    first.to_str().map(Some).map_err(|_| {
+        ExtAuthzRefusal::BadRequest(format!(
+            "header {name} is not visible ASCII; the decision depends on it, so it must be readable"
+        ))
+    })
+}
+
+/// The `Host` header as the first resource segment: lowercased (host names are case-insensitive, and a
+/// Deny on `crm/...` must not be escaped with `Host: CRM`), with any port kept as sent. Anything but a host
+/// name, IPv4 or bracketed IPv6 address and an optional port is refused, so `Host` cannot add segments.
+fn host_segment(host: &str) -> Result<String, ExtAuthzRefusal> {
+    let bad = |why: &str| ExtAuthzRefusal::BadRequest(format!("header host {host:?} {why}"));
+    let host = host.to_ascii_lowercase();
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, after) = rest.split_once(']').ok_or_else(|| bad("has an unclosed \"[\""))?;
+            if ip.is_empty() || !ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                return Err(bad("is not a bracketed IPv6 address"));
+            }
+            let port = match after {
+                "" => None,
+                // Whatever follows "]" must be ":port"; anything else fails the port check below.
+                a => Some(a.strip_prefix(':').unwrap_or_default()),
+            };
+            (None, port)
+        }
+        None => match host.split_once(':') {
+            Some((name, port)) => (Some(name.to_owned()), Some(port)),
+            None => (Some(host.clone()), None),
+        },
+    };
+    if let Some(name) = &name {
+        let label_ok =
+            |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !name.split('.').all(label_ok) {
+            return Err(bad(
+                "is not a host name (letters, digits, '-', '_' in dot-separated labels, no trailing dot)",
+            ));
+        }
+    }
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad("has a port that is not 1-5 digits"));
+    }
+    Ok(host)
+}
+
 /// The ext_authz mapping of an HTTP request (see docs/authorization.md): token from `Authorization:
 /// Bearer`, action from `x-agentiam-action` or the method, resource from `x-agentiam-resource` or
 /// host + path, audience from `x-agentiam-audience`; an MCP JSON-RPC body sets action, tool and context.
+/// The resource is returned as sent; [`validate`] canonicalises it like every other resource.
 pub fn ext_authz_request(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(AuthorizeRequest, Source), String> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if header("x-envoy-auth-partial-body").as_deref() == Some("true") {
-        return Err("the request body was cut short (raise max_request_bytes); it cannot be judged".into());
+) -> Result<(AuthorizeRequest, Source), ExtAuthzRefusal> {
+    let header = |name: &str| single_header(headers, name);
+    match header(PARTIAL_BODY_HEADER)? {
+        None | Some("false") => {}
+        Some("true") => {
+            return Err(ExtAuthzRefusal::Denied(
+                "the request body was cut short (raise max_request_bytes); it cannot be judged".into(),
+            ));
+        }
+        Some(other) => {
+            return Err(ExtAuthzRefusal::BadRequest(format!(
+                "header {PARTIAL_BODY_HEADER} is {other:?}, not \"true\" or \"false\""
+            )));
+        }
     }
-    let token = header("authorization")
+    let token = header("authorization")?
         .and_then(|h| {
             let (scheme, rest) = h.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
         })
         .unwrap_or_default();
-    let action = header("x-agentiam-action").unwrap_or_else(|| verb_of(method).to_owned());
-    let resource = header("x-agentiam-resource").unwrap_or_else(|| {
-        let host = header("host").unwrap_or_default();
-        let path = path.strip_prefix(EXT_AUTHZ_PREFIX).unwrap_or(path);
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        format!("{host}{path}")
-    });
+    let action = header("x-agentiam-action")?.map_or_else(|| verb_of(method).to_owned(), str::to_owned);
+    let resource = match header("x-agentiam-resource")? {
+        Some(r) => r.to_owned(),
+        None => {
+            let Some(host) = single_header(headers, header::HOST.as_str())? else {
+                return Err(ExtAuthzRefusal::BadRequest(
+                    "no host header and no x-agentiam-resource: the resource cannot be derived".into(),
+                ));
+            };
+            let host = host_segment(host)?;
+            let path = path.strip_prefix(EXT_AUTHZ_PREFIX).unwrap_or(path);
+            let path = path.split(['?', '#']).next().unwrap_or_default();
+            format!("{host}{path}")
+        }
+    };
     let mut req = AuthorizeRequest {
         token,
         action,
         resource,
-        audience: header("x-agentiam-audience"),
+        audience: header("x-agentiam-audience")?.map(str::to_owned),
         ..Default::default()
     };
     match mcp::map_body(body) {
         Mapping::NotJsonRpc => Ok((req, Source::ExtAuthz)),
-        Mapping::Refused(why) => Err(why.to_owned()),
+        Mapping::Refused(why) => Err(ExtAuthzRefusal::Denied(why.to_owned())),
         Mapping::Call { action, tool, arguments } => {
             req.action = action;
             req.tool = tool;
@@ -533,25 +642,31 @@ fn verb_of(method: &Method) -> &'static str {
     }
 }
 
+/// An ext_authz answer without a decision: Deny, with the reason as header and body.
+fn ext_authz_refused(status: StatusCode, why: String) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(HeaderName::from_static("x-agentiam-decision"), HeaderValue::from_static("Deny"));
+    insert(&mut headers, "x-agentiam-reason", &why);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    (status, headers, why).into_response()
+}
+
 async fn ext_authz(State(authorizer): State<Arc<Authorizer>>, request: HttpRequest) -> Response {
     let (parts, body) = request.into_parts();
-    let denied = |why: String| {
-        let mut headers = HeaderMap::new();
-        headers.insert(HeaderName::from_static("x-agentiam-decision"), HeaderValue::from_static("Deny"));
-        insert(&mut headers, "x-agentiam-reason", &why);
-        (StatusCode::FORBIDDEN, headers, why).into_response()
-    };
     let bytes = match read_body(body).await {
         Ok(b) => b,
-        Err(m) => return denied(m),
+        Err(m) => return ext_authz_refused(StatusCode::FORBIDDEN, m),
     };
     let (req, source) = match ext_authz_request(&parts.method, parts.uri.path(), &parts.headers, &bytes) {
         Ok(r) => r,
-        Err(why) => return denied(why),
+        Err(ExtAuthzRefusal::BadRequest(m)) => return ext_authz_refused(StatusCode::BAD_REQUEST, m),
+        Err(ExtAuthzRefusal::Denied(m)) => return ext_authz_refused(StatusCode::FORBIDDEN, m),
     };
     let resp = match authorizer.authorize(&req, source).await {
         Ok(r) => r,
-        Err(BadRequest(m)) => return denied(m),
+        // Bad input (an action header with odd characters, a resource outside the grammar) is a 400 here
+        // as on /v1/authorize; Envoy passes the status on to the client, and a 4xx is a denial either way.
+        Err(BadRequest(m)) => return ext_authz_refused(StatusCode::BAD_REQUEST, m),
     };
     let mut headers = HeaderMap::new();
     insert(&mut headers, "x-agentiam-decision", resp.decision.as_str());

@@ -203,7 +203,11 @@ async fn bad_input_is_a_400_naming_the_problem_never_an_allow() {
         (Body::from(json!({"token": token, "action": "", "resource": "x"}).to_string()), "action must be"),
         (
             Body::from(json!({"token": token, "action": "read", "resource": "a\nb"}).to_string()),
-            "resource must be",
+            "resource \"a\\nb\" contains the control or invisible character U+000A",
+        ),
+        (
+            Body::from(json!({"token": token, "action": "read", "resource": ""}).to_string()),
+            "resource is required",
         ),
         (Body::from(json!({"token": token, "resource": "x"}).to_string()), "missing field `action`"),
         (
@@ -303,4 +307,147 @@ async fn ext_authz_maps_http_and_mcp_requests() {
     let mut partial = req("POST", "/v1/ext_authz/mcp", true, call("search_contacts", 1));
     partial.headers_mut().insert("x-envoy-auth-partial-body", "true".parse().unwrap());
     assert_eq!(f.send(partial).await.0, StatusCode::FORBIDDEN, "a cut body cannot be judged");
+}
+
+/// A GET through ext_authz with Host crm and a valid token, plus `extra` headers (raw bytes allowed).
+fn ext_get(path: &str, token: &str, extra: &[(&str, &[u8])]) -> HttpRequest<Body> {
+    let mut b = HttpRequest::get(path).header("host", "crm");
+    if !extra.iter().any(|(name, _)| *name == "authorization") {
+        b = b.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in extra {
+        b = b.header(*name, axum::http::HeaderValue::from_bytes(value).unwrap());
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn ext_authz_headers_that_cannot_be_read_are_400s_naming_the_header() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let (status, _, _) = f.send(ext_get("/v1/ext_authz/contacts/1", &token, &[])).await;
+    assert_eq!(status, StatusCode::OK, "the baseline is allowed");
+    // Each of these once fell back to a default (method, host + path, any audience) and was allowed.
+    let unreadable: &[u8] = b"r\xe9ad";
+    for name in ["x-agentiam-action", "x-agentiam-resource", "x-agentiam-audience", "authorization"] {
+        let (status, headers, body) =
+            f.send(ext_get("/v1/ext_authz/contacts/1", &token, &[(name, unreadable)])).await;
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert!(body.contains(name) && body.contains("not visible ASCII"), "{name}: {body}");
+        assert_eq!(headers["x-agentiam-decision"], "Deny");
+    }
+    // Sent twice: refused, not the first or the last picked.
+    for (name, value) in [
+        ("x-agentiam-action", &b"read"[..]),
+        ("x-agentiam-resource", b"crm/contacts/1"),
+        ("x-agentiam-audience", b"crm"),
+        ("x-envoy-auth-partial-body", b"false"),
+    ] {
+        let (status, _, body) =
+            f.send(ext_get("/v1/ext_authz/contacts/1", &token, &[(name, value), (name, value)])).await;
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert!(body.contains(name) && body.contains("more than once"), "{name}: {body}");
+    }
+    let mut twice = ext_get("/v1/ext_authz/contacts/1", &token, &[]);
+    twice.headers_mut().append("authorization", format!("Bearer {token}").parse().unwrap());
+    let (status, _, body) = f.send(twice).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) =
+        f.send(ext_get("/v1/ext_authz/contacts/1", &token, &[("x-envoy-auth-partial-body", b"yes")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the partial-body flag must be true or false");
+    // A readable but invalid action header is bad input too, as on /v1/authorize.
+    let (status, _, _) =
+        f.send(ext_get("/v1/ext_authz/contacts/1", &token, &[("x-agentiam-action", b"re ad")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn ext_authz_hosts_are_lowercased_and_cannot_add_segments() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let with_host = |host: Option<&str>| {
+        let mut b =
+            HttpRequest::get("/v1/ext_authz/contacts/1").header("authorization", format!("Bearer {token}"));
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    assert_eq!(f.send(with_host(Some("CRM"))).await.0, StatusCode::OK, "host names are case-insensitive");
+    for bad in ["crm/contacts", "crm.", ".crm", "crm:80x", "crm:", "[::1", "c rm", "crm\\x"] {
+        let (status, _, body) = f.send(with_host(Some(bad))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {}", String::from_utf8_lossy(&body));
+    }
+    let (status, _, body) = f.send(with_host(None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("no host header"));
+}
+
+#[tokio::test]
+async fn resources_outside_the_grammar_are_refused_on_every_surface() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let ask = |resource: &str| json!({"token": token, "action": "read", "resource": resource}).to_string();
+    // Each of these matched crm/contacts/* segment by segment and was allowed.
+    for resource in [
+        "crm/contacts/..",
+        "crm/contacts/.",
+        "crm/contacts/%2e%2e",
+        "crm/contacts/%2E%2e",
+        "crm/contacts/..%2fadmin",
+        "crm/contacts/..%5Cadmin",
+        "crm/contacts/..\\admin",
+        "crm/contacts/..;",
+        "crm//contacts",
+    ] {
+        let (status, body) = f.authorize(ask(resource)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{resource:?}: {body}");
+        assert!(body["error"].as_str().unwrap().starts_with("resource "), "{resource:?}: {body}");
+    }
+    // Canonicalised, then decided: a trailing "/" once matched "*" as an empty segment.
+    let (status, body) = f.authorize(ask("crm/contacts/")).await;
+    assert_eq!((status, body["decision"].as_str()), (StatusCode::OK, Some("Deny")), "{body}");
+    let (_, body) = f.authorize(ask("crm/contacts/%37")).await;
+    assert_eq!(body["decision"], "Allow", "{body}");
+
+    for path in [
+        "/v1/ext_authz/contacts/%2e%2e",
+        "/v1/ext_authz/contacts/..",
+        "/v1/ext_authz/contacts/./1",
+        "/v1/ext_authz/contacts/..%2f..%2fadmin",
+        "/v1/ext_authz/contacts/%5c..",
+        "/v1/ext_authz/contacts//1",
+        "/v1/ext_authz/contacts/1;x=..",
+    ] {
+        let (status, headers, body) = f.send(ext_get(path, &token, &[])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["x-agentiam-decision"], "Deny", "{path}");
+    }
+    let (status, _, _) =
+        f.send(ext_get("/v1/ext_authz/x", &token, &[("x-agentiam-resource", b"crm/contacts/%2e%2e")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the resource header follows the same grammar");
+    let (status, _, _) =
+        f.send(ext_get("/v1/ext_authz/x", &token, &[("x-agentiam-resource", b"crm/contacts/%31")])).await;
+    assert_eq!(status, StatusCode::OK, "and is canonicalised the same way");
+
+    // What is decided and recorded is the canonical form.
+    let object = crate::audit::ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: None,
+        name: "marker".into(),
+        uid: None,
+    };
+    let marker = crate::audit::Entry::new("test", "test.marker", object, crate::audit::Outcome::Success, "m");
+    f.audit.append(marker).await.unwrap();
+    let log = std::fs::read_to_string(f.audit.path()).unwrap();
+    let resources: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == "authz.decide")
+        .map(|r| r["details"]["resource"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(resources, ["crm/contacts", "crm/contacts/7", "crm/contacts/1"]);
 }
