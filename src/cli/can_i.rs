@@ -19,6 +19,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Map, Number, Value, json};
 
 use crate::api::{Agent, AgentPolicy, Revocation};
+use crate::authz::resource::{self, ResourceError};
 use crate::authz::{Builder, Clock, Decision, RateLimiter, Request, Snapshot, Verdict, decide_for};
 
 /// Exit status when the action is allowed.
@@ -110,6 +111,15 @@ pub enum CanIError {
         /// The name.
         name: String,
     },
+    /// The resource is outside the canonical grammar (the operator would answer 400).
+    #[error("resource {resource:?} {source}")]
+    Resource {
+        /// The resource as given.
+        resource: String,
+        /// Why it is refused.
+        #[source]
+        source: ResourceError,
+    },
     /// The answer could not be serialized.
     #[error("failed to render the answer as JSON: {0}")]
     Render(#[source] serde_json::Error),
@@ -166,6 +176,8 @@ fn parse_at(s: &str) -> Result<Timestamp, String> {
 pub struct Answer {
     /// The agent, as `namespace/name`.
     pub agent: String,
+    /// The resource decided about, in canonical form (`crm:contacts/%34%32` is `crm:contacts/42`).
+    pub resource: String,
     /// The time the decision was made for.
     pub at: Timestamp,
     /// What the policy engine decided.
@@ -176,7 +188,7 @@ pub struct Answer {
 }
 
 /// Decides `request` for the agent `namespace/name` in `snapshot` as of `at`, as the operator would with
-/// fresh rate-limit counters.
+/// fresh rate-limit counters: its resource is canonicalised (or refused) by the same grammar first.
 pub fn answer(
     snapshot: &Snapshot,
     namespace: &str,
@@ -184,6 +196,9 @@ pub fn answer(
     request: &Request<'_>,
     at: Timestamp,
 ) -> Result<Answer, CanIError> {
+    let canonical = resource::canonical(request.resource)
+        .map_err(|source| CanIError::Resource { resource: request.resource.to_owned(), source })?;
+    let request = &Request { resource: &canonical, ..*request };
     let agent = snapshot
         .agent_by_name(namespace, name)
         .ok_or_else(|| CanIError::AgentNotFound { namespace: namespace.to_owned(), name: name.to_owned() })?;
@@ -192,7 +207,8 @@ pub fn answer(
     // A rate limit only ever turns a non-Deny into a Deny, and the audit-mode "would" is only reported when
     // the verdict is not already Deny: after a Deny no counter can change anything.
     let rate_limits_not_applied = decision.verdict != Verdict::Deny && agent.rules.has_rate_limits();
-    Ok(Answer { agent: format!("{namespace}/{name}"), at, decision, rate_limits_not_applied })
+    let resource = canonical.into_owned();
+    Ok(Answer { agent: format!("{namespace}/{name}"), resource, at, decision, rate_limits_not_applied })
 }
 
 impl Answer {
@@ -240,7 +256,8 @@ impl Answer {
         out
     }
 
-    /// The JSON form: `decision`, `reason`, `policy`, `rule`, `would` (the same four, or null), `agent`, `at`.
+    /// The JSON form: `decision`, `reason`, `policy`, `rule`, `would` (the same four, or null), `agent`,
+    /// `resource` (canonical), `at`.
     pub fn to_json(&self) -> Value {
         let mut object = decision_json(&self.decision);
         object.insert(
@@ -248,6 +265,7 @@ impl Answer {
             self.decision.would.as_deref().map_or(Value::Null, |w| decision_json(w).into()),
         );
         object.insert("agent".into(), self.agent.clone().into());
+        object.insert("resource".into(), self.resource.clone().into());
         object.insert("at".into(), self.at.to_string().into());
         object.into()
     }

@@ -307,7 +307,7 @@ fn json_has_the_decision_its_provenance_and_the_audit_verdict() {
         json!({
             "decision": "Allow", "reason": "allowed by rule", "policy": "crm", "rule": "read",
             "would": {"decision": "Deny", "reason": "denied by rule", "policy": "watch", "rule": "no-vip"},
-            "agent": "ns/bot", "at": AT,
+            "agent": "ns/bot", "resource": "crm:contacts/vip", "at": AT,
         })
     );
 
@@ -316,11 +316,29 @@ fn json_has_the_decision_its_provenance_and_the_audit_verdict() {
         v,
         json!({
             "decision": "Deny", "reason": "no rule allows this action (default deny)", "policy": null,
-            "rule": null, "would": null, "agent": "ns/bot", "at": AT,
+            "rule": null, "would": null, "agent": "ns/bot", "resource": "crm:x", "at": AT,
         })
     );
     assert_eq!(
         ask(&s, "read", "crm:contacts/1").render(Format::Text).unwrap(),
         ask(&s, "read", "crm:contacts/1").to_text()
     );
+}
+
+#[test]
+fn resources_follow_the_operators_grammar() {
+    let s = crm();
+    // A dot segment once matched crm:contacts/* here and printed "yes"; the operator refuses it.
+    let context = Map::new();
+    for bad in ["crm:contacts/..", "crm:contacts/%2e%2e", "crm:contacts\\..", "crm:contacts//x"] {
+        let request =
+            Request { action: "read", resource: bad, tool: None, context: &context, delegation_scopes: &[] };
+        let e = answer(&s, "ns", "bot", &request, AT.parse().unwrap()).unwrap_err();
+        assert!(matches!(e, CanIError::Resource { .. }), "{bad:?}: {e}");
+        assert!(e.to_string().starts_with(&format!("resource {bad:?} ")), "{e}");
+    }
+    // Canonicalised like the operator does: decided, and reported, in canonical form.
+    let a = ask(&s, "read", "crm:contacts/%34%32");
+    assert_eq!((a.decision.verdict, a.resource.as_str()), (Verdict::Allow, "crm:contacts/42"));
+    assert_eq!(ask(&s, "read", "crm:contacts/").decision.verdict, Verdict::Deny, "no empty last segment");
 }
