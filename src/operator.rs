@@ -30,6 +30,8 @@ pub struct Options {
     pub http_addr: SocketAddr,
     /// Threads of the HTTP server's own runtime (see [`server::spawn_api`]).
     pub api_threads: std::num::NonZeroUsize,
+    /// Timeouts and the connection bound of the HTTP server (see [`server::listener`]).
+    pub http_limits: server::listener::Limits,
     /// The credentials issuer: URL, trust domain, key rotation.
     pub issuer: IssuerSettings,
     /// The pod admission webhook (None: disabled).
@@ -205,6 +207,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         listener,
         opts.api_threads,
         server::router_with(health.clone(), Some(issuer), Some(Arc::clone(&authorizer))),
+        opts.http_limits,
         stopped(stop_rx.clone()),
     )
     .map_err(http_error)?;

@@ -12,6 +12,7 @@ use agentiam::identity::TrustDomain;
 use agentiam::identity::keys::RotationPolicy;
 use agentiam::operator::{self, Options};
 use agentiam::registry::validate::parse_duration;
+use agentiam::server::listener::Limits;
 use agentiam::webhook::config::{WebhookClientConfig, WebhookSettings};
 use clap::{Parser, Subcommand};
 
@@ -99,6 +100,26 @@ struct RunArgs {
     /// The Service (in the operator namespace, port 443) in front of the webhook, for in-cluster runs.
     #[arg(long, env = "AGENTIAM_WEBHOOK_SERVICE", default_value = "agentiam-webhook")]
     webhook_service: String,
+    /// Every listener (HTTP API, webhook): a new connection must send its first request's headers within
+    /// this long, and a later request's headers must be complete this long after its first byte.
+    #[arg(long, env = "AGENTIAM_LISTENER_HEADER_READ_TIMEOUT", default_value = "10s")]
+    listener_header_read_timeout: String,
+    /// Every listener: how long a kept-alive connection may wait for its next request. Keep it longer than
+    /// the clients' own idle timeout (90s for Go clients such as the API server), so they close first.
+    #[arg(long, env = "AGENTIAM_LISTENER_IDLE_TIMEOUT", default_value = "120s")]
+    listener_idle_timeout: String,
+    /// Every listener: time from a request's headers to its response (body included); slower ones get 408.
+    #[arg(long, env = "AGENTIAM_LISTENER_REQUEST_TIMEOUT", default_value = "30s")]
+    listener_request_timeout: String,
+    /// Every TLS listener (the webhook): time to complete the TLS handshake.
+    #[arg(long, env = "AGENTIAM_LISTENER_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    listener_tls_handshake_timeout: String,
+    /// Connections the HTTP server serves at once; at the bound, new ones wait in the backlog.
+    #[arg(long, env = "AGENTIAM_HTTP_MAX_CONNECTIONS", default_value_t = agentiam::server::listener::DEFAULT_HTTP_MAX_CONNECTIONS)]
+    http_max_connections: std::num::NonZeroUsize,
+    /// Connections the webhook serves at once; at the bound, new ones wait in the backlog.
+    #[arg(long, env = "AGENTIAM_WEBHOOK_MAX_CONNECTIONS", default_value_t = agentiam::server::listener::DEFAULT_WEBHOOK_MAX_CONNECTIONS)]
+    webhook_max_connections: std::num::NonZeroUsize,
     /// Testing only: pause this long between writing an audit intent and acting on it.
     #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_INTENT", default_value = "0s", hide = true)]
     failpoint_delay_after_intent: String,
@@ -158,6 +179,25 @@ fn options(args: RunArgs) -> Result<Options, String> {
     {
         return Err("--issuer-url must be an http(s) URL without a trailing slash".into());
     }
+    let limits = |max_connections| -> Result<Limits, String> {
+        let limits = Limits {
+            header_read_timeout: duration_arg(
+                "listener-header-read-timeout",
+                &args.listener_header_read_timeout,
+            )?,
+            idle_timeout: duration_arg("listener-idle-timeout", &args.listener_idle_timeout)?,
+            request_timeout: duration_arg("listener-request-timeout", &args.listener_request_timeout)?,
+            tls_handshake_timeout: duration_arg(
+                "listener-tls-handshake-timeout",
+                &args.listener_tls_handshake_timeout,
+            )?,
+            ..Limits::with_max_connections(max_connections)
+        };
+        limits.validate().map_err(|e| format!("--listener-*-timeout: {e}"))?;
+        Ok(limits)
+    };
+    let http_limits = limits(args.http_max_connections)?;
+    let webhook_limits = limits(args.webhook_max_connections)?;
     let webhook = args.webhook.then(|| {
         let client_config = match &args.webhook_url {
             Some(url) => WebhookClientConfig::Url(url.clone()),
@@ -170,6 +210,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
             args.webhook_listen,
         );
         settings.start_delay = webhook_start_delay;
+        settings.limits = webhook_limits;
         settings
     });
     if let Some(url) = &args.webhook_url
@@ -192,6 +233,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         audit_stdout: args.audit_stdout,
         http_addr: args.http_addr,
         api_threads: args.api_threads.unwrap_or_else(agentiam::server::default_api_threads),
+        http_limits,
         issuer: IssuerSettings { issuer_url, trust_domain: trust_domain.clone(), policy },
         webhook,
         authz_fixed_time,

@@ -5,6 +5,7 @@ pub mod decision;
 #[cfg(test)]
 mod decision_tests;
 pub mod issuer;
+pub mod listener;
 pub mod mcp;
 
 use std::future::Future;
@@ -16,7 +17,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::identity::issuer::IssuerReceiver;
@@ -122,8 +122,8 @@ impl ApiServer {
     }
 }
 
-/// Serves `router` on `listener` from a runtime of its own with `threads` threads, until `shutdown`
-/// resolves.
+/// Serves `router` on `listener` from a runtime of its own with `threads` threads, within `limits` (see
+/// [`listener`]), until `shutdown` resolves.
 ///
 /// Why a runtime of its own: authorization decisions are answered on the request path of every agent
 /// action, so they must not queue behind reconciles (a key rotation re-reconciles every Agent), and on
@@ -137,6 +137,7 @@ pub fn spawn_api(
     listener: std::net::TcpListener,
     threads: NonZeroUsize,
     router: Router,
+    limits: listener::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<ApiServer> {
     let runtime = if threads.get() == 1 {
@@ -152,14 +153,9 @@ pub fn spawn_api(
     let (tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("agentiam-api".into()).spawn(move || {
         let result = runtime.block_on(async move {
-            // No Nagle delay: a response is one write, and a client that sends its next request only
-            // after the answer should never wait for a delayed ACK (Go's net package, for one, does the same).
-            let listener = TcpListener::from_std(listener)?.tap_io(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-                }
-            });
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+            let listener = TcpListener::from_std(listener)?;
+            listener::serve(listener, router, None, limits, "http", shutdown).await;
+            Ok(())
         });
         let _ = tx.send(result);
     })?;

@@ -26,6 +26,7 @@ use super::run::WebhookError;
 use super::server::MUTATE_PODS_PATH;
 use super::tls::{RenewalPolicy, SECRET_NAME, San};
 use crate::controller::FIELD_MANAGER;
+use crate::server::listener::{DEFAULT_WEBHOOK_MAX_CONNECTIONS, Limits};
 
 /// The name of the one webhook in the configuration.
 pub const WEBHOOK_NAME: &str = "pods.agentiam.dev";
@@ -74,6 +75,8 @@ pub struct WebhookSettings {
     pub renewal: RenewalPolicy,
     /// How often renewal is checked and the configuration re-applied.
     pub check_interval: Duration,
+    /// Timeouts and the connection bound of the TLS server.
+    pub limits: Limits,
     /// Testing only: wait this long before starting (zero in production). Lets a test hold the operator in
     /// the window where it runs but the webhook does not serve yet.
     pub start_delay: Duration,
@@ -101,6 +104,7 @@ impl WebhookSettings {
             tls_secret: SECRET_NAME.to_owned(),
             renewal: RenewalPolicy::default(),
             check_interval: DEFAULT_CHECK_INTERVAL,
+            limits: Limits::with_max_connections(DEFAULT_WEBHOOK_MAX_CONNECTIONS),
             start_delay: Duration::ZERO,
         }
     }

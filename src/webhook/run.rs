@@ -104,9 +104,11 @@ pub async fn run(
     );
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let mut server = tokio::spawn(server::serve_listener(listener, handle.clone(), store, async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    }));
+    let limits = settings.limits;
+    let mut server =
+        tokio::spawn(server::serve_listener(listener, handle.clone(), store, limits, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
     // Only now: the listener is bound, the server task runs and the API server has the configuration with this
     // caBundle. Until this point /readyz says not ready, so a Service never routes admissions to a pod that
     // cannot answer them yet.

@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,9 +18,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::FutureExt as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -34,27 +30,18 @@ use rustls::sign::CertifiedKey;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::pods::{self, AGENT_LABEL, PodDecision};
 use super::run::WebhookError;
 use super::tls::ServingCerts;
 use crate::api::Agent;
+use crate::server::listener::{self, Limits};
 
 /// The pod mutation path.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
 /// Larger request bodies are refused (413). The API server caps objects well below this for ordinary pods.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may wait for the next request's headers, idle keep-alive included. Longer than the
-/// API server's idle timeout for webhook connections (Go's 90 s), so the client always closes an idle
-/// connection first: if we closed it while a POST was on its way, the call would fail and, fail closed, the
-/// pod would be refused.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long open connections get to finish on shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
@@ -216,18 +203,25 @@ pub async fn serve(
     addr: SocketAddr,
     cert: CertHandle,
     store: Store<Agent>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
     let (listener, _) = bind(addr).await?;
-    serve_listener(listener, cert, store, shutdown).await
+    serve_listener(listener, cert, store, limits, shutdown).await
 }
 
-/// Serves HTTPS (HTTP/1.1, TLS 1.2 and 1.3) on `listener` until `shutdown` resolves, then lets open
-/// requests finish for a few seconds.
+/// Serves HTTPS (HTTP/1.1, TLS 1.2 and 1.3) on `listener` within `limits` (the shared accept loop of
+/// [`listener`](crate::server::listener)) until `shutdown` resolves, then lets open requests finish for a
+/// few seconds.
+///
+/// The idle timeout must stay longer than the API server's idle timeout for webhook connections (Go's
+/// 90 s), so the client always closes an idle connection first: if we closed it while a POST was on its
+/// way, the call would fail and, fail closed, the pod would be refused. The default (120 s) is.
 pub async fn serve_listener(
     listener: TcpListener,
     cert: CertHandle,
     store: Store<Agent>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -237,44 +231,7 @@ pub async fn serve_listener(
         .with_cert_resolver(Arc::new(cert));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let app = router(store);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "failed to accept a webhook connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "webhook TLS handshake failed"),
-                Err(_) => return debug!(%peer, "webhook TLS handshake timed out"),
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                debug!(%peer, error = %e, "webhook connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        warn!("webhook connections still open after the drain timeout; closing them");
-    }
+    listener::serve(listener, router(store), Some(acceptor), limits, "webhook", shutdown).await;
     Ok(())
 }
 

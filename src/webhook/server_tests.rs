@@ -13,6 +13,7 @@ use tower::ServiceExt as _;
 
 use super::*;
 use crate::api::{AgentPhase, AgentSpec, AgentStatus, Owner, PrincipalKind};
+use crate::server::listener::Limits;
 use crate::webhook::pods::{MOUNT_PATH, SPIFFE_ID_ENV};
 use crate::webhook::tls::{RenewalPolicy, San};
 
@@ -218,7 +219,8 @@ async fn tls_round_trip_and_hot_certificate_swap() {
     assert!(format!("{handle:?}").contains("redacted"));
     let (listener, addr) = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_listener(listener, handle.clone(), store(), async move {
+    let limits = Limits::with_max_connections(crate::server::listener::DEFAULT_WEBHOOK_MAX_CONNECTIONS);
+    let server = tokio::spawn(serve_listener(listener, handle.clone(), store(), limits, async move {
         let _ = stop_rx.await;
     }));
 
@@ -241,4 +243,39 @@ async fn tls_round_trip_and_hot_certificate_swap() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_are_closed_while_the_api_server_is_served() {
+    let certs = certs();
+    let handle = CertHandle::new(&certs).unwrap();
+    let (listener, addr) = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
+    let limits = Limits {
+        tls_handshake_timeout: std::time::Duration::from_millis(800),
+        header_read_timeout: std::time::Duration::from_millis(800),
+        ..Limits::with_max_connections(crate::server::listener::DEFAULT_WEBHOOK_MAX_CONNECTIONS)
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_listener(listener, handle, store(), limits, async move {
+        let _ = stop_rx.await;
+    }));
+    // Silent clients, and clients that stop in the middle of a ClientHello.
+    let mut stalled = Vec::new();
+    for i in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+        }
+        stalled.push(s);
+    }
+    let body = review("CREATE", pod(json!({AGENT_LABEL: "bot"})));
+    let (status, _) = post_tls(addr, &certs.ca_bundle_pem(), &body).await.unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "a normal client is served while handshakes stall");
+    for s in &mut stalled {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a stalled handshake was not closed: {read:?}");
+    }
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }
