@@ -467,7 +467,7 @@ async fn malformed_requests_are_400s_naming_the_problem() {
         (
             "control character in resource",
             ok(json!({"token": "x", "action": "read", "resource": "a\u{1}b"})),
-            "resource must be",
+            "contains the control or invisible character U+0001",
         ),
         (
             "context nested too deep",

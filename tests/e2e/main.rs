@@ -12,6 +12,7 @@ mod audit;
 mod authz;
 mod crds;
 mod credentials;
+mod input;
 mod recovery;
 mod registry;
 mod validation;
