@@ -211,7 +211,7 @@ pub async fn serve(
 }
 
 /// Serves HTTPS (HTTP/1.1, TLS 1.2 and 1.3) on `listener` within `limits` (the shared accept loop of
-/// [`listener`](crate::server::listener)) until `shutdown` resolves, then lets open requests finish for a
+/// [`listener`]) until `shutdown` resolves, then lets open requests finish for a
 /// few seconds.
 ///
 /// The idle timeout must stay longer than the API server's idle timeout for webhook connections (Go's
