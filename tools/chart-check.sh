@@ -108,7 +108,8 @@ cases=(
     --set auditLog.persistence.existingClaim=audit-claim --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
     --set logFormat=json --set logLevel=debug --set auditLog.stdout=false --set auditLog.checkpointInterval=1m30s
     --set trustDomain=prod.example.org --set replicaCount=0 --set fullnameOverride=iam
-    --set webhook.enabled=false --set issuer.url=https://issuer.example.org/agents --set issuer.keyRotationPeriod=12h"
+    --set webhook.enabled=false --set issuer.url=https://issuer.example.org/agents --set issuer.keyRotationPeriod=12h
+    --set listeners.idleTimeout=5m --set listeners.httpMaxConnections=64"
   "storage-class|--set auditLog.persistence.storageClass=- --set auditLog.persistence.keepOnUninstall=false
     --set auditLog.persistence.accessMode=ReadWriteOncePod"
 )
@@ -127,6 +128,8 @@ rejected=(
   "issuer URL that is not http(s)|--set issuer.url=spiffe://issuer.example.org"
   "key rotation period without unit|--set issuer.keyRotationPeriod=24"
   "misspelt webhook key|--set webhook.enable=false"
+  "listener timeout without unit|--set listeners.headerReadTimeout=10"
+  "no connections allowed|--set listeners.httpMaxConnections=0"
 )
 
 # Whether the rendered manifests (file $1) hold an object of kind $3 (top-level "kind:" line).
