@@ -12,6 +12,7 @@ mod audit;
 mod authz;
 mod crds;
 mod credentials;
+mod hardening;
 mod recovery;
 mod registry;
 mod validation;
