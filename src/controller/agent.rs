@@ -14,14 +14,15 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
 use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
-use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, intents, scoped_api};
+use crate::controller::{
+    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, intents, scoped_api, watches,
+};
 use crate::registry::lifecycle::Transition;
 use crate::registry::status::{CONDITION_VALID, Decision, Subject, decide};
 use crate::registry::trust::trust_score;
@@ -43,13 +44,12 @@ pub fn controller(ctx: &Context) -> Controller<Agent> {
     let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
-    let controller =
-        Controller::new(api, watcher::Config::default().any_semantic()).reconcile_all_on(rotations);
+    let controller = watches::controller(api, "Agent controller: Agents").reconcile_all_on(rotations);
     // A policy change can change any agent's credential lifetime cap in its namespace (including agents it
     // no longer selects), so it re-reconciles every agent there.
     let agents = controller.store();
     let policies: Api<AgentPolicy> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
-    controller.watches(policies, watcher::Config::default(), move |policy: AgentPolicy| {
+    watches::watches(controller, policies, "Agent controller: AgentPolicies", move |policy: AgentPolicy| {
         let ns = policy.namespace();
         agents
             .state()
