@@ -17,7 +17,6 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -25,7 +24,7 @@ use tracing::{info, instrument, warn};
 use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
 use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
 use crate::controller::{
-    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, scoped_api,
+    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, scoped_api, watches,
 };
 use crate::registry::actions as a;
 use crate::registry::ledger::AgentRecord;
@@ -52,37 +51,47 @@ pub fn controller(ctx: &Context) -> Controller<Agent> {
     let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
-    let controller =
-        Controller::new(api, watcher::Config::default().any_semantic()).reconcile_all_on(rotations);
+    let controller = watches::controller(api, "Agent controller: Agents").reconcile_all_on(rotations);
     // A policy change can change any agent's credential lifetime cap in its namespace (including agents it
     // no longer selects), so it re-reconciles every agent there.
     let agents = controller.store();
     let policies: Api<AgentPolicy> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
-    let controller = controller.watches(policies, watcher::Config::default(), move |policy: AgentPolicy| {
-        let ns = policy.namespace();
-        agents
-            .state()
-            .into_iter()
-            .filter(|a| a.namespace() == ns)
-            .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
-            .collect::<Vec<_>>()
-    });
+    let controller = watches::watches(
+        controller,
+        policies,
+        "Agent controller: AgentPolicies",
+        move |policy: AgentPolicy| {
+            let ns = policy.namespace();
+            agents
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == ns)
+                .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    );
     // A change to a credentials Secret (a key added, a token swapped, the Secret deleted, or our label taken
     // off, which ends its match) reconciles its Agent at once, which checks it against the ledger and
     // replaces what it cannot vouch for. Not a store: the objects are only mapped to their Agent.
     let secrets: Api<Secret> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
-    let ours = watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", secret::MANAGED_BY_LABEL));
+    let ours = format!("{}={FIELD_MANAGER}", secret::MANAGED_BY_LABEL);
     let (agents, known) = (controller.store(), Arc::clone(&ctx.known_credentials));
-    controller.watches(secrets, ours, move |s: Secret| {
-        let name = s.metadata.name.as_deref().and_then(|n| n.strip_suffix("-credentials"))?;
-        let agent =
-            kube::runtime::reflector::ObjectRef::<Agent>::new(name).within(s.metadata.namespace.as_deref()?);
-        // Unless this is the version this process wrote or read, the next reconcile must read it again.
-        if let Some(uid) = agents.get(&agent).and_then(|a| a.metadata.uid.clone()) {
-            known.secret_changed(&uid, s.metadata.resource_version.as_deref());
-        }
-        Some(agent)
-    })
+    watches::watches_labelled(
+        controller,
+        secrets,
+        &ours,
+        "Agent controller: credentials Secrets",
+        move |s: Secret| {
+            let name = s.metadata.name.as_deref().and_then(|n| n.strip_suffix("-credentials"))?;
+            let agent = kube::runtime::reflector::ObjectRef::<Agent>::new(name)
+                .within(s.metadata.namespace.as_deref()?);
+            // Unless this is the version this process wrote or read, the next reconcile must read it again.
+            if let Some(uid) = agents.get(&agent).and_then(|a| a.metadata.uid.clone()) {
+                known.secret_changed(&uid, s.metadata.resource_version.as_deref());
+            }
+            Some(agent)
+        },
+    )
 }
 
 /// Runs the Agent controller until `shutdown` resolves.

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod intents;
 pub mod keys;
 pub mod policy;
+pub mod watches;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
