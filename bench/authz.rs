@@ -173,9 +173,10 @@ fn workload(dir: &Path, n: usize, count: usize) -> Workload {
 /// of outcomes.
 fn in_process(cfg: &Config, opa: &Opa, w: &Workload, dir: &Path) -> (Value, Value) {
     let snap = engine::snapshot(LOCAL_NS, w.n, TRUST);
+    let record = engine::record(TRUST);
     let subject = engine::subject(LOCAL_NS);
     let reqs = engine::requests(&w.requests);
-    let ours = engine::decisions(&snap, subject, &reqs);
+    let ours = engine::decisions(&snap, &record, subject, &reqs);
     let theirs = opa.eval(
         &[&w.rego, &w.data],
         &format!("[d | some r in data.bench.requests; d := {QUERY} with input as r]"),
@@ -213,7 +214,7 @@ fn in_process(cfg: &Config, opa: &Opa, w: &Workload, dir: &Path) -> (Value, Valu
     let mut opa_mix = None;
     let mut opa_singles = Vec::new();
     for round in 0..cfg.rounds.max(1) {
-        rounds.push(engine::measure(&snap, subject, &reqs, cfg.decisions));
+        rounds.push(engine::measure(&snap, &record, subject, &reqs, cfg.decisions));
         if round == 0 {
             let mix_query = format!("[d | some r in data.bench.requests; d := {QUERY} with input as r]");
             opa_mix = Some(opa.bench("whole mix", &[&w.rego, &w.data], None, &mix_query));

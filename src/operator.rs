@@ -14,6 +14,7 @@ use crate::audit::{AuditConfig, AuditError, AuditLog, Checkpoint, Entry, ObjectR
 use crate::controller::checkpoints::{self, CheckpointsError, SIGNING_KEY_SECRET};
 use crate::controller::keys::IssuerSettings;
 use crate::controller::{self, Config, Context};
+use crate::registry::ledger::Ledger;
 use crate::server::{self, Health};
 use crate::webhook::config::WebhookSettings;
 
@@ -141,7 +142,13 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
     ns_api.get(&ns).await.map_err(|source| StartupError::Namespace { namespace: ns.clone(), source })?;
 
-    let audit_config = AuditConfig { path: opts.audit_log.clone(), stream_stdout: opts.audit_stdout };
+    // The ledger is rebuilt from the whole log as it opens, and kept current by every record after.
+    let ledger = Arc::new(Ledger::default());
+    let audit_config = AuditConfig {
+        path: opts.audit_log.clone(),
+        stream_stdout: opts.audit_stdout,
+        projection: Some(Arc::clone(&ledger) as Arc<dyn crate::audit::Projection>),
+    };
     let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config))
         .await
         .map_err(|e| StartupError::AuditTask(e.to_string()))?
@@ -165,9 +172,11 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         issuer.clone(),
         authz.policies.clone(),
         Arc::clone(&authz.index),
+        Arc::clone(&ledger),
     );
     let authorizer = server::decision::Authorizer::new(
         Arc::clone(&authz.index),
+        Arc::clone(&ledger),
         issuer.clone(),
         audit.clone(),
         opts.authz_fixed_time,
@@ -234,7 +243,12 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     ));
     let agent_controller = controller::agent::controller(&ctx);
     let webhook = opts.webhook.clone().map(|settings| {
-        let (client, store, failed) = (client.clone(), agent_controller.store(), Arc::clone(&webhook_failed));
+        let store = crate::webhook::server::Agents {
+            store: agent_controller.store(),
+            ledger: Arc::clone(&ledger),
+            trust_domain: opts.config.trust_domain.clone(),
+        };
+        let (client, failed) = (client.clone(), Arc::clone(&webhook_failed));
         let serving = Arc::clone(&webhook_serving);
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {

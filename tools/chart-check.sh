@@ -323,23 +323,26 @@ can yes get secrets/agentiam-ca -n "$ins"
 can yes get secrets/agentiam-webhook-tls -n "$ins"
 can yes update secrets/agentiam-signing-keys -n "$ins"
 can yes update secrets/agentiam-webhook-tls -n "$ins"
-can no update secrets/agentiam-ca -n "$ins"
-can no update secrets/agentiam-audit-signing-key -n "$ins"
+# The CA and the audit key are never changed after creation. RBAC cannot say so any more: the credentials
+# Secrets are replaced whole (update, without names) wherever the ClusterRole applies, this namespace
+# included. The admission policy refuses those updates (probed once the operator created them, below).
 # THE WIDENING: the <agent>-credentials Secrets have per-agent names, so the operator can read any Secret by
 # name wherever it serves Agents (here every namespace, its own included: the ClusterRole covers it). Reads
 # never reach admission, so nothing narrows this; with watchNamespace it is confined to that namespace.
 can yes get secrets/anything -n default
 can yes get secrets/anything -n "$ins"
-# ... but it can never enumerate or watch them,
-can no list secrets -n default
-can no list secrets --all-namespaces
-can no watch secrets --all-namespaces
+# It also lists and watches them: the Agent controller watches the Secrets it labels, so a tampered
+# credentials Secret is replaced within seconds. RBAC cannot filter by label, so this lets it enumerate every
+# Secret where this rule applies (the threat model's operator actor says so); --watch-namespace confines it.
+can yes list secrets -n default
+can yes watch secrets --all-namespaces
 can no deletecollection secrets -n default
-# ... and its writes, granted without names, are narrowed by the admission policy (checked below).
+# ... and its writes, granted without names, are narrowed by the admission policy (checked below). The
+# Secret is replaced whole (update), never patched, so no key anyone else added survives a write.
 can yes create secrets -n default
-can yes patch secrets/anything -n default
+can yes update secrets/anything -n default
 can yes delete secrets/anything -n default
-can no update secrets/anything -n default
+can no patch secrets/anything -n default
 # ConfigMaps: only the two fixed names. A server-side apply that creates is authorized with the name, so
 # create is name-limited too, and a plain POST create is refused.
 can yes get configmaps/agentiam-audit-checkpoint -n "$ins"
@@ -391,8 +394,9 @@ secret() { # secret <name> [label value] [type]: a Secret manifest on stdout
     token) printf 'type: kubernetes.io/service-account-token\n' ;;
   esac
 }
-# create_in / apply_in <namespace, or - for cluster-scoped> <manifest generator...>
+# create_in / replace_in / apply_in <namespace, or - for cluster-scoped> <manifest generator...>
 create_in() { local ns=$1; shift; "$@" | as_sa -n "$ns" create --dry-run=server -f -; }
+replace_in() { local ns=$1; shift; "$@" | as_sa -n "$ns" replace --dry-run=server -f -; }
 apply_in() {
   local ns=(-n "$1")
   [ "$1" != - ] || ns=()
@@ -424,10 +428,10 @@ secret db-credentials | k -n "$agents_ns" create -f - >/dev/null        # a user
 secret probe-credentials probe | k -n "$agents_ns" create -f - >/dev/null # as the operator would have made it
 denied_by_policy -n "$agents_ns" delete --dry-run=server secret/db-credentials ||
   die "the policy let the operator delete a Secret it does not own"
-apply_in "$agents_ns" secret db-credentials db && die "the policy let the operator take over a Secret it does not own"
+replace_in "$agents_ns" secret db-credentials db && die "the policy let the operator take over a Secret it does not own"
 grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "takeover refused, but not by the policy"; }
-apply_in "$agents_ns" secret probe-credentials probe ||
-  { cat "$work/sa.err" >&2; die "the operator cannot update a credentials Secret"; }
+replace_in "$agents_ns" secret probe-credentials probe ||
+  { cat "$work/sa.err" >&2; die "the operator cannot replace a credentials Secret"; }
 allowed "delete a credentials Secret" -n "$agents_ns" delete --dry-run=server secret/probe-credentials
 k -n "$agents_ns" delete secret db-credentials probe-credentials >/dev/null
 printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: agentiam-trust-bundle}\n' |
@@ -600,6 +604,10 @@ YAML
 
 run_operator cluster-wide
 exercise cluster-wide
+for s in agentiam-ca agentiam-audit-signing-key; do
+  k -n "$ins" get "secret/$s" -o json | denied_by_policy -n "$ins" replace --dry-run=server -f - ||
+    die "the admission policy let the operator replace Secret $s"
+done
 "$helm" upgrade "$release" "$chart" --namespace "$ins" --reuse-values --set "watchNamespace=$agents_ns" \
   >/dev/null || die "helm upgrade to watchNamespace failed"
 rbac_watch_ready() {

@@ -5,6 +5,7 @@
 # collection, Deployments -> ReplicaSets -> Pods) is real. See docs/local-control-plane.md.
 #
 # Usage: tools/cluster.sh up | down [--purge] | status | env
+#        tools/cluster.sh stop-apiserver [--kill] | start-apiserver | restart-apiserver [--kill] [--down-for <s>]
 # State: ${AGENTIAM_CLUSTER_DIR:-<repo>/.local/cluster}
 set -euo pipefail
 
@@ -20,7 +21,11 @@ marker=$state/.agentiam-cluster
 components=(etcd kube-apiserver kube-controller-manager)
 started=() # components this run started; the ones a failed `up` stops again
 
-usage() { echo "usage: $0 up | down [--purge] | status | env" >&2; exit 2; }
+usage() {
+  echo "usage: $0 up | down [--purge] | status | env" >&2
+  echo "       $0 stop-apiserver [--kill] | start-apiserver | restart-apiserver [--kill] [--down-for <seconds>]" >&2
+  exit 2
+}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Processes. A component is "ours" only if its recorded PID still runs the expected binary with arguments that
@@ -78,12 +83,12 @@ child_pid() {
   [ "$ppid" = $$ ] && pid_alive "$pid" && echo "$pid"
 }
 
-stop_component() {
-  local name=$1 pid deadline
+stop_component() { # stop_component <name> [KILL]: SIGTERM (then SIGKILL after 20 s), or SIGKILL at once
+  local name=$1 signal=${2:-TERM} pid deadline
   local f=$state/pids/$name.pid
   if pid=$(our_pid "$name") || pid=$(child_pid "$name"); then
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
+    log "stopping $name (pid $pid, SIG$signal)"
+    kill "-$signal" "$pid" 2>/dev/null || true
     # kube-apiserver drains in-flight requests on SIGTERM; a few seconds is normal, 20 is generous.
     deadline=$((SECONDS + 20))
     while pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
@@ -449,6 +454,64 @@ cmd_down() {
   log "cluster down"
 }
 
+# The API server alone, for tests of what clients do while it is gone and after it is back (tests/e2e/outage.rs).
+# etcd and the controller manager keep running, as they would when a real control plane node restarts its
+# kube-apiserver; --kill is a crash (SIGKILL: no graceful closing of watches), the default a clean stop.
+apiserver_signal() { # prints TERM or KILL from the optional --kill flag
+  case ${1:-} in
+    '') echo TERM ;;
+    --kill) echo KILL ;;
+    *) usage ;;
+  esac
+}
+
+cmd_stop_apiserver() {
+  local signal; signal=$(apiserver_signal "${1:-}")
+  [ -d "$state" ] || die "no cluster in $state"
+  exec 9>"$state/.lock"
+  flock 9
+  stop_component kube-apiserver "$signal"
+  log "kube-apiserver stopped; etcd and kube-controller-manager keep running"
+}
+
+cmd_start_apiserver() {
+  [ -f "$state/ports.env" ] || die "no cluster in $state; run '$0 up' first"
+  exec 9>"$state/.lock"
+  flock 9
+  load_ports
+  if component_healthy kube-apiserver; then
+    log "kube-apiserver already healthy: https://127.0.0.1:$APISERVER_PORT"
+    return
+  fi
+  our_pid etcd >/dev/null && etcd_healthy || die "etcd is not running; run '$0 up' instead"
+  # A recorded apiserver that runs but is unhealthy is replaced, like `up` does with a half-running cluster.
+  stop_component kube-apiserver
+  trap 'log "interrupted"; exit 130' INT TERM
+  trap stop_started EXIT
+  run_apiserver
+  trap - INT TERM EXIT
+}
+
+cmd_restart_apiserver() {
+  local signal=TERM down_for=0
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --kill) signal=KILL ;;
+      --down-for) [ $# -ge 2 ] && [[ $2 =~ ^[0-9]+([.][0-9]+)?$ ]] || usage; down_for=$2; shift ;;
+      *) usage ;;
+    esac
+    shift
+  done
+  local flag=''
+  [ "$signal" = TERM ] || flag=--kill
+  (cmd_stop_apiserver $flag)
+  if [ "$down_for" != 0 ]; then
+    log "keeping kube-apiserver down for ${down_for}s"
+    sleep "$down_for"
+  fi
+  cmd_start_apiserver
+}
+
 cmd_status() {
   load_ports
   local c pid bad=0 where
@@ -482,5 +545,8 @@ case ${1:-} in
   down) [ $# -le 2 ] || usage; cmd_down "${2:-}" ;;
   status) [ $# = 1 ] || usage; cmd_status ;;
   env) [ $# = 1 ] || usage; cmd_env ;;
+  stop-apiserver) [ $# -le 2 ] || usage; cmd_stop_apiserver "${2:-}" ;;
+  start-apiserver) [ $# = 1 ] || usage; cmd_start_apiserver ;;
+  restart-apiserver) shift; cmd_restart_apiserver "$@" ;;
   *) usage ;;
 esac

@@ -235,7 +235,9 @@ impl std::fmt::Display for AgentPhase {
     }
 }
 
-/// What the operator observed and decided about an agent.
+/// What the operator observed and decided about an agent: a report, written only by the operator and replaced
+/// whole at every write. Nothing the operator decides reads it back; anything else written here is
+/// overwritten and recorded in the audit log (`agent.status.overwritten`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatus {

@@ -29,13 +29,45 @@ const MAX_KEY_LEN: usize = 256;
 const LOG_ACTOR: &str = "agentiam-audit";
 
 /// Where and how to keep the audit log.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuditConfig {
     /// The JSON-lines file. Its directory is created (mode 0700) if missing; the file gets mode 0600.
     pub path: PathBuf,
     /// Also print every durable record as one JSON line on stdout, for log shippers. Operator logs go to
     /// stderr, so stdout then carries audit records only.
     pub stream_stdout: bool,
+    /// State kept as a function of the log (see [`Projection`]): fed every record at open, then every new
+    /// record once it is durable.
+    pub projection: Option<Arc<dyn Projection>>,
+}
+
+impl AuditConfig {
+    /// A log at `path`, without a stdout copy or a projection.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), stream_stdout: false, projection: None }
+    }
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("path", &self.path)
+            .field("stream_stdout", &self.stream_stdout)
+            .field("projection", &self.projection.is_some())
+            .finish()
+    }
+}
+
+/// State derived from the log and nothing else, such as the operator's own record of what it decided and
+/// issued. It sees every record of the file in order when the log opens, and afterwards every new record
+/// once it is durable and before any caller is told so: whoever hears `Ok` from [`AuditLog::intent`] finds
+/// the projection already updated. A crash therefore never leaves it ahead of, or behind, the file.
+pub trait Projection: Send + Sync + 'static {
+    /// Whether records of `action` change the projection. Called on the writer thread for every record, so
+    /// it must be cheap; only records it wants are copied and passed to [`Projection::apply`].
+    fn wants(&self, action: &str) -> bool;
+    /// Takes in one durable record. Must not block or panic (it runs on the writer thread).
+    fn apply(&self, record: &Record);
 }
 
 /// The result of [`AuditLog::intent`].
@@ -101,7 +133,7 @@ impl AuditLog {
             TryLockError::WouldBlock => AuditError::Locked { path: path.clone() },
             TryLockError::Error(source) => AuditError::Open { path: path.clone(), source },
         })?;
-        let (mut index, torn) = scan(&file, &path)?;
+        let (mut index, torn) = scan(&file, &path, config.projection.as_deref())?;
         let recovery = match torn {
             Some(torn) => Some(repair(&mut file, &path, &mut index, &torn)?),
             None => None,
@@ -113,7 +145,7 @@ impl AuditLog {
         }
         let shared = Arc::new(Shared::new(index));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer::new(file, Arc::clone(&shared), stdout, rx);
+        let writer = Writer::new(file, Arc::clone(&shared), stdout, rx, config.projection);
         let writer = thread::Builder::new()
             .name("agentiam-audit".into())
             .spawn(move || writer.run())
@@ -318,7 +350,11 @@ struct Torn {
 /// Verifies the whole file and rebuilds the index. A bad *last* line that is incomplete or unparsable is
 /// reported as torn rather than corrupt: `append` writes whole lines in one write and acknowledges only
 /// after sync, so such a line is the remains of a write that no caller was told succeeded.
-fn scan(file: &File, path: &Path) -> Result<(Index, Option<Torn>), AuditError> {
+fn scan(
+    file: &File,
+    path: &Path,
+    projection: Option<&dyn Projection>,
+) -> Result<(Index, Option<Torn>), AuditError> {
     let read_error = |source| AuditError::Read { path: path.to_owned(), source };
     let mut reader = BufReader::new(file);
     let mut chain = ChainVerifier::new();
@@ -346,6 +382,9 @@ fn scan(file: &File, path: &Path) -> Result<(Index, Option<Torn>), AuditError> {
                 let at = |problem| LineError { line: chain.lines(), seq: Some(record.seq), problem };
                 index.check(&record).map_err(at)?;
                 index.apply(&record, n as u64);
+                if let Some(p) = projection.filter(|p| p.wants(&record.action)) {
+                    p.apply(&record);
+                }
             }
             Err(error) if matches!(error.problem, Problem::Incomplete | Problem::Unparsable(_)) => {
                 if reader.fill_buf().map_err(read_error)?.is_empty() {

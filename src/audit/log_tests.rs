@@ -11,7 +11,7 @@ use crate::audit::record::tests::entry;
 use crate::audit::verify::{trace, verify_log};
 
 fn config(dir: &tempfile::TempDir) -> AuditConfig {
-    AuditConfig { path: dir.path().join("audit").join("audit.log"), stream_stdout: false }
+    AuditConfig::new(dir.path().join("audit").join("audit.log"))
 }
 
 fn open(dir: &tempfile::TempDir) -> AuditLog {

@@ -60,7 +60,7 @@ pub use checkpoint::{
     CHECKPOINT_DOMAIN, Checkpoint, CheckpointError, CheckpointSigner, Pkcs8Key, checkpoint_message, key_id,
     public_key_from_pem, verify_checkpoint,
 };
-pub use log::{AuditConfig, AuditLog, IntentState};
+pub use log::{AuditConfig, AuditLog, IntentState, Projection};
 pub use record::{Entry, ObjectRef, Outcome, Record, RecordKind, ZERO_HASH, now_rfc3339};
 pub use verify::{ChainVerifier, LineError, Problem, VerifyError, VerifyReport, trace, verify_log};
 

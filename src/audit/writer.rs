@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::AuditError;
-use super::log::IntentState;
+use super::log::{IntentState, Projection};
 use super::record::{Entry, Outcome, Record, RecordKind, ZERO_HASH, now_rfc3339};
 use super::stdout::StdoutSink;
 use super::verify::Problem;
@@ -196,6 +196,8 @@ struct Batch {
     written: Vec<Durable>,
     opened: HashMap<String, Record>,
     closed: HashMap<String, Record>,
+    /// Copies of the records the projection wants, handed to it once the batch is durable.
+    projected: Vec<Record>,
 }
 
 /// What is known about an intent key, counting staged records.
@@ -224,10 +226,17 @@ impl Batch {
             written: Vec::new(),
             opened: HashMap::new(),
             closed: HashMap::new(),
+            projected: Vec::new(),
         }
     }
 
-    fn stage(&mut self, kind: RecordKind, key: Option<String>, entry: Entry) -> Result<Record, AuditError> {
+    fn stage(
+        &mut self,
+        projection: Option<&dyn Projection>,
+        kind: RecordKind,
+        key: Option<String>,
+        entry: Entry,
+    ) -> Result<Record, AuditError> {
         let seq = self.seq + 1;
         let (record, line) = Record::seal_line(&self.prev, seq, now_rfc3339(), kind, key, entry)
             .map_err(AuditError::Encode)?;
@@ -247,6 +256,9 @@ impl Batch {
             None => Keyed::No,
         };
         self.written.push(Durable { seq, hash: record.hash.clone(), len: line.len() as u64, keyed });
+        if projection.is_some_and(|p| p.wants(&record.action)) {
+            self.projected.push(record.clone());
+        }
         Ok(record)
     }
 
@@ -263,21 +275,21 @@ impl Batch {
         }
     }
 
-    fn append(&mut self, entry: Entry) -> Result<IntentState, AuditError> {
+    fn append(&mut self, p: Option<&dyn Projection>, entry: Entry) -> Result<IntentState, AuditError> {
         if entry.outcome == Outcome::Pending {
             return Err(AuditError::InvalidOutcome("only intents may be pending"));
         }
-        Ok(IntentState::Fresh(self.stage(RecordKind::Event, None, entry)?))
+        Ok(IntentState::Fresh(self.stage(p, RecordKind::Event, None, entry)?))
     }
 
-    fn plan(&mut self, index: &Index, op: Op) -> Result<Planned, AuditError> {
+    fn plan(&mut self, index: &Index, p: Option<&dyn Projection>, op: Op) -> Result<Planned, AuditError> {
         let state = match op {
-            Op::Deferred(build) => self.append((build.0)())?,
-            Op::Append(entry) => self.append(entry)?,
+            Op::Deferred(build) => self.append(p, (build.0)())?,
+            Op::Append(entry) => self.append(p, entry)?,
             Op::Intent { key, mut entry } => match self.lookup(index, &key) {
                 Known::Nothing => {
                     entry.outcome = Outcome::Pending;
-                    IntentState::Fresh(self.stage(RecordKind::Intent, Some(key), entry)?)
+                    IntentState::Fresh(self.stage(p, RecordKind::Intent, Some(key), entry)?)
                 }
                 Known::Open(record) => IntentState::Pending(record),
                 Known::Done(record) => IntentState::Completed(record),
@@ -299,7 +311,7 @@ impl Batch {
                             reason,
                             details,
                         };
-                        IntentState::Fresh(self.stage(RecordKind::Outcome, Some(key), entry)?)
+                        IntentState::Fresh(self.stage(p, RecordKind::Outcome, Some(key), entry)?)
                     }
                     Known::Done(record) => IntentState::Completed(record),
                     Known::DoneAt(loc) => return Ok(Planned::ReadBack(loc)),
@@ -361,6 +373,7 @@ pub(super) struct Writer {
     rx: mpsc::Receiver<Request>,
     /// The last batch's buffer, for the next one.
     spare: Vec<u8>,
+    projection: Option<Arc<dyn Projection>>,
 }
 
 impl Writer {
@@ -369,8 +382,9 @@ impl Writer {
         shared: Arc<Shared>,
         stdout: Option<StdoutSink>,
         rx: mpsc::Receiver<Request>,
+        projection: Option<Arc<dyn Projection>>,
     ) -> Self {
-        Self { file, shared, stdout, rx, spare: Vec::new() }
+        Self { file, shared, stdout, rx, spare: Vec::new(), projection }
     }
 
     /// Serves batches until every handle is dropped or one asks to close.
@@ -441,14 +455,16 @@ impl Writer {
                     Request::Close { reply } => close = close.or(Some(reply)),
                     Request::Write { reply, .. } if close.is_some() => answer(reply, Err(AuditError::Closed)),
                     Request::Write { reply, .. } if failed => answer(reply, Err(AuditError::Failed)),
-                    Request::Write { op, reply } => match staged.plan(&index, *op) {
-                        Ok(planned) => {
-                            if let Some(reply) = reply {
-                                waiting.push((reply, planned));
+                    Request::Write { op, reply } => {
+                        match staged.plan(&index, self.projection.as_deref(), *op) {
+                            Ok(planned) => {
+                                if let Some(reply) = reply {
+                                    waiting.push((reply, planned));
+                                }
                             }
+                            Err(error) => answer(reply, Err(error)),
                         }
-                        Err(error) => answer(reply, Err(error)),
-                    },
+                    }
                 }
             }
             staged
@@ -465,6 +481,13 @@ impl Writer {
             let mut index = self.shared.index();
             for durable in staged.written.drain(..) {
                 index.take(durable);
+            }
+            drop(index);
+            // Durable now, and nobody has been answered yet: the projection is never behind an `Ok`.
+            if let Some(p) = &self.projection {
+                for record in staged.projected.drain(..) {
+                    p.apply(&record);
+                }
             }
         }
         for (reply, planned) in waiting {

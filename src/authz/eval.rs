@@ -2,9 +2,12 @@
 //! nothing here performs I/O, and the only allocation is splitting the resource into segments.
 //!
 //! # Semantics
-//! 1. The agent must exist with the token's UID and name, the token must not predate the agent's latest
-//!    activation, the agent must be Active (and not asked to stop, nor being deleted), and no Revocation may
-//!    target it; otherwise Deny.
+//! 1. The agent must exist with the token's UID and name; the operator must have recorded it as Active (its
+//!    ledger, never the status); it must not be asked to stop, nor be being deleted, nor be targeted by a
+//!    Revocation; and the token must be one the operator issued to it and has not taken back (by `jti`,
+//!    for this audience), for an audience its spec still grants, with a lifetime no longer than it would
+//!    get now (so narrowing the spec or a policy's lifetime cap refuses older, wider tokens at once).
+//!    Otherwise Deny.
 //! 2. The policies that govern it are evaluated. A rule matches when the action is one of its actions (or
 //!    it has `*`), the resource matches one of its patterns (if it lists any), the tool matches one of its
 //!    tools (if it lists any; a request without a tool never matches a rule that lists tools), and every
@@ -25,9 +28,11 @@ use jiff::Timestamp;
 use serde_json::{Map, Value};
 
 use crate::api::{AgentPhase, DesiredState, Effect, PolicyMode, RevocationMode};
+use crate::identity::jwt::effective_ttl;
+use crate::registry::ledger::{AgentRecord, TokenStanding};
 
 use super::compile::CompiledRule;
-use super::index::{AgentFacts, Candidate, NO_PATTERN, RuleSet, Snapshot};
+use super::index::{AgentFacts, Candidate, NO_PATTERN, RuleSet, Snapshot, Standing};
 use super::ratelimit::RateLimiter;
 use super::resource;
 
@@ -87,8 +92,15 @@ pub enum Reason {
     UnknownAgent,
     /// The token's subject is not the agent with the token's UID.
     IdentityMismatch,
-    /// The token was issued before the agent last became Active (before a suspension, say).
-    IssuedBeforeActivation,
+    /// The operator has no record of deciding anything about the agent.
+    Unrecorded,
+    /// The token is not one the operator issued to the agent, or it was taken back (suspension, withdrawal,
+    /// replacement of a Secret it could not vouch for).
+    TokenNotIssued,
+    /// The token's audience is no longer among those the agent's spec grants.
+    AudienceNotGranted,
+    /// The token lives longer than the agent's credentials may now (its spec or a policy cap narrowed).
+    LifetimeNotGranted,
     /// The agent's phase is not Active.
     NotActive(Option<AgentPhase>),
     /// The agent's owner asked it to stop.
@@ -127,9 +139,17 @@ impl fmt::Display for Reason {
             Self::IdentityMismatch => {
                 f.write_str("the token's subject does not name the agent it is bound to")
             }
-            Self::IssuedBeforeActivation => f.write_str(
-                "the token was issued before the agent last became Active; use its current credentials",
+            Self::Unrecorded => f.write_str("the operator has no record of this agent being activated"),
+            Self::TokenNotIssued => f.write_str(
+                "the token is not among the agent's current credentials (never issued to it, or taken back when \
+                 it was suspended, its credentials withdrawn or its Secret replaced); use its current credentials",
             ),
+            Self::AudienceNotGranted => {
+                f.write_str("the token's audience is no longer granted to the agent (spec.credentials.audiences)")
+            }
+            Self::LifetimeNotGranted => {
+                f.write_str("the token outlives what the agent's credentials may now (lifetime narrowed)")
+            }
             Self::NotActive(Some(p)) => write!(f, "agent is {p:?}, not Active"),
             Self::NotActive(None) => f.write_str("agent has not been activated yet"),
             Self::Stopping(d) => write!(f, "agent's desired state is {d:?}"),
@@ -201,8 +221,12 @@ pub struct Subject<'a> {
     pub namespace: &'a str,
     /// The agent name in the token's SPIFFE ID.
     pub name: &'a str,
-    /// The token's `iat`.
-    pub issued_at: Option<Timestamp>,
+    /// The token's `jti`.
+    pub jti: &'a str,
+    /// The token's audience.
+    pub audience: &'a str,
+    /// The token's lifetime, `exp - iat` (None without `iat`: refused).
+    pub lifetime: Option<std::time::Duration>,
 }
 
 /// The time of a decision: wall clock for time windows, monotonic for rate limits.
@@ -222,10 +246,13 @@ impl Clock {
 }
 
 impl Snapshot {
-    /// Decides `request` for the agent a verified token names.
+    /// Decides `request` for the agent a verified token names. `record` is what the operator recorded about
+    /// the agent with the token's UID (its ledger entry): the only source of its phase, trust score and live
+    /// credentials.
     pub fn decide(
         &self,
         subject: Subject<'_>,
+        record: Option<&AgentRecord>,
         request: &Request<'_>,
         clock: Clock,
         limiter: &RateLimiter,
@@ -234,37 +261,53 @@ impl Snapshot {
         if &*agent.namespace != subject.namespace || &*agent.name != subject.name {
             return Decision::deny(Reason::IdentityMismatch);
         }
-        // Both times come from the operator's clock in whole seconds, and a token is only ever issued after
-        // the status that made the agent Active was written, so `iat >= active_since` for every current one.
-        if let Some(since) = agent.active_since
-            && subject.issued_at.is_none_or(|iat| iat < since)
-        {
-            return Decision::deny(Reason::IssuedBeforeActivation);
+        let Some(record) = record else { return Decision::deny(Reason::Unrecorded) };
+        let standing = Standing { phase: record.phase, trust_score: record.trust_score.unwrap_or(0) };
+        if let Some(stop) = stopped(agent, standing) {
+            return stop;
         }
-        decide_for(agent, request, clock, limiter)
+        if record.token(subject.jti, subject.audience, clock.now) != TokenStanding::Live {
+            return Decision::deny(Reason::TokenNotIssued);
+        }
+        if !agent.audiences.iter().any(|a| a == subject.audience) {
+            return Decision::deny(Reason::AudienceNotGranted);
+        }
+        let allowed = effective_ttl(agent.requested_ttl, agent.ttl_cap, standing.trust_score);
+        if subject.lifetime.is_none_or(|l| l > allowed) {
+            return Decision::deny(Reason::LifetimeNotGranted);
+        }
+        evaluate(&agent.rules, standing, agent, request, clock, limiter)
     }
 }
 
-/// Decides `request` for `agent` (whose identity the caller established).
+/// Decides `request` for `agent` standing as `standing` (whose identity and credentials the caller
+/// established; `kubectl agentiam can-i` asks this way).
 pub fn decide_for(
     agent: &AgentFacts,
+    standing: Standing,
     request: &Request<'_>,
     clock: Clock,
     limiter: &RateLimiter,
 ) -> Decision {
+    stopped(agent, standing)
+        .unwrap_or_else(|| evaluate(&agent.rules, standing, agent, request, clock, limiter))
+}
+
+/// The Deny for an agent that may not act at all, if it may not.
+fn stopped(agent: &AgentFacts, standing: Standing) -> Option<Decision> {
     if let Some(r) = &agent.revoked_by {
-        return Decision::deny(Reason::Revoked { by: Arc::clone(&r.name), mode: r.mode });
+        return Some(Decision::deny(Reason::Revoked { by: Arc::clone(&r.name), mode: r.mode }));
     }
     if agent.deleting {
-        return Decision::deny(Reason::Deleting);
+        return Some(Decision::deny(Reason::Deleting));
     }
     if agent.desired != DesiredState::Active {
-        return Decision::deny(Reason::Stopping(agent.desired));
+        return Some(Decision::deny(Reason::Stopping(agent.desired)));
     }
-    if agent.phase != Some(AgentPhase::Active) {
-        return Decision::deny(Reason::NotActive(agent.phase));
+    if standing.phase != Some(AgentPhase::Active) {
+        return Some(Decision::deny(Reason::NotActive(standing.phase)));
     }
-    evaluate(&agent.rules, agent, request, clock, limiter)
+    None
 }
 
 /// The matches of one mode's rules.
@@ -311,6 +354,7 @@ impl Matches {
 
 fn evaluate(
     set: &RuleSet,
+    standing: Standing,
     agent: &AgentFacts,
     request: &Request<'_>,
     clock: Clock,
@@ -336,7 +380,7 @@ fn evaluate(
         let lists = [bucket.by_prefix.get(first).map(Vec::as_slice), Some(bucket.other.as_slice())];
         for candidate in lists.into_iter().flatten().flatten() {
             let Some(rule) = set.rules.get(candidate.rule as usize) else { continue };
-            if rule_matches(rule, *candidate, &segments, agent, request, clock) {
+            if rule_matches(rule, *candidate, &segments, standing, request, clock) {
                 match rule.mode {
                     PolicyMode::Enforce => enforce.note(candidate.rule, rule),
                     PolicyMode::Audit => audit.note(candidate.rule, rule),
@@ -415,7 +459,7 @@ fn rule_matches(
     rule: &CompiledRule,
     candidate: Candidate,
     segments: &[&str],
-    agent: &AgentFacts,
+    standing: Standing,
     request: &Request<'_>,
     clock: Clock,
 ) -> bool {
@@ -433,7 +477,7 @@ fn rule_matches(
     if !rule.windows.is_empty() && !rule.windows.iter().any(|w| w.contains(clock.now)) {
         return false;
     }
-    if rule.min_trust_score.is_some_and(|min| agent.trust_score < min) {
+    if rule.min_trust_score.is_some_and(|min| standing.trust_score < min) {
         return false;
     }
     if let Some(scope) = &rule.delegation_scope

@@ -8,13 +8,49 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::api::{Agent, AgentPolicy, Revocation};
+use crate::registry::ledger::{AgentRecord, Issuance, IssuedToken, Stored};
+
+/// The audience of the tokens the tests present.
+const AUD: &str = "tests";
+/// Their lifetime (the default a trust score of 700 gets).
+const LIFETIME: Duration = Duration::from_secs(600);
+
+/// What the operator recorded about an agent: here, what its status says (tests of the record's own
+/// authority build one by hand), and one live issuance holding `jti-<name>` for [`AUD`].
+fn recorded(a: &Agent, now: jiff::Timestamp) -> AgentRecord {
+    let status = a.status.clone().unwrap_or_default();
+    let jti = format!("jti-{}", a.metadata.name.as_deref().unwrap_or_default());
+    AgentRecord {
+        phase: status.phase,
+        trust_score: status.trust_score,
+        issuances: vec![issuance(now, vec![IssuedToken { aud: AUD.into(), jti }])],
+        ..AgentRecord::default()
+    }
+}
+
+fn issuance(now: jiff::Timestamp, tokens: Vec<IssuedToken>) -> Issuance {
+    Issuance {
+        key: "credential.issue:u:0".into(),
+        issued_at: now,
+        expires_at: now.checked_add(jiff::SignedDuration::from_hours(24)).unwrap(),
+        ttl_secs: 600,
+        key_id: "k1".into(),
+        fingerprint: None,
+        audiences: tokens.iter().map(|t| t.aud.clone()).collect(),
+        tokens,
+        x509: false,
+        x509_serial: None,
+        stored: Stored::Yes,
+    }
+}
 
 fn agent(name: &str, labels: Value, phase: &str, trust: u16) -> Arc<Agent> {
     Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
             "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "labels": labels},
-            "spec": {"owner": {"kind": "Team", "name": "t"}, "purpose": "p"},
+            "spec": {"owner": {"kind": "Team", "name": "t"}, "purpose": "p",
+                     "credentials": {"audiences": [AUD]}},
             "status": {"phase": phase, "trustScore": trust},
         }))
         .unwrap(),
@@ -45,6 +81,7 @@ fn revocation(name: &str, target: Value) -> Arc<Revocation> {
 
 struct World {
     snapshot: Snapshot,
+    records: std::collections::HashMap<String, AgentRecord>,
     limiter: RateLimiter,
     clock: Clock,
 }
@@ -53,15 +90,35 @@ impl World {
     fn new(agents: &[Arc<Agent>], policies: &[Arc<AgentPolicy>], revocations: &[Arc<Revocation>]) -> Self {
         let snapshot = Builder::default().build(agents, policies, revocations);
         let clock = Clock { now: "2026-11-30T10:00:00Z".parse().unwrap(), instant: Instant::now() };
-        Self { snapshot, limiter: RateLimiter::default(), clock }
+        let records = agents
+            .iter()
+            .map(|a| (a.metadata.uid.clone().unwrap_or_default(), recorded(a, clock.now)))
+            .collect();
+        Self { snapshot, records, limiter: RateLimiter::default(), clock }
     }
 
     fn ask(&self, agent: &str, action: &str, resource: &str, tool: Option<&str>, context: Value) -> Decision {
+        let jti = format!("jti-{agent}");
+        self.ask_with(agent, &jti, AUD, Some(LIFETIME), action, resource, tool, context)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ask_with(
+        &self,
+        agent: &str,
+        jti: &str,
+        audience: &str,
+        lifetime: Option<Duration>,
+        action: &str,
+        resource: &str,
+        tool: Option<&str>,
+        context: Value,
+    ) -> Decision {
         let context: Map<String, Value> = context.as_object().cloned().unwrap_or_default();
         let uid = format!("uid-{agent}");
-        let subject = Subject { uid: &uid, namespace: "ns", name: agent, issued_at: Some(self.clock.now) };
+        let subject = Subject { uid: &uid, namespace: "ns", name: agent, jti, audience, lifetime };
         let request = Request { action, resource, tool, context: &context, delegation_scopes: &[] };
-        self.snapshot.decide(subject, &request, self.clock, &self.limiter)
+        self.snapshot.decide(subject, self.records.get(&uid), &request, self.clock, &self.limiter)
     }
 
     fn verdict(&self, action: &str, resource: &str) -> Verdict {
@@ -324,10 +381,22 @@ fn agent_state_and_revocations_deny_before_any_rule() {
     // The token's UID must be the agent's current UID, and its subject must name it.
     let ctx = Map::new();
     let req = Request { action: "read", resource: "x", tool: None, context: &ctx, delegation_scopes: &[] };
-    let stale = Subject { uid: "uid-of-a-deleted-bot", namespace: "ns", name: "bot", issued_at: None };
-    assert_eq!(w.snapshot.decide(stale, &req, w.clock, &w.limiter).reason, Reason::UnknownAgent);
-    let swapped = Subject { uid: "uid-bot", namespace: "ns", name: "sus", issued_at: None };
-    assert_eq!(w.snapshot.decide(swapped, &req, w.clock, &w.limiter).reason, Reason::IdentityMismatch);
+    let subject = |uid, name| Subject {
+        uid,
+        namespace: "ns",
+        name,
+        jti: "jti-bot",
+        audience: AUD,
+        lifetime: Some(LIFETIME),
+    };
+    let stale = subject("uid-of-a-deleted-bot", "bot");
+    let record = w.records.get("uid-bot");
+    assert_eq!(w.snapshot.decide(stale, record, &req, w.clock, &w.limiter).reason, Reason::UnknownAgent);
+    let swapped = subject("uid-bot", "sus");
+    assert_eq!(
+        w.snapshot.decide(swapped, record, &req, w.clock, &w.limiter).reason,
+        Reason::IdentityMismatch
+    );
 
     for target in [
         json!({"agentRef": {"name": "bot"}}),
@@ -459,43 +528,81 @@ proptest! {
     }
 }
 
+fn allow_all(name: &str) -> Arc<AgentPolicy> {
+    policy(
+        name,
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([{"name": "all", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+    )
+}
+
 #[test]
-fn tokens_issued_before_the_latest_activation_are_refused() {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    let mut resumed = (*bot()).clone();
-    resumed.status.as_mut().unwrap().conditions.push(Condition {
-        type_: "Ready".into(),
-        status: "True".into(),
-        reason: "Active".into(),
-        message: String::new(),
-        observed_generation: Some(1),
-        last_transition_time: Time("2026-11-30T09:00:00Z".parse().unwrap()),
-    });
-    let p = policy(
+fn the_operators_record_decides_never_the_status() {
+    let mut w = World::new(&[bot()], &[allow_all("p")], &[]);
+    assert_eq!(w.ask("bot", "read", "x", None, json!({})).verdict, Verdict::Allow);
+    // The status says Active with trust 700, but the operator recorded a suspension (or nothing at all).
+    let suspended =
+        AgentRecord { phase: Some(crate::api::AgentPhase::Suspended), ..recorded(&bot(), w.clock.now) };
+    w.records.insert("uid-bot".into(), suspended);
+    let d = w.ask("bot", "read", "x", None, json!({}));
+    assert_eq!(d.reason, Reason::NotActive(Some(crate::api::AgentPhase::Suspended)));
+    w.records.clear();
+    assert_eq!(w.ask("bot", "read", "x", None, json!({})).reason, Reason::Unrecorded);
+
+    // The trust score of conditions is the recorded one, not the status's.
+    let gated = policy(
         "p",
         "Enforce",
         json!({"names": ["bot"]}),
-        json!([
-        {"name": "all", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+        json!([{"name": "trusted", "effect": "Allow", "actions": ["read"], "resources": ["**"],
+                "conditions": {"minTrustScore": 500}}]),
     );
-    let w = World::new(&[Arc::new(resumed)], &[p], &[]);
-    let ctx = Map::new();
-    let req = Request { action: "read", resource: "x", tool: None, context: &ctx, delegation_scopes: &[] };
-    let at = |iat: Option<&str>| Subject {
-        uid: "uid-bot",
-        namespace: "ns",
-        name: "bot",
-        issued_at: iat.map(|t| t.parse().unwrap()),
+    let mut w = World::new(&[bot()], &[gated], &[]);
+    assert_eq!(w.ask("bot", "read", "x", None, json!({})).verdict, Verdict::Allow);
+    // 450: below the rule's 500, above the 400 that would also shorten the lifetime.
+    let low = AgentRecord { trust_score: Some(450), ..recorded(&bot(), w.clock.now) };
+    w.records.insert("uid-bot".into(), low);
+    assert_eq!(w.ask("bot", "read", "x", None, json!({})).reason, Reason::NoMatchingRule);
+}
+
+#[test]
+fn only_live_tokens_for_granted_audiences_and_lifetimes_are_accepted() {
+    let w = World::new(&[bot()], &[allow_all("p")], &[]);
+    let ask = |jti: &str, aud: &str, lifetime: Option<Duration>| {
+        w.ask_with("bot", jti, aud, lifetime, "read", "x", None, json!({})).reason
     };
-    let decide = |s| w.snapshot.decide(s, &req, w.clock, &w.limiter);
-    assert_eq!(decide(at(Some("2026-11-30T08:59:59Z"))).reason, Reason::IssuedBeforeActivation);
+    assert_eq!(ask("jti-bot", AUD, Some(LIFETIME)), Reason::Allowed);
+    assert_eq!(ask("never-issued", AUD, Some(LIFETIME)), Reason::TokenNotIssued);
     assert_eq!(
-        decide(at(Some("2026-11-30T09:00:00Z"))).verdict,
-        Verdict::Allow,
-        "issued in the second of activation"
+        ask("jti-bot", "elsewhere", Some(LIFETIME)),
+        Reason::TokenNotIssued,
+        "a jti is bound to its audience"
     );
-    assert_eq!(decide(at(Some("2026-11-30T09:05:00Z"))).verdict, Verdict::Allow);
-    assert_eq!(decide(at(None)).reason, Reason::IssuedBeforeActivation, "no iat: fail closed");
+    assert_eq!(ask("jti-bot", AUD, None), Reason::LifetimeNotGranted, "no iat: fail closed");
+    assert_eq!(ask("jti-bot", AUD, Some(Duration::from_secs(601))), Reason::LifetimeNotGranted);
+
+    // Narrowing the spec: the audience removed, or a shorter lifetime. Tokens issued before are refused at
+    // once, though the operator has not re-issued anything yet.
+    let mut narrowed = (*bot()).clone();
+    narrowed.spec.credentials =
+        Some(crate::api::CredentialsSpec { audiences: vec!["other".into()], ..Default::default() });
+    let mut w2 = World::new(&[Arc::new(narrowed.clone())], &[allow_all("p")], &[]);
+    w2.records.insert("uid-bot".into(), recorded(&bot(), w2.clock.now));
+    let d = w2.ask("bot", "read", "x", None, json!({}));
+    assert_eq!(d.reason, Reason::AudienceNotGranted);
+    narrowed.spec.credentials = Some(crate::api::CredentialsSpec {
+        audiences: vec![AUD.into()],
+        ttl: Some("5m".into()),
+        x509: false,
+    });
+    let w3 = World::new(&[Arc::new(narrowed)], &[allow_all("p")], &[]);
+    assert_eq!(w3.ask("bot", "read", "x", None, json!({})).reason, Reason::LifetimeNotGranted);
+    // A policy's lifetime cap narrows the same way.
+    let mut capped = (*allow_all("p")).clone();
+    capped.spec.credential_ttl_cap = Some("2m".into());
+    let w4 = World::new(&[bot()], &[Arc::new(capped)], &[]);
+    assert_eq!(w4.ask("bot", "read", "x", None, json!({})).reason, Reason::LifetimeNotGranted);
 }
 
 #[test]

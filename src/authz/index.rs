@@ -11,7 +11,8 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, DesiredState, PolicyMode, Revocation, RevocationMode};
-use crate::registry::selector::{governs, matches};
+use crate::registry::selector::{credential_ttl_cap, governs, matches};
+use crate::registry::validate::parse_duration;
 
 use super::compile::{CompiledPolicy, CompiledRule, compile};
 use super::ratelimit::agent_key;
@@ -115,7 +116,17 @@ pub struct RevokedBy {
     pub mode: RevocationMode,
 }
 
-/// What a decision needs to know about an agent.
+/// Where an agent stands: its phase and trust score. In the operator both come from its own records (the
+/// ledger), never from the status; `kubectl agentiam can-i` can only read what the status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Current phase (None: nothing decided yet).
+    pub phase: Option<AgentPhase>,
+    /// Current trust score (0 when unknown).
+    pub trust_score: u16,
+}
+
+/// What a decision needs to know about an agent, from its spec and metadata (which only its author writes).
 #[derive(Debug, Clone)]
 pub struct AgentFacts {
     /// Namespace.
@@ -124,17 +135,20 @@ pub struct AgentFacts {
     pub name: Arc<str>,
     /// The object UID tokens are bound to.
     pub uid: Arc<str>,
-    /// Current phase (None before the operator first reconciled it).
-    pub phase: Option<AgentPhase>,
+    /// What the status reports (phase, trust score). Only `kubectl agentiam can-i` uses it, for want of
+    /// anything better; the operator decides from its ledger.
+    pub reported: Standing,
     /// What its owner asked for: a pending suspension denies before the controller catches up.
     pub desired: DesiredState,
     /// Whether the object is being deleted.
     pub deleting: bool,
-    /// Current trust score (0 when not yet computed).
-    pub trust_score: u16,
-    /// When the agent last became Active (its Ready condition's transition to True). Tokens issued before
-    /// it are refused, so credentials handed out before a suspension do not come back on resume.
-    pub active_since: Option<jiff::Timestamp>,
+    /// The audiences its spec grants now: a token for any other audience is refused at once, even one
+    /// issued before the audience was removed.
+    pub audiences: Arc<[String]>,
+    /// The credential lifetime its spec asks for.
+    pub requested_ttl: Option<std::time::Duration>,
+    /// The lowest credential lifetime cap of the policies that govern it.
+    pub ttl_cap: Option<std::time::Duration>,
     /// The first Revocation that targets it, if any.
     pub revoked_by: Option<RevokedBy>,
     /// The rules of every policy that governs it.
@@ -249,20 +263,21 @@ impl Builder {
             let uid: Arc<str> =
                 agent.metadata.uid.clone().unwrap_or_else(|| format!("{namespace}/{name}")).into();
             let status = agent.status.as_ref();
+            let creds = agent.spec.credentials.as_ref();
+            let governing_policies = governing.iter().filter_map(|&i| policies.get(i)).map(|p| &***p);
             let facts = AgentFacts {
                 namespace: Arc::clone(&namespace),
                 name: Arc::clone(&name),
                 uid: Arc::clone(&uid),
-                phase: status.and_then(|s| s.phase),
+                reported: Standing {
+                    phase: status.and_then(|s| s.phase),
+                    trust_score: status.and_then(|s| s.trust_score).unwrap_or(0),
+                },
                 desired: agent.spec.lifecycle.as_ref().map(|l| l.desired_state).unwrap_or_default(),
                 deleting: agent.metadata.deletion_timestamp.is_some(),
-                trust_score: status.and_then(|s| s.trust_score).unwrap_or(0),
-                active_since: status.and_then(|s| {
-                    s.conditions
-                        .iter()
-                        .find(|c| c.type_ == crate::registry::status::CONDITION_READY && c.status == "True")
-                        .map(|c| c.last_transition_time.0)
-                }),
+                audiences: creds.map(|c| c.audiences.clone()).unwrap_or_default().into(),
+                requested_ttl: creds.and_then(|c| c.ttl.as_deref()).and_then(|t| parse_duration(t).ok()),
+                ttl_cap: credential_ttl_cap(governing_policies, agent),
                 revoked_by: revoked_by(agent, revocations),
                 rules,
                 limiter_key: agent_key(&uid),

@@ -4,7 +4,7 @@
 //! - [`compile`](compile::compile) turns an `AgentPolicy` into rules with parsed patterns, time zones,
 //!   numbers and rate limits, collecting every error; a policy with errors denies everything.
 //! - [`Builder`] arranges Agents, compiled policies and Revocations into an immutable [`Snapshot`]: per
-//!   agent the facts a decision needs (UID, phase, trust score, revocation) and a [`RuleSet`] indexed by
+//!   agent the facts a decision needs from its spec (UID, granted audiences, revocation) and a [`RuleSet`] indexed by
 //!   action and by the resource's first segment.
 //! - [`Snapshot::decide`] answers one request in a few hash lookups and a short candidate scan; the
 //!   semantics (default deny, Deny beats Allow, audit mode) are documented in [`eval`].
@@ -24,5 +24,5 @@ pub mod resource;
 mod eval_tests;
 
 pub use eval::{Clock, Decision, Reason, Request, Subject, Verdict, decide_for};
-pub use index::{AgentFacts, Builder, PolicySummary, RevokedBy, RuleSet, Snapshot};
+pub use index::{AgentFacts, Builder, PolicySummary, RevokedBy, RuleSet, Snapshot, Standing};
 pub use ratelimit::RateLimiter;

@@ -85,6 +85,9 @@ enum AuditCommand {
         /// Only this incarnation (object UID) of the name.
         #[arg(long)]
         uid: Option<String>,
+        /// Only the records naming this token ID (`jti`): its issuance and the decisions made on it.
+        #[arg(long)]
+        jti: Option<String>,
         /// Output format: text or json (one record per line).
         #[arg(short, long, default_value = "text")]
         output: Output,
@@ -115,8 +118,8 @@ async fn run(command: Command) -> Result<(String, u8), String> {
             };
             audit::verify(&log.log, &source).await.map(done).map_err(|e| e.to_string())
         }
-        Command::Audit(AuditCommand::Trace { agent, namespace, uid, output, log }) => {
-            let filter = TraceFilter { namespace, name: agent, uid };
+        Command::Audit(AuditCommand::Trace { agent, namespace, uid, jti, output, log }) => {
+            let filter = TraceFilter { namespace, name: agent, uid, jti };
             let records = audit::trace_records(&log.log, &filter).map_err(|e| e.to_string())?;
             match output {
                 Output::Text => Ok(done(audit::render_trace(&records))),

@@ -129,6 +129,9 @@ pub struct TraceFilter {
     pub name: String,
     /// Only this object UID (one incarnation of the name).
     pub uid: Option<String>,
+    /// Only the records that name this token ID: its issuance (intent and outcome, also when an
+    /// interruption was recovered) and every decision made on it.
+    pub jti: Option<String>,
 }
 
 impl TraceFilter {
@@ -137,7 +140,13 @@ impl TraceFilter {
             && r.object.namespace.as_deref() == Some(self.namespace.as_str())
             && r.object.name == self.name
             && self.uid.as_ref().is_none_or(|u| r.object.uid.as_ref() == Some(u))
+            && self.jti.as_ref().is_none_or(|j| names_jti(r, j))
     }
+}
+
+/// Whether the record names the token `jti` (issuance records list theirs comma-separated).
+fn names_jti(r: &Record, jti: &str) -> bool {
+    r.details.get(crate::registry::actions::DETAIL_JTI).is_some_and(|v| v.split(',').any(|j| j == jti))
 }
 
 /// The records about one agent, in log order.

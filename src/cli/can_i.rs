@@ -188,7 +188,10 @@ pub struct Answer {
 }
 
 /// Decides `request` for the agent `namespace/name` in `snapshot` as of `at`, as the operator would with
-/// fresh rate-limit counters: its resource is canonicalised (or refused) by the same grammar first.
+/// fresh rate-limit counters, on its resource canonicalised (or refused) by the same grammar first. The phase and trust score are what the agent's status reports: the
+/// operator's own records (its audit log) are not readable here, and it decides from those, so an answer
+/// for a status someone else wrote can differ from the operator's. Credentials are not looked at (no token
+/// is involved): this asks what the policies allow the agent, not whether a given token is still current.
 pub fn answer(
     snapshot: &Snapshot,
     namespace: &str,
@@ -203,7 +206,7 @@ pub fn answer(
         .agent_by_name(namespace, name)
         .ok_or_else(|| CanIError::AgentNotFound { namespace: namespace.to_owned(), name: name.to_owned() })?;
     let clock = Clock { now: at, instant: Instant::now() };
-    let decision = decide_for(agent, request, clock, &RateLimiter::default());
+    let decision = decide_for(agent, agent.reported, request, clock, &RateLimiter::default());
     // A rate limit only ever turns a non-Deny into a Deny, and the audit-mode "would" is only reported when
     // the verdict is not already Deny: after a Deny no counter can change anything.
     let rate_limits_not_applied = decision.verdict != Verdict::Deny && agent.rules.has_rate_limits();

@@ -1,8 +1,10 @@
 //! The Agent registry controller: assigns identity, computes the trust score, drives the lifecycle, and
 //! archives agents to the audit log before they go.
 //!
-//! Pipeline per reconcile: read (the object) -> decide (pure, `registry::status::decide`) -> close stale
-//! audit intents -> write ahead (intent) -> apply status (server-side apply) -> outcome -> Event.
+//! Pipeline per reconcile: read (the object, and the operator's own record of it from the ledger) -> note
+//! status writes by anyone else -> decide (pure, `registry::status::decide`, from the spec and the record,
+//! never from the status) -> close stale audit intents -> write ahead (the intent, which is the decision)
+//! -> replace the status -> outcome -> Event -> credentials.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,22 +12,28 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
 use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
-use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, intents, scoped_api};
+use crate::controller::{
+    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, scoped_api, watches,
+};
+use crate::registry::actions as a;
+use crate::registry::ledger::AgentRecord;
 use crate::registry::lifecycle::Transition;
+use crate::registry::secret;
 use crate::registry::status::{CONDITION_VALID, Decision, Subject, decide};
 use crate::registry::trust::trust_score;
 use crate::registry::validate::redact_userinfo;
+use k8s_openapi::api::core::v1::Secret;
 
 /// The finalizer that makes deletion wait until the agent is archived.
 pub const FINALIZER: &str = "agentiam.dev/archive";
@@ -43,21 +51,47 @@ pub fn controller(ctx: &Context) -> Controller<Agent> {
     let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
-    let controller =
-        Controller::new(api, watcher::Config::default().any_semantic()).reconcile_all_on(rotations);
+    let controller = watches::controller(api, "Agent controller: Agents").reconcile_all_on(rotations);
     // A policy change can change any agent's credential lifetime cap in its namespace (including agents it
     // no longer selects), so it re-reconciles every agent there.
     let agents = controller.store();
     let policies: Api<AgentPolicy> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
-    controller.watches(policies, watcher::Config::default(), move |policy: AgentPolicy| {
-        let ns = policy.namespace();
-        agents
-            .state()
-            .into_iter()
-            .filter(|a| a.namespace() == ns)
-            .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
-            .collect::<Vec<_>>()
-    })
+    let controller = watches::watches(
+        controller,
+        policies,
+        "Agent controller: AgentPolicies",
+        move |policy: AgentPolicy| {
+            let ns = policy.namespace();
+            agents
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == ns)
+                .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    );
+    // A change to a credentials Secret (a key added, a token swapped, the Secret deleted, or our label taken
+    // off, which ends its match) reconciles its Agent at once, which checks it against the ledger and
+    // replaces what it cannot vouch for. Not a store: the objects are only mapped to their Agent.
+    let secrets: Api<Secret> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
+    let ours = format!("{}={FIELD_MANAGER}", secret::MANAGED_BY_LABEL);
+    let (agents, known) = (controller.store(), Arc::clone(&ctx.known_credentials));
+    watches::watches_labelled(
+        controller,
+        secrets,
+        &ours,
+        "Agent controller: credentials Secrets",
+        move |s: Secret| {
+            let name = s.metadata.name.as_deref().and_then(|n| n.strip_suffix("-credentials"))?;
+            let agent = kube::runtime::reflector::ObjectRef::<Agent>::new(name)
+                .within(s.metadata.namespace.as_deref()?);
+            // Unless this is the version this process wrote or read, the next reconcile must read it again.
+            if let Some(uid) = agents.get(&agent).and_then(|a| a.metadata.uid.clone()) {
+                known.secret_changed(&uid, s.metadata.resource_version.as_deref());
+            }
+            Some(agent)
+        },
+    )
 }
 
 /// Runs the Agent controller until `shutdown` resolves.
@@ -100,6 +134,8 @@ pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Acti
     let action = match error {
         // Permanent for this object: retrying cannot help until it changes.
         Error::MissingObjectKey(_) => Action::await_change(),
+        // Someone wrote between our read and our write: read again soon, and no Event (nothing is wrong).
+        Error::Conflict { .. } => return Action::requeue(Duration::from_secs(1)),
         // The log refuses appends until a restart; retry slowly so the warning stays visible.
         _ if ctx.audit.is_failed() => Action::requeue(Duration::from_secs(30)),
         _ => Action::requeue(Duration::from_secs(5)),
@@ -135,13 +171,6 @@ pub(crate) async fn publish(ctx: &Context, agent: &Agent, type_: EventType, reas
     }
 }
 
-/// Test hook (see [`crate::controller::Config`]): a pause inside a crash window.
-async fn failpoint(delay: Duration) {
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-}
-
 fn subject_of(agent: &Agent) -> Result<(String, String, String, i64)> {
     let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
     let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
@@ -151,6 +180,8 @@ fn subject_of(agent: &Agent) -> Result<(String, String, String, i64)> {
 
 async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     let (ns, name, uid, generation) = subject_of(agent)?;
+    let recorded = ctx.ledger.get(&uid);
+    record_foreign_status_writes(ctx, agent, &uid).await?;
     // An Agent at a resourceVersion our own last status writes produced (the echo of the phase write may
     // arrive before the cache holds the credentials write after it): its status is that of our last write,
     // credentials summary included, and the Secret is as we last saw it.
@@ -162,27 +193,42 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     let agent = &agent;
     let mut written = Vec::new();
     let subject = Subject { namespace: &ns, name: &name, uid: &uid, generation };
-    let mut decision =
-        decide(&ctx.config.trust_domain, subject, &agent.spec, agent.status.as_ref(), Timestamp::now());
-    // An agent that is not Active holds no credentials: say so in the same status write that changes the
-    // phase, so no reader ever sees a stopped agent advertising credentials (the withdrawal follows below).
-    if decision.status.phase != Some(AgentPhase::Active) {
-        decision.status.credentials = None;
-    }
+    let now = Timestamp::now();
+    let mut decision = decide(
+        &ctx.config.trust_domain,
+        subject,
+        &agent.spec,
+        recorded.as_deref(),
+        agent.status.as_ref(),
+        now,
+    );
+    keep_summary(&mut decision, agent.status.as_ref());
     let key = decision.transition.map(|t| t.audit_key(&uid, generation));
-    intents::resolve_for_agent(ctx, agent, &uid, key.as_deref()).await?;
+    intents::resolve_for_agent(ctx, &uid, key.as_deref()).await?;
 
     if let (Some(t), Some(key)) = (decision.transition, key.as_deref()) {
-        let state = write_intent(ctx, agent, t, key, &decision).await?;
+        let state = write_intent(ctx, agent, t, key, &decision, now).await?;
         failpoint(ctx.config.failpoint_delay_after_intent).await;
         written.extend(apply_status(ctx, &ns, &name, &decision.status).await?);
         failpoint(ctx.config.failpoint_delay_after_effect).await;
-        if !matches!(state, Some(IntentState::Completed(_))) {
-            let reason = format!("agent is now {}", t.to);
-            ctx.audit
-                .outcome(key, Outcome::Success, reason, BTreeMap::new())
-                .await
-                .map_err(Error::AuditOutcome)?;
+        match state {
+            Some(IntentState::Fresh(_)) => {
+                let reason = format!("agent is now {}", t.to);
+                ctx.audit
+                    .outcome(key, Outcome::Success, reason, BTreeMap::new())
+                    .await
+                    .map_err(Error::AuditOutcome)?;
+            }
+            // Written by an earlier attempt that was interrupted: it took effect then, the status follows now.
+            Some(IntentState::Pending(_)) => {
+                let reason = format!("confirmed after an interruption: the agent is {}", t.to);
+                let details = [("resolvedBy".to_owned(), "intent-recovery".to_owned())].into();
+                ctx.audit
+                    .outcome(key, Outcome::Success, reason, details)
+                    .await
+                    .map_err(Error::AuditOutcome)?;
+            }
+            Some(IntentState::Completed(_)) | None => {}
         }
         info!(agent = %name, from = ?t.from, to = %t.to, spiffe_id = ?decision.status.spiffe_id, "lifecycle transition");
         let note = match (&decision.status.spiffe_id, t.to) {
@@ -190,16 +236,18 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
             _ => format!("agent is now {}", t.to),
         };
         publish(ctx, agent, EventType::Normal, t.event_reason(), note).await;
-    } else if let Some(previous) = spec_changed(agent.status.as_ref(), generation) {
+    } else if let Some(previous) = spec_changed(recorded.as_deref(), generation) {
         // No phase change, but the spec did change (owner, provenance, ...): record it, write-ahead, because a
-        // new trust score can widen what the agent may do.
-        let key = format!("agent.update:{uid}:{generation}");
+        // new trust score can widen what the agent may do (decisions read the recorded one).
+        let key = format!("{}:{uid}:{generation}", a::AGENT_UPDATE);
         let entry =
-            Entry::new(ACTOR, "agent.update", object_ref(agent), Outcome::Pending, "agent spec changed")
-                .with_detail("generation", generation.to_string())
-                .with_detail("previousGeneration", previous.to_string())
-                .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name))
-                .with_detail("trustScore", decision.status.trust_score.unwrap_or_default().to_string());
+            Entry::new(ACTOR, a::AGENT_UPDATE, object_ref(agent), Outcome::Pending, "agent spec changed")
+                .with_detail(
+                    "previousGeneration",
+                    previous.map_or_else(|| "unknown".into(), |g| g.to_string()),
+                )
+                .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name));
+        let entry = with_decision(entry, generation, &decision, now);
         let state = ctx.audit.intent(&key, entry).await.map_err(Error::AuditIntent)?;
         written.extend(apply_status(ctx, &ns, &name, &decision.status).await?);
         if !matches!(state, IntentState::Completed(_)) {
@@ -217,12 +265,11 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
         publish(ctx, agent, EventType::Warning, "InvalidSpec", errors.to_string()).await;
     }
 
-    // Credentials follow the phase that is now in the status: issued only to Active agents, withdrawn from
-    // all others.
+    // Credentials follow the phase just decided: issued only to Active agents, withdrawn from all others.
     let phase = decision.status.phase.unwrap_or(AgentPhase::Pending);
     let mut seen = agent.clone();
     seen.status = Some(decision.status.clone());
-    let creds = credentials::reconcile(ctx, &seen, phase, known.map(|k| k.facts)).await?;
+    let creds = credentials::reconcile(ctx, &seen, phase, known).await?;
     if creds.status != decision.status.credentials {
         let mut status = decision.status.clone();
         status.credentials = creds.status.clone();
@@ -231,15 +278,94 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     if let (false, AgentPhase::Active, Some(summary), Some(facts)) =
         (written.is_empty(), phase, creds.status, creds.facts)
     {
-        ctx.known_credentials.remember(&uid, written, summary, facts);
+        ctx.known_credentials.remember(&uid, written, summary, facts, creds.secret_version);
     }
     let requeue = creds.recheck_in.map_or(RESYNC, |r| r.clamp(Duration::from_secs(1), RESYNC));
     Ok(Action::requeue(requeue))
 }
 
-/// The previously observed generation, if the spec changed since the status was written.
-fn spec_changed(current: Option<&AgentStatus>, generation: i64) -> Option<i64> {
-    current.and_then(|s| s.observed_generation).filter(|g| *g != generation)
+/// An agent that is not Active holds no credentials: its status says so in the same write that changes the
+/// phase, so no reader ever sees a stopped agent advertising credentials (the withdrawal follows). An Active
+/// one keeps the summary it shows until the credentials step, which reads the ledger and the Secret, states
+/// the real one in the same reconcile (so a forged summary lasts no longer than that).
+fn keep_summary(decision: &mut Decision, found: Option<&AgentStatus>) {
+    if decision.status.phase == Some(AgentPhase::Active) && decision.transition.is_none() {
+        decision.status.credentials = found.and_then(|s| s.credentials.clone());
+    }
+}
+
+/// The status writes of managers other than the operator that still own fields of this Agent's status:
+/// someone with `agents/status` wrote them. Nothing reads them as facts (decisions read the ledger), and the
+/// next status write replaces them; this records that it happened, once per write.
+fn foreign_status_writes(agent: &Agent) -> Vec<&ManagedFieldsEntry> {
+    agent
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+        .collect()
+}
+
+/// The status fields a managed-fields entry owns, top level only (`phase`, `credentials`, ...).
+fn owned_status_fields(entry: &ManagedFieldsEntry) -> String {
+    let fields = entry.fields_v1.as_ref().map(|f| &f.0);
+    let status = fields.and_then(|f| f.get("f:status")).and_then(|s| s.as_object());
+    let mut names: Vec<&str> =
+        status.into_iter().flatten().filter_map(|(k, _)| k.strip_prefix("f:")).collect();
+    names.sort_unstable();
+    names.join(",")
+}
+
+async fn record_foreign_status_writes(ctx: &Context, agent: &Agent, uid: &str) -> Result<()> {
+    for entry in foreign_status_writes(agent) {
+        let manager = entry.manager.clone().unwrap_or_else(|| "unknown".into());
+        let at = entry.time.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+        let seen = format!("{uid}|{manager}|{at}|{}", entry.operation.as_deref().unwrap_or_default());
+        let fresh = ctx.overwrites_seen.lock().map(|mut s| s.insert(seen)).unwrap_or(true);
+        if !fresh {
+            continue;
+        }
+        let fields = owned_status_fields(entry);
+        warn!(agent = %agent.name_any(), %manager, %fields, "someone else wrote this agent's status; overwriting it");
+        let record = Entry::new(
+            ACTOR,
+            a::AGENT_STATUS_OVERWRITTEN,
+            object_ref(agent),
+            Outcome::Denied,
+            "the status was written by someone other than the operator; it is not a fact and is overwritten",
+        )
+        .with_detail("manager", manager.clone())
+        .with_detail("operation", entry.operation.clone().unwrap_or_default())
+        .with_detail("writtenAt", at)
+        .with_detail("fields", fields.clone());
+        ctx.audit.append(record).await.map_err(Error::AuditRecord)?;
+        let note = format!(
+            "status fields [{fields}] written by {manager:?} are overwritten: only the operator writes status"
+        );
+        publish(ctx, agent, EventType::Warning, "StatusOverwritten", note).await;
+    }
+    Ok(())
+}
+
+/// The details every lifecycle and update record carries: what the ledger takes in as the decision.
+fn with_decision(entry: Entry, generation: i64, decision: &Decision, now: Timestamp) -> Entry {
+    let mut entry = entry
+        .with_detail(a::DETAIL_GENERATION, generation.to_string())
+        .with_detail(a::DETAIL_VALID, decision.validation.is_ok().to_string())
+        .with_detail(a::DETAIL_DECIDED_AT, now.to_string());
+    if let Some(score) = decision.status.trust_score {
+        entry = entry.with_detail(a::DETAIL_TRUST_SCORE, score.to_string());
+    }
+    entry
+}
+
+/// `Some(previous recorded generation)` if the operator has not recorded a decision for this generation
+/// yet (the inner None: its records predate the generation detail).
+fn spec_changed(recorded: Option<&AgentRecord>, generation: i64) -> Option<Option<i64>> {
+    let last = recorded.and_then(|r| r.generation);
+    (last != Some(generation)).then_some(last)
 }
 
 /// True unless the current status already reports this generation as invalid (so the Warning is published
@@ -259,24 +385,22 @@ async fn write_intent(
     t: Transition,
     key: &str,
     decision: &Decision,
+    now: Timestamp,
 ) -> Result<Option<IntentState>> {
-    let mut entry =
+    let entry =
         Entry::new(ACTOR, t.action(), object_ref(agent), Outcome::Pending, format!("agent becomes {}", t.to))
             .with_detail("from", t.from.map_or("None", |p| p.as_str()))
-            .with_detail("to", t.to.as_str())
-            .with_detail("generation", agent.metadata.generation.unwrap_or_default().to_string())
+            .with_detail(a::DETAIL_TO, t.to.as_str())
             .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name));
+    let mut entry = with_decision(entry, agent.metadata.generation.unwrap_or_default(), decision, now);
     if let Some(id) = &decision.status.spiffe_id {
         entry = entry.with_detail("spiffeID", id.clone());
-    }
-    if let Some(score) = decision.status.trust_score {
-        entry = entry.with_detail("trustScore", score.to_string());
     }
     if let Err(errors) = &decision.validation {
         entry = entry.with_detail("validationErrors", errors.to_string());
     }
     if t.to == AgentPhase::Retired {
-        entry = final_state(agent, entry);
+        entry = final_state(agent, ctx.ledger.get(&agent.uid().unwrap_or_default()).as_deref(), entry);
     }
     match ctx.audit.intent(key, entry).await {
         Ok(state) => Ok(Some(state)),
@@ -299,7 +423,8 @@ async fn write_intent(
 }
 
 /// Adds everything known about the agent, so the archive record stands on its own after the object is gone.
-fn final_state(agent: &Agent, mut entry: Entry) -> Entry {
+/// The phase is the one the operator recorded, not the status's.
+fn final_state(agent: &Agent, recorded: Option<&AgentRecord>, mut entry: Entry) -> Entry {
     let s = &agent.spec;
     let mut add = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -309,7 +434,7 @@ fn final_state(agent: &Agent, mut entry: Entry) -> Entry {
     add("owner", Some(format!("{}:{}", s.owner.kind, s.owner.name)));
     add("purpose", Some(s.purpose.clone()));
     add("environment", Some(format!("{:?}", s.environment)));
-    add("finalPhase", agent.status.as_ref().and_then(|st| st.phase).map(|p| p.to_string()));
+    add("finalPhase", recorded.and_then(|r| r.phase).map(|p| p.to_string()));
     add("spiffeID", agent.status.as_ref().and_then(|st| st.spiffe_id.clone()));
     add("trustScore", Some(trust_score(s).score.to_string()));
     add("createdAt", agent.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()));
@@ -324,14 +449,19 @@ fn final_state(agent: &Agent, mut entry: Entry) -> Entry {
     entry
 }
 
-/// Applies the whole status; returns the Agent's new `resourceVersion`.
+/// Replaces the whole status (a JSON patch `add` of `/status`, which replaces it when present); returns the
+/// Agent's new `resourceVersion`. Not server-side apply: an apply never clears a field another manager set,
+/// so a forged `credentials` or condition would outlive every write.
 async fn apply_status(ctx: &Context, ns: &str, name: &str, status: &AgentStatus) -> Result<Option<String>> {
     let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status });
-    let written = api
-        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::ApplyStatus)?;
+    let value = serde_json::to_value(status)
+        .map_err(|e| Error::Credentials(format!("failed to encode status: {e}")))?;
+    let patch: json_patch::Patch =
+        serde_json::from_value(json!([{ "op": "add", "path": "/status", "value": value }]))
+            .map_err(|e| Error::Credentials(format!("failed to build the status patch: {e}")))?;
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    let written =
+        api.patch_status(name, &params, &Patch::<()>::Json(patch)).await.map_err(Error::ApplyStatus)?;
     Ok(written.resource_version())
 }
 
@@ -340,13 +470,14 @@ async fn apply_status(ctx: &Context, ns: &str, name: &str, status: &AgentStatus)
 async fn archive(agent: &Agent, ctx: &Context) -> Result<Action> {
     let (_, name, uid, _) = subject_of(agent)?;
     ctx.known_credentials.forget(&uid);
-    let key = format!("agent.archive:{uid}");
-    intents::resolve_for_agent(ctx, agent, &uid, Some(&key)).await?;
+    let key = format!("{}:{uid}", a::AGENT_ARCHIVE);
+    intents::resolve_for_agent(ctx, &uid, Some(&key)).await?;
     let entry = final_state(
         agent,
+        ctx.ledger.get(&uid).as_deref(),
         Entry::new(
             ACTOR,
-            "agent.archive",
+            a::AGENT_ARCHIVE,
             object_ref(agent),
             Outcome::Pending,
             "agent deleted: archiving its final state",
@@ -398,30 +529,65 @@ mod tests {
         let subject = Subject { namespace: "ns", name: "bot", uid: "u1", generation: 1 };
         let summary = CredentialStatus {
             secret_name: Some("bot-credentials".into()),
-            issued_at: Some("1970-01-01T00:01:40.25Z".into()),
-            expires_at: Some("1970-01-01T00:11:40.25Z".into()),
+            issued_at: Some("1970-01-01T00:01:40Z".into()),
+            expires_at: Some("1970-01-01T00:11:40Z".into()),
             key_id: Some("k1".into()),
         };
         // The phase write, then the credentials write, as the API server stores them (JSON).
         let round_trip = |s: &AgentStatus| -> AgentStatus {
             serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap()
         };
-        let phase_write =
-            round_trip(&decide(&td, subject, &spec, None, Timestamp::from_second(100).unwrap()).status);
+        let t0 = Timestamp::from_second(100).unwrap();
+        let first = decide(&td, subject, &spec, None, None, t0);
+        let phase_write = round_trip(&first.status);
         let credentials_write =
             round_trip(&AgentStatus { credentials: Some(summary.clone()), ..phase_write.clone() });
+        // What the ledger holds once the activation was recorded.
+        let record = AgentRecord {
+            phase: first.status.phase,
+            phase_since: Some(t0),
+            generation: Some(1),
+            trust_score: first.status.trust_score,
+            valid: Some((true, t0)),
+            issuances: Vec::new(),
+        };
 
         // The echo of the phase write, seen with the summary our credentials write added (what
         // KnownCredentials gives), and the echo of the credentials write, decided again later: no change.
+        let later = Timestamp::from_second(5000).unwrap();
         let seen_early = AgentStatus { credentials: Some(summary), ..phase_write.clone() };
         for echo in [&seen_early, &credentials_write] {
-            let again = decide(&td, subject, &spec, Some(echo), Timestamp::from_second(5000).unwrap());
+            let mut again = decide(&td, subject, &spec, Some(&record), Some(echo), later);
+            keep_summary(&mut again, Some(echo));
             assert!(again.transition.is_none());
             assert_eq!(again.status, credentials_write, "nothing to write");
         }
         // Without it, the early echo looks like a status without credentials, and was written again.
-        let again = decide(&td, subject, &spec, Some(&phase_write), Timestamp::from_second(5000).unwrap());
+        let mut again = decide(&td, subject, &spec, Some(&record), Some(&phase_write), later);
+        keep_summary(&mut again, Some(&phase_write));
         assert_ne!(again.status, credentials_write);
+    }
+
+    #[test]
+    fn status_writes_by_others_are_found_in_managed_fields() {
+        let agent: Agent = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+            "metadata": {"name": "bot", "namespace": "ns", "managedFields": [
+                {"manager": FIELD_MANAGER, "operation": "Update", "subresource": "status",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:phase": {}}}},
+                {"manager": "kubectl-patch", "operation": "Update", "subresource": "status",
+                 "time": "2026-12-01T00:00:00Z", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:status": {"f:credentials": {"f:keyId": {}}, "f:phase": {}}}},
+                {"manager": "kubectl-edit", "operation": "Update",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:purpose": {}}}},
+            ]},
+            "spec": {"owner": {"kind": "Team", "name": "t"}, "purpose": "p"},
+        }))
+        .unwrap();
+        let foreign = foreign_status_writes(&agent);
+        assert_eq!(foreign.len(), 1, "our own writes and spec edits are not status forgeries");
+        assert_eq!(foreign[0].manager.as_deref(), Some("kubectl-patch"));
+        assert_eq!(owned_status_fields(foreign[0]), "credentials,phase");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{Agent, AgentPolicy, Revocation};
 use crate::authz::{Builder, Snapshot};
-use crate::controller::scoped_api;
+use crate::controller::{scoped_api, watches};
 
 /// Shortest time between two rebuilds, so a burst of changes (a thousand agents created at once) costs a
 /// rebuild every few tens of milliseconds rather than one per event. Well inside the one-second goal.
@@ -92,7 +92,8 @@ pub struct Started {
 
 /// A reflector whose every event wakes the rebuilder, and a flag that turns true once its first complete
 /// list is in the store. One malformed object is logged by the watcher and skipped; watch errors back off
-/// and retry, never stalling the others.
+/// ([`watches::Backoff`], each reflector its own) and retry, never stalling the others. While a watch fails,
+/// the store keeps what it had, so decisions go on from the last snapshot.
 fn reflect<K>(
     api: Api<K>,
     changed: Arc<Notify>,
@@ -103,24 +104,15 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let (listed_tx, listed) = watch::channel(false);
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let task = tokio::spawn(
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().for_each(
-            move |event| {
-                // The reflector applies an event to the store before passing it on.
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    listed_tx.send_replace(true);
-                }
-                let (changed, kind) = (Arc::clone(&changed), kind.clone());
-                async move {
-                    match event {
-                        Ok(_) => changed.notify_one(),
-                        Err(e) => warn!(error = %e, kind, "watch error; retrying"),
-                    }
-                }
-            },
-        ),
-    );
+    let name = format!("policy index: {}", K::kind(&K::DynamicType::default()));
+    let task = tokio::spawn(watches::reflector(api, writer, name).for_each(move |event| {
+        // The reflector applies an event to the store before passing it on.
+        if matches!(event, watcher::Event::InitDone) {
+            listed_tx.send_replace(true);
+        }
+        changed.notify_one();
+        std::future::ready(())
+    }));
     (store, listed, task)
 }
 

@@ -1,19 +1,23 @@
 //! Resolving audit intents left without an outcome.
 //!
 //! An intent without an outcome means the operator stopped (crash, kill, lost node) between writing the intent
-//! and writing its outcome. Whether the side effect happened is read back from the object itself: the status the
-//! transition writes is the side effect. Each open intent is closed exactly once, with Success when the status
-//! shows it happened and Abandoned when it did not and never will under that key; an intent the current
-//! reconcile is about to complete is left alone. The decision is pure ([`resolve`]); the rest is I/O.
+//! and writing its outcome. A lifecycle or update intent took effect when it became durable: the
+//! [`ledger`](crate::registry::ledger) reads the decision from the record itself, and the status written
+//! afterwards is only its report (a status is never evidence: anyone with `agents/status` can write one). So an
+//! open intent about an object that still exists is confirmed, and the reconcile that follows writes the
+//! status from the record; one whose object is gone is abandoned, since its report can never be written; an
+//! intent the current reconcile is about to complete is left alone. The decision is pure ([`resolve`]); the
+//! rest is I/O.
 
 use std::collections::BTreeMap;
 
 use kube::Api;
 use tracing::{info, warn};
 
-use crate::api::{Agent, AgentPhase, AgentStatus};
+use crate::api::Agent;
 use crate::audit::{Outcome, Record};
 use crate::controller::{Context, Error, Result};
+use crate::registry::actions;
 
 /// What to do with one open intent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,94 +51,52 @@ pub fn parse_key(key: &str) -> Option<IntentKey<'_>> {
     parts.next().is_none().then_some(IntentKey { action, uid, generation })
 }
 
-fn target_phase(action: &str) -> Option<AgentPhase> {
-    match action {
-        "agent.activate" => Some(AgentPhase::Active),
-        "agent.register" | "agent.deactivate" => Some(AgentPhase::Pending),
-        "agent.suspend" => Some(AgentPhase::Suspended),
-        "agent.retire" => Some(AgentPhase::Retired),
-        "agent.revoke" => Some(AgentPhase::Revoked),
-        _ => None,
-    }
-}
-
-/// Decides about one open intent, given the object as it is now (`None` if no object with the intent's UID
-/// exists) and the key the current reconcile is working on.
-pub fn resolve(
-    key: &str,
-    object: Option<(&str, Option<&AgentStatus>)>,
-    in_progress: Option<&str>,
-) -> Resolution {
+/// Decides about one open intent, given the UID of the object of its name as it is now (`None` if no such
+/// object exists) and the key the current reconcile is working on.
+pub fn resolve(key: &str, object_uid: Option<&str>, in_progress: Option<&str>) -> Resolution {
     if in_progress == Some(key) {
         return Resolution::Keep;
     }
     let Some(k) = parse_key(key) else {
         return Resolution::Close(Outcome::Abandoned, format!("unrecognised intent key {key:?}"));
     };
-    let status = match object {
-        Some((uid, status)) if uid == k.uid => status,
-        _ => {
-            return Resolution::Close(
-                Outcome::Abandoned,
-                "the object no longer exists, so the change can no longer happen".into(),
-            );
-        }
-    };
-    if k.action == "agent.archive" {
+    if object_uid != Some(k.uid) {
+        return Resolution::Close(
+            Outcome::Abandoned,
+            "the object no longer exists, so the change can no longer happen".into(),
+        );
+    }
+    if k.action == actions::AGENT_ARCHIVE {
         // The object still exists and is being deleted: the cleanup will run again and complete this intent.
         return Resolution::Keep;
     }
-    let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
-    if let ("agent.update", Some(generation)) = (k.action, k.generation) {
-        return if observed >= generation {
-            Resolution::Close(
-                Outcome::Success,
-                "confirmed after an interruption: the status reflects the change".into(),
-            )
-        } else {
-            Resolution::Close(Outcome::Abandoned, "superseded: the status was not updated".into())
-        };
-    }
-    let (Some(target), Some(generation)) = (target_phase(k.action), k.generation) else {
+    if k.generation.is_none() {
         return Resolution::Close(Outcome::Abandoned, format!("unrecognised intent key {key:?}"));
-    };
-    let phase = status.and_then(|s| s.phase);
-    if phase == Some(target) && observed >= generation {
-        Resolution::Close(Outcome::Success, format!("confirmed after an interruption: the agent is {target}"))
-    } else {
-        let now = phase.map_or_else(|| "without a phase".to_owned(), |p| p.to_string());
-        Resolution::Close(
-            Outcome::Abandoned,
-            format!("superseded: the change did not happen and the agent is {now}"),
-        )
     }
+    Resolution::Close(
+        Outcome::Success,
+        "confirmed after an interruption: the change took effect when it was recorded, and the status is \
+         written from the record"
+            .into(),
+    )
 }
 
-/// Closes the open intents about `agent` (by UID), except `in_progress`.
-pub async fn resolve_for_agent(
-    ctx: &Context,
-    agent: &Agent,
-    uid: &str,
-    in_progress: Option<&str>,
-) -> Result<()> {
+/// Closes the open intents about the agent with `uid` (which exists), except `in_progress`.
+pub async fn resolve_for_agent(ctx: &Context, uid: &str, in_progress: Option<&str>) -> Result<()> {
     // Only the registry's own intents: credential intents are resolved against the Secret by the credentials
     // step, which can see whether the issuance reached it.
     let mine = |i: &Record| {
         i.object.uid.as_deref() == Some(uid) && i.key.as_deref().is_some_and(|k| k.starts_with("agent."))
     };
     for intent in ctx.audit.open_intents_matching(mine) {
-        close(ctx, &intent, resolve_key(&intent, Some((uid, agent.status.as_ref())), in_progress)).await?;
+        close(ctx, &intent, resolve_key(&intent, Some(uid), in_progress)).await?;
     }
     Ok(())
 }
 
-fn resolve_key(
-    intent: &Record,
-    object: Option<(&str, Option<&AgentStatus>)>,
-    in_progress: Option<&str>,
-) -> Resolution {
+fn resolve_key(intent: &Record, object_uid: Option<&str>, in_progress: Option<&str>) -> Resolution {
     match intent.key.as_deref() {
-        Some(key) => resolve(key, object, in_progress),
+        Some(key) => resolve(key, object_uid, in_progress),
         None => Resolution::Close(Outcome::Abandoned, "intent without a key".into()),
     }
 }
@@ -177,10 +139,6 @@ pub async fn resolve_orphans(ctx: &Context) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn status(phase: AgentPhase, generation: i64) -> AgentStatus {
-        AgentStatus { phase: Some(phase), observed_generation: Some(generation), ..Default::default() }
-    }
-
     #[test]
     fn keys_parse() {
         assert_eq!(
@@ -198,65 +156,34 @@ mod tests {
 
     #[test]
     fn the_intent_in_progress_is_kept() {
-        let s = status(AgentPhase::Pending, 1);
-        assert_eq!(
-            resolve("agent.activate:u1:1", Some(("u1", Some(&s))), Some("agent.activate:u1:1")),
-            Resolution::Keep
-        );
+        assert_eq!(resolve("agent.activate:u1:1", Some("u1"), Some("agent.activate:u1:1")), Resolution::Keep);
     }
 
     #[test]
-    fn a_change_visible_in_status_is_confirmed() {
-        let s = status(AgentPhase::Active, 1);
-        assert!(matches!(
-            resolve("agent.activate:u1:1", Some(("u1", Some(&s))), None),
-            Resolution::Close(Outcome::Success, _)
-        ));
-        let later = status(AgentPhase::Active, 4);
-        assert!(matches!(
-            resolve("agent.activate:u1:1", Some(("u1", Some(&later))), None),
-            Resolution::Close(Outcome::Success, _)
-        ));
-    }
-
-    #[test]
-    fn a_change_not_visible_is_abandoned() {
-        let s = status(AgentPhase::Suspended, 2);
-        assert!(matches!(
-            resolve("agent.activate:u1:1", Some(("u1", Some(&s))), Some("agent.suspend:u1:2")),
-            Resolution::Close(Outcome::Abandoned, _)
-        ));
-        assert!(matches!(
-            resolve("agent.activate:u1:1", Some(("u1", None)), None),
-            Resolution::Close(Outcome::Abandoned, _)
-        ));
-    }
-
-    #[test]
-    fn spec_updates_are_confirmed_by_the_observed_generation() {
-        let s = status(AgentPhase::Active, 3);
-        assert!(matches!(
-            resolve("agent.update:u1:3", Some(("u1", Some(&s))), None),
-            Resolution::Close(Outcome::Success, _)
-        ));
-        assert!(matches!(
-            resolve("agent.update:u1:4", Some(("u1", Some(&s))), None),
-            Resolution::Close(Outcome::Abandoned, _)
-        ));
+    fn a_recorded_change_of_an_existing_object_is_confirmed_whatever_the_status_says() {
+        for key in ["agent.activate:u1:1", "agent.suspend:u1:2", "agent.update:u1:3", "agent.retire:u1:4"] {
+            assert!(
+                matches!(
+                    resolve(key, Some("u1"), Some("agent.suspend:u1:9")),
+                    Resolution::Close(Outcome::Success, _)
+                ),
+                "{key}"
+            );
+        }
     }
 
     #[test]
     fn a_gone_or_recreated_object_abandons_its_intents() {
-        let s = status(AgentPhase::Active, 1);
         assert!(matches!(
             resolve("agent.activate:u1:1", None, None),
             Resolution::Close(Outcome::Abandoned, _)
         ));
         assert!(matches!(
-            resolve("agent.activate:u1:1", Some(("u2", Some(&s))), None),
+            resolve("agent.activate:u1:1", Some("u2"), None),
             Resolution::Close(Outcome::Abandoned, _)
         ));
         assert!(matches!(resolve("agent.archive:u1", None, None), Resolution::Close(Outcome::Abandoned, _)));
-        assert_eq!(resolve("agent.archive:u1", Some(("u1", Some(&s))), None), Resolution::Keep);
+        assert_eq!(resolve("agent.archive:u1", Some("u1"), None), Resolution::Keep);
+        assert!(matches!(resolve("nonsense", Some("u1"), None), Resolution::Close(Outcome::Abandoned, _)));
     }
 }

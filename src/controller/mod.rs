@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod intents;
 pub mod keys;
 pub mod policy;
+pub mod watches;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use crate::api::AgentPolicy;
 use crate::audit::{AuditError, AuditLog};
 use crate::identity::TrustDomain;
 use crate::identity::issuer::IssuerReceiver;
+use crate::registry::ledger::Ledger;
 
 /// The field manager under which the operator applies everything it owns (server-side apply).
 pub const FIELD_MANAGER: &str = "agentiam-operator";
@@ -71,7 +73,12 @@ pub struct Context {
     pub authz: Arc<authz::PolicyIndex>,
     /// What this process's last status writes of each Active agent produced, so the reconciles their own
     /// echoes cause need neither read the Secret again nor repeat a write.
-    pub known_credentials: credentials::KnownCredentials,
+    pub known_credentials: Arc<credentials::KnownCredentials>,
+    /// The operator's own record of what it decided and issued (the audit log's projection): the authority
+    /// that every status is only a report of.
+    pub ledger: Arc<Ledger>,
+    /// Status writes by others already recorded (agent UID, manager, time), so each is recorded once.
+    pub overwrites_seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -83,6 +90,7 @@ impl Context {
         issuer: IssuerReceiver,
         policies: Store<AgentPolicy>,
         authz: Arc<authz::PolicyIndex>,
+        ledger: Arc<Ledger>,
     ) -> Arc<Self> {
         let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
@@ -96,8 +104,17 @@ impl Context {
             bundles_applied: Mutex::new(HashMap::new()),
             policies,
             authz,
-            known_credentials: credentials::KnownCredentials::default(),
+            known_credentials: Arc::default(),
+            ledger,
+            overwrites_seen: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+}
+
+/// Test hook (see [`Config`]): a pause inside a crash window.
+pub(crate) async fn failpoint(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -149,6 +166,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The object changed since it was read (optimistic concurrency): the next reconcile reads it again.
+    #[error("{what} changed while being written; retrying")]
+    Conflict {
+        /// What was being written.
+        what: String,
+    },
     /// Credentials could not be minted (never contains key or token material).
     #[error("credentials: {0}")]
     Credentials(String),
@@ -168,6 +191,7 @@ impl Error {
             Self::ApplyStatus(_) => "apply_status",
             Self::Read { .. } => "read",
             Self::Write { .. } => "write",
+            Self::Conflict { .. } => "conflict",
             Self::Credentials(_) => "credentials",
             Self::Finalizer(_) => "finalizer",
         }

@@ -12,16 +12,15 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{instrument, warn};
 
 use crate::api::{AgentPolicy, AgentPolicyStatus};
 use crate::authz::PolicySummary;
-use crate::controller::{Context, Error, FIELD_MANAGER, Result, scoped_api};
+use crate::controller::{Context, Error, FIELD_MANAGER, Result, scoped_api, watches};
 use crate::registry::status::set_condition;
 
 /// The condition type that says whether the policy compiled.
@@ -36,7 +35,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let rebuilds = futures::stream::unfold(ctx.authz.subscribe(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
-    Controller::new(api, watcher::Config::default())
+    watches::controller(api, "AgentPolicy status controller")
         .reconcile_all_on(rebuilds)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

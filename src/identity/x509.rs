@@ -672,3 +672,6 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 #[path = "x509_tests.rs"]
 mod tests;
+
+#[path = "x509_check.rs"]
+mod check;

@@ -1,6 +1,7 @@
 //! What an agent's credentials should be, and whether the Secret holding them must be (re)issued, kept or
-//! withdrawn. Pure: the controller reads the Secret's annotations into [`IssuedFacts`] and acts on the
-//! [`CredentialPlan`].
+//! withdrawn. Pure: the controller checks the Secret against the operator's own record of the issuance it
+//! names ([`super::secret::check`]), and acts on the [`CredentialPlan`]. The Secret's annotations are
+//! written for people and tools; nothing here believes them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::api::AgentPhase;
+use crate::registry::ledger::Issuance;
 
 /// Annotation: the UID of the Agent the credentials were issued to.
 pub const ANNOTATION_UID: &str = "agentiam.dev/agent-uid";
@@ -47,7 +49,7 @@ impl Desired {
     }
 }
 
-/// What the existing Secret says about the credentials in it (from its annotations).
+/// What the operator recorded about the credentials a Secret holds (see [`Issuance`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IssuedFacts {
     /// Agent UID it was issued to.
@@ -67,19 +69,45 @@ pub struct IssuedFacts {
 }
 
 impl IssuedFacts {
-    /// Reads the facts from Secret annotations; unparsable values read as absent (and so force re-issuance).
-    pub fn from_annotations(a: &BTreeMap<String, String>) -> Self {
-        let time = |k: &str| a.get(k).and_then(|v| v.parse::<Timestamp>().ok());
+    /// The facts of a recorded issuance of the agent `uid`.
+    pub fn from_issuance(uid: &str, i: &Issuance) -> Self {
         Self {
-            uid: a.get(ANNOTATION_UID).cloned(),
-            issued_at: time(ANNOTATION_ISSUED_AT),
-            refresh_at: time(ANNOTATION_REFRESH_AT),
-            expires_at: time(ANNOTATION_EXPIRES_AT),
-            key_id: a.get(ANNOTATION_KEY_ID).cloned(),
-            fingerprint: a.get(ANNOTATION_FINGERPRINT).cloned(),
-            issue_key: a.get(ANNOTATION_ISSUE_KEY).cloned(),
+            uid: Some(uid.to_owned()),
+            issued_at: Some(i.issued_at),
+            refresh_at: Some(refresh_at(i.issued_at, Duration::from_secs(i.ttl_secs))),
+            expires_at: Some(i.expires_at),
+            key_id: Some(i.key_id.clone()),
+            fingerprint: i.fingerprint.clone(),
+            issue_key: Some(i.key.clone()),
         }
     }
+
+    /// The annotations the operator writes on the Secret for these facts (informational: see the module docs).
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let time = |t: Option<Timestamp>| t.map(|t| t.to_string());
+        [
+            (ANNOTATION_UID, self.uid.clone()),
+            (ANNOTATION_ISSUED_AT, time(self.issued_at)),
+            (ANNOTATION_EXPIRES_AT, time(self.expires_at)),
+            (ANNOTATION_REFRESH_AT, time(self.refresh_at)),
+            (ANNOTATION_KEY_ID, self.key_id.clone()),
+            (ANNOTATION_FINGERPRINT, self.fingerprint.clone()),
+            (ANNOTATION_ISSUE_KEY, self.issue_key.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+        .collect()
+    }
+}
+
+/// What the credentials Secret was found to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Exactly the credentials of this issuance, as the operator recorded and wrote them.
+    Issued(IssuedFacts),
+    /// Anything else (someone wrote or changed it, or it names no issuance the operator recorded for this
+    /// agent), with what differs.
+    Foreign(String),
 }
 
 /// Why credentials are (re)issued, for events and audit records.
@@ -93,8 +121,10 @@ pub enum IssueReason {
     SpecChanged,
     /// The signing key left the published set (emergency rotation).
     KeyWithdrawn,
-    /// The Secret belongs to another incarnation of the name, or its annotations are unreadable.
+    /// The Secret belongs to another incarnation of the name.
     Rebind,
+    /// The Secret does not hold exactly what the operator issued (someone wrote or changed it).
+    Tampered,
 }
 
 impl IssueReason {
@@ -106,7 +136,17 @@ impl IssueReason {
             Self::SpecChanged => "the requested credentials changed",
             Self::KeyWithdrawn => "the signing key was withdrawn",
             Self::Rebind => "the existing credentials are not bound to this agent",
+            Self::Tampered => "the Secret does not hold exactly what the operator issued",
         }
+    }
+
+    /// Whether the new issuance ends every earlier one at once, rather than letting them run out: when the
+    /// earlier credentials can no longer be vouched for (the Secret was tampered with or belongs to someone
+    /// else, or their key was withdrawn). A rotation or a changed request keeps them until they expire, so a
+    /// pod still reading the old files is not cut off; a narrower request is enforced by the decision API
+    /// at once regardless (see `authz::eval`).
+    pub fn supersedes(self) -> bool {
+        matches!(self, Self::Rebind | Self::Tampered | Self::KeyWithdrawn)
     }
 }
 
@@ -126,17 +166,18 @@ pub enum CredentialPlan {
     Withdraw,
 }
 
-/// Decides about the credentials of one agent. `published_kids` are the keys currently published; a Secret
-/// signed by any other key holds tokens nobody can verify any more.
+/// Decides about the credentials of one agent. `existing` is what its Secret was found to hold (None: no
+/// Secret). `published_kids` are the keys currently published; a Secret signed by any other key holds tokens
+/// nobody can verify any more.
 pub fn plan(
     phase: AgentPhase,
     uid: &str,
     desired: &Desired,
-    existing: Option<&IssuedFacts>,
+    existing: Option<&Found>,
     published_kids: &[&str],
     now: Timestamp,
 ) -> CredentialPlan {
-    let Some(facts) = existing else {
+    let Some(found) = existing else {
         return if phase == AgentPhase::Active {
             CredentialPlan::Issue(IssueReason::Initial)
         } else {
@@ -146,6 +187,10 @@ pub fn plan(
     if phase != AgentPhase::Active {
         return CredentialPlan::Withdraw;
     }
+    let facts = match found {
+        Found::Issued(facts) => facts,
+        Found::Foreign(_) => return CredentialPlan::Issue(IssueReason::Tampered),
+    };
     let (Some(refresh_at), Some(_), Some(kid)) =
         (facts.refresh_at, facts.expires_at, facts.key_id.as_deref())
     else {
@@ -225,8 +270,8 @@ mod tests {
         }
     }
 
-    fn facts(d: &Desired) -> IssuedFacts {
-        IssuedFacts {
+    fn facts(d: &Desired) -> Found {
+        Found::Issued(IssuedFacts {
             uid: Some("u1".into()),
             issued_at: Some(t(0)),
             refresh_at: Some(t(480)),
@@ -234,6 +279,16 @@ mod tests {
             key_id: Some("k1".into()),
             fingerprint: Some(d.fingerprint()),
             issue_key: Some("credential.issue:u1:0".into()),
+        })
+    }
+
+    fn with(f: Found, change: impl FnOnce(&mut IssuedFacts)) -> Found {
+        match f {
+            Found::Issued(mut facts) => {
+                change(&mut facts);
+                Found::Issued(facts)
+            }
+            other => other,
         }
     }
 
@@ -287,11 +342,51 @@ mod tests {
             plan(AgentPhase::Active, "u1", &more, Some(&f), &["k1"], t(0)),
             CredentialPlan::Issue(IssueReason::SpecChanged)
         );
-        let unreadable = IssuedFacts { refresh_at: None, ..f };
+        let unreadable = with(f, |f| f.refresh_at = None);
         assert_eq!(
             plan(AgentPhase::Active, "u1", &d, Some(&unreadable), &["k1"], t(0)),
             CredentialPlan::Issue(IssueReason::Rebind)
         );
+    }
+
+    #[test]
+    fn a_secret_the_operator_cannot_vouch_for_is_replaced_and_ends_the_earlier_credentials() {
+        let d = desired();
+        let foreign = Found::Foreign("an extra key".into());
+        assert_eq!(
+            plan(AgentPhase::Active, "u1", &d, Some(&foreign), &["k1"], t(0)),
+            CredentialPlan::Issue(IssueReason::Tampered)
+        );
+        assert_eq!(
+            plan(AgentPhase::Suspended, "u1", &d, Some(&foreign), &["k1"], t(0)),
+            CredentialPlan::Withdraw
+        );
+        assert!(IssueReason::Tampered.supersedes() && IssueReason::Rebind.supersedes());
+        assert!(!IssueReason::Rotation.supersedes() && !IssueReason::SpecChanged.supersedes());
+    }
+
+    #[test]
+    fn facts_come_from_the_recorded_issuance() {
+        let i = Issuance {
+            key: "credential.issue:u1:0".into(),
+            issued_at: t(0),
+            expires_at: t(600),
+            ttl_secs: 600,
+            key_id: "k1".into(),
+            fingerprint: Some("fp".into()),
+            tokens: Vec::new(),
+            audiences: Vec::new(),
+            x509: false,
+            x509_serial: None,
+            stored: crate::registry::ledger::Stored::Yes,
+        };
+        let f = IssuedFacts::from_issuance("u1", &i);
+        assert_eq!((f.refresh_at, f.expires_at), (Some(t(480)), Some(t(600))));
+        assert_eq!(
+            f.annotations().get(ANNOTATION_ISSUE_KEY).map(String::as_str),
+            Some("credential.issue:u1:0")
+        );
+        assert_eq!(f.annotations().len(), 7);
     }
 
     #[test]
@@ -311,20 +406,6 @@ mod tests {
         assert_ne!(Desired { x509: true, ..desired() }.fingerprint(), base);
         assert_ne!(Desired { audiences: vec!["a".into()], ..desired() }.fingerprint(), base);
         assert_eq!(desired().fingerprint(), base);
-    }
-
-    #[test]
-    fn annotations_round_trip_and_garbage_reads_as_absent() {
-        let a: BTreeMap<String, String> = [
-            (ANNOTATION_UID.to_string(), "u1".to_string()),
-            (ANNOTATION_REFRESH_AT.to_string(), "1970-01-01T00:08:00Z".to_string()),
-            (ANNOTATION_EXPIRES_AT.to_string(), "not a time".to_string()),
-        ]
-        .into();
-        let f = IssuedFacts::from_annotations(&a);
-        assert_eq!(f.uid.as_deref(), Some("u1"));
-        assert_eq!(f.refresh_at, Some(t(480)));
-        assert_eq!(f.expires_at, None);
     }
 
     #[test]

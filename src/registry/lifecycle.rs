@@ -11,8 +11,12 @@
 //!  any (but Revoked) ── desiredState=Retired ──> Retired (terminal)
 //!  Revoked: set only by the kill switch; terminal here.
 //! ```
+//!
+//! The current phase is the one the operator recorded (the [`ledger`](super::ledger)), never the one found in
+//! the status: a forged `Retired` in the status is not a retirement.
 
 use crate::api::{AgentPhase, DesiredState};
+use crate::registry::actions;
 
 /// The phase an agent should be in.
 ///
@@ -48,12 +52,12 @@ impl Transition {
     /// The audit action, e.g. "agent.activate".
     pub fn action(&self) -> &'static str {
         match (self.from, self.to) {
-            (_, AgentPhase::Active) => "agent.activate",
-            (None, AgentPhase::Pending) => "agent.register",
-            (Some(_), AgentPhase::Pending) => "agent.deactivate",
-            (_, AgentPhase::Suspended) => "agent.suspend",
-            (_, AgentPhase::Retired) => "agent.retire",
-            (_, AgentPhase::Revoked) => "agent.revoke",
+            (_, AgentPhase::Active) => actions::AGENT_ACTIVATE,
+            (None, AgentPhase::Pending) => actions::AGENT_REGISTER,
+            (Some(_), AgentPhase::Pending) => actions::AGENT_DEACTIVATE,
+            (_, AgentPhase::Suspended) => actions::AGENT_SUSPEND,
+            (_, AgentPhase::Retired) => actions::AGENT_RETIRE,
+            (_, AgentPhase::Revoked) => actions::AGENT_REVOKE,
         }
     }
 

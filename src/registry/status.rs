@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{AgentPhase, AgentSpec, AgentStatus};
 use crate::identity::{SpiffeId, TrustDomain};
+use crate::registry::ledger::AgentRecord;
 use crate::registry::lifecycle::{Transition, decide_phase};
 use crate::registry::trust::trust_score;
 use crate::registry::validate::{ValidAgent, ValidationErrors, desired_state, validate_agent};
@@ -70,33 +71,46 @@ fn condition(
     }
 }
 
-/// Decides the status of an agent.
+/// A time as a condition carries it: whole seconds, which is all the API server stores, so a status
+/// decided twice from the same records compares equal to the one read back.
+fn condition_time(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Decides the status of an agent from its spec and from what the operator itself recorded about it
+/// (`recorded`, from the [`ledger`](super::ledger)), never from the status it finds: every field is
+/// computed, so whatever else wrote the status is overwritten by the next write. `previous` (the status as
+/// read) is consulted only for the `Valid` condition's transition time of an agent whose records predate
+/// the validity detail.
 pub fn decide(
     trust_domain: &TrustDomain,
     subject: Subject<'_>,
     spec: &AgentSpec,
-    current: Option<&AgentStatus>,
+    recorded: Option<&AgentRecord>,
+    previous: Option<&AgentStatus>,
     now: Timestamp,
 ) -> Decision {
     let validation = validate_agent(trust_domain, subject.namespace, subject.name, spec);
-    let current_phase = current.and_then(|s| s.phase);
+    let current_phase = recorded.and_then(|r| r.phase);
     let phase = decide_phase(current_phase, desired_state(spec), validation.is_ok());
     let transition = Transition::between(current_phase, phase);
 
-    let mut status = current.cloned().unwrap_or_default();
-    status.phase = Some(phase);
-    status.spiffe_id =
-        SpiffeId::for_agent(trust_domain, subject.namespace, subject.name).ok().map(|id| id.to_string());
-    status.trust_score = Some(trust_score(spec).score);
-    status.uid = Some(subject.uid.to_owned());
-    status.observed_generation = Some(subject.generation);
-
     let g = subject.generation;
+    let valid_now = validation.is_ok();
+    let valid_since = match recorded.and_then(|r| r.valid) {
+        Some((was, since)) if was == valid_now => Some(since),
+        Some(_) => None,
+        None => previous
+            .into_iter()
+            .flat_map(|s| s.conditions.iter())
+            .find(|c| c.type_ == CONDITION_VALID && (c.status == "True") == valid_now)
+            .map(|c| c.last_transition_time.0),
+    };
     let valid = match &validation {
         Ok(_) => condition(CONDITION_VALID, true, "SpecValid", "the spec is valid".into(), g, now),
         Err(e) => condition(CONDITION_VALID, false, "SpecInvalid", e.to_string(), g, now),
     };
-    set_condition(&mut status.conditions, valid);
+    let valid = Condition { last_transition_time: Time(condition_time(valid_since.unwrap_or(now))), ..valid };
     let (ready, reason, message) = match phase {
         AgentPhase::Active => (true, "Active", "the agent is active".to_owned()),
         AgentPhase::Pending => {
@@ -106,7 +120,23 @@ pub fn decide(
         AgentPhase::Retired => (false, "Retired", "the agent is retired and archived".into()),
         AgentPhase::Revoked => (false, "Revoked", "the agent was revoked by the kill switch".into()),
     };
-    set_condition(&mut status.conditions, condition(CONDITION_READY, ready, reason, message, g, now));
+    // The phase began when the operator recorded it; a phase about to be recorded begins now.
+    let ready_since = match (transition, recorded.and_then(|r| r.phase_since)) {
+        (None, Some(since)) => since,
+        _ => now,
+    };
+    let ready = condition(CONDITION_READY, ready, reason, message, g, condition_time(ready_since));
+    let status = AgentStatus {
+        phase: Some(phase),
+        spiffe_id: SpiffeId::for_agent(trust_domain, subject.namespace, subject.name)
+            .ok()
+            .map(|id| id.to_string()),
+        trust_score: Some(trust_score(spec).score),
+        uid: Some(subject.uid.to_owned()),
+        observed_generation: Some(g),
+        conditions: vec![valid, ready],
+        credentials: None,
+    };
     Decision { status, transition, validation }
 }
 
@@ -131,9 +161,21 @@ mod tests {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
 
+    /// What the ledger holds once `d`'s transition (if any) was recorded at `at`.
+    fn recorded(d: &Decision, at: Timestamp) -> AgentRecord {
+        AgentRecord {
+            phase: d.status.phase,
+            phase_since: Some(at),
+            generation: d.status.observed_generation,
+            trust_score: d.status.trust_score,
+            valid: Some((d.validation.is_ok(), at)),
+            issuances: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_valid_new_agent_becomes_active_with_identity() {
-        let d = decide(&td(), subject(1), &spec(), None, Timestamp::UNIX_EPOCH);
+        let d = decide(&td(), subject(1), &spec(), None, None, Timestamp::UNIX_EPOCH);
         assert_eq!(d.status.phase, Some(AgentPhase::Active));
         assert_eq!(d.status.spiffe_id.as_deref(), Some("spiffe://example.org/ns/ns/agent/bot"));
         assert_eq!(d.status.trust_score, Some(250));
@@ -145,18 +187,58 @@ mod tests {
 
     #[test]
     fn deciding_twice_changes_nothing() {
-        let first = decide(&td(), subject(1), &spec(), None, Timestamp::UNIX_EPOCH);
+        let t0 = Timestamp::from_second(10).unwrap();
+        let first = decide(&td(), subject(1), &spec(), None, None, t0);
+        let rec = recorded(&first, t0);
         let later = Timestamp::from_second(1_000_000).unwrap();
-        let second = decide(&td(), subject(1), &spec(), Some(&first.status), later);
+        let second = decide(&td(), subject(1), &spec(), Some(&rec), Some(&first.status), later);
         assert_eq!(second.status, first.status);
         assert!(second.transition.is_none());
+    }
+
+    #[test]
+    fn the_status_found_is_never_an_input_only_the_records_are() {
+        let t0 = Timestamp::from_second(10).unwrap();
+        let first = decide(&td(), subject(1), &spec(), None, None, t0);
+        let rec = recorded(&first, t0);
+        // Whoever can write agents/status forges every field the operator owns, and adds some.
+        let mut forged = first.status.clone();
+        forged.phase = Some(AgentPhase::Retired);
+        forged.trust_score = Some(1000);
+        forged.observed_generation = Some(99);
+        forged.credentials = Some(crate::api::CredentialStatus {
+            key_id: Some("forged".into()),
+            expires_at: Some("2999-01-01T00:00:00Z".into()),
+            ..Default::default()
+        });
+        for c in &mut forged.conditions {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        forged
+            .conditions
+            .push(Condition { type_: "Approved".into(), ..cond(&first.status, "Ready").clone() });
+        let again = decide(&td(), subject(1), &spec(), Some(&rec), Some(&forged), t0);
+        assert!(again.transition.is_none(), "a forged terminal phase is not a phase");
+        assert_eq!(again.status, first.status, "every forged field is decided anew");
+    }
+
+    #[test]
+    fn a_terminal_phase_the_operator_recorded_stays() {
+        let t0 = Timestamp::from_second(10).unwrap();
+        let mut s = spec();
+        s.lifecycle = Some(LifecycleSpec { desired_state: DesiredState::Retired });
+        let retired = decide(&td(), subject(1), &s, None, None, t0);
+        let rec = recorded(&retired, t0);
+        let back = decide(&td(), subject(2), &spec(), Some(&rec), None, t0);
+        assert_eq!(back.status.phase, Some(AgentPhase::Retired));
+        assert!(back.transition.is_none());
     }
 
     #[test]
     fn an_invalid_spec_gives_valid_false_with_the_field() {
         let mut s = spec();
         s.purpose = " ".into();
-        let d = decide(&td(), subject(2), &s, None, Timestamp::UNIX_EPOCH);
+        let d = decide(&td(), subject(2), &s, None, None, Timestamp::UNIX_EPOCH);
         assert_eq!(d.status.phase, Some(AgentPhase::Pending));
         let v = cond(&d.status, "Valid");
         assert_eq!((v.status.as_str(), v.reason.as_str()), ("False", "SpecInvalid"));
@@ -166,15 +248,17 @@ mod tests {
 
     #[test]
     fn suspend_then_resume_changes_ready_and_its_transition_time() {
-        let active = decide(&td(), subject(1), &spec(), None, Timestamp::UNIX_EPOCH).status;
+        let t0 = Timestamp::from_second(10).unwrap();
+        let active = decide(&td(), subject(1), &spec(), None, None, t0);
+        let rec = recorded(&active, t0);
         let mut s = spec();
         s.lifecycle = Some(LifecycleSpec { desired_state: DesiredState::Suspended });
         let t1 = Timestamp::from_second(100).unwrap();
-        let suspended = decide(&td(), subject(2), &s, Some(&active), t1);
+        let suspended = decide(&td(), subject(2), &s, Some(&rec), Some(&active.status), t1);
         assert_eq!(suspended.status.phase, Some(AgentPhase::Suspended));
         assert_eq!(suspended.transition.unwrap().action(), "agent.suspend");
         assert_eq!(cond(&suspended.status, "Ready").last_transition_time, Time(t1));
         // Valid did not change, so its transition time is kept.
-        assert_eq!(cond(&suspended.status, "Valid").last_transition_time, Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(cond(&suspended.status, "Valid").last_transition_time, Time(t0));
     }
 }

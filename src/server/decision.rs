@@ -4,7 +4,9 @@
 //!
 //! Every decision: validate the input (bad input is a 400, never a 500 and never an Allow) -> verify the
 //! token with the strict verifier (cached per exact token, per key set) -> find the agent by the token's
-//! UID in the policy index and check it is Active and not revoked -> evaluate the policies and rate limits
+//! UID in the policy index, and in the operator's ledger check it is Active and the token (by `jti`) is one
+//! of its live credentials, for an audience and lifetime its spec still grants, and that it is not revoked
+//! -> evaluate the policies and rate limits
 //! -> queue an audit record -> answer. Delegated tokens will add their checks between verification and
 //! evaluation. If the audit record cannot be queued (the log failed), the answer is Deny: nothing is
 //! allowed that is not recorded.
@@ -33,6 +35,7 @@ use crate::identity::TrustDomain;
 use crate::identity::cache::{CachingVerifier, DEFAULT_CAPACITY};
 use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::CLAIM_UID;
+use crate::registry::ledger::Ledger;
 
 use super::mcp::{self, Mapping};
 
@@ -139,6 +142,7 @@ struct Verifier {
 /// The decision path, shared by the HTTP handlers and in-process callers.
 pub struct Authorizer {
     index: Arc<PolicyIndex>,
+    ledger: Arc<Ledger>,
     issuer: IssuerReceiver,
     audit: AuditLog,
     trust_domain: TrustDomain,
@@ -157,11 +161,12 @@ impl std::fmt::Debug for Authorizer {
 }
 
 impl Authorizer {
-    /// A decision path over `index`, verifying tokens against the keys `issuer` publishes and recording
-    /// every decision in `audit`. `fixed_time` pins the clock of time windows (a test hook; None in
-    /// production).
+    /// A decision path over `index` and `ledger` (the operator's own record of phases and issued tokens),
+    /// verifying tokens against the keys `issuer` publishes and recording every decision in `audit`.
+    /// `fixed_time` pins the clock of time windows (a test hook; None in production).
     pub fn new(
         index: Arc<PolicyIndex>,
+        ledger: Arc<Ledger>,
         issuer: IssuerReceiver,
         audit: AuditLog,
         fixed_time: Option<Timestamp>,
@@ -175,6 +180,7 @@ impl Authorizer {
         };
         Arc::new(Self {
             index,
+            ledger,
             issuer,
             audit,
             trust_domain,
@@ -305,8 +311,19 @@ impl Authorizer {
             context,
             delegation_scopes: &[],
         };
-        let subject = Subject { uid, namespace: &who.namespace, name: &who.name, issued_at: svid.issued_at };
-        let decision = self.index.load().decide(subject, &request, clock, &self.limiter);
+        let lifetime = svid
+            .issued_at
+            .and_then(|iat| std::time::Duration::try_from(svid.expires_at.duration_since(iat)).ok());
+        let subject = Subject {
+            uid,
+            namespace: &who.namespace,
+            name: &who.name,
+            jti: &svid.jti,
+            audience: &svid.audience,
+            lifetime,
+        };
+        let record = self.ledger.get(uid);
+        let decision = self.index.load().decide(subject, record.as_deref(), &request, clock, &self.limiter);
         (decision, who)
     }
 }

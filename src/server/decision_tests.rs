@@ -20,6 +20,7 @@ use crate::identity::jwt::{AgentClaims, Minter, SvidClaims};
 use crate::identity::keys::{KeySet, RotationPolicy};
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::x509::CertificateAuthority;
+use crate::registry::ledger::{AgentRecord, Issuance, IssuedToken, Ledger, Stored};
 
 const ISSUER_URL: &str = "https://issuer.test";
 
@@ -29,6 +30,8 @@ struct Fixture {
     index: Arc<PolicyIndex>,
     app: axum::Router,
     minter: Minter,
+    ledger: Arc<Ledger>,
+    records: std::collections::HashMap<String, AgentRecord>,
     _issuer: IssuerSender,
 }
 
@@ -37,7 +40,8 @@ fn agent() -> Arc<Agent> {
         serde_json::from_value(json!({
             "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
             "metadata": {"name": "bot", "namespace": "ns", "uid": "uid-bot"},
-            "spec": {"owner": {"kind": "Team", "name": "t"}, "purpose": "p"},
+            "spec": {"owner": {"kind": "Team", "name": "t"}, "purpose": "p",
+                     "credentials": {"audiences": ["crm"]}},
             "status": {"phase": "Active", "trustScore": 600},
         }))
         .unwrap(),
@@ -61,8 +65,7 @@ fn policy() -> Arc<AgentPolicy> {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let audit =
-        AuditLog::open(AuditConfig { path: dir.path().join("audit.log"), stream_stdout: false }).unwrap();
+    let audit = AuditLog::open(AuditConfig::new(dir.path().join("audit.log"))).unwrap();
     let now = jiff::Timestamp::now();
     let td = TrustDomain::parse("cluster.local").unwrap();
     let keys = KeySet::generate(now).unwrap();
@@ -78,8 +81,10 @@ async fn fixture() -> Fixture {
     });
     let index = Arc::new(PolicyIndex::default());
     index.publish(Builder::default().build(&[agent()], &[policy()], &[]));
-    let authorizer = Authorizer::new(Arc::clone(&index), rx, audit.clone(), None);
-    Fixture { _dir: dir, audit, index, app: routes(authorizer), minter, _issuer: tx }
+    let ledger = Arc::new(Ledger::default());
+    let authorizer = Authorizer::new(Arc::clone(&index), Arc::clone(&ledger), rx, audit.clone(), None);
+    let records = Default::default();
+    Fixture { _dir: dir, audit, index, app: routes(authorizer), minter, ledger, records, _issuer: tx }
 }
 
 impl Fixture {
@@ -94,6 +99,27 @@ impl Fixture {
             Duration::from_secs(600),
         )
         .unwrap();
+        // What the operator records when it issues a token: the agent Active, the jti live.
+        let now = jiff::Timestamp::from_second(claims.iat).unwrap();
+        let record = self.records.entry(uid.to_owned()).or_insert_with(|| AgentRecord {
+            phase: Some(crate::api::AgentPhase::Active),
+            trust_score: Some(600),
+            ..AgentRecord::default()
+        });
+        record.issuances.push(Issuance {
+            key: format!("credential.issue:{uid}:{}", record.issuances.len()),
+            issued_at: now,
+            expires_at: now.checked_add(jiff::SignedDuration::from_secs(600)).unwrap(),
+            ttl_secs: 600,
+            key_id: "k".into(),
+            fingerprint: None,
+            tokens: vec![IssuedToken { aud: audience.into(), jti: claims.jti.clone() }],
+            audiences: vec![audience.into()],
+            x509: false,
+            x509_serial: None,
+            stored: Stored::Yes,
+        });
+        self.ledger.set(uid, record.clone());
         self.minter.mint(&claims).unwrap()
     }
 
@@ -249,7 +275,7 @@ async fn an_unready_index_or_a_failed_audit_log_denies() {
             sequence: 1,
         })
     };
-    let unready = Authorizer::new(fresh, rx, f.audit.clone(), None);
+    let unready = Authorizer::new(fresh, Arc::clone(&f.ledger), rx, f.audit.clone(), None);
     let req: AuthorizeRequest = serde_json::from_str(&ask).unwrap();
     let d = unready.authorize(&req, Source::InProcess).await.unwrap();
     assert_eq!(d.decision, crate::authz::Verdict::Deny);

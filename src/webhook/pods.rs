@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use crate::api::{Agent, AgentPhase};
 use crate::registry::selector;
 
-/// The label that names a pod's Agent.
-pub const AGENT_LABEL: &str = "agentiam.dev/agent";
+/// The label that names a pod's Agent (one home for it: the credentials Secret carries it too).
+pub use crate::registry::secret::AGENT_LABEL;
 /// Where credentials and the trust bundle appear in every container.
 pub const MOUNT_PATH: &str = "/var/run/secrets/agentiam.dev";
 /// The projected volume's name; reserved, a pod may not bring its own.
@@ -24,9 +24,7 @@ pub const SPIFFE_ID_ENV: &str = "AGENTIAM_SPIFFE_ID";
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "agentiam-trust-bundle";
 
 /// The credentials Secret of an agent.
-pub fn credentials_secret_name(agent: &str) -> String {
-    format!("{agent}-credentials")
-}
+pub use crate::registry::secret::secret_name as credentials_secret_name;
 
 /// What to do with a pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,22 +42,33 @@ pub fn claimed_agent(pod: &Pod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(AGENT_LABEL).map(String::as_str)
 }
 
-/// Decides about a pod being created in `namespace`. `agent` is the Agent of the claimed name in the pod's
+/// The Agent a pod claims, with what the operator itself recorded and derived about it: never the status,
+/// which anyone with `agents/status` can write.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimed<'a> {
+    /// The Agent of the claimed name in the pod's own namespace.
+    pub agent: &'a Agent,
+    /// The phase the operator recorded for that Agent's UID (None: nothing recorded).
+    pub phase: Option<AgentPhase>,
+    /// Its SPIFFE ID (from the trust domain, namespace and name).
+    pub spiffe_id: Option<&'a str>,
+}
+
+/// Decides about a pod being created in `namespace`. `claimed` is the Agent of the claimed name in the pod's
 /// own namespace, if one exists there (agents are namespaced; a pod can never claim another namespace's).
-pub fn decide(pod: &Pod, namespace: &str, agent: Option<&Agent>) -> PodDecision {
+pub fn decide(pod: &Pod, namespace: &str, claimed: Option<Claimed<'_>>) -> PodDecision {
     let Some(name) = claimed_agent(pod) else { return PodDecision::NotAnAgent };
-    let Some(agent) = agent else {
+    let Some(Claimed { agent, phase, spiffe_id }) = claimed else {
         return PodDecision::Deny(format!(
             "pod claims agent {name:?} ({AGENT_LABEL}), but namespace {namespace:?} has no Agent of that name"
         ));
     };
-    let status = agent.status.clone().unwrap_or_default();
-    if status.phase != Some(AgentPhase::Active) {
-        let phase = status.phase.map_or_else(|| "not yet reconciled".to_owned(), |p| p.to_string());
+    if phase != Some(AgentPhase::Active) {
+        let phase = phase.map_or_else(|| "not yet activated".to_owned(), |p| p.to_string());
         return PodDecision::Deny(format!("agent {name:?} is {phase}, not Active: it may not run"));
     }
-    let Some(spiffe_id) = status.spiffe_id else {
-        return PodDecision::Deny(format!("agent {name:?} has no SPIFFE ID yet"));
+    let Some(spiffe_id) = spiffe_id else {
+        return PodDecision::Deny(format!("agent {name:?} has no valid SPIFFE ID"));
     };
     let spec = pod.spec.clone().unwrap_or_default();
     if let Some(w) = &agent.spec.workload {
@@ -101,7 +110,7 @@ pub fn decide(pod: &Pod, namespace: &str, agent: Option<&Agent>) -> PodDecision 
         ];
         for (field, containers) in groups {
             for (i, c) in containers.iter().enumerate() {
-                container_ops(&mut ops, field, i, c, &spiffe_id)?;
+                container_ops(&mut ops, field, i, c, spiffe_id)?;
             }
         }
         Ok(())
@@ -149,15 +158,35 @@ mod tests {
     use crate::api::{AgentSpec, AgentStatus, Owner, PrincipalKind, Workload};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+    const ID: &str = "spiffe://cluster.local/ns/ns/agent/bot";
+
+    /// An agent whose status claims `phase`; what counts is the phase the tests pass as recorded.
     fn agent(phase: AgentPhase) -> Agent {
         let mut a =
             Agent::new("bot", AgentSpec::new(Owner { kind: PrincipalKind::Team, name: "t".into() }, "p"));
-        a.status = Some(AgentStatus {
-            phase: Some(phase),
-            spiffe_id: Some("spiffe://cluster.local/ns/ns/agent/bot".into()),
-            ..Default::default()
-        });
+        a.status = Some(AgentStatus { phase: Some(phase), spiffe_id: Some(ID.into()), ..Default::default() });
         a
+    }
+
+    fn claimed(a: &Agent) -> Option<Claimed<'_>> {
+        Some(Claimed { agent: a, phase: a.status.as_ref().and_then(|s| s.phase), spiffe_id: Some(ID) })
+    }
+
+    #[test]
+    fn the_recorded_phase_decides_not_the_status() {
+        let p = pod(json!({AGENT_LABEL: "bot"}), json!({"containers": [{"name": "c"}]}));
+        // A forged Active status on an agent the operator recorded as Suspended (or never activated).
+        let forged = agent(AgentPhase::Active);
+        for recorded in [Some(AgentPhase::Suspended), None] {
+            let c = Claimed { agent: &forged, phase: recorded, spiffe_id: Some(ID) };
+            assert!(denied(decide(&p, "ns", Some(c))).contains("not Active"), "{recorded:?}");
+        }
+        let genuine = Claimed {
+            agent: &agent(AgentPhase::Suspended),
+            phase: Some(AgentPhase::Active),
+            spiffe_id: Some(ID),
+        };
+        assert!(matches!(decide(&p, "ns", Some(genuine)), PodDecision::Mutate(_)));
     }
 
     fn pod(labels: Value, spec: Value) -> Pod {
@@ -189,7 +218,9 @@ mod tests {
             json!({AGENT_LABEL: "bot"}),
             json!({"initContainers": [{"name": "i"}], "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}]}, {"name": "b", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}], "volumes": [{"name": "data", "emptyDir": {}}]}),
         );
-        let PodDecision::Mutate(patch) = decide(&p, "ns", Some(&agent(AgentPhase::Active))) else { panic!() };
+        let PodDecision::Mutate(patch) = decide(&p, "ns", claimed(&agent(AgentPhase::Active))) else {
+            panic!()
+        };
         let out = apply(&p, &patch);
         let vols = out["spec"]["volumes"].as_array().unwrap();
         assert_eq!(vols.len(), 2);
@@ -216,7 +247,7 @@ mod tests {
         let p = pod(json!({AGENT_LABEL: "bot"}), json!({"containers": [{"name": "c"}]}));
         assert!(denied(decide(&p, "ns", None)).contains("has no Agent of that name"));
         for phase in [AgentPhase::Pending, AgentPhase::Suspended, AgentPhase::Revoked, AgentPhase::Retired] {
-            assert!(denied(decide(&p, "ns", Some(&agent(phase)))).contains("not Active"), "{phase}");
+            assert!(denied(decide(&p, "ns", claimed(&agent(phase)))).contains("not Active"), "{phase}");
         }
     }
 
@@ -231,17 +262,17 @@ mod tests {
             }),
         });
         let wrong_sa = pod(json!({AGENT_LABEL: "bot", "app": "bot"}), json!({"containers": [{"name": "c"}]}));
-        assert!(denied(decide(&wrong_sa, "ns", Some(&a))).contains("service account"));
+        assert!(denied(decide(&wrong_sa, "ns", claimed(&a))).contains("service account"));
         let wrong_labels = pod(
             json!({AGENT_LABEL: "bot"}),
             json!({"serviceAccountName": "bot-sa", "containers": [{"name": "c"}]}),
         );
-        assert!(denied(decide(&wrong_labels, "ns", Some(&a))).contains("podSelector"));
+        assert!(denied(decide(&wrong_labels, "ns", claimed(&a))).contains("podSelector"));
         let ok = pod(
             json!({AGENT_LABEL: "bot", "app": "bot"}),
             json!({"serviceAccountName": "bot-sa", "containers": [{"name": "c"}]}),
         );
-        assert!(matches!(decide(&ok, "ns", Some(&a)), PodDecision::Mutate(_)));
+        assert!(matches!(decide(&ok, "ns", claimed(&a)), PodDecision::Mutate(_)));
     }
 
     #[test]
@@ -251,16 +282,16 @@ mod tests {
             json!({AGENT_LABEL: "bot"}),
             json!({"containers": [{"name": "c"}], "volumes": [{"name": VOLUME_NAME, "emptyDir": {}}]}),
         );
-        assert!(denied(decide(&vol, "ns", Some(&a))).contains("reserved"));
+        assert!(denied(decide(&vol, "ns", claimed(&a))).contains("reserved"));
         let env = pod(
             json!({AGENT_LABEL: "bot"}),
             json!({"containers": [{"name": "c", "env": [{"name": SPIFFE_ID_ENV, "value": "spiffe://evil/x"}]}]}),
         );
-        assert!(denied(decide(&env, "ns", Some(&a))).contains(SPIFFE_ID_ENV));
+        assert!(denied(decide(&env, "ns", claimed(&a))).contains(SPIFFE_ID_ENV));
         let mount = pod(
             json!({AGENT_LABEL: "bot"}),
             json!({"containers": [{"name": "c", "volumeMounts": [{"name": "x", "mountPath": MOUNT_PATH}]}]}),
         );
-        assert!(denied(decide(&mount, "ns", Some(&a))).contains("already mounts"));
+        assert!(denied(decide(&mount, "ns", claimed(&a))).contains("already mounts"));
     }
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use jiff::Timestamp;
 use kube::Client;
-use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -15,7 +14,6 @@ use super::config::{self, WebhookSettings};
 use super::secret;
 use super::server::{self, CertHandle};
 use super::tls::{ServingCerts, TlsError};
-use crate::api::Agent;
 
 /// Why the webhook could not start or stopped. Variants name the step; messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +81,7 @@ impl WebhookError {
 pub async fn run(
     client: Client,
     settings: WebhookSettings,
-    store: Store<Agent>,
+    store: server::Agents,
     serving: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {

@@ -35,7 +35,9 @@ use tracing::{info, warn};
 use super::pods::{self, AGENT_LABEL, PodDecision};
 use super::run::WebhookError;
 use super::tls::ServingCerts;
-use crate::api::Agent;
+use crate::api::{Agent, AgentPhase};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::registry::ledger::Ledger;
 use crate::server::listener::{self, Limits};
 
 /// The pod mutation path.
@@ -96,15 +98,41 @@ impl ResolvesServerCert for CertHandle {
     }
 }
 
+/// What the webhook knows about Agents: the controller's in-memory store of the objects (their specs), and
+/// the operator's ledger of what it decided about each (their phases). Never the status.
+#[derive(Clone)]
+pub struct Agents {
+    /// The Agents, kept current by the controller's watch.
+    pub store: Store<Agent>,
+    /// What the operator recorded about each agent UID.
+    pub ledger: Arc<Ledger>,
+    /// The trust domain of the agents' SPIFFE IDs.
+    pub trust_domain: TrustDomain,
+}
+
+impl Agents {
+    /// The Agent `namespace/name`, with its recorded phase and SPIFFE ID.
+    fn claimed(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<(Arc<Agent>, Option<AgentPhase>, Option<String>)> {
+        let agent = self.store.get(&ObjectRef::new(name).within(namespace))?;
+        let phase = agent.metadata.uid.as_deref().and_then(|uid| self.ledger.get(uid)).and_then(|r| r.phase);
+        let id = SpiffeId::for_agent(&self.trust_domain, namespace, name).ok().map(|id| id.to_string());
+        Some((agent, phase, id))
+    }
+}
+
 /// The webhook routes.
-pub fn router(store: Store<Agent>) -> Router {
+pub fn router(store: Agents) -> Router {
     Router::new()
         .route(MUTATE_PODS_PATH, post(mutate_pods))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(store)
 }
 
-async fn mutate_pods(State(store): State<Store<Agent>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn mutate_pods(State(store): State<Agents>, headers: HeaderMap, body: Bytes) -> Response {
     let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
     });
@@ -122,7 +150,7 @@ async fn mutate_pods(State(store): State<Store<Agent>>, headers: HeaderMap, body
 
 /// Answers one AdmissionReview body. `Err` carries why the body could not be answered at all (no UID to
 /// answer to); the caller sends it as HTTP 400.
-pub fn admit(store: &Store<Agent>, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, &'static str> {
+pub fn admit(agents: &Agents, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, &'static str> {
     let raw: Value = serde_json::from_slice(body).map_err(|_| "request body is not JSON")?;
     let uid = raw.pointer("/request/uid").and_then(Value::as_str).map(str::to_owned);
     let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw.clone()) {
@@ -152,14 +180,19 @@ pub fn admit(store: &Store<Agent>, body: &[u8]) -> Result<AdmissionReview<Dynami
         return Ok(deny(&request, "the pod has no namespace".to_owned()));
     };
     // Before the first list completes the store is empty, and every pod would be told its Agent is missing.
-    if store.wait_until_ready().now_or_never().is_none_or(|r| r.is_err()) {
+    if agents.store.wait_until_ready().now_or_never().is_none_or(|r| r.is_err()) {
         return Ok(deny(
             &request,
             "agentiam is starting and has not loaded Agents yet; retry shortly".to_owned(),
         ));
     }
-    let agent = store.get(&ObjectRef::new(agent_name).within(&namespace));
-    let decision = pods::decide(&pod, &namespace, agent.as_deref());
+    let found = agents.claimed(&namespace, agent_name);
+    let claimed = found.as_ref().map(|(agent, phase, id)| pods::Claimed {
+        agent,
+        phase: *phase,
+        spiffe_id: id.as_deref(),
+    });
+    let decision = pods::decide(&pod, &namespace, claimed);
     let pod_name = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or_default();
     Ok(match decision {
         PodDecision::NotAnAgent => AdmissionResponse::from(&request).into_review(),
@@ -202,7 +235,7 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Webhook
 pub async fn serve(
     addr: SocketAddr,
     cert: CertHandle,
-    store: Store<Agent>,
+    store: Agents,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
@@ -220,7 +253,7 @@ pub async fn serve(
 pub async fn serve_listener(
     listener: TcpListener,
     cert: CertHandle,
-    store: Store<Agent>,
+    store: Agents,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {

@@ -13,31 +13,45 @@ use tower::ServiceExt as _;
 
 use super::*;
 use crate::api::{AgentPhase, AgentSpec, AgentStatus, Owner, PrincipalKind};
+use crate::registry::ledger::AgentRecord;
 use crate::server::listener::Limits;
 use crate::webhook::pods::{MOUNT_PATH, SPIFFE_ID_ENV};
 use crate::webhook::tls::{RenewalPolicy, San};
 
 const SPIFFE_ID: &str = "spiffe://cluster.local/ns/team-a/agent/bot";
 
+/// An Agent whose status claims `phase` (and a forged SPIFFE ID: the webhook must never use it).
 fn agent(name: &str, phase: AgentPhase) -> Agent {
     let mut a = Agent::new(name, AgentSpec::new(Owner { kind: PrincipalKind::Team, name: "t".into() }, "p"));
     a.metadata.namespace = Some("team-a".into());
-    a.status =
-        Some(AgentStatus { phase: Some(phase), spiffe_id: Some(SPIFFE_ID.into()), ..Default::default() });
+    a.metadata.uid = Some(format!("uid-{name}"));
+    let forged_id = "spiffe://cluster.local/ns/kube-system/agent/admin".to_owned();
+    a.status = Some(AgentStatus { phase: Some(phase), spiffe_id: Some(forged_id), ..Default::default() });
     a
 }
 
-/// A ready store holding an Active `bot` and a Suspended `sleepy` in namespace team-a.
-fn store() -> Store<Agent> {
+fn agents(store: Store<Agent>, ledger: Ledger) -> Agents {
+    Agents { store, ledger: Arc::new(ledger), trust_domain: TrustDomain::parse("cluster.local").unwrap() }
+}
+
+/// A ready store holding `bot`, recorded Active, `sleepy`, recorded Suspended, and `forged`, whose status
+/// says Active but which the operator recorded Suspended, in namespace team-a.
+fn store() -> Agents {
     let mut writer = Writer::<Agent>::default();
     writer.apply_watcher_event(&Event::Init);
     writer.apply_watcher_event(&Event::InitApply(agent("bot", AgentPhase::Active)));
     writer.apply_watcher_event(&Event::InitApply(agent("sleepy", AgentPhase::Suspended)));
+    writer.apply_watcher_event(&Event::InitApply(agent("forged", AgentPhase::Active)));
     writer.apply_watcher_event(&Event::InitDone);
     let store = writer.as_reader();
     // The store stays readable after the writer is gone.
     drop(writer);
-    store
+    let ledger = Ledger::default();
+    let recorded = |phase| AgentRecord { phase: Some(phase), ..AgentRecord::default() };
+    ledger.set("uid-bot", recorded(AgentPhase::Active));
+    ledger.set("uid-sleepy", recorded(AgentPhase::Suspended));
+    ledger.set("uid-forged", recorded(AgentPhase::Suspended));
+    agents(store, ledger)
 }
 
 fn pod(labels: Value) -> Value {
@@ -64,7 +78,7 @@ fn review(operation: &str, object: Value) -> Vec<u8> {
 }
 
 /// The `response` of an answered review, as JSON.
-fn response(store: &Store<Agent>, body: &[u8]) -> Value {
+fn response(store: &Agents, body: &[u8]) -> Value {
     let review = admit(store, body).unwrap();
     let v = serde_json::to_value(&review).unwrap();
     assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
@@ -111,6 +125,9 @@ fn missing_inactive_and_foreign_agents_are_refused() {
     assert_eq!(r["status"]["code"], 403);
     let r = response(&s, &review("CREATE", pod(json!({AGENT_LABEL: "sleepy"}))));
     assert!(denial(&r).contains("not Active"));
+    // A status forged to Active is not what the operator recorded.
+    let r = response(&s, &review("CREATE", pod(json!({AGENT_LABEL: "forged"}))));
+    assert!(denial(&r).contains("is Suspended, not Active"), "{r}");
     // `bot` lives in team-a: the same claim from another namespace finds nothing.
     let mut foreign: Value =
         serde_json::from_slice(&review("CREATE", pod(json!({AGENT_LABEL: "bot"})))).unwrap();
@@ -123,7 +140,10 @@ fn missing_inactive_and_foreign_agents_are_refused() {
 #[test]
 fn nothing_is_admitted_before_the_store_has_listed_agents() {
     let writer = Writer::<Agent>::default();
-    let r = response(&writer.as_reader(), &review("CREATE", pod(json!({AGENT_LABEL: "bot"}))));
+    let r = response(
+        &agents(writer.as_reader(), Ledger::default()),
+        &review("CREATE", pod(json!({AGENT_LABEL: "bot"}))),
+    );
     assert!(denial(&r).contains("starting"));
 }
 

@@ -2,6 +2,9 @@
 //! tools/cluster.sh (`make test` / `make e2e` do that). Each test has its own namespace and, where it needs
 //! one, its own operator process watching only that namespace with its own audit log, so tests run in
 //! parallel without seeing each other.
+//!
+//! `#[ignore]` here means "disturbs the shared cluster" (restarts its API server): tools/e2e.sh runs those
+//! tests alone, with `--ignored`, after the parallel ones.
 
 // Test code: a panic is a failed test with a message, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
@@ -12,7 +15,9 @@ mod audit;
 mod authz;
 mod crds;
 mod credentials;
+mod hardening;
 mod input;
+mod outage;
 mod recovery;
 mod registry;
 mod validation;

@@ -58,13 +58,29 @@ async fn killing_the_operator_mid_reconcile_loses_and_duplicates_no_audit_record
         assert!(phase.is_none(), "{n} changed although the operator was killed before acting: {phase:?}");
     }
 
-    // 2. Killed after the side effect, before the outcome was written.
+    // 2. An activation takes effect when its intent is durable (the ledger reads it from the log), so the
+    //    restart confirms the open ones instead of redoing them, and writes the status from the record. Then
+    //    killed after the credential Secrets were written, before the issuance outcomes.
     op.set_extra(&["--failpoint-delay-after-effect", "30s"]);
     op.restart();
     for n in &names {
         wait_phase(&api, n, "Active").await;
     }
-    assert_eq!(open_intents(&records(&op.audit_log())), activations, "the restart reused the open intents");
+    let open_issues = wait_for("four issuances written to their Secrets, outcomes pending", WAIT, || async {
+        let open = open_intents(&records(&op.audit_log()));
+        let issues: Vec<String> =
+            open.iter().filter(|k| k.starts_with("credential.issue:")).cloned().collect();
+        for n in &names {
+            ns.api::<k8s_openapi::api::core::v1::Secret>()
+                .get_opt(&format!("{n}-credentials"))
+                .await
+                .ok()??;
+        }
+        (issues.len() == 4).then_some(issues)
+    })
+    .await;
+    let open = open_intents(&records(&op.audit_log()));
+    assert!(activations.iter().all(|k| !open.contains(k)), "the restart confirmed the open activations");
     op.kill();
 
     // 3. While the operator is down, two agents are suspended; killed again inside the suspend intents.
@@ -124,6 +140,15 @@ async fn killing_the_operator_mid_reconcile_loses_and_duplicates_no_audit_record
         assert_eq!(o["outcome"], "success", "{o}");
         assert_eq!(o["details"]["resolvedBy"], "intent-recovery", "{o}");
         assert!(o["reason"].as_str().unwrap().contains("confirmed after an interruption"), "{o}");
+    }
+    // The credentials stored before the kill are confirmed, naming what they were.
+    for key in &open_issues {
+        let o = recs.iter().find(|r| r["kind"] == "outcome" && r["key"] == key.as_str()).unwrap();
+        assert_eq!(
+            (&o["outcome"], &o["details"]["resolvedBy"]),
+            (&json!("success"), &json!("intent-recovery")),
+            "{o}"
+        );
     }
     for n in &names {
         let a = api.get(n).await.unwrap();

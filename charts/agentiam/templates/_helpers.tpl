@@ -168,8 +168,9 @@ src/controller/ (every rule names the code that needs it).
 - apiGroups: ["agentiam.dev"]
   resources: ["agents"]
   verbs: ["get", "list", "watch", "patch"]
-# Status is written with server-side apply (controller/agent.rs apply_status: patch_status). The operator
-# never reads the /status subresource on its own (status comes with the object) nor replaces it (update).
+# Status is replaced whole with a JSON patch (controller/agent.rs apply_status: patch_status, `add /status`),
+# so a field someone else wrote never survives a write. The operator never reads the /status subresource on
+# its own (status comes with the object) nor uses update on it.
 - apiGroups: ["agentiam.dev"]
   resources: ["agents/status"]
   verbs: ["patch"]
@@ -199,17 +200,20 @@ src/controller/ (every rule names the code that needs it).
   resources: ["events"]
   verbs: ["create", "patch"]
 # Each Active Agent's credentials Secret <agent>-credentials (controller/credentials.rs):
-#   get     reconcile and delete_secret read it (get_opt) to see what was issued and to whom (UID annotation);
-#   create  issue writes it with server-side apply, which the API server authorizes as create when the
-#   patch     Secret does not exist yet and as patch afterwards;
-#   delete  withdraw (Agent no longer Active) and delete_secret (archive) delete it, with a UID precondition.
+#   get     reconcile and delete_secret read it (get_opt) to check it against what the operator recorded;
+#   list    the Agent controller watches the Secrets labelled app.kubernetes.io/managed-by=agentiam-operator
+#   watch     (controller/agent.rs controller), so a change to one reconciles its Agent at once;
+#   create  issue creates it when absent (write_secret: create)...
+#   update    ...and replaces it whole when present (write_secret: replace), so no key a tenant added survives;
+#   delete  withdraw (Agent no longer Active), delete_secret (archive) and write_secret (a Secret of another
+#             type is in the way) delete it, with a UID precondition.
 # The names depend on the Agents, so none of this can carry resourceNames: the operator may read EVERY Secret
 # where this rule applies (all namespaces, or watchNamespace). That is a real widening, and RBAC cannot do
 # better: reads never reach admission. Writes are narrowed by the admission policy (rbac.restrictCreates) to
 # Opaque Secrets named <agent>-credentials that carry agentiam.dev/agent=<agent>.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 # The trust bundle ConfigMap of each namespace with Agents (controller/credentials.rs ensure_trust_bundle):
 # server-side apply only, never read back or deleted. A server-side apply that creates the object is
 # authorized as create *with* the object's name, so unlike a POST it can be limited by resourceNames.

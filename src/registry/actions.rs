@@ -1,0 +1,65 @@
+//! The names under which the registry writes audit records, and the details [`super::ledger`] reads back.
+//!
+//! One home for them, because the writers (the Agent and credentials controllers) and the reader (the
+//! ledger, which is rebuilt from these records at every start) must agree on every spelling: a typo on
+//! either side would silently lose the operator's own memory of what it decided.
+
+/// A new agent waiting for a valid spec.
+pub const AGENT_REGISTER: &str = "agent.register";
+/// The agent became Active.
+pub const AGENT_ACTIVATE: &str = "agent.activate";
+/// An agent that was not Pending went back to Pending (its spec became invalid).
+pub const AGENT_DEACTIVATE: &str = "agent.deactivate";
+/// The owner suspended the agent.
+pub const AGENT_SUSPEND: &str = "agent.suspend";
+/// The agent was retired for good.
+pub const AGENT_RETIRE: &str = "agent.retire";
+/// The kill switch revoked the agent for good.
+pub const AGENT_REVOKE: &str = "agent.revoke";
+/// The spec changed without a change of phase (owner, provenance, and so the trust score).
+pub const AGENT_UPDATE: &str = "agent.update";
+/// The agent was deleted: its final state.
+pub const AGENT_ARCHIVE: &str = "agent.archive";
+/// Someone other than the operator wrote the agent's status; the operator overwrote it.
+pub const AGENT_STATUS_OVERWRITTEN: &str = "agent.status.overwritten";
+/// Credentials were issued (intent: minted, about to be stored; outcome: stored or abandoned).
+pub const CREDENTIAL_ISSUE: &str = "credential.issue";
+/// Credentials were taken away (the Secret deleted).
+pub const CREDENTIAL_WITHDRAW: &str = "credential.withdraw";
+
+/// Detail: the `metadata.generation` a lifecycle or update record decided for.
+pub const DETAIL_GENERATION: &str = "generation";
+/// Detail: the trust score the operator computed for that generation.
+pub const DETAIL_TRUST_SCORE: &str = "trustScore";
+/// Detail: whether that generation's spec passed validation (`true` / `false`).
+pub const DETAIL_VALID: &str = "valid";
+/// Detail: the instant the operator decided (RFC 3339): the start of the phase it records.
+pub const DETAIL_DECIDED_AT: &str = "decidedAt";
+/// Detail: the phase a transition goes to.
+pub const DETAIL_TO: &str = "to";
+/// Detail of an issuance: the tokens it minted, a JSON array of `{"aud": ..., "jti": ...}`.
+pub const DETAIL_TOKENS: &str = "tokens";
+/// Detail of an issuance: the token IDs, comma-separated, in the order of `audiences` (for readers and
+/// `audit trace --jti`).
+pub const DETAIL_JTI: &str = "jti";
+/// Detail of an issuance: the audiences, comma-separated (for readers; [`DETAIL_TOKENS`] is exact).
+pub const DETAIL_AUDIENCES: &str = "audiences";
+/// Detail of an issuance: whether an X.509-SVID was issued.
+pub const DETAIL_X509: &str = "x509";
+/// Detail of an issuance: the X.509-SVID's serial number (hex).
+pub const DETAIL_X509_SERIAL: &str = "x509Serial";
+/// Detail of an issuance: when it was issued (RFC 3339; the tokens' `iat`).
+pub const DETAIL_ISSUED_AT: &str = "issuedAt";
+/// Detail of an issuance: when it expires (RFC 3339).
+pub const DETAIL_EXPIRES_AT: &str = "expiresAt";
+/// Detail of an issuance: the lifetime in seconds.
+pub const DETAIL_TTL_SECONDS: &str = "ttlSeconds";
+/// Detail of an issuance: the ID of the signing key.
+pub const DETAIL_KEY_ID: &str = "keyID";
+/// Detail of an issuance: the request fingerprint (audiences, x509, lifetime).
+pub const DETAIL_FINGERPRINT: &str = "fingerprint";
+/// Detail of an issuance: `all` when it ends every earlier issuance of the agent at once (the earlier
+/// credentials cannot be vouched for), absent when earlier ones stay valid until they expire (rotation).
+pub const DETAIL_SUPERSEDES: &str = "supersedes";
+/// Value of [`DETAIL_SUPERSEDES`].
+pub const SUPERSEDES_ALL: &str = "all";

@@ -1,0 +1,351 @@
+//! The ledger: the operator's own record of what it decided about each agent and what it issued to it, kept
+//! as a function of the audit log and of nothing else.
+//!
+//! Everything a tenant can write (an Agent's status, the credentials Secret and its annotations) is only a
+//! report. The facts that grant something come from here: the phase the operator last recorded for an agent
+//! UID (and since when), the trust score and generation it recorded, and the exact tokens (by `jti`) and
+//! X.509 serials it minted and has not taken back. The decision API, the pod webhook and the credentials
+//! step all read it; the lifecycle reads its own last decision from it instead of from the status.
+//!
+//! It is rebuilt from the whole log when the operator starts and updated by every new record once it is
+//! durable (it is the log's [`Projection`]), so it survives restarts and can never be ahead of what is
+//! recorded.
+//!
+//! # Rules
+//! - A lifecycle or update **intent** takes effect when it is durable: the record is the decision, and the
+//!   status written afterwards only reports it. Every phase but Active ends every issuance of the agent
+//!   (a suspended agent's tokens never come back on resume).
+//! - An issuance intent adds its tokens as live; an abandoned (or failed) outcome removes them, a success
+//!   marks them stored. With `supersedes: all` it first ends every earlier issuance.
+//! - A withdrawal intent ends every issuance of the agent.
+//! - A successful archive removes the agent.
+//! - Issuances past their expiry are dropped whenever the agent's entry changes.
+//!
+//! Pure apart from the lock in [`Ledger`]: [`Entries::apply`] is a function of the records.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::api::AgentPhase;
+use crate::audit::{Outcome, Projection, Record, RecordKind};
+
+use super::actions as a;
+
+/// One token an issuance minted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    /// Its audience.
+    pub aud: String,
+    /// Its ID.
+    pub jti: String,
+}
+
+/// Whether the credentials of an issuance reached the Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Minted and recorded; the Secret write is in progress (or was interrupted).
+    Pending,
+    /// The Secret holds (or held) them.
+    Yes,
+}
+
+/// One set of credentials the operator minted for an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuance {
+    /// The audit intent key (also stored on the Secret).
+    pub key: String,
+    /// When it was issued (the tokens' `iat`).
+    pub issued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// Its lifetime in seconds.
+    pub ttl_secs: u64,
+    /// The signing key's ID.
+    pub key_id: String,
+    /// The request fingerprint it answered, if recorded.
+    pub fingerprint: Option<String>,
+    /// Its tokens, one per audience, in the order they were requested.
+    pub tokens: Vec<IssuedToken>,
+    /// The audiences it was requested for, in order (records of earlier versions name the matching jtis
+    /// only in the outcome).
+    pub audiences: Vec<String>,
+    /// Whether an X.509-SVID was issued.
+    pub x509: bool,
+    /// The X.509-SVID's serial (hex), if one was issued.
+    pub x509_serial: Option<String>,
+    /// Whether it reached the Secret.
+    pub stored: Stored,
+}
+
+/// What the operator recorded about one agent UID.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// The phase the operator last decided (None: nothing recorded yet).
+    pub phase: Option<AgentPhase>,
+    /// When that phase began (the decision's time).
+    pub phase_since: Option<Timestamp>,
+    /// The generation of the last lifecycle or update record.
+    pub generation: Option<i64>,
+    /// The trust score the operator last recorded.
+    pub trust_score: Option<u16>,
+    /// Whether the last recorded generation was valid, and since when that has been so.
+    pub valid: Option<(bool, Timestamp)>,
+    /// Issuances not taken back, oldest first.
+    pub issuances: Vec<Issuance>,
+}
+
+/// Why a presented token is not a live credential of its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStanding {
+    /// One of the agent's live issuances holds it, for this audience.
+    Live,
+    /// The operator never issued it to this agent, or has taken it back (withdrawn, superseded, expired).
+    NotIssued,
+}
+
+impl AgentRecord {
+    /// Whether the token `jti` for `aud` belongs to an issuance that is live at `now`.
+    pub fn token(&self, jti: &str, aud: &str, now: Timestamp) -> TokenStanding {
+        let live = self
+            .issuances
+            .iter()
+            .filter(|i| i.expires_at > now)
+            .any(|i| i.tokens.iter().any(|t| t.jti == jti && t.aud == aud));
+        if live { TokenStanding::Live } else { TokenStanding::NotIssued }
+    }
+
+    /// The issuance recorded under `key`.
+    pub fn issuance(&self, key: &str) -> Option<&Issuance> {
+        self.issuances.iter().find(|i| i.key == key)
+    }
+
+    /// The newest issuance, stored or not.
+    pub fn latest(&self) -> Option<&Issuance> {
+        self.issuances.last()
+    }
+}
+
+/// The records by agent UID, as a plain value: what [`Ledger`] guards.
+#[derive(Debug, Clone, Default)]
+pub struct Entries {
+    agents: HashMap<Arc<str>, Arc<AgentRecord>>,
+}
+
+fn phase_of(action: &str) -> Option<AgentPhase> {
+    match action {
+        a::AGENT_ACTIVATE => Some(AgentPhase::Active),
+        a::AGENT_REGISTER | a::AGENT_DEACTIVATE => Some(AgentPhase::Pending),
+        a::AGENT_SUSPEND => Some(AgentPhase::Suspended),
+        a::AGENT_RETIRE => Some(AgentPhase::Retired),
+        a::AGENT_REVOKE => Some(AgentPhase::Revoked),
+        _ => None,
+    }
+}
+
+fn time(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+/// The tokens of an issuance record: the exact JSON detail, or for records written before it existed, the
+/// comma-separated audiences and jtis in the same order (given in the intent and the outcome
+/// respectively; a count mismatch, from an audience with a comma in it, yields none, so those tokens are
+/// simply not vouched for and the agent is issued new ones).
+fn tokens_of(record: &Record, audiences: &[String]) -> Vec<IssuedToken> {
+    if let Some(json) = record.details.get(a::DETAIL_TOKENS) {
+        return serde_json::from_str(json).unwrap_or_default();
+    }
+    let Some(jtis) = record.details.get(a::DETAIL_JTI) else { return Vec::new() };
+    let jtis: Vec<&str> = jtis.split(',').filter(|s| !s.is_empty()).collect();
+    if audiences.len() != jtis.len() {
+        return Vec::new();
+    }
+    audiences.iter().zip(jtis).map(|(aud, jti)| IssuedToken { aud: aud.clone(), jti: jti.into() }).collect()
+}
+
+fn audiences_of(record: &Record) -> Vec<String> {
+    let auds = record.details.get(a::DETAIL_AUDIENCES).map(String::as_str).unwrap_or_default();
+    auds.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// Reads an issuance from its intent record. None if the record lacks what a decision needs.
+pub fn issuance_of(record: &Record, key: &str) -> Option<Issuance> {
+    let d = &record.details;
+    let ttl_secs: u64 = d.get(a::DETAIL_TTL_SECONDS)?.parse().ok()?;
+    let expires_at = time(d.get(a::DETAIL_EXPIRES_AT)?)?;
+    // Records before `issuedAt` existed: the key ends in the issuance time in milliseconds.
+    let issued_at = match d.get(a::DETAIL_ISSUED_AT) {
+        Some(t) => time(t)?,
+        None => key
+            .rsplit(':')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok())?,
+    };
+    let audiences = audiences_of(record);
+    Some(Issuance {
+        key: key.to_owned(),
+        issued_at,
+        expires_at,
+        ttl_secs,
+        key_id: d.get(a::DETAIL_KEY_ID)?.clone(),
+        fingerprint: d.get(a::DETAIL_FINGERPRINT).cloned(),
+        tokens: tokens_of(record, &audiences),
+        audiences,
+        x509: d.get(a::DETAIL_X509).is_some_and(|v| v == "true"),
+        x509_serial: d.get(a::DETAIL_X509_SERIAL).cloned(),
+        stored: Stored::Pending,
+    })
+}
+
+impl Entries {
+    /// The record of the agent with `uid`.
+    pub fn get(&self, uid: &str) -> Option<Arc<AgentRecord>> {
+        self.agents.get(uid).cloned()
+    }
+
+    /// How many agents have a record.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Whether no agent has a record.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// Takes in one durable record (see the module docs for the rules).
+    pub fn apply(&mut self, record: &Record) {
+        if record.object.kind != "Agent" {
+            return;
+        }
+        let Some(uid) = record.object.uid.as_deref() else { return };
+        let at = time(&record.time).unwrap_or(Timestamp::UNIX_EPOCH);
+        let Some(key) = record.key.as_deref() else { return };
+        match (record.action.as_str(), record.kind) {
+            (a::AGENT_ARCHIVE, RecordKind::Outcome) if record.outcome == Outcome::Success => {
+                self.agents.remove(uid);
+            }
+            (a::AGENT_ARCHIVE, RecordKind::Intent) => self.update(uid, at, |r| r.issuances.clear()),
+            (action, RecordKind::Intent) if phase_of(action).is_some() || action == a::AGENT_UPDATE => {
+                self.update(uid, at, |r| decided(r, record, phase_of(action), at));
+            }
+            (a::CREDENTIAL_ISSUE, RecordKind::Intent) => {
+                let Some(issuance) = issuance_of(record, key) else { return };
+                let all = record.details.get(a::DETAIL_SUPERSEDES).is_some_and(|v| v == a::SUPERSEDES_ALL);
+                self.update(uid, at, |r| {
+                    if all {
+                        r.issuances.clear();
+                    }
+                    r.issuances.retain(|i| i.key != key);
+                    r.issuances.push(issuance);
+                });
+            }
+            (a::CREDENTIAL_ISSUE, RecordKind::Outcome) => {
+                let success = record.outcome == Outcome::Success;
+                self.update(uid, at, |r| {
+                    if !success {
+                        r.issuances.retain(|i| i.key != key);
+                    } else if let Some(i) = r.issuances.iter_mut().find(|i| i.key == key) {
+                        i.stored = Stored::Yes;
+                        // Records before the intent carried the tokens named them only in the outcome.
+                        if i.tokens.is_empty() {
+                            i.tokens = tokens_of(record, &i.audiences);
+                        }
+                    }
+                });
+            }
+            (a::CREDENTIAL_WITHDRAW, RecordKind::Intent) => self.update(uid, at, |r| r.issuances.clear()),
+            _ => {}
+        }
+    }
+
+    /// Changes the record of `uid` (creating it), then drops its expired issuances. Copy-on-write: readers
+    /// holding the previous version keep it unchanged.
+    fn update(&mut self, uid: &str, at: Timestamp, f: impl FnOnce(&mut AgentRecord)) {
+        let entry = self.agents.entry(uid.into()).or_default();
+        let record = Arc::make_mut(entry);
+        f(record);
+        record.issuances.retain(|i| i.expires_at > at);
+    }
+}
+
+/// A lifecycle or update decision: the phase (for transitions), generation, trust score and validity.
+fn decided(r: &mut AgentRecord, record: &Record, phase: Option<AgentPhase>, at: Timestamp) {
+    let d = &record.details;
+    let since = d.get(a::DETAIL_DECIDED_AT).and_then(|t| time(t)).unwrap_or(at);
+    if let Some(p) = phase {
+        if r.phase != Some(p) {
+            r.phase_since = Some(since);
+        }
+        r.phase = Some(p);
+        if p != AgentPhase::Active {
+            r.issuances.clear();
+        }
+    }
+    if let Some(g) = d.get(a::DETAIL_GENERATION).and_then(|g| g.parse().ok()) {
+        r.generation = Some(g);
+    }
+    if let Some(t) = d.get(a::DETAIL_TRUST_SCORE).and_then(|t| t.parse().ok()) {
+        r.trust_score = Some(t);
+    }
+    if let Some(v) = d.get(a::DETAIL_VALID).map(|v| v == "true")
+        && r.valid.is_none_or(|(was, _)| was != v)
+    {
+        r.valid = Some((v, since));
+    }
+}
+
+/// The ledger shared by the operator's tasks: read by decisions (a read lock and an `Arc` clone), written
+/// only by the audit log's writer thread.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    entries: RwLock<Entries>,
+}
+
+impl Ledger {
+    /// The record of the agent with `uid`, if the operator recorded anything about it.
+    pub fn get(&self, uid: &str) -> Option<Arc<AgentRecord>> {
+        // A panic while holding the lock cannot leave an entry half-changed (entries are swapped whole).
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).get(uid)
+    }
+
+    /// A copy of every entry (tests, diagnostics).
+    pub fn entries(&self) -> Entries {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A ledger over the given records (tests, and tools that read a log file).
+    pub fn from_records<'r>(records: impl IntoIterator<Item = &'r Record>) -> Self {
+        let mut entries = Entries::default();
+        for r in records {
+            entries.apply(r);
+        }
+        Self { entries: RwLock::new(entries) }
+    }
+}
+
+#[cfg(test)]
+impl Ledger {
+    /// Sets the record of `uid` directly (tests of the readers, which need a record, not a log).
+    pub(crate) fn set(&self, uid: &str, record: AgentRecord) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.agents.insert(uid.into(), Arc::new(record));
+    }
+}
+
+impl Projection for Ledger {
+    fn wants(&self, action: &str) -> bool {
+        action.starts_with("agent.") || action.starts_with("credential.")
+    }
+
+    fn apply(&self, record: &Record) {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner).apply(record);
+    }
+}
+
+#[cfg(test)]
+#[path = "ledger_tests.rs"]
+mod tests;
