@@ -38,6 +38,9 @@ use k8s_openapi::api::core::v1::Secret;
 /// The finalizer that makes deletion wait until the agent is archived.
 pub const FINALIZER: &str = "agentiam.dev/archive";
 
+/// How many recorded status overwrites are remembered (so each is recorded once) before the memory is reset.
+const MAX_OVERWRITES_REMEMBERED: usize = 10_000;
+
 /// How often a settled agent is looked at again even without a change.
 const RESYNC: Duration = Duration::from_secs(600);
 
@@ -323,7 +326,18 @@ async fn record_foreign_status_writes(ctx: &Context, agent: &Agent, uid: &str) -
         let manager = entry.manager.clone().unwrap_or_else(|| "unknown".into());
         let at = entry.time.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
         let seen = format!("{uid}|{manager}|{at}|{}", entry.operation.as_deref().unwrap_or_default());
-        let fresh = ctx.overwrites_seen.lock().map(|mut s| s.insert(seen)).unwrap_or(true);
+        let fresh = ctx
+            .overwrites_seen
+            .lock()
+            .map(|mut s| {
+                // Bounded: someone writing status over and over (each write has its own time) must not grow
+                // the operator's memory. Forgetting only means a write may be recorded a second time.
+                if s.len() >= MAX_OVERWRITES_REMEMBERED {
+                    s.clear();
+                }
+                s.insert(seen)
+            })
+            .unwrap_or(true);
         if !fresh {
             continue;
         }

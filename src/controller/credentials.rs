@@ -511,11 +511,10 @@ async fn issue(
     Ok((facts, version))
 }
 
-/// Replaces the Secret with exactly `data` and the recorded metadata (returning its new `resourceVersion`):
-/// created if absent, replaced whole
-/// (optimistically, at the version read) if present, deleted and created again if its type is not ours.
-/// A server-side apply would not do: it never removes keys it did not set, so a key a tenant added before
-/// or after issuance would survive every write.
+/// Replaces the Secret with exactly `data` and the recorded metadata, returning its new `resourceVersion`:
+/// created if absent, replaced whole (optimistically, at the version read) if present, deleted and created
+/// again if its type is not ours. A server-side apply would not do: it never removes keys it did not set, so
+/// a key a tenant added before or after issuance would survive every write.
 async fn write_secret(
     ctx: &Context,
     ns: &str,

@@ -372,6 +372,24 @@ async fn narrowing_an_agents_credentials_refuses_what_it_no_longer_has_at_once()
     let s = wait_exact(&op, &ns, "bot", &[&format!("token-{AUD}"), "bundle.pem"], Some(&current)).await;
     let fresh = data(&s)[&format!("token-{AUD}")].clone();
     wait_decision(&op, &ask(&fresh, "read", "crm:contacts/1"), "Allow").await;
+
+    // The same rule for a policy: a lifetime cap below what the tokens were issued for refuses them at once.
+    let read = rule("read", "Allow", &["read"], &["crm:contacts/*"]);
+    let capped = json!({"agents": {"names": ["bot"]}, "rules": [read], "credentialTTLCap": "1m"});
+    apply_policy(&ns, "read", capped).await;
+    let (took, r) = flip_latency(
+        &op,
+        &ask(&fresh, "read", "crm:contacts/1"),
+        "Deny",
+        Instant::now(),
+        "policy cap lowered",
+    )
+    .await;
+    assert!(took < FLIP_WITHIN, "a lower policy cap took {took:?} to refuse the longer tokens");
+    assert!(reason(&r).contains("lifetime narrowed"), "{r}");
+    let s = wait_exact(&op, &ns, "bot", &[&format!("token-{AUD}"), "bundle.pem"], Some(&fresh)).await;
+    let capped_token = data(&s)[&format!("token-{AUD}")].clone();
+    wait_decision(&op, &ask(&capped_token, "read", "crm:contacts/1"), "Allow").await;
 }
 
 #[tokio::test]
