@@ -34,7 +34,7 @@ run: build ## Bring up the local control plane (or use EXISTING_KUBECONFIG), ins
 
 .PHONY: test
 test: ## Run every test: unit, then e2e against the local control plane (E2E_REQUIRED=1 makes a missing one fail).
-	$(CARGO) test --locked --lib --bins --test crds --test interop
+	AGENTIAM_PYTHON=$$(tools/python-env.sh) $(CARGO) test --locked --lib --bins --test crds --test interop
 	@tools/e2e.sh
 
 ##@ Development
@@ -55,8 +55,8 @@ lint: ## cargo fmt --check, clippy and rustdoc with warnings denied.
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --quiet
 
 .PHONY: unit
-unit: ## Unit tests only (no cluster needed).
-	$(CARGO) test --locked --lib --bins --test crds --test interop
+unit: ## Unit tests only (no cluster needed; PyJWT comes from a virtualenv in the tools cache).
+	AGENTIAM_PYTHON=$$(tools/python-env.sh) $(CARGO) test --locked --lib --bins --test crds --test interop
 
 .PHONY: e2e
 e2e: ## E2E tests only (brings the local control plane up when needed).

@@ -16,6 +16,7 @@ use crate::controller::keys::IssuerSettings;
 use crate::controller::{self, Config, Context};
 use crate::registry::ledger::Ledger;
 use crate::server::{self, Health};
+use crate::supervisor::{Supervisor, TaskEnded};
 use crate::webhook::config::WebhookSettings;
 
 /// Settings that are not part of the controllers' [`Config`].
@@ -29,6 +30,8 @@ pub struct Options {
     pub audit_stdout: bool,
     /// Address of the HTTP server (probes, issuer documents, decision API).
     pub http_addr: SocketAddr,
+    /// Address of the admin server: /metrics, /healthz, /readyz.
+    pub admin_addr: SocketAddr,
     /// Threads of the HTTP server's own runtime (see [`server::spawn_api`]).
     pub api_threads: std::num::NonZeroUsize,
     /// Timeouts and the connection bound of the HTTP server (see [`server::listener`]).
@@ -39,6 +42,8 @@ pub struct Options {
     pub webhook: Option<WebhookSettings>,
     /// Test hook: decisions evaluate time windows at this instant instead of now. None in production.
     pub authz_fixed_time: Option<jiff::Timestamp>,
+    /// Test hook: the supervised task of this name fails this long after it starts. None in production.
+    pub failpoint_fail_task: Option<(String, std::time::Duration)>,
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -71,6 +76,19 @@ pub enum StartupError {
     /// Resolving intents left open by a previous run failed.
     #[error("failed to resolve open audit intents: {0}")]
     Recovery(#[source] controller::Error),
+    /// The cluster has no CRD API, or it could not be read.
+    #[error("failed to read the agentiam CRDs: {source}")]
+    Crds {
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// CRDs the operator needs are missing or not yet Established.
+    #[error("the agentiam CRDs are not ready: {0}; install them (kubectl apply -f crds/, or the Helm chart)")]
+    MissingCrds(String),
+    /// A supervised task ended while the operator ran (see [`crate::supervisor`]).
+    #[error("{0}")]
+    Task(TaskEnded),
     /// The HTTP server could not bind or failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -135,12 +153,43 @@ async fn record_key_rotation(
     Ok(())
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C.
+/// The CRDs the operator needs, by name.
+pub const REQUIRED_CRDS: [&str; 4] = [
+    "agents.agentiam.dev",
+    "agentpolicies.agentiam.dev",
+    "delegations.agentiam.dev",
+    "revocations.agentiam.dev",
+];
+
+/// Checks that every CRD the operator watches is installed and Established, naming those that are not:
+/// without this the watches would retry forever, and the operator would look alive doing nothing.
+async fn check_crds(client: &Client) -> Result<(), StartupError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let mut missing = Vec::new();
+    for name in REQUIRED_CRDS {
+        let crd = api.get_opt(name).await.map_err(|source| StartupError::Crds { source })?;
+        let established = crd
+            .as_ref()
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        match (crd, established) {
+            (None, _) => missing.push(format!("{name} (not installed)")),
+            (Some(_), false) => missing.push(format!("{name} (not Established)")),
+            (Some(_), true) => {}
+        }
+    }
+    if missing.is_empty() { Ok(()) } else { Err(StartupError::MissingCrds(missing.join(", "))) }
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C, or until one of its tasks ends (an error).
 pub async fn run(opts: Options) -> Result<(), StartupError> {
     let client = Client::try_default().await.map_err(StartupError::Client)?;
     let ns = opts.config.operator_namespace.clone();
     let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
     ns_api.get(&ns).await.map_err(|source| StartupError::Namespace { namespace: ns.clone(), source })?;
+    check_crds(&client).await?;
 
     // The ledger is rebuilt from the whole log as it opens, and kept current by every record after.
     let ledger = Arc::new(Ledger::default());
@@ -162,9 +211,11 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let (key_manager, issuer) = controller::keys::bootstrap(&client, &ns, opts.issuer.clone(), &audit)
         .await
         .map_err(StartupError::Keys)?;
+    let mut tasks = Supervisor::default().with_failpoint(opts.failpoint_fail_task.clone());
     // The authorization index: watches of Agents, AgentPolicies and Revocations, rebuilt on every change.
-    // Its AgentPolicy store also gives the credentials controller its lifetime caps.
-    let authz = controller::authz::start(&client, opts.config.watch_namespace.as_deref());
+    // Its AgentPolicy store also gives the credentials controller its lifetime caps, and its Agent store the
+    // webhooks their Agents (filled from the start, before any controller runs).
+    let authz = controller::authz::start(&client, opts.config.watch_namespace.as_deref(), &mut tasks);
     let ctx = Context::new(
         client.clone(),
         opts.config.clone(),
@@ -181,7 +232,6 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         audit.clone(),
         opts.authz_fixed_time,
     );
-    controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -189,8 +239,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     };
 
     let audit_for_health = audit.clone();
-    let webhook_failed = Arc::new(AtomicBool::new(false));
-    let webhook_for_health = Arc::clone(&webhook_failed);
+    let failed = tasks.failed();
     // Without a webhook there is nothing to wait for.
     let webhook_serving = Arc::new(AtomicBool::new(opts.webhook.is_none()));
     let serving_for_health = Arc::clone(&webhook_serving);
@@ -199,92 +248,119 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             audit_for_health.is_failed().then_some("the audit log failed; restart the operator")
         }))
         .with_check(Arc::new(move || {
-            webhook_for_health.load(Ordering::Acquire).then_some("the pod admission webhook stopped")
+            failed.get().is_some().then_some("a task of the operator ended; it is stopping (see its log)")
         }))
         .with_check(Arc::new(move || {
             (!serving_for_health.load(Ordering::Acquire))
-                .then_some("the pod admission webhook is not serving yet")
+                .then_some("the admission webhooks are not serving yet")
         }));
     let http_error = |source| StartupError::Http { addr: opts.http_addr, source };
     let listener = std::net::TcpListener::bind(opts.http_addr).map_err(http_error)?;
     let addr = listener.local_addr().map_err(http_error)?;
+    let surfaces = server::Surfaces::default()
+        .with(server::probes(health.clone()))
+        .with(server::issuer::surface(issuer))
+        .with(server::decision::surface(Arc::clone(&authorizer)));
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.
-    info!(
-        "http server listening on {addr} (/healthz, /readyz, /.well-known/openid-configuration, /keys, /v1/bundle, /v1/authorize, /v1/ext_authz)"
-    );
+    info!("http server listening on {addr} ({})", surfaces.describe());
     let http = server::spawn_api(
         listener,
         opts.api_threads,
-        server::router_with(health.clone(), Some(issuer), Some(Arc::clone(&authorizer))),
+        surfaces.into_router(),
         opts.http_limits,
         stopped(stop_rx.clone()),
     )
     .map_err(http_error)?;
-    let sweeper = tokio::spawn(async move {
+    tasks.spawn("http server", async move { http.wait().await });
+    let admin_error = |source| StartupError::Http { addr: opts.admin_addr, source };
+    let admin_listener = tokio::net::TcpListener::bind(opts.admin_addr).await.map_err(admin_error)?;
+    let admin_addr = admin_listener.local_addr().map_err(admin_error)?;
+    let admin = server::admin(health.clone());
+    info!("admin server listening on {admin_addr} ({})", admin.describe());
+    let (admin_router, admin_stop) = (admin.into_router(), stopped(stop_rx.clone()));
+    tasks.spawn_infallible("admin server", async move {
+        server::listener::serve(admin_listener, admin_router, None, opts.http_limits, "admin", admin_stop)
+            .await;
+    });
+    let sweeping = Arc::clone(&authorizer);
+    tasks.spawn_infallible("rate-limit sweeper", async move {
         // Idle rate-limit buckets are full again anyway; forgetting them bounds memory.
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
-            authorizer.limiter().sweep(std::time::Instant::now(), std::time::Duration::from_secs(24 * 3600));
+            sweeping.limiter().sweep(std::time::Instant::now(), std::time::Duration::from_secs(24 * 3600));
         }
     });
-    let policy_status = tokio::spawn(controller::policy::run(Arc::clone(&ctx), stopped(stop_rx.clone())));
-    let keys = tokio::spawn(key_manager.run(stopped(stop_rx.clone())));
 
+    // The webhooks serve before anything writes agentiam objects: with its configuration in place from an
+    // earlier run, every write (a finalizer, an archive) goes through them.
+    if let Some(settings) = opts.webhook.clone() {
+        let webhooks = crate::webhook::server::Webhooks {
+            agents: crate::webhook::server::Agents {
+                store: authz.agents.clone(),
+                ledger: Arc::clone(&ledger),
+                trust_domain: opts.config.trust_domain.clone(),
+            },
+            audit: Some(audit.clone()),
+            unserved_namespace: opts.config.watch_namespace.is_none().then(|| ns.clone()),
+        };
+        let (client, serving) = (client.clone(), Arc::clone(&webhook_serving));
+        let stop = stopped(stop_rx.clone());
+        info!(listen = %settings.listen, configuration = %settings.configuration_name, "starting the admission webhooks");
+        tasks
+            .spawn("admission webhooks", crate::webhook::run::run(client, settings, webhooks, serving, stop));
+        let failed = tasks.failed();
+        while !webhook_serving.load(Ordering::Acquire) {
+            if let Some(ended) = failed.get() {
+                return Err(StartupError::Task(ended.clone()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
+
+    tasks.spawn_infallible(
+        "policy status controller",
+        controller::policy::run(Arc::clone(&ctx), stopped(stop_rx.clone())),
+    );
+    tasks.spawn_infallible("key manager", key_manager.run(stopped(stop_rx.clone())));
     // The publisher stops after the controllers, so its final checkpoint covers everything they wrote.
     let (publisher_stop_tx, publisher_stop_rx) = watch::channel(false);
-    let publisher = tokio::spawn(checkpoints::run_publisher(
-        client.clone(),
-        ns.clone(),
-        audit.clone(),
-        signer,
-        opts.config.checkpoint_interval,
-        stopped(publisher_stop_rx),
-    ));
+    tasks.spawn_infallible(
+        "checkpoint publisher",
+        checkpoints::run_publisher(
+            client.clone(),
+            ns.clone(),
+            audit.clone(),
+            signer,
+            opts.config.checkpoint_interval,
+            stopped(publisher_stop_rx),
+        ),
+    );
     let agent_controller = controller::agent::controller(&ctx);
-    let webhook = opts.webhook.clone().map(|settings| {
-        let store = crate::webhook::server::Agents {
-            store: agent_controller.store(),
-            ledger: Arc::clone(&ledger),
-            trust_domain: opts.config.trust_domain.clone(),
-        };
-        let (client, failed) = (client.clone(), Arc::clone(&webhook_failed));
-        let serving = Arc::clone(&webhook_serving);
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            info!(listen = %settings.listen, configuration = %settings.configuration_name, "starting the pod admission webhook");
-            if let Err(e) = crate::webhook::run::run(client, settings, store, serving, stop).await {
-                // Labelled pods are refused while the webhook is down (failurePolicy Fail); say so loudly.
-                error!(error = %e, "the pod admission webhook stopped");
-                failed.store(true, Ordering::Release);
-            }
-        })
-    });
-    let agents =
-        tokio::spawn(controller::agent::run(agent_controller, Arc::clone(&ctx), stopped(stop_rx.clone())));
+    tasks.spawn_infallible(
+        "agent controller",
+        controller::agent::run(agent_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
+    );
     health.set_ready(true);
     info!(trust_domain = %opts.config.trust_domain, watch_namespace = ?opts.config.watch_namespace, "operator running");
 
-    shutdown_signal().await;
-    info!("shutting down");
+    let ended = tasks.run_until(shutdown_signal()).await;
+    if ended.is_none() {
+        info!("shutting down");
+    }
     health.set_ready(false);
     let _ = stop_tx.send(true);
-    let _ = agents.await;
-    let _ = policy_status.await;
-    if let Some(w) = webhook {
-        let _ = w.await;
-    }
-    let _ = keys.await;
+    tasks.join(&["agent controller", "policy status controller", "admission webhooks", "key manager"]).await;
     let _ = publisher_stop_tx.send(true);
-    let _ = publisher.await;
-    if let Err(e) = http.wait().await {
-        warn!(error = %e, "the http server stopped with an error");
-    }
-    sweeper.abort();
-    for task in authz.tasks {
-        task.abort();
-    }
+    tasks.join(&["checkpoint publisher", "http server", "admin server"]).await;
+    tasks.abort_all();
     audit.close().await;
-    info!("stopped");
-    Ok(())
+    match ended {
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+        Some(ended) => Err(StartupError::Task(ended)),
+    }
 }

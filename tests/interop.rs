@@ -213,9 +213,15 @@ print("sub=" + claims["sub"])
 print("uid=" + claims["agentiam.dev/uid"])
 "#;
 
+/// The Python with PyJWT: `$AGENTIAM_PYTHON` (`make test` points it at the virtualenv tools/python-env.sh
+/// makes), else `python3`.
+fn python() -> String {
+    std::env::var("AGENTIAM_PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".to_owned())
+}
+
 /// Whether python3 with PyJWT and its crypto backend is usable; fails or skips (by E2E_REQUIRED) otherwise.
 async fn pyjwt_available() -> bool {
-    let probe = tokio::process::Command::new("python3")
+    let probe = tokio::process::Command::new(python())
         .args(["-c", "import jwt, cryptography; jwt.algorithms.ECAlgorithm"])
         .output()
         .await;
@@ -226,7 +232,7 @@ async fn pyjwt_available() -> bool {
         }
         Err(e) => format!("python3 cannot be run: {e}"),
     };
-    let fix = "install it with: pip install \"pyjwt[crypto]\"";
+    let fix = "run it through `make unit` or `make test`, or set AGENTIAM_PYTHON=$(tools/python-env.sh)";
     if std::env::var("E2E_REQUIRED").is_ok_and(|v| v == "1") {
         panic!("E2E_REQUIRED=1 but {why}; {fix}");
     }
@@ -247,7 +253,7 @@ async fn pyjwt_validates_tokens_through_oidc_discovery() {
     let token = mint(&rx.borrow().keys, &issuer_url, AUDIENCE, Timestamp::now());
 
     // The token goes through stdin, as a bearer credential should.
-    let mut child = tokio::process::Command::new("python3")
+    let mut child = tokio::process::Command::new(python())
         .args(["-c", PYJWT_SCRIPT, &issuer_url, AUDIENCE])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

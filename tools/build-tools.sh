@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the test and benchmark tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, opa)
+# Builds the test and benchmark tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, opa,
+# promtool)
 # from their published Go modules, pinned in tools/versions.env, into a cache outside the clone:
 #   ${AGENTIAM_TOOLS_CACHE:-~/.cache/agentiam-tools}/<name>-<version>/<binary>
 # A tool already in the cache is not rebuilt, so only the first run on a machine is slow.
-# Usage: tools/build-tools.sh [kubernetes] [etcd] [helm] [opa]   (default: kubernetes etcd helm)
+# Usage: tools/build-tools.sh [kubernetes] [etcd] [helm] [opa] [promtool]   (default: kubernetes etcd helm)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -109,6 +110,12 @@ build_helm() {
   build_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$ld"
 }
 
+build_promtool() {
+  # Prometheus' Go module versions are v0.<minor><patch>.x for release 3.<minor>.<patch>.
+  build_simple promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+    github.com/prometheus/prometheus/cmd/promtool "-s -w"
+}
+
 build_opa() {
   build_simple opa github.com/open-policy-agent/opa "$OPA_VERSION" github.com/open-policy-agent/opa \
     "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}"
@@ -122,6 +129,7 @@ for t in "${targets[@]}"; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     opa) build_opa ;;
-    *) echo "unknown tool: $t (known: kubernetes etcd helm opa)" >&2; exit 2 ;;
+    promtool) build_promtool ;;
+    *) echo "unknown tool: $t (known: kubernetes etcd helm opa promtool)" >&2; exit 2 ;;
   esac
 done

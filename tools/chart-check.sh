@@ -70,8 +70,8 @@ cleanup() {
   fi
   # Fail-closed for labelled pods while it exists, and nobody else deletes it.
   if [ -n "$webhook_configuration" ]; then
-    k delete mutatingwebhookconfiguration "$webhook_configuration" --ignore-not-found >/dev/null ||
-      log "warning: could not delete MutatingWebhookConfiguration $webhook_configuration"
+    k delete mutatingwebhookconfiguration,validatingwebhookconfiguration "$webhook_configuration" --ignore-not-found >/dev/null ||
+      log "warning: could not delete the webhook configurations $webhook_configuration"
   fi
   for ns in "${namespaces[@]}"; do
     # With the operator gone, nothing would ever release the archive finalizer of an Agent left behind.
@@ -364,7 +364,11 @@ can no create mutatingwebhookconfigurations
 can no patch mutatingwebhookconfigurations/other
 can no get "mutatingwebhookconfigurations/$webhook_configuration"
 can no delete "mutatingwebhookconfigurations/$webhook_configuration"
+can yes create "validatingwebhookconfigurations/$webhook_configuration"
+can yes patch "validatingwebhookconfigurations/$webhook_configuration"
 can no create validatingwebhookconfigurations
+can no patch validatingwebhookconfigurations/other
+can no delete "validatingwebhookconfigurations/$webhook_configuration"
 can no patch "validatingadmissionpolicies/$release-$ins-restrict-creates"
 # Nothing that would let it act as someone else or run code.
 can no create pods -n default
@@ -446,7 +450,7 @@ webhooks:
   - name: pods.agentiam.dev
     admissionReviewVersions: [v1]
     sideEffects: None
-    clientConfig: {url: "https://127.0.0.1:9/mutate-pods"}
+    clientConfig: {url: "https://127.0.0.1:9"}
     rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [$1]}]
     objectSelector: {matchExpressions: [{key: agentiam.dev/agent, operator: Exists}]}
     namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: $2, values: [$3]}]}
@@ -458,6 +462,28 @@ for bad in "pods/* NotIn kube-system,$ins" "pods NotIn $ins" "pods In kube-syste
   read -r -a a <<<"$bad"
   if apply_in - webhook_manifest "${a[0]}" "${a[1]}" "${a[2]//,/, }"; then die "the policy let a webhook with scope ($bad) in"; fi
   grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "webhook ($bad) refused, but not by the policy"; }
+done
+validating_manifest() { # validating_manifest <group> <resource> <operator> <values...>
+  cat <<YAML
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: $webhook_configuration}
+webhooks:
+  - name: agents.agentiam.dev
+    admissionReviewVersions: [v1]
+    sideEffects: NoneOnDryRun
+    clientConfig: {url: "https://127.0.0.1:9"}
+    rules: [{apiGroups: ["$1"], apiVersions: ["*"], operations: [CREATE, UPDATE, DELETE], resources: [$2]}]
+    namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: $3, values: [$4]}]}
+YAML
+}
+apply_in - validating_manifest agentiam.dev agents NotIn "$ins" ||
+  { cat "$work/sa.err" >&2; die "the operator cannot apply its validating webhook configuration"; }
+for bad in "agentiam.dev secrets NotIn $ins" "agentiam.dev agents NotIn kube-system" " agents NotIn $ins"; do
+  read -r -a a <<<"$bad"
+  [ ${#a[@]} = 4 ] || a=("" "${a[@]}")
+  if apply_in - validating_manifest "${a[0]}" "${a[1]}" "${a[2]}" "${a[3]}"; then die "the policy let a validating webhook with scope ($bad) in"; fi
+  grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "validating webhook ($bad) refused, but not by the policy"; }
 done
 log "ok: the admission policy allows exactly the writes checked"
 
@@ -491,7 +517,7 @@ run_operator() {
   http_port=$((20000 + RANDOM % 20000))
   webhook_port=$((20000 + RANDOM % 20000))
   [ "$webhook_port" != "$http_port" ] || webhook_port=$((http_port + 1))
-  webhook_url=https://127.0.0.1:$webhook_port/mutate-pods
+  webhook_url=https://127.0.0.1:$webhook_port
   mapfile -t args < <(k -n "$ins" get deployment/$release \
     -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')
   [ "${args[0]:-}" = run ] || die "unexpected Deployment args: ${args[*]}"
@@ -561,7 +587,9 @@ exercise() {
   # The webhook: the operator applied its configuration (by URL, for this run), and mutates labelled pods.
   webhook_applied() {
     [ "$(k get mutatingwebhookconfiguration "$webhook_configuration" \
-      -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null)" = "$webhook_url" ]
+      -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null)" = "$webhook_url/mutate-pods" ] &&
+    [ "$(k get validatingwebhookconfiguration "$webhook_configuration" \
+      -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null)" = "$webhook_url/validate/agents" ]
   }
   eventually "$label: the webhook configuration points at this run" webhook_applied
   create_pod() {

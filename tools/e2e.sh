@@ -38,11 +38,10 @@ log "installing CRDs into the cluster of $kubeconfig"
 KUBECONFIG=$kubeconfig "$kubectl" apply --server-side --force-conflicts --field-manager=agentiam-e2e -f crds/ >/dev/null
 KUBECONFIG=$kubeconfig "$kubectl" wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
 
-# PyJWT is one of the independent JWT implementations the e2e tests verify our tokens with.
-if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
-  log "installing PyJWT $PYJWT_VERSION and cryptography $CRYPTOGRAPHY_VERSION with pip"
-  python3 -m pip install --quiet "pyjwt==$PYJWT_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION"
-fi
+# PyJWT is one of the independent JWT implementations the e2e tests verify our tokens with; it lives in a
+# virtualenv in the tools cache (tools/python-env.sh), never in the system Python.
+AGENTIAM_PYTHON=$(tools/python-env.sh)
+export AGENTIAM_PYTHON
 
 export AGENTIAM_E2E_KUBECONFIG=$kubeconfig KUBECTL=$kubectl HELM=${HELM:-$HELM_BIN} E2E_REQUIRED=$required
 # Only the local control plane's API server may be restarted by a test (tests/e2e/outage.rs); unset, such

@@ -10,8 +10,9 @@ AGENTIAM_TOOLS_CACHE=${AGENTIAM_TOOLS_CACHE:-$HOME/.cache/agentiam-tools}
 KUBE_BIN_DIR=$AGENTIAM_TOOLS_CACHE/kubernetes-$KUBERNETES_VERSION
 ETCD_BIN=$AGENTIAM_TOOLS_CACHE/etcd-$ETCD_VERSION/etcd
 HELM_BIN=$AGENTIAM_TOOLS_CACHE/helm-$HELM_VERSION/helm
+PROMTOOL_BIN=$AGENTIAM_TOOLS_CACHE/promtool-$PROMETHEUS_VERSION/promtool
 # Exported for the same reason the values exist: scripts that source lib.sh hand them to their children.
-export AGENTIAM_ROOT AGENTIAM_TOOLS_CACHE KUBE_BIN_DIR ETCD_BIN HELM_BIN
+export AGENTIAM_ROOT AGENTIAM_TOOLS_CACHE KUBE_BIN_DIR ETCD_BIN HELM_BIN PROMTOOL_BIN
 
 # Progress goes to stderr so that stdout stays machine-readable (`eval "$(tools/cluster.sh env)"`).
 LOG_TAG=${LOG_TAG:-tools}

@@ -33,7 +33,7 @@ log "starting the operator (logs: $run_dir/operator.log; audit records stream be
   --http-addr "127.0.0.1:$http_port" \
   --issuer-url "http://127.0.0.1:$http_port" \
   --webhook-listen "127.0.0.1:$webhook_port" \
-  --webhook-url "https://127.0.0.1:$webhook_port/mutate-pods" \
+  --webhook-url "https://127.0.0.1:$webhook_port" \
   --checkpoint-interval 10s \
   2> >(tee -a "$run_dir/operator.log" >&2) &
 operator=$!

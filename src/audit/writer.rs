@@ -472,12 +472,16 @@ impl Writer {
         if !staged.buf.is_empty() {
             if let Err(error) = self.commit(&staged.buf) {
                 self.shared.failed.store(true, Ordering::Release);
+                crate::metrics::global().audit_write_failure();
                 tracing::error!(%error, "audit log write failed; refusing further appends until restart");
                 for (reply, _) in waiting {
                     let _ = reply.send(Err(copy_error(&error)));
                 }
                 return close;
             }
+            let lines = staged.buf.iter().filter(|b| **b == b'\n').count();
+            let queued = i64::try_from(self.rx.len()).unwrap_or(i64::MAX);
+            crate::metrics::global().audit_batch(lines as u64, queued);
             let mut index = self.shared.index();
             for durable in staged.written.drain(..) {
                 index.take(durable);

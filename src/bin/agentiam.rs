@@ -76,6 +76,10 @@ struct RunArgs {
     /// it for relying parties outside the cluster.
     #[arg(long, env = "AGENTIAM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// Address of the admin server: /metrics (Prometheus text format), /healthz and /readyz, apart from the
+    /// decision API so that scrapes and probes never share its port or its threads.
+    #[arg(long, env = "AGENTIAM_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
+    admin_addr: SocketAddr,
     /// Threads of the HTTP server's own runtime (decision API, issuer documents, probes), apart from the
     /// controllers' runtime. Default: half the available CPUs, at least 1.
     #[arg(long, env = "AGENTIAM_API_THREADS")]
@@ -93,8 +97,9 @@ struct RunArgs {
     /// Where the webhook's TLS server listens.
     #[arg(long, env = "AGENTIAM_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
     webhook_listen: SocketAddr,
-    /// How the API server reaches the webhook when the operator runs outside the cluster, e.g.
-    /// `https://127.0.0.1:9443/mutate-pods`. Without it, the in-cluster Service --webhook-service is used.
+    /// How the API server reaches the webhook server when the operator runs outside the cluster: a base URL
+    /// such as `https://127.0.0.1:9443`, to which each webhook adds its path (`/mutate-pods`,
+    /// `/validate/agents`, ...). Without it, the in-cluster Service --webhook-service is used.
     #[arg(long, env = "AGENTIAM_WEBHOOK_URL")]
     webhook_url: Option<String>,
     /// The Service (in the operator namespace, port 443) in front of the webhook, for in-cluster runs.
@@ -129,6 +134,9 @@ struct RunArgs {
     /// Testing only: start the pod admission webhook this much later.
     #[arg(long, env = "AGENTIAM_FAILPOINT_WEBHOOK_START_DELAY", default_value = "0s", hide = true)]
     failpoint_webhook_start_delay: String,
+    /// Testing only: `<task name>=<duration>` makes that supervised task fail after the duration.
+    #[arg(long, env = "AGENTIAM_FAILPOINT_FAIL_TASK", hide = true)]
+    failpoint_fail_task: Option<String>,
     /// Testing only: evaluate policy time windows at this RFC 3339 instant instead of now.
     #[arg(long, env = "AGENTIAM_FAILPOINT_AUTHZ_TIME", hide = true)]
     failpoint_authz_time: Option<String>,
@@ -164,6 +172,14 @@ fn options(args: RunArgs) -> Result<Options, String> {
                 .map_err(|e| format!("--failpoint-authz-time {t:?} is not an RFC 3339 time: {e}"))?,
         ),
     };
+    let failpoint_fail_task = match &args.failpoint_fail_task {
+        None => None,
+        Some(v) => {
+            let (name, after) =
+                v.rsplit_once('=').ok_or("--failpoint-fail-task must be <task name>=<duration>")?;
+            Some((name.to_owned(), duration_arg("failpoint-fail-task", after)?))
+        }
+    };
     let failpoint_delay_after_intent =
         duration_arg("failpoint-delay-after-intent", &args.failpoint_delay_after_intent)?;
     let failpoint_delay_after_effect =
@@ -198,8 +214,27 @@ fn options(args: RunArgs) -> Result<Options, String> {
     };
     let http_limits = limits(args.http_max_connections)?;
     let webhook_limits = limits(args.webhook_max_connections)?;
+    // Before webhooks had one path each, the flag named the pod webhook's URL; that form still works.
+    let webhook_base = args.webhook_url.as_deref().map(|u| {
+        let base = u.strip_suffix("/mutate-pods").unwrap_or(u).trim_end_matches('/');
+        if base.len() != u.len() {
+            tracing::warn!(
+                url = u,
+                base,
+                "--webhook-url is a base URL now; the webhooks add their own paths"
+            );
+        }
+        base.to_owned()
+    });
+    if let Some(base) = &webhook_base
+        && base.parse::<http::Uri>().ok().is_none_or(|uri| !matches!(uri.path(), "" | "/"))
+    {
+        return Err(format!(
+            "--webhook-url {base:?} must be a base URL without a path, e.g. https://127.0.0.1:9443"
+        ));
+    }
     let webhook = args.webhook.then(|| {
-        let client_config = match &args.webhook_url {
+        let client_config = match &webhook_base {
             Some(url) => WebhookClientConfig::Url(url.clone()),
             None => WebhookClientConfig::Service { name: args.webhook_service.clone(), port: 443 },
         };
@@ -232,11 +267,13 @@ fn options(args: RunArgs) -> Result<Options, String> {
         audit_log: args.audit_log,
         audit_stdout: args.audit_stdout,
         http_addr: args.http_addr,
+        admin_addr: args.admin_addr,
         api_threads: args.api_threads.unwrap_or_else(agentiam::server::default_api_threads),
         http_limits,
         issuer: IssuerSettings { issuer_url, trust_domain: trust_domain.clone(), policy },
         webhook,
         authz_fixed_time,
+        failpoint_fail_task,
     })
 }
 

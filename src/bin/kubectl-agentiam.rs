@@ -75,10 +75,14 @@ enum AuditCommand {
         #[arg(long)]
         offline: bool,
     },
-    /// Print everything recorded about one agent, in order.
+    /// Print everything recorded about one agent (or, with --kind, one policy, delegation or revocation), in
+    /// order: the operator's own records and who changed the object (admission records).
     Trace {
-        /// The agent's name.
+        /// The object's name.
         agent: String,
+        /// The kind of the object: Agent, AgentPolicy, Delegation or Revocation.
+        #[arg(long, default_value = "Agent")]
+        kind: String,
         /// The agent's namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -118,8 +122,9 @@ async fn run(command: Command) -> Result<(String, u8), String> {
             };
             audit::verify(&log.log, &source).await.map(done).map_err(|e| e.to_string())
         }
-        Command::Audit(AuditCommand::Trace { agent, namespace, uid, jti, output, log }) => {
-            let filter = TraceFilter { namespace, name: agent, uid, jti };
+        Command::Audit(AuditCommand::Trace { agent, kind, namespace, uid, jti, output, log }) => {
+            let kind = audit::trace_kind(&kind).map_err(|e| e.to_string())?;
+            let filter = TraceFilter { kind, namespace, name: agent, uid, jti };
             let records = audit::trace_records(&log.log, &filter).map_err(|e| e.to_string())?;
             match output {
                 Output::Text => Ok(done(audit::render_trace(&records))),

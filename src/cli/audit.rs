@@ -123,6 +123,8 @@ fn render_report(path: &Path, r: &VerifyReport, cp: Option<&Checkpoint>) -> Stri
 /// Which records `trace` prints.
 #[derive(Debug, Clone)]
 pub struct TraceFilter {
+    /// The kind of the object (`Agent`, `AgentPolicy`, ...).
+    pub kind: String,
     /// The agent's namespace.
     pub namespace: String,
     /// The agent's name.
@@ -136,12 +138,25 @@ pub struct TraceFilter {
 
 impl TraceFilter {
     fn matches(&self, r: &Record) -> bool {
-        r.object.kind == "Agent"
+        r.object.kind == self.kind
             && r.object.namespace.as_deref() == Some(self.namespace.as_str())
             && r.object.name == self.name
             && self.uid.as_ref().is_none_or(|u| r.object.uid.as_ref() == Some(u))
             && self.jti.as_ref().is_none_or(|j| names_jti(r, j))
     }
+}
+
+/// The kind `kubectl agentiam audit trace --kind` names, in any case: `agent`, `AgentPolicy`, ...
+///
+/// # Errors
+/// The kind is not an agentiam kind.
+pub fn trace_kind(kind: &str) -> Result<String, String> {
+    crate::webhook::validate::Kind::ALL
+        .into_iter()
+        .map(|k| k.kind())
+        .find(|k| k.eq_ignore_ascii_case(kind))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("--kind {kind:?} is not one of Agent, AgentPolicy, Delegation, Revocation"))
 }
 
 /// Whether the record names the token `jti` (issuance records list theirs comma-separated).
@@ -157,14 +172,16 @@ pub fn trace_records(path: &Path, filter: &TraceFilter) -> Result<Vec<Record>, C
 
 /// Renders records as a table for humans.
 pub fn render_trace(records: &[Record]) -> String {
-    let mut out = String::from("SEQ\tTIME\tKIND\tACTION\tOUTCOME\tUID\tREASON\n");
+    let mut out = String::from("SEQ\tTIME\tKIND\tACTOR\tACTION\tOUTCOME\tUID\tREASON\n");
     for r in records {
         let uid = r.object.uid.as_deref().unwrap_or("-");
         let short_uid = uid.get(..8).unwrap_or(uid);
+        // Who changed what: an admission record's spec changes follow its reason.
+        let changes = r.details.get("specChanges").map(|c| format!(" {c}")).unwrap_or_default();
         let _ = writeln!(
             out,
-            "{}\t{}\t{:?}\t{}\t{:?}\t{}\t{}",
-            r.seq, r.time, r.kind, r.action, r.outcome, short_uid, r.reason
+            "{}\t{}\t{:?}\t{}\t{}\t{:?}\t{}\t{}{}",
+            r.seq, r.time, r.kind, r.actor, r.action, r.outcome, short_uid, r.reason, changes
         );
     }
     out

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -24,7 +24,8 @@ use tracing::{info, instrument, warn};
 use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
 use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
 use crate::controller::{
-    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, scoped_api, watches,
+    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, report, scoped_api,
+    watches,
 };
 use crate::registry::actions as a;
 use crate::registry::ledger::AgentRecord;
@@ -118,6 +119,7 @@ pub async fn run(
 /// Reconciles one Agent.
 #[instrument(skip_all, fields(kind = "Agent", namespace = agent.namespace().unwrap_or_default(), name = %agent.name_any()))]
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = crate::metrics::global().reconcile("agent");
     let ns = agent.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, agent, |event| async {
@@ -127,26 +129,12 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(Error::from_finalizer)
 }
 
-/// Requeues transient failures with a short delay; logs and records every error as an Event.
+/// Reports every error through the one reporter ([`report::error`]).
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(agent = %agent.name_any(), error = %error, label = error.metric_label(), "reconcile failed");
-    let note = error.to_string();
-    let action = match error {
-        // Permanent for this object: retrying cannot help until it changes.
-        Error::MissingObjectKey(_) => Action::await_change(),
-        // Someone wrote between our read and our write: read again soon, and no Event (nothing is wrong).
-        Error::Conflict { .. } => return Action::requeue(Duration::from_secs(1)),
-        // The log refuses appends until a restart; retry slowly so the warning stays visible.
-        _ if ctx.audit.is_failed() => Action::requeue(Duration::from_secs(30)),
-        _ => Action::requeue(Duration::from_secs(5)),
-    };
-    tokio::spawn(async move {
-        publish(&ctx, &agent, EventType::Warning, "ReconcileError", note).await;
-    });
-    action
+    report::error("agent", agent, error, ctx)
 }
 
 /// The audit reference for an agent.
@@ -160,18 +148,9 @@ pub fn object_ref(agent: &Agent) -> ObjectRef {
     }
 }
 
-/// Publishes a Kubernetes Event about `agent`; failures are logged, never fatal.
+/// Publishes a Kubernetes Event about `agent` (see [`report::event`]).
 pub(crate) async fn publish(ctx: &Context, agent: &Agent, type_: EventType, reason: &str, note: String) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &agent.object_ref(&())).await {
-        warn!(error = %e, reason, "failed to publish event");
-    }
+    report::event(ctx, agent, type_, reason, note).await;
 }
 
 fn subject_of(agent: &Agent) -> Result<(String, String, String, i64)> {

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::api::{Agent, AgentPolicy, Revocation};
 use crate::authz::{Builder, Snapshot};
 use crate::controller::{scoped_api, watches};
+use crate::supervisor::Supervisor;
 
 /// Shortest time between two rebuilds, so a burst of changes (a thousand agents created at once) costs a
 /// rebuild every few tens of milliseconds rather than one per event. Well inside the one-second goal.
@@ -86,8 +87,8 @@ pub struct Started {
     pub index: Arc<PolicyIndex>,
     /// Every AgentPolicy in scope (also read for credential lifetime caps).
     pub policies: Store<AgentPolicy>,
-    /// The watch and rebuild tasks; abort them on shutdown.
-    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Every Agent in scope (also read by the admission webhooks).
+    pub agents: Store<Agent>,
 }
 
 /// A reflector whose every event wakes the rebuilder, and a flag that turns true once its first complete
@@ -97,7 +98,7 @@ pub struct Started {
 fn reflect<K>(
     api: Api<K>,
     changed: Arc<Notify>,
-) -> (Store<K>, watch::Receiver<bool>, tokio::task::JoinHandle<()>)
+) -> (Store<K>, watch::Receiver<bool>, impl std::future::Future<Output = ()> + Send + 'static)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -105,19 +106,19 @@ where
     let (store, writer) = reflector::store::<K>();
     let (listed_tx, listed) = watch::channel(false);
     let name = format!("policy index: {}", K::kind(&K::DynamicType::default()));
-    let task = tokio::spawn(watches::reflector(api, writer, name).for_each(move |event| {
+    let task = watches::reflector(api, writer, name).for_each(move |event| {
         // The reflector applies an event to the store before passing it on.
         if matches!(event, watcher::Event::InitDone) {
             listed_tx.send_replace(true);
         }
         changed.notify_one();
         std::future::ready(())
-    }));
+    });
     (store, listed, task)
 }
 
-/// Starts the watches and the rebuild loop.
-pub fn start(client: &Client, namespace: Option<&str>) -> Started {
+/// Starts the watches and the rebuild loop under `tasks`.
+pub fn start(client: &Client, namespace: Option<&str>, tasks: &mut Supervisor) -> Started {
     let changed = Arc::new(Notify::new());
     let (agents, agents_listed, agents_task) =
         reflect::<Agent>(scoped_api(client, namespace), Arc::clone(&changed));
@@ -127,15 +128,13 @@ pub fn start(client: &Client, namespace: Option<&str>) -> Started {
         reflect::<Revocation>(scoped_api(client, namespace), Arc::clone(&changed));
     let index = Arc::new(PolicyIndex::default());
     let listed = [agents_listed, policies_listed, revocations_listed];
-    let rebuild = tokio::spawn(rebuild_loop(
-        Arc::clone(&index),
-        agents,
-        policies.clone(),
-        revocations,
-        listed,
-        changed,
-    ));
-    Started { index, policies, tasks: vec![agents_task, policies_task, revocations_task, rebuild] }
+    let rebuild =
+        rebuild_loop(Arc::clone(&index), agents.clone(), policies.clone(), revocations, listed, changed);
+    tasks.spawn_infallible("policy index: Agents", agents_task);
+    tasks.spawn_infallible("policy index: AgentPolicies", policies_task);
+    tasks.spawn_infallible("policy index: Revocations", revocations_task);
+    tasks.spawn_infallible("policy index: rebuild", rebuild);
+    Started { index, policies, agents }
 }
 
 async fn rebuild_loop(

@@ -499,6 +499,7 @@ async fn issue(
         .await
         .map_err(Error::AuditOutcome)?;
     let event = if reason == IssueReason::Initial { "CredentialsIssued" } else { "CredentialsRotated" };
+    crate::metrics::global().credentials(if reason == IssueReason::Initial { "issued" } else { "rotated" });
     let note = format!(
         "{} token(s){} signed by key {}, valid until {expires_at} ({})",
         want.audiences.len(),
@@ -597,6 +598,7 @@ async fn withdraw(
             .await
             .map_err(Error::AuditOutcome)?;
     }
+    crate::metrics::global().credentials("withdrawn");
     info!(agent = %agent.name_any(), %phase, "credentials withdrawn");
     publish(
         ctx,

@@ -275,6 +275,7 @@ impl KeyManager {
             if let Err(e) = recorded {
                 warn!(error = %e, "failed to record the outcome of the key rotation");
             }
+            crate::metrics::global().key_rotation();
             info!(kind = r.kind.as_str(), activated = %r.activated, withdrawn = ?r.withdrawn, "signing keys rotated");
         }
         if !pruned.is_empty() {

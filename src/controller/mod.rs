@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod intents;
 pub mod keys;
 pub mod policy;
+pub mod report;
 pub mod watches;
 
 use std::collections::HashMap;
@@ -175,9 +176,39 @@ pub enum Error {
     /// Credentials could not be minted (never contains key or token material).
     #[error("credentials: {0}")]
     Credentials(String),
-    /// Adding or removing the finalizer failed.
+    /// Adding or removing the finalizer failed (the steps inside it keep their own variants, see
+    /// [`Error::from_finalizer`]).
     #[error("finalizer step failed: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The error of a reconcile run through kube's `finalizer`: the step's own error when the apply or
+    /// cleanup step failed (so retries, Events and metrics see the real cause), and [`Error::Finalizer`]
+    /// only when adding or removing the finalizer itself did.
+    pub fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            other => Self::Finalizer(Box::new(other)),
+        }
+    }
+
+    /// The reason of the Warning Event a failure of this step publishes (PascalCase).
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Self::MissingObjectKey(_) => "InvalidObject",
+            Self::AuditIntent(_) => "AuditIntentFailed",
+            Self::AuditOutcome(_) => "AuditOutcomeFailed",
+            Self::AuditRecord(_) => "AuditRecordFailed",
+            Self::ApplyStatus(_) => "StatusWriteFailed",
+            Self::Read { .. } => "ReadFailed",
+            Self::Write { .. } => "WriteFailed",
+            Self::Conflict { .. } => "Conflict",
+            Self::Credentials(_) => "CredentialsFailed",
+            Self::Finalizer(_) => "FinalizerFailed",
+        }
+    }
 }
 
 impl Error {

@@ -13,10 +13,10 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{instrument, warn};
+use tracing::instrument;
 
 use crate::api::{AgentPolicy, AgentPolicyStatus};
 use crate::authz::PolicySummary;
@@ -50,6 +50,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 /// Reconciles one AgentPolicy's status.
 #[instrument(skip_all, fields(kind = "AgentPolicy", namespace = policy.namespace().unwrap_or_default(), name = %policy.name_any()))]
 pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = crate::metrics::global().reconcile("agentpolicy");
     let ns = policy.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
     let name = policy.name_any();
     let snapshot = ctx.authz.load();
@@ -84,30 +85,13 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
                 format!("the policy denies everything until fixed: {}", summary.errors.join("; ")),
             )
         };
-        publish(&ctx, &policy, type_, reason, note).await;
+        super::report::event(&ctx, policy.as_ref(), type_, reason, note).await;
     }
     Ok(Action::await_change())
 }
 
-fn error_policy(policy: Arc<AgentPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(policy = %policy.name_any(), error = %error, label = error.metric_label(), "policy reconcile failed");
-    match error {
-        Error::MissingObjectKey(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(5)),
-    }
-}
-
-async fn publish(ctx: &Context, policy: &AgentPolicy, type_: EventType, reason: &str, note: String) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Compile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        warn!(error = %e, reason, "failed to publish event");
-    }
+fn error_policy(policy: Arc<AgentPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    super::report::error("agentpolicy", policy, error, ctx)
 }
 
 fn ready_of(status: &AgentPolicyStatus) -> Option<&Condition> {

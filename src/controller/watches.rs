@@ -221,6 +221,7 @@ impl Backoff {
     /// Records a failure and returns how long to wait before the next attempt. Logs a warning when a watch
     /// starts failing; the failures after it at debug level.
     pub fn failed(&mut self, error: &watcher::Error) -> Duration {
+        crate::metrics::global().watch_restart(&self.watch);
         if expired(error) {
             debug!(watch = %self.watch, %error, "resourceVersion expired; relisting");
             return FIRST_DELAY;

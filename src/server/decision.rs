@@ -237,7 +237,9 @@ impl Authorizer {
         let context = req.context.as_ref().unwrap_or(&empty);
         let now = Timestamp::now();
         let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
+        let started = Instant::now();
         let (decision, who) = self.decide(req, context, now, clock);
+        let took = started.elapsed().as_secs_f64();
         let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
         let audited = Audited {
             action: req.action.clone(),
@@ -256,6 +258,8 @@ impl Authorizer {
                 Decision::deny(Reason::Refused("the audit log is unavailable, so nothing is allowed".into()))
             }
         };
+        let outcome = if decision.verdict == Verdict::Allow { "allow" } else { "deny" };
+        crate::metrics::global().decision(outcome, took);
         Ok(response(decision, audit_id))
     }
 
@@ -473,11 +477,16 @@ fn depth(v: &Value) -> usize {
 
 /// The routes of the decision API.
 pub fn routes(authorizer: Arc<Authorizer>) -> Router {
-    Router::new()
+    surface(authorizer).router()
+}
+
+/// [`routes`], with the paths it serves.
+pub fn surface(authorizer: Arc<Authorizer>) -> crate::server::Surface {
+    crate::server::Routes::new("decision")
         .route(AUTHORIZE_PATH, post(authorize))
         .route(EXT_AUTHZ_PREFIX, any(ext_authz))
         .route(&format!("{EXT_AUTHZ_PREFIX}/{{*path}}"), any(ext_authz))
-        .with_state(authorizer)
+        .finish(authorizer)
 }
 
 fn bad_request(message: impl Into<String>) -> Response {

@@ -35,11 +35,16 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// The routes serving the issuer documents, reading the current snapshot from `issuer` on every request.
 /// Only GET and HEAD are routed; axum answers other methods with 405 and an `Allow` header.
 pub fn routes(issuer: IssuerReceiver) -> Router {
-    Router::new()
+    surface(issuer).router()
+}
+
+/// [`routes`], with the paths it serves.
+pub fn surface(issuer: IssuerReceiver) -> crate::server::Surface {
+    crate::server::Routes::new("issuer")
         .route(OPENID_CONFIGURATION_PATH, get(openid_configuration))
         .route(JWKS_PATH, get(jwks))
         .route(BUNDLE_PATH, get(bundle))
-        .with_state(issuer)
+        .finish(issuer)
 }
 
 /// Takes the current snapshot and releases the watch lock at once, so a slow client never blocks rotation.

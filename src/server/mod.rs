@@ -76,9 +76,110 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
     }
 }
 
-/// The probe routes.
+/// Routes being assembled: an axum router that remembers every path it was given, so the paths a server
+/// serves are logged from what it really routes (never from a list kept by hand).
+pub struct Routes<S = ()> {
+    name: &'static str,
+    router: Router<S>,
+    paths: Vec<String>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    /// No routes yet, for the surface `name` (e.g. `decision`).
+    pub fn new(name: &'static str) -> Self {
+        Self { name, router: Router::new(), paths: Vec::new() }
+    }
+
+    /// Adds `path`.
+    #[must_use]
+    pub fn route(mut self, path: &str, method_router: axum::routing::MethodRouter<S>) -> Self {
+        self.paths.push(path.to_owned());
+        self.router = self.router.route(path, method_router);
+        self
+    }
+
+    /// Applies `f` to the router (layers), keeping the paths.
+    #[must_use]
+    pub fn map(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    /// The finished surface, with its state.
+    pub fn finish(self, state: S) -> Surface {
+        Surface { name: self.name, router: self.router.with_state(state), paths: self.paths }
+    }
+}
+
+/// A finished set of routes: what one component serves.
+pub struct Surface {
+    name: &'static str,
+    router: Router,
+    paths: Vec<String>,
+}
+
+impl Surface {
+    /// The router.
+    pub fn router(self) -> Router {
+        self.router
+    }
+
+    /// The paths, in the order they were added.
+    pub fn paths(&self) -> &[String] {
+        &self.paths
+    }
+}
+
+/// Every surface one listener serves, merged.
+#[derive(Default)]
+pub struct Surfaces {
+    surfaces: Vec<Surface>,
+}
+
+impl Surfaces {
+    /// Adds a surface.
+    #[must_use]
+    pub fn with(mut self, surface: Surface) -> Self {
+        self.surfaces.push(surface);
+        self
+    }
+
+    /// `name: path, path; name: path`, for the log line that says what a listener serves.
+    pub fn describe(&self) -> String {
+        self.surfaces
+            .iter()
+            .map(|s| format!("{}: {}", s.name, s.paths.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// One router serving them all.
+    pub fn into_router(self) -> Router {
+        self.surfaces.into_iter().fold(Router::new(), |r, s| r.merge(s.router))
+    }
+}
+
+/// The probe routes: `/healthz` (the process serves) and `/readyz` (every check passes).
+pub fn probes(health: Health) -> Surface {
+    Routes::new("probes").route("/healthz", get(healthz)).route("/readyz", get(readyz)).finish(health)
+}
+
+async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    // OpenMetrics text, which Prometheus and promtool read; the exposition ends with `# EOF`.
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], crate::metrics::global().render())
+}
+
+/// The admin surface, on a listener of its own apart from the decision API and the issuer documents:
+/// `/metrics` (see [`crate::metrics`]) and the probes.
+pub fn admin(health: Health) -> Surfaces {
+    let metrics = Routes::new("metrics").route("/metrics", get(metrics)).finish(());
+    Surfaces::default().with(probes(health)).with(metrics)
+}
+
+/// The probe routes as a router.
 pub fn router(health: Health) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health)
+    probes(health).router()
 }
 
 /// The probe routes, plus the issuer documents when `issuer` is given (see [`issuer::routes`]) and the
@@ -88,14 +189,14 @@ pub fn router_with(
     issuer: Option<IssuerReceiver>,
     authorizer: Option<Arc<decision::Authorizer>>,
 ) -> Router {
-    let mut router = router(health);
+    let mut surfaces = Surfaces::default().with(probes(health));
     if let Some(issuer) = issuer {
-        router = router.merge(issuer::routes(issuer));
+        surfaces = surfaces.with(issuer::surface(issuer));
     }
     if let Some(authorizer) = authorizer {
-        router = router.merge(decision::routes(authorizer));
+        surfaces = surfaces.with(decision::surface(authorizer));
     }
-    router
+    surfaces.into_router()
 }
 
 /// The default number of threads of the HTTP API's runtime: half the CPUs this process may use, at

@@ -25,6 +25,7 @@ use super::pods::AGENT_LABEL;
 use super::run::WebhookError;
 use super::server::MUTATE_PODS_PATH;
 use super::tls::{RenewalPolicy, SECRET_NAME, San};
+use super::validate::Kind;
 use crate::controller::FIELD_MANAGER;
 use crate::server::listener::{DEFAULT_WEBHOOK_MAX_CONNECTIONS, Limits};
 
@@ -40,10 +41,10 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// The namespace label every namespace carries (set by the API server, so it cannot be forged).
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// How the API server reaches the webhook.
+/// How the API server reaches the webhook server; each webhook adds its own path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookClientConfig {
-    /// A URL, for an operator running outside the cluster (`https://127.0.0.1:9443/mutate-pods`).
+    /// A base URL without a path, for an operator running outside the cluster (`https://127.0.0.1:9443`).
     Url(String),
     /// A Service in the operator namespace, for an operator running in the cluster.
     Service {
@@ -112,7 +113,7 @@ impl WebhookSettings {
     /// Settings for an operator outside the cluster: listen on 127.0.0.1:`port`, reached by URL.
     pub fn local(operator_namespace: impl Into<String>, watch_namespace: Option<String>, port: u16) -> Self {
         let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        let url = format!("https://127.0.0.1:{port}{MUTATE_PODS_PATH}");
+        let url = format!("https://127.0.0.1:{port}");
         Self::new(operator_namespace, watch_namespace, WebhookClientConfig::Url(url), listen)
     }
 }
@@ -141,36 +142,94 @@ fn requirement(key: &str, operator: &str, values: Option<Vec<String>>) -> LabelS
     LabelSelectorRequirement { key: key.to_owned(), operator: operator.to_owned(), values }
 }
 
-/// The configuration as the operator wants it, with `ca_bundle_pem` as the trusted serving CAs.
-pub fn desired(config: &WebhookSettings, ca_bundle_pem: &str) -> admission::MutatingWebhookConfiguration {
+/// The client configuration of the webhook served at `path`: the base URL or Service plus that path.
+fn client_config(
+    config: &WebhookSettings,
+    ca_bundle_pem: &str,
+    path: &str,
+) -> admission::WebhookClientConfig {
     let (url, service) = match &config.client_config {
-        WebhookClientConfig::Url(url) => (Some(url.clone()), None),
+        WebhookClientConfig::Url(base) => (Some(format!("{base}{path}")), None),
         WebhookClientConfig::Service { name, port } => (
             None,
             Some(admission::ServiceReference {
                 name: name.clone(),
                 namespace: config.operator_namespace.clone(),
-                path: Some(MUTATE_PODS_PATH.to_owned()),
+                path: Some(path.to_owned()),
                 port: Some(i32::from(*port)),
             }),
         ),
     };
+    admission::WebhookClientConfig {
+        ca_bundle: Some(ByteString(ca_bundle_pem.as_bytes().to_vec())),
+        service,
+        url,
+    }
+}
+
+/// The namespaces a webhook sees: the watched one, or every one but `excluded`.
+fn namespace_selector(config: &WebhookSettings, excluded: Vec<String>) -> LabelSelector {
     let namespaces = match &config.watch_namespace {
         Some(ns) => requirement(NAMESPACE_NAME_LABEL, "In", Some(vec![ns.clone()])),
-        None => requirement(
-            NAMESPACE_NAME_LABEL,
-            "NotIn",
-            Some(vec!["kube-system".to_owned(), config.operator_namespace.clone()]),
-        ),
+        None => requirement(NAMESPACE_NAME_LABEL, "NotIn", Some(excluded)),
     };
+    LabelSelector { match_expressions: Some(vec![namespaces]), match_labels: None }
+}
+
+fn metadata(config: &WebhookSettings) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(config.configuration_name.clone()),
+        labels: Some(
+            [
+                ("app.kubernetes.io/managed-by".to_owned(), FIELD_MANAGER.to_owned()),
+                ("app.kubernetes.io/part-of".to_owned(), "agentiam".to_owned()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The ValidatingWebhookConfiguration: one webhook per agentiam kind, for every create, update and
+/// delete. `failurePolicy: Fail`, because an unrecorded change to who may do what must not happen;
+/// `sideEffects: NoneOnDryRun`, because the side effect (the audit record) is skipped for dry runs. The
+/// operator's namespace is left out (cluster-wide mode), so that with the operator down its own namespace
+/// stays writable: that is where it is repaired from, and where cluster-wide emergency Revocations live.
+pub fn desired_validating(
+    config: &WebhookSettings,
+    ca_bundle_pem: &str,
+) -> admission::ValidatingWebhookConfiguration {
+    let webhooks = Kind::ALL
+        .into_iter()
+        .map(|kind| admission::ValidatingWebhook {
+            name: format!("{}.agentiam.dev", kind.plural()),
+            admission_review_versions: vec!["v1".to_owned()],
+            client_config: client_config(config, ca_bundle_pem, kind.path()),
+            rules: Some(vec![admission::RuleWithOperations {
+                api_groups: Some(vec!["agentiam.dev".to_owned()]),
+                api_versions: Some(vec!["*".to_owned()]),
+                operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned(), "DELETE".to_owned()]),
+                resources: Some(vec![kind.plural().to_owned()]),
+                scope: Some("Namespaced".to_owned()),
+            }]),
+            failure_policy: Some("Fail".to_owned()),
+            match_policy: Some("Equivalent".to_owned()),
+            side_effects: "NoneOnDryRun".to_owned(),
+            timeout_seconds: Some(TIMEOUT_SECONDS),
+            object_selector: None,
+            namespace_selector: Some(namespace_selector(config, vec![config.operator_namespace.clone()])),
+            match_conditions: None,
+        })
+        .collect();
+    admission::ValidatingWebhookConfiguration { metadata: metadata(config), webhooks: Some(webhooks) }
+}
+
+/// The configuration as the operator wants it, with `ca_bundle_pem` as the trusted serving CAs.
+pub fn desired(config: &WebhookSettings, ca_bundle_pem: &str) -> admission::MutatingWebhookConfiguration {
     let webhook = admission::MutatingWebhook {
         name: WEBHOOK_NAME.to_owned(),
         admission_review_versions: vec!["v1".to_owned()],
-        client_config: admission::WebhookClientConfig {
-            ca_bundle: Some(ByteString(ca_bundle_pem.as_bytes().to_vec())),
-            service,
-            url,
-        },
+        client_config: client_config(config, ca_bundle_pem, MUTATE_PODS_PATH),
         rules: Some(vec![admission::RuleWithOperations {
             api_groups: Some(vec![String::new()]),
             api_versions: Some(vec!["v1".to_owned()]),
@@ -189,26 +248,13 @@ pub fn desired(config: &WebhookSettings, ca_bundle_pem: &str) -> admission::Muta
             match_expressions: Some(vec![requirement(AGENT_LABEL, "Exists", None)]),
             match_labels: None,
         }),
-        namespace_selector: Some(LabelSelector {
-            match_expressions: Some(vec![namespaces]),
-            match_labels: None,
-        }),
+        namespace_selector: Some(namespace_selector(
+            config,
+            vec!["kube-system".to_owned(), config.operator_namespace.clone()],
+        )),
         match_conditions: None,
     };
-    admission::MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(config.configuration_name.clone()),
-            labels: Some(
-                [
-                    ("app.kubernetes.io/managed-by".to_owned(), FIELD_MANAGER.to_owned()),
-                    ("app.kubernetes.io/part-of".to_owned(), "agentiam".to_owned()),
-                ]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        webhooks: Some(vec![webhook]),
-    }
+    admission::MutatingWebhookConfiguration { metadata: metadata(config), webhooks: Some(vec![webhook]) }
 }
 
 /// Applies [`desired`] with server-side apply under the operator's field manager. Forced: the operator owns
@@ -219,9 +265,15 @@ pub async fn apply(
     config: &WebhookSettings,
     ca_bundle_pem: &str,
 ) -> Result<(), WebhookError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
     let api: Api<admission::MutatingWebhookConfiguration> = Api::all(client.clone());
     let object = desired(config, ca_bundle_pem);
-    api.patch(&config.configuration_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+    api.patch(&config.configuration_name, &params, &Patch::Apply(&object))
+        .await
+        .map_err(WebhookError::ApplyConfiguration)?;
+    let api: Api<admission::ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let object = desired_validating(config, ca_bundle_pem);
+    api.patch(&config.configuration_name, &params, &Patch::Apply(&object))
         .await
         .map_err(WebhookError::ApplyConfiguration)?;
     Ok(())
@@ -230,12 +282,15 @@ pub async fn apply(
 /// Deletes the configuration; already gone is fine. For uninstalling and tests, not for shutdown (see the
 /// module documentation).
 pub async fn delete(client: &Client, configuration_name: &str) -> Result<(), WebhookError> {
-    let api: Api<admission::MutatingWebhookConfiguration> = Api::all(client.clone());
-    match api.delete(configuration_name, &DeleteParams::default()).await {
+    let gone = |r: Result<_, kube::Error>| match r {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(e) => Err(WebhookError::DeleteConfiguration(e)),
-    }
+    };
+    let api: Api<admission::ValidatingWebhookConfiguration> = Api::all(client.clone());
+    gone(api.delete(configuration_name, &DeleteParams::default()).await.map(|_| ()))?;
+    let api: Api<admission::MutatingWebhookConfiguration> = Api::all(client.clone());
+    gone(api.delete(configuration_name, &DeleteParams::default()).await.map(|_| ()))
 }
 
 #[cfg(test)]
@@ -294,6 +349,32 @@ mod tests {
     }
 
     #[test]
+    fn the_validating_configuration_sees_every_change_of_every_kind_but_its_own_namespace() {
+        let v = serde_json::to_value(desired_validating(&service(), "PEM")).unwrap();
+        assert_eq!(v["kind"], "ValidatingWebhookConfiguration");
+        assert_eq!(v["metadata"]["name"], "agentiam-agentiam-system");
+        let hooks = v["webhooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), 4);
+        for (w, kind) in hooks.iter().zip(Kind::ALL) {
+            assert_eq!(w["name"], format!("{}.agentiam.dev", kind.plural()));
+            assert_eq!(w["clientConfig"]["service"]["path"], kind.path());
+            assert_eq!(w["clientConfig"]["service"]["name"], "agentiam-webhook");
+            assert_eq!(
+                w["rules"],
+                json!([{"apiGroups": ["agentiam.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"],
+                        "resources": [kind.plural()], "scope": "Namespaced"}])
+            );
+            assert_eq!(w["failurePolicy"], "Fail");
+            assert_eq!(w["sideEffects"], "NoneOnDryRun");
+            assert_eq!(w["timeoutSeconds"], 5);
+            assert_eq!(
+                w["namespaceSelector"],
+                json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["agentiam-system"]}]})
+            );
+        }
+    }
+
+    #[test]
     fn a_local_single_namespace_operator_uses_a_url_and_selects_its_namespace() {
         let s = WebhookSettings::local("ops", Some("team-a".into()), 9444);
         assert_eq!(s.configuration_name, "agentiam-ops");
@@ -303,6 +384,22 @@ mod tests {
         assert_eq!(
             w["clientConfig"],
             json!({"caBundle": "UEVN", "url": "https://127.0.0.1:9444/mutate-pods"})
+        );
+        let v = serde_json::to_value(desired_validating(&s, "PEM")).unwrap();
+        let urls: Vec<&str> = v["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["clientConfig"]["url"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "https://127.0.0.1:9444/validate/agents",
+                "https://127.0.0.1:9444/validate/agentpolicies",
+                "https://127.0.0.1:9444/validate/delegations",
+                "https://127.0.0.1:9444/validate/revocations"
+            ]
         );
         assert_eq!(
             w["namespaceSelector"],

@@ -81,7 +81,7 @@ impl WebhookError {
 pub async fn run(
     client: Client,
     settings: WebhookSettings,
-    store: server::Agents,
+    store: server::Webhooks,
     serving: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
@@ -98,7 +98,7 @@ pub async fn run(
         configuration = %settings.configuration_name,
         serial = %certs.leaf_serial(),
         not_after = ?certs.leaf_not_after(),
-        "serving the pod admission webhook"
+        "serving the admission webhooks"
     );
 
     let (stop_tx, mut stop_rx) = watch::channel(false);

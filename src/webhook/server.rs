@@ -1,9 +1,10 @@
-//! The admission webhook's HTTPS server: `POST /mutate-pods` turns an AdmissionReview into a call to the pure
-//! [`pods::decide`], with the Agent looked up in the controller's in-memory store (no API call per pod).
-//!
-//! Fail closed: a labelled pod is admitted only after it was checked. Anything the handler cannot read is
-//! refused, as a denial when the request's UID can be recovered and as HTTP 400 otherwise (which the API
-//! server, under `failurePolicy: Fail`, also turns into a refusal).
+//! The admission webhook's HTTPS server: one server for every webhook, each a route that hands the shared
+//! [`admission`] layer's decoded review to a pure decision:
+//! - `POST /mutate-pods`: [`pods::decide`], with the Agent looked up in the in-memory store (no API call per
+//!   pod);
+//! - `POST /validate/<plural>` for the agentiam kinds: [`validate::decide`], and before any answer that is
+//!   not a dry run, the who-did-what audit record of the request ([`validate::entry`]), durable. A request
+//!   that cannot be recorded is refused: a change nobody can trace must not happen.
 //!
 //! The certificate is resolved per handshake from a [`CertHandle`], so renewal swaps it without a restart.
 
@@ -14,36 +15,37 @@ use std::sync::{Arc, PoisonError, RwLock};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionReview, Operation};
 use kube::runtime::reflector::{ObjectRef, Store};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+pub use super::admission::MAX_BODY_BYTES;
+use super::admission::{self, Review, Verdict};
 use super::pods::{self, AGENT_LABEL, PodDecision};
 use super::run::WebhookError;
 use super::tls::ServingCerts;
+use super::validate::{self, Kind, Requester};
 use crate::api::{Agent, AgentPhase};
+use crate::audit::AuditLog;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::registry::ledger::Ledger;
 use crate::server::listener::{self, Limits};
 
 /// The pod mutation path.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
-/// Larger request bodies are refused (413). The API server caps objects well below this for ordinary pods.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
@@ -111,6 +113,23 @@ pub struct Agents {
 }
 
 impl Agents {
+    /// Whether the store has completed its first list.
+    pub fn ready(&self) -> bool {
+        self.store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+    }
+
+    /// The Agents (`namespace/name`) whose workload runs as the requester's ServiceAccount.
+    pub fn running_as(&self, requester: &Requester) -> Vec<String> {
+        let Some((ns, sa)) = requester.service_account() else { return Vec::new() };
+        self.store
+            .state()
+            .iter()
+            .filter(|a| a.metadata.namespace.as_deref() == Some(ns))
+            .filter(|a| a.spec.workload.as_ref().and_then(|w| w.service_account_name.as_deref()) == Some(sa))
+            .map(|a| format!("{ns}/{}", a.metadata.name.as_deref().unwrap_or_default()))
+            .collect()
+    }
+
     /// The Agent `namespace/name`, with its recorded phase and SPIFFE ID.
     fn claimed(
         &self,
@@ -124,67 +143,87 @@ impl Agents {
     }
 }
 
-/// The webhook routes.
-pub fn router(store: Agents) -> Router {
-    Router::new()
-        .route(MUTATE_PODS_PATH, post(mutate_pods))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(store)
+/// What the webhooks read and write: the Agents, and the audit log the validating webhooks record to.
+#[derive(Clone)]
+pub struct Webhooks {
+    /// The Agents and what the operator recorded about them.
+    pub agents: Agents,
+    /// Where who-did-what records go. None: the validating webhooks refuse everything (fail closed).
+    pub audit: Option<AuditLog>,
+    /// A namespace whose Agents the operator does not serve (its own, when it watches the whole cluster):
+    /// they are not agents, so their ServiceAccounts, the operator's own among them, are not restricted.
+    pub unserved_namespace: Option<String>,
 }
 
-async fn mutate_pods(State(store): State<Agents>, headers: HeaderMap, body: Bytes) -> Response {
-    let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !json {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected application/json\n").into_response();
+/// The webhook routes: the pod mutation and one validating route per agentiam kind.
+pub fn router(webhooks: Webhooks) -> Router {
+    surface(webhooks).router()
+}
+
+/// [`router`], with the paths it serves.
+pub fn surface(webhooks: Webhooks) -> crate::server::Surface {
+    let mut routes = crate::server::Routes::new("webhooks").route(MUTATE_PODS_PATH, post(mutate_pods));
+    for kind in Kind::ALL {
+        routes = routes.route(
+            kind.path(),
+            post(move |state: State<Webhooks>, headers: HeaderMap, body: Bytes| {
+                validate_kind(kind, state, headers, body)
+            }),
+        );
     }
-    match admit(&store, &body) {
-        Ok(review) => axum::Json(review).into_response(),
-        Err(why) => {
-            warn!(reason = why, "refused an unreadable admission request");
-            (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response()
+    routes.map(|r| r.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))).finish(webhooks)
+}
+
+async fn mutate_pods(State(webhooks): State<Webhooks>, headers: HeaderMap, body: Bytes) -> Response {
+    match admission::read("pods", &headers, &body) {
+        Ok(review) => {
+            let verdict = mutate_pod(&webhooks.agents, &review);
+            count("pods", &verdict);
+            axum::Json(review.respond(verdict)).into_response()
+        }
+        Err(response) => {
+            crate::metrics::global().admission("pods", "error");
+            *response
         }
     }
 }
 
-/// Answers one AdmissionReview body. `Err` carries why the body could not be answered at all (no UID to
-/// answer to); the caller sends it as HTTP 400.
+fn count(webhook: &'static str, verdict: &Verdict) {
+    crate::metrics::global().admission(webhook, if verdict.allowed() { "allowed" } else { "denied" });
+}
+
+/// Answers one pod AdmissionReview body. `Err` carries why the body could not be answered at all (no UID to
+/// answer to); the route sends it as HTTP 400.
 pub fn admit(agents: &Agents, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, &'static str> {
-    let raw: Value = serde_json::from_slice(body).map_err(|_| "request body is not JSON")?;
-    let uid = raw.pointer("/request/uid").and_then(Value::as_str).map(str::to_owned);
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw.clone()) {
-        Ok(review) => review,
-        Err(e) => {
-            let uid = uid.ok_or("request body is not an AdmissionReview")?;
-            return Ok(refuse(uid, format!("agentiam could not read the admission request: {e}")));
-        }
-    };
-    let request: AdmissionRequest<DynamicObject> =
-        review.try_into().map_err(|_| "the AdmissionReview has no request")?;
+    match admission::decode(body) {
+        Ok(review) => Ok(review.respond(mutate_pod(agents, &review))),
+        Err(admission::Unanswerable::BadRequest(why)) => Err(why),
+        Err(admission::Unanswerable::Refused(review)) => Ok(*review),
+    }
+}
+
+/// The pod webhook: `Mutate<Pod>`.
+fn mutate_pod(agents: &Agents, review: &Review) -> Verdict {
+    let request = &review.request;
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
-        return Ok(AdmissionResponse::from(&request).into_review());
+        return Verdict::allow();
     }
-    let object = raw.pointer("/request/object").cloned().unwrap_or(Value::Null);
-    let claims_agent = object.pointer("/metadata/labels").and_then(|l| l.get(AGENT_LABEL)).is_some();
-    let pod: Pod = match serde_json::from_value(object) {
-        Ok(pod) => pod,
-        Err(_) if !claims_agent => return Ok(AdmissionResponse::from(&request).into_review()),
-        Err(e) => return Ok(deny(&request, format!("agentiam could not read the pod: {e}"))),
+    let claims_agent =
+        review.object_json().pointer("/metadata/labels").and_then(|l| l.get(AGENT_LABEL)).is_some();
+    let pod: Pod = match review.object::<Pod>() {
+        Some(Ok(pod)) => pod,
+        _ if !claims_agent => return Verdict::allow(),
+        Some(Err(e)) => return Verdict::Deny(format!("agentiam could not read the pod: {e}")),
+        None => return Verdict::Deny("the admission request has no pod".to_owned()),
     };
-    let Some(agent_name) = pods::claimed_agent(&pod) else {
-        return Ok(AdmissionResponse::from(&request).into_review());
-    };
+    let Some(agent_name) = pods::claimed_agent(&pod) else { return Verdict::allow() };
     let Some(namespace) = request.namespace.clone().or_else(|| pod.metadata.namespace.clone()) else {
-        return Ok(deny(&request, "the pod has no namespace".to_owned()));
+        return Verdict::Deny("the pod has no namespace".to_owned());
     };
     // Before the first list completes the store is empty, and every pod would be told its Agent is missing.
-    if agents.store.wait_until_ready().now_or_never().is_none_or(|r| r.is_err()) {
-        return Ok(deny(
-            &request,
-            "agentiam is starting and has not loaded Agents yet; retry shortly".to_owned(),
-        ));
+    if !agents.ready() {
+        return Verdict::Deny("agentiam is starting and has not loaded Agents yet; retry shortly".to_owned());
     }
     let found = agents.claimed(&namespace, agent_name);
     let claimed = found.as_ref().map(|(agent, phase, id)| pods::Claimed {
@@ -192,35 +231,85 @@ pub fn admit(agents: &Agents, body: &[u8]) -> Result<AdmissionReview<DynamicObje
         phase: *phase,
         spiffe_id: id.as_deref(),
     });
-    let decision = pods::decide(&pod, &namespace, claimed);
     let pod_name = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or_default();
-    Ok(match decision {
-        PodDecision::NotAnAgent => AdmissionResponse::from(&request).into_review(),
+    match pods::decide(&pod, &namespace, claimed) {
+        PodDecision::NotAnAgent => Verdict::allow(),
         PodDecision::Deny(message) => {
             info!(%namespace, pod = pod_name, agent = agent_name, %message, "refused an agent pod");
-            deny(&request, message)
+            Verdict::Deny(message)
         }
-        PodDecision::Mutate(patch) => match AdmissionResponse::from(&request).with_patch(patch) {
-            Ok(response) => {
-                info!(%namespace, pod = pod_name, agent = agent_name, "injected agent credentials");
-                response.into_review()
-            }
-            Err(e) => deny(&request, format!("agentiam could not encode the patch: {e}")),
-        },
-    })
+        PodDecision::Mutate(patch) => {
+            info!(%namespace, pod = pod_name, agent = agent_name, "injected agent credentials");
+            Verdict::Patch(patch)
+        }
+    }
 }
 
-fn deny(request: &AdmissionRequest<DynamicObject>, message: String) -> AdmissionReview<DynamicObject> {
-    let mut response = AdmissionResponse::from(request).deny(message);
-    response.result.code = 403;
-    response.result.reason = "Forbidden".to_owned();
-    response.into_review()
+async fn validate_kind(
+    kind: Kind,
+    State(webhooks): State<Webhooks>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let review = match admission::read(kind.plural(), &headers, &body) {
+        Ok(review) => review,
+        Err(response) => {
+            crate::metrics::global().admission(kind.plural(), "error");
+            return *response;
+        }
+    };
+    let verdict = validate_request(kind, &webhooks, &review).await;
+    count(kind.plural(), &verdict);
+    axum::Json(review.respond(verdict)).into_response()
 }
 
-fn refuse(uid: String, message: String) -> AdmissionReview<DynamicObject> {
-    let mut response = AdmissionResponse::invalid(message);
-    response.uid = uid;
-    response.into_review()
+/// `Validate<K>` for the agentiam kinds, and the who-did-what record.
+async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> Verdict {
+    let request = &review.request;
+    if Kind::from_kind(&request.kind.kind) != Some(kind) || request.sub_resource.is_some() {
+        // Only the kind's own resource is configured; anything else is not ours to judge.
+        return Verdict::allow();
+    }
+    let requester = Requester {
+        username: request.user_info.username.clone().unwrap_or_default(),
+        uid: request.user_info.uid.clone(),
+        groups: request.user_info.groups.clone().unwrap_or_default(),
+    };
+    if !webhooks.agents.ready() {
+        return Verdict::Deny("agentiam is starting and has not loaded Agents yet; retry shortly".to_owned());
+    }
+    let mut acting = webhooks.agents.running_as(&requester);
+    if let Some(ns) = &webhooks.unserved_namespace {
+        acting.retain(|a| a.split_once('/').is_none_or(|(n, _)| n != ns));
+    }
+    let (object, old_object) = (review.object_json(), review.old_object_json());
+    let req = validate::Request {
+        kind,
+        operation: request.operation.clone(),
+        requester: &requester,
+        requester_is_agent: &acting,
+        object: (!object.is_null()).then_some(object),
+        old_object: (!old_object.is_null()).then_some(old_object),
+    };
+    let verdict = validate::decide(&webhooks.agents.trust_domain, &req);
+    if review.dry_run() {
+        return verdict;
+    }
+    let Some(audit) = &webhooks.audit else {
+        return Verdict::Deny("agentiam has no audit log to record this change in".to_owned());
+    };
+    let uid = req.object.or(req.old_object).and_then(|o| o.pointer("/metadata/uid")).and_then(|u| u.as_str());
+    let entry =
+        validate::entry(&req, request.namespace.as_deref(), &request.name, uid, &request.uid, &verdict);
+    match audit.append(entry).await {
+        Ok(_) => verdict,
+        Err(e) => {
+            warn!(error = %e, kind = kind.kind(), "could not record a change in the audit log; refused it");
+            Verdict::Deny(format!(
+                "agentiam could not record this change in its audit log ({e}), so it was refused; retry"
+            ))
+        }
+    }
 }
 
 /// Binds the listener, returning the address actually bound (port 0 picks a free one).
@@ -235,7 +324,7 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Webhook
 pub async fn serve(
     addr: SocketAddr,
     cert: CertHandle,
-    store: Agents,
+    store: Webhooks,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
@@ -253,7 +342,7 @@ pub async fn serve(
 pub async fn serve_listener(
     listener: TcpListener,
     cert: CertHandle,
-    store: Agents,
+    store: Webhooks,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
@@ -264,7 +353,9 @@ pub async fn serve_listener(
         .with_cert_resolver(Arc::new(cert));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    listener::serve(listener, router(store), Some(acceptor), limits, "webhook", shutdown).await;
+    let surface = surface(store);
+    info!(paths = %surface.paths().join(", "), "webhook routes");
+    listener::serve(listener, surface.router(), Some(acceptor), limits, "webhook", shutdown).await;
     Ok(())
 }
 

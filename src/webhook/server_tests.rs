@@ -2,12 +2,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::body::Body;
 use axum::http::Request;
+use axum::http::{StatusCode, header};
 use jiff::Timestamp;
 use json_patch::Patch;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use rustls::pki_types::ServerName;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
 
@@ -52,6 +53,11 @@ fn store() -> Agents {
     ledger.set("uid-sleepy", recorded(AgentPhase::Suspended));
     ledger.set("uid-forged", recorded(AgentPhase::Suspended));
     agents(store, ledger)
+}
+
+/// The webhooks over [`store`], without an audit log (the validating routes then refuse everything).
+fn webhooks() -> Webhooks {
+    Webhooks { agents: store(), audit: None, unserved_namespace: None }
 }
 
 fn pod(labels: Value) -> Value {
@@ -172,7 +178,7 @@ async fn call(content_type: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
         .header(header::CONTENT_TYPE, content_type)
         .body(Body::from(body))
         .unwrap();
-    let response = router(store()).oneshot(request).await.unwrap();
+    let response = router(webhooks()).oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
     (status, bytes.to_vec())
@@ -240,7 +246,7 @@ async fn tls_round_trip_and_hot_certificate_swap() {
     let (listener, addr) = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = Limits::with_max_connections(crate::server::listener::DEFAULT_WEBHOOK_MAX_CONNECTIONS);
-    let server = tokio::spawn(serve_listener(listener, handle.clone(), store(), limits, async move {
+    let server = tokio::spawn(serve_listener(listener, handle.clone(), webhooks(), limits, async move {
         let _ = stop_rx.await;
     }));
 
@@ -276,7 +282,7 @@ async fn stalled_tls_handshakes_are_closed_while_the_api_server_is_served() {
         ..Limits::with_max_connections(crate::server::listener::DEFAULT_WEBHOOK_MAX_CONNECTIONS)
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_listener(listener, handle, store(), limits, async move {
+    let server = tokio::spawn(serve_listener(listener, handle, webhooks(), limits, async move {
         let _ = stop_rx.await;
     }));
     // Silent clients, and clients that stop in the middle of a ClientHello.

@@ -414,13 +414,15 @@ async fn pyjwt_verifies_issued_tokens_through_the_operators_oidc_discovery() {
     let base = format!("http://{}", op.http_addr);
     let run = |aud: &str| {
         use std::io::Write;
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", PYJWT_DISCOVERY, &base, aud])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 with pyjwt[crypto] is required (.ci/run installs it)");
+        let mut child = std::process::Command::new(
+            std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
+        )
+        .args(["-c", PYJWT_DISCOVERY, &base, aud])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("a Python with PyJWT is required (tools/e2e.sh makes one: tools/python-env.sh)");
         child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     };

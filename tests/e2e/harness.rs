@@ -140,7 +140,12 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        // The operator of this test may be gone, so finalizers would keep the namespace forever.
+        // The operator of this test may be gone: its validating webhook (failurePolicy Fail) would refuse the
+        // finalizer patches below, and the finalizers would keep the namespace forever.
+        let webhook = format!("agentiam-{}", self.name);
+        let _ = self
+            .env
+            .kubectl(&["delete", "validatingwebhookconfiguration", &webhook, "--ignore-not-found"], None);
         let listed = self.env.kubectl(&["get", "agents", "-n", &self.name, "-o", "name"], None);
         for obj in String::from_utf8_lossy(&listed.stdout).lines() {
             let _ = self.env.kubectl(
@@ -157,11 +162,16 @@ impl Drop for TestNs {
             );
         }
         let _ = self.env.kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
-        // The operator of this namespace registered a cluster-scoped webhook configuration for it.
-        let webhook = format!("agentiam-{}", self.name);
-        let _ = self
-            .env
-            .kubectl(&["delete", "mutatingwebhookconfiguration", &webhook, "--ignore-not-found"], None);
+        // The operator of this namespace registered cluster-scoped webhook configurations for it.
+        let _ = self.env.kubectl(
+            &[
+                "delete",
+                "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+                &webhook,
+                "--ignore-not-found",
+            ],
+            None,
+        );
     }
 }
 
@@ -253,7 +263,7 @@ impl Operator {
             "--webhook-listen",
             &self.webhook_addr,
             "--webhook-url",
-            &format!("https://{}/mutate-pods", self.webhook_addr),
+            &format!("https://{}", self.webhook_addr),
             "--checkpoint-interval",
             "500ms",
         ]

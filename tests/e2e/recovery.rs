@@ -83,13 +83,14 @@ async fn killing_the_operator_mid_reconcile_loses_and_duplicates_no_audit_record
     assert!(activations.iter().all(|k| !open.contains(k)), "the restart confirmed the open activations");
     op.kill();
 
-    // 3. While the operator is down, two agents are suspended; killed again inside the suspend intents.
+    // 3. Two agents are suspended (with the operator up: its validating webhook, failurePolicy Fail, records
+    //    who did it, so no agentiam object changes while it is down); killed again inside the suspend intents.
+    op.set_extra(&["--failpoint-delay-after-intent", "30s"]);
+    op.restart();
     for n in &names[..2] {
         let patch = json!({"spec": {"lifecycle": {"desiredState": "Suspended"}}});
         api.patch(n, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     }
-    op.set_extra(&["--failpoint-delay-after-intent", "30s"]);
-    op.restart();
     wait_for("two open suspend intents", WAIT, || async {
         let open = open_intents(&records(&op.audit_log()));
         (open.iter().filter(|k| k.starts_with("agent.suspend:")).count() == 2).then_some(())

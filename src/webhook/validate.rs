@@ -1,0 +1,406 @@
+//! The validating webhooks of the agentiam kinds, pure: one verdict per kind and operation, and the
+//! who-did-what audit record of every admitted (or refused) change.
+//!
+//! Rules here are the ones only admission can enforce, because they depend on who is asking (CEL on the CRDs
+//! checks single objects; the reconcilers re-check everything else):
+//! - **An agent never changes IAM objects.** A request made as the ServiceAccount of a registered agent's
+//!   workload may not create, update or delete Agents, AgentPolicies or Revocations, anywhere: an agent
+//!   that could edit its own registration, the policies that govern it or the revocation that stops it
+//!   would govern itself. (Delegations are left to the delegation issue, which lets agents pass on subsets.)
+//!
+//! Specs that will not validate or compile are admitted with a warning: the reconciler reports them in
+//! status (Valid=False, a broken policy denies everything), and refusing them here would make an object
+//! stored before a rule existed impossible to fix by editing.
+
+use std::collections::BTreeMap;
+
+use kube::core::admission::Operation;
+use serde_json::Value;
+
+use super::admission::Verdict;
+use crate::api::{Agent, AgentPolicy};
+use crate::audit::{Entry, ObjectRef, Outcome};
+use crate::identity::TrustDomain;
+use crate::registry::validate::validate_agent;
+
+/// The longest spec diff an audit record carries; longer ones are cut and say so.
+pub const MAX_CHANGE_BYTES: usize = 2048;
+
+/// The kinds the validating webhooks see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `agents`
+    Agent,
+    /// `agentpolicies`
+    AgentPolicy,
+    /// `delegations`
+    Delegation,
+    /// `revocations`
+    Revocation,
+}
+
+impl Kind {
+    /// Every kind, in the order of the webhook configuration.
+    pub const ALL: [Self; 4] = [Self::Agent, Self::AgentPolicy, Self::Delegation, Self::Revocation];
+
+    /// The resource plural.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Agent => "agents",
+            Self::AgentPolicy => "agentpolicies",
+            Self::Delegation => "delegations",
+            Self::Revocation => "revocations",
+        }
+    }
+
+    /// The kind name.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Agent => "Agent",
+            Self::AgentPolicy => "AgentPolicy",
+            Self::Delegation => "Delegation",
+            Self::Revocation => "Revocation",
+        }
+    }
+
+    /// The path the webhook of this kind is served at.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Agent => "/validate/agents",
+            Self::AgentPolicy => "/validate/agentpolicies",
+            Self::Delegation => "/validate/delegations",
+            Self::Revocation => "/validate/revocations",
+        }
+    }
+
+    /// The kind of an AdmissionReview `request.kind.kind`, when it is one of ours.
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.kind() == kind)
+    }
+}
+
+/// Who is asking: the authenticated requester of the AdmissionReview.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// `userInfo.username`.
+    pub username: String,
+    /// `userInfo.uid`.
+    pub uid: Option<String>,
+    /// `userInfo.groups`.
+    pub groups: Vec<String>,
+}
+
+impl Requester {
+    /// `(namespace, name)` when the requester is a ServiceAccount.
+    pub fn service_account(&self) -> Option<(&str, &str)> {
+        let rest = self.username.strip_prefix("system:serviceaccount:")?;
+        let (ns, name) = rest.split_once(':')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains(':')).then_some((ns, name))
+    }
+}
+
+/// One request, as the pure rules see it.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The kind.
+    pub kind: Kind,
+    /// CREATE, UPDATE or DELETE (CONNECT never reaches these webhooks).
+    pub operation: Operation,
+    /// Who asks.
+    pub requester: &'a Requester,
+    /// The registered agents (`namespace/name`) whose workload runs as the requester's ServiceAccount.
+    pub requester_is_agent: &'a [String],
+    /// The object after the change (None for DELETE).
+    pub object: Option<&'a Value>,
+    /// The object before the change (None for CREATE).
+    pub old_object: Option<&'a Value>,
+}
+
+/// The verdict on one request.
+pub fn decide(trust_domain: &TrustDomain, req: &Request<'_>) -> Verdict {
+    if let Some(agent) = req.requester_is_agent.first()
+        && req.kind != Kind::Delegation
+    {
+        return Verdict::Deny(format!(
+            "{} runs agent {agent}: an agent may not {} {} (agents never change their own registration, \
+             the policies that govern them or their revocations; a human or a pipeline must)",
+            req.requester.username,
+            verb(&req.operation),
+            req.kind.plural()
+        ));
+    }
+    let warnings = match (&req.operation, req.object) {
+        (Operation::Create | Operation::Update, Some(object)) if spec_changed(req) => {
+            warnings(trust_domain, req.kind, object)
+        }
+        _ => Vec::new(),
+    };
+    Verdict::Allow { warnings }
+}
+
+fn verb(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "create",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+        Operation::Connect => "connect to",
+    }
+}
+
+fn spec_changed(req: &Request<'_>) -> bool {
+    req.old_object.and_then(|o| o.get("spec")) != req.object.and_then(|o| o.get("spec"))
+}
+
+/// What the reconciler will report about this spec, told at once.
+fn warnings(trust_domain: &TrustDomain, kind: Kind, object: &Value) -> Vec<String> {
+    match kind {
+        Kind::Agent => match serde_json::from_value::<Agent>(object.clone()) {
+            Ok(agent) => {
+                let ns = agent.metadata.namespace.clone().unwrap_or_default();
+                let name = agent.metadata.name.clone().unwrap_or_default();
+                match validate_agent(trust_domain, &ns, &name, &agent.spec) {
+                    Ok(_) => Vec::new(),
+                    Err(errors) => vec![format!(
+                        "the agent stays Pending without credentials until its spec is fixed: {errors}"
+                    )],
+                }
+            }
+            Err(e) => vec![format!("the agent does not read as an Agent: {e}")],
+        },
+        Kind::AgentPolicy => match serde_json::from_value::<AgentPolicy>(object.clone()) {
+            Ok(policy) => {
+                let compiled = crate::authz::compile::compile(&policy);
+                if compiled.is_broken() {
+                    vec![format!(
+                        "the policy does not compile, so it denies everything its agents do: {}",
+                        compiled.errors.join("; ")
+                    )]
+                } else {
+                    Vec::new()
+                }
+            }
+            Err(e) => vec![format!("the policy does not read as an AgentPolicy: {e}")],
+        },
+        Kind::Delegation | Kind::Revocation => Vec::new(),
+    }
+}
+
+/// What a change changed: a JSON patch from the old spec to the new one (bounded), and which metadata
+/// fields differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// RFC 6902 patch from the old `spec` to the new one, as JSON; cut to [`MAX_CHANGE_BYTES`].
+    pub spec: String,
+    /// The metadata fields that differ (labels, annotations, finalizers, ownerReferences).
+    pub metadata: Vec<&'static str>,
+}
+
+/// The changes from `old` to `new` (either may be absent).
+pub fn changes(old: Option<&Value>, new: Option<&Value>) -> Changes {
+    let field = |o: Option<&Value>, p: &str| o.and_then(|v| v.pointer(p)).cloned().unwrap_or(Value::Null);
+    let patch = json_patch::diff(&field(old, "/spec"), &field(new, "/spec"));
+    let mut spec = serde_json::to_string(&patch).unwrap_or_default();
+    if spec.len() > MAX_CHANGE_BYTES {
+        let total = spec.len();
+        let mut cut = MAX_CHANGE_BYTES;
+        while !spec.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        spec.truncate(cut);
+        spec.push_str(&format!("... (cut; {total} bytes in all)"));
+    }
+    let metadata = ["labels", "annotations", "finalizers", "ownerReferences"]
+        .into_iter()
+        .filter(|m| {
+            let p = format!("/metadata/{m}");
+            field(old, &p) != field(new, &p)
+        })
+        .collect();
+    Changes { spec, metadata }
+}
+
+/// The audit action of a change: `<kind>.<operation>`, e.g. `agent.update`... as `admission.<op>` so they
+/// never collide with the operator's own records of the same kind.
+pub fn action(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "admission.create",
+        Operation::Update => "admission.update",
+        Operation::Delete => "admission.delete",
+        Operation::Connect => "admission.connect",
+    }
+}
+
+/// The who-did-what record of one request: the requester (username, UID, groups; never a token or
+/// `userInfo.extra`, which can carry credentials), the operation, the object's UID and what changed.
+#[allow(clippy::too_many_arguments)]
+pub fn entry(
+    req: &Request<'_>,
+    namespace: Option<&str>,
+    name: &str,
+    uid: Option<&str>,
+    admission_uid: &str,
+    verdict: &Verdict,
+) -> Entry {
+    let object = ObjectRef {
+        api_version: "agentiam.dev/v1alpha1".to_owned(),
+        kind: req.kind.kind().to_owned(),
+        namespace: namespace.map(str::to_owned),
+        name: name.to_owned(),
+        uid: uid.map(str::to_owned),
+    };
+    let (outcome, reason) = match verdict {
+        Verdict::Deny(message) => (Outcome::Denied, message.clone()),
+        _ => (Outcome::Success, format!("{} {} admitted", verb(&req.operation), req.kind.kind())),
+    };
+    let c = changes(req.old_object, req.object);
+    let mut details = BTreeMap::new();
+    details.insert("requester.username".to_owned(), req.requester.username.clone());
+    if let Some(u) = &req.requester.uid {
+        details.insert("requester.uid".to_owned(), u.clone());
+    }
+    if !req.requester.groups.is_empty() {
+        details.insert("requester.groups".to_owned(), req.requester.groups.join(","));
+    }
+    details.insert("operation".to_owned(), format!("{:?}", req.operation).to_uppercase());
+    details.insert("admissionUID".to_owned(), admission_uid.to_owned());
+    if c.spec != "[]" {
+        details.insert("specChanges".to_owned(), c.spec);
+    }
+    if !c.metadata.is_empty() {
+        details.insert("metadataChanged".to_owned(), c.metadata.join(","));
+    }
+    if let Some(generation) = req.object.or(req.old_object).and_then(|o| o.pointer("/metadata/generation")) {
+        details.insert("generation".to_owned(), generation.to_string());
+    }
+    Entry {
+        actor: format!("user:{}", req.requester.username),
+        action: action(&req.operation).to_owned(),
+        object,
+        outcome,
+        reason,
+        details,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn td() -> TrustDomain {
+        TrustDomain::parse("cluster.local").unwrap()
+    }
+
+    fn alice() -> Requester {
+        Requester {
+            username: "alice@example.com".into(),
+            uid: Some("u-1".into()),
+            groups: vec!["devs".into()],
+        }
+    }
+
+    fn agent(purpose: &str) -> Value {
+        json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+               "metadata": {"name": "bot", "namespace": "a", "uid": "uid-1", "generation": 2},
+               "spec": {"owner": {"kind": "User", "name": "alice"}, "purpose": purpose}})
+    }
+
+    fn request<'a>(
+        kind: Kind,
+        op: Operation,
+        who: &'a Requester,
+        agents: &'a [String],
+        new: Option<&'a Value>,
+        old: Option<&'a Value>,
+    ) -> Request<'a> {
+        Request {
+            kind,
+            operation: op,
+            requester: who,
+            requester_is_agent: agents,
+            object: new,
+            old_object: old,
+        }
+    }
+
+    #[test]
+    fn an_agents_service_account_may_not_change_iam_objects_and_a_human_may() {
+        let sa = Requester { username: "system:serviceaccount:a:bot-sa".into(), ..Requester::default() };
+        let acting = vec!["a/bot".to_owned()];
+        let (new, old) = (agent("new"), agent("old"));
+        for kind in [Kind::Agent, Kind::AgentPolicy, Kind::Revocation] {
+            for op in [Operation::Create, Operation::Update, Operation::Delete] {
+                let v = decide(&td(), &request(kind, op.clone(), &sa, &acting, Some(&new), Some(&old)));
+                let Verdict::Deny(m) = v else { panic!("{kind:?} {op:?} admitted") };
+                assert!(m.contains("agent a/bot") && m.contains(kind.plural()), "{m}");
+            }
+        }
+        // The same ServiceAccount running no agent, and a human, are admitted.
+        let v = decide(&td(), &request(Kind::Agent, Operation::Update, &sa, &[], Some(&new), Some(&old)));
+        assert!(v.allowed());
+        let v =
+            decide(&td(), &request(Kind::Agent, Operation::Update, &alice(), &[], Some(&new), Some(&old)));
+        assert_eq!(v, Verdict::allow());
+        // Delegations are the next issue's: agents will pass on subsets of theirs.
+        let v = decide(&td(), &request(Kind::Delegation, Operation::Create, &sa, &acting, Some(&new), None));
+        assert!(v.allowed());
+    }
+
+    #[test]
+    fn invalid_specs_are_admitted_with_the_reason_they_will_not_work() {
+        let bad = agent(" ");
+        let v = decide(&td(), &request(Kind::Agent, Operation::Create, &alice(), &[], Some(&bad), None));
+        let Verdict::Allow { warnings } = v else { panic!("refused") };
+        assert!(warnings[0].contains("spec.purpose"), "{warnings:?}");
+        let policy = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "AgentPolicy",
+            "metadata": {"name": "p", "namespace": "a"}, "spec": {"agents": {"names": ["bot"]}, "rules": []}});
+        let v =
+            decide(&td(), &request(Kind::AgentPolicy, Operation::Create, &alice(), &[], Some(&policy), None));
+        let Verdict::Allow { warnings } = v else { panic!("refused") };
+        assert!(warnings[0].contains("denies everything"), "{warnings:?}");
+        // A metadata-only update of an invalid object (the operator removing its finalizer) warns nobody.
+        let v =
+            decide(&td(), &request(Kind::Agent, Operation::Update, &alice(), &[], Some(&bad), Some(&bad)));
+        assert_eq!(v, Verdict::allow());
+    }
+
+    #[test]
+    fn the_record_names_the_requester_and_what_changed_but_no_extra() {
+        let (new, old) = (agent("new"), agent("old"));
+        let who = alice();
+        let req = request(Kind::Agent, Operation::Update, &who, &[], Some(&new), Some(&old));
+        let e = entry(&req, Some("a"), "bot", Some("uid-1"), "adm-1", &Verdict::allow());
+        assert_eq!(e.actor, "user:alice@example.com");
+        assert_eq!(e.action, "admission.update");
+        assert_eq!(e.outcome, Outcome::Success);
+        assert_eq!(e.object.uid.as_deref(), Some("uid-1"));
+        assert_eq!(e.details["requester.uid"], "u-1");
+        assert_eq!(e.details["requester.groups"], "devs");
+        assert_eq!(e.details["operation"], "UPDATE");
+        assert_eq!(e.details["generation"], "2");
+        assert_eq!(e.details["specChanges"], r#"[{"op":"replace","path":"/purpose","value":"new"}]"#);
+        assert!(!e.details.contains_key("metadataChanged"));
+        let denied = entry(&req, Some("a"), "bot", None, "adm-1", &Verdict::Deny("no".into()));
+        assert_eq!((denied.outcome, denied.reason.as_str()), (Outcome::Denied, "no"));
+    }
+
+    #[test]
+    fn changes_are_bounded_and_metadata_is_named() {
+        let old = json!({"metadata": {"finalizers": ["x"]}, "spec": {"purpose": "a"}});
+        let new = json!({"metadata": {}, "spec": {"purpose": "é".repeat(3000)}});
+        let c = changes(Some(&old), Some(&new));
+        assert!(c.spec.len() < MAX_CHANGE_BYTES + 64 && c.spec.contains("cut;"), "{}", c.spec.len());
+        assert_eq!(c.metadata, vec!["finalizers"]);
+        assert_eq!(changes(None, Some(&old)).metadata, vec!["finalizers"]);
+    }
+
+    #[test]
+    fn service_accounts_are_parsed_strictly() {
+        let r = |u: &str| Requester { username: u.into(), ..Requester::default() };
+        assert_eq!(r("system:serviceaccount:a:b").service_account(), Some(("a", "b")));
+        assert_eq!(r("system:serviceaccount:a:").service_account(), None);
+        assert_eq!(r("system:serviceaccount:a:b:c").service_account(), None);
+        assert_eq!(r("alice").service_account(), None);
+    }
+}
