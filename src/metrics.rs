@@ -45,6 +45,7 @@ pub struct Metrics {
     audit_write_failures: Counter,
     admission_requests: Family<Labels, Counter>,
     watch_restarts: Family<Labels, Counter>,
+    malformed_objects: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,6 +64,7 @@ impl Default for Metrics {
             audit_write_failures: Counter::default(),
             admission_requests: Family::default(),
             watch_restarts: Family::default(),
+            malformed_objects: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run, by controller", m.reconciles.clone());
@@ -113,6 +115,11 @@ impl Default for Metrics {
             "Times a watch failed and was restarted after its backoff, by watch",
             m.watch_restarts.clone(),
         );
+        registry.register(
+            "malformed_objects",
+            "Objects skipped because they do not read as their kind, by watch",
+            m.malformed_objects.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -147,6 +154,12 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The exposition in the Prometheus text format 0.0.4, for clients that do not ask for OpenMetrics
+    /// (`promtool check metrics`, curl); see [`to_prometheus_text`].
+    pub fn render_prometheus_text(&self) -> String {
+        to_prometheus_text(&self.render())
     }
 
     /// Starts timing a reconcile of `controller`.
@@ -193,10 +206,41 @@ impl Metrics {
         self.admission_requests.get_or_create(&labels).inc();
     }
 
+    /// The watch `watch` skipped an object that does not read as its kind.
+    pub fn malformed_object(&self, watch: &str) {
+        self.malformed_objects.get_or_create(&vec![("watch", watch.to_owned())]).inc();
+    }
+
     /// The watch `watch` failed and will be restarted.
     pub fn watch_restart(&self, watch: &str) {
         self.watch_restarts.get_or_create(&vec![("watch", watch.to_owned())]).inc();
     }
+}
+
+/// OpenMetrics text to the Prometheus text format 0.0.4: a counter family `x` becomes `x_total` in its
+/// `# HELP` and `# TYPE` lines (its samples are already `x_total`), `# UNIT` lines and the final `# EOF`
+/// are dropped. Samples, labels and values are the same in both formats for what this crate exports
+/// (counters without `_created`, gauges, histograms).
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(l.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -222,5 +266,10 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+        let plain = m.render_prometheus_text();
+        assert!(plain.contains("# TYPE agentiam_audit_records_total counter"), "{plain}");
+        assert!(plain.contains("# HELP agentiam_audit_records_total Audit records made durable."), "{plain}");
+        assert!(plain.contains("# TYPE agentiam_audit_queue_depth gauge"), "{plain}");
+        assert!(!plain.contains("# EOF") && plain.contains("agentiam_audit_records_total 3"), "{plain}");
     }
 }

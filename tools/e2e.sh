@@ -43,6 +43,9 @@ KUBECONFIG=$kubeconfig "$kubectl" wait --for=condition=Established --timeout=60s
 AGENTIAM_PYTHON=$(tools/python-env.sh)
 export AGENTIAM_PYTHON
 
+# promtool checks the operator's live /metrics (tests/e2e/supervision.rs).
+[ -x "$PROMTOOL_BIN" ] || tools/build-tools.sh promtool
+export PROMTOOL=$PROMTOOL_BIN
 export AGENTIAM_E2E_KUBECONFIG=$kubeconfig KUBECTL=$kubectl HELM=${HELM:-$HELM_BIN} E2E_REQUIRED=$required
 # Only the local control plane's API server may be restarted by a test (tests/e2e/outage.rs); unset, such
 # tests skip.

@@ -26,11 +26,13 @@ done
 audit_log=$run_dir/audit.jsonl
 http_port=${AGENTIAM_HTTP_PORT:-8081}
 webhook_port=${AGENTIAM_WEBHOOK_PORT:-9443}
+admin_port=${AGENTIAM_ADMIN_PORT:-8082}
 log "starting the operator (logs: $run_dir/operator.log; audit records stream below as JSON lines)"
 ./target/debug/agentiam run \
   --namespace "$op_ns" \
   --audit-log "$audit_log" \
   --http-addr "127.0.0.1:$http_port" \
+  --admin-addr "127.0.0.1:$admin_port" \
   --issuer-url "http://127.0.0.1:$http_port" \
   --webhook-listen "127.0.0.1:$webhook_port" \
   --webhook-url "https://127.0.0.1:$webhook_port" \
@@ -40,10 +42,10 @@ operator=$!
 stop() {
   kill -TERM "$operator" 2>/dev/null || true
   wait "$operator" 2>/dev/null || true
-  # The operator keeps its fail-closed webhook configuration on shutdown (labelled pods are refused while it
-  # is down). For a local run that pointed at 127.0.0.1, remove it, or later pods on this cluster would be
-  # refused by a webhook that is gone.
-  k delete mutatingwebhookconfiguration "agentiam-$op_ns" --ignore-not-found >/dev/null 2>&1 || true
+  # The operator keeps its fail-closed webhook configurations on shutdown (labelled pods and every change to
+  # agentiam objects are refused while it is down). For a local run that pointed at 127.0.0.1, remove them,
+  # or later runs and tests on this cluster would be refused by webhooks that are gone.
+  k delete mutatingwebhookconfiguration,validatingwebhookconfiguration "agentiam-$op_ns" --ignore-not-found >/dev/null 2>&1 || true
 }
 trap stop INT TERM
 trap 'stop' EXIT

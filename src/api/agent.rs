@@ -261,6 +261,7 @@ pub struct AgentStatus {
     pub observed_generation: Option<i64>,
     /// Ready, Valid and other conditions, keyed by type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The credentials currently issued to the agent, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

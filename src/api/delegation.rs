@@ -98,5 +98,6 @@ pub struct DelegationStatus {
     pub observed_generation: Option<i64>,
     /// Ready and other conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

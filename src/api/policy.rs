@@ -251,6 +251,7 @@ pub struct AgentPolicyStatus {
     pub matched_agents: Option<u32>,
     /// Ready (compiled) and other conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Rules that could not be compiled; while any exist the whole policy denies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -102,6 +102,7 @@ fn reflect<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K::Scope: kube::core::NamespaceScope,
 {
     let (store, writer) = reflector::store::<K>();
     let (listed_tx, listed) = watch::channel(false);

@@ -19,6 +19,7 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use kube::core::{DeserializeGuard, NamespaceScope};
 use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource};
@@ -52,6 +53,8 @@ pub fn config() -> watcher::Config {
 pub fn events<K>(api: Api<K>, name: String) -> impl Stream<Item = watcher::Event<K>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+    K::Scope: NamespaceScope,
 {
     events_with(api, config(), name)
 }
@@ -63,8 +66,11 @@ fn events_with<K>(
 ) -> impl Stream<Item = watcher::Event<K>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+    K::Scope: NamespaceScope,
 {
-    with_backoff(watcher(api, config), Backoff::new(name))
+    let guarded = sound(watcher(guarded(api), config), name.clone());
+    with_backoff(guarded, Backoff::new(name))
 }
 
 /// Like [`events`], but each event is applied to the store behind `writer` before it is passed on. While
@@ -76,9 +82,11 @@ pub fn reflector<K>(
 ) -> impl Stream<Item = watcher::Event<K>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone,
+    K::DynamicType: Eq + Hash + Clone + Default,
+    K::Scope: NamespaceScope,
 {
-    with_backoff(reflector::reflector(writer, watcher(api, config())), Backoff::new(name))
+    let guarded = sound(watcher(guarded(api), config()), name.clone());
+    with_backoff(reflector::reflector(writer, guarded), Backoff::new(name))
 }
 
 /// A controller of `K` fed by [`reflector()`]; its `store()` is that reflector's store.
@@ -91,6 +99,7 @@ pub fn controller<K>(api: Api<K>, name: &str) -> Controller<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Debug + Unpin,
+    K::Scope: NamespaceScope,
 {
     let (reader, writer) = reflector::store();
     let objects = reflector(api, writer, name.to_owned()).map(Ok::<_, watcher::Error>).applied_objects();
@@ -110,6 +119,7 @@ where
     K::DynamicType: Eq + Hash + Clone,
     Other: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     Other::DynamicType: Default + Debug + Clone,
+    Other::Scope: NamespaceScope,
     I: 'static + IntoIterator<Item = ObjectRef<K>>,
     I::IntoIter: Send,
 {
@@ -130,6 +140,7 @@ where
     K::DynamicType: Eq + Hash + Clone,
     Other: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     Other::DynamicType: Default + Debug + Clone,
+    Other::Scope: NamespaceScope,
     I: 'static + IntoIterator<Item = ObjectRef<K>>,
     I::IntoIter: Send,
 {
@@ -148,11 +159,69 @@ where
     K::DynamicType: Eq + Hash + Clone,
     Other: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     Other::DynamicType: Default + Debug + Clone,
+    Other::Scope: NamespaceScope,
     I: 'static + IntoIterator<Item = ObjectRef<K>>,
     I::IntoIter: Send,
 {
     let objects = events_with(api, config, name.to_owned()).map(Ok::<_, watcher::Error>).touched_objects();
     controller.watches_stream(objects, mapper)
+}
+
+/// The same API for [`DeserializeGuard`]s of `K`: each object of a list or watch is read on its own, so one
+/// that does not read as `K` (stored under an older schema, say) cannot fail the list of all the others.
+fn guarded<K>(api: Api<K>) -> Api<DeserializeGuard<K>>
+where
+    K: Resource,
+    K::DynamicType: Default,
+    K::Scope: NamespaceScope,
+{
+    let namespace = api.namespace().map(str::to_owned);
+    let all = Api::all_with(api.into_client(), &K::DynamicType::default());
+    match namespace {
+        Some(ns) => all.constrain(&ns),
+        None => all,
+    }
+}
+
+/// The events of a guarded watch with every object that does not read as `K` left out, each reported (a
+/// warning and the `agentiam_malformed_objects_total` metric) instead of stalling the watch. Such an object
+/// is invisible to the operator until it is fixed or deleted: never reconciled, never admitted by a
+/// webhook, never in the policy index (so it grants nothing).
+fn sound<K, S>(
+    stream: S,
+    watch: String,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<DeserializeGuard<K>>, watcher::Error>> + Send + 'static,
+{
+    use watcher::Event as E;
+    stream.filter_map(move |item| {
+        let keep = |guard: DeserializeGuard<K>| match guard.0 {
+            Ok(object) => Some(object),
+            Err(bad) => {
+                crate::metrics::global().malformed_object(&watch);
+                warn!(
+                    watch = %watch,
+                    namespace = ?bad.metadata.namespace,
+                    name = ?bad.metadata.name,
+                    uid = ?bad.metadata.uid,
+                    error = %bad.error,
+                    "skipping an object that does not read as its kind; fix or delete it"
+                );
+                None
+            }
+        };
+        let event = match item {
+            Err(e) => Some(Err(e)),
+            Ok(E::Init) => Some(Ok(E::Init)),
+            Ok(E::InitDone) => Some(Ok(E::InitDone)),
+            Ok(E::InitApply(g)) => keep(g).map(|k| Ok(E::InitApply(k))),
+            Ok(E::Apply(g)) => keep(g).map(|k| Ok(E::Apply(k))),
+            Ok(E::Delete(g)) => keep(g).map(|k| Ok(E::Delete(k))),
+        };
+        std::future::ready(event)
+    })
 }
 
 /// Passes on the events of `stream` and waits, after each error, for as long as `backoff` says before

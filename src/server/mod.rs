@@ -48,10 +48,12 @@ impl Health {
 
     /// Why the operator is not ready, if it is not.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
-        if !self.ready.load(Ordering::Acquire) {
-            return Some("starting or stopping");
+        // The most specific reason first: what is still missing says more than "starting".
+        let failed = self.checks.iter().find_map(|c| c());
+        match failed {
+            Some(why) => Some(why),
+            None => (!self.ready.load(Ordering::Acquire)).then_some("starting or stopping"),
         }
-        self.checks.iter().find_map(|c| c())
     }
 
     /// Marks the operator ready (or not).
@@ -164,10 +166,22 @@ pub fn probes(health: Health) -> Surface {
     Routes::new("probes").route("/healthz", get(healthz)).route("/readyz", get(readyz)).finish(health)
 }
 
-async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    // OpenMetrics text, which Prometheus and promtool read; the exposition ends with `# EOF`.
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(axum::http::header::CONTENT_TYPE, content_type)], crate::metrics::global().render())
+async fn metrics(headers: axum::http::HeaderMap) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    // OpenMetrics for clients that ask for it (Prometheus does); the Prometheus text format otherwise
+    // (promtool, curl, older scrapers).
+    let wants_openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let m = crate::metrics::global();
+    if wants_openmetrics {
+        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        ([(axum::http::header::CONTENT_TYPE, content_type)], m.render())
+    } else {
+        let content_type = "text/plain; version=0.0.4; charset=utf-8";
+        ([(axum::http::header::CONTENT_TYPE, content_type)], m.render_prometheus_text())
+    }
 }
 
 /// The admin surface, on a listener of its own apart from the decision API and the issuer documents:

@@ -39,7 +39,7 @@ async fn forge_status(ns: &TestNs, name: &str, status: Value) {
 }
 
 /// Allows `read` on `crm:contacts/*` to the named agents.
-async fn allow_reads(ns: &TestNs, agents: &[&str]) {
+pub(crate) async fn allow_reads(ns: &TestNs, agents: &[&str]) {
     let read = rule("read", "Allow", &["read"], &["crm:contacts/*"]);
     apply_policy(ns, "read", json!({"agents": {"names": agents}, "rules": [read]})).await;
 }

@@ -75,7 +75,7 @@ impl Env {
     }
 }
 
-fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Output {
+pub fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -196,14 +196,23 @@ pub struct Operator {
     pub http_addr: String,
     /// 127.0.0.1:<port> of the admission webhook's TLS server.
     pub webhook_addr: String,
+    /// 127.0.0.1:<port> of the admin server (/metrics and the probes).
+    pub admin_addr: String,
     _tmp: tempfile::TempDir,
 }
 
 impl Operator {
     /// Starts the operator watching (and keeping its checkpoint in) `ns`, and waits until it runs.
     pub fn start(env: &Env, ns: &str, extra: &[&str]) -> Self {
+        let mut op = Self::unstarted(env, ns, extra);
+        op.spawn_and_wait();
+        op
+    }
+
+    /// An operator for `ns` not yet started (change its addresses, then [`Operator::spawn`]).
+    pub fn unstarted(env: &Env, ns: &str, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut op = Self {
+        Self {
             child: None,
             dir: tmp.path().to_owned(),
             namespace: ns.to_owned(),
@@ -212,10 +221,9 @@ impl Operator {
             runs: 0,
             http_addr: format!("127.0.0.1:{}", free_port()),
             webhook_addr: format!("127.0.0.1:{}", free_port()),
+            admin_addr: format!("127.0.0.1:{}", free_port()),
             _tmp: tmp,
-        };
-        op.spawn_and_wait();
-        op
+        }
     }
 
     pub fn audit_log(&self) -> PathBuf {
@@ -260,6 +268,8 @@ impl Operator {
             &self.http_addr,
             "--issuer-url",
             &format!("http://{}", self.http_addr),
+            "--admin-addr",
+            &self.admin_addr,
             "--webhook-listen",
             &self.webhook_addr,
             "--webhook-url",

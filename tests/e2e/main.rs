@@ -11,14 +11,17 @@
 
 mod harness;
 
+mod admission;
 mod audit;
 mod authz;
 mod crds;
 mod credentials;
 mod hardening;
 mod input;
+mod malformed;
 mod outage;
 mod recovery;
 mod registry;
+mod supervision;
 mod validation;
 mod webhook;
