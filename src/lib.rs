@@ -12,6 +12,7 @@ pub mod controller;
 pub mod crdgen;
 pub mod identity;
 pub mod metrics;
+pub mod names;
 pub mod operator;
 pub mod registry;
 pub mod server;

@@ -48,7 +48,7 @@ impl Supervisor {
     }
 
     /// Spawns `task` under `name`. Its end, with `Ok` or `Err`, is reported unless the supervisor is
-    /// already stopping (see [`Supervisor::stop`]).
+    /// already stopping: then nobody listens any more.
     pub fn spawn<F, E>(&mut self, name: &'static str, task: F)
     where
         F: Future<Output = Result<(), E>> + Send + 'static,

@@ -37,7 +37,7 @@ use crate::registry::validate::redact_userinfo;
 use k8s_openapi::api::core::v1::Secret;
 
 /// The finalizer that makes deletion wait until the agent is archived.
-pub const FINALIZER: &str = "agentiam.dev/archive";
+pub const FINALIZER: &str = crate::names::AGENT_FINALIZER;
 
 /// How many recorded status overwrites are remembered (so each is recorded once) before the memory is reset.
 const MAX_OVERWRITES_REMEMBERED: usize = 10_000;
@@ -86,7 +86,11 @@ pub fn controller(ctx: &Context) -> Controller<Agent> {
         &ours,
         "Agent controller: credentials Secrets",
         move |s: Secret| {
-            let name = s.metadata.name.as_deref().and_then(|n| n.strip_suffix("-credentials"))?;
+            let name = s
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| n.strip_suffix(crate::names::CREDENTIALS_SECRET_SUFFIX))?;
             let agent = kube::runtime::reflector::ObjectRef::<Agent>::new(name)
                 .within(s.metadata.namespace.as_deref()?);
             // Unless this is the version this process wrote or read, the next reconcile must read it again.

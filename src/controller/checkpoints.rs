@@ -23,9 +23,9 @@ use crate::audit::{
 use crate::controller::FIELD_MANAGER;
 
 /// Secret holding the checkpoint signing key (PKCS#8 DER under [`KEY_FIELD`]).
-pub const SIGNING_KEY_SECRET: &str = "agentiam-audit-signing-key";
+pub const SIGNING_KEY_SECRET: &str = crate::names::AUDIT_SIGNING_KEY_SECRET;
 /// ConfigMap holding the latest checkpoint and the public key.
-pub const CHECKPOINT_CONFIGMAP: &str = "agentiam-audit-checkpoint";
+pub const CHECKPOINT_CONFIGMAP: &str = crate::names::AUDIT_CHECKPOINT_CONFIGMAP;
 /// Secret data key of the PKCS#8 private key.
 pub const KEY_FIELD: &str = "pkcs8.der";
 /// ConfigMap data key of the latest checkpoint (JSON).

@@ -25,11 +25,11 @@ use crate::identity::keys::{KeyError, KeySet, Rotation, RotationPolicy};
 use crate::identity::x509::{CertificateAuthority, DEFAULT_CA_VALIDITY, X509Error};
 
 /// Secret holding the JWT-SVID signing key set.
-pub const SIGNING_KEYS_SECRET: &str = "agentiam-signing-keys";
+pub const SIGNING_KEYS_SECRET: &str = crate::names::SIGNING_KEYS_SECRET;
 /// Secret holding the X.509 CA (`ca.crt`, `ca.key`). Create it before the first start to bring your own CA.
-pub const CA_SECRET: &str = "agentiam-ca";
+pub const CA_SECRET: &str = crate::names::CA_SECRET;
 /// Annotation on the key Secret that asks for an emergency rotation; `all` also replaces the next key.
-pub const EMERGENCY_ANNOTATION: &str = "agentiam.dev/emergency-rotation";
+pub const EMERGENCY_ANNOTATION: &str = crate::names::EMERGENCY_ROTATION_ANNOTATION;
 /// How often the key Secret is looked at for an emergency request when nothing else is due.
 const POLL: Duration = Duration::from_secs(2);
 

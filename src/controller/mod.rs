@@ -26,7 +26,7 @@ use crate::identity::issuer::IssuerReceiver;
 use crate::registry::ledger::Ledger;
 
 /// The field manager under which the operator applies everything it owns (server-side apply).
-pub const FIELD_MANAGER: &str = "agentiam-operator";
+pub const FIELD_MANAGER: &str = crate::names::FIELD_MANAGER;
 /// The audit actor the operator writes under.
 pub const ACTOR: &str = "agentiam-operator";
 

@@ -24,7 +24,7 @@ use crate::controller::{Context, Error, FIELD_MANAGER, Result, scoped_api, watch
 use crate::registry::status::set_condition;
 
 /// The condition type that says whether the policy compiled.
-pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_READY: &str = crate::names::CONDITION_READY;
 /// Most errors listed in status; the rest are counted in the condition message.
 const MAX_LISTED_ERRORS: usize = 20;
 

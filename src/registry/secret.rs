@@ -31,9 +31,9 @@ pub const SVID_PEM: &str = "svid.pem";
 /// Secret key of the X.509-SVID private key.
 pub const SVID_KEY_PEM: &str = "svid-key.pem";
 /// The label naming the Agent (also the pod label the webhook reads).
-pub const AGENT_LABEL: &str = "agentiam.dev/agent";
+pub const AGENT_LABEL: &str = crate::names::AGENT_LABEL;
 /// The label saying who manages the object.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_LABEL: &str = crate::names::MANAGED_BY_LABEL;
 /// The prefix of every label and annotation the operator owns.
 const OWN_PREFIX: &str = "agentiam.dev/";
 /// The only Secret type the operator writes.
@@ -41,7 +41,7 @@ const SECRET_TYPE: &str = "Opaque";
 
 /// The Secret of an agent's credentials.
 pub fn secret_name(agent: &str) -> String {
-    format!("{agent}-credentials")
+    crate::names::credentials_secret(agent)
 }
 
 /// The one owner reference of the Secret: its Agent, by UID.

@@ -11,9 +11,9 @@ use crate::registry::trust::trust_score;
 use crate::registry::validate::{ValidAgent, ValidationErrors, desired_state, validate_agent};
 
 /// Condition type: the spec passed validation.
-pub const CONDITION_VALID: &str = "Valid";
+pub const CONDITION_VALID: &str = crate::names::CONDITION_VALID;
 /// Condition type: the agent is Active and may act.
-pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_READY: &str = crate::names::CONDITION_READY;
 
 /// What the registry decided for one agent.
 #[derive(Debug, Clone)]

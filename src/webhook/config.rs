@@ -26,7 +26,7 @@ use super::run::WebhookError;
 use super::server::MUTATE_PODS_PATH;
 use super::tls::{RenewalPolicy, SECRET_NAME, San};
 use super::validate::Kind;
-use crate::controller::FIELD_MANAGER;
+use crate::names::FIELD_MANAGER;
 use crate::server::listener::{DEFAULT_WEBHOOK_MAX_CONNECTIONS, Limits};
 
 /// The name of the one webhook in the configuration.
@@ -120,7 +120,7 @@ impl WebhookSettings {
 
 /// `agentiam-<operator namespace>`.
 pub fn default_configuration_name(operator_namespace: &str) -> String {
-    format!("agentiam-{operator_namespace}")
+    crate::names::webhook_configuration(operator_namespace)
 }
 
 /// The SANs the API server will check for `client_config`.

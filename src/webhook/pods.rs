@@ -21,7 +21,7 @@ pub const VOLUME_NAME: &str = "agentiam-credentials";
 /// The environment variable carrying the agent's SPIFFE ID.
 pub const SPIFFE_ID_ENV: &str = "AGENTIAM_SPIFFE_ID";
 /// The trust bundle ConfigMap in every namespace with Agents.
-pub const TRUST_BUNDLE_CONFIGMAP: &str = "agentiam-trust-bundle";
+pub const TRUST_BUNDLE_CONFIGMAP: &str = crate::names::TRUST_BUNDLE_CONFIGMAP;
 
 /// The credentials Secret of an agent.
 pub use crate::registry::secret::secret_name as credentials_secret_name;

@@ -32,7 +32,7 @@ use x509_parser::pem::Pem;
 use zeroize::Zeroizing;
 
 /// The Secret holding the serving CA and leaf, in the operator namespace.
-pub const SECRET_NAME: &str = "agentiam-webhook-tls";
+pub const SECRET_NAME: &str = crate::names::WEBHOOK_TLS_SECRET;
 /// Secret entry: the CA bundle clients trust (PEM), the current signing CA first, then retiring CAs.
 pub const SECRET_CA_CERT: &str = "ca.crt";
 /// Secret entry: the current signing CA's private key (PKCS#8 PEM).
