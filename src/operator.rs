@@ -142,7 +142,7 @@ async fn record_key_rotation(
     };
     let entry = Entry::new(
         controller::ACTOR,
-        "audit.signing-key.change",
+        crate::audit::Action::AuditSigningKeyChange,
         object,
         Outcome::Success,
         "the checkpoint signing key is not the one that signed the last published checkpoint",

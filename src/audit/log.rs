@@ -413,7 +413,7 @@ fn repair(file: &mut File, path: &Path, index: &mut Index, torn: &Torn) -> Resul
     file.sync_data().map_err(repair_error)?;
     let entry = Entry::new(
         LOG_ACTOR,
-        "audit.recover",
+        super::Action::AuditRecover,
         log_object(path),
         Outcome::Success,
         "cut an incomplete final record left by a crash mid-write; it was never acknowledged",

@@ -46,6 +46,7 @@
 //!
 //! Records must never carry secrets; see [`Entry`].
 
+mod action;
 mod checkpoint;
 mod log;
 mod record;
@@ -56,6 +57,7 @@ mod writer;
 use std::io;
 use std::path::PathBuf;
 
+pub use action::{Action, IntentKey};
 pub use checkpoint::{
     CHECKPOINT_DOMAIN, Checkpoint, CheckpointError, CheckpointSigner, Pkcs8Key, checkpoint_message, key_id,
     public_key_from_pem, verify_checkpoint,

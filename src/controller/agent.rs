@@ -22,7 +22,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
-use crate::audit::{Entry, IntentState, ObjectRef, Outcome};
+use crate::audit::{Action as AuditAction, Entry, IntentKey, IntentState, ObjectRef, Outcome};
 use crate::controller::{
     ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, report, scoped_api,
     watches,
@@ -225,7 +225,8 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     } else if let Some(previous) = spec_changed(recorded.as_deref(), generation) {
         // No phase change, but the spec did change (owner, provenance, ...): record it, write-ahead, because a
         // new trust score can widen what the agent may do (decisions read the recorded one).
-        let key = format!("{}:{uid}:{generation}", a::AGENT_UPDATE);
+        let key =
+            IntentKey::Agent { action: AuditAction::AgentUpdate, uid: uid.clone(), generation }.to_string();
         let entry =
             Entry::new(ACTOR, a::AGENT_UPDATE, object_ref(agent), Outcome::Pending, "agent spec changed")
                 .with_detail(
@@ -413,7 +414,7 @@ async fn write_intent(
             Err(Error::AuditIntent(e))
         }
         Err(e) => {
-            warn!(error = %e, action = t.action(), "audit intent failed; taking rights away regardless");
+            warn!(error = %e, action = %t.action(), "audit intent failed; taking rights away regardless");
             Ok(None)
         }
     }
@@ -467,7 +468,7 @@ async fn apply_status(ctx: &Context, ns: &str, name: &str, status: &AgentStatus)
 async fn archive(agent: &Agent, ctx: &Context) -> Result<Action> {
     let (_, name, uid, _) = subject_of(agent)?;
     ctx.known_credentials.forget(&uid);
-    let key = format!("{}:{uid}", a::AGENT_ARCHIVE);
+    let key = IntentKey::Archive { uid: uid.clone() }.to_string();
     intents::resolve_for_agent(ctx, &uid, Some(&key)).await?;
     let entry = final_state(
         agent,

@@ -19,7 +19,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, CredentialStatus};
-use crate::audit::{Entry, IntentState, Outcome, Record};
+use crate::audit::{Action, Entry, IntentKey, IntentState, Outcome, Record};
 use crate::controller::agent::{object_ref, publish};
 use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result};
 use crate::identity::SpiffeId;
@@ -302,7 +302,9 @@ fn keep(
 /// True if an issuance or withdrawal of the agent with `uid` was interrupted: it is closed against the
 /// Secret as read, so the read must happen.
 fn has_open_intents(ctx: &Context, uid: &str) -> bool {
-    ctx.audit.any_open_intent(|i| i.object.uid.as_deref() == Some(uid) && i.action.starts_with("credential."))
+    ctx.audit.any_open_intent(|i| {
+        i.object.uid.as_deref() == Some(uid) && Action::parse(&i.action).is_some_and(Action::is_credential)
+    })
 }
 
 fn until(now: Timestamp, at: Timestamp) -> Duration {
@@ -393,7 +395,8 @@ async fn issue(
     let expires_at =
         issued_at.checked_add(SignedDuration::from_secs(ttl.as_secs() as i64)).unwrap_or(issued_at);
     let key = issuer.keys.current();
-    let issue_key = format!("credential.issue:{uid}:{}", now.as_millisecond());
+    let issue_key =
+        IntentKey::CredentialIssue { uid: uid.to_owned(), issued_at_ms: now.as_millisecond() }.to_string();
 
     // Mint first, in memory: the intent then names every token and the certificate, so whatever reaches the
     // Secret (even if the operator dies right after) is in the log by its jti and serial.
@@ -573,8 +576,11 @@ async fn withdraw(
     let Some(secret) = existing else { return Ok(()) };
     let uid = agent.uid().ok_or(Error::MissingObjectKey("uid"))?;
     // One withdrawal per Secret object: its UID tells them apart, whatever it holds.
-    let key =
-        format!("{}:{uid}:{}", a::CREDENTIAL_WITHDRAW, secret.uid().unwrap_or_else(|| "unknown".into()));
+    let key = IntentKey::CredentialWithdraw {
+        uid: uid.to_owned(),
+        secret_uid: secret.uid().unwrap_or_else(|| "unknown".into()),
+    }
+    .to_string();
     let entry = Entry::new(
         ACTOR,
         a::CREDENTIAL_WITHDRAW,

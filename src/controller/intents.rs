@@ -15,9 +15,8 @@ use kube::Api;
 use tracing::{info, warn};
 
 use crate::api::Agent;
-use crate::audit::{Outcome, Record};
+use crate::audit::{Action, IntentKey, Outcome, Record};
 use crate::controller::{Context, Error, Result};
-use crate::registry::actions;
 
 /// What to do with one open intent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,50 +27,27 @@ pub enum Resolution {
     Close(Outcome, String),
 }
 
-/// What an intent key says: the action, the object UID and (for phase transitions) the generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IntentKey<'a> {
-    /// e.g. "agent.activate".
-    pub action: &'a str,
-    /// The object UID.
-    pub uid: &'a str,
-    /// The generation, for transitions.
-    pub generation: Option<i64>,
-}
-
-/// Parses `<action>:<uid>[:<generation>]`.
-pub fn parse_key(key: &str) -> Option<IntentKey<'_>> {
-    let mut parts = key.split(':');
-    let action = parts.next()?;
-    let uid = parts.next().filter(|u| !u.is_empty())?;
-    let generation = match parts.next() {
-        Some(g) => Some(g.parse().ok()?),
-        None => None,
-    };
-    parts.next().is_none().then_some(IntentKey { action, uid, generation })
-}
-
 /// Decides about one open intent, given the UID of the object of its name as it is now (`None` if no such
 /// object exists) and the key the current reconcile is working on.
 pub fn resolve(key: &str, object_uid: Option<&str>, in_progress: Option<&str>) -> Resolution {
     if in_progress == Some(key) {
         return Resolution::Keep;
     }
-    let Some(k) = parse_key(key) else {
+    let Some(k) = IntentKey::parse(key) else {
         return Resolution::Close(Outcome::Abandoned, format!("unrecognised intent key {key:?}"));
     };
-    if object_uid != Some(k.uid) {
+    if object_uid != k.agent_uid() || object_uid.is_none() {
         return Resolution::Close(
             Outcome::Abandoned,
             "the object no longer exists, so the change can no longer happen".into(),
         );
     }
-    if k.action == actions::AGENT_ARCHIVE {
+    match k {
         // The object still exists and is being deleted: the cleanup will run again and complete this intent.
-        return Resolution::Keep;
-    }
-    if k.generation.is_none() {
-        return Resolution::Close(Outcome::Abandoned, format!("unrecognised intent key {key:?}"));
+        IntentKey::Archive { .. } => return Resolution::Keep,
+        IntentKey::Agent { .. } => {}
+        // Resolved by their own step (the credentials step, the key manager), which sees the Secret.
+        _ => return Resolution::Keep,
     }
     Resolution::Close(
         Outcome::Success,
@@ -86,7 +62,7 @@ pub async fn resolve_for_agent(ctx: &Context, uid: &str, in_progress: Option<&st
     // Only the registry's own intents: credential intents are resolved against the Secret by the credentials
     // step, which can see whether the issuance reached it.
     let mine = |i: &Record| {
-        i.object.uid.as_deref() == Some(uid) && i.key.as_deref().is_some_and(|k| k.starts_with("agent."))
+        i.object.uid.as_deref() == Some(uid) && Action::parse(&i.action).is_some_and(Action::is_registry)
     };
     for intent in ctx.audit.open_intents_matching(mine) {
         close(ctx, &intent, resolve_key(&intent, Some(uid), in_progress)).await?;
@@ -138,21 +114,6 @@ pub async fn resolve_orphans(ctx: &Context) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_parse() {
-        assert_eq!(
-            parse_key("agent.activate:u1:3"),
-            Some(IntentKey { action: "agent.activate", uid: "u1", generation: Some(3) })
-        );
-        assert_eq!(
-            parse_key("agent.archive:u1"),
-            Some(IntentKey { action: "agent.archive", uid: "u1", generation: None })
-        );
-        assert_eq!(parse_key("agent.activate:u1:x"), None);
-        assert_eq!(parse_key("agent.activate::1"), None);
-        assert_eq!(parse_key("a:b:1:2"), None);
-    }
 
     #[test]
     fn the_intent_in_progress_is_kept() {

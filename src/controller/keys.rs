@@ -17,7 +17,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use crate::audit::{AuditError, AuditLog, Entry, IntentState, ObjectRef, Outcome};
+use crate::audit::{Action, AuditError, AuditLog, Entry, IntentKey, IntentState, ObjectRef, Outcome};
 use crate::controller::ACTOR;
 use crate::identity::TrustDomain;
 use crate::identity::issuer::{self, Issuer, IssuerReceiver, IssuerSender};
@@ -133,8 +133,8 @@ pub async fn bootstrap(
     .await?;
     let ca = CertificateAuthority::from_secret_data(&data_of(&ca_secret), &settings.trust_domain, now)?;
     for (created, name, action) in [
-        (created_keys, SIGNING_KEYS_SECRET, "issuer.keys.create"),
-        (created_ca, CA_SECRET, "issuer.ca.create"),
+        (created_keys, SIGNING_KEYS_SECRET, Action::IssuerKeysCreate),
+        (created_ca, CA_SECRET, Action::IssuerCaCreate),
     ] {
         if created {
             let entry = Entry::new(
@@ -169,7 +169,7 @@ pub async fn bootstrap(
 async fn resolve_open_rotations(audit: &AuditLog, keys: &KeySet) -> Result<(), KeysError> {
     for intent in audit.open_intents() {
         let Some(key) = intent.key.as_deref() else { continue };
-        let Some(old_kid) = key.strip_prefix("issuer.rotate:") else { continue };
+        let Some(IntentKey::IssuerRotate { kid: old_kid }) = IntentKey::parse(key) else { continue };
         let done = keys.current().kid() != old_kid;
         let (outcome, reason) = if done {
             (Outcome::Success, "confirmed after an interruption: the stored key set was rotated")
@@ -242,7 +242,7 @@ impl KeyManager {
         if rotation.is_none() && pruned.is_empty() {
             return Ok(());
         }
-        let intent_key = format!("issuer.rotate:{old_kid}");
+        let intent_key = IntentKey::IssuerRotate { kid: old_kid.to_string() }.to_string();
         if let Some(r) = &rotation {
             let reason = match &emergency {
                 Some(why) => {
@@ -312,7 +312,7 @@ impl KeyManager {
 fn rotation_entry(namespace: &str, r: &Rotation, reason: String) -> Entry {
     let mut entry = Entry::new(
         ACTOR,
-        "issuer.rotate",
+        Action::IssuerRotate.as_str(),
         secret_ref(namespace, SIGNING_KEYS_SECRET),
         Outcome::Pending,
         reason,

@@ -1,31 +1,34 @@
-//! The names under which the registry writes audit records, and the details [`super::ledger`] reads back.
+//! The names under which the registry writes audit records (spelled by [`Action`]), and the details
+//! [`super::ledger`] reads back.
 //!
 //! One home for them, because the writers (the Agent and credentials controllers) and the reader (the
 //! ledger, which is rebuilt from these records at every start) must agree on every spelling: a typo on
 //! either side would silently lose the operator's own memory of what it decided.
 
+use crate::audit::Action;
+
 /// A new agent waiting for a valid spec.
-pub const AGENT_REGISTER: &str = "agent.register";
+pub const AGENT_REGISTER: &str = Action::AgentRegister.as_str();
 /// The agent became Active.
-pub const AGENT_ACTIVATE: &str = "agent.activate";
+pub const AGENT_ACTIVATE: &str = Action::AgentActivate.as_str();
 /// An agent that was not Pending went back to Pending (its spec became invalid).
-pub const AGENT_DEACTIVATE: &str = "agent.deactivate";
+pub const AGENT_DEACTIVATE: &str = Action::AgentDeactivate.as_str();
 /// The owner suspended the agent.
-pub const AGENT_SUSPEND: &str = "agent.suspend";
+pub const AGENT_SUSPEND: &str = Action::AgentSuspend.as_str();
 /// The agent was retired for good.
-pub const AGENT_RETIRE: &str = "agent.retire";
+pub const AGENT_RETIRE: &str = Action::AgentRetire.as_str();
 /// The kill switch revoked the agent for good.
-pub const AGENT_REVOKE: &str = "agent.revoke";
+pub const AGENT_REVOKE: &str = Action::AgentRevoke.as_str();
 /// The spec changed without a change of phase (owner, provenance, and so the trust score).
-pub const AGENT_UPDATE: &str = "agent.update";
+pub const AGENT_UPDATE: &str = Action::AgentUpdate.as_str();
 /// The agent was deleted: its final state.
-pub const AGENT_ARCHIVE: &str = "agent.archive";
+pub const AGENT_ARCHIVE: &str = Action::AgentArchive.as_str();
 /// Someone other than the operator wrote the agent's status; the operator overwrote it.
-pub const AGENT_STATUS_OVERWRITTEN: &str = "agent.status.overwritten";
+pub const AGENT_STATUS_OVERWRITTEN: &str = Action::AgentStatusOverwritten.as_str();
 /// Credentials were issued (intent: minted, about to be stored; outcome: stored or abandoned).
-pub const CREDENTIAL_ISSUE: &str = "credential.issue";
+pub const CREDENTIAL_ISSUE: &str = Action::CredentialIssue.as_str();
 /// Credentials were taken away (the Secret deleted).
-pub const CREDENTIAL_WITHDRAW: &str = "credential.withdraw";
+pub const CREDENTIAL_WITHDRAW: &str = Action::CredentialWithdraw.as_str();
 
 /// Detail: the `metadata.generation` a lifecycle or update record decided for.
 pub const DETAIL_GENERATION: &str = "generation";

@@ -30,7 +30,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::api::AgentPhase;
-use crate::audit::{Outcome, Projection, Record, RecordKind};
+use crate::audit::{Action, IntentKey, Outcome, Projection, Record, RecordKind};
 
 use super::actions as a;
 
@@ -178,11 +178,12 @@ pub fn issuance_of(record: &Record, key: &str) -> Option<Issuance> {
     // Records before `issuedAt` existed: the key ends in the issuance time in milliseconds.
     let issued_at = match d.get(a::DETAIL_ISSUED_AT) {
         Some(t) => time(t)?,
-        None => key
-            .rsplit(':')
-            .next()
-            .and_then(|ms| ms.parse().ok())
-            .and_then(|ms| Timestamp::from_millisecond(ms).ok())?,
+        None => match IntentKey::parse(key)? {
+            IntentKey::CredentialIssue { issued_at_ms, .. } => {
+                Timestamp::from_millisecond(issued_at_ms).ok()?
+            }
+            _ => return None,
+        },
     };
     let audiences = audiences_of(record);
     Some(Issuance {
@@ -338,7 +339,7 @@ impl Ledger {
 
 impl Projection for Ledger {
     fn wants(&self, action: &str) -> bool {
-        action.starts_with("agent.") || action.starts_with("credential.")
+        Action::parse(action).is_some_and(|a| a.is_registry() || a.is_credential())
     }
 
     fn apply(&self, record: &Record) {

@@ -16,7 +16,7 @@
 //! the status: a forged `Retired` in the status is not a retirement.
 
 use crate::api::{AgentPhase, DesiredState};
-use crate::registry::actions;
+use crate::audit::{Action, IntentKey};
 
 /// The phase an agent should be in.
 ///
@@ -50,14 +50,14 @@ impl Transition {
     }
 
     /// The audit action, e.g. "agent.activate".
-    pub fn action(&self) -> &'static str {
+    pub fn action(&self) -> Action {
         match (self.from, self.to) {
-            (_, AgentPhase::Active) => actions::AGENT_ACTIVATE,
-            (None, AgentPhase::Pending) => actions::AGENT_REGISTER,
-            (Some(_), AgentPhase::Pending) => actions::AGENT_DEACTIVATE,
-            (_, AgentPhase::Suspended) => actions::AGENT_SUSPEND,
-            (_, AgentPhase::Retired) => actions::AGENT_RETIRE,
-            (_, AgentPhase::Revoked) => actions::AGENT_REVOKE,
+            (_, AgentPhase::Active) => Action::AgentActivate,
+            (None, AgentPhase::Pending) => Action::AgentRegister,
+            (Some(_), AgentPhase::Pending) => Action::AgentDeactivate,
+            (_, AgentPhase::Suspended) => Action::AgentSuspend,
+            (_, AgentPhase::Retired) => Action::AgentRetire,
+            (_, AgentPhase::Revoked) => Action::AgentRevoke,
         }
     }
 
@@ -84,7 +84,7 @@ impl Transition {
     /// object (a recreated agent of the same name is a different key); the generation separates a second
     /// activation after a suspension from a retry of the first.
     pub fn audit_key(&self, uid: &str, generation: i64) -> String {
-        format!("{}:{uid}:{generation}", self.action())
+        IntentKey::Agent { action: self.action(), uid: uid.to_owned(), generation }.to_string()
     }
 }
 
@@ -121,13 +121,16 @@ mod tests {
     fn transitions_are_named_and_keyed() {
         assert_eq!(Transition::between(Some(Active), Active), None);
         let t = Transition::between(None, Active).unwrap();
-        assert_eq!((t.action(), t.event_reason(), t.grants()), ("agent.activate", "Activated", true));
+        assert_eq!(
+            (t.action().as_str(), t.event_reason(), t.grants()),
+            ("agent.activate", "Activated", true)
+        );
         assert_eq!(t.audit_key("u-1", 3), "agent.activate:u-1:3");
         let r = Transition::between(Some(Suspended), Active).unwrap();
         assert_eq!(r.event_reason(), "Resumed");
         let s = Transition::between(Some(Active), Suspended).unwrap();
-        assert_eq!((s.action(), s.grants()), ("agent.suspend", false));
-        assert_eq!(Transition::between(None, Pending).unwrap().action(), "agent.register");
-        assert_eq!(Transition::between(Some(Active), Pending).unwrap().action(), "agent.deactivate");
+        assert_eq!((s.action().as_str(), s.grants()), ("agent.suspend", false));
+        assert_eq!(Transition::between(None, Pending).unwrap().action().as_str(), "agent.register");
+        assert_eq!(Transition::between(Some(Active), Pending).unwrap().action().as_str(), "agent.deactivate");
     }
 }

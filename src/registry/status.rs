@@ -256,7 +256,7 @@ mod tests {
         let t1 = Timestamp::from_second(100).unwrap();
         let suspended = decide(&td(), subject(2), &s, Some(&rec), Some(&active.status), t1);
         assert_eq!(suspended.status.phase, Some(AgentPhase::Suspended));
-        assert_eq!(suspended.transition.unwrap().action(), "agent.suspend");
+        assert_eq!(suspended.transition.unwrap().action().as_str(), "agent.suspend");
         assert_eq!(cond(&suspended.status, "Ready").last_transition_time, Time(t1));
         // Valid did not change, so its transition time is kept.
         assert_eq!(cond(&suspended.status, "Valid").last_transition_time, Time(t0));

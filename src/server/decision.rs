@@ -395,12 +395,13 @@ impl Audited {
             uid: who.uid,
         };
         let outcome = if d.verdict == Verdict::Allow { Outcome::Success } else { Outcome::Denied };
-        let mut e = Entry::new(actor, "authz.decide", object, outcome, d.reason.to_string())
-            .with_detail("auditId", audit_id)
-            .with_detail("decision", d.verdict.as_str())
-            .with_detail("requestAction", action)
-            .with_detail("resource", resource)
-            .with_detail("source", source.as_str());
+        let mut e =
+            Entry::new(actor, crate::audit::Action::AuthzDecide, object, outcome, d.reason.to_string())
+                .with_detail("auditId", audit_id)
+                .with_detail("decision", d.verdict.as_str())
+                .with_detail("requestAction", action)
+                .with_detail("resource", resource)
+                .with_detail("source", source.as_str());
         let mut add = |k: &str, v: Option<&str>| {
             if let Some(v) = v.filter(|v| !v.is_empty()) {
                 e.details.insert(k.to_owned(), v.to_owned());

@@ -299,8 +299,11 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
         return Verdict::Deny("agentiam has no audit log to record this change in".to_owned());
     };
     let uid = req.object.or(req.old_object).and_then(|o| o.pointer("/metadata/uid")).and_then(|u| u.as_str());
-    let entry =
-        validate::entry(&req, request.namespace.as_deref(), &request.name, uid, &request.uid, &verdict);
+    let Some(entry) =
+        validate::entry(&req, request.namespace.as_deref(), &request.name, uid, &request.uid, &verdict)
+    else {
+        return verdict;
+    };
     match audit.append(entry).await {
         Ok(_) => verdict,
         Err(e) => {

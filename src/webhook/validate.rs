@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::admission::Verdict;
 use crate::api::{Agent, AgentPolicy};
-use crate::audit::{Entry, ObjectRef, Outcome};
+use crate::audit::{Action, Entry, ObjectRef, Outcome};
 use crate::identity::TrustDomain;
 use crate::registry::validate::validate_agent;
 
@@ -219,20 +219,20 @@ pub fn changes(old: Option<&Value>, new: Option<&Value>) -> Changes {
     Changes { spec, metadata }
 }
 
-/// The audit action of a change: `<kind>.<operation>`, e.g. `agent.update`... as `admission.<op>` so they
-/// never collide with the operator's own records of the same kind.
-pub fn action(op: &Operation) -> &'static str {
+/// The audit action of a change, `admission.<operation>`, apart from the operator's own actions on the same
+/// objects. None for CONNECT, which no webhook configuration of ours asks for.
+pub fn action(op: &Operation) -> Option<Action> {
     match op {
-        Operation::Create => "admission.create",
-        Operation::Update => "admission.update",
-        Operation::Delete => "admission.delete",
-        Operation::Connect => "admission.connect",
+        Operation::Create => Some(Action::AdmissionCreate),
+        Operation::Update => Some(Action::AdmissionUpdate),
+        Operation::Delete => Some(Action::AdmissionDelete),
+        Operation::Connect => None,
     }
 }
 
 /// The who-did-what record of one request: the requester (username, UID, groups; never a token or
-/// `userInfo.extra`, which can carry credentials), the operation, the object's UID and what changed.
-#[allow(clippy::too_many_arguments)]
+/// `userInfo.extra`, which can carry credentials), the operation, the object's UID and what changed. None
+/// for an operation that is not a change (CONNECT).
 pub fn entry(
     req: &Request<'_>,
     namespace: Option<&str>,
@@ -240,7 +240,8 @@ pub fn entry(
     uid: Option<&str>,
     admission_uid: &str,
     verdict: &Verdict,
-) -> Entry {
+) -> Option<Entry> {
+    let action = action(&req.operation)?;
     let object = ObjectRef {
         api_version: "agentiam.dev/v1alpha1".to_owned(),
         kind: req.kind.kind().to_owned(),
@@ -272,14 +273,14 @@ pub fn entry(
     if let Some(generation) = req.object.or(req.old_object).and_then(|o| o.pointer("/metadata/generation")) {
         details.insert("generation".to_owned(), generation.to_string());
     }
-    Entry {
+    Some(Entry {
         actor: format!("user:{}", req.requester.username),
-        action: action(&req.operation).to_owned(),
+        action: action.into(),
         object,
         outcome,
         reason,
         details,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -370,7 +371,7 @@ mod tests {
         let (new, old) = (agent("new"), agent("old"));
         let who = alice();
         let req = request(Kind::Agent, Operation::Update, &who, &[], Some(&new), Some(&old));
-        let e = entry(&req, Some("a"), "bot", Some("uid-1"), "adm-1", &Verdict::allow());
+        let e = entry(&req, Some("a"), "bot", Some("uid-1"), "adm-1", &Verdict::allow()).unwrap();
         assert_eq!(e.actor, "user:alice@example.com");
         assert_eq!(e.action, "admission.update");
         assert_eq!(e.outcome, Outcome::Success);
@@ -381,7 +382,7 @@ mod tests {
         assert_eq!(e.details["generation"], "2");
         assert_eq!(e.details["specChanges"], r#"[{"op":"replace","path":"/purpose","value":"new"}]"#);
         assert!(!e.details.contains_key("metadataChanged"));
-        let denied = entry(&req, Some("a"), "bot", None, "adm-1", &Verdict::Deny("no".into()));
+        let denied = entry(&req, Some("a"), "bot", None, "adm-1", &Verdict::Deny("no".into())).unwrap();
         assert_eq!((denied.outcome, denied.reason.as_str()), (Outcome::Denied, "no"));
     }
 

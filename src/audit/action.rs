@@ -1,0 +1,312 @@
+//! Audit actions and intent keys as types. The log stores both as strings (that is the format, and it is
+//! hashed); the code writes and reads them through these types, so nothing parses a key with `split` or
+//! matches an action by prefix, and a new action is one variant, not a string to keep in step by hand.
+
+use std::fmt;
+
+/// Every action the operator records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// A new agent waiting for a valid spec.
+    AgentRegister,
+    /// The agent became Active.
+    AgentActivate,
+    /// An agent that was not Pending went back to Pending (its spec became invalid).
+    AgentDeactivate,
+    /// The owner suspended the agent.
+    AgentSuspend,
+    /// The agent was retired for good.
+    AgentRetire,
+    /// The kill switch revoked the agent for good.
+    AgentRevoke,
+    /// The spec changed without a change of phase.
+    AgentUpdate,
+    /// The agent was deleted: its final state.
+    AgentArchive,
+    /// Someone other than the operator wrote the agent's status.
+    AgentStatusOverwritten,
+    /// Credentials were issued.
+    CredentialIssue,
+    /// Credentials were taken away.
+    CredentialWithdraw,
+    /// The signing keys rotated.
+    IssuerRotate,
+    /// The signing key set was created.
+    IssuerKeysCreate,
+    /// The X.509 CA was created.
+    IssuerCaCreate,
+    /// An authorization decision.
+    AuthzDecide,
+    /// The checkpoint signing key changed.
+    AuditSigningKeyChange,
+    /// The log cut a torn final line.
+    AuditRecover,
+    /// Someone created an agentiam object (the validating webhook's record).
+    AdmissionCreate,
+    /// Someone updated an agentiam object.
+    AdmissionUpdate,
+    /// Someone deleted an agentiam object.
+    AdmissionDelete,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Self; 20] = [
+        Self::AgentRegister,
+        Self::AgentActivate,
+        Self::AgentDeactivate,
+        Self::AgentSuspend,
+        Self::AgentRetire,
+        Self::AgentRevoke,
+        Self::AgentUpdate,
+        Self::AgentArchive,
+        Self::AgentStatusOverwritten,
+        Self::CredentialIssue,
+        Self::CredentialWithdraw,
+        Self::IssuerRotate,
+        Self::IssuerKeysCreate,
+        Self::IssuerCaCreate,
+        Self::AuthzDecide,
+        Self::AuditSigningKeyChange,
+        Self::AuditRecover,
+        Self::AdmissionCreate,
+        Self::AdmissionUpdate,
+        Self::AdmissionDelete,
+    ];
+
+    /// The stored spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentRegister => "agent.register",
+            Self::AgentActivate => "agent.activate",
+            Self::AgentDeactivate => "agent.deactivate",
+            Self::AgentSuspend => "agent.suspend",
+            Self::AgentRetire => "agent.retire",
+            Self::AgentRevoke => "agent.revoke",
+            Self::AgentUpdate => "agent.update",
+            Self::AgentArchive => "agent.archive",
+            Self::AgentStatusOverwritten => "agent.status.overwritten",
+            Self::CredentialIssue => "credential.issue",
+            Self::CredentialWithdraw => "credential.withdraw",
+            Self::IssuerRotate => "issuer.rotate",
+            Self::IssuerKeysCreate => "issuer.keys.create",
+            Self::IssuerCaCreate => "issuer.ca.create",
+            Self::AuthzDecide => "authz.decide",
+            Self::AuditSigningKeyChange => "audit.signing-key.change",
+            Self::AuditRecover => "audit.recover",
+            Self::AdmissionCreate => "admission.create",
+            Self::AdmissionUpdate => "admission.update",
+            Self::AdmissionDelete => "admission.delete",
+        }
+    }
+
+    /// The action stored as `s`, if it is one of ours.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The registry's records of an agent: its lifecycle, updates, archive and status overwrites.
+    pub fn is_registry(self) -> bool {
+        matches!(
+            self,
+            Self::AgentRegister
+                | Self::AgentActivate
+                | Self::AgentDeactivate
+                | Self::AgentSuspend
+                | Self::AgentRetire
+                | Self::AgentRevoke
+                | Self::AgentUpdate
+                | Self::AgentArchive
+                | Self::AgentStatusOverwritten
+        )
+    }
+
+    /// The credentials step's records.
+    pub fn is_credential(self) -> bool {
+        matches!(self, Self::CredentialIssue | Self::CredentialWithdraw)
+    }
+
+    /// A phase transition (keyed by UID and generation).
+    pub fn is_transition(self) -> bool {
+        matches!(
+            self,
+            Self::AgentRegister
+                | Self::AgentActivate
+                | Self::AgentDeactivate
+                | Self::AgentSuspend
+                | Self::AgentRetire
+                | Self::AgentRevoke
+        )
+    }
+}
+
+impl From<Action> for String {
+    fn from(a: Action) -> Self {
+        a.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key of an intent: which change, of which object. Its stored form ([`fmt::Display`]) is
+/// `<action>:<fields...>` and never changes for a variant, because the log holds keys written by earlier
+/// versions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IntentKey {
+    /// A phase transition, or a spec update, of the agent `uid` at `generation`.
+    Agent {
+        /// A transition or [`Action::AgentUpdate`].
+        action: Action,
+        /// The Agent's UID.
+        uid: String,
+        /// Its `metadata.generation`.
+        generation: i64,
+    },
+    /// Archiving the agent `uid` on deletion.
+    Archive {
+        /// The Agent's UID.
+        uid: String,
+    },
+    /// One issuance of credentials to the agent `uid`, at `issued_at_ms` (Unix milliseconds).
+    CredentialIssue {
+        /// The Agent's UID.
+        uid: String,
+        /// When it was issued.
+        issued_at_ms: i64,
+    },
+    /// Withdrawing the Secret `secret_uid` of the agent `uid`.
+    CredentialWithdraw {
+        /// The Agent's UID.
+        uid: String,
+        /// The UID of the Secret object deleted (`unknown` when it had none).
+        secret_uid: String,
+    },
+    /// Rotating away from the current signing key `kid`.
+    IssuerRotate {
+        /// The key ID that was current.
+        kid: String,
+    },
+}
+
+impl IntentKey {
+    /// The action the key is for.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Agent { action, .. } => *action,
+            Self::Archive { .. } => Action::AgentArchive,
+            Self::CredentialIssue { .. } => Action::CredentialIssue,
+            Self::CredentialWithdraw { .. } => Action::CredentialWithdraw,
+            Self::IssuerRotate { .. } => Action::IssuerRotate,
+        }
+    }
+
+    /// The UID of the Agent the key is about (None for key rotations).
+    pub fn agent_uid(&self) -> Option<&str> {
+        match self {
+            Self::Agent { uid, .. }
+            | Self::Archive { uid }
+            | Self::CredentialIssue { uid, .. }
+            | Self::CredentialWithdraw { uid, .. } => Some(uid),
+            Self::IssuerRotate { .. } => None,
+        }
+    }
+
+    /// Reads a stored key. None for anything that is not exactly one of the forms above.
+    pub fn parse(key: &str) -> Option<Self> {
+        let (action, rest) = key.split_once(':')?;
+        let action = Action::parse(action)?;
+        let two = |rest: &str| {
+            let (a, b) = rest.split_once(':')?;
+            (!a.is_empty() && !b.is_empty() && !b.contains(':')).then(|| (a.to_owned(), b.to_owned()))
+        };
+        let one = |rest: &str| (!rest.is_empty() && !rest.contains(':')).then(|| rest.to_owned());
+        match action {
+            a if a.is_transition() || a == Action::AgentUpdate => {
+                let (uid, generation) = two(rest)?;
+                Some(Self::Agent { action: a, uid, generation: generation.parse().ok()? })
+            }
+            Action::AgentArchive => Some(Self::Archive { uid: one(rest)? }),
+            Action::CredentialIssue => {
+                let (uid, ms) = two(rest)?;
+                Some(Self::CredentialIssue { uid, issued_at_ms: ms.parse().ok()? })
+            }
+            Action::CredentialWithdraw => {
+                let (uid, secret_uid) = two(rest)?;
+                Some(Self::CredentialWithdraw { uid, secret_uid })
+            }
+            Action::IssuerRotate => Some(Self::IssuerRotate { kid: one(rest)? }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for IntentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = self.action();
+        match self {
+            Self::Agent { uid, generation, .. } => write!(f, "{action}:{uid}:{generation}"),
+            Self::Archive { uid } => write!(f, "{action}:{uid}"),
+            Self::CredentialIssue { uid, issued_at_ms } => write!(f, "{action}:{uid}:{issued_at_ms}"),
+            Self::CredentialWithdraw { uid, secret_uid } => write!(f, "{action}:{uid}:{secret_uid}"),
+            Self::IssuerRotate { kid } => write!(f, "{action}:{kid}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_round_trips_and_names_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+            assert!(seen.insert(a.as_str()), "{a}");
+        }
+        assert_eq!(Action::parse("agent.activate.extra"), None);
+        assert!(Action::AgentArchive.is_registry() && !Action::AgentArchive.is_transition());
+        assert!(Action::CredentialIssue.is_credential() && !Action::AdmissionUpdate.is_registry());
+    }
+
+    #[test]
+    fn keys_keep_the_stored_forms_of_earlier_versions() {
+        for stored in [
+            "agent.activate:u1:3",
+            "agent.update:u1:4",
+            "agent.archive:u1",
+            "credential.issue:u1:1795900447108",
+            "credential.withdraw:u1:s-uid",
+            "credential.withdraw:u1:unknown",
+            "issuer.rotate:pagnOM1Y2Br3EgEqA8uB3iTfBkNyFX7GXHURIaJGcPw",
+        ] {
+            let key = IntentKey::parse(stored).unwrap_or_else(|| panic!("{stored}"));
+            assert_eq!(key.to_string(), stored);
+        }
+        assert_eq!(
+            IntentKey::parse("agent.activate:u1:3"),
+            Some(IntentKey::Agent { action: Action::AgentActivate, uid: "u1".into(), generation: 3 })
+        );
+    }
+
+    #[test]
+    fn anything_else_is_not_a_key() {
+        for bad in [
+            "agent.activate:u1:x",
+            "agent.activate::1",
+            "agent.activate:u1:1:2",
+            "agent.archive:u1:3",
+            "agent.archive:",
+            "authz.decide:u1",
+            "nonsense",
+            "issuer.rotate:",
+            "credential.issue:u1:",
+        ] {
+            assert_eq!(IntentKey::parse(bad), None, "{bad}");
+        }
+    }
+}
