@@ -303,6 +303,12 @@ can() { # can <yes|no> <kubectl auth can-i args...>
 # Cluster-wide install: "default" stands for any namespace with Agents.
 can yes get "namespaces/$ins"
 can no get namespaces/default
+# The startup check that the CRDs are installed and Established: those four by name, nothing else.
+for crd in agents agentpolicies delegations revocations; do
+  can yes get "customresourcedefinitions/$crd.agentiam.dev"
+done
+can no get customresourcedefinitions/other.example.com
+can no list customresourcedefinitions
 can no list namespaces
 can yes list agents.agentiam.dev --all-namespaces
 can yes watch agents.agentiam.dev --all-namespaces
@@ -513,10 +519,11 @@ k -n "$agents_ns" create serviceaccount support-triage >/dev/null
 # server here) and the webhook, which the API server reaches by URL instead of through the Service. The
 # checkpoint interval is short. Sets $http_port and $webhook_url.
 run_operator() {
-  local label=$1 webhook_port args=()
+  local label=$1 webhook_port admin_port args=()
   http_port=$((20000 + RANDOM % 20000))
+  admin_port=$((http_port + 2))
   webhook_port=$((20000 + RANDOM % 20000))
-  [ "$webhook_port" != "$http_port" ] || webhook_port=$((http_port + 1))
+  [ "$webhook_port" != "$http_port" ] && [ "$webhook_port" != "$admin_port" ] || webhook_port=$((http_port + 1))
   webhook_url=https://127.0.0.1:$webhook_port
   mapfile -t args < <(k -n "$ins" get deployment/$release \
     -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')
@@ -524,6 +531,7 @@ run_operator() {
   [[ " ${args[*]} " == *" --webhook-listen=0.0.0.0:9443 "* ]] || die "the Deployment has no --webhook-listen"
   args=("${args[@]/#--audit-log=*/--audit-log=$work/audit/audit.jsonl}")
   args=("${args[@]/#--http-addr=*/--http-addr=127.0.0.1:$http_port}")
+  args=("${args[@]/#--admin-addr=*/--admin-addr=127.0.0.1:$admin_port}")
   args=("${args[@]/#--checkpoint-interval=*/--checkpoint-interval=1s}")
   args=("${args[@]/#--issuer-url=*/--issuer-url=http://127.0.0.1:$http_port}")
   args=("${args[@]/#--webhook-listen=*/--webhook-listen=127.0.0.1:$webhook_port}")

@@ -50,6 +50,7 @@ mod action;
 mod checkpoint;
 mod log;
 mod record;
+mod state;
 mod stdout;
 mod verify;
 mod writer;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::AuditError;
-use super::log::{IntentState, Projection};
 use super::record::{Entry, Outcome, Record, RecordKind, ZERO_HASH, now_rfc3339};
+use super::state::{IntentState, Projection};
 use super::stdout::StdoutSink;
 use super::verify::Problem;
 

@@ -17,15 +17,15 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
-use crate::audit::{Action as AuditAction, Entry, IntentKey, IntentState, ObjectRef, Outcome};
+use crate::audit::{Action as AuditAction, Entry, IntentKey, IntentState, Outcome};
 use crate::controller::{
-    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, report, scoped_api,
-    watches,
+    ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, object_ref, report,
+    scoped_api, watches,
 };
 use crate::registry::actions as a;
 use crate::registry::ledger::AgentRecord;
@@ -139,17 +139,6 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
 /// Reports every error through the one reporter ([`report::error`]).
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
     report::error("agent", agent, error, ctx)
-}
-
-/// The audit reference for an agent.
-pub fn object_ref(agent: &Agent) -> ObjectRef {
-    ObjectRef {
-        api_version: Agent::api_version(&()).into_owned(),
-        kind: Agent::kind(&()).into_owned(),
-        namespace: agent.namespace(),
-        name: agent.name_any(),
-        uid: agent.uid(),
-    }
 }
 
 /// Publishes a Kubernetes Event about `agent` (see [`report::event`]).

@@ -20,11 +20,13 @@ use tracing::{info, warn};
 
 use crate::api::{Agent, AgentPhase, AgentPolicy, CredentialStatus};
 use crate::audit::{Action, Entry, IntentKey, IntentState, Outcome, Record};
-use crate::controller::agent::{object_ref, publish};
+use crate::controller::object_ref;
+use crate::controller::report::event as publish;
 use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result};
 use crate::identity::SpiffeId;
 use crate::identity::issuer::Issuer;
 use crate::identity::jwt::{AgentClaims, Minter, SvidClaims, effective_ttl};
+use crate::names::TRUST_BUNDLE_CONFIGMAP;
 use crate::registry::actions as a;
 use crate::registry::credentials::{self as plan, CredentialPlan, Desired, Found, IssueReason, IssuedFacts};
 use crate::registry::ledger::{AgentRecord, IssuedToken, issuance_of};
@@ -32,7 +34,6 @@ use crate::registry::secret::{self, Expected};
 use crate::registry::selector::credential_ttl_cap;
 use crate::registry::trust::trust_score;
 use crate::registry::validate::parse_duration;
-use crate::webhook::pods::TRUST_BUNDLE_CONFIGMAP;
 
 pub use crate::registry::secret::{BUNDLE_PEM, SVID_KEY_PEM, SVID_PEM};
 /// Trust bundle ConfigMap key: the CA certificates, PEM.

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
 
 use crate::api::AgentPolicy;
 use crate::audit::{AuditError, AuditLog};
@@ -109,6 +109,17 @@ impl Context {
             ledger,
             overwrites_seen: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+}
+
+/// The audit reference for an agent.
+pub fn object_ref(agent: &crate::api::Agent) -> crate::audit::ObjectRef {
+    crate::audit::ObjectRef {
+        api_version: <crate::api::Agent as kube::Resource>::api_version(&()).into_owned(),
+        kind: <crate::api::Agent as kube::Resource>::kind(&()).into_owned(),
+        namespace: agent.namespace(),
+        name: agent.name_any(),
+        uid: agent.uid(),
     }
 }
 

@@ -188,21 +188,6 @@ pub fn effective_ttl(
     Duration::from_secs(lowered.as_secs())
 }
 
-/// The base64url JWT header for a key ID; computed once per key by [`SigningKey`].
-pub(crate) fn header_b64(kid: &str) -> String {
-    // Field order is fixed by the struct, so every token from one key has byte-identical headers.
-    #[derive(Serialize)]
-    struct Header<'a> {
-        alg: &'static str,
-        typ: &'static str,
-        kid: &'a str,
-    }
-    // Serializing three string fields cannot fail; fall back to an empty header rather than panic, which
-    // every verifier rejects.
-    let json = serde_json::to_vec(&Header { alg: "ES256", typ: "JWT", kid }).unwrap_or_default();
-    URL_SAFE_NO_PAD.encode(json)
-}
-
 /// Mints one JWT-SVID. Allocates a claims buffer per call; use a [`Minter`] to reuse it.
 pub fn mint_jwt_svid(key: &SigningKey, claims: &SvidClaims) -> Result<String, MintError> {
     mint_with(key, claims, &mut Vec::with_capacity(CLAIMS_CAPACITY))

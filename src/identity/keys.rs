@@ -184,7 +184,7 @@ impl SigningKey {
         }
         let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
         let kid = ec_thumbprint(&x, &y);
-        let jwt_header_b64 = crate::identity::jwt::header_b64(&kid);
+        let jwt_header_b64 = header_b64(&kid);
         Ok(Self {
             kid,
             key_pair,
@@ -282,6 +282,22 @@ pub fn ec_thumbprint(x: &str, y: &str) -> String {
 /// Adds a duration, saturating at the largest timestamp so absurd policy values cannot fail a rotation.
 fn add(ts: Timestamp, d: Duration) -> Timestamp {
     ts.checked_add(d).unwrap_or(Timestamp::MAX)
+}
+
+/// The base64url JWT header for a key ID; computed once per key by [`SigningKey`] (here, not in `jwt`, so
+/// keys never import the module that signs with them).
+pub(crate) fn header_b64(kid: &str) -> String {
+    // Field order is fixed by the struct, so every token from one key has byte-identical headers.
+    #[derive(Serialize)]
+    struct Header<'a> {
+        alg: &'static str,
+        typ: &'static str,
+        kid: &'a str,
+    }
+    // Serializing three string fields cannot fail; fall back to an empty header rather than panic, which
+    // every verifier rejects.
+    let json = serde_json::to_vec(&Header { alg: "ES256", typ: "JWT", kid }).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(json)
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 
+use super::WebhookError;
 use super::pods::AGENT_LABEL;
-use super::run::WebhookError;
 use super::server::MUTATE_PODS_PATH;
 use super::tls::{RenewalPolicy, SECRET_NAME, San};
 use super::validate::Kind;

@@ -14,10 +14,10 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
+use super::WebhookError;
 use super::config::WebhookSettings;
-use super::run::WebhookError;
 use super::tls::{self, Plan, ServingCerts};
-use crate::controller::FIELD_MANAGER;
+use crate::names::FIELD_MANAGER;
 
 /// Reads and writes that lose a race are retried this often before giving up until the next check.
 const ATTEMPTS: usize = 5;

@@ -32,10 +32,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use super::WebhookError;
 pub use super::admission::MAX_BODY_BYTES;
 use super::admission::{self, Review, Verdict};
 use super::pods::{self, AGENT_LABEL, PodDecision};
-use super::run::WebhookError;
 use super::tls::ServingCerts;
 use super::validate::{self, Kind, Requester};
 use crate::api::{Agent, AgentPhase};
