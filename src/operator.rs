@@ -243,9 +243,16 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     // Without a webhook there is nothing to wait for.
     let webhook_serving = Arc::new(AtomicBool::new(opts.webhook.is_none()));
     let serving_for_health = Arc::clone(&webhook_serving);
+    let index_for_health = Arc::clone(&authz.index);
     let health = Health::default()
         .with_check(Arc::new(move || {
             audit_for_health.is_failed().then_some("the audit log failed; restart the operator")
+        }))
+        .with_check(Arc::new(move || {
+            // Decisions before the first complete list of each kind are refused ("still loading"): a
+            // Service must not send them here yet.
+            (!index_for_health.is_ready())
+                .then_some("the policy index has not loaded Agents, policies and revocations yet")
         }))
         .with_check(Arc::new(move || {
             failed.get().is_some().then_some("a task of the operator ended; it is stopping (see its log)")
