@@ -299,6 +299,21 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         }
     });
 
+    // Everything below judges from the watched state: the webhooks (which refuse every request until the
+    // Agents are listed) and the controllers. So wait for the first complete lists first.
+    let failed = tasks.failed();
+    let mut waited = std::pin::pin!(authz.index.wait_ready());
+    loop {
+        tokio::select! {
+            () = &mut waited => break,
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                if let Some(ended) = failed.get() {
+                    return Err(StartupError::Task(ended.clone()));
+                }
+            }
+        }
+    }
+    info!("policy index loaded");
     // The webhooks serve before anything writes agentiam objects: with its configuration in place from an
     // earlier run, every write (a finalizer, an archive) goes through them.
     if let Some(settings) = opts.webhook.clone() {

@@ -47,9 +47,13 @@ async fn the_operator_is_ready_only_once_the_webhook_serves() {
         op.stderr().contains("admin server listening").then_some(())
     })
     .await;
-    let (status, _, body) = http_get(&op.admin_addr, "/readyz").await;
-    assert_eq!(status, 503, "ready before the webhooks serve: {body}");
-    assert!(body.contains("the admission webhooks are not serving yet"), "{body}");
+    // Not ready while the policy index loads, then while the webhooks are held back; never ready before.
+    wait_for("/readyz to say the webhooks are not serving yet", WAIT, || async {
+        let (status, _, body) = http_get(&op.admin_addr, "/readyz").await;
+        assert_eq!(status, 503, "ready before the webhooks serve: {body}");
+        body.contains("the admission webhooks are not serving yet").then_some(())
+    })
+    .await;
     assert!(!op.stderr().contains("serving the admission webhooks"), "{}", op.stderr());
     assert!(!op.stderr().contains("operator running"), "{}", op.stderr());
     wait_for("/readyz to answer 200", WAIT, || async {
