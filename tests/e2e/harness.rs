@@ -196,8 +196,6 @@ pub struct Operator {
     pub http_addr: String,
     /// 127.0.0.1:<port> of the admission webhook's TLS server.
     pub webhook_addr: String,
-    /// 127.0.0.1:<port> of the admin server (/metrics and the probes).
-    pub admin_addr: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -221,7 +219,6 @@ impl Operator {
             runs: 0,
             http_addr: format!("127.0.0.1:{}", free_port()),
             webhook_addr: format!("127.0.0.1:{}", free_port()),
-            admin_addr: format!("127.0.0.1:{}", free_port()),
             _tmp: tmp,
         }
     }
@@ -268,8 +265,10 @@ impl Operator {
             &self.http_addr,
             "--issuer-url",
             &format!("http://{}", self.http_addr),
+            // Port 0: three fixed ports per operator made collisions between parallel tests likely; the
+            // bound address is read back from the log (see `admin_addr`).
             "--admin-addr",
-            &self.admin_addr,
+            "127.0.0.1:0",
             "--webhook-listen",
             &self.webhook_addr,
             "--webhook-url",
@@ -317,6 +316,17 @@ impl Operator {
             assert!(Instant::now() < deadline, "operator did not exit:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// 127.0.0.1:<port> of the admin server (/metrics and the probes) of the current run, from its log line
+    /// `admin server listening on <addr> (...)`.
+    pub fn admin_addr(&self) -> String {
+        let stderr = self.stderr();
+        let line = stderr.lines().rev().find(|l| l.contains("admin server listening on "));
+        line.and_then(|l| l.split("admin server listening on ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("the admin server has not logged its address yet:\n{stderr}"))
     }
 
     pub fn stderr(&self) -> String {

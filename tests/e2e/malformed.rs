@@ -63,7 +63,7 @@ async fn an_agent_stored_under_an_older_schema_is_skipped_and_stalls_nothing() {
         stderr.contains("skipping an object that does not read as its kind") && stderr.contains("legacy"),
         "the bad object is reported by name:\n{stderr}"
     );
-    let (_, _, metrics) = crate::harness::http_get(&op.admin_addr, "/metrics").await;
+    let (_, _, metrics) = crate::harness::http_get(&op.admin_addr(), "/metrics").await;
     assert!(metrics.contains("agentiam_malformed_objects_total{watch="), "{metrics}");
     // It can still be deleted (nothing of ours holds it).
     let out =

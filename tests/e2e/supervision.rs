@@ -22,13 +22,13 @@ fn sample(metrics: &str, name: &str) -> f64 {
 /// The metrics in the Prometheus text format (what promtool reads); the OpenMetrics form is checked to be
 /// served on request and to hold the same samples.
 async fn scrape(op: &Operator) -> String {
-    let (status, headers, body) = http_get(&op.admin_addr, "/metrics").await;
+    let (status, headers, body) = http_get(&op.admin_addr(), "/metrics").await;
     assert_eq!(status, 200, "{body}");
     let ct = headers.get("content-type").cloned().unwrap_or_default();
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     let accept = [("Accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")];
     let (status, headers, om) =
-        crate::harness::http_request(&op.admin_addr, "GET", "/metrics", &accept, &[]).await;
+        crate::harness::http_request(&op.admin_addr(), "GET", "/metrics", &accept, &[]).await;
     assert_eq!(status, 200, "{om}");
     let ct = headers.get("content-type").cloned().unwrap_or_default();
     assert!(ct.starts_with("application/openmetrics-text") && om.trim_end().ends_with("# EOF"), "{ct}");
@@ -55,9 +55,9 @@ async fn live_metrics_pass_promtool_and_count_what_happens() {
     let ns = TestNs::new(&env, "metrics").await;
     let op = Operator::start(&env, &ns.name, &[]);
     // The admin listener serves the probes too.
-    assert_eq!(http_get(&op.admin_addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(&op.admin_addr(), "/healthz").await.0, 200);
     wait_for("/readyz on the admin port", WAIT, || async {
-        (http_get(&op.admin_addr, "/readyz").await.0 == 200).then_some(())
+        (http_get(&op.admin_addr(), "/readyz").await.0 == 200).then_some(())
     })
     .await;
     let before = scrape(&op).await;

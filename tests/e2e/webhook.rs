@@ -49,7 +49,7 @@ async fn the_operator_is_ready_only_once_the_webhook_serves() {
     .await;
     // Not ready while the policy index loads, then while the webhooks are held back; never ready before.
     wait_for("/readyz to say the webhooks are not serving yet", WAIT, || async {
-        let (status, _, body) = http_get(&op.admin_addr, "/readyz").await;
+        let (status, _, body) = http_get(&op.admin_addr(), "/readyz").await;
         assert_eq!(status, 503, "ready before the webhooks serve: {body}");
         body.contains("the admission webhooks are not serving yet").then_some(())
     })
@@ -57,7 +57,7 @@ async fn the_operator_is_ready_only_once_the_webhook_serves() {
     assert!(!op.stderr().contains("serving the admission webhooks"), "{}", op.stderr());
     assert!(!op.stderr().contains("operator running"), "{}", op.stderr());
     wait_for("/readyz to answer 200", WAIT, || async {
-        let (status, _, body) = http_get(&op.admin_addr, "/readyz").await;
+        let (status, _, body) = http_get(&op.admin_addr(), "/readyz").await;
         assert!(
             status == 200 || body.contains("not serving yet") || body.contains("starting or stopping"),
             "{status} {body}"
