@@ -301,18 +301,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
 
     // Everything below judges from the watched state: the webhooks (which refuse every request until the
     // Agents are listed) and the controllers. So wait for the first complete lists first.
-    let failed = tasks.failed();
-    let mut waited = std::pin::pin!(authz.index.wait_ready());
-    loop {
-        tokio::select! {
-            () = &mut waited => break,
-            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
-                if let Some(ended) = failed.get() {
-                    return Err(StartupError::Task(ended.clone()));
-                }
-            }
-        }
-    }
+    tasks.wait_for(authz.index.wait_ready()).await.map_err(StartupError::Task)?;
     info!("policy index loaded");
     // The webhooks serve before anything writes agentiam objects: with its configuration in place from an
     // earlier run, every write (a finalizer, an archive) goes through them.
@@ -331,13 +320,12 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         info!(listen = %settings.listen, configuration = %settings.configuration_name, "starting the admission webhooks");
         tasks
             .spawn("admission webhooks", crate::webhook::run::run(client, settings, webhooks, serving, stop));
-        let failed = tasks.failed();
-        while !webhook_serving.load(Ordering::Acquire) {
-            if let Some(ended) = failed.get() {
-                return Err(StartupError::Task(ended.clone()));
+        let serving = async {
+            while !webhook_serving.load(Ordering::Acquire) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        };
+        tasks.wait_for(serving).await.map_err(StartupError::Task)?;
     }
     controller::intents::resolve_orphans(&ctx).await.map_err(StartupError::Recovery)?;
 

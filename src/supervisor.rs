@@ -96,6 +96,22 @@ impl Supervisor {
         Arc::clone(&self.failed)
     }
 
+    /// Waits for `until` while every task runs: its value, or the first task that ended before it did
+    /// (startup steps that wait for a task's work, such as the webhooks serving, must not wait for a dead
+    /// task).
+    ///
+    /// # Errors
+    /// The task that ended.
+    pub async fn wait_for<T>(&mut self, until: impl Future<Output = T>) -> Result<T, TaskEnded> {
+        tokio::select! {
+            value = until => Ok(value),
+            ended = self.ended_rx.recv() => Err(ended.unwrap_or_else(|| TaskEnded {
+                name: "supervisor",
+                error: "every task handle is gone".to_owned(),
+            })),
+        }
+    }
+
     /// Waits until a task ends (the error) or `shutdown` resolves (None).
     pub async fn run_until(&mut self, shutdown: impl Future<Output = ()>) -> Option<TaskEnded> {
         tokio::select! {
@@ -143,6 +159,16 @@ mod tests {
         let ended = s.run_until(std::future::pending()).await.unwrap();
         assert_eq!(ended, TaskEnded { name: "webhook", error: "bind failed".into() });
         assert_eq!(failed.get().map(|e| e.name), Some("webhook"));
+        s.abort_all();
+    }
+
+    #[tokio::test]
+    async fn a_startup_wait_ends_with_the_task_that_died() {
+        let mut s = Supervisor::default();
+        assert_eq!(s.wait_for(async { 7 }).await, Ok(7));
+        s.spawn("webhooks", async { Err::<(), _>("bind failed") });
+        let ended = s.wait_for(std::future::pending::<()>()).await.unwrap_err();
+        assert_eq!((ended.name, ended.error.as_str()), ("webhooks", "bind failed"));
         s.abort_all();
     }
 

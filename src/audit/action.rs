@@ -107,18 +107,8 @@ impl Action {
 
     /// The registry's records of an agent: its lifecycle, updates, archive and status overwrites.
     pub fn is_registry(self) -> bool {
-        matches!(
-            self,
-            Self::AgentRegister
-                | Self::AgentActivate
-                | Self::AgentDeactivate
-                | Self::AgentSuspend
-                | Self::AgentRetire
-                | Self::AgentRevoke
-                | Self::AgentUpdate
-                | Self::AgentArchive
-                | Self::AgentStatusOverwritten
-        )
+        self.is_transition()
+            || matches!(self, Self::AgentUpdate | Self::AgentArchive | Self::AgentStatusOverwritten)
     }
 
     /// The credentials step's records.

@@ -258,8 +258,7 @@ impl Authorizer {
                 Decision::deny(Reason::Refused("the audit log is unavailable, so nothing is allowed".into()))
             }
         };
-        let outcome = if decision.verdict == Verdict::Allow { "allow" } else { "deny" };
-        crate::metrics::global().decision(outcome, took);
+        crate::metrics::global().decision(decision.verdict == Verdict::Allow, took);
         Ok(response(decision, audit_id))
     }
 
