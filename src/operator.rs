@@ -212,21 +212,23 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         .await
         .map_err(StartupError::Keys)?;
     let mut tasks = Supervisor::default().with_failpoint(opts.failpoint_fail_task.clone());
-    // The authorization index: watches of Agents, AgentPolicies and Revocations, rebuilt on every change.
-    // Its AgentPolicy store also gives the credentials controller its lifetime caps, and its Agent store the
-    // webhooks their Agents (filled from the start, before any controller runs).
-    let authz = controller::authz::start(&client, opts.config.watch_namespace.as_deref(), &mut tasks);
+    // One watch each of Agents, AgentPolicies and Revocations, shared by everyone below: the authorization
+    // index (rebuilt on every change), the webhooks (the Agent store, filled before any controller runs),
+    // the credentials step (the AgentPolicy store, for lifetime caps) and the controllers.
+    let watched =
+        controller::shared::Watched::start(&client, opts.config.watch_namespace.as_deref(), &mut tasks);
+    let index = controller::authz::start(&watched, &mut tasks);
     let ctx = Context::new(
         client.clone(),
         opts.config.clone(),
         audit.clone(),
         issuer.clone(),
-        authz.policies.clone(),
-        Arc::clone(&authz.index),
+        watched.policies.store(),
+        Arc::clone(&index),
         Arc::clone(&ledger),
     );
     let authorizer = server::decision::Authorizer::new(
-        Arc::clone(&authz.index),
+        Arc::clone(&index),
         Arc::clone(&ledger),
         issuer.clone(),
         audit.clone(),
@@ -243,7 +245,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     // Without a webhook there is nothing to wait for.
     let webhook_serving = Arc::new(AtomicBool::new(opts.webhook.is_none()));
     let serving_for_health = Arc::clone(&webhook_serving);
-    let index_for_health = Arc::clone(&authz.index);
+    let index_for_health = Arc::clone(&index);
     let health = Health::default()
         .with_check(Arc::new(move || {
             audit_for_health.is_failed().then_some("the audit log failed; restart the operator")
@@ -301,14 +303,14 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
 
     // Everything below judges from the watched state: the webhooks (which refuse every request until the
     // Agents are listed) and the controllers. So wait for the first complete lists first.
-    tasks.wait_for(authz.index.wait_ready()).await.map_err(StartupError::Task)?;
+    tasks.wait_for(index.wait_ready()).await.map_err(StartupError::Task)?;
     info!("policy index loaded");
     // The webhooks serve before anything writes agentiam objects: with its configuration in place from an
     // earlier run, every write (a finalizer, an archive) goes through them.
     if let Some(settings) = opts.webhook.clone() {
         let webhooks = crate::webhook::server::Webhooks {
             agents: crate::webhook::server::Agents {
-                store: authz.agents.clone(),
+                store: watched.agents.store(),
                 ledger: Arc::clone(&ledger),
                 trust_domain: opts.config.trust_domain.clone(),
             },
@@ -331,7 +333,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
 
     tasks.spawn_infallible(
         "policy status controller",
-        controller::policy::run(Arc::clone(&ctx), stopped(stop_rx.clone())),
+        controller::policy::run(Arc::clone(&ctx), watched.policies.clone(), stopped(stop_rx.clone())),
     );
     tasks.spawn_infallible("key manager", key_manager.run(stopped(stop_rx.clone())));
     // The publisher stops after the controllers, so its final checkpoint covers everything they wrote.
@@ -347,7 +349,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             stopped(publisher_stop_rx),
         ),
     );
-    let agent_controller = controller::agent::controller(&ctx);
+    let agent_controller = controller::agent::controller(&ctx, &watched);
     tasks.spawn_infallible(
         "agent controller",
         controller::agent::run(agent_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),

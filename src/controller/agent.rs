@@ -25,7 +25,7 @@ use crate::api::{Agent, AgentPhase, AgentPolicy, AgentStatus};
 use crate::audit::{Action as AuditAction, Entry, IntentKey, IntentState, Outcome};
 use crate::controller::{
     ACTOR, Context, Error, FIELD_MANAGER, Result, credentials, failpoint, intents, object_ref, report,
-    scoped_api, watches,
+    scoped_api, shared::Watched, watches,
 };
 use crate::registry::actions as a;
 use crate::registry::ledger::AgentRecord;
@@ -45,26 +45,23 @@ const MAX_OVERWRITES_REMEMBERED: usize = 10_000;
 /// How often a settled agent is looked at again even without a change.
 const RESYNC: Duration = Duration::from_secs(600);
 
-/// Runs the Agent controller until `shutdown` resolves.
-/// The Agent controller, not yet running. Its [`Controller::store`] is the in-memory view of all Agents that
-/// the admission webhook reads, so pod admission never costs an API call.
-pub fn controller(ctx: &Context) -> Controller<Agent> {
-    let api: Api<Agent> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
+/// The Agent controller, not yet running: fed by the shared watches of Agents and AgentPolicies (the same
+/// stores the policy index and the webhooks read), and its own watch of credentials Secrets.
+pub fn controller(ctx: &Context, watched: &Watched) -> Controller<Agent> {
     // Every new issuer snapshot (a key rotation) re-reconciles every agent: trust bundles follow at once, and
     // credentials signed by a withdrawn key are replaced.
     let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
-    let controller = watches::controller(api, "Agent controller: Agents").reconcile_all_on(rotations);
+    let agents = watched.agents.store();
+    let controller =
+        Controller::for_shared_stream(watched.agents.applied("Agent controller"), agents.clone())
+            .reconcile_all_on(rotations);
     // A policy change can change any agent's credential lifetime cap in its namespace (including agents it
     // no longer selects), so it re-reconciles every agent there.
-    let agents = controller.store();
-    let policies: Api<AgentPolicy> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
-    let controller = watches::watches(
-        controller,
-        policies,
-        "Agent controller: AgentPolicies",
-        move |policy: AgentPolicy| {
+    let controller = controller.watches_shared_stream(
+        watched.policies.touched("Agent controller"),
+        move |policy: Arc<AgentPolicy>| {
             let ns = policy.namespace();
             agents
                 .state()

@@ -1,24 +1,20 @@
-//! Keeps the authorization index current: watches Agents, AgentPolicies and Revocations, and after every
-//! change builds a new [`Snapshot`] and swaps it in. Decisions read the current snapshot without locks or
-//! API calls; a change reaches them within one watch event plus one rebuild (milliseconds; the e2e tests
-//! measure it against the one-second goal).
+//! Keeps the authorization index current: reads the shared watches of Agents, AgentPolicies and Revocations
+//! ([`crate::controller::shared`]), and after every change builds a new [`Snapshot`] and swaps it in.
+//! Decisions read the current snapshot without locks or API calls; a change reaches them within one watch
+//! event plus one rebuild (milliseconds; the e2e tests measure it against the one-second goal).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, watch};
+use kube::runtime::reflector::Store;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::api::{Agent, AgentPolicy, Revocation};
 use crate::authz::{Builder, Snapshot};
-use crate::controller::{scoped_api, watches};
+use crate::controller::shared::{Progress, Watched};
 use crate::supervisor::Supervisor;
 
 /// Shortest time between two rebuilds, so a burst of changes (a thousand agents created at once) costs a
@@ -80,62 +76,32 @@ impl PolicyIndex {
     }
 }
 
-/// What [`start`] returns.
-#[derive(Debug)]
-pub struct Started {
-    /// The index decisions read.
-    pub index: Arc<PolicyIndex>,
-    /// Every AgentPolicy in scope (also read for credential lifetime caps).
-    pub policies: Store<AgentPolicy>,
-    /// Every Agent in scope (also read by the admission webhooks).
-    pub agents: Store<Agent>,
-}
-
-/// A reflector whose every event wakes the rebuilder, and a flag that turns true once its first complete
-/// list is in the store. One malformed object is logged by the watcher and skipped; watch errors back off
-/// ([`watches::Backoff`], each reflector its own) and retry, never stalling the others. While a watch fails,
-/// the store keeps what it had, so decisions go on from the last snapshot.
-fn reflect<K>(
-    api: Api<K>,
-    changed: Arc<Notify>,
-) -> (Store<K>, watch::Receiver<bool>, impl std::future::Future<Output = ()> + Send + 'static)
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    K::Scope: kube::core::NamespaceScope,
-{
-    let (store, writer) = reflector::store::<K>();
-    let (listed_tx, listed) = watch::channel(false);
-    let name = format!("policy index: {}", K::kind(&K::DynamicType::default()));
-    let task = watches::reflector(api, writer, name).for_each(move |event| {
-        // The reflector applies an event to the store before passing it on.
-        if matches!(event, watcher::Event::InitDone) {
-            listed_tx.send_replace(true);
-        }
-        changed.notify_one();
-        std::future::ready(())
-    });
-    (store, listed, task)
-}
-
-/// Starts the watches and the rebuild loop under `tasks`.
-pub fn start(client: &Client, namespace: Option<&str>, tasks: &mut Supervisor) -> Started {
-    let changed = Arc::new(Notify::new());
-    let (agents, agents_listed, agents_task) =
-        reflect::<Agent>(scoped_api(client, namespace), Arc::clone(&changed));
-    let (policies, policies_listed, policies_task) =
-        reflect::<AgentPolicy>(scoped_api(client, namespace), Arc::clone(&changed));
-    let (revocations, revocations_listed, revocations_task) =
-        reflect::<Revocation>(scoped_api(client, namespace), Arc::clone(&changed));
+/// Starts the rebuild loop under `tasks`, fed by the shared watches of Agents, AgentPolicies and Revocations.
+/// One malformed object is skipped by its watch; watch errors back off and retry, each watch on its own
+/// ([`Backoff`](crate::controller::watches::Backoff)). While a watch fails its store keeps what it had, so decisions go on from the last
+/// snapshot.
+pub fn start(watched: &Watched, tasks: &mut Supervisor) -> Arc<PolicyIndex> {
     let index = Arc::new(PolicyIndex::default());
-    let listed = [agents_listed, policies_listed, revocations_listed];
-    let rebuild =
-        rebuild_loop(Arc::clone(&index), agents.clone(), policies.clone(), revocations, listed, changed);
-    tasks.spawn_infallible("policy index: Agents", agents_task);
-    tasks.spawn_infallible("policy index: AgentPolicies", policies_task);
-    tasks.spawn_infallible("policy index: Revocations", revocations_task);
+    let rebuild = rebuild_loop(
+        Arc::clone(&index),
+        watched.agents.store(),
+        watched.policies.store(),
+        watched.revocations.store(),
+        [watched.agents.progress(), watched.policies.progress(), watched.revocations.progress()],
+    );
     tasks.spawn_infallible("policy index: rebuild", rebuild);
-    Started { index, policies, agents }
+    index
+}
+
+/// Waits until any of the watches moves. False when one has stopped (its task ended; the supervisor is
+/// stopping the operator).
+async fn any_changed(progress: &mut [watch::Receiver<Progress>; 3]) -> bool {
+    let [a, b, c] = progress;
+    tokio::select! {
+        r = a.changed() => r.is_ok(),
+        r = b.changed() => r.is_ok(),
+        r = c.changed() => r.is_ok(),
+    }
 }
 
 async fn rebuild_loop(
@@ -143,15 +109,14 @@ async fn rebuild_loop(
     agents: Store<Agent>,
     policies: Store<AgentPolicy>,
     revocations: Store<Revocation>,
-    listed: [watch::Receiver<bool>; 3],
-    changed: Arc<Notify>,
+    mut progress: [watch::Receiver<Progress>; 3],
 ) {
     // Decisions before the first complete list of each kind would be made on partial state. Not
-    // `Store::wait_until_ready`: its future wakes only the task that polled it last, and the credentials
-    // controller waits on the same AgentPolicy store, so this loop could sleep forever with every decision
-    // refused as "still loading".
-    for mut done in listed {
-        if done.wait_for(|listed| *listed).await.is_err() {
+    // `Store::wait_until_ready`: its future wakes only the task that polled it last, and other consumers
+    // wait on the same stores, so this loop could sleep forever with every decision refused as "still
+    // loading".
+    for watch in &mut progress {
+        if watch.wait_for(|p| p.listed).await.is_err() {
             warn!("a watch stopped before its first list; the policy index stays unready");
             return;
         }
@@ -172,7 +137,10 @@ async fn rebuild_loop(
             took_us = started.elapsed().as_micros(),
             "policy index rebuilt"
         );
-        changed.notified().await;
+        if !any_changed(&mut progress).await {
+            warn!("a watch stopped; the policy index keeps its last snapshot");
+            return;
+        }
         let since = started.elapsed();
         if since < MIN_REBUILD_INTERVAL {
             tokio::time::sleep(MIN_REBUILD_INTERVAL.saturating_sub(since)).await;

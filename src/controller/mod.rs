@@ -9,6 +9,7 @@ pub mod intents;
 pub mod keys;
 pub mod policy;
 pub mod report;
+pub mod shared;
 pub mod watches;
 
 use std::collections::HashMap;

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -20,7 +20,8 @@ use tracing::instrument;
 
 use crate::api::{AgentPolicy, AgentPolicyStatus};
 use crate::authz::PolicySummary;
-use crate::controller::{Context, Error, FIELD_MANAGER, Result, scoped_api, watches};
+use crate::controller::shared::Shared;
+use crate::controller::{Context, Error, FIELD_MANAGER, Result};
 use crate::registry::status::set_condition;
 
 /// The condition type that says whether the policy compiled.
@@ -30,12 +31,16 @@ const MAX_LISTED_ERRORS: usize = 20;
 
 /// Runs the controller until `shutdown` resolves. Every index rebuild re-reconciles every policy (cheap: a
 /// status is written only when it changes), so matched-agent counts follow agent changes.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let api: Api<AgentPolicy> = scoped_api(&ctx.client, ctx.config.watch_namespace.as_deref());
+/// Reads the shared watch of AgentPolicies.
+pub async fn run(
+    ctx: Arc<Context>,
+    policies: Shared<AgentPolicy>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let rebuilds = futures::stream::unfold(ctx.authz.subscribe(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
-    watches::controller(api, "AgentPolicy status controller")
+    Controller::for_shared_stream(policies.applied("AgentPolicy status controller"), policies.store())
         .reconcile_all_on(rebuilds)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -1,6 +1,6 @@
 //! How the operator watches the API server. Every watch is built here, with one [`config`] and one
-//! [`Backoff`]: the Agent controller's watches of Agents and AgentPolicies, the AgentPolicy status
-//! controller's, and the policy index's reflectors of Agents, AgentPolicies and Revocations. So all of
+//! [`Backoff`]: the shared watches of Agents, AgentPolicies and Revocations ([`crate::controller::shared`],
+//! one per kind for every consumer) and the Agent controller's watch of credentials Secrets. So all of
 //! them ride out an API server outage the same way, and are back within seconds once it answers again.
 //!
 //! What this replaces, measured with the local kube-apiserver killed for about 20 s (tests/e2e/outage.rs):
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use kube::core::{DeserializeGuard, NamespaceScope};
-use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -48,8 +48,8 @@ pub fn config() -> watcher::Config {
     watcher::Config::default()
 }
 
-/// The events of `api`, with [`config`] and a [`Backoff`] of its own. The stream never ends and never
-/// yields an error: failures are logged and retried here.
+/// The events of `api`, with [`config`] and a [`Backoff`] of its own, and every object that does not read
+/// as `K` left out. The stream never ends and never yields an error: failures are logged and retried here.
 pub fn events<K>(api: Api<K>, name: String) -> impl Stream<Item = watcher::Event<K>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -73,61 +73,14 @@ where
     with_backoff(guarded, Backoff::new(name))
 }
 
-/// Like [`events`], but each event is applied to the store behind `writer` before it is passed on. While
-/// the watch fails, the store keeps what it had; a relist replaces its content in one step, at `InitDone`.
-pub fn reflector<K>(
-    api: Api<K>,
-    writer: Writer<K>,
-    name: String,
-) -> impl Stream<Item = watcher::Event<K>> + Send
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Default,
-    K::Scope: NamespaceScope,
-{
-    let guarded = sound(watcher(guarded(api), config()), name.clone());
-    with_backoff(reflector::reflector(writer, guarded), Backoff::new(name))
-}
-
-/// A controller of `K` fed by [`reflector()`]; its `store()` is that reflector's store.
+/// Adds a watch of the objects of `api` that match `label_selector` to `controller`: every one changed
+/// there (created, modified or deleted; one that stops matching arrives as deleted) is mapped by `mapper`
+/// to the objects of `K` to reconcile. The counterpart of `Controller::watches`, for a kind only one
+/// controller reads (shared kinds come from [`crate::controller::shared`]).
 ///
-/// Built from streams (`Controller::for_stream`, kube-runtime's `unstable-runtime-stream-control`) rather
-/// than with `Controller::new`, because a controller applies one backoff to the merged stream of all its
-/// watches and cannot tell a 410 from an outage. These streams never yield errors, so that shared backoff
-/// never runs.
-pub fn controller<K>(api: Api<K>, name: &str) -> Controller<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone + Debug + Unpin,
-    K::Scope: NamespaceScope,
-{
-    let (reader, writer) = reflector::store();
-    let objects = reflector(api, writer, name.to_owned()).map(Ok::<_, watcher::Error>).applied_objects();
-    Controller::for_stream(objects, reader)
-}
-
-/// Adds a watch of `api` to `controller`: every object changed there (created, modified or deleted) is
-/// mapped by `mapper` to the objects of `K` to reconcile. The counterpart of `Controller::watches`.
-pub fn watches<K, Other, I>(
-    controller: Controller<K>,
-    api: Api<Other>,
-    name: &str,
-    mapper: impl Fn(Other) -> I + Sync + Send + 'static,
-) -> Controller<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-    Other: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    Other::DynamicType: Default + Debug + Clone,
-    Other::Scope: NamespaceScope,
-    I: 'static + IntoIterator<Item = ObjectRef<K>>,
-    I::IntoIter: Send,
-{
-    watches_selected(controller, api, config(), name, mapper)
-}
-
-/// [`watches`] of only the objects that match `label_selector` (an object that stops matching arrives as
-/// deleted, so its mapper still runs).
+/// Built from streams (`Controller::watches_stream`, kube-runtime's `unstable-runtime-stream-control`)
+/// because a controller applies one backoff to the merged stream of all its watches and cannot tell a 410
+/// from an outage. These streams never yield errors, so that shared backoff never runs.
 pub fn watches_labelled<K, Other, I>(
     controller: Controller<K>,
     api: Api<Other>,
