@@ -246,3 +246,113 @@ spec:
     })
     .await;
 }
+
+/// A tmpfs of `size` mounted on `dir` for as long as it lives (unmounted, lazily, when dropped).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// None when this machine cannot mount (not root): the caller skips, unless E2E_REQUIRED=1.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        if out.status.success() {
+            return Some(Self(dir.to_owned()));
+        }
+        assert!(
+            std::env::var("E2E_REQUIRED").ok().is_none_or(|v| v != "1"),
+            "E2E_REQUIRED=1 but a tmpfs cannot be mounted here (the test needs root): {}",
+            text(&out)
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {}", text(&out));
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// Fills the filesystem holding `dir` until it refuses to hold a byte more.
+fn fill(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).expect("create the filler");
+    let block = [0u8; 4096];
+    while f.write_all(&block).and_then(|()| f.sync_data()).is_ok() {}
+    while f.write_all(&block[..1]).and_then(|()| f.sync_data()).is_ok() {}
+}
+
+#[tokio::test]
+async fn a_change_that_cannot_be_recorded_is_refused_and_readiness_says_why() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "nolog").await;
+    let mut op = Operator::unstarted(&env, &ns.name, &[]);
+    let dir = op.audit_log().parent().expect("the audit directory").to_owned();
+    // A real disk-full, not an injected error: the audit log lives on a small tmpfs that is then filled.
+    let Some(_tmpfs) = Tmpfs::mount(&dir, "1m") else { return };
+    op.spawn();
+    wait_for("the operator to run", WAIT, || async {
+        op.stderr().contains("operator running").then_some(())
+    })
+    .await;
+    let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(AGENT));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&ns.api(), "helper", "Active").await;
+    fill(&dir);
+
+    // The first writes after the fill may still fit in the file's last page; within a few, one does not,
+    // and from then on the log refuses every record, so every change is refused.
+    let mut admitted = Vec::new();
+    let refusal = (0..20)
+        .find_map(|i| {
+            let purpose = format!("answers tickets, take {i}");
+            let patch = serde_json::json!({"spec": {"purpose": purpose}}).to_string();
+            let out = env
+                .kubectl(&["patch", "agent", "helper", "-n", &ns.name, "--type=merge", "-p", &patch], None);
+            if out.status.success() {
+                admitted.push(purpose);
+                None
+            } else {
+                Some(text(&out))
+            }
+        })
+        .expect("a change was refused once the disk was full");
+    assert!(
+        refusal.contains("could not record this change in its audit log") && refusal.contains("refused"),
+        "{refusal}"
+    );
+    let again = env.kubectl(
+        &["patch", "agent", "helper", "-n", &ns.name, "--type=merge", "-p", r#"{"spec":{"purpose":"x"}}"#],
+        None,
+    );
+    assert!(!again.status.success(), "a failed log refuses every later change: {}", text(&again));
+
+    // What was admitted is recorded, and nothing else changed.
+    let agent: Value = serde_json::from_slice(
+        &env.kubectl(&["get", "agent", "helper", "-n", &ns.name, "-o", "json"], None).stdout,
+    )
+    .expect("agent JSON");
+    let last = admitted.last().map_or("answers tickets", String::as_str);
+    assert_eq!(agent["spec"]["purpose"], last);
+    let updates: Vec<String> = admissions(&op, "helper")
+        .into_iter()
+        .filter(|r| r["action"] == "admission.update")
+        .map(|r| r["details"]["specChanges"].to_string())
+        .collect();
+    for purpose in &admitted {
+        assert!(
+            updates.iter().any(|c| c.contains(purpose.as_str())),
+            "no record of {purpose:?}: {updates:?}"
+        );
+    }
+
+    let (status, _, body) = crate::harness::http_get(&op.admin_addr(), "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the audit log failed"), "{body}");
+    op.kill();
+}

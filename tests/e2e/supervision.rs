@@ -1,6 +1,7 @@
 //! The operator's own health on the real API server: its metrics pass `promtool check metrics` and move
 //! when what they count happens; a supervised task that ends takes the process down with its name; a
-//! webhook that cannot start stops the operator instead of leaving it half-alive.
+//! webhook that cannot start stops the operator instead of leaving it half-alive; a missing CRD is named at
+//! startup; each kind is watched once, whoever reads it.
 
 use std::process::Command;
 
@@ -116,4 +117,97 @@ async fn a_webhook_that_cannot_listen_stops_the_operator_at_startup() {
         "{stderr}"
     );
     drop(taken);
+}
+
+/// Installs the CRD file `file` again when dropped (also when the test fails midway), and waits until it is
+/// Established.
+struct Reinstall<'a>(&'a crate::harness::Env, &'static str, &'static str);
+
+impl Drop for Reinstall<'_> {
+    fn drop(&mut self) {
+        let out = self.0.kubectl(
+            &["apply", "--server-side", "--force-conflicts", "--field-manager=agentiam-e2e", "-f", self.1],
+            None,
+        );
+        assert!(out.status.success(), "could not reinstall {}: {}", self.1, text(&out));
+        let out =
+            self.0.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd", self.2], None);
+        assert!(out.status.success(), "{} is not Established again: {}", self.2, text(&out));
+    }
+}
+
+#[tokio::test]
+#[ignore = "deletes a cluster-wide CRD; tools/e2e.sh runs it alone"]
+async fn a_missing_crd_stops_the_operator_at_startup_and_names_it() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "nocrd").await;
+    let crd = "revocations.agentiam.dev";
+    let restore =
+        Reinstall(&env, concat!(env!("CARGO_MANIFEST_DIR"), "/crds/agentiam.dev_revocations.yaml"), crd);
+    let out = env.kubectl(&["delete", "crd", crd, "--wait=true", "--timeout=60s"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut op = Operator::unstarted(&env, &ns.name, &[]);
+    op.spawn();
+    let (code, stderr) = op.wait_exit();
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the agentiam CRDs are not ready: revocations.agentiam.dev (not installed)")
+            && stderr.contains("kubectl apply -f crds/"),
+        "the exit names the missing CRD and how to install it:\n{stderr}"
+    );
+    assert!(!stderr.contains("operator running"), "{stderr}");
+    // With the CRD back, the same operator starts.
+    drop(restore);
+    op.spawn();
+    wait_for("the operator to run with the CRD back", WAIT, || async {
+        op.stderr().contains("operator running").then_some(())
+    })
+    .await;
+}
+
+/// The API server's open WATCH requests of `resource` (agentiam.dev) at namespace scope, from its own
+/// `apiserver_longrunning_requests` gauge.
+fn namespaced_watches(env: &crate::harness::Env, resource: &str) -> f64 {
+    let out = env.kubectl(&["get", "--raw", "/metrics"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_longrunning_requests{")
+                && l.contains(r#"group="agentiam.dev""#)
+                && l.contains(&format!(r#"resource="{resource}""#))
+                && l.contains(r#"scope="namespace""#)
+                && l.contains(r#"verb="WATCH""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test]
+#[ignore = "counts the API server's open watches, so no other operator may run; tools/e2e.sh runs it alone"]
+async fn each_kind_is_watched_once_for_every_consumer() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "onewatch").await;
+    let kinds = ["agents", "agentpolicies", "revocations", "delegations"];
+    let before: Vec<f64> = kinds.iter().map(|k| namespaced_watches(&env, k)).collect();
+    let op = Operator::start(&env, &ns.name, &[]);
+    // Every consumer is running by now (the index, the webhooks, both controllers): prove they read.
+    let token = active_agent(&ns, "watched").await;
+    let read = rule("read", "Allow", &["read"], &["crm:contacts/*"]);
+    apply_policy(&ns, "read", json!({"agents": {"names": ["watched"]}, "rules": [read]})).await;
+    wait_for("a decision from the shared stores", WAIT, || async {
+        (authorize(&op, &ask(&token, "read", "crm:contacts/1")).await["decision"] == "Allow").then_some(())
+    })
+    .await;
+    wait_for("the policy status controller to report from the shared store", WAIT, || async {
+        let out = env.kubectl(&["get", "agentpolicy", "read", "-n", &ns.name, "-o", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"]["matchedAgents"] == 1).then_some(())
+    })
+    .await;
+    let after: Vec<f64> = kinds.iter().map(|k| namespaced_watches(&env, k)).collect();
+    let opened: Vec<f64> = before.iter().zip(&after).map(|(b, a)| a - b).collect();
+    // Agents, AgentPolicies and Revocations once each (they were 2, 3 and 1); no Delegation watch yet.
+    assert_eq!(opened, [1.0, 1.0, 1.0, 0.0], "watches opened per kind {kinds:?}");
 }
