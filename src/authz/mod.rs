@@ -6,6 +6,7 @@
 //! - [`Builder`] arranges Agents, compiled policies and Revocations into an immutable [`Snapshot`]: per
 //!   agent the facts a decision needs from its spec (UID, granted audiences, revocation) and a [`RuleSet`] indexed by
 //!   action and by the resource's first segment.
+//! - [`scope`] parses delegation scopes (`read@crm:contacts/*`) and decides whether one covers another.
 //! - [`Snapshot::decide`] answers one request in a few hash lookups and a short candidate scan; the
 //!   semantics (default deny, Deny beats Allow, audit mode) are documented in [`eval`].
 //!
@@ -19,6 +20,7 @@ pub mod index;
 pub mod pattern;
 pub mod ratelimit;
 pub mod resource;
+pub mod scope;
 
 #[cfg(test)]
 mod eval_tests;

@@ -124,6 +124,102 @@ impl ResourcePattern {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// Whether every resource `narrower` matches, this pattern matches too: what a delegation's scope may
+    /// pass on. Decided on the patterns' structure, never on their text (`crm:contacts/*` does not cover
+    /// `crm:contacts/*/notes`, though it is a prefix of it):
+    ///
+    /// - a `**` here may stand for any run of `narrower`'s segments, its own `**` included;
+    /// - a `*` segment here covers any one segment of `narrower` but a `**`;
+    /// - a segment with `*` inside covers a literal it matches, or a glob whose every expansion it matches
+    ///   (its `*`s covered only by `*`s here);
+    /// - a literal covers only the same literal (case-sensitive, like matching).
+    ///
+    /// Sound: when it says yes, every resource `narrower` matches is matched here (a property test checks it
+    /// on random patterns). It may say no to a few patterns that are in fact narrower, such as a glob that a
+    /// union of this pattern's alternatives would cover; those are refused, never widened.
+    pub fn covers(&self, narrower: &ResourcePattern) -> bool {
+        covers_segments(&self.segments, &narrower.segments)
+    }
+}
+
+/// [`ResourcePattern::covers`] on segment lists. Memoised over (position here, position there); both lists
+/// hold at most [`MAX_SEGMENTS`] segments, so the table is small.
+fn covers_segments(wide: &[Segment], narrow: &[Segment]) -> bool {
+    let cols = narrow.len() + 1;
+    // memo[i * cols + j]: None not yet computed.
+    let mut memo: Vec<Option<bool>> = vec![None; (wide.len() + 1) * cols];
+    covers_from(wide, narrow, 0, 0, cols, &mut memo)
+}
+
+fn covers_from(
+    wide: &[Segment],
+    narrow: &[Segment],
+    i: usize,
+    j: usize,
+    cols: usize,
+    memo: &mut [Option<bool>],
+) -> bool {
+    if let Some(Some(known)) = memo.get(i * cols + j) {
+        return *known;
+    }
+    let result = match (wide.get(i), narrow.get(j)) {
+        (None, next) => next.is_none(),
+        // A `**` here stands for nothing, or takes the next segment there (whatever it is) and goes on.
+        (Some(Segment::Deep), next) => {
+            covers_from(wide, narrow, i + 1, j, cols, memo)
+                || (next.is_some() && covers_from(wide, narrow, i, j + 1, cols, memo))
+        }
+        (Some(_), None) => false,
+        // Only a `**` here covers a `**` there: it may stand for any number of segments.
+        (Some(_), Some(Segment::Deep)) => false,
+        (Some(w), Some(n)) => segment_covers(w, n) && covers_from(wide, narrow, i + 1, j + 1, cols, memo),
+    };
+    if let Some(slot) = memo.get_mut(i * cols + j) {
+        *slot = Some(result);
+    }
+    result
+}
+
+/// Whether the one segment `wide` matches every text the one segment `narrow` matches (neither is `**`).
+fn segment_covers(wide: &Segment, narrow: &Segment) -> bool {
+    match (wide, narrow) {
+        (Segment::Deep, _) | (_, Segment::Deep) => false,
+        (Segment::One, _) => true,
+        (Segment::Literal(w), Segment::Literal(n)) => w == n,
+        (Segment::Literal(_), _) => false,
+        (Segment::Glob(g), Segment::Literal(n)) => glob(g, n),
+        // `*` matches every segment; a glob here always has a literal character, which not every
+        // segment holds.
+        (Segment::Glob(g), Segment::One) => g.bytes().all(|b| b == b'*'),
+        (Segment::Glob(g), Segment::Glob(h)) => glob_covers(g.as_bytes(), h.as_bytes()),
+    }
+}
+
+/// Whether every expansion of the glob `narrow` matches the glob `wide`: `wide` must match `narrow`'s text
+/// with each of `narrow`'s `*` consumed by one of `wide`'s `*` (which may take any run, `*`s included).
+/// Dynamic programming over (i, j); segments are at most 253 bytes.
+fn glob_covers(wide: &[u8], narrow: &[u8]) -> bool {
+    let cols = narrow.len() + 1;
+    // can[i * cols + j]: wide[i..] covers narrow[j..]. Filled from the ends backwards.
+    let mut can = vec![false; (wide.len() + 1) * cols];
+    if let Some(last) = can.last_mut() {
+        *last = true;
+    }
+    for i in (0..wide.len()).rev() {
+        for j in (0..=narrow.len()).rev() {
+            let at = |i: usize, j: usize| can.get(i * cols + j).copied().unwrap_or(false);
+            let value = match wide.get(i) {
+                Some(b'*') => at(i + 1, j) || (j < narrow.len() && at(i, j + 1)),
+                Some(c) => narrow.get(j).is_some_and(|n| n == c && *n != b'*') && at(i + 1, j + 1),
+                None => j == narrow.len(),
+            };
+            if let Some(slot) = can.get_mut(i * cols + j) {
+                *slot = value;
+            }
+        }
+    }
+    can.first().copied().unwrap_or(false)
 }
 
 impl fmt::Display for ResourcePattern {
@@ -332,6 +428,82 @@ mod tests {
         assert!(!t("search_*", "delete_contacts"));
         assert!(t("send_email", "send_email"));
         assert!(!t("send_email", "send_emails"));
+    }
+
+    fn covers(wide: &str, narrow: &str) -> bool {
+        ResourcePattern::parse(wide).unwrap().covers(&ResourcePattern::parse(narrow).unwrap())
+    }
+
+    #[test]
+    fn covering_follows_what_patterns_match_not_their_text() {
+        for (wide, narrow) in [
+            ("crm:contacts/*", "crm:contacts/42"),
+            ("crm:contacts/*", "crm:contacts/*"),
+            ("crm:contacts/**", "crm:contacts/*/notes"),
+            ("crm:contacts/**", "crm:contacts/**"),
+            ("crm:contacts/**", "crm:contacts"),
+            ("crm:**", "crm:contacts/42"),
+            ("crm:**", "crm:leads/**"),
+            ("**", "anything/*/**"),
+            ("crm:contacts/*", "crm:contacts/eu-*"),
+            ("crm:contacts/eu-*", "crm:contacts/eu-west-*"),
+            ("s3:bucket/*.csv", "s3:bucket/2026-*.csv"),
+            ("a/**/z", "a/b/**/z"),
+        ] {
+            assert!(covers(wide, narrow), "{wide} should cover {narrow}");
+        }
+        for (wide, narrow) in [
+            // A prefix of the text is not a cover.
+            ("crm:contacts/*", "crm:contacts/*/notes"),
+            ("crm:contacts", "crm:contacts/42"),
+            ("crm:contacts/4", "crm:contacts/42"),
+            // Wider wildcards.
+            ("crm:contacts/*", "crm:contacts/**"),
+            ("crm:contacts/42", "crm:contacts/*"),
+            ("crm:contacts/eu-*", "crm:contacts/*"),
+            ("crm:contacts/eu-west-*", "crm:contacts/eu-*"),
+            ("crm:*", "crm:**"),
+            ("crm:**", "**"),
+            ("crm:**", "*"),
+            ("crm:contacts/**", "crm:*/**"),
+            // Case is not folded.
+            ("crm:contacts/*", "CRM:contacts/*"),
+            ("crm:contacts/*", "crm:Contacts/42"),
+            ("s3:bucket/*.csv", "s3:bucket/*"),
+            ("a/**/z", "a/**"),
+        ] {
+            assert!(!covers(wide, narrow), "{wide} must not cover {narrow}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn whatever_a_covered_pattern_matches_its_cover_matches(
+            wide in "(a|b|\\*|\\*\\*|a\\*|\\*b)(/(a|b|ab|\\*|\\*\\*|a\\*|\\*b)){0,3}",
+            narrow in "(a|b|\\*|\\*\\*|a\\*|\\*b|ab)(/(a|b|ab|\\*|\\*\\*|a\\*|\\*b)){0,3}",
+            resource in "(a|b|ab|ba|aab)(/(a|b|ab|ba|abb)){0,5}",
+        ) {
+            let (Ok(w), Ok(n)) = (ResourcePattern::parse(&wide), ResourcePattern::parse(&narrow)) else {
+                return Ok(());
+            };
+            let segments = split_resource(&resource);
+            if w.covers(&n) && n.matches(&segments) {
+                proptest::prop_assert!(w.matches(&segments), "{wide} covers {narrow}, matches not {resource}");
+            }
+        }
+
+        #[test]
+        fn every_pattern_covers_itself(p in "(a|b|\\*|\\*\\*|a\\*|\\*b)(/(a|b|\\*|\\*\\*|a\\*|\\*b)){0,4}") {
+            if let Ok(pattern) = ResourcePattern::parse(&p) {
+                proptest::prop_assert!(pattern.covers(&pattern), "{p}");
+            }
+        }
+
+        #[test]
+        fn glob_covering_agrees_with_matching_on_literals(g in "[ab*]{1,6}", t in "[ab]{1,8}") {
+            // A literal is covered exactly when it is matched.
+            proptest::prop_assert_eq!(glob_covers(g.as_bytes(), t.as_bytes()), glob(&g, &t));
+        }
     }
 
     proptest::proptest! {
