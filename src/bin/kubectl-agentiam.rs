@@ -90,7 +90,8 @@ enum AuditCommand {
         #[arg(long)]
         uid: Option<String>,
         /// Only the records naming this token ID (`jti`): its issuance and the decisions made on it.
-        #[arg(long)]
+        /// Token IDs are base64url and may start with '-', so the value is taken as given.
+        #[arg(long, allow_hyphen_values = true)]
         jti: Option<String>,
         /// Output format: text or json (one record per line).
         #[arg(short, long, default_value = "text")]
@@ -172,5 +173,18 @@ fn main() -> ExitCode {
             eprintln!("kubectl-agentiam: {message}");
             error_code
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn a_token_id_that_starts_with_a_hyphen_is_a_value_not_a_flag() {
+        let cli = Cli::try_parse_from(["kubectl-agentiam", "audit", "trace", "bot", "--jti", "-gQx2"]);
+        assert!(cli.is_ok(), "{:?}", cli.err());
     }
 }

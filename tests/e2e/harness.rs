@@ -460,8 +460,23 @@ pub async fn wait_credentials(api: &Api<Agent>, name: &str) -> Agent {
     .await
 }
 
-/// A port that was free a moment ago (bind to port 0 and let go).
+/// A port that was free a moment ago, below the kernel's ephemeral range (32768 and up on Linux): a port
+/// taken from that range and let go is the next one the kernel may hand to anything that binds port 0 (the
+/// operators' admin servers do), which once gave a webhook's port to another operator's admin server.
+/// Each call tries ports from its own pseudo-random start, skipping those in use.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed =
+        std::process::id().wrapping_mul(7919) ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729);
+    for i in 0..SPAN {
+        let port = (LOW + (seed.wrapping_add(i.wrapping_mul(613))) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
