@@ -4,6 +4,11 @@
 //! it under their old path. A test checks them against the chart, whose RBAC and admission policy name the
 //! same objects.
 
+/// The API group of the agentiam kinds.
+pub const API_GROUP: &str = "agentiam.dev";
+/// The RBAC verb on `agents` that lets a person grant Delegations to an Agent (resourceNames allowed).
+pub const DELEGATE_VERB: &str = "delegate";
+
 /// The field manager under which the operator applies everything it owns (server-side apply); also the
 /// value of [`MANAGED_BY_LABEL`] on what it creates.
 pub const FIELD_MANAGER: &str = "agentiam-operator";

@@ -223,7 +223,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         opts.config.clone(),
         audit.clone(),
         issuer.clone(),
-        watched.policies.store(),
+        &watched,
         Arc::clone(&index),
         Arc::clone(&ledger),
     );
@@ -314,6 +314,11 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
                 ledger: Arc::clone(&ledger),
                 trust_domain: opts.config.trust_domain.clone(),
             },
+            delegations: crate::webhook::server::Delegations {
+                store: watched.delegations.store(),
+                revocations: watched.revocations.store(),
+            },
+            client: Some(client.clone()),
             audit: Some(audit.clone()),
             unserved_namespace: opts.config.watch_namespace.is_none().then(|| ns.clone()),
         };
@@ -354,6 +359,11 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         "agent controller",
         controller::agent::run(agent_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
     );
+    let delegation_controller = controller::delegation::controller(&watched);
+    tasks.spawn_infallible(
+        "delegation controller",
+        controller::delegation::run(delegation_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
+    );
     health.set_ready(true);
     info!(trust_domain = %opts.config.trust_domain, watch_namespace = ?opts.config.watch_namespace, "operator running");
 
@@ -363,7 +373,15 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     }
     health.set_ready(false);
     let _ = stop_tx.send(true);
-    tasks.join(&["agent controller", "policy status controller", "admission webhooks", "key manager"]).await;
+    tasks
+        .join(&[
+            "agent controller",
+            "delegation controller",
+            "policy status controller",
+            "admission webhooks",
+            "key manager",
+        ])
+        .await;
     let _ = publisher_stop_tx.send(true);
     tasks.join(&["checkpoint publisher", "http server", "admin server"]).await;
     tasks.abort_all();

@@ -206,8 +206,8 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "namespace: $watch_ns"
       expect "$out" "$name" "expression: request.namespace == \"$watch_ns\""
       # The agentiam.dev rules move to the Role; the ClusterRole keeps only the namespace read and the webhook
-      # configuration.
-      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 5 ] || die "$name: expected the agentiam.dev rules once"
+      # configuration. (Five in the Role, two in the example delegator ClusterRole.)
+      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 7 ] || die "$name: expected the agentiam.dev rules once"
       ;;
     no-persistence)
       expect "$out" "$name" "emptyDir: {}"
@@ -319,7 +319,19 @@ can no update agents.agentiam.dev -n default
 can no delete agents.agentiam.dev -n default
 can no create agents.agentiam.dev -n default
 can yes list delegations.agentiam.dev --all-namespaces
+can yes get delegations.agentiam.dev -n default
 can no patch delegations.agentiam.dev -n default
+can yes patch delegations.agentiam.dev --subresource=status -n default
+can no create delegations.agentiam.dev -n default
+# The Delegation webhook asks whether a person may "delegate" to an Agent (a SubjectAccessReview); the
+# operator itself holds no "delegate" (it never grants on anyone's behalf).
+can yes create subjectaccessreviews.authorization.k8s.io
+can no delegate agents.agentiam.dev -n default
+# The example delegator ClusterRole renders with the verb, bound to nobody.
+delegator=$(k get clusterrole -l app.kubernetes.io/instance="$release" -o name | grep -- '-delegator$' || true)
+[ -n "$delegator" ] || die "the example delegator ClusterRole was not created"
+k get "$delegator" -o jsonpath='{.rules[*].verbs}' | grep -q delegate ||
+  die "$delegator does not grant the verb delegate"
 can yes create events.events.k8s.io -n default
 can no create events -n default
 # Its own Secrets, by name.

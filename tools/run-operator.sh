@@ -57,13 +57,20 @@ for _ in $(seq 1 100); do
 done
 
 log "applying config/samples to namespace $samples_ns"
-k apply -n "$samples_ns" -k config/samples >&2
+# The Delegation last: admission refuses a grant to an Agent that is not Active yet.
+for sample in agent agentpolicy revocation; do
+  k apply -n "$samples_ns" -f "config/samples/agentiam.dev_v1alpha1_$sample.yaml" >&2
+done
 if k wait -n "$samples_ns" --for=jsonpath='{.status.phase}'=Active --timeout=60s agent/support-triage >/dev/null; then
   log "sample Agent support-triage is Active"
+  # You (the kubeconfig's user) are the grantor; the admin user holds every verb, "delegate" included.
+  k apply -n "$samples_ns" -f config/samples/agentiam.dev_v1alpha1_delegation.yaml >&2 ||
+    log "the sample Delegation was refused; see the message above"
 else
   log "sample Agent support-triage did not become Active within 60s; see $run_dir/operator.log"
 fi
 k get agents -n "$samples_ns" -o wide >&2
+k get delegations -n "$samples_ns" -o wide >&2
 
 cat >&2 <<TXT
 
@@ -73,6 +80,7 @@ The operator runs in the foreground; Ctrl-C stops it. In another terminal:
   export PATH=$AGENTIAM_ROOT/target/debug:$KUBE_BIN_DIR:\$PATH   # kubectl and the kubectl-agentiam plugin
   kubectl get agents -A -o wide
   kubectl describe agent support-triage -n $samples_ns
+  kubectl get delegation alice-refunds-shift -n $samples_ns -o jsonpath='{.status}'   # grantor and chain
   kubectl agentiam audit verify --log $audit_log --operator-namespace $op_ns
   kubectl agentiam audit trace support-triage -n $samples_ns --log $audit_log
   kubectl get secret support-triage-credentials -n $samples_ns -o jsonpath='{.metadata.annotations}'

@@ -37,10 +37,12 @@ pub struct DelegationSpec {
     /// must be a subset of its parent's and it cannot outlive it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_ref: Option<LocalRef>,
-    /// What the grantee may do on the grantor's behalf, e.g. "crm:contacts:read", "payments:refund".
+    /// What the grantee may do on the grantor's behalf, each `<action>@<resource pattern>` with the
+    /// AgentPolicy grammar: "read@crm:contacts/*", "refund@pay:orders/**", "*@tickets:queue/eu". A child's
+    /// scopes must each be covered by one of its parent's (by what they match, never by their text).
     #[schemars(
         length(min = 1, max = 64),
-        inner(length(min = 1, max = 253), regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._:/*-]*$")),
+        inner(length(min = 3, max = 253), regex(pattern = r"^(\*|[a-zA-Z0-9][a-zA-Z0-9._:-]*)@\S+$")),
         extend("x-kubernetes-list-type" = "set")
     )]
     pub scopes: Vec<String>,
@@ -60,7 +62,15 @@ pub struct DelegationSpec {
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) > timestamp('2000-01-01T00:00:00Z')")
         .message("spec.expiresAt must be an RFC 3339 timestamp such as 2026-12-01T18:00:00Z"))]
     pub expires_at: Option<String>,
+    /// How many further levels of sub-delegation may follow this one (default 3 for a root). A child may
+    /// lower it, never raise it: its bound is the smaller of its own and its parent's minus one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub max_depth: Option<u8>,
 }
+
+/// Sub-delegation levels a root allows when it does not say.
+pub const DEFAULT_MAX_DEPTH: u8 = 3;
 
 /// The phase of a delegation.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -75,21 +85,78 @@ pub enum DelegationPhase {
     Revoked,
     /// Rejected: broader than its parent, a broken chain, or an unknown agent.
     Invalid,
+    /// Waiting for a human's approval (approval requests).
+    PendingApproval,
+    /// A human refused it, or its approval request expired.
+    Denied,
+}
+
+impl DelegationPhase {
+    /// The phase's name, as in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Active => "Active",
+            Self::Expired => "Expired",
+            Self::Revoked => "Revoked",
+            Self::Invalid => "Invalid",
+            Self::PendingApproval => "PendingApproval",
+            Self::Denied => "Denied",
+        }
+    }
+}
+
+/// Who granted a root delegation, as the API server authenticated them when it was created. Recorded by
+/// the operator's admission webhook in its audit log; this is a copy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grantor {
+    /// The username.
+    pub username: String,
+    /// The user's UID, when the authenticator gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The user's groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// One link of a delegation chain.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainLink {
+    /// "User" for the human at the root, "Agent" for each agent after.
+    pub kind: String,
+    /// The username, or the agent's name.
+    pub name: String,
+    /// The user's UID (when known) or the agent's UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The Delegation that made this agent a link (agents only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<String>,
+    /// That Delegation's UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_uid: Option<String>,
 }
 
 /// What the operator observed about a delegation.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DelegationStatus {
-    /// Pending, Active, Expired, Revoked or Invalid.
+    /// Pending, Active, Expired, Revoked, Invalid, PendingApproval or Denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<DelegationPhase>,
     /// The human at the root of the chain, as authenticated by the API server when the root was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grantor: Option<String>,
-    /// The chain from the root grant to this one, as Delegation names.
+    pub grantor: Option<Grantor>,
+    /// The chain, human first, then each agent with the Delegation that made it a link; the last is this
+    /// Delegation's grantee.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub chain: Vec<String>,
+    pub chain: Vec<ChainLink>,
+    /// How many sub-delegation levels may still follow this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_depth: Option<u8>,
     /// When the grant ends (RFC 3339), taking the parent's expiry into account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,

@@ -47,11 +47,21 @@ pub enum Action {
     AdmissionUpdate,
     /// Someone deleted an agentiam object.
     AdmissionDelete,
+    /// A delegation came into force.
+    DelegationActivate,
+    /// A delegation is not in force while its grantee (or one up its chain) is not Active.
+    DelegationPend,
+    /// A delegation passed its expiry (its own or an ancestor's).
+    DelegationExpire,
+    /// A Revocation ended a delegation (or one up its chain), for good.
+    DelegationRevoke,
+    /// A delegation's chain is broken or wider than its parent, for good.
+    DelegationInvalidate,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 25] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -72,6 +82,11 @@ impl Action {
         Self::AdmissionCreate,
         Self::AdmissionUpdate,
         Self::AdmissionDelete,
+        Self::DelegationActivate,
+        Self::DelegationPend,
+        Self::DelegationExpire,
+        Self::DelegationRevoke,
+        Self::DelegationInvalidate,
     ];
 
     /// The stored spelling.
@@ -97,6 +112,11 @@ impl Action {
             Self::AdmissionCreate => "admission.create",
             Self::AdmissionUpdate => "admission.update",
             Self::AdmissionDelete => "admission.delete",
+            Self::DelegationActivate => "delegation.activate",
+            Self::DelegationPend => "delegation.pend",
+            Self::DelegationExpire => "delegation.expire",
+            Self::DelegationRevoke => "delegation.revoke",
+            Self::DelegationInvalidate => "delegation.invalidate",
         }
     }
 
@@ -114,6 +134,18 @@ impl Action {
     /// The credentials step's records.
     pub fn is_credential(self) -> bool {
         matches!(self, Self::CredentialIssue | Self::CredentialWithdraw)
+    }
+
+    /// A delegation's phase transitions.
+    pub fn is_delegation(self) -> bool {
+        matches!(
+            self,
+            Self::DelegationActivate
+                | Self::DelegationPend
+                | Self::DelegationExpire
+                | Self::DelegationRevoke
+                | Self::DelegationInvalidate
+        )
     }
 
     /// A phase transition (keyed by UID and generation).

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod authz;
 pub mod checkpoints;
 pub mod credentials;
+pub mod delegation;
 pub mod intents;
 pub mod keys;
 pub mod policy;
@@ -20,7 +21,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
-use crate::api::AgentPolicy;
+use crate::api::{AgentPolicy, Revocation};
 use crate::audit::{AuditError, AuditLog};
 use crate::identity::TrustDomain;
 use crate::identity::issuer::IssuerReceiver;
@@ -71,6 +72,8 @@ pub struct Context {
     pub bundles_applied: Mutex<HashMap<String, BundleSlot>>,
     /// Every AgentPolicy in scope, kept current by a watch; read for credential lifetime caps.
     pub policies: Store<AgentPolicy>,
+    /// Every Revocation in scope (the Delegation controller ends the delegations they target).
+    pub revocations: Store<Revocation>,
     /// The authorization index decisions read; the policy status controller reports from it.
     pub authz: Arc<authz::PolicyIndex>,
     /// What this process's last status writes of each Active agent produced, so the reconciles their own
@@ -90,7 +93,7 @@ impl Context {
         config: Config,
         audit: AuditLog,
         issuer: IssuerReceiver,
-        policies: Store<AgentPolicy>,
+        watched: &shared::Watched,
         authz: Arc<authz::PolicyIndex>,
         ledger: Arc<Ledger>,
     ) -> Arc<Self> {
@@ -104,7 +107,8 @@ impl Context {
             recorder,
             issuer,
             bundles_applied: Mutex::new(HashMap::new()),
-            policies,
+            policies: watched.policies.store(),
+            revocations: watched.revocations.store(),
             authz,
             known_credentials: Arc::default(),
             ledger,

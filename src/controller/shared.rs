@@ -1,5 +1,6 @@
 //! One watch and one store per kind, shared by every consumer: the policy index, the admission webhooks and
-//! the controllers all read the same Agents, AgentPolicies and Revocations, from one watch each. Before
+//! the controllers all read the same Agents, AgentPolicies, Revocations and Delegations, from one watch
+//! each. Before
 //! this, Agents were watched twice and AgentPolicies three times: more load on the API server, more memory,
 //! and consumers that could disagree for a moment about the same object.
 //!
@@ -26,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
-use crate::api::{Agent, AgentPolicy, Revocation};
+use crate::api::{Agent, AgentPolicy, Delegation, Revocation};
 use crate::controller::{scoped_api, watches};
 use crate::supervisor::Supervisor;
 
@@ -206,17 +207,20 @@ pub struct Watched {
     pub agents: Shared<Agent>,
     /// Read by the policy index, the Agent controller, the credentials step and the policy status controller.
     pub policies: Shared<AgentPolicy>,
-    /// Read by the policy index.
+    /// Read by the policy index and the Delegation controller.
     pub revocations: Shared<Revocation>,
+    /// Read by the webhooks (a child is checked against its parent) and the Delegation controller.
+    pub delegations: Shared<Delegation>,
 }
 
 impl Watched {
-    /// Starts the three watches under `tasks`.
+    /// Starts the four watches under `tasks`.
     pub fn start(client: &Client, namespace: Option<&str>, tasks: &mut Supervisor) -> Self {
         Self {
             agents: Shared::start(scoped_api(client, namespace), "watch: Agents", tasks),
             policies: Shared::start(scoped_api(client, namespace), "watch: AgentPolicies", tasks),
             revocations: Shared::start(scoped_api(client, namespace), "watch: Revocations", tasks),
+            delegations: Shared::start(scoped_api(client, namespace), "watch: Delegations", tasks),
         }
     }
 }

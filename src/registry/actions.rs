@@ -66,3 +66,18 @@ pub const DETAIL_FINGERPRINT: &str = "fingerprint";
 pub const DETAIL_SUPERSEDES: &str = "supersedes";
 /// Value of [`DETAIL_SUPERSEDES`].
 pub const SUPERSEDES_ALL: &str = "all";
+
+/// Detail of an admission record: the requester's username.
+pub const DETAIL_REQUESTER_USERNAME: &str = "requester.username";
+/// Detail of an admission record: the requester's UID.
+pub const DETAIL_REQUESTER_UID: &str = "requester.uid";
+/// Detail of an admission record: the requester's groups, a JSON array (a group name may hold a comma).
+pub const DETAIL_REQUESTER_GROUPS: &str = "requester.groups";
+/// Detail of a Delegation's admission record: the grantee Agent's UID at admission.
+pub const DETAIL_AGENT_UID: &str = "agentUID";
+/// Detail of a Delegation's admission record: the parent Delegation's UID at admission.
+pub const DETAIL_PARENT_UID: &str = "parentUID";
+/// Detail of a delegation record: the phase decided.
+pub const DETAIL_PHASE: &str = "phase";
+/// Detail of a delegation record: the decision's reason.
+pub const DETAIL_REASON: &str = "reason";

@@ -29,8 +29,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::AgentPhase;
+use crate::api::{AgentPhase, DelegationPhase, Grantor};
 use crate::audit::{Action, IntentKey, Outcome, Projection, Record, RecordKind};
+use crate::registry::delegation::{self, Grant, Recorded};
 
 use super::actions as a;
 
@@ -128,10 +129,14 @@ impl AgentRecord {
     }
 }
 
-/// The records by agent UID, as a plain value: what [`Ledger`] guards.
+/// The records by agent UID, and by Delegation UID, as a plain value: what [`Ledger`] guards.
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
     agents: HashMap<Arc<str>, Arc<AgentRecord>>,
+    /// What admission recorded when each Delegation was created: who, and the UIDs it was bound to.
+    grants: HashMap<Arc<str>, Arc<Grant>>,
+    /// The phase the Delegation controller last recorded for each Delegation, with its reason.
+    delegations: HashMap<Arc<str>, Recorded>,
 }
 
 fn phase_of(action: &str) -> Option<AgentPhase> {
@@ -143,6 +148,20 @@ fn phase_of(action: &str) -> Option<AgentPhase> {
         a::AGENT_REVOKE => Some(AgentPhase::Revoked),
         _ => None,
     }
+}
+
+fn delegation_phase_of(s: &str) -> Option<DelegationPhase> {
+    [
+        DelegationPhase::Pending,
+        DelegationPhase::Active,
+        DelegationPhase::Expired,
+        DelegationPhase::Revoked,
+        DelegationPhase::Invalid,
+        DelegationPhase::PendingApproval,
+        DelegationPhase::Denied,
+    ]
+    .into_iter()
+    .find(|p| p.as_str() == s)
 }
 
 fn time(s: &str) -> Option<Timestamp> {
@@ -217,8 +236,22 @@ impl Entries {
         self.agents.is_empty()
     }
 
+    /// What admission recorded about the Delegation with `uid`.
+    pub fn grant(&self, uid: &str) -> Option<Arc<Grant>> {
+        self.grants.get(uid).cloned()
+    }
+
+    /// The phase last recorded for the Delegation with `uid`.
+    pub fn delegation_phase(&self, uid: &str) -> Option<Recorded> {
+        self.delegations.get(uid).cloned()
+    }
+
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
+        if record.object.kind == "Delegation" {
+            self.apply_delegation(record);
+            return;
+        }
         if record.object.kind != "Agent" {
             return;
         }
@@ -259,6 +292,43 @@ impl Entries {
                 });
             }
             (a::CREDENTIAL_WITHDRAW, RecordKind::Intent) => self.update(uid, at, |r| r.issuances.clear()),
+            _ => {}
+        }
+    }
+
+    /// A Delegation's admission (its grant), deletion, or phase.
+    fn apply_delegation(&mut self, record: &Record) {
+        let Some(uid) = record.object.uid.as_deref() else { return };
+        let d = &record.details;
+        match Action::parse(&record.action) {
+            Some(Action::AdmissionCreate) if record.outcome == Outcome::Success => {
+                let Some(username) = d.get(a::DETAIL_REQUESTER_USERNAME) else { return };
+                let groups = d
+                    .get(a::DETAIL_REQUESTER_GROUPS)
+                    .map(|g| serde_json::from_str::<Vec<String>>(g).unwrap_or_else(|_| vec![g.clone()]))
+                    .unwrap_or_default();
+                let grant = Grant {
+                    requester: Grantor {
+                        username: username.clone(),
+                        uid: d.get(a::DETAIL_REQUESTER_UID).cloned(),
+                        groups,
+                    },
+                    agent_uid: d.get(a::DETAIL_AGENT_UID).cloned(),
+                    parent_uid: d.get(a::DETAIL_PARENT_UID).cloned(),
+                };
+                self.grants.insert(uid.into(), Arc::new(grant));
+            }
+            Some(Action::AdmissionDelete) if record.outcome == Outcome::Success => {
+                self.grants.remove(uid);
+                self.delegations.remove(uid);
+            }
+            Some(action) if action.is_delegation() => {
+                if let Some(phase) = d.get(a::DETAIL_PHASE).and_then(|p| delegation_phase_of(p)) {
+                    let reason = d.get(a::DETAIL_REASON).map_or("ChainBroken", |r| delegation::reason(r));
+                    let recorded = Recorded { phase, reason, message: record.reason.clone() };
+                    self.delegations.insert(uid.into(), recorded);
+                }
+            }
             _ => {}
         }
     }
@@ -313,6 +383,16 @@ impl Ledger {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).get(uid)
     }
 
+    /// What admission recorded when the Delegation with `uid` was created.
+    pub fn grant(&self, uid: &str) -> Option<Arc<Grant>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).grant(uid)
+    }
+
+    /// The phase last recorded for the Delegation with `uid`.
+    pub fn delegation_phase(&self, uid: &str) -> Option<Recorded> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).delegation_phase(uid)
+    }
+
     /// A copy of every entry (tests, diagnostics).
     pub fn entries(&self) -> Entries {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).clone()
@@ -339,7 +419,12 @@ impl Ledger {
 
 impl Projection for Ledger {
     fn wants(&self, action: &str) -> bool {
-        Action::parse(action).is_some_and(|a| a.is_registry() || a.is_credential())
+        Action::parse(action).is_some_and(|a| {
+            a.is_registry()
+                || a.is_credential()
+                || a.is_delegation()
+                || matches!(a, Action::AdmissionCreate | Action::AdmissionDelete)
+        })
     }
 
     fn apply(&self, record: &Record) {

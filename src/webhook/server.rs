@@ -38,9 +38,13 @@ use super::admission::{self, Review, Verdict};
 use super::pods::{self, AGENT_LABEL, PodDecision};
 use super::tls::ServingCerts;
 use super::validate::{self, Kind, Requester};
-use crate::api::{Agent, AgentPhase};
+use jiff::Timestamp;
+
+use super::validate::ParentFacts;
+use crate::api::{Agent, AgentPhase, Delegation, DelegationPhase, Revocation};
 use crate::audit::AuditLog;
 use crate::identity::{SpiffeId, TrustDomain};
+use crate::registry::delegation as chain;
 use crate::registry::ledger::Ledger;
 use crate::server::listener::{self, Limits};
 
@@ -148,12 +152,114 @@ impl Agents {
 pub struct Webhooks {
     /// The Agents and what the operator recorded about them.
     pub agents: Agents,
+    /// The Delegations (a child is judged against its parent's chain) and the Revocations that end them.
+    pub delegations: Delegations,
+    /// Asks the API server whether a requester may delegate (SubjectAccessReview). None: every grant is
+    /// refused (fail closed).
+    pub client: Option<kube::Client>,
     /// Where who-did-what records go. None: the validating webhooks refuse everything (fail closed).
     pub audit: Option<AuditLog>,
     /// A namespace whose Agents the operator does not serve (its own, when it watches the whole cluster):
     /// they are not agents, so their ServiceAccounts, the operator's own among them, are not restricted.
     pub unserved_namespace: Option<String>,
 }
+
+/// What the webhook knows about Delegations: the shared stores of Delegations and Revocations.
+#[derive(Clone)]
+pub struct Delegations {
+    /// Every Delegation in scope.
+    pub store: Store<Delegation>,
+    /// Every Revocation in scope.
+    pub revocations: Store<Revocation>,
+}
+
+impl Delegations {
+    /// The parent `name` in `namespace` and whether its chain is in force now, judged like the Delegation
+    /// controller judges it, from the stores and the ledger.
+    fn parent(&self, agents: &Agents, namespace: &str, name: &str, now: Timestamp) -> ParentFacts {
+        let get = |n: &str| self.store.get(&ObjectRef::new(n).within(namespace));
+        let Some(parent) = get(name) else { return ParentFacts::Missing(name.to_owned()) };
+        let (found, ending) = chain::walk(parent, get);
+        let grants: Vec<_> =
+            found.iter().map(|d| d.metadata.uid.as_deref().and_then(|u| agents.ledger.grant(u))).collect();
+        let revocations = self.revocations.state();
+        let links: Vec<chain::Link<'_>> = found
+            .iter()
+            .zip(&grants)
+            .map(|(d, grant)| {
+                let d_name = d.metadata.name.as_deref().unwrap_or_default();
+                let grantee = agents
+                    .store
+                    .get(&ObjectRef::new(&d.spec.agent_ref.name).within(namespace))
+                    .and_then(|a| a.metadata.uid.clone())
+                    .map(|uid| chain::Grantee {
+                        active: agents.ledger.get(&uid).and_then(|r| r.phase) == Some(AgentPhase::Active),
+                        uid,
+                    });
+                let revoked_by = revocations
+                    .iter()
+                    .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
+                    .find(|r| r.spec.target.delegation_ref.as_ref().is_some_and(|t| t.name == d_name))
+                    .and_then(|r| r.metadata.name.clone());
+                let recorded = d.metadata.uid.as_deref().and_then(|u| agents.ledger.delegation_phase(u));
+                chain::Link { delegation: d, grant: grant.as_deref(), grantee, revoked_by, recorded }
+            })
+            .collect();
+        let decision = chain::decide(&links, &ending, now);
+        let Some(first) = found.first() else { return ParentFacts::Missing(name.to_owned()) };
+        match (decision.phase, decision.expires_at, decision.remaining_depth, chain::scopes_of(first)) {
+            (DelegationPhase::Active, Some(expires_at), Some(remaining_depth), Ok(scopes)) => {
+                ParentFacts::Active {
+                    name: name.to_owned(),
+                    grantee: first.spec.agent_ref.name.clone(),
+                    bounds: chain::Bounds { scopes, expires_at, remaining_depth },
+                }
+            }
+            (phase, ..) => ParentFacts::NotActive {
+                name: name.to_owned(),
+                why: format!("it is {}: {}", phase.as_str(), decision.message),
+            },
+        }
+    }
+}
+
+/// Asks the API server whether `requester` may `delegate` on the Agent `agent` in `namespace`.
+async fn may_delegate(
+    client: Option<&kube::Client>,
+    requester: &Requester,
+    namespace: &str,
+    agent: &str,
+) -> Result<bool, String> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let Some(client) = client else { return Err("no API client".to_owned()) };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(requester.username.clone()),
+            uid: requester.uid.clone(),
+            groups: Some(requester.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(crate::names::API_GROUP.to_owned()),
+                resource: Some("agents".to_owned()),
+                verb: Some(DELEGATE_VERB.to_owned()),
+                name: Some(agent.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api: kube::Api<SubjectAccessReview> = kube::Api::all(client.clone());
+    let answer = api
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .map_err(|e| format!("SubjectAccessReview failed: {e}"))?;
+    Ok(answer.status.is_some_and(|s| s.allowed && !s.denied.unwrap_or(false)))
+}
+
+pub use crate::names::DELEGATE_VERB;
 
 /// The webhook routes: the pod mutation and one validating route per agentiam kind.
 pub fn router(webhooks: Webhooks) -> Router {
@@ -291,7 +397,45 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
         object: (!object.is_null()).then_some(object),
         old_object: (!old_object.is_null()).then_some(old_object),
     };
-    let verdict = validate::decide(&webhooks.agents.trust_domain, &req);
+    let mut verdict = validate::decide(&webhooks.agents.trust_domain, &req);
+    // Bound at admission: the grantee's and the parent's UIDs go into the record the controller checks.
+    let mut bound: Vec<(&'static str, String)> = Vec::new();
+    if kind == Kind::Delegation && request.operation == Operation::Create && verdict.allowed() {
+        let namespace = request.namespace.clone().unwrap_or_default();
+        let delegation = serde_json::from_value::<Delegation>(object.clone()).map_err(|e| e.to_string());
+        let now = Timestamp::now();
+        let (mut grantee_active, mut parent, mut sar_for) = (None, None, None);
+        if let Ok(d) = &delegation {
+            let grantee =
+                webhooks.agents.store.get(&ObjectRef::new(&d.spec.agent_ref.name).within(&namespace));
+            if let Some(uid) = grantee.as_ref().and_then(|a| a.metadata.uid.clone()) {
+                grantee_active =
+                    Some(webhooks.agents.ledger.get(&uid).and_then(|r| r.phase) == Some(AgentPhase::Active));
+                bound.push((crate::registry::actions::DETAIL_AGENT_UID, uid));
+            }
+            if let Some(p) = &d.spec.parent_ref {
+                let facts = webhooks.delegations.parent(&webhooks.agents, &namespace, &p.name, now);
+                let parent_uid = webhooks
+                    .delegations
+                    .store
+                    .get(&ObjectRef::new(&p.name).within(&namespace))
+                    .and_then(|p| p.metadata.uid.clone());
+                if let Some(uid) = parent_uid {
+                    bound.push((crate::registry::actions::DETAIL_PARENT_UID, uid));
+                }
+                parent = Some(facts);
+            }
+            if acting.is_empty() && crate::registry::delegation::is_person(&requester.username) {
+                sar_for = Some(d.spec.agent_ref.name.clone());
+            }
+        }
+        let may = match sar_for {
+            Some(agent) => Some(may_delegate(webhooks.client.as_ref(), &requester, &namespace, &agent).await),
+            None => None,
+        };
+        let facts = validate::DelegationFacts { delegation, grantee_active, parent, may_delegate: may, now };
+        verdict = validate::decide_delegation(&namespace, &req, &facts);
+    }
     if review.dry_run() {
         return verdict;
     }
@@ -299,11 +443,14 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
         return Verdict::Deny("agentiam has no audit log to record this change in".to_owned());
     };
     let uid = req.object.or(req.old_object).and_then(|o| o.pointer("/metadata/uid")).and_then(|u| u.as_str());
-    let Some(entry) =
+    let Some(mut entry) =
         validate::entry(&req, request.namespace.as_deref(), &request.name, uid, &request.uid, &verdict)
     else {
         return verdict;
     };
+    for (key, value) in bound {
+        entry.details.insert(key.to_owned(), value);
+    }
     match audit.append(entry).await {
         Ok(_) => verdict,
         Err(e) => {

@@ -57,7 +57,15 @@ fn store() -> Agents {
 
 /// The webhooks over [`store`], without an audit log (the validating routes then refuse everything).
 fn webhooks() -> Webhooks {
-    Webhooks { agents: store(), audit: None, unserved_namespace: None }
+    let (delegations, _) = kube::runtime::reflector::store();
+    let (revocations, _) = kube::runtime::reflector::store();
+    Webhooks {
+        agents: store(),
+        delegations: super::Delegations { store: delegations, revocations },
+        client: None,
+        audit: None,
+        unserved_namespace: None,
+    }
 }
 
 fn pod(labels: Value) -> Value {

@@ -6,7 +6,14 @@
 //! - **An agent never changes IAM objects.** A request made as the ServiceAccount of a registered agent's
 //!   workload may not create, update or delete Agents, AgentPolicies or Revocations, anywhere: an agent
 //!   that could edit its own registration, the policies that govern it or the revocation that stops it
-//!   would govern itself. (Delegations are left to the delegation issue, which lets agents pass on subsets.)
+//!   would govern itself. Delegations are the exception: agents pass on subsets of what they hold.
+//!
+//! - **A Delegation never widens.** At CREATE ([`decide_delegation`]): its scopes parse; a root is made by a
+//!   person (never a ServiceAccount or a `system:` user) who holds the RBAC verb `delegate` on the grantee
+//!   Agent; a child names an Active parent, is made by the parent's grantee (from its workload's
+//!   ServiceAccount) or by a person with `delegate` on the child's grantee, and fits the parent: every scope
+//!   covered, no later end, depth left. The grantee exists and is Active. The Delegation controller checks
+//!   all of it again, from fresh API state, before the delegation is in force.
 //!
 //! Specs that will not validate or compile are admitted with a warning: the reconciler reports them in
 //! status (Valid=False, a broken policy denies everything), and refusing them here would make an object
@@ -18,9 +25,13 @@ use kube::core::admission::Operation;
 use serde_json::Value;
 
 use super::admission::Verdict;
-use crate::api::{Agent, AgentPolicy};
+use jiff::Timestamp;
+
+use crate::api::{Agent, AgentPolicy, Delegation};
 use crate::audit::{Action, Entry, ObjectRef, Outcome};
 use crate::identity::TrustDomain;
+use crate::registry::actions as a;
+use crate::registry::delegation::{self, Bounds};
 use crate::registry::validate::validate_agent;
 
 /// The longest spec diff an audit record carries; longer ones are cut and say so.
@@ -185,6 +196,126 @@ fn warnings(trust_domain: &TrustDomain, kind: Kind, object: &Value) -> Vec<Strin
     }
 }
 
+/// What the admission server looked up for a Delegation CREATE: the facts [`decide_delegation`] judges.
+#[derive(Debug, Clone)]
+pub struct DelegationFacts {
+    /// The Delegation, or why it does not read as one.
+    pub delegation: Result<Delegation, String>,
+    /// The grantee Agent: None when it does not exist, else whether the operator recorded it Active.
+    pub grantee_active: Option<bool>,
+    /// The parent (children only).
+    pub parent: Option<ParentFacts>,
+    /// Whether the requester holds `delegate` on the grantee (asked only for persons); Err when the
+    /// SubjectAccessReview could not be made (refused: fail closed).
+    pub may_delegate: Option<Result<bool, String>>,
+    /// Now, for a Delegation whose creation time is not set yet.
+    pub now: Timestamp,
+}
+
+/// The parent a child names, as admission found it.
+#[derive(Debug, Clone)]
+pub enum ParentFacts {
+    /// No Delegation of that name.
+    Missing(String),
+    /// It exists but is not in force.
+    NotActive {
+        /// Its name.
+        name: String,
+        /// Why (its decision's message).
+        why: String,
+    },
+    /// In force: its grantee and what a child must fit in.
+    Active {
+        /// Its name.
+        name: String,
+        /// Its grantee Agent's name.
+        grantee: String,
+        /// Its scopes, end and remaining depth.
+        bounds: Bounds,
+    },
+}
+
+/// The verdict on a Delegation CREATE (see the module docs).
+pub fn decide_delegation(namespace: &str, req: &Request<'_>, facts: &DelegationFacts) -> Verdict {
+    let d = match &facts.delegation {
+        Ok(d) => d,
+        Err(e) => return Verdict::Deny(format!("the object does not read as a Delegation: {e}")),
+    };
+    let scopes = match delegation::scopes_of(d) {
+        Ok(s) => s,
+        Err(e) => return Verdict::Deny(format!("spec.scopes: {e}")),
+    };
+    let who = &req.requester.username;
+    let agent = &d.spec.agent_ref.name;
+    let may_delegate = || match &facts.may_delegate {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) | None => Err(format!(
+            "{who} may not delegate on behalf of others to Agent {agent:?}: that needs the RBAC verb \
+             \"delegate\" on agents.agentiam.dev/{agent} in {namespace}"
+        )),
+        Some(Err(e)) => Err(format!("agentiam could not check whether {who} may delegate ({e}); retry")),
+    };
+    match (&d.spec.parent_ref, &facts.parent) {
+        (None, _) => {
+            if let Some(running) = req.requester_is_agent.first() {
+                return Verdict::Deny(format!(
+                    "{who} runs agent {running}: a root Delegation is a human's decision; an agent passes on a \
+                     subset of what it holds with spec.parentRef"
+                ));
+            }
+            if let Err(e) = delegation::check_root(who).and_then(|()| may_delegate()) {
+                return Verdict::Deny(e);
+            }
+            if let Some(n) = d.spec.max_depth
+                && n > 10
+            {
+                return Verdict::Deny(format!("spec.maxDepth {n} is more than 10"));
+            }
+        }
+        (Some(p), None) => {
+            return Verdict::Deny(format!("the parent Delegation {:?} was not looked up; retry", p.name));
+        }
+        (Some(_), Some(ParentFacts::Missing(name))) => {
+            return Verdict::Deny(format!("the parent Delegation {name:?} does not exist in {namespace}"));
+        }
+        (Some(_), Some(ParentFacts::NotActive { name, why })) => {
+            return Verdict::Deny(format!("the parent Delegation {name:?} is not in force: {why}"));
+        }
+        (Some(_), Some(ParentFacts::Active { name, grantee, bounds })) => {
+            if !req.requester_is_agent.is_empty() {
+                let holder = format!("{namespace}/{grantee}");
+                if !req.requester_is_agent.contains(&holder) {
+                    return Verdict::Deny(format!(
+                        "{who} runs {}, not {holder}, the grantee of {name:?}: only the agent that holds a \
+                         delegation may pass it on",
+                        req.requester_is_agent.join(", ")
+                    ));
+                }
+            } else if !delegation::is_person(who) {
+                return Verdict::Deny(format!(
+                    "{who} is neither a person nor the agent that holds {name:?}: it may not pass it on"
+                ));
+            } else if let Err(e) = may_delegate() {
+                return Verdict::Deny(e);
+            }
+            let Some(expiry) = delegation::own_expiry(d).or_else(|| {
+                let ttl = delegation::parse_ttl(d.spec.ttl.as_deref()?)?;
+                facts.now.checked_add(ttl).ok()
+            }) else {
+                return Verdict::Deny("the Delegation has no readable expiry".to_owned());
+            };
+            if let Err(e) = delegation::check_child(bounds, &scopes, expiry, d.spec.max_depth) {
+                return Verdict::Deny(format!("it would hold more than its parent {name:?}: {e}"));
+            }
+        }
+    }
+    match facts.grantee_active {
+        None => Verdict::Deny(format!("the grantee Agent {agent:?} does not exist in {namespace}")),
+        Some(false) => Verdict::Deny(format!("the grantee Agent {agent:?} is not Active")),
+        Some(true) => Verdict::allow(),
+    }
+}
+
 /// What a change changed: a JSON patch from the old spec to the new one (bounded), and which metadata
 /// fields differ.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -255,12 +386,13 @@ pub fn entry(
     };
     let c = changes(req.old_object, req.object);
     let mut details = BTreeMap::new();
-    details.insert("requester.username".to_owned(), req.requester.username.clone());
+    details.insert(a::DETAIL_REQUESTER_USERNAME.to_owned(), req.requester.username.clone());
     if let Some(u) = &req.requester.uid {
-        details.insert("requester.uid".to_owned(), u.clone());
+        details.insert(a::DETAIL_REQUESTER_UID.to_owned(), u.clone());
     }
     if !req.requester.groups.is_empty() {
-        details.insert("requester.groups".to_owned(), req.requester.groups.join(","));
+        let groups = serde_json::to_string(&req.requester.groups).unwrap_or_default();
+        details.insert(a::DETAIL_REQUESTER_GROUPS.to_owned(), groups);
     }
     details.insert("operation".to_owned(), format!("{:?}", req.operation).to_uppercase());
     details.insert("admissionUID".to_owned(), admission_uid.to_owned());
@@ -377,7 +509,10 @@ mod tests {
         assert_eq!(e.outcome, Outcome::Success);
         assert_eq!(e.object.uid.as_deref(), Some("uid-1"));
         assert_eq!(e.details["requester.uid"], "u-1");
-        assert_eq!(e.details["requester.groups"], "devs");
+        assert_eq!(
+            e.details["requester.groups"], r#"["devs"]"#,
+            "a JSON array: a group name may hold a comma"
+        );
         assert_eq!(e.details["operation"], "UPDATE");
         assert_eq!(e.details["generation"], "2");
         assert_eq!(e.details["specChanges"], r#"[{"op":"replace","path":"/purpose","value":"new"}]"#);

@@ -16,6 +16,7 @@ mod audit;
 mod authz;
 mod crds;
 mod credentials;
+mod delegation;
 mod hardening;
 mod input;
 mod malformed;

@@ -220,7 +220,7 @@ async fn invalid_policies_are_refused_naming_the_field() {
 }
 
 fn delegation_spec() -> Value {
-    json!({"agentRef": {"name": "valid"}, "scopes": ["payments:refund"], "task": "weekend refunds", "ttl": "8h"})
+    json!({"agentRef": {"name": "valid"}, "scopes": ["refund@pay:orders/*"], "task": "weekend refunds", "ttl": "8h"})
 }
 
 #[tokio::test]
@@ -247,8 +247,13 @@ async fn invalid_delegations_are_refused_naming_the_field() {
         ),
         (
             "repeated scope",
-            d("d5", with(delegation_spec(), "/scopes", json!(["a", "a"]))),
+            d("d5", with(delegation_spec(), "/scopes", json!(["read@a", "read@a"]))),
             &["spec.scopes[1]", "Duplicate value"],
+        ),
+        (
+            "scope without an action",
+            d("d10", with(delegation_spec(), "/scopes", json!(["payments:refund"]))),
+            &["spec.scopes[0]"],
         ),
         ("ttl too long", d("d6", with(delegation_spec(), "/ttl", json!("1000h"))), &["spec.ttl"]),
         (

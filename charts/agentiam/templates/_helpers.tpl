@@ -182,11 +182,11 @@ src/controller/ (every rule names the code that needs it).
 - apiGroups: ["agentiam.dev"]
   resources: ["agents/finalizers"]
   verbs: ["update"]
-# AgentPolicies and Revocations are watched by the authorization index (controller/authz.rs: list + watch)
-# and AgentPolicies by the policy status controller (controller/policy.rs) and the Agent controller
-# (lifetime caps). AgentPolicy status is written with server-side apply (controller/policy.rs:
-# patch_status). Delegations, and the status of Delegations and Revocations, are granted ahead for the
-# delegation and revocation controllers in progress, with the same verbs.
+# AgentPolicies, Delegations and Revocations are each watched once (controller/shared.rs: list + watch) for
+# the authorization index, the webhooks and the controllers; the Delegation controller also reads each
+# Delegation up a chain fresh (get) before it decides. AgentPolicy and Delegation status is written with
+# server-side apply (controller/policy.rs, controller/delegation.rs: patch_status); Revocation status is
+# granted ahead for the revocation controller in progress, with the same verb.
 - apiGroups: ["agentiam.dev"]
   resources: ["agentpolicies", "delegations", "revocations"]
   verbs: ["get", "list", "watch"]

@@ -1,0 +1,305 @@
+//! Delegations on the real API server: a person with the verb `delegate` grants an agent a scoped,
+//! time-bound root; the agent passes on only subsets; admission refuses every widening and the Delegation
+//! controller re-checks each chain from fresh API state (accept/reject pairs).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Env, Operator, TestNs, WAIT, basic_spec, records, text, wait_for, wait_phase};
+use crate::require_cluster;
+
+/// RBAC in the namespace: `subject` may create and read Delegations, and with `delegate` also holds the
+/// verb on the Agents named in `agents` (all when empty).
+fn grant(env: &Env, ns: &TestNs, role: &str, subject: &str, delegate: bool, agents: &[&str]) {
+    let names =
+        if agents.is_empty() { String::new() } else { format!(", resourceNames: [{}]", agents.join(", ")) };
+    let delegate_rule = if delegate {
+        format!("\n  - {{apiGroups: [agentiam.dev], resources: [agents], verbs: [delegate]{names}}}")
+    } else {
+        String::new()
+    };
+    let yaml = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {role}}}
+rules:
+  - {{apiGroups: [agentiam.dev], resources: [delegations, agents], verbs: [get, list, watch, create, delete]}}{delegate_rule}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {role}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {role}}}
+subjects: [{subject}]
+"#
+    );
+    let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&yaml));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn user(name: &str) -> String {
+    format!("{{kind: User, apiGroup: rbac.authorization.k8s.io, name: {name}}}")
+}
+
+fn delegation(name: &str, agent: &str, parent: Option<&str>, scopes: &[&str], ttl: &str) -> String {
+    let mut spec = json!({"agentRef": {"name": agent}, "scopes": scopes, "task": "answer ticket 4711"});
+    if let Some(p) = parent {
+        spec["parentRef"] = json!({"name": p});
+    }
+    if ttl.ends_with('Z') {
+        spec["expiresAt"] = json!(ttl);
+    } else {
+        spec["ttl"] = json!(ttl);
+    }
+    json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Delegation", "metadata": {"name": name}, "spec": spec})
+        .to_string()
+}
+
+/// `kubectl create` of `object` as `who` (kubectl flags such as `--as=...`).
+fn create_as(env: &Env, ns: &TestNs, who: &[&str], object: &str) -> std::process::Output {
+    let mut args: Vec<&str> = who.to_vec();
+    args.extend(["create", "-n", &ns.name, "-f", "-"]);
+    env.kubectl(&args, Some(object))
+}
+
+fn get(env: &Env, ns: &TestNs, name: &str) -> Value {
+    let out = env.kubectl(&["get", "delegation", name, "-n", &ns.name, "-o", "json"], None);
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+async fn wait_delegation(env: &Env, ns: &TestNs, name: &str, phase: &str) -> Value {
+    wait_for(&format!("delegation {name} {phase}"), WAIT, || async {
+        let d = get(env, ns, name);
+        (d["status"]["phase"] == phase).then_some(d)
+    })
+    .await
+}
+
+async fn agent_with_sa(ns: &TestNs, name: &str, sa: &str) {
+    let mut spec = basic_spec();
+    spec["workload"] = json!({"serviceAccountName": sa});
+    ns.create_agent(name, spec).await;
+    wait_phase(&ns.api(), name, "Active").await;
+}
+
+/// RFC 3339, `secs` from now.
+fn in_secs(secs: i64) -> String {
+    let t = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs);
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[tokio::test]
+async fn a_person_grants_an_agent_passes_on_only_subsets_and_admission_refuses_every_widening() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "dlg").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    agent_with_sa(&ns, "triage", "triage-sa").await;
+    agent_with_sa(&ns, "refunds", "refunds-sa").await;
+    grant(&env, &ns, "alice", &user("alice@example.com"), true, &[]);
+    grant(&env, &ns, "bob", &user("bob@example.com"), false, &[]);
+    for sa in ["triage-sa", "refunds-sa"] {
+        let subject = format!("{{kind: ServiceAccount, name: {sa}, namespace: {}}}", ns.name);
+        grant(&env, &ns, sa, &subject, false, &[]);
+    }
+    let alice = ["--as=alice@example.com", "--as-group=support"];
+    let bob = ["--as=bob@example.com"];
+    let as_triage = format!("--as=system:serviceaccount:{}:triage-sa", ns.name);
+    let as_refunds = format!("--as=system:serviceaccount:{}:refunds-sa", ns.name);
+    let scopes = ["read@crm:contacts/*", "refund@pay:orders/**"];
+
+    // Root: refused without the verb, and from an agent's ServiceAccount; admitted for alice.
+    let root = delegation("root", "triage", None, &scopes, "2h");
+    let out = create_as(&env, &ns, &bob, &root);
+    assert!(!out.status.success() && text(&out).contains(r#"the RBAC verb "delegate""#), "{}", text(&out));
+    let out = create_as(&env, &ns, &[&as_triage], &root);
+    assert!(
+        !out.status.success() && text(&out).contains("a root Delegation is a human's decision"),
+        "{}",
+        text(&out)
+    );
+    let out = create_as(&env, &ns, &alice, &root);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = wait_delegation(&env, &ns, "root", "Active").await;
+    assert_eq!(d["status"]["grantor"]["username"], "alice@example.com", "{d}");
+    assert!(
+        d["status"]["grantor"]["groups"].as_array().is_some_and(|g| g.contains(&json!("support"))),
+        "{d}"
+    );
+    let chain = d["status"]["chain"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        (chain[0]["kind"].as_str(), chain[0]["name"].as_str()),
+        (Some("User"), Some("alice@example.com"))
+    );
+    assert_eq!((chain[1]["kind"].as_str(), chain[1]["name"].as_str()), (Some("Agent"), Some("triage")));
+
+    // Sub-delegation by the grantee: narrower is admitted and comes into force.
+    let child = delegation("child", "refunds", Some("root"), &["refund@pay:orders/eu/*"], "1h");
+    let out = create_as(&env, &ns, &[&as_triage], &child);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = wait_delegation(&env, &ns, "child", "Active").await;
+    let chain: Vec<&str> =
+        d["status"]["chain"].as_array().into_iter().flatten().filter_map(|l| l["name"].as_str()).collect();
+    assert_eq!(chain, ["alice@example.com", "triage", "refunds"], "the chain starts at the human: {d}");
+
+    // Refused: every widening, a later end, another agent passing on what it does not hold.
+    for (why, scopes, ttl) in [
+        ("a superset", vec!["refund@pay:orders/**", "read@crm:contacts/*", "read@crm:leads/*"], "1h"),
+        ("a disjoint scope", vec!["delete@crm:contacts/1"], "1h"),
+        ("** where the parent has *", vec!["read@crm:contacts/**"], "1h"),
+        ("a wider verb", vec!["*@crm:contacts/1"], "1h"),
+        ("another case", vec!["read@CRM:contacts/1"], "1h"),
+        ("a text prefix", vec!["read@crm:contacts/1/notes"], "1h"),
+        ("a later end", vec!["read@crm:contacts/1"], "3h"),
+    ] {
+        let widening = delegation("wider", "refunds", Some("root"), &scopes, ttl);
+        let out = create_as(&env, &ns, &[&as_triage], &widening);
+        assert!(!out.status.success(), "{why} was admitted");
+        assert!(text(&out).contains("more than its parent"), "{why}: {}", text(&out));
+    }
+    // Look-alike characters never reach the cover check: the scope is not canonical.
+    let lookalike = delegation("wider", "refunds", Some("root"), &["read@crm:contacts\u{FF0F}1"], "1h");
+    let out = create_as(&env, &ns, &[&as_triage], &lookalike);
+    assert!(!out.status.success() && text(&out).contains("spec.scopes"), "{}", text(&out));
+    let out = create_as(
+        &env,
+        &ns,
+        &[&as_refunds],
+        &delegation("stolen", "refunds", Some("root"), &["read@crm:contacts/1"], "1h"),
+    );
+    assert!(!out.status.success() && text(&out).contains("only the agent that holds"), "{}", text(&out));
+
+    // The who-did-what records bind the grant to its grantee and parent by UID.
+    let created: Vec<Value> = records(&op.audit_log())
+        .into_iter()
+        .filter(|r| {
+            r["action"] == "admission.create"
+                && r["object"]["kind"] == "Delegation"
+                && r["outcome"] == "success"
+        })
+        .collect();
+    let child_record = created.iter().find(|r| r["object"]["name"] == "child").expect("the child's record");
+    assert_eq!(
+        child_record["details"]["requester.username"],
+        format!("system:serviceaccount:{}:triage-sa", ns.name)
+    );
+    assert!(child_record["details"]["parentUID"].as_str().is_some_and(|u| !u.is_empty()), "{child_record}");
+    assert!(child_record["details"]["agentUID"].as_str().is_some_and(|u| !u.is_empty()), "{child_record}");
+    let activated =
+        records(&op.audit_log()).into_iter().filter(|r| r["action"] == "delegation.activate").count();
+    assert_eq!(activated, 2, "each transition is recorded once");
+
+    // A forged grantor in status is ignored: the controller writes what admission recorded.
+    let forged =
+        json!({"status": {"grantor": {"username": "ceo@example.com"}, "phase": "Active"}}).to_string();
+    let out = env.kubectl(
+        &[
+            "patch",
+            "delegation",
+            "child",
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &forged,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the controller to restore the recorded grantor", WAIT, || async {
+        let d = get(&env, &ns, "child");
+        (d["status"]["grantor"]["username"] == "alice@example.com").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chain_is_re_checked_from_fresh_state_and_ends_below_a_revoked_replaced_or_expired_parent() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "dlgchain").await;
+    let _op = Operator::start(&env, &ns.name, &[]);
+    agent_with_sa(&ns, "a", "a-sa").await;
+    agent_with_sa(&ns, "b", "b-sa").await;
+    grant(&env, &ns, "alice", &user("alice@example.com"), true, &["a", "b"]);
+    let alice = ["--as=alice@example.com"];
+
+    // Depth: a root that allows one level; the second level is refused.
+    let mut root =
+        serde_json::from_str::<Value>(&delegation("shallow", "a", None, &["read@x:**"], "2h")).unwrap();
+    root["spec"]["maxDepth"] = json!(1);
+    assert!(create_as(&env, &ns, &alice, &root.to_string()).status.success());
+    wait_delegation(&env, &ns, "shallow", "Active").await;
+    let out = create_as(&env, &ns, &alice, &delegation("level1", "b", Some("shallow"), &["read@x:**"], "1h"));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_delegation(&env, &ns, "level1", "Active").await;
+    let out = create_as(&env, &ns, &alice, &delegation("level2", "a", Some("level1"), &["read@x:**"], "1h"));
+    assert!(!out.status.success() && text(&out).contains("maxDepth"), "{}", text(&out));
+
+    // A parent revoked after its child was admitted: both end for good.
+    let out = create_as(&env, &ns, &alice, &delegation("p1", "a", None, &["read@x:**"], "2h"));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_delegation(&env, &ns, "p1", "Active").await;
+    assert!(
+        create_as(&env, &ns, &alice, &delegation("c1", "b", Some("p1"), &["read@x:y/*"], "1h"))
+            .status
+            .success()
+    );
+    wait_delegation(&env, &ns, "c1", "Active").await;
+    let revocation = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop-p1"},
+        "spec": {"target": {"delegationRef": {"name": "p1"}}, "mode": "Revoke", "reason": "incident 17"}});
+    let out = env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&revocation.to_string()));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_delegation(&env, &ns, "p1", "Revoked").await;
+    wait_delegation(&env, &ns, "c1", "Revoked").await;
+    let out = env.kubectl(&["delete", "revocation", "stop-p1", "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", text(&out));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&env, &ns, "c1")["status"]["phase"], "Revoked", "a revoked delegation stays revoked");
+
+    // A parent deleted and created again under the same name is another parent: the child is Invalid.
+    assert!(
+        create_as(&env, &ns, &alice, &delegation("p2", "a", None, &["read@x:**"], "2h")).status.success()
+    );
+    wait_delegation(&env, &ns, "p2", "Active").await;
+    assert!(
+        create_as(&env, &ns, &alice, &delegation("c2", "b", Some("p2"), &["read@x:*"], "1h"))
+            .status
+            .success()
+    );
+    wait_delegation(&env, &ns, "c2", "Active").await;
+    assert!(env.kubectl(&["delete", "delegation", "p2", "-n", &ns.name], None).status.success());
+    assert!(
+        create_as(&env, &ns, &alice, &delegation("p2", "a", None, &["read@x:**"], "2h")).status.success()
+    );
+    let d = wait_delegation(&env, &ns, "c2", "Invalid").await;
+    let reason = d["status"]["conditions"][0]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(["ParentMissing", "ParentReplaced"].contains(&reason.as_str()), "{d}");
+    wait_delegation(&env, &ns, "p2", "Active").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        get(&env, &ns, "c2")["status"]["phase"],
+        "Invalid",
+        "the new parent does not revive the child"
+    );
+
+    // A root's expiry ends every descendant.
+    let end = in_secs(8);
+    assert!(
+        create_as(&env, &ns, &alice, &delegation("brief", "a", None, &["read@x:**"], &end)).status.success()
+    );
+    wait_delegation(&env, &ns, "brief", "Active").await;
+    let out =
+        create_as(&env, &ns, &alice, &delegation("brief-child", "b", Some("brief"), &["read@x:*"], &end));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_delegation(&env, &ns, "brief-child", "Active").await;
+    let ends: jiff::Timestamp = end.parse().unwrap();
+    tokio::time::sleep(ends.duration_since(jiff::Timestamp::now()).unsigned_abs()).await;
+    let started = std::time::Instant::now();
+    wait_delegation(&env, &ns, "brief-child", "Expired").await;
+    wait_delegation(&env, &ns, "brief", "Expired").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "expiry reached the chain in {:?}",
+        started.elapsed()
+    );
+}
