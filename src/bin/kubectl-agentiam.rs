@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use agentiam::audit::Record;
 use agentiam::cli::audit::{self, CheckpointSource, TraceFilter};
 use agentiam::cli::can_i::{self, CanIArgs};
+use agentiam::cli::delegate;
 use agentiam::cli::token::{self, TokenCommand};
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,28 @@ enum Command {
     /// here; a note says so when the answer is not `no` and a rule governing the agent has a rate limit.
     #[command(after_help = can_i::EXAMPLES)]
     CanI(CanIArgs),
+    /// Grant an agent scoped, time-bound rights on your behalf (creates a Delegation as you).
+    ///
+    /// You need the RBAC verb "delegate" on the Agent and create on delegations. With --parent, pass on a
+    /// subset of a Delegation instead: every scope covered by the parent's, ending no later.
+    #[command(after_help = DELEGATE_EXAMPLES)]
+    Delegate(delegate::DelegateArgs),
+    /// List agentiam objects.
+    #[command(subcommand)]
+    Get(GetCommand),
+}
+
+const DELEGATE_EXAMPLES: &str = "Examples:
+  kubectl agentiam delegate support-triage --scope 'refund@pay:orders/**' --scope 'read@crm:contacts/*' \\
+    --task 'weekend incident refunds' --ttl 8h
+  kubectl agentiam delegate refunds-bot --parent support-triage-x7k2p --scope 'refund@pay:orders/eu/*' \\
+    --task 'EU refunds' --ttl 2h
+  kubectl agentiam get delegations --tree";
+
+#[derive(Subcommand, Debug)]
+enum GetCommand {
+    /// The Delegations of a namespace; --tree shows each chain from its human down.
+    Delegations(delegate::GetArgs),
 }
 
 impl Command {
@@ -47,7 +70,7 @@ impl Command {
     fn error_code(&self) -> u8 {
         match self {
             Self::CanI(_) => can_i::EXIT_ERROR,
-            Self::Audit(_) | Self::Token(_) => 1,
+            Self::Audit(_) | Self::Token(_) | Self::Delegate(_) | Self::Get(_) => 1,
         }
     }
 }
@@ -149,6 +172,10 @@ async fn run(command: Command) -> Result<(String, u8), String> {
         }
         Command::CanI(args) => {
             can_i::run(args).await.map(|o| (o.output, o.exit_code)).map_err(|e| e.to_string())
+        }
+        Command::Delegate(args) => delegate::delegate(args).await.map(done).map_err(|e| e.to_string()),
+        Command::Get(GetCommand::Delegations(args)) => {
+            delegate::get(args).await.map(done).map_err(|e| e.to_string())
         }
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod audit;
 pub mod can_i;
+pub mod delegate;
 pub mod token;

@@ -539,4 +539,93 @@ mod tests {
         assert_eq!(r("system:serviceaccount:a:b:c").service_account(), None);
         assert_eq!(r("alice").service_account(), None);
     }
+
+    fn delegation(parent: Option<&str>, scopes: &[&str]) -> Delegation {
+        let spec = crate::api::DelegationSpec {
+            agent_ref: crate::api::LocalRef { name: "refunds".into() },
+            parent_ref: parent.map(|p| crate::api::LocalRef { name: p.into() }),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            task: "t".into(),
+            ttl: Some("1h".into()),
+            expires_at: None,
+            max_depth: None,
+        };
+        Delegation::new("d", spec)
+    }
+
+    fn parent_active() -> Option<ParentFacts> {
+        Some(ParentFacts::Active {
+            name: "root".into(),
+            grantee: "triage".into(),
+            bounds: Bounds {
+                scopes: crate::authz::scope::parse_all(&["refund@pay:orders/**"]).unwrap(),
+                expires_at: "2026-12-01T12:00:00Z".parse().unwrap(),
+                remaining_depth: 2,
+            },
+        })
+    }
+
+    fn judge(
+        who: &Requester,
+        acting: &[String],
+        d: Delegation,
+        parent: Option<ParentFacts>,
+        sar: Option<bool>,
+    ) -> Verdict {
+        let req = request(Kind::Delegation, Operation::Create, who, acting, None, None);
+        let facts = DelegationFacts {
+            delegation: Ok(d),
+            grantee_active: Some(true),
+            parent,
+            may_delegate: sar.map(Ok),
+            now: "2026-12-01T10:00:00Z".parse().unwrap(),
+        };
+        decide_delegation("a", &req, &facts)
+    }
+
+    #[test]
+    fn delegations_are_admitted_only_from_who_may_grant_and_never_wider_than_their_parent() {
+        let root = delegation(None, &["refund@pay:orders/**"]);
+        assert!(judge(&alice(), &[], root.clone(), None, Some(true)).allowed());
+        let Verdict::Deny(why) = judge(&alice(), &[], root.clone(), None, Some(false)) else { panic!() };
+        assert!(why.contains(r#"the RBAC verb "delegate""#), "{why}");
+        let pipeline = Requester { username: "system:serviceaccount:a:ci".into(), ..Requester::default() };
+        assert!(
+            !judge(&pipeline, &[], root.clone(), None, Some(true)).allowed(),
+            "a pipeline grants no root"
+        );
+        let triage_sa =
+            Requester { username: "system:serviceaccount:a:triage-sa".into(), ..Requester::default() };
+        let triage = vec!["a/triage".to_owned()];
+        assert!(!judge(&triage_sa, &triage, root, None, None).allowed(), "an agent grants no root");
+
+        let narrower = delegation(Some("root"), &["refund@pay:orders/eu/*"]);
+        assert!(judge(&triage_sa, &triage, narrower.clone(), parent_active(), None).allowed());
+        let other = vec!["a/other".to_owned()];
+        assert!(
+            !judge(&triage_sa, &other, narrower.clone(), parent_active(), None).allowed(),
+            "not the holder"
+        );
+        assert!(
+            judge(&alice(), &[], narrower.clone(), parent_active(), Some(true)).allowed(),
+            "a person may"
+        );
+        assert!(!judge(&alice(), &[], narrower.clone(), parent_active(), Some(false)).allowed());
+        let missing = Some(ParentFacts::Missing("root".into()));
+        assert!(!judge(&triage_sa, &triage, narrower, missing, None).allowed());
+        for wider in [&["refund@pay:**"][..], &["*@pay:orders/1"], &["refund@PAY:orders/1"], &["read@crm:x"]]
+        {
+            let child = delegation(Some("root"), wider);
+            let Verdict::Deny(why) = judge(&triage_sa, &triage, child, parent_active(), None) else {
+                panic!("{wider:?} was admitted")
+            };
+            assert!(why.contains("more than its parent"), "{why}");
+        }
+        let mut later = delegation(Some("root"), &["refund@pay:orders/1"]);
+        later.spec.ttl = Some("3h".into());
+        assert!(!judge(&triage_sa, &triage, later, parent_active(), None).allowed(), "a later end");
+        let bad = delegation(None, &["refund@pay:orders/%2e%2e"]);
+        let Verdict::Deny(why) = judge(&alice(), &[], bad, None, Some(true)) else { panic!() };
+        assert!(why.starts_with("spec.scopes"), "{why}");
+    }
 }

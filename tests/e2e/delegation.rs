@@ -303,3 +303,87 @@ async fn a_chain_is_re_checked_from_fresh_state_and_ends_below_a_revoked_replace
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn kubectl_agentiam_delegate_grants_as_you_and_the_tree_shows_the_chain_from_the_human() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "dlgcli").await;
+    let _op = Operator::start(&env, &ns.name, &[]);
+    agent_with_sa(&ns, "triage", "triage-sa").await;
+    agent_with_sa(&ns, "refunds", "refunds-sa").await;
+    // The kubeconfig's user is "admin" (system:masters: every verb, delegate included).
+    let out = env.plugin(&[
+        "delegate",
+        "triage",
+        "--scope",
+        "refund@pay:orders/**",
+        "--task",
+        "weekend refunds",
+        "--ttl",
+        "2h",
+        "--name",
+        "shift",
+        "-n",
+        &ns.name,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("delegation.agentiam.dev/shift created") && t.contains("phase: Active"), "{t}");
+    let out = env.plugin(&[
+        "delegate",
+        "refunds",
+        "--parent",
+        "shift",
+        "--scope",
+        "refund@pay:orders/eu/*",
+        "--task",
+        "EU refunds",
+        "--ttl",
+        "1h",
+        "--name",
+        "eu",
+        "-n",
+        &ns.name,
+    ]);
+    assert!(out.status.success() && text(&out).contains("phase: Active"), "{}", text(&out));
+    // A widening is refused with admission's reason; a malformed scope before the server sees it.
+    let out = env.plugin(&[
+        "delegate",
+        "refunds",
+        "--parent",
+        "shift",
+        "--scope",
+        "refund@pay:**",
+        "--task",
+        "more",
+        "--ttl",
+        "1h",
+        "-n",
+        &ns.name,
+    ]);
+    assert!(!out.status.success() && text(&out).contains("more than its parent"), "{}", text(&out));
+    let out = env.plugin(&[
+        "delegate",
+        "refunds",
+        "--scope",
+        "pay:refund",
+        "--task",
+        "x",
+        "--ttl",
+        "1h",
+        "-n",
+        &ns.name,
+    ]);
+    assert!(!out.status.success() && text(&out).contains("<action>@<resource pattern>"), "{}", text(&out));
+
+    let out = env.plugin(&["get", "delegations", "--tree", "-n", &ns.name]);
+    assert!(out.status.success(), "{}", text(&out));
+    let tree = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.first(), Some(&"admin"), "{tree}");
+    assert!(lines.get(1).is_some_and(|l| l.contains("shift -> triage Active")), "{tree}");
+    assert!(lines.get(2).is_some_and(|l| l.starts_with("    └── eu -> refunds Active")), "{tree}");
+    let out = env.plugin(&["get", "delegations", "-n", &ns.name]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.starts_with("NAME") && table.contains("admin"), "{table}");
+}
