@@ -88,14 +88,30 @@ async fn close(ctx: &Context, intent: &Record, resolution: Resolution) -> Result
     Ok(())
 }
 
+/// Whether an operator that serves `watch_namespace` (None: every namespace) may judge objects of `ns`.
+pub fn in_scope(watch_namespace: Option<&str>, ns: &str) -> bool {
+    watch_namespace.is_none_or(|w| w == ns)
+}
+
 /// At startup: closes open intents whose object is gone. Intents about objects that still exist are left to
-/// their reconcile, which sees the object's current status.
+/// their reconcile, which sees the object's current status. Intents about namespaces this operator does not
+/// serve (its scope narrowed since they were written, e.g. a `helm upgrade` that set `watchNamespace`) are
+/// left open with a warning: it may not even read those objects, and an operator that serves them will
+/// resolve them.
 pub async fn resolve_orphans(ctx: &Context) -> Result<()> {
     for intent in ctx.audit.open_intents() {
         if intent.object.kind != "Agent" {
             continue;
         }
         let Some(ns) = intent.object.namespace.as_deref() else { continue };
+        if !in_scope(ctx.config.watch_namespace.as_deref(), ns) {
+            warn!(
+                key = ?intent.key,
+                namespace = ns,
+                "an open audit intent is about a namespace outside --watch-namespace; left open"
+            );
+            continue;
+        }
         let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
         let current = api
             .get_opt(&intent.object.name)
@@ -114,6 +130,13 @@ pub async fn resolve_orphans(ctx: &Context) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_intents_in_the_served_namespaces_are_judged() {
+        assert!(in_scope(None, "anything"));
+        assert!(in_scope(Some("team-a"), "team-a"));
+        assert!(!in_scope(Some("team-a"), "team-b"));
+    }
 
     #[test]
     fn the_intent_in_progress_is_kept() {

@@ -212,3 +212,42 @@ async fn an_intent_whose_object_was_deleted_while_the_operator_was_down_is_aband
     assert!(outcome["reason"].as_str().unwrap().contains("no longer exists"), "{outcome}");
     assert_eq!(outcome["details"]["resolvedBy"], "intent-recovery");
 }
+
+#[tokio::test]
+async fn an_intent_outside_the_served_namespace_is_left_open_not_judged() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "scope").await;
+    let other = TestNs::new(&env, "scope-other").await;
+    let mut op = Operator::start(&env, &ns.name, &["--failpoint-delay-after-intent", "3s"]);
+    ns.create_agent("elsewhere", basic_spec()).await;
+    let key = kill_inside_an_intent(&mut op).await;
+    let vwc = format!("agentiam-{}", ns.name);
+    assert!(env.kubectl(&["delete", "validatingwebhookconfiguration", &vwc], None).status.success());
+    let out = env.kubectl(
+        &[
+            "patch",
+            "agent",
+            "elsewhere",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        env.kubectl(&["delete", "agent", "elsewhere", "-n", &ns.name, "--wait=true"], None).status.success()
+    );
+    // The same log, now served by an operator scoped to another namespace (as after a `helm upgrade` that
+    // set watchNamespace): it must neither judge nor crash on what it does not serve.
+    op.namespace = other.name.clone();
+    op.set_extra(&[]);
+    op.restart();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let closed =
+        records(&op.audit_log()).into_iter().any(|r| r["kind"] == "outcome" && r["key"] == key.as_str());
+    assert!(!closed, "an intent about a namespace this operator does not serve was closed");
+    assert!(op.stderr().contains("outside --watch-namespace; left open"), "{}", op.stderr());
+}
