@@ -247,6 +247,16 @@ pub fn decide_delegation(namespace: &str, req: &Request<'_>, facts: &DelegationF
     };
     let who = &req.requester.username;
     let agent = &d.spec.agent_ref.name;
+    // Its creation time is set by the API server before validating admission; now stands in for it if not.
+    let Some(expiry) = delegation::own_expiry(d).or_else(|| {
+        let ttl = delegation::parse_ttl(d.spec.ttl.as_deref()?)?;
+        facts.now.checked_add(ttl).ok()
+    }) else {
+        return Verdict::Deny("the Delegation has no readable expiry".to_owned());
+    };
+    if expiry <= facts.now {
+        return Verdict::Deny(format!("spec.expiresAt {expiry} has already passed"));
+    }
     let may_delegate = || match &facts.may_delegate {
         Some(Ok(true)) => Ok(()),
         Some(Ok(false)) | None => Err(format!(
@@ -298,12 +308,6 @@ pub fn decide_delegation(namespace: &str, req: &Request<'_>, facts: &DelegationF
             } else if let Err(e) = may_delegate() {
                 return Verdict::Deny(e);
             }
-            let Some(expiry) = delegation::own_expiry(d).or_else(|| {
-                let ttl = delegation::parse_ttl(d.spec.ttl.as_deref()?)?;
-                facts.now.checked_add(ttl).ok()
-            }) else {
-                return Verdict::Deny("the Delegation has no readable expiry".to_owned());
-            };
             if let Err(e) = delegation::check_child(bounds, &scopes, expiry, d.spec.max_depth) {
                 return Verdict::Deny(format!("it would hold more than its parent {name:?}: {e}"));
             }
@@ -624,6 +628,10 @@ mod tests {
         let mut later = delegation(Some("root"), &["refund@pay:orders/1"]);
         later.spec.ttl = Some("3h".into());
         assert!(!judge(&triage_sa, &triage, later, parent_active(), None).allowed(), "a later end");
+        let mut ended = delegation(None, &["refund@pay:orders/**"]);
+        (ended.spec.ttl, ended.spec.expires_at) = (None, Some("2026-12-01T09:00:00Z".into()));
+        let Verdict::Deny(why) = judge(&alice(), &[], ended, None, Some(true)) else { panic!() };
+        assert!(why.contains("already passed"), "{why}");
         let bad = delegation(None, &["refund@pay:orders/%2e%2e"]);
         let Verdict::Deny(why) = judge(&alice(), &[], bad, None, Some(true)) else { panic!() };
         assert!(why.starts_with("spec.scopes"), "{why}");

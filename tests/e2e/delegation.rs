@@ -387,3 +387,77 @@ async fn kubectl_agentiam_delegate_grants_as_you_and_the_tree_shows_the_chain_fr
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(table.starts_with("NAME") && table.contains("admin"), "{table}");
 }
+
+#[tokio::test]
+async fn decisions_on_delegations_survive_a_crash_and_a_final_phase_stays_final_after_a_restart() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "dlgcrash").await;
+    let mut op = Operator::start(&env, &ns.name, &[]);
+    agent_with_sa(&ns, "a", "a-sa").await;
+    agent_with_sa(&ns, "b", "b-sa").await;
+    grant(&env, &ns, "alice", &user("alice@example.com"), true, &[]);
+    let alice = ["--as=alice@example.com"];
+    assert!(
+        create_as(&env, &ns, &alice, &delegation("root", "a", None, &["read@x:**"], "2h")).status.success()
+    );
+    wait_delegation(&env, &ns, "root", "Active").await;
+    assert!(
+        create_as(&env, &ns, &alice, &delegation("child", "b", Some("root"), &["read@x:*"], "1h"))
+            .status
+            .success()
+    );
+    wait_delegation(&env, &ns, "child", "Active").await;
+    let transitions = |op: &Operator| {
+        records(&op.audit_log())
+            .into_iter()
+            .filter(|r| r["action"].as_str().is_some_and(|a| a.starts_with("delegation.")))
+            .map(|r| format!("{} {}", r["action"].as_str().unwrap_or_default(), r["object"]["name"]))
+            .collect::<Vec<_>>()
+    };
+    let before = transitions(&op);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // Killed (no graceful stop) and started again: the ledger is rebuilt from the log, so nothing is
+    // recorded twice and the grantor still comes from the admission record.
+    op.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(transitions(&op), before, "a restart records no transition again");
+    assert_eq!(get(&env, &ns, "child")["status"]["grantor"]["username"], "alice@example.com");
+
+    // Revoked, then the Revocation deleted while the operator is down: after the restart both stay Revoked.
+    let revocation = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop"},
+        "spec": {"target": {"delegationRef": {"name": "root"}}, "mode": "Revoke", "reason": "incident 18"}});
+    assert!(
+        env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&revocation.to_string())).status.success()
+    );
+    wait_delegation(&env, &ns, "child", "Revoked").await;
+    op.kill();
+    // The webhooks fail closed while the operator is down, so the Revocation can only go once their
+    // configuration does (the operator applies it again as it starts).
+    let vwc = format!("agentiam-{}", ns.name);
+    assert!(env.kubectl(&["delete", "validatingwebhookconfiguration", &vwc], None).status.success());
+    let out = env.kubectl(&["delete", "revocation", "stop", "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", text(&out));
+    // A forged status while it is down says Active again.
+    let forged = json!({"status": {"phase": "Active"}}).to_string();
+    let out = env.kubectl(
+        &[
+            "patch",
+            "delegation",
+            "child",
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &forged,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    op.restart();
+    wait_delegation(&env, &ns, "child", "Revoked").await;
+    wait_delegation(&env, &ns, "root", "Revoked").await;
+    let after = transitions(&op);
+    assert_eq!(after.len(), 4, "one revoke each, nothing else: {after:?}");
+}
