@@ -60,11 +60,18 @@ async fn main() {
     let ns_tokens = format!("bench-tokens-{suffix}");
     let ns_agents = format!("bench-agents-{suffix}");
     let ns_floor = format!("bench-floor-{suffix}");
+    let ns_delegations = format!("bench-delegations-{suffix}");
     let mut guard = cluster::Cleanup::new(
-        vec![ns_secrets.clone(), ns_tokens.clone(), ns_floor.clone(), ns_agents.clone()],
+        vec![
+            ns_secrets.clone(),
+            ns_tokens.clone(),
+            ns_floor.clone(),
+            ns_agents.clone(),
+            ns_delegations.clone(),
+        ],
         ns_agents.clone(),
     );
-    for ns in [&ns_secrets, &ns_tokens, &ns_floor, &ns_agents] {
+    for ns in [&ns_secrets, &ns_tokens, &ns_floor, &ns_agents, &ns_delegations] {
         create_namespace(&client, ns).await;
     }
     let cpu = CpuMeter::new(s.cluster_dir.as_deref());
@@ -272,6 +279,8 @@ async fn main() {
     println!("   raw Secret create after ours C={best_c:<3} {:>5.1}/s", after.rate);
     secret_runs.push(after.labelled("after ours"));
 
+    let (through, without) = delegation_admission(&client, &s, &ns_delegations).await;
+
     let peer_secrets = secret_runs.iter().map(|r| r.rate).fold(0.0, f64::max);
     let peer_tokens = token_runs.iter().map(|r| r.rate).fold(0.0, f64::max);
     let peer_kubectl = kubectl_runs.iter().map(|r| r.rate).fold(0.0, f64::max);
@@ -308,6 +317,7 @@ async fn main() {
             "progress": progress.iter().map(|(t, c)| json!([(t * 100.0).round() / 100.0, c])).collect::<Vec<_>>(),
         },
         "api_requests_during_ours": requests,
+        "delegation_admission": {"through_webhook": through.to_json(), "without_webhook": without.to_json()},
         "figures": [
             figure(&format!("{n}-agent credential issuance vs raw Secret create rate"), rate, peer_secrets, "objects/s", Some(0.8)),
             figure(&format!("{n}-agent credential issuance vs TokenRequest via the API (kube-rs)"), rate, peer_tokens, "objects/s", None),
@@ -315,6 +325,8 @@ async fn main() {
             figure(&format!("{n}-agent credential issuance vs the floor (the 3 writes per agent issues 2 and 3 require, bare client)"), rate, floor, "objects/s", None),
             figure("bound: the floor (Secret create + status merge patch + Event per agent) vs raw Secret create rate", floor, peer_secrets, "objects/s", None),
             figure("context: Agent create (CRD, CEL) vs raw Secret create rate", agent_create.rate, peer_secrets, "objects/s", None),
+            figure("reported: Delegation create p99 through the agentiam webhook (SubjectAccessReview, chain check, durable audit record) vs the same create without it (ratio = ours / peer)", through.p99_ms, without.p99_ms, "ms", None),
+            figure("context: Delegation create p50 through the agentiam webhook vs without it (ratio = ours / peer)", through.p50_ms, without.p50_ms, "ms", None),
         ],
     });
     let path = s.results_dir.join("issuance.json");
@@ -331,6 +343,70 @@ async fn main() {
     );
     println!("wrote {}", path.display());
     guard.run();
+}
+
+/// Delegation admission: `s.delegations` root Delegations created one after another (concurrency 1, so the
+/// p99 is a latency, not a queue) by the admin user through the operator's validating webhook, which asks the
+/// API server for a SubjectAccessReview, judges the grant and makes its audit record durable before it
+/// answers; then the same creates with the webhook configuration removed, on the same API server and the same
+/// operator. Returns (through the webhook, without it).
+async fn delegation_admission(client: &Client, s: &Settings, ns: &str) -> (Burst, Burst) {
+    use agentiam::api::{Delegation, DelegationSpec, LocalRef};
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let mut op = cluster::Operator::start_with_webhooks(s, ns);
+    let agents: Api<Agent> = Api::namespaced(client.clone(), ns);
+    let mut grantee = agent_object(0);
+    grantee.metadata.name = Some("grantee".into());
+    agents.create(&PostParams::default(), &grantee).await.expect("create the grantee Agent");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = agents.get("grantee").await.expect("read the grantee");
+        if a.status.and_then(|st| st.phase).is_some_and(|p| p == agentiam::api::AgentPhase::Active) {
+            break;
+        }
+        op.check_alive();
+        assert!(Instant::now() < deadline, "the grantee did not become Active\n{}", op.stderr_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api: Api<Delegation> = Api::namespaced(client.clone(), ns);
+    let make = |prefix: &'static str| {
+        let api = api.clone();
+        move |i: usize| {
+            let api = api.clone();
+            let spec = DelegationSpec {
+                agent_ref: LocalRef { name: "grantee".into() },
+                parent_ref: None,
+                scopes: vec!["read@crm:contacts/*".into(), "refund@pay:orders/**".into()],
+                task: "bench".into(),
+                ttl: Some("1h".into()),
+                expires_at: None,
+                max_depth: None,
+            };
+            let d = Delegation::new(&format!("{prefix}-{i:04}"), spec);
+            async move { api.create(&PostParams::default(), &d).await.map(|_| ()) }
+        }
+    };
+    let through = burst(s.delegations, 1, make("through")).await.labelled("through the webhook");
+    println!(
+        "   Delegation create through the webhook C=1 p50 {:.2} ms  p99 {:.2} ms",
+        through.p50_ms, through.p99_ms
+    );
+    let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let name = format!("agentiam-{ns}");
+    vwcs.delete(&name, &Default::default()).await.expect("delete the webhook configuration");
+    // The API server drops a deleted configuration from its admission chain within a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let without = burst(s.delegations, 1, make("without")).await.labelled("without the webhook");
+    println!(
+        "   Delegation create without it      C=1 p50 {:.2} ms  p99 {:.2} ms",
+        without.p50_ms, without.p99_ms
+    );
+    op.stop();
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let _ = mwcs.delete(&name, &Default::default()).await;
+    let _ = vwcs.delete(&name, &Default::default()).await;
+    (through, without)
 }
 
 /// The Agent the bench creates (the same for ours and the floor): two audiences, no X.509.

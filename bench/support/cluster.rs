@@ -31,6 +31,8 @@ pub struct Settings {
     pub kubectl_concurrency: Vec<usize>,
     pub api_tokens: usize,
     pub timeout: Duration,
+    /// Delegations created one after another, through the webhook and without it.
+    pub delegations: usize,
 }
 
 impl Settings {
@@ -57,6 +59,7 @@ impl Settings {
             cluster_dir: var("AGENTIAM_CLUSTER_DIR").map(PathBuf::from),
             results_dir: var("BENCH_RESULTS_DIR").map_or_else(|| root.join("bench/results"), PathBuf::from),
             agents: num("BENCH_AGENTS", 1000),
+            delegations: num("BENCH_DELEGATIONS", 300),
             concurrency: list("BENCH_CONCURRENCY", "8,32,64"),
             floor_concurrency: list("BENCH_FLOOR_CONCURRENCY", "4,8,16,32,64"),
             kubectl_tokens: num("BENCH_KUBECTL_TOKENS", 100),
@@ -247,8 +250,20 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Spawns the operator and returns once it logged "operator running".
+    /// Spawns the operator without its webhooks and returns once it logged "operator running".
     pub fn start(s: &Settings, ns: &str) -> Self {
+        Self::start_with(s, ns, &["--webhook".to_owned(), "false".to_owned()])
+    }
+
+    /// Spawns the operator with its admission webhooks on a free loopback port.
+    pub fn start_with_webhooks(s: &Settings, ns: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let url = format!("https://{listen}");
+        Self::start_with(s, ns, &["--webhook-listen".to_owned(), listen, "--webhook-url".to_owned(), url])
+    }
+
+    fn start_with(s: &Settings, ns: &str, extra: &[String]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
@@ -256,7 +271,8 @@ impl Operator {
         let child = Command::new(&s.operator_bin)
             .args(["--log-format", "text", "run", "--namespace", ns, "--watch-namespace", ns])
             .args(["--http-addr", &addr, "--issuer-url", &format!("http://{addr}")])
-            .args(["--webhook", "false", "--audit-stdout", "false"])
+            .args(["--admin-addr", "127.0.0.1:0", "--audit-stdout", "false"])
+            .args(extra)
             .arg("--audit-log")
             .arg(&audit)
             .env("KUBECONFIG", &s.kubeconfig)
