@@ -273,21 +273,24 @@ k get clusterrole/$release-"$ins" clusterrolebinding/$release-"$ins" \
 
 sa=system:serviceaccount:$ins:$release
 # RBAC and admission policies take effect once the API server's informers see them: poll briefly first.
-eventually() { # eventually <what> <command...>
-  local what=$1
-  shift
-  for _ in $(seq 1 60); do
+eventually_for() { # eventually_for <seconds> <what> <command...>
+  local seconds=$1 what=$2
+  shift 2
+  for _ in $(seq 1 $((seconds * 2))); do
     if "$@"; then return 0; fi
     sleep 0.5
   done
-  die "timed out waiting until $what"
+  die "timed out after ${seconds}s waiting until $what"
 }
-# The API server type-checks the policy's CEL against the schemas of the kinds it matches: a misspelt field
-# would otherwise only surface as a denial at run time.
+eventually() { eventually_for 30 "$@"; } # eventually <what> <command...>
+# kube-controller-manager type-checks the policy's CEL against the schemas of the kinds it matches (a
+# misspelt field would otherwise only surface as a denial at run time). It learns of the policy from its
+# informer, and right after tests/e2e/outage.rs killed the API server that informer may still be in
+# client-go's reflector backoff (up to 30 s, doubled by jitter): CI once waited more than 30 s here.
 policy_checked() {
   [ -n "$(k get validatingadmissionpolicy/$release-"$ins"-restrict-creates -o jsonpath='{.status.observedGeneration}')" ]
 }
-eventually "the admission policy is type-checked" policy_checked
+eventually_for 120 "kube-controller-manager has type-checked the admission policy" policy_checked
 warnings=$(k get validatingadmissionpolicy/$release-"$ins"-restrict-creates \
   -o jsonpath='{range .status.typeChecking.expressionWarnings[*]}{.fieldRef}: {.warning}{"\n"}{end}')
 [ -z "$warnings" ] || { printf '%s\n' "$warnings" >&2; die "the admission policy has type-checking warnings"; }
