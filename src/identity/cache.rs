@@ -1,4 +1,5 @@
-//! A cache of tokens that passed [`JwtVerifier::verify_any_audience`], so a gateway asking about the same
+//! A cache of tokens that passed [`JwtVerifier::verify_any_audience`] or
+//! [`JwtVerifier::verify_delegated`], so a gateway asking about the same
 //! token many times pays for one ECDSA verification instead of one per request.
 //!
 //! Safe because a hit requires the *exact* token bytes that verified before (the hash only picks the slot;
@@ -13,36 +14,130 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::verify::{JwtVerifier, TokenError, VerifiedSvid};
+use super::verify::{JwtVerifier, TokenError, VerifiedDelegated, VerifiedSvid};
 
 const SHARDS: usize = 16;
 
-#[derive(Debug)]
-struct Entry {
-    token: Box<str>,
-    svid: Arc<VerifiedSvid>,
+/// What a cached verification must still satisfy on a hit.
+trait Validity {
+    fn expires_at(&self) -> Timestamp;
+    fn not_before(&self) -> Option<Timestamp>;
 }
 
-/// A verifier with a cache of verified tokens.
+impl Validity for VerifiedSvid {
+    fn expires_at(&self) -> Timestamp {
+        self.expires_at
+    }
+
+    fn not_before(&self) -> Option<Timestamp> {
+        self.not_before
+    }
+}
+
+impl Validity for VerifiedDelegated {
+    fn expires_at(&self) -> Timestamp {
+        self.expires_at
+    }
+
+    // Delegated tokens are minted with nbf = iat, and the verifier checked iat is not in the future.
+    fn not_before(&self) -> Option<Timestamp> {
+        self.issued_at
+    }
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    token: Box<str>,
+    verified: Arc<T>,
+}
+
+/// One kind of token's cache: sharded, bounded, keyed by the exact token.
+#[derive(Debug)]
+struct Cache<T> {
+    per_shard: usize,
+    shards: [Mutex<HashMap<u64, Entry<T>>>; SHARDS],
+}
+
+impl<T: Validity> Cache<T> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn get_or_verify(
+        &self,
+        hash: u64,
+        token: &str,
+        now: Timestamp,
+        leeway: SignedDuration,
+        verify: impl FnOnce() -> Result<T, TokenError>,
+    ) -> Result<Arc<T>, TokenError> {
+        let shard = self.shards.get(hash as usize % SHARDS);
+        if let Some(shard) = shard {
+            let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = map.get(&hash)
+                && *e.token == *token
+            {
+                let verified = Arc::clone(&e.verified);
+                drop(map);
+                check_time(verified.as_ref(), now, leeway)?;
+                return Ok(verified);
+            }
+        }
+        let verified = Arc::new(verify()?);
+        if let Some(shard) = shard {
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.len() >= self.per_shard {
+                map.retain(|_, e| e.verified.expires_at() > now);
+                if map.len() >= self.per_shard {
+                    map.clear();
+                }
+            }
+            map.insert(hash, Entry { token: token.into(), verified: Arc::clone(&verified) });
+        }
+        Ok(verified)
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
+    }
+}
+
+/// The same time checks as the verifier: a cached token expires exactly when it would have failed.
+fn check_time(v: &impl Validity, now: Timestamp, leeway: SignedDuration) -> Result<(), TokenError> {
+    let exp = v.expires_at();
+    if now >= exp.saturating_add(leeway).unwrap_or(exp) {
+        return Err(TokenError::Expired);
+    }
+    if v.not_before().is_some_and(|nbf| now < nbf.saturating_sub(leeway).unwrap_or(nbf)) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// A verifier with caches of verified tokens: identity tokens and delegated tokens apart, so a token
+/// verified as one kind is never served as the other.
 #[derive(Debug)]
 pub struct CachingVerifier {
     verifier: JwtVerifier,
     leeway: SignedDuration,
-    per_shard: usize,
     hasher: RandomState,
-    shards: [Mutex<HashMap<u64, Entry>>; SHARDS],
+    svids: Cache<VerifiedSvid>,
+    delegated: Cache<VerifiedDelegated>,
 }
 
 impl CachingVerifier {
-    /// Wraps `verifier`, caching up to about `capacity` tokens.
+    /// Wraps `verifier`, caching up to about `capacity` tokens of each kind.
     pub fn new(verifier: JwtVerifier, capacity: usize) -> Self {
         let leeway = SignedDuration::try_from(verifier.config().leeway).unwrap_or(SignedDuration::ZERO);
         Self {
             verifier,
             leeway,
-            per_shard: capacity.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            svids: Cache::new(capacity),
+            delegated: Cache::new(capacity),
         }
     }
 
@@ -55,46 +150,18 @@ impl CachingVerifier {
     /// before and is still within its validity.
     pub fn verify_any_audience(&self, token: &str, now: Timestamp) -> Result<Arc<VerifiedSvid>, TokenError> {
         let hash = self.hasher.hash_one(token);
-        let shard = self.shards.get(hash as usize % SHARDS);
-        if let Some(shard) = shard {
-            let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(e) = map.get(&hash)
-                && *e.token == *token
-            {
-                let svid = Arc::clone(&e.svid);
-                drop(map);
-                self.check_time(&svid, now)?;
-                return Ok(svid);
-            }
-        }
-        let svid = Arc::new(self.verifier.verify_any_audience(token, now)?);
-        if let Some(shard) = shard {
-            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            if map.len() >= self.per_shard {
-                map.retain(|_, e| e.svid.expires_at > now);
-                if map.len() >= self.per_shard {
-                    map.clear();
-                }
-            }
-            map.insert(hash, Entry { token: token.into(), svid: Arc::clone(&svid) });
-        }
-        Ok(svid)
+        self.svids.get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_any_audience(token, now))
     }
 
-    /// The same time checks as the verifier: a cached token expires exactly when it would have failed.
-    fn check_time(&self, svid: &VerifiedSvid, now: Timestamp) -> Result<(), TokenError> {
-        if now >= svid.expires_at.saturating_add(self.leeway).unwrap_or(svid.expires_at) {
-            return Err(TokenError::Expired);
-        }
-        if svid.not_before.is_some_and(|nbf| now < nbf.saturating_sub(self.leeway).unwrap_or(nbf)) {
-            return Err(TokenError::NotYetValid);
-        }
-        Ok(())
+    /// Verifies a delegated token at `now`, cached like [`verify_any_audience`](Self::verify_any_audience).
+    pub fn verify_delegated(&self, token: &str, now: Timestamp) -> Result<Arc<VerifiedDelegated>, TokenError> {
+        let hash = self.hasher.hash_one(token);
+        self.delegated.get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_delegated(token, now))
     }
 
     /// How many tokens are cached.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
+        self.svids.len() + self.delegated.len()
     }
 
     /// Whether nothing is cached.

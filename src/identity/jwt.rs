@@ -22,7 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::keys::{ES256_SIGNATURE_LEN, KeyError, SigningKey};
+use crate::identity::keys::{ES256_SIGNATURE_LEN, JwtType, KeyError, SigningKey};
 use crate::identity::spiffe::SpiffeId;
 
 /// Claim name of the Agent's `metadata.uid`.
@@ -157,6 +157,23 @@ impl SvidClaims {
     }
 }
 
+/// Claims the operator signs: one [`JwtType`] (the header's `typ`), serialised as the payload, and checked
+/// before signing so a bug upstream cannot produce a signed token no verifier should accept.
+pub trait TokenClaims: Serialize {
+    /// The token type, written as the header's `typ`.
+    const TYPE: JwtType;
+    /// The structural checks run before signing.
+    fn validate(&self) -> Result<(), MintError>;
+}
+
+impl TokenClaims for SvidClaims {
+    const TYPE: JwtType = JwtType::Svid;
+
+    fn validate(&self) -> Result<(), MintError> {
+        self.check()
+    }
+}
+
 /// A fresh token ID: 128 bits from the system CSPRNG, base64url without padding (22 characters).
 pub fn new_jti() -> Result<String, MintError> {
     let mut bytes = [0u8; 16];
@@ -190,6 +207,11 @@ pub fn effective_ttl(
 
 /// Mints one JWT-SVID. Allocates a claims buffer per call; use a [`Minter`] to reuse it.
 pub fn mint_jwt_svid(key: &SigningKey, claims: &SvidClaims) -> Result<String, MintError> {
+    mint(key, claims)
+}
+
+/// Mints one token of any type the operator signs.
+pub fn mint<C: TokenClaims>(key: &SigningKey, claims: &C) -> Result<String, MintError> {
     mint_with(key, claims, &mut Vec::with_capacity(CLAIMS_CAPACITY))
 }
 
@@ -220,17 +242,17 @@ impl Minter {
         self.key = key;
     }
 
-    /// Mints one JWT-SVID.
-    pub fn mint(&mut self, claims: &SvidClaims) -> Result<String, MintError> {
+    /// Mints one token (a JWT-SVID, or a delegated token).
+    pub fn mint<C: TokenClaims>(&mut self, claims: &C) -> Result<String, MintError> {
         mint_with(&self.key, claims, &mut self.claims_json)
     }
 }
 
-fn mint_with(key: &SigningKey, claims: &SvidClaims, buf: &mut Vec<u8>) -> Result<String, MintError> {
-    claims.check()?;
+fn mint_with<C: TokenClaims>(key: &SigningKey, claims: &C, buf: &mut Vec<u8>) -> Result<String, MintError> {
+    claims.validate()?;
     buf.clear();
     serde_json::to_writer(&mut *buf, claims).map_err(|e| MintError::Encode(e.to_string()))?;
-    let header = key.jwt_header_b64();
+    let header = key.header_b64_for(C::TYPE);
     let len = header.len() + 1 + b64_len(buf.len()) + 1 + b64_len(ES256_SIGNATURE_LEN);
     let mut token = String::with_capacity(len);
     token.push_str(header);

@@ -155,6 +155,7 @@ pub struct SigningKey {
     x: String,
     y: String,
     jwt_header_b64: String,
+    delegated_header_b64: String,
     created_at: Timestamp,
     // aws-lc-rs ignores the RNG argument (AWS-LC draws its own nonces), so one instance per key costs nothing
     // and keeps the signing call free of per-token setup.
@@ -184,7 +185,8 @@ impl SigningKey {
         }
         let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
         let kid = ec_thumbprint(&x, &y);
-        let jwt_header_b64 = header_b64(&kid);
+        let jwt_header_b64 = header_b64(&kid, JwtType::Svid);
+        let delegated_header_b64 = header_b64(&kid, JwtType::Delegated);
         Ok(Self {
             kid,
             key_pair,
@@ -192,6 +194,7 @@ impl SigningKey {
             x,
             y,
             jwt_header_b64,
+            delegated_header_b64,
             created_at,
             rng: SystemRandom::new(),
         })
@@ -221,6 +224,14 @@ impl SigningKey {
     /// is the same for every token the key signs.
     pub fn jwt_header_b64(&self) -> &str {
         &self.jwt_header_b64
+    }
+
+    /// The base64url JWT header for tokens of `typ`, computed once per key.
+    pub fn header_b64_for(&self, typ: JwtType) -> &str {
+        match typ {
+            JwtType::Svid => &self.jwt_header_b64,
+            JwtType::Delegated => &self.delegated_header_b64,
+        }
     }
 
     /// The public key as a JWK with `"use": "sig"` and `"alg": "ES256"`, for the `/keys` JWKS.
@@ -284,9 +295,33 @@ fn add(ts: Timestamp, d: Duration) -> Timestamp {
     ts.checked_add(d).unwrap_or(Timestamp::MAX)
 }
 
-/// The base64url JWT header for a key ID; computed once per key by [`SigningKey`] (here, not in `jwt`, so
-/// keys never import the module that signs with them).
-pub(crate) fn header_b64(kid: &str) -> String {
+/// The kinds of JWT the operator signs, told apart by the header's `typ` (RFC 8725 §3.11 explicit typing):
+/// a verifier expecting one refuses the other, so a delegated token is never taken for an identity token
+/// or the reverse, even by a relying party that only checks signatures and `typ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtType {
+    /// An identity JWT-SVID: `typ` "JWT", as the SPIFFE JWT-SVID specification has it.
+    Svid,
+    /// A delegated (on-behalf-of) token: `typ` [`DELEGATED_TYP`].
+    Delegated,
+}
+
+/// The `typ` of delegated tokens.
+pub const DELEGATED_TYP: &str = "agentiam-delegation+jwt";
+
+impl JwtType {
+    /// The header's `typ` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Svid => "JWT",
+            Self::Delegated => DELEGATED_TYP,
+        }
+    }
+}
+
+/// The base64url JWT header for a key ID and token type; computed once per key by [`SigningKey`] (here, not
+/// in `jwt`, so keys never import the module that signs with them).
+pub(crate) fn header_b64(kid: &str, typ: JwtType) -> String {
     // Field order is fixed by the struct, so every token from one key has byte-identical headers.
     #[derive(Serialize)]
     struct Header<'a> {
@@ -296,7 +331,7 @@ pub(crate) fn header_b64(kid: &str) -> String {
     }
     // Serializing three string fields cannot fail; fall back to an empty header rather than panic, which
     // every verifier rejects.
-    let json = serde_json::to_vec(&Header { alg: "ES256", typ: "JWT", kid }).unwrap_or_default();
+    let json = serde_json::to_vec(&Header { alg: "ES256", typ: typ.as_str(), kid }).unwrap_or_default();
     URL_SAFE_NO_PAD.encode(json)
 }
 

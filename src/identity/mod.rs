@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod cache;
+pub mod delegated;
 pub mod issuer;
 pub mod jwt;
 pub mod keys;

@@ -26,6 +26,10 @@ use jsonwebtoken::jwk::{
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::authz::scope::{Scope, parse_all};
+use super::delegated::{CLAIM_CHAIN, CLAIM_DELEGATION, CLAIM_DELEGATION_UID, DELEGATED_TYP, MAX_CHAIN};
+use super::jwt::CLAIM_UID;
+use super::keys::JwtType;
 use super::{SpiffeError, SpiffeId, TrustDomain};
 
 /// The only accepted signature algorithm: every key we publish is ECDSA P-256 with SHA-256.
@@ -156,9 +160,12 @@ pub enum HeaderError {
     /// There is no `alg`.
     #[error("header has no alg")]
     MissingAlgorithm,
-    /// `typ` is present but not "JWT" or "JOSE".
+    /// `typ` is present but not "JWT" or "JOSE" (a delegated token is not an identity token).
     #[error("header typ is not \"JWT\" or \"JOSE\"")]
     Type,
+    /// Where a delegated token is expected, `typ` is not [`DELEGATED_TYP`] (an identity token is not one).
+    #[error("header typ is not \"{DELEGATED_TYP}\": not a delegated token")]
+    NotDelegated,
     /// There is no `kid`, or it is empty.
     #[error("header has no kid")]
     MissingKeyId,
@@ -274,6 +281,37 @@ pub struct VerifiedSvid {
     pub extra: Map<String, Value>,
 }
 
+/// The claims of a delegated token that passed every check of [`JwtVerifier::verify_delegated`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedDelegated {
+    /// The human at the root of the chain (`sub`).
+    pub grantor: String,
+    /// The agents, the acting one (`client_id`) first, then each that delegated to the one before.
+    pub agents: Vec<SpiffeId>,
+    /// The leaf Delegation's scopes.
+    pub scopes: Vec<Scope>,
+    /// The single audience.
+    pub audience: String,
+    /// The issuer.
+    pub issuer: String,
+    /// `iat`, when present.
+    pub issued_at: Option<Timestamp>,
+    /// `exp`.
+    pub expires_at: Timestamp,
+    /// `jti`.
+    pub jti: String,
+    /// The signing key's ID.
+    pub kid: String,
+    /// The acting Agent's UID.
+    pub agent_uid: String,
+    /// The leaf Delegation's name.
+    pub delegation: String,
+    /// The leaf Delegation's UID.
+    pub delegation_uid: String,
+    /// The Delegation UIDs of the chain, root first.
+    pub chain: Vec<String>,
+}
+
 /// Verifies JWT-SVIDs against a fixed set of public keys. Immutable: on key rotation build a new one with
 /// [`JwtVerifier::with_keys`] and swap it in, so a verification never sees a half-updated key set.
 #[derive(Debug, Clone)]
@@ -356,16 +394,117 @@ impl JwtVerifier {
         self.verify_inner(token, None, now)
     }
 
+    /// Verifies a delegated token (see [`crate::identity::delegated`]) for any single audience at `now`.
+    ///
+    /// Steps 1 to 8 are those of [`verify`](Self::verify), except that the header's `typ` must be exactly
+    /// [`DELEGATED_TYP`] (so an identity token is refused here, as a delegated token is there). Then:
+    /// `sub` is a non-empty string that is not a SPIFFE ID (the human); `act` is an object chain of at most
+    /// [`MAX_CHAIN`] agents, each `sub` an agent SPIFFE ID in the trust domain, the outermost equal to
+    /// `client_id`; `scope` is a space-separated list of valid scopes; the agent UID, the delegation name
+    /// and UID are non-empty strings, and the chain of Delegation UIDs has one entry per agent and ends at
+    /// the delegation's UID. Whether that chain is still in force is for the caller to check.
+    pub fn verify_delegated(&self, token: &str, now: Timestamp) -> Result<VerifiedDelegated, TokenError> {
+        let (claims, kid) = self.verify_signed(token, JwtType::Delegated, None, now)?;
+        let Claims { aud, iss, sub, jti, iat, exp, mut extra, .. } = claims;
+        if sub.is_empty() || sub.starts_with("spiffe://") {
+            return Err(TokenError::InvalidClaim("sub"));
+        }
+        let client_id = take_string(&mut extra, "client_id")?;
+        let act = extra.remove("act").ok_or(TokenError::MissingClaim("act"))?;
+        let mut agents = Vec::new();
+        let mut next = Some(act);
+        while let Some(actor) = next.take() {
+            let Value::Object(mut actor) = actor else { return Err(TokenError::InvalidClaim("act")) };
+            let agent = take_string(&mut actor, "sub").map_err(|_| TokenError::InvalidClaim("act"))?;
+            let id = SpiffeId::parse(&agent).map_err(TokenError::Subject)?;
+            id.agent_in(&self.config.trust_domain).map_err(|_| TokenError::InvalidClaim("act"))?;
+            agents.push(id);
+            next = actor.remove("act");
+            if !actor.is_empty() || agents.len() > MAX_CHAIN {
+                return Err(TokenError::InvalidClaim("act"));
+            }
+        }
+        if agents.first().is_none_or(|a| a.to_string() != client_id) {
+            return Err(TokenError::InvalidClaim("client_id"));
+        }
+        let scope = take_string(&mut extra, "scope")?;
+        let scopes = parse_all(&scope.split(' ').collect::<Vec<_>>())
+            .map_err(|_| TokenError::InvalidClaim("scope"))?;
+        let agent_uid = take_string(&mut extra, CLAIM_UID).and_then(|s| non_empty(s, CLAIM_UID))?;
+        let delegation =
+            take_string(&mut extra, CLAIM_DELEGATION).and_then(|s| non_empty(s, CLAIM_DELEGATION))?;
+        let delegation_uid = take_string(&mut extra, CLAIM_DELEGATION_UID)
+            .and_then(|s| non_empty(s, CLAIM_DELEGATION_UID))?;
+        let chain = match extra.remove(CLAIM_CHAIN) {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.is_empty() => Ok(s),
+                    _ => Err(TokenError::InvalidClaim(CLAIM_CHAIN)),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => return Err(TokenError::InvalidClaim(CLAIM_CHAIN)),
+            None => return Err(TokenError::MissingClaim(CLAIM_CHAIN)),
+        };
+        if chain.len() != agents.len() || chain.last() != Some(&delegation_uid) {
+            return Err(TokenError::InvalidClaim(CLAIM_CHAIN));
+        }
+        Ok(VerifiedDelegated {
+            grantor: sub,
+            agents,
+            scopes,
+            audience: aud,
+            issuer: iss,
+            issued_at: iat.map(|t| t.timestamp),
+            expires_at: exp.timestamp,
+            jti,
+            kid,
+            agent_uid,
+            delegation,
+            delegation_uid,
+            chain,
+        })
+    }
+
     fn verify_inner(
         &self,
         token: &str,
         expected_audience: Option<&str>,
         now: Timestamp,
     ) -> Result<VerifiedSvid, TokenError> {
+        let (claims, kid) = self.verify_signed(token, JwtType::Svid, expected_audience, now)?;
+        let spiffe_id = SpiffeId::parse(&claims.sub).map_err(TokenError::Subject)?;
+        if spiffe_id.trust_domain() != &self.config.trust_domain {
+            return Err(TokenError::ForeignTrustDomain);
+        }
+        if self.config.require_agent {
+            spiffe_id.agent_in(&self.config.trust_domain).map_err(TokenError::Subject)?;
+        }
+        Ok(VerifiedSvid {
+            spiffe_id,
+            audience: claims.aud,
+            issuer: claims.iss,
+            issued_at: claims.iat.map(|t| t.timestamp),
+            expires_at: claims.exp.timestamp,
+            not_before: claims.nbf.map(|t| t.timestamp),
+            jti: claims.jti,
+            kid,
+            extra: claims.extra,
+        })
+    }
+
+    /// Steps 1 to 8 of [`verify`](Self::verify), for a token of `typ`: the claims and the signing kid.
+    fn verify_signed(
+        &self,
+        token: &str,
+        typ: JwtType,
+        expected_audience: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(Claims, String), TokenError> {
         let segments = Segments::split(token, self.config.max_token_bytes)?;
         let header =
             parse_object(&decode(segments.header, "header is not canonical base64url")?, Part::Header)?;
-        let kid = check_header(&header)?;
+        let kid = check_header(&header, typ)?;
         let key = self.keys.get(kid).ok_or_else(|| TokenError::UnknownKey(quote_kid(kid)))?;
         let signature = decode(segments.signature, "signature is not canonical base64url")?;
         if signature.len() != SIGNATURE_LEN {
@@ -387,24 +526,7 @@ impl JwtVerifier {
         if !audience_ok {
             return Err(TokenError::Audience);
         }
-        let spiffe_id = SpiffeId::parse(&claims.sub).map_err(TokenError::Subject)?;
-        if spiffe_id.trust_domain() != &self.config.trust_domain {
-            return Err(TokenError::ForeignTrustDomain);
-        }
-        if self.config.require_agent {
-            spiffe_id.agent_in(&self.config.trust_domain).map_err(TokenError::Subject)?;
-        }
-        Ok(VerifiedSvid {
-            spiffe_id,
-            audience: claims.aud,
-            issuer: claims.iss,
-            issued_at: claims.iat.map(|t| t.timestamp),
-            expires_at: claims.exp.timestamp,
-            not_before: claims.nbf.map(|t| t.timestamp),
-            jti: claims.jti,
-            kid: kid.to_owned(),
-            extra: claims.extra,
-        })
+        Ok((claims, kid.to_owned()))
     }
 
     /// Integer nanoseconds on both sides, so no boundary is lost to rounding and nothing can overflow.
@@ -560,8 +682,8 @@ impl<'de> Visitor<'de> for StrictJson<'_> {
     }
 }
 
-/// Checks the header and returns its kid.
-fn check_header(header: &Map<String, Value>) -> Result<&str, TokenError> {
+/// Checks the header of a token expected to be of `typ` and returns its kid.
+fn check_header(header: &Map<String, Value>, typ: JwtType) -> Result<&str, TokenError> {
     for name in header.keys() {
         if !matches!(name.as_str(), "alg" | "typ" | "kid") {
             let known = FORBIDDEN_HEADERS.iter().find(|f| **f == name.as_str());
@@ -573,10 +695,12 @@ fn check_header(header: &Map<String, Value>) -> Result<&str, TokenError> {
         Some(Value::String(alg)) if alg == ALGORITHM => {}
         Some(_) => return Err(TokenError::UnsupportedAlgorithm),
     }
-    match header.get("typ") {
-        None => {}
-        Some(Value::String(typ)) if typ == "JWT" || typ == "JOSE" => {}
-        Some(_) => return Err(HeaderError::Type.into()),
+    match (typ, header.get("typ")) {
+        (JwtType::Svid, None) => {}
+        (JwtType::Svid, Some(Value::String(t))) if t == "JWT" || t == "JOSE" => {}
+        (JwtType::Svid, Some(_)) => return Err(HeaderError::Type.into()),
+        (JwtType::Delegated, Some(Value::String(t))) if t == DELEGATED_TYP => {}
+        (JwtType::Delegated, _) => return Err(HeaderError::NotDelegated.into()),
     }
     match header.get("kid") {
         Some(Value::String(kid)) if !kid.is_empty() => Ok(kid),
@@ -633,6 +757,10 @@ impl Claims {
 
 fn required(map: &mut Map<String, Value>, name: &'static str) -> Result<Value, TokenError> {
     map.remove(name).ok_or(TokenError::MissingClaim(name))
+}
+
+fn take_string(map: &mut Map<String, Value>, name: &'static str) -> Result<String, TokenError> {
+    string(required(map, name)?, name)
 }
 
 fn string(value: Value, name: &'static str) -> Result<String, TokenError> {

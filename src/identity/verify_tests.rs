@@ -728,3 +728,101 @@ fn any_audience_still_requires_exactly_one_and_every_other_check() {
         TokenError::Expired
     );
 }
+
+// Delegated tokens: their own typ, a human subject, the nested act chain.
+
+const AGENT_A: &str = "spiffe://cluster.local/ns/payments/agent/planner";
+
+fn delegated_header() -> Value {
+    json!({"alg": "ES256", "typ": "agentiam-delegation+jwt", "kid": KID})
+}
+
+fn delegated_claims() -> Value {
+    json!({
+        "sub": "alice@example.com", "aud": "pay", "iss": ISSUER, "exp": T0 + 300, "iat": T0, "nbf": T0,
+        "jti": "d-jti", "client_id": SUB, "act": {"sub": SUB, "act": {"sub": AGENT_A}},
+        "scope": "refund@pay:orders/** read@pay:orders/*",
+        "agentiam.dev/uid": "agent-uid", "agentiam.dev/delegation": "child",
+        "agentiam.dev/delegation_uid": "child-uid", "agentiam.dev/chain": ["root-uid", "child-uid"]
+    })
+}
+
+#[test]
+fn a_delegated_token_verifies_as_one_and_never_as_an_identity_token() {
+    let (signer, verifier) = fixture();
+    let token = signer.token(&delegated_header(), &delegated_claims());
+    let v = verifier.verify_delegated(&token, at(T0 + 10)).unwrap();
+    assert_eq!(v.grantor, "alice@example.com");
+    assert_eq!(v.agents.iter().map(ToString::to_string).collect::<Vec<_>>(), [SUB, AGENT_A]);
+    assert_eq!(v.scopes.len(), 2);
+    assert_eq!((v.delegation.as_str(), v.delegation_uid.as_str()), ("child", "child-uid"));
+    assert_eq!(v.chain, ["root-uid", "child-uid"]);
+    assert_eq!(
+        verifier.verify_any_audience(&token, at(T0 + 10)).unwrap_err(),
+        TokenError::Header(HeaderError::Type)
+    );
+    // An identity token, and a delegated body under the identity typ (or none), are not delegated tokens.
+    for h in [header(), json!({"alg": "ES256", "kid": KID}), json!({"alg": "ES256", "typ": "JOSE", "kid": KID})] {
+        for c in [claims(), delegated_claims()] {
+            assert_eq!(
+                verifier.verify_delegated(&signer.token(&h, &c), at(T0 + 10)).unwrap_err(),
+                TokenError::Header(HeaderError::NotDelegated)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_delegated_token_with_a_forged_shape_is_refused() {
+    let (signer, verifier) = fixture();
+    let other_td = "spiffe://evil.example/ns/payments/agent/refund-bot";
+    let not_agent = "spiffe://cluster.local/ns/payments/sa/default";
+    let cases = [
+        (with(delegated_claims(), "sub", json!(SUB)), TokenError::InvalidClaim("sub")),
+        (with(delegated_claims(), "sub", json!("")), TokenError::InvalidClaim("sub")),
+        (with(delegated_claims(), "client_id", json!(AGENT_A)), TokenError::InvalidClaim("client_id")),
+        (without(delegated_claims(), "client_id"), TokenError::MissingClaim("client_id")),
+        (without(delegated_claims(), "act"), TokenError::MissingClaim("act")),
+        (with(delegated_claims(), "act", json!("x")), TokenError::InvalidClaim("act")),
+        (with(delegated_claims(), "act", json!({"sub": SUB, "iss": "x"})), TokenError::InvalidClaim("act")),
+        (
+            with(delegated_claims(), "act", json!({"sub": SUB, "act": {"sub": not_agent}})),
+            TokenError::InvalidClaim("act"),
+        ),
+        (with(delegated_claims(), "act", json!({"sub": other_td})), TokenError::InvalidClaim("act")),
+        (with(delegated_claims(), "act", json!({"sub": SUB})), TokenError::InvalidClaim(CLAIM_CHAIN)),
+        (with(delegated_claims(), "scope", json!("refund")), TokenError::InvalidClaim("scope")),
+        (with(delegated_claims(), "scope", json!("")), TokenError::InvalidClaim("scope")),
+        (with(delegated_claims(), "scope", json!(["refund@pay:x"])), TokenError::InvalidClaim("scope")),
+        (
+            with(delegated_claims(), CLAIM_CHAIN, json!(["root-uid", "other"])),
+            TokenError::InvalidClaim(CLAIM_CHAIN),
+        ),
+        (with(delegated_claims(), CLAIM_CHAIN, json!("child-uid")), TokenError::InvalidClaim(CLAIM_CHAIN)),
+        (with(delegated_claims(), CLAIM_DELEGATION_UID, json!("")), TokenError::InvalidClaim(CLAIM_DELEGATION_UID)),
+        (without(delegated_claims(), CLAIM_UID), TokenError::MissingClaim(CLAIM_UID)),
+        (with(delegated_claims(), "aud", json!(["pay", "crm"])), TokenError::AudienceCount(2)),
+        (with(delegated_claims(), "iss", json!("https://evil.example")), TokenError::Issuer),
+    ];
+    for (i, (c, expected)) in cases.into_iter().enumerate() {
+        let token = signer.token(&delegated_header(), &c);
+        assert_eq!(verifier.verify_delegated(&token, at(T0)).unwrap_err(), expected, "case {i}");
+    }
+    // A chain deeper than any Delegation may be.
+    let mut act = json!({"sub": AGENT_A});
+    for _ in 0..MAX_CHAIN {
+        act = json!({"sub": SUB, "act": act});
+    }
+    let deep = with(with(delegated_claims(), "act", act), CLAIM_CHAIN, json!(vec!["u"; MAX_CHAIN + 1]));
+    let deep = with(deep, CLAIM_DELEGATION_UID, json!("u"));
+    assert_eq!(
+        verifier.verify_delegated(&signer.token(&delegated_header(), &deep), at(T0)).unwrap_err(),
+        TokenError::InvalidClaim("act")
+    );
+    assert_eq!(
+        verifier
+            .verify_delegated(&signer.token(&delegated_header(), &delegated_claims()), at(T0 + 400))
+            .unwrap_err(),
+        TokenError::Expired
+    );
+}
