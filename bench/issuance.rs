@@ -381,6 +381,7 @@ async fn delegation_admission(client: &Client, s: &Settings, ns: &str) -> (Burst
                 ttl: Some("1h".into()),
                 expires_at: None,
                 max_depth: None,
+                audience: Some("crm".into()),
             };
             let d = Delegation::new(&format!("{prefix}-{i:04}"), spec);
             async move { api.create(&PostParams::default(), &d).await.map(|_| ()) }

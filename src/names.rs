@@ -24,6 +24,10 @@ pub const EMERGENCY_ROTATION_ANNOTATION: &str = "agentiam.dev/emergency-rotation
 
 /// The suffix of an agent's credentials Secret: `<agent>-credentials`.
 pub const CREDENTIALS_SECRET_SUFFIX: &str = "-credentials";
+/// The suffix of an agent's delegated-tokens Secret: `<agent>-delegations`.
+pub const DELEGATIONS_SECRET_SUFFIX: &str = "-delegations";
+/// The prefix of each delegated token's key in that Secret: `delegation-<Delegation name>`.
+pub const DELEGATION_TOKEN_KEY_PREFIX: &str = "delegation-";
 /// The Secret of the audit checkpoint signing key (operator namespace).
 pub const AUDIT_SIGNING_KEY_SECRET: &str = "agentiam-audit-signing-key";
 /// The ConfigMap the signed audit checkpoint is published to (operator namespace).
@@ -45,6 +49,16 @@ pub const CONDITION_VALID: &str = "Valid";
 /// The name of an agent's credentials Secret.
 pub fn credentials_secret(agent: &str) -> String {
     format!("{agent}{CREDENTIALS_SECRET_SUFFIX}")
+}
+
+/// The name of an agent's delegated-tokens Secret.
+pub fn delegations_secret(agent: &str) -> String {
+    format!("{agent}{DELEGATIONS_SECRET_SUFFIX}")
+}
+
+/// The key of a Delegation's token in its grantee's delegated-tokens Secret (and the file name in pods).
+pub fn delegation_token_key(delegation: &str) -> String {
+    format!("{DELEGATION_TOKEN_KEY_PREFIX}{delegation}")
 }
 
 /// The name of both webhook configurations of an operator in `operator_namespace`.
@@ -88,5 +102,7 @@ mod tests {
         // The admission policy's rule for credentials Secrets is <label value> + "-credentials".
         assert!(POLICY.contains(&format!("+ \"{CREDENTIALS_SECRET_SUFFIX}\"")), "{POLICY}");
         assert_eq!(credentials_secret("bot"), "bot-credentials");
+        assert!(POLICY.contains(&format!("+ \"{DELEGATIONS_SECRET_SUFFIX}\"")), "{POLICY}");
+        assert_eq!(delegations_secret("bot"), "bot-delegations");
     }
 }

@@ -444,7 +444,9 @@ if create_in "$ins" secret x-credentials x; then die "the policy let a credentia
 # Agent namespaces: credentials Secrets of the right shape only, and no taking over someone else's.
 create_in "$agents_ns" secret probe-credentials probe ||
   { cat "$work/sa.err" >&2; die "the operator cannot create a credentials Secret"; }
-for bad in "db-credentials" "db-credentials other" "db-password db" "db-credentials db token"; do
+create_in "$agents_ns" secret probe-delegations probe ||
+  { cat "$work/sa.err" >&2; die "the operator cannot create a delegated-tokens Secret"; }
+for bad in "db-credentials" "db-credentials other" "db-password db" "db-credentials db token" "db-delegations other"; do
   read -r -a a <<<"$bad"
   if create_in "$agents_ns" secret "${a[@]}"; then die "the policy let the operator create Secret ($bad)"; fi
   grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "($bad) refused, but not by the policy"; }

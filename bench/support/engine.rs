@@ -48,7 +48,7 @@ pub fn requests(reqs: &[Request]) -> Vec<authz::Request<'_>> {
             resource: &r.resource,
             tool: r.tool.as_deref(),
             context: &r.context,
-            delegation_scopes: &[],
+            delegation: None,
         })
         .collect()
 }

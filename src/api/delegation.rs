@@ -62,6 +62,12 @@ pub struct DelegationSpec {
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) > timestamp('2000-01-01T00:00:00Z')")
         .message("spec.expiresAt must be an RFC 3339 timestamp such as 2026-12-01T18:00:00Z"))]
     pub expires_at: Option<String>,
+    /// The one audience (the service) its delegated tokens are for. When absent: the system all its scopes
+    /// name (`crm` for `read@crm:contacts/*`), and for a child its parent's. A child's audience is its
+    /// parent's: a delegation never moves to another service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub audience: Option<String>,
     /// How many further levels of sub-delegation may follow this one (default 3 for a root). A child may
     /// lower it, never raise it: its bound is the smaller of its own and its parent's minus one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,6 +163,19 @@ pub struct DelegationStatus {
     /// How many sub-delegation levels may still follow this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_depth: Option<u8>,
+    /// The audience its delegated tokens are for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The Secret (in this namespace) that holds the grantee's delegated token for this Delegation, under
+    /// the key named by `tokenKey`, while the Delegation is Active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+    /// The key of `tokenSecretName` that holds the token (the Delegation's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
+    /// When the current token expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<String>,
     /// When the grant ends (RFC 3339), taking the parent's expiry into account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,

@@ -128,10 +128,17 @@ pub struct RuleConditions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 1000), transform = super::common::int32)]
     pub min_trust_score: Option<u16>,
-    /// The agent must act on behalf of a human who delegated this scope to it.
+    /// The rule applies only to requests made with a delegated token (the agent acting on behalf of a
+    /// human), for actions and resources inside this scope (`<action>@<resource pattern>`, as Delegations
+    /// write them). The delegation's own scopes must allow the request too, as they must for every
+    /// delegated request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 3, max = 253), regex(pattern = r"^(\*|[a-zA-Z0-9][a-zA-Z0-9._:-]*)@\S+$"))]
     pub delegation_scope: Option<String>,
+    /// Only delegations granted by these humans count for this rule (the user at the root of the chain,
+    /// as the API server authenticated them). Needs `delegationScope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_grantors: Option<Grantors>,
     /// Constraints on attributes of the request context, e.g. amount <= 10000. An attribute that is missing
     /// or cannot be compared makes an Allow rule not match and a Deny rule match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -144,6 +151,21 @@ pub struct RuleConditions {
     /// When Required, a matching Allow becomes RequireApproval: a human must approve the action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+}
+
+/// The humans whose delegations a rule accepts: any listed user, or any member of a listed group (at the
+/// time the root Delegation was created).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grantors {
+    /// Usernames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub users: Vec<String>,
+    /// Groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub groups: Vec<String>,
 }
 
 /// A recurring window of time, in a time zone.

@@ -57,11 +57,13 @@ pub enum Action {
     DelegationRevoke,
     /// A delegation's chain is broken or wider than its parent, for good.
     DelegationInvalidate,
+    /// A delegated token was minted for an Active delegation's grantee (an intent, then its outcome).
+    DelegationIssue,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -87,6 +89,7 @@ impl Action {
         Self::DelegationExpire,
         Self::DelegationRevoke,
         Self::DelegationInvalidate,
+        Self::DelegationIssue,
     ];
 
     /// The stored spelling.
@@ -117,6 +120,7 @@ impl Action {
             Self::DelegationExpire => "delegation.expire",
             Self::DelegationRevoke => "delegation.revoke",
             Self::DelegationInvalidate => "delegation.invalidate",
+            Self::DelegationIssue => "delegation.issue",
         }
     }
 
@@ -207,6 +211,13 @@ pub enum IntentKey {
         /// The UID of the Secret object deleted (`unknown` when it had none).
         secret_uid: String,
     },
+    /// One delegated token for the Delegation `uid`, minted at `issued_at_ms` (Unix milliseconds).
+    DelegationIssue {
+        /// The Delegation's UID.
+        uid: String,
+        /// When it was minted.
+        issued_at_ms: i64,
+    },
     /// Rotating away from the current signing key `kid`.
     IssuerRotate {
         /// The key ID that was current.
@@ -223,16 +234,18 @@ impl IntentKey {
             Self::CredentialIssue { .. } => Action::CredentialIssue,
             Self::CredentialWithdraw { .. } => Action::CredentialWithdraw,
             Self::IssuerRotate { .. } => Action::IssuerRotate,
+            Self::DelegationIssue { .. } => Action::DelegationIssue,
         }
     }
 
-    /// The UID of the Agent the key is about (None for key rotations).
-    pub fn agent_uid(&self) -> Option<&str> {
+    /// The UID of the object (an Agent, or a Delegation) the key is about (None for key rotations).
+    pub fn object_uid(&self) -> Option<&str> {
         match self {
             Self::Agent { uid, .. }
             | Self::Archive { uid }
             | Self::CredentialIssue { uid, .. }
-            | Self::CredentialWithdraw { uid, .. } => Some(uid),
+            | Self::CredentialWithdraw { uid, .. }
+            | Self::DelegationIssue { uid, .. } => Some(uid),
             Self::IssuerRotate { .. } => None,
         }
     }
@@ -261,6 +274,10 @@ impl IntentKey {
                 Some(Self::CredentialWithdraw { uid, secret_uid })
             }
             Action::IssuerRotate => Some(Self::IssuerRotate { kid: one(rest)? }),
+            Action::DelegationIssue => {
+                let (uid, ms) = two(rest)?;
+                Some(Self::DelegationIssue { uid, issued_at_ms: ms.parse().ok()? })
+            }
             _ => None,
         }
     }
@@ -275,6 +292,7 @@ impl fmt::Display for IntentKey {
             Self::CredentialIssue { uid, issued_at_ms } => write!(f, "{action}:{uid}:{issued_at_ms}"),
             Self::CredentialWithdraw { uid, secret_uid } => write!(f, "{action}:{uid}:{secret_uid}"),
             Self::IssuerRotate { kid } => write!(f, "{action}:{kid}"),
+            Self::DelegationIssue { uid, issued_at_ms } => write!(f, "{action}:{uid}:{issued_at_ms}"),
         }
     }
 }

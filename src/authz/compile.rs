@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
-use crate::api::{AgentPolicy, AgentSelector, Approval, Effect, PolicyMode, PolicyRule};
+use crate::api::{AgentPolicy, AgentSelector, Approval, Effect, Grantors, PolicyMode, PolicyRule};
 use crate::registry::validate::parse_duration;
 
 use super::conditions::{Attribute, Window};
 use super::pattern::{ResourcePattern, ToolPattern};
+use super::scope::Scope;
 
 /// A per-agent rate limit of one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +52,10 @@ pub struct CompiledRule {
     pub windows: Box<[Window]>,
     /// Minimum trust score.
     pub min_trust_score: Option<u16>,
-    /// Required delegation scope.
-    pub delegation_scope: Option<Box<str>>,
+    /// Required delegation scope: the rule matches delegated requests inside it only.
+    pub delegation_scope: Option<Scope>,
+    /// Whose delegations count (None: anyone's).
+    pub delegation_grantors: Option<Grantors>,
     /// Attribute constraints (all of them).
     pub attributes: Box<[Attribute]>,
     /// Rate limit (Allow rules only).
@@ -209,6 +212,16 @@ fn compile_rule(
             }
         },
     };
+    let delegation_scope = match conditions.delegation_scope.as_deref().map(Scope::parse).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(format!("delegationScope {e}"));
+            None
+        }
+    };
+    if conditions.delegation_grantors.is_some() && conditions.delegation_scope.is_none() {
+        problems.push("delegationGrantors needs delegationScope".to_owned());
+    }
     let approval = match conditions.approval {
         Some(Approval::Required) if rule.effect == Effect::Deny => {
             problems.push("approval applies to Allow rules only".to_owned());
@@ -231,7 +244,8 @@ fn compile_rule(
         tools: tools.into(),
         windows: windows.into(),
         min_trust_score: conditions.min_trust_score,
-        delegation_scope: conditions.delegation_scope.as_deref().map(Box::from),
+        delegation_scope,
+        delegation_grantors: conditions.delegation_grantors.clone(),
         attributes: attributes.into(),
         rate_limit,
         approval,
@@ -284,6 +298,10 @@ mod tests {
              "conditions": {"rateLimit": {"requests": 1, "per": "1m"}, "approval": "required"}},
             {"name": "amount", "effect": "Allow", "actions": ["pay"], "resources": ["x"],
              "conditions": {"attributes": [{"key": "amount", "operator": "LessThan", "value": "ten"}]}},
+            {"name": "scope", "effect": "Allow", "actions": ["refund"], "resources": ["x"],
+             "conditions": {"delegationScope": "payments:refund"}},
+            {"name": "grantors", "effect": "Allow", "actions": ["refund"], "resources": ["x"],
+             "conditions": {"delegationGrantors": {"users": ["alice"]}}},
         ])));
         assert!(c.is_broken());
         assert!(c.rules.is_empty(), "a broken policy keeps no rules that could allow");
@@ -295,6 +313,8 @@ mod tests {
             "rule \"limit\": rateLimit applies to Allow rules only",
             "rule \"limit\": approval applies to Allow rules only",
             "rule \"amount\": attribute \"amount\": LessThan needs a numeric value",
+            "rule \"scope\": delegationScope needs the form <action>@<resource pattern>",
+            "rule \"grantors\": delegationGrantors needs delegationScope",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }

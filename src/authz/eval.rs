@@ -35,6 +35,7 @@ use super::compile::CompiledRule;
 use super::index::{AgentFacts, Candidate, NO_PATTERN, RuleSet, Snapshot, Standing};
 use super::ratelimit::RateLimiter;
 use super::resource;
+use super::scope::{Scope, any_allows};
 
 /// The outcome of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -114,6 +115,9 @@ pub enum Reason {
         /// Suspend or Revoke.
         mode: RevocationMode,
     },
+    /// A delegated request outside every scope of its delegation: a delegation never adds rights, and
+    /// never lets an agent act for its human beyond what the human granted.
+    OutsideDelegation,
     /// Refused before evaluation (bad token, audit log down, ...), with the caller's explanation.
     Refused(String),
 }
@@ -159,6 +163,9 @@ impl fmt::Display for Reason {
             }
             Self::Revoked { by, mode: RevocationMode::Revoke } => {
                 write!(f, "agent revoked by Revocation {by}")
+            }
+            Self::OutsideDelegation => {
+                f.write_str("the request is outside every scope of the delegation the token carries")
             }
             Self::Refused(why) => f.write_str(why),
         }
@@ -208,8 +215,30 @@ pub struct Request<'a> {
     pub tool: Option<&'a str>,
     /// Attributes of the request (amount, region, ...).
     pub context: &'a Map<String, Value>,
-    /// Scopes the agent holds by delegation from a human (empty until delegated tokens exist).
-    pub delegation_scopes: &'a [String],
+    /// The delegation the agent acts under, when it presented a delegated token (None: its own identity).
+    pub delegation: Option<&'a Delegated<'a>>,
+}
+
+/// What a verified delegated token, checked against the operator's records, says about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Delegated<'a> {
+    /// The leaf Delegation's scopes.
+    pub scopes: &'a [Scope],
+    /// The human at the root of the chain.
+    pub grantor: &'a str,
+    /// That human's groups when the root was created (from the operator's admission record).
+    pub grantor_groups: &'a [String],
+}
+
+/// The agent acting under a delegated token: its UID and the namespace and name of its SPIFFE ID.
+#[derive(Debug, Clone, Copy)]
+pub struct Acting<'a> {
+    /// The Agent's UID (the token's `agentiam.dev/uid`).
+    pub uid: &'a str,
+    /// The namespace in its SPIFFE ID.
+    pub namespace: &'a str,
+    /// The agent name in its SPIFFE ID.
+    pub name: &'a str,
 }
 
 /// Who asks: what a verified token says.
@@ -275,6 +304,38 @@ impl Snapshot {
         let allowed = effective_ttl(agent.requested_ttl, agent.ttl_cap, standing.trust_score);
         if subject.lifetime.is_none_or(|l| l > allowed) {
             return Decision::deny(Reason::LifetimeNotGranted);
+        }
+        evaluate(&agent.rules, standing, agent, request, clock, limiter)
+    }
+}
+
+impl Snapshot {
+    /// Decides `request` made with a delegated token by the agent with UID `uid` (`namespace`/`name`, its
+    /// SPIFFE ID in the token), whose chain the caller checked against the operator's records. The agent's
+    /// own standing and policies decide, and the delegation's scopes must allow the request too: a
+    /// delegation never adds rights.
+    pub fn decide_delegated(
+        &self,
+        acting: Acting<'_>,
+        record: Option<&AgentRecord>,
+        request: &Request<'_>,
+        clock: Clock,
+        limiter: &RateLimiter,
+    ) -> Decision {
+        let Some(agent) = self.agent(acting.uid) else { return Decision::deny(Reason::UnknownAgent) };
+        if &*agent.namespace != acting.namespace || &*agent.name != acting.name {
+            return Decision::deny(Reason::IdentityMismatch);
+        }
+        let Some(record) = record else { return Decision::deny(Reason::Unrecorded) };
+        let standing = Standing { phase: record.phase, trust_score: record.trust_score.unwrap_or(0) };
+        if let Some(stop) = stopped(agent, standing) {
+            return stop;
+        }
+        let Some(delegated) = request.delegation else {
+            return Decision::deny(Reason::Refused("a delegated decision without its delegation".into()));
+        };
+        if !any_allows(delegated.scopes, request.action, request.resource) {
+            return Decision::deny(Reason::OutsideDelegation);
         }
         evaluate(&agent.rules, standing, agent, request, clock, limiter)
     }
@@ -480,10 +541,18 @@ fn rule_matches(
     if rule.min_trust_score.is_some_and(|min| standing.trust_score < min) {
         return false;
     }
-    if let Some(scope) = &rule.delegation_scope
-        && !request.delegation_scopes.iter().any(|s| **s == **scope)
-    {
-        return false;
+    if let Some(scope) = &rule.delegation_scope {
+        let Some(d) = request.delegation else { return false };
+        if !scope.allows(request.action, request.resource) {
+            return false;
+        }
+        if let Some(g) = &rule.delegation_grantors {
+            let user = g.users.iter().any(|u| u == d.grantor);
+            let group = g.groups.iter().any(|x| d.grantor_groups.contains(x));
+            if !user && !group {
+                return false;
+            }
+        }
     }
     // Unknown attributes resolve to the stricter outcome: no grant for an Allow, the Deny applies.
     let unknown_holds = rule.effect == Effect::Deny;

@@ -117,7 +117,7 @@ impl World {
         let context: Map<String, Value> = context.as_object().cloned().unwrap_or_default();
         let uid = format!("uid-{agent}");
         let subject = Subject { uid: &uid, namespace: "ns", name: agent, jti, audience, lifetime };
-        let request = Request { action, resource, tool, context: &context, delegation_scopes: &[] };
+        let request = Request { action, resource, tool, context: &context, delegation: None };
         self.snapshot.decide(subject, self.records.get(&uid), &request, self.clock, &self.limiter)
     }
 
@@ -380,7 +380,7 @@ fn agent_state_and_revocations_deny_before_any_rule() {
     );
     // The token's UID must be the agent's current UID, and its subject must name it.
     let ctx = Map::new();
-    let req = Request { action: "read", resource: "x", tool: None, context: &ctx, delegation_scopes: &[] };
+    let req = Request { action: "read", resource: "x", tool: None, context: &ctx, delegation: None };
     let subject = |uid, name| Subject {
         uid,
         namespace: "ns",

@@ -25,6 +25,6 @@ pub mod scope;
 #[cfg(test)]
 mod eval_tests;
 
-pub use eval::{Clock, Decision, Reason, Request, Subject, Verdict, decide_for};
+pub use eval::{Acting, Clock, Decision, Delegated, Reason, Request, Subject, Verdict, decide_for};
 pub use index::{AgentFacts, Builder, PolicySummary, RevokedBy, RuleSet, Snapshot, Standing};
 pub use ratelimit::RateLimiter;

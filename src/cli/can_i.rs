@@ -341,7 +341,7 @@ pub async fn run(args: CanIArgs) -> Result<Outcome, CanIError> {
         resource: &args.resource,
         tool: args.tool.as_deref(),
         context: &context,
-        delegation_scopes: &[],
+        delegation: None,
     };
     let answer =
         answer(&snapshot, &namespace, &args.agent, &request, args.at.unwrap_or_else(Timestamp::now))?;

@@ -60,6 +60,10 @@ pub struct DelegateArgs {
     /// Pass on a subset of this Delegation (a sub-delegation) instead of granting a root.
     #[arg(long)]
     pub parent: Option<String>,
+    /// The one audience (service) its tokens are for. Default: the system its scopes name (crm for
+    /// read@crm:contacts/*); a child's is its parent's.
+    #[arg(long)]
+    pub audience: Option<String>,
     /// Levels of sub-delegation that may follow (default 3 for a root).
     #[arg(long)]
     pub max_depth: Option<u8>,
@@ -87,6 +91,7 @@ pub fn build(args: &DelegateArgs) -> Result<Delegation, DelegateError> {
         ttl: args.ttl.clone(),
         expires_at: args.expires_at.clone(),
         max_depth: args.max_depth,
+        audience: args.audience.clone(),
     };
     let mut d = Delegation::new(args.name.as_deref().unwrap_or_default(), spec);
     if args.name.is_none() {
@@ -267,6 +272,7 @@ mod tests {
             expires_at: None,
             parent: None,
             max_depth: None,
+            audience: None,
             name: None,
             namespace: None,
         }

@@ -27,10 +27,11 @@ use tracing::instrument;
 
 use crate::api::{Agent, AgentPhase, Delegation, DelegationPhase, DelegationStatus, Revocation};
 use crate::audit::{Action as AuditAction, Entry, ObjectRef as AuditRef, Outcome};
+use crate::controller::delegated_token::{self, Grantee, TokenState};
 use crate::controller::shared::Watched;
 use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, report};
 use crate::registry::actions as a;
-use crate::registry::delegation::{self as chain, Decision, Ending, Grantee, Link, Step};
+use crate::registry::delegation::{self as chain, Decision, Ending, Link, Step};
 use crate::registry::status::set_condition;
 
 /// The condition that says whether the delegation is in force.
@@ -136,10 +137,14 @@ pub async fn reconcile(delegation: Arc<Delegation>, ctx: Arc<Context>) -> Result
         }
     };
     let mut grantees = Vec::with_capacity(found.len());
+    let mut own_grantee: Option<(String, String)> = None;
     for d in &found {
         let agent_name = &d.spec.agent_ref.name;
         let agent = agents.get_opt(agent_name).await.map_err(read(format!("Agent {ns}/{agent_name}")))?;
-        grantees.push(agent.and_then(|a| a.metadata.uid).map(|agent_uid| Grantee {
+        if own_grantee.is_none() && grantees.is_empty() {
+            own_grantee = agent.as_ref().and_then(|a| Some((agent_name.clone(), a.metadata.uid.clone()?)));
+        }
+        grantees.push(agent.and_then(|a| a.metadata.uid).map(|agent_uid| chain::Grantee {
             active: ctx.ledger.get(&agent_uid).and_then(|r| r.phase) == Some(AgentPhase::Active),
             uid: agent_uid,
         }));
@@ -173,12 +178,16 @@ pub async fn reconcile(delegation: Arc<Delegation>, ctx: Arc<Context>) -> Result
             if decision.phase == DelegationPhase::Active { EventType::Normal } else { EventType::Warning };
         report::event(&ctx, this.as_ref(), type_, decision.reason, decision.message.clone()).await;
     }
-    apply_status(&api, this, &decision).await?;
+    // The token only once the decision is recorded: a token never exists for a phase not in the log.
+    let grantee = own_grantee.as_ref().map(|(name, uid)| Grantee { name, uid });
+    let token = delegated_token::reconcile(&ctx, this, &uid, &decision, grantee).await?;
+    apply_status(&api, this, &decision, token.as_ref()).await?;
     Ok(match (decision.phase, decision.expires_at) {
         (DelegationPhase::Active | DelegationPhase::Pending, Some(end)) => {
             let left = end.duration_since(now).unsigned_abs();
+            let rotate = token.map(|t| t.recheck_at.duration_since(now).unsigned_abs()).unwrap_or(left);
             // A moment past the end, so the next look sees it ended.
-            Action::requeue(left.saturating_add(Duration::from_millis(50)).min(RESYNC))
+            Action::requeue(left.min(rotate).saturating_add(Duration::from_millis(50)).min(RESYNC))
         }
         (DelegationPhase::Active | DelegationPhase::Pending, None) => Action::requeue(RESYNC),
         _ => Action::await_change(),
@@ -226,7 +235,12 @@ async fn record(ctx: &Context, d: &Delegation, uid: &str, decision: &Decision) -
     Ok(())
 }
 
-async fn apply_status(api: &Api<Delegation>, d: &Delegation, decision: &Decision) -> Result<()> {
+async fn apply_status(
+    api: &Api<Delegation>,
+    d: &Delegation,
+    decision: &Decision,
+    token: Option<&TokenState>,
+) -> Result<()> {
     let current = d.status.clone().unwrap_or_default();
     let mut conditions = current.conditions.clone();
     set_condition(
@@ -245,6 +259,10 @@ async fn apply_status(api: &Api<Delegation>, d: &Delegation, decision: &Decision
         grantor: decision.grantor.clone(),
         chain: decision.chain.clone(),
         remaining_depth: decision.remaining_depth,
+        audience: decision.audience.clone(),
+        token_secret_name: token.map(|t| t.secret_name.clone()),
+        token_key: token.map(|t| t.key.clone()),
+        token_expires_at: token.map(|t| t.expires_at.to_string()),
         expires_at: decision.expires_at.map(|t| t.to_string()),
         observed_generation: d.metadata.generation,
         conditions,

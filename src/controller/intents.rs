@@ -36,7 +36,7 @@ pub fn resolve(key: &str, object_uid: Option<&str>, in_progress: Option<&str>) -
     let Some(k) = IntentKey::parse(key) else {
         return Resolution::Close(Outcome::Abandoned, format!("unrecognised intent key {key:?}"));
     };
-    if object_uid != k.agent_uid() || object_uid.is_none() {
+    if object_uid != k.object_uid() || object_uid.is_none() {
         return Resolution::Close(
             Outcome::Abandoned,
             "the object no longer exists, so the change can no longer happen".into(),

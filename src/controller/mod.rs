@@ -5,6 +5,7 @@ pub mod agent;
 pub mod authz;
 pub mod checkpoints;
 pub mod credentials;
+pub mod delegated_token;
 pub mod delegation;
 pub mod intents;
 pub mod keys;

@@ -150,13 +150,19 @@ impl CachingVerifier {
     /// before and is still within its validity.
     pub fn verify_any_audience(&self, token: &str, now: Timestamp) -> Result<Arc<VerifiedSvid>, TokenError> {
         let hash = self.hasher.hash_one(token);
-        self.svids.get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_any_audience(token, now))
+        self.svids
+            .get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_any_audience(token, now))
     }
 
     /// Verifies a delegated token at `now`, cached like [`verify_any_audience`](Self::verify_any_audience).
-    pub fn verify_delegated(&self, token: &str, now: Timestamp) -> Result<Arc<VerifiedDelegated>, TokenError> {
+    pub fn verify_delegated(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Arc<VerifiedDelegated>, TokenError> {
         let hash = self.hasher.hash_one(token);
-        self.delegated.get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_delegated(token, now))
+        self.delegated
+            .get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_delegated(token, now))
     }
 
     /// How many tokens are cached.

@@ -28,8 +28,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::jwt::{MAX_TTL, MintError, TokenClaims, new_jti};
-use super::keys::JwtType;
 pub use super::keys::DELEGATED_TYP;
+use super::keys::JwtType;
 use super::spiffe::SpiffeId;
 
 /// Claim name of the leaf Delegation's name.
@@ -220,7 +220,10 @@ mod tests {
     fn act_nests_the_acting_agent_outermost_and_the_header_has_its_own_typ() {
         let c = claims();
         assert_eq!(c.client_id, agent("booker").to_string());
-        assert_eq!(c.act.agents(), vec![c.client_id.as_str(), "spiffe://cluster.local/ns/default/agent/planner"]);
+        assert_eq!(
+            c.act.agents(),
+            vec![c.client_id.as_str(), "spiffe://cluster.local/ns/default/agent/planner"]
+        );
         assert_eq!(c.delegation_uid, "child-uid");
         let key = SigningKey::generate(Timestamp::now()).unwrap();
         let token = mint(&key, &c).unwrap();

@@ -26,11 +26,11 @@ use jsonwebtoken::jwk::{
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::authz::scope::{Scope, parse_all};
 use super::delegated::{CLAIM_CHAIN, CLAIM_DELEGATION, CLAIM_DELEGATION_UID, DELEGATED_TYP, MAX_CHAIN};
 use super::jwt::CLAIM_UID;
 use super::keys::JwtType;
 use super::{SpiffeError, SpiffeId, TrustDomain};
+use crate::authz::scope::{Scope, parse_all};
 
 /// The only accepted signature algorithm: every key we publish is ECDSA P-256 with SHA-256.
 pub const ALGORITHM: &str = "ES256";
@@ -433,8 +433,8 @@ impl JwtVerifier {
         let agent_uid = take_string(&mut extra, CLAIM_UID).and_then(|s| non_empty(s, CLAIM_UID))?;
         let delegation =
             take_string(&mut extra, CLAIM_DELEGATION).and_then(|s| non_empty(s, CLAIM_DELEGATION))?;
-        let delegation_uid = take_string(&mut extra, CLAIM_DELEGATION_UID)
-            .and_then(|s| non_empty(s, CLAIM_DELEGATION_UID))?;
+        let delegation_uid =
+            take_string(&mut extra, CLAIM_DELEGATION_UID).and_then(|s| non_empty(s, CLAIM_DELEGATION_UID))?;
         let chain = match extra.remove(CLAIM_CHAIN) {
             Some(Value::Array(items)) => items
                 .into_iter()

@@ -762,7 +762,9 @@ fn a_delegated_token_verifies_as_one_and_never_as_an_identity_token() {
         TokenError::Header(HeaderError::Type)
     );
     // An identity token, and a delegated body under the identity typ (or none), are not delegated tokens.
-    for h in [header(), json!({"alg": "ES256", "kid": KID}), json!({"alg": "ES256", "typ": "JOSE", "kid": KID})] {
+    for h in
+        [header(), json!({"alg": "ES256", "kid": KID}), json!({"alg": "ES256", "typ": "JOSE", "kid": KID})]
+    {
         for c in [claims(), delegated_claims()] {
             assert_eq!(
                 verifier.verify_delegated(&signer.token(&h, &c), at(T0 + 10)).unwrap_err(),
@@ -799,7 +801,10 @@ fn a_delegated_token_with_a_forged_shape_is_refused() {
             TokenError::InvalidClaim(CLAIM_CHAIN),
         ),
         (with(delegated_claims(), CLAIM_CHAIN, json!("child-uid")), TokenError::InvalidClaim(CLAIM_CHAIN)),
-        (with(delegated_claims(), CLAIM_DELEGATION_UID, json!("")), TokenError::InvalidClaim(CLAIM_DELEGATION_UID)),
+        (
+            with(delegated_claims(), CLAIM_DELEGATION_UID, json!("")),
+            TokenError::InvalidClaim(CLAIM_DELEGATION_UID),
+        ),
         (without(delegated_claims(), CLAIM_UID), TokenError::MissingClaim(CLAIM_UID)),
         (with(delegated_claims(), "aud", json!(["pay", "crm"])), TokenError::AudienceCount(2)),
         (with(delegated_claims(), "iss", json!("https://evil.example")), TokenError::Issuer),

@@ -72,8 +72,10 @@ pub struct Recorded {
 }
 
 /// Every reason a decision gives.
-pub const REASONS: [&str; 20] = [
+pub const REASONS: [&str; 22] = [
     "Pending",
+    "NoAudience",
+    "AudienceMismatch",
     "Granted",
     "AgentNotActive",
     "Expired",
@@ -135,6 +137,25 @@ pub struct Decision {
     pub expires_at: Option<Timestamp>,
     /// Levels of sub-delegation that may still follow.
     pub remaining_depth: Option<u8>,
+    /// The one audience its delegated tokens are for.
+    pub audience: Option<String>,
+}
+
+/// The audience a Delegation's tokens are for: `spec.audience`, or the system every scope's resource
+/// names (the text before the first `:` of the first segment, `crm` for `read@crm:contacts/*`) when they
+/// all name the same one literally. None when neither gives one.
+pub fn audience_of(d: &Delegation) -> Option<String> {
+    if let Some(a) = &d.spec.audience {
+        return Some(a.clone());
+    }
+    let mut systems = d.spec.scopes.iter().map(|s| {
+        let resource = s.split_once('@').map_or("", |(_, r)| r);
+        let first = resource.split('/').next().unwrap_or_default();
+        first.split_once(':').map_or(first, |(system, _)| system)
+    });
+    let first = systems.next()?;
+    let literal = !first.is_empty() && !first.contains('*');
+    (literal && systems.all(|s| s == first)).then(|| first.to_owned())
 }
 
 /// When `d` ends by its own spec: `expiresAt`, or its creation plus `ttl`. None when neither reads.
@@ -188,6 +209,8 @@ pub struct Bounds {
     pub expires_at: Timestamp,
     /// Levels that may still follow the parent.
     pub remaining_depth: u8,
+    /// The parent's audience.
+    pub audience: String,
 }
 
 /// Why a child does not fit its parent, or None. Used by admission (with `now` as the creation time) and by
@@ -197,9 +220,16 @@ pub fn check_child(
     child_scopes: &[Scope],
     child_expiry: Timestamp,
     child_max_depth: Option<u8>,
+    child_audience: Option<&str>,
 ) -> Result<u8, String> {
     if bounds.remaining_depth == 0 {
         return Err("its parent allows no further sub-delegation (maxDepth reached)".to_owned());
+    }
+    if let Some(a) = child_audience.filter(|a| *a != bounds.audience) {
+        return Err(format!(
+            "its audience {a:?} is not its parent's ({:?}): a delegation never moves to another audience",
+            bounds.audience
+        ));
     }
     let wider = scope::uncovered(&bounds.scopes, child_scopes);
     if !wider.is_empty() {
@@ -215,6 +245,10 @@ pub fn check_child(
     let below = bounds.remaining_depth - 1;
     Ok(child_max_depth.map_or(below, |own| own.min(below)))
 }
+
+/// Why a root has no audience.
+pub const NO_AUDIENCE: &str = "its scopes do not all name one system (such as crm in read@crm:contacts/*), so \
+                               its tokens' audience is unknown; set spec.audience";
 
 /// Why a root grant may not be made by `requester`, or None.
 pub fn check_root(requester: &str) -> Result<(), String> {
@@ -250,6 +284,7 @@ fn decide_chain(links: &[Link<'_>], ending: &Ending, now: Timestamp) -> Decision
         chain: Vec::new(),
         expires_at: None,
         remaining_depth: None,
+        audience: None,
     };
     if links.is_empty() {
         return invalid(decision, "ChainBroken", "no delegation to decide".to_owned());
@@ -311,10 +346,14 @@ fn decide_chain(links: &[Link<'_>], ending: &Ending, now: Timestamp) -> Decision
                     delegation: None,
                     delegation_uid: None,
                 });
+                let Some(audience) = audience_of(d) else {
+                    return invalid(decision, "NoAudience", format!("Delegation {name:?}: {NO_AUDIENCE}"));
+                };
                 bounds = Some(Bounds {
                     scopes,
                     expires_at: expiry,
                     remaining_depth: d.spec.max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
+                    audience,
                 });
             }
             (Some(parent), _) => {
@@ -330,12 +369,13 @@ fn decide_chain(links: &[Link<'_>], ending: &Ending, now: Timestamp) -> Decision
                         ),
                     );
                 }
-                match check_child(parent, &scopes, expiry, d.spec.max_depth) {
+                match check_child(parent, &scopes, expiry, d.spec.max_depth, d.spec.audience.as_deref()) {
                     Ok(remaining) => {
                         bounds = Some(Bounds {
                             scopes,
                             expires_at: expiry.min(parent.expires_at),
                             remaining_depth: remaining,
+                            audience: parent.audience.clone(),
                         });
                     }
                     Err(e) => {
@@ -398,6 +438,7 @@ fn decide_chain(links: &[Link<'_>], ending: &Ending, now: Timestamp) -> Decision
     let Some(bounds) = bounds else { return invalid(decision, "ChainBroken", "an empty chain".to_owned()) };
     decision.expires_at = Some(bounds.expires_at);
     decision.remaining_depth = Some(bounds.remaining_depth);
+    decision.audience = Some(bounds.audience.clone());
     if let Some(why) = revoked {
         decision.phase = DelegationPhase::Revoked;
         decision.reason = "Revoked";

@@ -27,6 +27,7 @@ fn delegation(name: &str, parent: Option<&str>, scopes: &[&str], ttl: &str) -> A
             ttl: Some(ttl.into()),
             expires_at: None,
             max_depth: None,
+            audience: None,
         },
         status: None,
     })
@@ -64,6 +65,35 @@ fn decide_chain(chain: &[Arc<Delegation>], now: &str) -> Decision {
 
 const NOW: &str = "2026-12-01T10:30:00Z";
 
+fn with_audience(d: Arc<Delegation>, audience: &str) -> Arc<Delegation> {
+    let mut d = (*d).clone();
+    d.spec.audience = Some(audience.into());
+    Arc::new(d)
+}
+
+#[test]
+fn the_audience_is_named_or_the_one_system_every_scope_names() {
+    let aud = |scopes: &[&str]| audience_of(&delegation("d", None, scopes, "1h"));
+    assert_eq!(aud(&["read@crm:contacts/*", "write@crm:notes/**"]).as_deref(), Some("crm"));
+    assert_eq!(aud(&["*@tickets/eu"]).as_deref(), Some("tickets"));
+    assert_eq!(aud(&["read@crm:contacts/*", "refund@pay:orders/*"]), None, "two systems");
+    assert_eq!(aud(&["read@*:contacts/*"]), None, "a wildcard system");
+    assert_eq!(aud(&["read@**"]), None);
+    let named = with_audience(delegation("d", None, &["read@*:x"], "1h"), "https://crm.example");
+    assert_eq!(audience_of(&named).as_deref(), Some("https://crm.example"));
+    // A root without one is Invalid; a child inherits its parent's and may not name another.
+    let root = delegation("root", None, &["read@crm:contacts/*", "refund@pay:orders/*"], "2h");
+    let d = decide_chain(std::slice::from_ref(&root), NOW);
+    assert_eq!((d.phase, d.reason), (DelegationPhase::Invalid, "NoAudience"), "{}", d.message);
+    let root = with_audience(root, "crm");
+    let child = delegation("child", Some("root"), &["refund@pay:orders/*"], "1h");
+    let d = decide_chain(&[root.clone(), child.clone()], NOW);
+    assert_eq!((d.phase, d.audience.as_deref()), (DelegationPhase::Active, Some("crm")), "{}", d.message);
+    let d = decide_chain(&[root, with_audience(child, "pay")], NOW);
+    assert_eq!((d.phase, d.reason), (DelegationPhase::Invalid, "WiderThanParent"), "{}", d.message);
+    assert!(d.message.contains("audience"), "{}", d.message);
+}
+
 #[test]
 fn a_root_granted_by_a_person_is_active_with_the_human_first_in_its_chain() {
     let root = delegation("root", None, &["read@crm:contacts/*"], "2h");
@@ -78,7 +108,10 @@ fn a_root_granted_by_a_person_is_active_with_the_human_first_in_its_chain() {
 
 #[test]
 fn a_narrower_child_is_active_and_a_wider_one_invalid() {
-    let root = delegation("root", None, &["read@crm:contacts/*", "refund@pay:orders/**"], "2h");
+    let root = with_audience(
+        delegation("root", None, &["read@crm:contacts/*", "refund@pay:orders/**"], "2h"),
+        "crm",
+    );
     let child = delegation("child", Some("root"), &["read@crm:contacts/42"], "1h");
     let d = decide_chain(&[root.clone(), child], NOW);
     assert_eq!(d.phase, DelegationPhase::Active, "{}", d.message);

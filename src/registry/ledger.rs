@@ -98,6 +98,22 @@ pub struct AgentRecord {
     pub issuances: Vec<Issuance>,
 }
 
+/// Whether a delegated token stands, by the operator's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DelegatedStanding {
+    /// Every link is Active and the token is one the operator minted for the leaf and has not taken back.
+    Live,
+    /// A link of the chain is not Active (its last recorded phase, None if nothing is recorded).
+    NotInForce {
+        /// The link's Delegation UID.
+        uid: String,
+        /// Its recorded phase.
+        phase: Option<DelegationPhase>,
+    },
+    /// The chain is in force but the operator did not mint this token for it (or took it back).
+    TokenNotIssued,
+}
+
 /// Why a presented token is not a live credential of its agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenStanding {
@@ -137,6 +153,41 @@ pub struct Entries {
     grants: HashMap<Arc<str>, Arc<Grant>>,
     /// The phase the Delegation controller last recorded for each Delegation, with its reason.
     delegations: HashMap<Arc<str>, Recorded>,
+    /// The delegated tokens minted for each Delegation and not taken back, oldest first.
+    delegated: HashMap<Arc<str>, Vec<DelegatedIssuance>>,
+}
+
+/// One delegated token the operator minted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelegatedIssuance {
+    /// The audit intent key.
+    pub key: String,
+    /// The token's `jti`.
+    pub jti: String,
+    /// Its audience.
+    pub aud: String,
+    /// When it was minted (`iat`).
+    pub issued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// The signing key's ID.
+    pub key_id: String,
+    /// Whether it reached the Secret.
+    pub stored: Stored,
+}
+
+/// Reads a delegated issuance from its intent record. None if the record lacks what a decision needs.
+pub fn delegated_issuance_of(record: &Record, key: &str) -> Option<DelegatedIssuance> {
+    let d = &record.details;
+    Some(DelegatedIssuance {
+        key: key.to_owned(),
+        jti: d.get(a::DETAIL_JTI)?.clone(),
+        aud: d.get(a::DETAIL_AUDIENCES)?.clone(),
+        issued_at: time(d.get(a::DETAIL_ISSUED_AT)?)?,
+        expires_at: time(d.get(a::DETAIL_EXPIRES_AT)?)?,
+        key_id: d.get(a::DETAIL_KEY_ID)?.clone(),
+        stored: Stored::Pending,
+    })
 }
 
 fn phase_of(action: &str) -> Option<AgentPhase> {
@@ -246,6 +297,19 @@ impl Entries {
         self.delegations.get(uid).cloned()
     }
 
+    /// The delegated tokens of the Delegation `uid` not taken back, oldest first.
+    pub fn delegated_tokens(&self, uid: &str) -> Vec<DelegatedIssuance> {
+        self.delegated.get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Whether the delegated token `jti` for `aud` was minted for the Delegation `uid`, has not been taken
+    /// back and has not expired at `now`.
+    pub fn delegated_token_live(&self, uid: &str, jti: &str, aud: &str, now: Timestamp) -> bool {
+        self.delegated
+            .get(uid)
+            .is_some_and(|v| v.iter().any(|i| i.jti == jti && i.aud == aud && i.expires_at > now))
+    }
+
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
         if record.object.kind == "Delegation" {
@@ -321,12 +385,38 @@ impl Entries {
             Some(Action::AdmissionDelete) if record.outcome == Outcome::Success => {
                 self.grants.remove(uid);
                 self.delegations.remove(uid);
+                self.delegated.remove(uid);
+            }
+            Some(Action::DelegationIssue) => {
+                let Some(key) = record.key.as_deref() else { return };
+                let at = time(&record.time).unwrap_or(Timestamp::UNIX_EPOCH);
+                let tokens = self.delegated.entry(uid.into()).or_default();
+                match record.kind {
+                    RecordKind::Intent => {
+                        if let Some(i) = delegated_issuance_of(record, key) {
+                            tokens.retain(|t| t.key != key);
+                            tokens.push(i);
+                        }
+                    }
+                    RecordKind::Outcome if record.outcome == Outcome::Success => {
+                        if let Some(t) = tokens.iter_mut().find(|t| t.key == key) {
+                            t.stored = Stored::Yes;
+                        }
+                    }
+                    RecordKind::Outcome => tokens.retain(|t| t.key != key),
+                    RecordKind::Event | RecordKind::Recovery => {}
+                }
+                tokens.retain(|t| t.expires_at > at);
             }
             Some(action) if action.is_delegation() => {
                 if let Some(phase) = d.get(a::DETAIL_PHASE).and_then(|p| delegation_phase_of(p)) {
                     let reason = d.get(a::DETAIL_REASON).map_or("ChainBroken", |r| delegation::reason(r));
                     let recorded = Recorded { phase, reason, message: record.reason.clone() };
                     self.delegations.insert(uid.into(), recorded);
+                    // Only an Active delegation's tokens count: any other phase takes them all back.
+                    if phase != DelegationPhase::Active {
+                        self.delegated.remove(uid);
+                    }
                 }
             }
             _ => {}
@@ -393,6 +483,36 @@ impl Ledger {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).delegation_phase(uid)
     }
 
+    /// The delegated tokens of the Delegation `uid` not taken back.
+    pub fn delegated_tokens(&self, uid: &str) -> Vec<DelegatedIssuance> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).delegated_tokens(uid)
+    }
+
+    /// Whether the chain `chain` (Delegation UIDs) is in force by the operator's records: each link last
+    /// recorded Active; and the token `jti` for `aud` a live token of the last one.
+    pub fn delegated_standing(
+        &self,
+        chain: &[String],
+        jti: &str,
+        aud: &str,
+        now: Timestamp,
+    ) -> DelegatedStanding {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        for uid in chain {
+            match entries.delegations.get(uid.as_str()) {
+                Some(r) if r.phase == DelegationPhase::Active => {}
+                Some(r) => return DelegatedStanding::NotInForce { uid: uid.clone(), phase: Some(r.phase) },
+                None => return DelegatedStanding::NotInForce { uid: uid.clone(), phase: None },
+            }
+        }
+        let Some(leaf) = chain.last() else { return DelegatedStanding::TokenNotIssued };
+        if entries.delegated_token_live(leaf, jti, aud, now) {
+            DelegatedStanding::Live
+        } else {
+            DelegatedStanding::TokenNotIssued
+        }
+    }
+
     /// A copy of every entry (tests, diagnostics).
     pub fn entries(&self) -> Entries {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).clone()
@@ -415,6 +535,22 @@ impl Ledger {
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         entries.agents.insert(uid.into(), Arc::new(record));
     }
+
+    /// Sets a Delegation's recorded phase, grantor groups and live tokens directly (tests of the readers).
+    pub(crate) fn set_delegation(
+        &self,
+        uid: &str,
+        phase: DelegationPhase,
+        grantor: Grantor,
+        tokens: Vec<DelegatedIssuance>,
+    ) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let recorded = Recorded { phase, reason: "Granted", message: String::new() };
+        entries.delegations.insert(uid.into(), recorded);
+        let grant = Grant { requester: grantor, agent_uid: None, parent_uid: None };
+        entries.grants.insert(uid.into(), Arc::new(grant));
+        entries.delegated.insert(uid.into(), tokens);
+    }
 }
 
 impl Projection for Ledger {
@@ -423,7 +559,7 @@ impl Projection for Ledger {
             a.is_registry()
                 || a.is_credential()
                 || a.is_delegation()
-                || matches!(a, Action::AdmissionCreate | Action::AdmissionDelete)
+                || matches!(a, Action::AdmissionCreate | Action::AdmissionDelete | Action::DelegationIssue)
         })
     }
 

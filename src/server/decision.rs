@@ -29,13 +29,14 @@ use serde_json::{Map, Value};
 
 use crate::audit::{AuditLog, Entry, ObjectRef, Outcome};
 use crate::authz::resource::{self, MAX_RESOURCE_BYTES};
-use crate::authz::{Clock, Decision, RateLimiter, Reason, Request, Subject, Verdict};
+use crate::authz::{Acting, Clock, Decision, Delegated, RateLimiter, Reason, Request, Subject, Verdict};
 use crate::controller::authz::PolicyIndex;
 use crate::identity::TrustDomain;
 use crate::identity::cache::{CachingVerifier, DEFAULT_CAPACITY};
 use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::CLAIM_UID;
-use crate::registry::ledger::Ledger;
+use crate::identity::verify::{HeaderError, TokenError};
+use crate::registry::ledger::{DelegatedStanding, Ledger};
 
 use super::mcp::{self, Mapping};
 
@@ -69,6 +70,36 @@ pub struct AuthorizeRequest {
     /// Request attributes for attribute conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Map<String, Value>>,
+    /// When set, only a token of this kind is accepted: "identity" (the agent's own JWT-SVID) or
+    /// "delegated" (a token of a Delegation, the agent acting for a human). Unset: either.
+    #[serde(default, rename = "tokenType", skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<TokenType>,
+}
+
+/// The kinds of token the decision API accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenType {
+    /// An identity JWT-SVID.
+    Identity,
+    /// A delegated token.
+    Delegated,
+}
+
+/// One link of the chain a delegated decision was made under, human first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainEntry {
+    /// "User" for the human, "Agent" for each agent.
+    pub kind: String,
+    /// The username, or the agent's name.
+    pub name: String,
+    /// The agent's SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// The UID of the Delegation that made this agent a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_uid: Option<String>,
 }
 
 /// What a would-be decision of Audit-mode policies looked like.
@@ -102,6 +133,12 @@ pub struct AuthorizeResponse {
     /// What Audit-mode policies would have decided, when stricter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_mode: Option<AuditModeOutcome>,
+    /// For a delegated token: the human the agent acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// For a delegated token: the whole chain, human first, the acting agent last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ChainEntry>,
 }
 
 /// Input the API refuses (a 400), with a message that names the field.
@@ -239,6 +276,7 @@ impl Authorizer {
         let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
         let started = Instant::now();
         let (decision, who) = self.decide(req, context, now, clock);
+        let (on_behalf_of, chain) = (who.on_behalf_of.clone(), who.chain.clone());
         let took = started.elapsed().as_secs_f64();
         let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
         let audited = Audited {
@@ -259,7 +297,7 @@ impl Authorizer {
             }
         };
         crate::metrics::global().decision(decision.verdict == Verdict::Allow, took);
-        Ok(response(decision, audit_id))
+        Ok(response(decision, audit_id, on_behalf_of, chain))
     }
 
     fn decide(
@@ -281,8 +319,17 @@ impl Authorizer {
         };
         let svid = match verifier.verifier.verify_any_audience(&req.token, now) {
             Ok(s) => s,
+            // Told apart by typ: a delegated token fails the identity path on its header alone.
+            Err(TokenError::Header(HeaderError::Type)) => {
+                return self.decide_delegated(&verifier, req, context, now, clock);
+            }
             Err(e) => return refuse(format!("invalid token: {e}")),
         };
+        if req.token_type == Some(TokenType::Delegated) {
+            return refuse(
+                "an identity token where a delegated token is required (tokenType: delegated)".into(),
+            );
+        }
         let Ok((namespace, name)) = svid.spiffe_id.agent_in(&self.trust_domain) else {
             return refuse("the token's subject is not an agent".into());
         };
@@ -292,6 +339,7 @@ impl Authorizer {
             uid: svid.extra.get(CLAIM_UID).and_then(Value::as_str).map(str::to_owned),
             audience: svid.audience.clone(),
             jti: svid.jti.clone(),
+            ..Who::default()
         };
         if let Some(expected) = &req.audience
             && *expected != svid.audience
@@ -312,7 +360,7 @@ impl Authorizer {
             resource: &req.resource,
             tool: req.tool.as_deref(),
             context,
-            delegation_scopes: &[],
+            delegation: None,
         };
         let lifetime = svid
             .issued_at
@@ -339,10 +387,118 @@ struct Who {
     uid: Option<String>,
     audience: String,
     jti: String,
+    /// For a delegated token: the human, the chain, and the leaf Delegation's UID.
+    on_behalf_of: Option<String>,
+    chain: Vec<ChainEntry>,
+    delegation_uid: Option<String>,
 }
 
-fn response(decision: Decision, audit_id: String) -> AuthorizeResponse {
+impl Authorizer {
+    /// The decision for a delegated token: verified as one; every link of its chain last recorded Active
+    /// by the operator and the token one it minted for the leaf (ledger); the acting agent's own standing
+    /// and policies; and the delegation's scopes allowing the request.
+    fn decide_delegated(
+        &self,
+        verifier: &Verifier,
+        req: &AuthorizeRequest,
+        context: &Map<String, Value>,
+        now: Timestamp,
+        clock: Clock,
+    ) -> (Decision, Who) {
+        let refuse = |why: String, who: Who| (Decision::deny(Reason::Refused(why)), who);
+        let v = match verifier.verifier.verify_delegated(&req.token, now) {
+            Ok(v) => v,
+            Err(e) => return refuse(format!("invalid token: {e}"), Who::default()),
+        };
+        let Some(Ok((namespace, name))) = v.agents.first().map(|a| a.agent_in(&self.trust_domain)) else {
+            return refuse("the token's actor is not an agent".into(), Who::default());
+        };
+        // Root grantee first, as status shows a chain.
+        let mut chain = vec![ChainEntry {
+            kind: "User".into(),
+            name: v.grantor.clone(),
+            spiffe_id: None,
+            delegation_uid: None,
+        }];
+        for (agent, delegation_uid) in v.agents.iter().rev().zip(&v.chain) {
+            let agent_name =
+                agent.agent_in(&self.trust_domain).map(|(_, n)| n.to_owned()).unwrap_or_default();
+            chain.push(ChainEntry {
+                kind: "Agent".into(),
+                name: agent_name,
+                spiffe_id: Some(agent.to_string()),
+                delegation_uid: Some(delegation_uid.clone()),
+            });
+        }
+        let who = Who {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: Some(v.agent_uid.clone()),
+            audience: v.audience.clone(),
+            jti: v.jti.clone(),
+            on_behalf_of: Some(v.grantor.clone()),
+            chain,
+            delegation_uid: Some(v.delegation_uid.clone()),
+        };
+        if req.token_type == Some(TokenType::Identity) {
+            return refuse(
+                "a delegated token where the agent's own identity token is required (tokenType: identity)"
+                    .into(),
+                who,
+            );
+        }
+        if let Some(expected) = &req.audience
+            && *expected != v.audience
+        {
+            return refuse(format!("the token is for audience {:?}, not {expected:?}", v.audience), who);
+        }
+        match self.ledger.delegated_standing(&v.chain, &v.jti, &v.audience, now) {
+            DelegatedStanding::Live => {}
+            DelegatedStanding::NotInForce { uid, phase } => {
+                let phase = phase.map_or("not yet decided", |p| p.as_str());
+                return refuse(
+                    format!("the delegation chain is not in force: Delegation {uid} is {phase}"),
+                    who,
+                );
+            }
+            DelegatedStanding::TokenNotIssued => {
+                return refuse(
+                    "the token is not a current token of its delegation (never issued, or taken back)".into(),
+                    who,
+                );
+            }
+        }
+        let groups = v
+            .chain
+            .first()
+            .and_then(|root| self.ledger.grant(root))
+            .map(|g| g.requester.groups.clone())
+            .unwrap_or_default();
+        let delegated = Delegated { scopes: &v.scopes, grantor: &v.grantor, grantor_groups: &groups };
+        let request = Request {
+            action: &req.action,
+            resource: &req.resource,
+            tool: req.tool.as_deref(),
+            context,
+            delegation: Some(&delegated),
+        };
+        let record = self.ledger.get(&v.agent_uid);
+        let acting = Acting { uid: &v.agent_uid, namespace: &who.namespace, name: &who.name };
+        let decision =
+            self.index.load().decide_delegated(acting, record.as_deref(), &request, clock, &self.limiter);
+        (decision, who)
+    }
+}
+
+fn response(
+    decision: Decision,
+    audit_id: String,
+    on_behalf_of: Option<String>,
+    chain: Vec<ChainEntry>,
+) -> AuthorizeResponse {
     AuthorizeResponse {
+        on_behalf_of,
+        chain,
         decision: decision.verdict,
         reason: decision.reason.to_string(),
         policy: decision.policy.as_deref().map(str::to_owned),
@@ -411,6 +567,12 @@ impl Audited {
         add("rule", d.rule.as_deref());
         add("audience", Some(&who.audience));
         add("jti", Some(&who.jti));
+        add("onBehalfOf", who.on_behalf_of.as_deref());
+        add("delegationUID", who.delegation_uid.as_deref());
+        if !who.chain.is_empty() {
+            let chain: Vec<String> = who.chain.iter().map(|l| format!("{}:{}", l.kind, l.name)).collect();
+            add("chain", Some(&chain.join(" > ")));
+        }
         if let Some(w) = &d.would {
             add("wouldDecision", Some(w.verdict.as_str()));
             add("wouldPolicy", w.policy.as_deref());

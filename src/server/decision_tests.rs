@@ -477,3 +477,174 @@ async fn resources_outside_the_grammar_are_refused_on_every_surface() {
         .collect();
     assert_eq!(resources, ["crm/contacts", "crm/contacts/7", "crm/contacts/1"]);
 }
+
+// Delegated tokens: the agent acting for a human, within the delegation's scopes and its own policies.
+
+fn delegated_policy() -> Arc<AgentPolicy> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "AgentPolicy",
+            "metadata": {"name": "on-behalf", "namespace": "ns", "uid": "uid-d", "generation": 1},
+            "spec": {"agents": {"names": ["bot"]}, "rules": [
+                {"name": "refund-for-alice", "effect": "Allow", "actions": ["refund"], "resources": ["pay/orders/*"],
+                 "conditions": {"delegationScope": "refund@pay/orders/**",
+                                "delegationGrantors": {"users": ["alice@example.com"], "groups": ["finance"]}}},
+            ]},
+        }))
+        .unwrap(),
+    )
+}
+
+impl Fixture {
+    /// A delegated token of the root Delegation `root-uid` granted by `grantor` to bot, recorded Active
+    /// with this token live.
+    fn delegated(&mut self, grantor: &str, groups: &[&str], scopes: &[&str], aud: &str) -> String {
+        use crate::identity::delegated::{DelegatedClaims, Grant};
+        use crate::registry::ledger::DelegatedIssuance;
+        let agents = [SpiffeId::parse("spiffe://cluster.local/ns/ns/agent/bot").unwrap()];
+        let chain = ["root-uid".to_owned()];
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let grant = Grant {
+            issuer: ISSUER_URL,
+            grantor,
+            audience: aud,
+            agents: &agents,
+            agent_uid: "uid-bot",
+            delegation: "root",
+            chain: &chain,
+            scopes: &scopes,
+        };
+        let claims = DelegatedClaims::new(grant, jiff::Timestamp::now(), Duration::from_secs(600)).unwrap();
+        let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();
+        let issuance = DelegatedIssuance {
+            key: "delegation.issue:root-uid:1".into(),
+            jti: claims.jti.clone(),
+            aud: aud.into(),
+            issued_at: at(claims.iat),
+            expires_at: at(claims.exp),
+            key_id: "k".into(),
+            stored: Stored::Yes,
+        };
+        let grantor = crate::api::Grantor {
+            username: grantor.into(),
+            uid: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        self.ledger.set_delegation("root-uid", crate::api::DelegationPhase::Active, grantor, vec![issuance]);
+        self.minter.mint(&claims).unwrap()
+    }
+
+    async fn ask(&self, token: &str, action: &str, resource: &str, extra: Value) -> Value {
+        let mut body = json!({"token": token, "action": action, "resource": resource});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, answer) = self.authorize(body.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+}
+
+#[tokio::test]
+async fn a_delegated_token_allows_only_inside_its_scopes_and_the_agents_policies_and_names_the_chain() {
+    let mut f = fixture().await;
+    f.index.publish(Builder::default().build(&[agent()], &[policy(), delegated_policy()], &[]));
+    let identity = f.token("uid-bot", "crm");
+    let delegated =
+        f.delegated("alice@example.com", &[], &["read@crm/contacts/1", "refund@pay/orders/**"], "crm");
+
+    let ok = f.ask(&delegated, "read", "crm/contacts/1", json!({})).await;
+    assert_eq!(ok["decision"], "Allow", "{ok}");
+    assert_eq!(ok["onBehalfOf"], "alice@example.com");
+    let chain: Vec<&str> =
+        ok["chain"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(chain, ["alice@example.com", "bot"]);
+    assert_eq!(ok["chain"][1]["delegationUid"], "root-uid");
+
+    // The agent's own token may read contact 2; acting for alice it may not (outside what she granted).
+    assert_eq!(f.ask(&identity, "read", "crm/contacts/2", json!({})).await["decision"], "Allow");
+    let out = f.ask(&delegated, "read", "crm/contacts/2", json!({})).await;
+    assert_eq!(out["decision"], "Deny", "{out}");
+    assert!(out["reason"].as_str().unwrap().contains("outside every scope"), "{out}");
+    // A scope never adds rights: nothing in the policies lets bot delete, delegated or not.
+    let mut f2 = fixture().await;
+    f2.index.publish(Builder::default().build(&[agent()], &[policy(), delegated_policy()], &[]));
+    let wide = f2.delegated("alice@example.com", &[], &["*@crm/**"], "crm");
+    assert_eq!(f2.ask(&wide, "delete", "crm/contacts/1", json!({})).await["decision"], "Deny");
+
+    // A rule that needs a delegation: the identity token never matches it, the delegated one does.
+    assert_eq!(f.ask(&identity, "refund", "pay/orders/9", json!({})).await["decision"], "Deny");
+    assert_eq!(f.ask(&delegated, "refund", "pay/orders/9", json!({})).await["decision"], "Allow");
+
+    // tokenType: each kind refused where the other is required.
+    let out = f.ask(&identity, "read", "crm/contacts/1", json!({"tokenType": "delegated"})).await;
+    assert!(
+        out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("identity token where"),
+        "{out}"
+    );
+    let out = f.ask(&delegated, "read", "crm/contacts/1", json!({"tokenType": "identity"})).await;
+    assert!(
+        out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("delegated token where"),
+        "{out}"
+    );
+    assert_eq!(
+        f.ask(&delegated, "read", "crm/contacts/1", json!({"tokenType": "delegated"})).await["decision"],
+        "Allow"
+    );
+    let out = f.ask(&delegated, "read", "crm/contacts/1", json!({"audience": "pay"})).await;
+    assert_eq!(out["decision"], "Deny", "{out}");
+}
+
+#[tokio::test]
+async fn grantor_restrictions_chain_standing_and_the_ledger_decide_a_delegated_token() {
+    let mut f = fixture().await;
+    f.index.publish(Builder::default().build(&[agent()], &[policy(), delegated_policy()], &[]));
+    // An agent the operator never activated gets nothing, on anyone's behalf.
+    let early = f.delegated("alice@example.com", &[], &["refund@pay/orders/**"], "crm");
+    let out = f.ask(&early, "refund", "pay/orders/9", json!({})).await;
+    assert!(out["reason"].as_str().unwrap().contains("no record of this agent"), "{out}");
+    let _ = f.token("uid-bot", "crm");
+    // Granted by someone the rule does not name: not allowed; by a member of a named group: allowed.
+    let mallory = f.delegated("mallory@example.com", &["support"], &["refund@pay/orders/**"], "crm");
+    let out = f.ask(&mallory, "refund", "pay/orders/9", json!({})).await;
+    assert!(out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("no rule"), "{out}");
+    let finance = f.delegated("bob@example.com", &["finance"], &["refund@pay/orders/**"], "crm");
+    let out = f.ask(&finance, "refund", "pay/orders/9", json!({})).await;
+    assert_eq!(out["decision"], "Allow", "{out}");
+
+    // The chain ends (revoked, expired, invalid...): its tokens stop at once.
+    let token = f.delegated("alice@example.com", &[], &["read@crm/contacts/1"], "crm");
+    assert_eq!(f.ask(&token, "read", "crm/contacts/1", json!({})).await["decision"], "Allow");
+    let tokens = f.ledger.delegated_tokens("root-uid");
+    let alice = crate::api::Grantor { username: "alice@example.com".into(), uid: None, groups: vec![] };
+    f.ledger.set_delegation("root-uid", crate::api::DelegationPhase::Revoked, alice.clone(), tokens.clone());
+    let out = f.ask(&token, "read", "crm/contacts/1", json!({})).await;
+    assert!(out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("Revoked"), "{out}");
+    // In force, but the operator never minted (or took back) this very token.
+    f.ledger.set_delegation("root-uid", crate::api::DelegationPhase::Active, alice, vec![]);
+    let out = f.ask(&token, "read", "crm/contacts/1", json!({})).await;
+    assert!(
+        out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("not a current token"),
+        "{out}"
+    );
+    // The audit record carries the human and the chain (a marker after the decisions flushes them).
+    let object = crate::audit::ObjectRef {
+        api_version: "v1".into(),
+        kind: "Marker".into(),
+        namespace: None,
+        name: "marker".into(),
+        uid: None,
+    };
+    let marker = crate::audit::Entry::new("test", "test.marker", object, crate::audit::Outcome::Success, "m");
+    f.audit.append(marker).await.unwrap();
+    let log = std::fs::read_to_string(f.audit.path()).unwrap();
+    let last = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .rfind(|r| r["action"] == "authz.decide")
+        .unwrap();
+    assert_eq!(last["details"]["onBehalfOf"], "alice@example.com", "{last}");
+    assert_eq!(last["details"]["chain"], "User:alice@example.com > Agent:bot", "{last}");
+    assert_eq!(last["details"]["delegationUID"], "root-uid", "{last}");
+    assert!(!log.contains(&token), "no token in the log");
+}

@@ -100,6 +100,9 @@ pub fn decide(pod: &Pod, namespace: &str, claimed: Option<Claimed<'_>>) -> PodDe
             "sources": [
                 {"secret": {"name": credentials_secret_name(name), "optional": false}},
                 {"configMap": {"name": TRUST_BUNDLE_CONFIGMAP, "optional": false}},
+                // Optional: the pod starts before any Delegation to its agent exists, and the kubelet brings
+                // each delegated token (`delegation-<name>`) into the running pod when it appears.
+                {"secret": {"name": crate::names::delegations_secret(name), "optional": true}},
             ],
         },
     });
@@ -225,6 +228,8 @@ mod tests {
         let vols = out["spec"]["volumes"].as_array().unwrap();
         assert_eq!(vols.len(), 2);
         assert_eq!(vols[1]["projected"]["sources"][0]["secret"]["name"], "bot-credentials");
+        let delegated = &vols[1]["projected"]["sources"][2]["secret"];
+        assert_eq!((&delegated["name"], &delegated["optional"]), (&json!("bot-delegations"), &json!(true)));
         assert_eq!(vols[1]["projected"]["sources"][1]["configMap"]["name"], TRUST_BUNDLE_CONFIGMAP);
         for c in out["spec"]["containers"]
             .as_array()

@@ -208,11 +208,18 @@ impl Delegations {
         let decision = chain::decide(&links, &ending, now);
         let Some(first) = found.first() else { return ParentFacts::Missing(name.to_owned()) };
         match (decision.phase, decision.expires_at, decision.remaining_depth, chain::scopes_of(first)) {
-            (DelegationPhase::Active, Some(expires_at), Some(remaining_depth), Ok(scopes)) => {
+            (DelegationPhase::Active, Some(expires_at), Some(remaining_depth), Ok(scopes))
+                if decision.audience.is_some() =>
+            {
                 ParentFacts::Active {
                     name: name.to_owned(),
                     grantee: first.spec.agent_ref.name.clone(),
-                    bounds: chain::Bounds { scopes, expires_at, remaining_depth },
+                    bounds: chain::Bounds {
+                        scopes,
+                        expires_at,
+                        remaining_depth,
+                        audience: decision.audience.clone().unwrap_or_default(),
+                    },
                 }
             }
             (phase, ..) => ParentFacts::NotActive {

@@ -276,6 +276,9 @@ pub fn decide_delegation(namespace: &str, req: &Request<'_>, facts: &DelegationF
             if let Err(e) = delegation::check_root(who).and_then(|()| may_delegate()) {
                 return Verdict::Deny(e);
             }
+            if delegation::audience_of(d).is_none() {
+                return Verdict::Deny(format!("spec.audience: {}", delegation::NO_AUDIENCE));
+            }
             if let Some(n) = d.spec.max_depth
                 && n > 10
             {
@@ -308,7 +311,8 @@ pub fn decide_delegation(namespace: &str, req: &Request<'_>, facts: &DelegationF
             } else if let Err(e) = may_delegate() {
                 return Verdict::Deny(e);
             }
-            if let Err(e) = delegation::check_child(bounds, &scopes, expiry, d.spec.max_depth) {
+            let audience = d.spec.audience.as_deref();
+            if let Err(e) = delegation::check_child(bounds, &scopes, expiry, d.spec.max_depth, audience) {
                 return Verdict::Deny(format!("it would hold more than its parent {name:?}: {e}"));
             }
         }
@@ -553,6 +557,7 @@ mod tests {
             ttl: Some("1h".into()),
             expires_at: None,
             max_depth: None,
+            audience: None,
         };
         Delegation::new("d", spec)
     }
@@ -565,6 +570,7 @@ mod tests {
                 scopes: crate::authz::scope::parse_all(&["refund@pay:orders/**"]).unwrap(),
                 expires_at: "2026-12-01T12:00:00Z".parse().unwrap(),
                 remaining_depth: 2,
+                audience: "pay".into(),
             },
         })
     }

@@ -55,6 +55,13 @@ fn delegation(name: &str, agent: &str, parent: Option<&str>, scopes: &[&str], tt
         .to_string()
 }
 
+/// `object` (a Delegation as JSON text) with `spec.<field>` set to `value`.
+fn with_spec(object: &str, field: &str, value: Value) -> String {
+    let mut d: Value = serde_json::from_str(object).unwrap_or(Value::Null);
+    d["spec"][field] = value;
+    d.to_string()
+}
+
 /// `kubectl create` of `object` as `who` (kubectl flags such as `--as=...`).
 fn create_as(env: &Env, ns: &TestNs, who: &[&str], object: &str) -> std::process::Output {
     let mut args: Vec<&str> = who.to_vec();
@@ -117,9 +124,14 @@ async fn a_person_grants_an_agent_passes_on_only_subsets_and_admission_refuses_e
         "{}",
         text(&out)
     );
+    // Scopes over two systems name no one audience for its tokens: refused until spec.audience says.
+    let out = create_as(&env, &ns, &alice, &root);
+    assert!(!out.status.success() && text(&out).contains("spec.audience"), "{}", text(&out));
+    let root = with_spec(&root, "audience", json!("crm"));
     let out = create_as(&env, &ns, &alice, &root);
     assert!(out.status.success(), "{}", text(&out));
     let d = wait_delegation(&env, &ns, "root", "Active").await;
+    assert_eq!(d["status"]["audience"], "crm", "{d}");
     assert_eq!(d["status"]["grantor"]["username"], "alice@example.com", "{d}");
     assert!(
         d["status"]["grantor"]["groups"].as_array().is_some_and(|g| g.contains(&json!("support"))),
@@ -156,6 +168,14 @@ async fn a_person_grants_an_agent_passes_on_only_subsets_and_admission_refuses_e
         assert!(!out.status.success(), "{why} was admitted");
         assert!(text(&out).contains("more than its parent"), "{why}: {}", text(&out));
     }
+    // A child never moves to another audience.
+    let other = with_spec(
+        &delegation("wider", "refunds", Some("root"), &["read@crm:contacts/1"], "1h"),
+        "audience",
+        json!("pay"),
+    );
+    let out = create_as(&env, &ns, &[&as_triage], &other);
+    assert!(!out.status.success() && text(&out).contains("another audience"), "{}", text(&out));
     // Look-alike characters never reach the cover check: the scope is not canonical.
     let lookalike = delegation("wider", "refunds", Some("root"), &["read@crm:contacts\u{FF0F}1"], "1h");
     let out = create_as(&env, &ns, &[&as_triage], &lookalike);

@@ -334,7 +334,8 @@ async fn valid_objects_of_every_kind_round_trip_unchanged() {
             "name": "r", "effect": "Allow", "actions": ["refund"], "resources": ["payments:orders/**"], "tools": ["pay.refund"],
             "conditions": {
                 "timeWindows": [{"days": ["Mon", "Fri"], "start": "22:00", "end": "06:00", "timeZone": "Europe/Berlin"}],
-                "minTrustScore": 600, "delegationScope": "payments:refund",
+                "minTrustScore": 600, "delegationScope": "refund@payments:orders/**",
+                "delegationGrantors": {"users": ["alice@example.com"], "groups": ["support"]},
                 "attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "100"},
                                {"key": "region", "operator": "In", "values": ["eu", "us"]}],
                 "rateLimit": {"requests": 5, "per": "1m"}, "approval": "required"
