@@ -2,11 +2,14 @@
 //! time-bound root; the agent passes on only subsets; admission refuses every widening and the Delegation
 //! controller re-checks each chain from fresh API state (accept/reject pairs).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Operator, TestNs, WAIT, basic_spec, records, text, wait_for, wait_phase};
+use crate::harness::{
+    Env, Operator, TestNs, WAIT, basic_spec, http_post, records, text, wait_for, wait_phase, wait_records,
+};
 use crate::require_cluster;
 
 /// RBAC in the namespace: `subject` may create and read Delegations, and with `delegate` also holds the
@@ -430,18 +433,33 @@ async fn decisions_on_delegations_survive_a_crash_and_a_final_phase_stays_final_
     let transitions = |op: &Operator| {
         records(&op.audit_log())
             .into_iter()
-            .filter(|r| r["action"].as_str().is_some_and(|a| a.starts_with("delegation.")))
+            .filter(|r| {
+                r["action"].as_str().is_some_and(|a| a.starts_with("delegation.") && a != "delegation.issue")
+            })
             .map(|r| format!("{} {}", r["action"].as_str().unwrap_or_default(), r["object"]["name"]))
+            .collect::<Vec<_>>()
+    };
+    let issued = |op: &Operator| {
+        records(&op.audit_log())
+            .into_iter()
+            .filter(|r| r["action"] == "delegation.issue" && r["kind"] == "intent")
+            .map(|r| r["details"]["jti"].as_str().unwrap_or_default().to_owned())
             .collect::<Vec<_>>()
     };
     let before = transitions(&op);
     assert_eq!(before.len(), 2, "{before:?}");
+    let tokens = wait_for("a token for each", WAIT, || async {
+        let t = issued(&op);
+        (t.len() == 2).then_some(t)
+    })
+    .await;
 
     // Killed (no graceful stop) and started again: the ledger is rebuilt from the log, so nothing is
     // recorded twice and the grantor still comes from the admission record.
     op.restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(transitions(&op), before, "a restart records no transition again");
+    assert_eq!(issued(&op), tokens, "a restart keeps the tokens the Secrets hold: none is minted again");
     assert_eq!(get(&env, &ns, "child")["status"]["grantor"]["username"], "alice@example.com");
 
     // Revoked, then the Revocation deleted while the operator is down: after the restart both stay Revoked.
@@ -480,4 +498,195 @@ async fn decisions_on_delegations_survive_a_crash_and_a_final_phase_stays_final_
     wait_delegation(&env, &ns, "root", "Revoked").await;
     let after = transitions(&op);
     assert_eq!(after.len(), 4, "one revoke each, nothing else: {after:?}");
+}
+
+/// An Agent in `ns` whose pods run as `sa`, with identity tokens for `crm`, Active.
+async fn crm_agent(ns: &TestNs, name: &str, sa: &str) {
+    let mut spec = basic_spec();
+    spec["workload"] = json!({"serviceAccountName": sa});
+    spec["credentials"] = json!({"audiences": ["crm"]});
+    ns.create_agent(name, spec).await;
+    wait_phase(&ns.api(), name, "Active").await;
+}
+
+/// The value of `key` in the Secret `name`, once it is there.
+async fn secret_value(ns: &TestNs, name: &str, key: &str) -> Option<String> {
+    let s = ns.api::<Secret>().get_opt(name).await.ok()??;
+    String::from_utf8(s.data?.get(key)?.0.clone()).ok()
+}
+
+/// A JWT's header and claims, decoded (display only).
+fn jwt_parts(token: &str) -> (Value, Value) {
+    use base64::Engine as _;
+    let part = |i: usize| {
+        let seg = token.split('.').nth(i).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(seg).unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    (part(0), part(1))
+}
+
+/// `POST /v1/authorize`: the answer.
+async fn decide(op: &Operator, token: &str, action: &str, resource: &str, extra: Value) -> Value {
+    let mut body = json!({"token": token, "action": action, "resource": resource});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let headers = [("Content-Type", "application/json")];
+    let (status, _, answer) =
+        http_post(&op.http_addr, "/v1/authorize", &headers, body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(&answer).unwrap_or(Value::Null)
+}
+
+/// Polls the decision until it is Deny; how long after `since` that was.
+async fn denied_after(op: &Operator, token: &str, action: &str, resource: &str, since: Instant) -> Duration {
+    wait_for("the decision to turn Deny", WAIT, || async {
+        let d = decide(op, token, action, resource, json!({})).await;
+        (d["decision"] == "Deny").then(|| since.elapsed())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_active_delegation_yields_a_token_that_allows_only_inside_its_chain_and_stops_when_the_chain_ends()
+{
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "dlgtoken").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    crm_agent(&ns, "triage", "triage-sa").await;
+    crm_agent(&ns, "refunds", "refunds-sa").await;
+    let policy = json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p"},
+        "spec": {"agents": {"names": ["triage", "refunds"]}, "rules": [
+            {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]},
+            {"name": "refund-for-a-human", "effect": "Allow", "actions": ["refund"], "resources": ["crm:orders/**"],
+             "conditions": {"delegationScope": "refund@crm:orders/**"}},
+        ]},
+    });
+    let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&policy.to_string()));
+    assert!(out.status.success(), "{}", text(&out));
+    grant(&env, &ns, "alice", &user("alice@example.com"), true, &[]);
+    let subject = format!("{{kind: ServiceAccount, name: triage-sa, namespace: {}}}", ns.name);
+    grant(&env, &ns, "triage-sa", &subject, false, &[]);
+    let alice = ["--as=alice@example.com"];
+    let as_triage = format!("--as=system:serviceaccount:{}:triage-sa", ns.name);
+    let identity =
+        wait_for("triage's identity token", WAIT, || secret_value(&ns, "triage-credentials", "token-crm"))
+            .await;
+
+    // The root ends in 40 s: its token lives no longer, and every descendant ends with it.
+    let end_at = in_secs(40);
+    let root = delegation("root", "triage", None, &["read@crm:contacts/1", "refund@crm:orders/**"], &end_at);
+    assert!(create_as(&env, &ns, &alice, &root).status.success());
+    wait_delegation(&env, &ns, "root", "Active").await;
+    let d = wait_for("the root's token in status", WAIT, || async {
+        let d = get(&env, &ns, "root");
+        d["status"]["tokenSecretName"].is_string().then_some(d)
+    })
+    .await;
+    assert_eq!(
+        (d["status"]["tokenSecretName"].as_str(), d["status"]["tokenKey"].as_str()),
+        (Some("triage-delegations"), Some("delegation-root")),
+        "{d}"
+    );
+    let token =
+        wait_for("the root's token", WAIT, || secret_value(&ns, "triage-delegations", "delegation-root"))
+            .await;
+    let (header, claims) = jwt_parts(&token);
+    assert_eq!(header["typ"], "agentiam-delegation+jwt");
+    assert_eq!(claims["sub"], "alice@example.com", "the human, never the agent: {claims}");
+    let triage_id = format!("spiffe://cluster.local/ns/{}/agent/triage", ns.name);
+    assert_eq!((&claims["client_id"], &claims["act"]["sub"]), (&json!(triage_id), &json!(triage_id)));
+    assert_eq!(claims["aud"], "crm");
+    let end: jiff::Timestamp = d["status"]["expiresAt"].as_str().unwrap_or_default().parse().unwrap();
+    assert!(claims["exp"].as_i64() <= Some(end.as_second()), "the token outlives its chain: {claims}");
+    assert!(claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0) <= 3600);
+
+    // Accept/reject pairs: inside the delegation and the policies; outside what alice granted; a rule that
+    // needs a delegation; each kind of token where the other is required.
+    let ok = decide(&op, &token, "read", "crm:contacts/1", json!({})).await;
+    assert_eq!(
+        (ok["decision"].as_str(), ok["onBehalfOf"].as_str()),
+        (Some("Allow"), Some("alice@example.com")),
+        "{ok}"
+    );
+    assert_eq!(decide(&op, &identity, "read", "crm:contacts/2", json!({})).await["decision"], "Allow");
+    let out = decide(&op, &token, "read", "crm:contacts/2", json!({})).await;
+    assert!(
+        out["decision"] == "Deny"
+            && out["reason"].as_str().unwrap_or_default().contains("outside every scope"),
+        "{out}"
+    );
+    assert_eq!(decide(&op, &identity, "refund", "crm:orders/7", json!({})).await["decision"], "Deny");
+    assert_eq!(decide(&op, &token, "refund", "crm:orders/7", json!({})).await["decision"], "Allow");
+    assert_eq!(
+        decide(&op, &identity, "read", "crm:contacts/1", json!({"tokenType": "delegated"})).await["decision"],
+        "Deny"
+    );
+    assert_eq!(
+        decide(&op, &token, "read", "crm:contacts/1", json!({"tokenType": "identity"})).await["decision"],
+        "Deny"
+    );
+
+    // triage passes on a subset to refunds: its token carries the whole chain, human first.
+    let child = delegation("child", "refunds", Some("root"), &["refund@crm:orders/eu/*"], &end_at);
+    let out = create_as(&env, &ns, &[&as_triage], &child);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_delegation(&env, &ns, "child", "Active").await;
+    let child_token =
+        wait_for("the child's token", WAIT, || secret_value(&ns, "refunds-delegations", "delegation-child"))
+            .await;
+    let (_, c) = jwt_parts(&child_token);
+    assert_eq!(c["act"]["act"]["sub"], json!(triage_id), "the agent that delegated is nested: {c}");
+    let ok = decide(&op, &child_token, "refund", "crm:orders/eu/1", json!({})).await;
+    let chain: Vec<&str> =
+        ok["chain"].as_array().into_iter().flatten().filter_map(|l| l["name"].as_str()).collect();
+    assert_eq!(
+        (ok["decision"].as_str(), chain),
+        (Some("Allow"), vec!["alice@example.com", "triage", "refunds"]),
+        "{ok}"
+    );
+    assert_eq!(decide(&op, &child_token, "refund", "crm:orders/us/1", json!({})).await["decision"], "Deny");
+    let chain = json!("User:alice@example.com > Agent:triage > Agent:refunds");
+    wait_records(&op, "the decision's record names the chain", |recs| {
+        recs.iter().any(|r| r["action"] == "authz.decide" && r["details"]["chain"] == chain)
+    })
+    .await;
+
+    // A second root, revoked: its token stops within a second, measured from the Revocation's creation.
+    let other = delegation("other", "triage", None, &["read@crm:contacts/1"], "1h");
+    assert!(create_as(&env, &ns, &alice, &other).status.success());
+    wait_delegation(&env, &ns, "other", "Active").await;
+    let other_token =
+        wait_for("the token", WAIT, || secret_value(&ns, "triage-delegations", "delegation-other")).await;
+    assert_eq!(decide(&op, &other_token, "read", "crm:contacts/1", json!({})).await["decision"], "Allow");
+    let revocation = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop"},
+        "spec": {"target": {"delegationRef": {"name": "other"}}, "mode": "Revoke", "reason": "incident 19"}});
+    let since = Instant::now();
+    assert!(
+        env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&revocation.to_string())).status.success()
+    );
+    let took = denied_after(&op, &other_token, "read", "crm:contacts/1", since).await;
+    eprintln!("delegated token refused {took:?} after the Revocation was created");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // The root's own token still works: the Revocation targets one Delegation.
+    assert_eq!(decide(&op, &token, "read", "crm:contacts/1", json!({})).await["decision"], "Allow");
+
+    // The root expires: the child's token stops within a second of that moment (not at its own exp).
+    let wait = Duration::try_from(end.duration_since(jiff::Timestamp::now())).unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    let since = Instant::now();
+    let took = denied_after(&op, &child_token, "refund", "crm:orders/eu/1", since).await;
+    eprintln!("child's delegated token refused {took:?} after the root's expiry");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(decide(&op, &token, "read", "crm:contacts/1", json!({})).await["decision"], "Deny");
+    // And the tokens leave the Secrets.
+    wait_for("the tokens withdrawn", WAIT, || async {
+        let gone = secret_value(&ns, "refunds-delegations", "delegation-child").await.is_none()
+            && secret_value(&ns, "triage-delegations", "delegation-root").await.is_none();
+        gone.then_some(())
+    })
+    .await;
+    assert_eq!(get(&env, &ns, "child")["status"]["phase"], "Expired");
 }
