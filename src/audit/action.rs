@@ -323,6 +323,7 @@ mod tests {
             "credential.withdraw:u1:s-uid",
             "credential.withdraw:u1:unknown",
             "issuer.rotate:pagnOM1Y2Br3EgEqA8uB3iTfBkNyFX7GXHURIaJGcPw",
+            "delegation.issue:d-uid:1796300000000",
         ] {
             let key = IntentKey::parse(stored).unwrap_or_else(|| panic!("{stored}"));
             assert_eq!(key.to_string(), stored);

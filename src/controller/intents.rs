@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use kube::Api;
 use tracing::{info, warn};
 
-use crate::api::Agent;
+use crate::api::{Agent, Delegation};
 use crate::audit::{Action, IntentKey, Outcome, Record};
 use crate::controller::{Context, Error, Result};
 
@@ -100,7 +100,7 @@ pub fn in_scope(watch_namespace: Option<&str>, ns: &str) -> bool {
 /// resolve them.
 pub async fn resolve_orphans(ctx: &Context) -> Result<()> {
     for intent in ctx.audit.open_intents() {
-        if intent.object.kind != "Agent" {
+        if intent.object.kind != "Agent" && intent.object.kind != "Delegation" {
             continue;
         }
         let Some(ns) = intent.object.namespace.as_deref() else { continue };
@@ -112,12 +112,16 @@ pub async fn resolve_orphans(ctx: &Context) -> Result<()> {
             );
             continue;
         }
-        let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
-        let current = api
-            .get_opt(&intent.object.name)
-            .await
-            .map_err(|source| Error::Read { what: format!("Agent {ns}/{}", intent.object.name), source })?;
-        let current_uid = current.as_ref().and_then(|a| a.metadata.uid.clone());
+        let what = || format!("{} {ns}/{}", intent.object.kind, intent.object.name);
+        let current_uid = if intent.object.kind == "Agent" {
+            let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
+            let found = api.get_opt(&intent.object.name).await;
+            found.map_err(|source| Error::Read { what: what(), source })?.and_then(|a| a.metadata.uid)
+        } else {
+            let api: Api<Delegation> = Api::namespaced(ctx.client.clone(), ns);
+            let found = api.get_opt(&intent.object.name).await;
+            found.map_err(|source| Error::Read { what: what(), source })?.and_then(|d| d.metadata.uid)
+        };
         let same = current_uid.is_some() && current_uid == intent.object.uid;
         if !same {
             warn!(key = ?intent.key, "open audit intent refers to an object that no longer exists");
@@ -169,5 +173,11 @@ mod tests {
         assert!(matches!(resolve("agent.archive:u1", None, None), Resolution::Close(Outcome::Abandoned, _)));
         assert_eq!(resolve("agent.archive:u1", Some("u1"), None), Resolution::Keep);
         assert!(matches!(resolve("nonsense", Some("u1"), None), Resolution::Close(Outcome::Abandoned, _)));
+        // A delegated token's intent: left to the Delegation's token step while it exists, else abandoned.
+        assert_eq!(resolve("delegation.issue:d1:5", Some("d1"), None), Resolution::Keep);
+        assert!(matches!(
+            resolve("delegation.issue:d1:5", None, None),
+            Resolution::Close(Outcome::Abandoned, _)
+        ));
     }
 }

@@ -112,6 +112,8 @@ pub enum DelegatedStanding {
     },
     /// The chain is in force but the operator did not mint this token for it (or took it back).
     TokenNotIssued,
+    /// The operator minted it, and it has expired.
+    Expired,
 }
 
 /// Why a presented token is not a live credential of its agent.
@@ -507,10 +509,11 @@ impl Ledger {
         }
         let Some(leaf) = chain.last() else { return DelegatedStanding::TokenNotIssued };
         if entries.delegated_token_live(leaf, jti, aud, now) {
-            DelegatedStanding::Live
-        } else {
-            DelegatedStanding::TokenNotIssued
+            return DelegatedStanding::Live;
         }
+        // Exactly at its exp, without the verifier's clock-skew leeway: the operator's own clock decides.
+        let minted = entries.delegated.get(leaf.as_str()).is_some_and(|v| v.iter().any(|i| i.jti == jti));
+        if minted { DelegatedStanding::Expired } else { DelegatedStanding::TokenNotIssued }
     }
 
     /// A copy of every entry (tests, diagnostics).

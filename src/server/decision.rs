@@ -461,6 +461,12 @@ impl Authorizer {
                     who,
                 );
             }
+            DelegatedStanding::Expired => {
+                return refuse(
+                    "the token has expired (a delegated token never outlives its chain)".into(),
+                    who,
+                );
+            }
             DelegatedStanding::TokenNotIssued => {
                 return refuse(
                     "the token is not a current token of its delegation (never issued, or taken back)".into(),

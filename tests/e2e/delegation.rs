@@ -539,11 +539,18 @@ async fn decide(op: &Operator, token: &str, action: &str, resource: &str, extra:
     serde_json::from_str(&answer).unwrap_or(Value::Null)
 }
 
-/// Polls the decision until it is Deny; how long after `since` that was.
-async fn denied_after(op: &Operator, token: &str, action: &str, resource: &str, since: Instant) -> Duration {
+/// Polls the decision until it is Deny; how long after `since` that was, and why.
+async fn denied_after(
+    op: &Operator,
+    token: &str,
+    action: &str,
+    resource: &str,
+    since: Instant,
+) -> (Duration, String) {
     wait_for("the decision to turn Deny", WAIT, || async {
         let d = decide(op, token, action, resource, json!({})).await;
-        (d["decision"] == "Deny").then(|| since.elapsed())
+        let why = d["reason"].as_str().unwrap_or_default().to_owned();
+        (d["decision"] == "Deny").then(|| (since.elapsed(), why))
     })
     .await
 }
@@ -667,9 +674,9 @@ async fn an_active_delegation_yields_a_token_that_allows_only_inside_its_chain_a
     assert!(
         env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&revocation.to_string())).status.success()
     );
-    let took = denied_after(&op, &other_token, "read", "crm:contacts/1", since).await;
-    eprintln!("delegated token refused {took:?} after the Revocation was created");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (took, why) = denied_after(&op, &other_token, "read", "crm:contacts/1", since).await;
+    eprintln!("delegated token refused {took:?} after the Revocation was created: {why}");
+    assert!(took < Duration::from_secs(1) && why.contains("is Revoked"), "{took:?} {why}");
     // The root's own token still works: the Revocation targets one Delegation.
     assert_eq!(decide(&op, &token, "read", "crm:contacts/1", json!({})).await["decision"], "Allow");
 
@@ -677,9 +684,12 @@ async fn an_active_delegation_yields_a_token_that_allows_only_inside_its_chain_a
     let wait = Duration::try_from(end.duration_since(jiff::Timestamp::now())).unwrap_or_default();
     tokio::time::sleep(wait).await;
     let since = Instant::now();
-    let took = denied_after(&op, &child_token, "refund", "crm:orders/eu/1", since).await;
-    eprintln!("child's delegated token refused {took:?} after the root's expiry");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (took, why) = denied_after(&op, &child_token, "refund", "crm:orders/eu/1", since).await;
+    eprintln!("child's delegated token refused {took:?} after the root's expiry: {why}");
+    assert!(
+        took < Duration::from_secs(1) && (why.contains("is Expired") || why.contains("has expired")),
+        "{took:?} {why}"
+    );
     assert_eq!(decide(&op, &token, "read", "crm:contacts/1", json!({})).await["decision"], "Deny");
     // And the tokens leave the Secrets.
     wait_for("the tokens withdrawn", WAIT, || async {
