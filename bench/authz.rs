@@ -47,6 +47,8 @@ use opa::{Opa, QUERY};
 
 /// The in-process budget of issue 4: p99 at 1,000 rules.
 const P99_BUDGET_NS: f64 = 10_000.0;
+/// Issue 12: in-process p99 of a decision with a delegated token of a depth-3 chain.
+const DELEGATED_P99_BUDGET_NS: f64 = 2_000.0;
 /// The namespace of the in-process snapshot (the HTTP part uses a fresh one on the cluster).
 const LOCAL_NS: &str = "bench-authz";
 /// The trust score of the in-process agent: what the bench Agent's spec earns (docs/trust-score.md).
@@ -240,6 +242,25 @@ fn in_process(cfg: &Config, opa: &Opa, w: &Workload, dir: &Path) -> (Value, Valu
     let mean_batched = batched.iter().sum::<f64>() / batched.len() as f64;
     let (p50, p99, p999) = (engine::pct(&all, 0.5), engine::pct(&all, 0.99), engine::pct(&all, 0.999));
     let opa_p99 = opa_singles.iter().map(|s| s.eval_p99_ns).fold(0.0, f64::max);
+
+    // The same requests with a delegated token of a depth-3 chain (scope `*@**`, so every verdict must be
+    // the identity token's): the chain's standing in the ledger, then `Snapshot::decide_delegated`.
+    let fx = engine::delegated_fixture(LOCAL_NS);
+    let delegated = engine::delegated_decisions(&snap, &record, &fx, LOCAL_NS, &reqs);
+    assert_same(w, "identity decisions", &ours, "delegated decisions", &delegated);
+    let delegated_rounds: Vec<engine::Round> = (0..cfg.rounds.max(1))
+        .map(|_| engine::measure_delegated(&snap, &record, &fx, LOCAL_NS, &reqs, cfg.decisions))
+        .collect();
+    let mut dall: Vec<u32> = delegated_rounds.iter().flat_map(|r| r.per_call_ns.iter().copied()).collect();
+    dall.sort_unstable();
+    let dmean =
+        delegated_rounds.iter().map(|r| r.batched_mean_ns).sum::<f64>() / delegated_rounds.len() as f64;
+    let (dp50, dp99) = (engine::pct(&dall, 0.5), engine::pct(&dall, 0.99));
+    println!(
+        "   {} rules in process, delegated token (depth {}): p50 {dp50} ns, p99 {dp99} ns, batched mean {dmean:.1} ns",
+        w.n,
+        engine::DELEGATION_DEPTH
+    );
     println!(
         "   {} rules in process: ours p50 {p50} ns, p99 {p99} ns (rounds {round_p99:?}), batched mean {mean_batched:.1} ns; \
          opa bench {per_decision_opa:.0} ns/decision over the mix, worst single-input p99 {opa_p99:.0} ns",
@@ -250,6 +271,8 @@ fn in_process(cfg: &Config, opa: &Opa, w: &Workload, dir: &Path) -> (Value, Valu
         "ours": {"decisions": all.len(), "p50_ns": p50, "p90_ns": engine::pct(&all, 0.9), "p99_ns": p99,
             "p999_ns": p999, "max_ns": engine::pct(&all, 1.0), "round_p99_ns": round_p99,
             "batched_mean_ns": batched, "mean_batched_ns": (mean_batched * 10.0).round() / 10.0},
+        "delegated": {"depth": engine::DELEGATION_DEPTH, "decisions": dall.len(), "p50_ns": dp50,
+            "p99_ns": dp99, "p999_ns": engine::pct(&dall, 0.999), "mean_batched_ns": (dmean * 10.0).round() / 10.0},
         "opa": {"mix": opa_mix.to_json(), "mix_ns_per_decision": per_decision_opa.round(),
             "singles": opa_singles.iter().map(opa::BenchRun::to_json).collect::<Vec<_>>(),
             "worst_single_p99_ns": opa_p99},
@@ -344,6 +367,26 @@ fn figures(inprocess: &[Value], http_rows: &[Value]) -> Vec<Value> {
             "µs",
             Some(P99_BUDGET_NS / p99),
             Some(1.0),
+        ));
+    }
+    if let Some(row) = inprocess.iter().find(|r| r["rules"] == 1000) {
+        let p99 = row["delegated"]["p99_ns"].as_f64().unwrap_or(f64::NAN);
+        out.push(figure(
+            "in-process delegated-token decision p99 (chain depth 3) at 1,000 rules vs the 2 µs budget (ratio = budget / p99)".into(),
+            p99 / 1000.0,
+            DELEGATED_P99_BUDGET_NS / 1000.0,
+            "µs",
+            Some(DELEGATED_P99_BUDGET_NS / p99),
+            Some(1.0),
+        ));
+        let identity = row["ours"]["p99_ns"].as_f64().unwrap_or(f64::NAN);
+        out.push(figure(
+            "context: in-process p99, delegated token (depth 3) vs identity token, 1,000 rules (ratio = identity / delegated)".into(),
+            p99 / 1000.0,
+            identity / 1000.0,
+            "µs",
+            div(identity, p99),
+            None,
         ));
     }
     for row in http_rows {
