@@ -369,6 +369,18 @@ fn figures(inprocess: &[Value], http_rows: &[Value]) -> Vec<Value> {
             Some(1.0),
         ));
     }
+    for row in http_rows.iter().filter(|r| r["ours_delegated"].is_object()) {
+        let n = label(row["rules"].as_u64().unwrap_or(0));
+        let (ours, peer) = (rps(row, "ours_delegated", "best_under_1ms"), rps(row, "ours", "best_under_1ms"));
+        out.push(figure(
+            format!("decision API HTTP throughput at p99<=1ms, delegated token (chain depth 3) vs identity token, {n} rules"),
+            ours,
+            peer,
+            "req/s",
+            div(ours, peer),
+            Some(0.9),
+        ));
+    }
     if let Some(row) = inprocess.iter().find(|r| r["rules"] == 1000) {
         let p99 = row["delegated"]["p99_ns"].as_f64().unwrap_or(f64::NAN);
         out.push(figure(

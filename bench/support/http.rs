@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use agentiam::api::{Agent, AgentPolicy};
+use agentiam::api::{Agent, AgentPolicy, Delegation};
 
 use crate::load::{self, Point, Requests};
 use crate::opa::{Opa, REST_PATH};
@@ -96,7 +96,8 @@ pub fn run(cfg: &HttpConfig, opa: &Opa, workloads: &[Workload], dir: &Path) -> V
         apply_policy(&policies, &ns, first).await;
     });
 
-    let mut op = cluster::Operator::start(&s, &ns);
+    // With its webhooks: Delegations are only in force when the operator's admission recorded who granted them.
+    let mut op = cluster::Operator::start_with_webhooks(&s, &ns);
     let ours_addr: SocketAddr = op.addr.parse().expect("operator address");
     let (token, trust) = rt.block_on(wait_for_token(&agents, &secrets, &mut op));
     println!(
@@ -107,6 +108,10 @@ pub fn run(cfg: &HttpConfig, opa: &Opa, workloads: &[Workload], dir: &Path) -> V
         (crate::rules::LOW_TRUST..crate::rules::HIGH_TRUST).contains(&trust),
         "the bench agent's trust score {trust} must lie between the rules' thresholds"
     );
+    let delegations: Api<Delegation> = Api::namespaced(client.clone(), &ns);
+    let delegated = rt.block_on(delegated_token(&delegations, &secrets, &mut op));
+    println!("   delegated token of a depth-3 chain: {} bytes", delegated.len());
+    let delegated_for = workloads.last().map_or(0, |w| w.n);
 
     let mut rows = Vec::new();
     for w in workloads {
@@ -126,6 +131,14 @@ pub fn run(cfg: &HttpConfig, opa: &Opa, workloads: &[Workload], dir: &Path) -> V
             .map(|r| serde_json::to_vec(&json!({"input": r.opa_input(&ns, trust)})).unwrap())
             .collect();
         let ours = Arc::new(Requests::post(ours_addr, AUTHORIZE, &ours_bodies));
+        // The largest rule set also with the delegated token: the same requests, the same verdicts.
+        let with_delegated = w.n == delegated_for;
+        let delegated_bodies: Vec<Vec<u8>> =
+            w.requests.iter().map(|r| serde_json::to_vec(&r.ours(&delegated)).unwrap()).collect();
+        let ours_delegated = Arc::new(Requests::post(ours_addr, AUTHORIZE, &delegated_bodies));
+        if with_delegated {
+            same_verdicts(w, &ours, &ours_delegated);
+        }
         let theirs = Arc::new(Requests::post(server.addr, REST_PATH, &opa_bodies));
         let theirs1 = Arc::new(Requests::post(server1.addr, REST_PATH, &opa_bodies));
         let request_bytes = |r: &Requests| r.raw.iter().map(Vec::len).sum::<usize>() / r.raw.len().max(1);
@@ -139,17 +152,20 @@ pub fn run(cfg: &HttpConfig, opa: &Opa, workloads: &[Workload], dir: &Path) -> V
         );
 
         let (mut mine, mut peer, mut peer1) = (Sweep::default(), Sweep::default(), Sweep::default());
+        let mut mine_delegated = Sweep::default();
+        let servers = if with_delegated { 4 } else { 3 };
         let (warmup, measure) = (Duration::from_secs_f64(cfg.warmup), Duration::from_secs_f64(cfg.seconds));
         let ticks = cluster::CpuMeter::new(None).ticks;
         let audit_before = audit_size(&op);
         for round in 0..cfg.rounds.max(1) {
             for (k, &c) in cfg.concurrency.iter().enumerate() {
-                // The three servers take turns, and who goes first rotates from point to point.
-                for turn in 0..3 {
-                    let (reqs, sweep, pid) = match (k + round + turn) % 3 {
+                // The servers take turns, and who goes first rotates from point to point.
+                for turn in 0..servers {
+                    let (reqs, sweep, pid) = match (k + round + turn) % servers {
                         0 => (&ours, &mut mine, op.pid()),
                         1 => (&theirs, &mut peer, server.pid()),
-                        _ => (&theirs1, &mut peer1, server1.pid()),
+                        2 => (&theirs1, &mut peer1, server1.pid()),
+                        _ => (&ours_delegated, &mut mine_delegated, op.pid()),
                     };
                     let cpu0 = cluster::cpu_seconds(pid, ticks).unwrap_or(0.0);
                     let point = load::run(reqs, c, warmup, measure);
@@ -213,7 +229,21 @@ pub fn run(cfg: &HttpConfig, opa: &Opa, workloads: &[Workload], dir: &Path) -> V
             "opa_other": other_json,
             "equal_bound": equal_bound(&mine, chosen),
             "ours_audit_log": audit,
+            "ours_delegated": if with_delegated { mine_delegated.to_json() } else { Value::Null },
         }));
+        if with_delegated {
+            for (a, d) in mine.points.iter().zip(&mine_delegated.points) {
+                println!(
+                    "   {:>4} rules C={:<3} identity {:>8.0}/s p99 {:>7.1} µs | delegated (depth 3) {:>8.0}/s p99 {:>7.1} µs",
+                    w.n,
+                    a.concurrency,
+                    a.rps(),
+                    a.pct_us(0.99),
+                    d.rps(),
+                    d.pct_us(0.99)
+                );
+            }
+        }
     }
     op.stop();
     guard.run();
@@ -295,6 +325,64 @@ async fn wait_for_token(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A chain of three Delegations to the bench agent (root by the kubeconfig's user, a person; each child
+/// narrower in time), and the leaf's delegated token once the operator has put it in the agent's Secret.
+async fn delegated_token(api: &Api<Delegation>, secrets: &Api<Secret>, op: &mut cluster::Operator) -> String {
+    let mut parent: Option<String> = None;
+    for (name, ttl) in [("bench-root", "2h"), ("bench-child", "1h"), ("bench-leaf", "30m")] {
+        let mut spec = json!({"agentRef": {"name": AGENT}, "scopes": ["*@**"], "task": "authorization bench",
+            "ttl": ttl, "audience": AUDIENCE});
+        if let Some(p) = &parent {
+            spec["parentRef"] = json!({"name": p});
+        }
+        let d: Delegation = serde_json::from_value(json!({"apiVersion": "agentiam.dev/v1alpha1",
+            "kind": "Delegation", "metadata": {"name": name}, "spec": spec}))
+        .expect("bench Delegation");
+        let start = Instant::now();
+        // A child is admitted once its parent is in force (the operator decides it within milliseconds).
+        loop {
+            match api.create(&PostParams::default(), &d).await {
+                Ok(_) => break,
+                Err(e) if start.elapsed() < Duration::from_secs(60) => {
+                    op.check_alive();
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("create Delegation {name}: {e}\n{}", op.stderr_tail()),
+            }
+        }
+        parent = Some(name.to_owned());
+    }
+    let key = "delegation-bench-leaf";
+    let start = Instant::now();
+    loop {
+        let secret = secrets.get_opt(&format!("{AGENT}-delegations")).await.expect("read delegations Secret");
+        if let Some(t) = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+        {
+            return t;
+        }
+        op.check_alive();
+        assert!(start.elapsed() < Duration::from_secs(120), "no {key} after 120 s\n{}", op.stderr_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The identity token's and the delegated token's answers must be the same decisions.
+fn same_verdicts(w: &Workload, identity: &Requests, delegated: &Requests) {
+    let read = |r: &Requests| -> Vec<Value> {
+        load::answers(r)
+            .into_iter()
+            .map(|a| {
+                assert_eq!(a["status"], 200, "the decision API answered {a}");
+                json!({"decision": a["body"]["decision"], "rule": a["body"]["rule"]})
+            })
+            .collect()
+    };
+    assert_same(w, "identity token", &read(identity), "delegated token", &read(delegated));
 }
 
 /// Both servers must decide every request alike. The operator picks a new policy up from its watch, so
