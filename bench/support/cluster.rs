@@ -9,6 +9,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -419,6 +422,13 @@ impl Drop for Cleanup {
 
 async fn cleanup_namespaces(namespaces: Vec<String>, agents_ns: String) {
     let client = Client::try_default().await.expect("client for cleanup");
+    // The operator is stopped by now and its webhooks fail closed: without their configurations gone, the
+    // finalizer patches below (and the namespace's deletion of its agentiam objects) would be refused.
+    let name = agentiam::names::webhook_configuration(&agents_ns);
+    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = vwc.delete(&name, &DeleteParams::default()).await;
+    let mwc: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = mwc.delete(&name, &DeleteParams::default()).await;
     let agents: Api<Agent> = Api::namespaced(client.clone(), &agents_ns);
     let names: Vec<String> = agents
         .list_metadata(&ListParams::default())
