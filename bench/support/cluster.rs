@@ -422,30 +422,43 @@ impl Drop for Cleanup {
 
 async fn cleanup_namespaces(namespaces: Vec<String>, agents_ns: String) {
     let client = Client::try_default().await.expect("client for cleanup");
-    // The operator is stopped by now and its webhooks fail closed: without their configurations gone, the
-    // finalizer patches below (and the namespace's deletion of its agentiam objects) would be refused.
-    let name = agentiam::names::webhook_configuration(&agents_ns);
-    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let _ = vwc.delete(&name, &DeleteParams::default()).await;
-    let mwc: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let _ = mwc.delete(&name, &DeleteParams::default()).await;
-    let agents: Api<Agent> = Api::namespaced(client.clone(), &agents_ns);
-    let names: Vec<String> = agents
-        .list_metadata(&ListParams::default())
-        .await
-        .map(|l| l.items.into_iter().filter_map(|a| a.metadata.name).collect())
-        .unwrap_or_default();
+    // Operators are stopped by now and their webhooks fail closed: without their configurations gone, the
+    // finalizer patches below (and the namespace's deletion of its agentiam objects) would be refused. Every
+    // bench namespace may have held an operator (`--namespace` = `--watch-namespace`) and Agents.
+    let mut all_ns = namespaces.clone();
+    if !all_ns.contains(&agents_ns) {
+        all_ns.push(agents_ns);
+    }
     let patch = json!({"metadata": {"finalizers": null}});
-    stream::iter(names)
-        .map(|name| {
-            let (api, patch) = (agents.clone(), patch.clone());
-            async move {
-                let _ = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<()>>()
-        .await;
+    for ns in &all_ns {
+        let name = agentiam::names::webhook_configuration(ns);
+        let vwc: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        let _ = vwc.delete(&name, &DeleteParams::default()).await;
+        let mwc: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        let _ = mwc.delete(&name, &DeleteParams::default()).await;
+        let agents: Api<Agent> = Api::namespaced(client.clone(), ns);
+        let names: Vec<String> = agents
+            .list_metadata(&ListParams::default())
+            .await
+            .map(|l| {
+                let held = l
+                    .items
+                    .into_iter()
+                    .filter(|a| a.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()));
+                held.filter_map(|a| a.metadata.name).collect()
+            })
+            .unwrap_or_default();
+        stream::iter(names)
+            .map(|name| {
+                let (api, patch) = (agents.clone(), patch.clone());
+                async move {
+                    let _ = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    }
     let all: Api<Namespace> = Api::all(client);
     for ns in &namespaces {
         let _ = all.delete(ns, &DeleteParams::default()).await;
