@@ -117,10 +117,15 @@ pub fn measure(
     count: usize,
 ) -> Round {
     let (clock, limiter) = (Clock::now(), RateLimiter::default());
-    let decide = |i: usize| {
+    timed(count, |i: usize| {
         let r = &reqs[i % reqs.len()];
         black_box(snap.decide(black_box(subject), Some(record), black_box(r), clock, &limiter));
-    };
+    })
+}
+
+/// `decide(i)` for `count` calls timed one by one, then `count` calls timed in batches of [`BATCH`], after
+/// a warm-up of a tenth of that.
+fn timed(count: usize, decide: impl Fn(usize)) -> Round {
     for i in 0..count / 10 {
         decide(i);
     }
@@ -287,28 +292,8 @@ pub fn measure_delegated(
     count: usize,
 ) -> Round {
     let (clock, limiter) = (Clock::now(), RateLimiter::default());
-    let decide = |i: usize| {
+    timed(count, |i: usize| {
         let r = &reqs[i % reqs.len()];
         black_box(decide_delegated(snap, record, black_box(fx), namespace, black_box(r), clock, &limiter));
-    };
-    for i in 0..count / 10 {
-        decide(i);
-    }
-    let mut per_call_ns = Vec::with_capacity(count);
-    for i in 0..count {
-        let t = Instant::now();
-        decide(i);
-        per_call_ns.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
-    }
-    let mut total = Duration::ZERO;
-    let mut done = 0;
-    while done < count {
-        let t = Instant::now();
-        for i in done..done + BATCH {
-            decide(i);
-        }
-        total += t.elapsed();
-        done += BATCH;
-    }
-    Round { per_call_ns, batched_mean_ns: total.as_nanos() as f64 / done as f64 }
+    })
 }

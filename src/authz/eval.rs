@@ -286,15 +286,11 @@ impl Snapshot {
         clock: Clock,
         limiter: &RateLimiter,
     ) -> Decision {
-        let Some(agent) = self.agent(subject.uid) else { return Decision::deny(Reason::UnknownAgent) };
-        if &*agent.namespace != subject.namespace || &*agent.name != subject.name {
-            return Decision::deny(Reason::IdentityMismatch);
-        }
-        let Some(record) = record else { return Decision::deny(Reason::Unrecorded) };
-        let standing = Standing { phase: record.phase, trust_score: record.trust_score.unwrap_or(0) };
-        if let Some(stop) = stopped(agent, standing) {
-            return stop;
-        }
+        let acting = Acting { uid: subject.uid, namespace: subject.namespace, name: subject.name };
+        let (agent, record, standing) = match self.may_act(acting, record) {
+            Ok(found) => found,
+            Err(stop) => return stop,
+        };
         if record.token(subject.jti, subject.audience, clock.now) != TokenStanding::Live {
             return Decision::deny(Reason::TokenNotIssued);
         }
@@ -310,6 +306,25 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// The checks every token passes first, whatever its kind: the agent with the token's UID exists under
+    /// the token's name, the operator recorded it, and it may act now. The agent, its record and standing.
+    fn may_act<'s, 'r>(
+        &'s self,
+        acting: Acting<'_>,
+        record: Option<&'r AgentRecord>,
+    ) -> Result<(&'s AgentFacts, &'r AgentRecord, Standing), Decision> {
+        let Some(agent) = self.agent(acting.uid) else { return Err(Decision::deny(Reason::UnknownAgent)) };
+        if &*agent.namespace != acting.namespace || &*agent.name != acting.name {
+            return Err(Decision::deny(Reason::IdentityMismatch));
+        }
+        let Some(record) = record else { return Err(Decision::deny(Reason::Unrecorded)) };
+        let standing = Standing { phase: record.phase, trust_score: record.trust_score.unwrap_or(0) };
+        match stopped(agent, standing) {
+            Some(stop) => Err(stop),
+            None => Ok((agent, record, standing)),
+        }
+    }
+
     /// Decides `request` made with a delegated token by the agent with UID `uid` (`namespace`/`name`, its
     /// SPIFFE ID in the token), whose chain the caller checked against the operator's records. The agent's
     /// own standing and policies decide, and the delegation's scopes must allow the request too: a
@@ -322,15 +337,10 @@ impl Snapshot {
         clock: Clock,
         limiter: &RateLimiter,
     ) -> Decision {
-        let Some(agent) = self.agent(acting.uid) else { return Decision::deny(Reason::UnknownAgent) };
-        if &*agent.namespace != acting.namespace || &*agent.name != acting.name {
-            return Decision::deny(Reason::IdentityMismatch);
-        }
-        let Some(record) = record else { return Decision::deny(Reason::Unrecorded) };
-        let standing = Standing { phase: record.phase, trust_score: record.trust_score.unwrap_or(0) };
-        if let Some(stop) = stopped(agent, standing) {
-            return stop;
-        }
+        let (agent, _, standing) = match self.may_act(acting, record) {
+            Ok(found) => found,
+            Err(stop) => return stop,
+        };
         let Some(delegated) = request.delegation else {
             return Decision::deny(Reason::Refused("a delegated decision without its delegation".into()));
         };

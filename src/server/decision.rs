@@ -474,13 +474,9 @@ impl Authorizer {
                 );
             }
         }
-        let groups = v
-            .chain
-            .first()
-            .and_then(|root| self.ledger.grant(root))
-            .map(|g| g.requester.groups.clone())
-            .unwrap_or_default();
-        let delegated = Delegated { scopes: &v.scopes, grantor: &v.grantor, grantor_groups: &groups };
+        let grant = v.chain.first().and_then(|root| self.ledger.grant(root));
+        let groups = grant.as_ref().map_or(&[][..], |g| g.requester.groups.as_slice());
+        let delegated = Delegated { scopes: &v.scopes, grantor: &v.grantor, grantor_groups: groups };
         let request = Request {
             action: &req.action,
             resource: &req.resource,

@@ -131,6 +131,28 @@ impl Fixture {
         (status, headers, body)
     }
 
+    /// The audit log's text and its decision records, once every decision so far is written (a marker
+    /// appended after them is durable only when they are).
+    async fn decision_records(&self) -> (String, Vec<Value>) {
+        let object = crate::audit::ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: None,
+            name: "marker".into(),
+            uid: None,
+        };
+        let marker =
+            crate::audit::Entry::new("test", "test.marker", object, crate::audit::Outcome::Success, "m");
+        self.audit.append(marker).await.unwrap();
+        let log = std::fs::read_to_string(self.audit.path()).unwrap();
+        let decisions = log
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["action"] == "authz.decide")
+            .collect();
+        (log, decisions)
+    }
+
     async fn authorize(&self, body: impl Into<Body>) -> (StatusCode, Value) {
         let req = HttpRequest::post(AUTHORIZE_PATH).body(body.into()).unwrap();
         let (status, _, body) = self.send(req).await;
@@ -459,22 +481,9 @@ async fn resources_outside_the_grammar_are_refused_on_every_surface() {
     assert_eq!(status, StatusCode::OK, "and is canonicalised the same way");
 
     // What is decided and recorded is the canonical form.
-    let object = crate::audit::ObjectRef {
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        namespace: None,
-        name: "marker".into(),
-        uid: None,
-    };
-    let marker = crate::audit::Entry::new("test", "test.marker", object, crate::audit::Outcome::Success, "m");
-    f.audit.append(marker).await.unwrap();
-    let log = std::fs::read_to_string(f.audit.path()).unwrap();
-    let resources: Vec<String> = log
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["action"] == "authz.decide")
-        .map(|r| r["details"]["resource"].as_str().unwrap().to_owned())
-        .collect();
+    let (_, decisions) = f.decision_records().await;
+    let resources: Vec<String> =
+        decisions.iter().map(|r| r["details"]["resource"].as_str().unwrap().to_owned()).collect();
     assert_eq!(resources, ["crm/contacts", "crm/contacts/7", "crm/contacts/1"]);
 }
 
@@ -627,22 +636,9 @@ async fn grantor_restrictions_chain_standing_and_the_ledger_decide_a_delegated_t
         out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("not a current token"),
         "{out}"
     );
-    // The audit record carries the human and the chain (a marker after the decisions flushes them).
-    let object = crate::audit::ObjectRef {
-        api_version: "v1".into(),
-        kind: "Marker".into(),
-        namespace: None,
-        name: "marker".into(),
-        uid: None,
-    };
-    let marker = crate::audit::Entry::new("test", "test.marker", object, crate::audit::Outcome::Success, "m");
-    f.audit.append(marker).await.unwrap();
-    let log = std::fs::read_to_string(f.audit.path()).unwrap();
-    let last = log
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .rfind(|r| r["action"] == "authz.decide")
-        .unwrap();
+    // The audit record carries the human and the chain.
+    let (log, decisions) = f.decision_records().await;
+    let last = decisions.last().unwrap();
     assert_eq!(last["details"]["onBehalfOf"], "alice@example.com", "{last}");
     assert_eq!(last["details"]["chain"], "User:alice@example.com > Agent:bot", "{last}");
     assert_eq!(last["details"]["delegationUID"], "root-uid", "{last}");
