@@ -3,11 +3,11 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{Agent, AgentPolicy, Delegation, Revocation};
+use crate::api::{Agent, AgentPolicy, ApprovalRequest, Delegation, Revocation};
 
 /// Every CRD agentiam defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Agent::crd(), AgentPolicy::crd(), Delegation::crd(), Revocation::crd()]
+    vec![Agent::crd(), AgentPolicy::crd(), Delegation::crd(), Revocation::crd(), ApprovalRequest::crd()]
 }
 
 /// The file name kubebuilder-style tooling uses: `<group>_<plural>.yaml`.

@@ -8,6 +8,8 @@
 pub const API_GROUP: &str = "agentiam.dev";
 /// The RBAC verb on `agents` that lets a person grant Delegations to an Agent (resourceNames allowed).
 pub const DELEGATE_VERB: &str = "delegate";
+/// The RBAC verb on `approvalrequests` that lets a person answer one (resourceNames allowed).
+pub const APPROVE_VERB: &str = "approve";
 
 /// The field manager under which the operator applies everything it owns (server-side apply); also the
 /// value of [`MANAGED_BY_LABEL`] on what it creates.

@@ -89,6 +89,9 @@ pub enum StartupError {
     /// A supervised task ended while the operator ran (see [`crate::supervisor`]).
     #[error("{0}")]
     Task(TaskEnded),
+    /// The operator could not learn who it authenticates as (a SelfSubjectReview).
+    #[error("could not learn the operator's own username (SelfSubjectReview): {0}")]
+    WhoAmI(String),
     /// The HTTP server could not bind or failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -121,6 +124,24 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The username the operator's credentials authenticate as: the webhook admits ApprovalRequests created by
+/// this user only, so it must be known before the webhooks serve.
+async fn own_username(client: &Client) -> Result<String, StartupError> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let review = SelfSubjectReview::default();
+    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let answer = api
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .map_err(|e| StartupError::WhoAmI(e.to_string()))?;
+    answer
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| StartupError::WhoAmI("the API server returned no username".to_owned()))
 }
 
 /// Records in the audit log that the checkpoint signing key is not the one that signed the last checkpoint
@@ -308,6 +329,8 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     // The webhooks serve before anything writes agentiam objects: with its configuration in place from an
     // earlier run, every write (a finalizer, an archive) goes through them.
     if let Some(settings) = opts.webhook.clone() {
+        let operator_user = own_username(&client).await?;
+        info!(user = %operator_user, "the operator authenticates as this user; only it may create ApprovalRequests");
         let webhooks = crate::webhook::server::Webhooks {
             agents: crate::webhook::server::Agents {
                 store: watched.agents.store(),
@@ -321,6 +344,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             client: Some(client.clone()),
             audit: Some(audit.clone()),
             unserved_namespace: opts.config.watch_namespace.is_none().then(|| ns.clone()),
+            operator_user: Some(operator_user.clone()),
         };
         let (client, serving) = (client.clone(), Arc::clone(&webhook_serving));
         let stop = stopped(stop_rx.clone());

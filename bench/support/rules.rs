@@ -212,6 +212,7 @@ pub fn agent_policy(name: &str, namespace: &str, n: usize) -> Value {
             }
             if r.approval {
                 cond.insert("approval".into(), json!("required"));
+                cond.insert("approvers".into(), json!({"groups": ["approvers"]}));
             }
             if !cond.is_empty() {
                 v["conditions"] = Value::Object(cond);

@@ -6,12 +6,14 @@
 //! them.
 
 mod agent;
+mod approval;
 mod common;
 mod delegation;
 mod policy;
 mod revocation;
 
 pub use agent::*;
+pub use approval::*;
 pub use common::*;
 pub use delegation::*;
 pub use policy::*;

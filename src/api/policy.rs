@@ -148,14 +148,52 @@ pub struct RuleConditions {
     /// counted in the operator's memory (a token bucket that refills over the period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
-    /// When Required, a matching Allow becomes RequireApproval: a human must approve the action.
+    /// When Required, a matching Allow becomes RequireApproval: a human must approve the action. Needs
+    /// `approvers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Who may approve actions this rule requires approval for, and how. Needs `approval: required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
+}
+
+/// The humans who may approve an action a rule requires approval for, and the terms of an approval.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approvers {
+    /// Usernames that may approve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub users: Vec<String>,
+    /// Groups whose members may approve (membership as the API server authenticates the approver).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub groups: Vec<String>,
+    /// How long a request waits for an answer before it ends as Denied (default "15m", at most "24h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(s|m|h))+$') && duration(self) >= duration('10s') && duration(self) <= duration('24h')")
+        .message("approvers.timeout must be a duration such as \"15m\" between 10s and 24h"))]
+    pub timeout: Option<String>,
+    /// How long an approval may be used once given (default "5m", at most "1h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(s|m|h))+$') && duration(self) >= duration('10s') && duration(self) <= duration('1h')")
+        .message("approvers.validFor must be a duration such as \"5m\" between 10s and 1h"))]
+    pub valid_for: Option<String>,
+    /// How many allowed decisions one approval covers (default 1: single use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100), transform = super::common::int32)]
+    pub uses: Option<u32>,
+    /// Four eyes: the approver may be neither the human a delegated request acts for (the grantor at the
+    /// root of its chain) nor the agent's owner.
+    #[serde(default)]
+    pub four_eyes: bool,
 }
 
 /// The humans whose delegations a rule accepts: any listed user, or any member of a listed group (at the
 /// time the root Delegation was created).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Grantors {
     /// Usernames.

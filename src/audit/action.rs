@@ -59,11 +59,21 @@ pub enum Action {
     DelegationInvalidate,
     /// A delegated token was minted for an Active delegation's grantee (an intent, then its outcome).
     DelegationIssue,
+    /// A decision needed a human's approval: the operator created an ApprovalRequest for it.
+    ApprovalRequest,
+    /// A human's approval passed the operator's re-check and is in force.
+    ApprovalApprove,
+    /// A request was denied: by a human, because its answer failed the re-check, or forged.
+    ApprovalDeny,
+    /// A request ended unanswered (Denied), or an approval ended unused (Expired).
+    ApprovalExpire,
+    /// An approval was used: a decision it covers was allowed (durable before the Allow is answered).
+    ApprovalUse,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 31] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -90,6 +100,11 @@ impl Action {
         Self::DelegationRevoke,
         Self::DelegationInvalidate,
         Self::DelegationIssue,
+        Self::ApprovalRequest,
+        Self::ApprovalApprove,
+        Self::ApprovalDeny,
+        Self::ApprovalExpire,
+        Self::ApprovalUse,
     ];
 
     /// The stored spelling.
@@ -121,6 +136,11 @@ impl Action {
             Self::DelegationRevoke => "delegation.revoke",
             Self::DelegationInvalidate => "delegation.invalidate",
             Self::DelegationIssue => "delegation.issue",
+            Self::ApprovalRequest => "approval.request",
+            Self::ApprovalApprove => "approval.approve",
+            Self::ApprovalDeny => "approval.deny",
+            Self::ApprovalExpire => "approval.expire",
+            Self::ApprovalUse => "approval.use",
         }
     }
 
@@ -149,6 +169,18 @@ impl Action {
                 | Self::DelegationExpire
                 | Self::DelegationRevoke
                 | Self::DelegationInvalidate
+        )
+    }
+
+    /// An approval request's records.
+    pub fn is_approval(self) -> bool {
+        matches!(
+            self,
+            Self::ApprovalRequest
+                | Self::ApprovalApprove
+                | Self::ApprovalDeny
+                | Self::ApprovalExpire
+                | Self::ApprovalUse
         )
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
-use crate::api::{AgentPolicy, AgentSelector, Approval, Effect, Grantors, PolicyMode, PolicyRule};
+use crate::api::{AgentPolicy, AgentSelector, Approval, Approvers, Effect, Grantors, PolicyMode, PolicyRule};
 use crate::registry::validate::parse_duration;
 
 use super::conditions::{Attribute, Window};
@@ -60,9 +60,29 @@ pub struct CompiledRule {
     pub attributes: Box<[Attribute]>,
     /// Rate limit (Allow rules only).
     pub rate_limit: Option<Limit>,
-    /// Whether a match requires human approval (Allow rules only).
-    pub approval: bool,
+    /// When a match requires human approval (Allow rules only): who may approve, and the terms.
+    pub approval: Option<ApprovalTerms>,
 }
+
+/// Who may approve what a rule requires approval for, and the terms of an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalTerms {
+    /// Who may approve: any listed user, or any member of a listed group.
+    pub approvers: Grantors,
+    /// How long a request waits for an answer.
+    pub timeout: Duration,
+    /// How long an approval may be used once given.
+    pub valid_for: Duration,
+    /// How many allowed decisions one approval covers.
+    pub uses: u32,
+    /// The approver may be neither the grantor of a delegated request's chain nor the agent's owner.
+    pub four_eyes: bool,
+}
+
+/// How long an approval request waits when its rule does not say.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long an approval may be used when its rule does not say.
+pub const DEFAULT_APPROVAL_VALID_FOR: Duration = Duration::from_secs(5 * 60);
 
 /// A compiled policy.
 #[derive(Debug)]
@@ -222,13 +242,22 @@ fn compile_rule(
     if conditions.delegation_grantors.is_some() && conditions.delegation_scope.is_none() {
         problems.push("delegationGrantors needs delegationScope".to_owned());
     }
-    let approval = match conditions.approval {
-        Some(Approval::Required) if rule.effect == Effect::Deny => {
+    let approval = match (conditions.approval, &conditions.approvers) {
+        (Some(Approval::Required), _) if rule.effect == Effect::Deny => {
             problems.push("approval applies to Allow rules only".to_owned());
-            false
+            None
         }
-        Some(Approval::Required) => true,
-        None => false,
+        (Some(Approval::Required), None) => {
+            problems
+                .push("approval: required needs approvers (users and/or groups who may approve)".to_owned());
+            None
+        }
+        (Some(Approval::Required), Some(a)) => approval_terms(a, &mut problems),
+        (None, Some(_)) => {
+            problems.push("approvers needs approval: required".to_owned());
+            None
+        }
+        (None, None) => None,
     };
     if !problems.is_empty() {
         return Err(problems);
@@ -249,6 +278,42 @@ fn compile_rule(
         attributes: attributes.into(),
         rate_limit,
         approval,
+    })
+}
+
+/// The terms of `a`, or the problems with them.
+fn approval_terms(a: &Approvers, problems: &mut Vec<String>) -> Option<ApprovalTerms> {
+    if a.users.is_empty() && a.groups.is_empty() {
+        problems.push("approvers names nobody: list users and/or groups".to_owned());
+    }
+    let mut duration = |field: &str, v: Option<&str>, default: Duration, max: Duration| match v {
+        None => Some(default),
+        Some(v) => match parse_duration(v) {
+            Ok(d) if d >= Duration::from_secs(10) && d <= max => Some(d),
+            Ok(_) => {
+                problems.push(format!("approvers.{field} {v:?} is not between 10s and {}s", max.as_secs()));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("approvers.{field}: {e}"));
+                None
+            }
+        },
+    };
+    let timeout =
+        duration("timeout", a.timeout.as_deref(), DEFAULT_APPROVAL_TIMEOUT, Duration::from_secs(86_400));
+    let valid_for =
+        duration("validFor", a.valid_for.as_deref(), DEFAULT_APPROVAL_VALID_FOR, Duration::from_secs(3600));
+    let uses = a.uses.unwrap_or(1);
+    if !(1..=100).contains(&uses) {
+        problems.push(format!("approvers.uses {uses} is not between 1 and 100"));
+    }
+    Some(ApprovalTerms {
+        approvers: Grantors { users: a.users.clone(), groups: a.groups.clone() },
+        timeout: timeout?,
+        valid_for: valid_for?,
+        uses,
+        four_eyes: a.four_eyes,
     })
 }
 
@@ -273,6 +338,7 @@ mod tests {
             {"name": "any", "effect": "Deny", "actions": ["*"], "resources": ["crm:secrets/**"]},
             {"name": "tools", "effect": "Allow", "actions": ["tools.call"], "tools": ["search_*"],
              "conditions": {"rateLimit": {"requests": 5, "per": "1m"}, "approval": "required",
+                            "approvers": {"groups": ["payments-leads"], "validFor": "2m", "fourEyes": true},
                             "timeWindows": [{"start": "09:00", "end": "17:00", "timeZone": "Europe/Berlin"}],
                             "attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "100"}]}},
         ])));
@@ -283,7 +349,13 @@ mod tests {
             c.rules[2].rate_limit.as_ref().map(|l| (l.requests, l.per)),
             Some((5, Duration::from_secs(60)))
         );
-        assert!(c.rules[2].approval);
+        let terms = c.rules[2].approval.as_ref().unwrap();
+        assert_eq!(terms.approvers.groups, vec!["payments-leads".to_owned()]);
+        assert_eq!(
+            (terms.timeout, terms.valid_for, terms.uses),
+            (DEFAULT_APPROVAL_TIMEOUT, Duration::from_secs(120), 1)
+        );
+        assert!(terms.four_eyes);
         assert_eq!(c.generation, Some(3));
     }
 
@@ -302,6 +374,12 @@ mod tests {
              "conditions": {"delegationScope": "payments:refund"}},
             {"name": "grantors", "effect": "Allow", "actions": ["refund"], "resources": ["x"],
              "conditions": {"delegationGrantors": {"users": ["alice"]}}},
+            {"name": "nobody", "effect": "Allow", "actions": ["refund"], "resources": ["x"],
+             "conditions": {"approval": "required"}},
+            {"name": "empty", "effect": "Allow", "actions": ["refund"], "resources": ["x"],
+             "conditions": {"approval": "required", "approvers": {"timeout": "2d"}}},
+            {"name": "stray", "effect": "Allow", "actions": ["refund"], "resources": ["x"],
+             "conditions": {"approvers": {"users": ["bob"]}}},
         ])));
         assert!(c.is_broken());
         assert!(c.rules.is_empty(), "a broken policy keeps no rules that could allow");
@@ -315,6 +393,10 @@ mod tests {
             "rule \"amount\": attribute \"amount\": LessThan needs a numeric value",
             "rule \"scope\": delegationScope needs the form <action>@<resource pattern>",
             "rule \"grantors\": delegationGrantors needs delegationScope",
+            "rule \"nobody\": approval: required needs approvers",
+            "rule \"empty\": approvers names nobody",
+            "rule \"empty\": approvers.timeout",
+            "rule \"stray\": approvers needs approval: required",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }

@@ -396,7 +396,7 @@ impl Matches {
         match rule.effect {
             Effect::Deny => min(&mut self.deny),
             Effect::Allow => {
-                if rule.approval {
+                if rule.approval.is_some() {
                     min(&mut self.approval);
                 }
                 min(&mut self.allow);

@@ -274,7 +274,7 @@ fn approval_turns_allow_into_require_approval_but_deny_still_wins() {
         "Enforce",
         json!({"names": ["bot"]}),
         json!([
-        {"name": "pay", "effect": "Allow", "actions": ["pay"], "resources": ["pay:*"], "conditions": {"approval": "required"}},
+        {"name": "pay", "effect": "Allow", "actions": ["pay"], "resources": ["pay:*"], "conditions": {"approval": "required", "approvers": {"users": ["bob"]}}},
         {"name": "pay-small", "effect": "Allow", "actions": ["pay"], "resources": ["pay:*"]},
         {"name": "no-crypto", "effect": "Deny", "actions": ["pay"], "resources": ["pay:crypto"]}]),
     );

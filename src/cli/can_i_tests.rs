@@ -73,7 +73,7 @@ fn crm() -> Snapshot {
             json!([
             {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]},
             {"name": "pay", "effect": "Allow", "actions": ["pay"], "resources": ["pay:*"],
-             "conditions": {"approval": "required"}},
+             "conditions": {"approval": "required", "approvers": {"users": ["bob"]}}},
             {"name": "no-export", "effect": "Deny", "actions": ["export"], "resources": ["crm:**"]}]),
         ),
         policy(

@@ -81,3 +81,28 @@ pub const DETAIL_PARENT_UID: &str = "parentUID";
 pub const DETAIL_PHASE: &str = "phase";
 /// Detail of a delegation record: the decision's reason.
 pub const DETAIL_REASON: &str = "reason";
+
+/// Approval records: what the request is bound to (SHA-256 hex, [`super::approval::binding`]).
+pub const DETAIL_BINDING: &str = "binding";
+/// Approval records: who may approve (JSON `{"users": [...], "groups": [...]}`).
+pub const DETAIL_APPROVERS: &str = "approvers";
+/// Approval records: "true" when the rule asks for four eyes.
+pub const DETAIL_FOUR_EYES: &str = "fourEyes";
+/// Approval records: the human a delegated request acts for.
+pub const DETAIL_ON_BEHALF_OF: &str = "onBehalfOf";
+/// Approval records: the agent's owner (a user).
+pub const DETAIL_OWNER: &str = "owner";
+/// Approval records: the ServiceAccount of the agent's workload, `namespace:name`.
+pub const DETAIL_SERVICE_ACCOUNT: &str = "serviceAccount";
+/// Approval records: how long an approval may be used, in seconds.
+pub const DETAIL_VALID_FOR_SECONDS: &str = "validForSeconds";
+/// Approval records: how many allowed decisions an approval covers.
+pub const DETAIL_USES: &str = "uses";
+/// Approval records: until when an approval may be used (RFC 3339).
+pub const DETAIL_APPROVED_UNTIL: &str = "approvedUntil";
+/// Approval records: who answered (the username admission recorded).
+pub const DETAIL_DECIDED_BY: &str = "decidedBy";
+/// Admission record of an answer: Approve or Deny.
+pub const DETAIL_APPROVAL_VERDICT: &str = "approval.verdict";
+/// Admission record of an answer: the approver's reason.
+pub const DETAIL_APPROVAL_REASON: &str = "approval.reason";

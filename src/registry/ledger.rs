@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{AgentPhase, DelegationPhase, Grantor};
 use crate::audit::{Action, IntentKey, Outcome, Projection, Record, RecordKind};
+use crate::registry::approval;
 use crate::registry::delegation::{self, Grant, Recorded};
 
 use super::actions as a;
@@ -157,6 +158,8 @@ pub struct Entries {
     delegations: HashMap<Arc<str>, Recorded>,
     /// The delegated tokens minted for each Delegation and not taken back, oldest first.
     delegated: HashMap<Arc<str>, Vec<DelegatedIssuance>>,
+    /// Every approval request the operator made, and where each stands.
+    approvals: approval::Book,
 }
 
 /// One delegated token the operator minted.
@@ -314,6 +317,10 @@ impl Entries {
 
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
+        if record.object.kind == "ApprovalRequest" {
+            self.approvals.apply(record);
+            return;
+        }
         if record.object.kind == "Delegation" {
             self.apply_delegation(record);
             return;
@@ -466,6 +473,8 @@ fn decided(r: &mut AgentRecord, record: &Record, phase: Option<AgentPhase>, at: 
 #[derive(Debug, Default)]
 pub struct Ledger {
     entries: RwLock<Entries>,
+    /// Woken whenever an approval record is applied: decisions waiting for a human look again.
+    approvals_changed: tokio::sync::Notify,
 }
 
 impl Ledger {
@@ -516,6 +525,17 @@ impl Ledger {
         if minted { DelegatedStanding::Expired } else { DelegatedStanding::TokenNotIssued }
     }
 
+    /// Reads the approval book under the lock (decisions and the approval controller).
+    pub fn approvals<T>(&self, f: impl FnOnce(&approval::Book) -> T) -> T {
+        f(&self.entries.read().unwrap_or_else(PoisonError::into_inner).approvals)
+    }
+
+    /// Notified after every approval record is applied. Create the `notified()` future before looking at
+    /// the book, so a change between the look and the wait is not missed.
+    pub fn approvals_changed(&self) -> &tokio::sync::Notify {
+        &self.approvals_changed
+    }
+
     /// A copy of every entry (tests, diagnostics).
     pub fn entries(&self) -> Entries {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).clone()
@@ -527,7 +547,7 @@ impl Ledger {
         for r in records {
             entries.apply(r);
         }
-        Self { entries: RwLock::new(entries) }
+        Self { entries: RwLock::new(entries), approvals_changed: tokio::sync::Notify::new() }
     }
 }
 
@@ -562,12 +582,22 @@ impl Projection for Ledger {
             a.is_registry()
                 || a.is_credential()
                 || a.is_delegation()
-                || matches!(a, Action::AdmissionCreate | Action::AdmissionDelete | Action::DelegationIssue)
+                || a.is_approval()
+                || matches!(
+                    a,
+                    Action::AdmissionCreate
+                        | Action::AdmissionUpdate
+                        | Action::AdmissionDelete
+                        | Action::DelegationIssue
+                )
         })
     }
 
     fn apply(&self, record: &Record) {
         self.entries.write().unwrap_or_else(PoisonError::into_inner).apply(record);
+        if record.object.kind == "ApprovalRequest" {
+            self.approvals_changed.notify_waiters();
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! status is only a report of). The controller (src/controller/agent.rs) does the I/O around it.
 
 pub mod actions;
+pub mod approval;
 pub mod credentials;
 pub mod delegation;
 pub mod ledger;

@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(v["kind"], "ValidatingWebhookConfiguration");
         assert_eq!(v["metadata"]["name"], "agentiam-agentiam-system");
         let hooks = v["webhooks"].as_array().unwrap();
-        assert_eq!(hooks.len(), 4);
+        assert_eq!(hooks.len(), 5);
         for (w, kind) in hooks.iter().zip(Kind::ALL) {
             assert_eq!(w["name"], format!("{}.agentiam.dev", kind.plural()));
             assert_eq!(w["clientConfig"]["service"]["path"], kind.path());
@@ -398,7 +398,8 @@ mod tests {
                 "https://127.0.0.1:9444/validate/agents",
                 "https://127.0.0.1:9444/validate/agentpolicies",
                 "https://127.0.0.1:9444/validate/delegations",
-                "https://127.0.0.1:9444/validate/revocations"
+                "https://127.0.0.1:9444/validate/revocations",
+                "https://127.0.0.1:9444/validate/approvalrequests"
             ]
         );
         assert_eq!(

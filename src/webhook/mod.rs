@@ -1,6 +1,7 @@
 //! The admission webhook: TLS server and AdmissionReview plumbing, with one pure decision function per kind.
 
 pub mod admission;
+pub mod approval;
 pub mod config;
 pub mod pods;
 pub mod run;

@@ -28,6 +28,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -162,6 +163,9 @@ pub struct Webhooks {
     /// A namespace whose Agents the operator does not serve (its own, when it watches the whole cluster):
     /// they are not agents, so their ServiceAccounts, the operator's own among them, are not restricted.
     pub unserved_namespace: Option<String>,
+    /// The username the operator authenticates as: the only requester that may create ApprovalRequests.
+    /// None: nobody may.
+    pub operator_user: Option<String>,
 }
 
 /// What the webhook knows about Delegations: the shared stores of Delegations and Revocations.
@@ -230,12 +234,15 @@ impl Delegations {
     }
 }
 
-/// Asks the API server whether `requester` may `delegate` on the Agent `agent` in `namespace`.
-async fn may_delegate(
+/// Asks the API server whether `requester` may `verb` the agentiam `resource` named `name` in `namespace`
+/// (`delegate` on an Agent, `approve` on an ApprovalRequest).
+async fn may(
     client: Option<&kube::Client>,
     requester: &Requester,
     namespace: &str,
-    agent: &str,
+    resource: &str,
+    verb: &str,
+    name: &str,
 ) -> Result<bool, String> {
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -248,9 +255,9 @@ async fn may_delegate(
             groups: Some(requester.groups.clone()),
             resource_attributes: Some(ResourceAttributes {
                 group: Some(crate::names::API_GROUP.to_owned()),
-                resource: Some("agents".to_owned()),
-                verb: Some(DELEGATE_VERB.to_owned()),
-                name: Some(agent.to_owned()),
+                resource: Some(resource.to_owned()),
+                verb: Some(verb.to_owned()),
+                name: Some(name.to_owned()),
                 namespace: Some(namespace.to_owned()),
                 ..ResourceAttributes::default()
             }),
@@ -437,11 +444,55 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
             }
         }
         let may = match sar_for {
-            Some(agent) => Some(may_delegate(webhooks.client.as_ref(), &requester, &namespace, &agent).await),
+            Some(agent) => Some(
+                may(webhooks.client.as_ref(), &requester, &namespace, "agents", DELEGATE_VERB, &agent).await,
+            ),
             None => None,
         };
         let facts = validate::DelegationFacts { delegation, grantee_active, parent, may_delegate: may, now };
         verdict = validate::decide_delegation(&namespace, &req, &facts);
+    }
+    if kind == Kind::ApprovalRequest && verdict.allowed() {
+        let namespace = request.namespace.clone().unwrap_or_default();
+        let answer = super::approval::answer_of(&req);
+        let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+        let recorded = webhooks.agents.ledger.approvals(|b| b.get(uid).cloned());
+        let ask = answer.is_some()
+            && recorded.is_some()
+            && crate::registry::delegation::is_person(&requester.username);
+        let may_approve = if ask {
+            let verb = super::approval::APPROVE_VERB;
+            Some(
+                may(
+                    webhooks.client.as_ref(),
+                    &requester,
+                    &namespace,
+                    "approvalrequests",
+                    verb,
+                    &request.name,
+                )
+                .await,
+            )
+        } else {
+            None
+        };
+        let facts = super::approval::ApprovalFacts {
+            operator_user: webhooks.operator_user.as_deref(),
+            recorded: recorded.as_ref(),
+            may_approve,
+            now: Timestamp::now(),
+        };
+        verdict = super::approval::decide(&namespace, &request.name, &req, &facts);
+        if let (Some(answer), true) = (answer, verdict.allowed()) {
+            let verdict_name = match answer.verdict {
+                crate::api::ApprovalVerdict::Approve => "Approve",
+                crate::api::ApprovalVerdict::Deny => "Deny",
+            };
+            bound.push((crate::registry::actions::DETAIL_APPROVAL_VERDICT, verdict_name.to_owned()));
+            if let Some(reason) = answer.reason {
+                bound.push((crate::registry::actions::DETAIL_APPROVAL_REASON, reason));
+            }
+        }
     }
     if review.dry_run() {
         return verdict;

@@ -65,6 +65,7 @@ fn webhooks() -> Webhooks {
         client: None,
         audit: None,
         unserved_namespace: None,
+        operator_user: None,
     }
 }
 

@@ -4,9 +4,12 @@
 //! Rules here are the ones only admission can enforce, because they depend on who is asking (CEL on the CRDs
 //! checks single objects; the reconcilers re-check everything else):
 //! - **An agent never changes IAM objects.** A request made as the ServiceAccount of a registered agent's
-//!   workload may not create, update or delete Agents, AgentPolicies or Revocations, anywhere: an agent
-//!   that could edit its own registration, the policies that govern it or the revocation that stops it
-//!   would govern itself. Delegations are the exception: agents pass on subsets of what they hold.
+//!   workload may not create, update or delete Agents, AgentPolicies, Revocations or ApprovalRequests,
+//!   anywhere: an agent that could edit its own registration, the policies that govern it, the revocation
+//!   that stops it or the approval it waits for would govern itself. Delegations are the exception: agents
+//!   pass on subsets of what they hold.
+//!
+//! - **Only the operator asks for approval, and only an approver answers** ([`super::approval`]).
 //!
 //! - **A Delegation never widens.** At CREATE ([`decide_delegation`]): its scopes parse; a root is made by a
 //!   person (never a ServiceAccount or a `system:` user) who holds the RBAC verb `delegate` on the grantee
@@ -48,11 +51,14 @@ pub enum Kind {
     Delegation,
     /// `revocations`
     Revocation,
+    /// `approvalrequests`
+    ApprovalRequest,
 }
 
 impl Kind {
     /// Every kind, in the order of the webhook configuration.
-    pub const ALL: [Self; 4] = [Self::Agent, Self::AgentPolicy, Self::Delegation, Self::Revocation];
+    pub const ALL: [Self; 5] =
+        [Self::Agent, Self::AgentPolicy, Self::Delegation, Self::Revocation, Self::ApprovalRequest];
 
     /// The resource plural.
     pub fn plural(self) -> &'static str {
@@ -61,6 +67,7 @@ impl Kind {
             Self::AgentPolicy => "agentpolicies",
             Self::Delegation => "delegations",
             Self::Revocation => "revocations",
+            Self::ApprovalRequest => "approvalrequests",
         }
     }
 
@@ -71,6 +78,7 @@ impl Kind {
             Self::AgentPolicy => "AgentPolicy",
             Self::Delegation => "Delegation",
             Self::Revocation => "Revocation",
+            Self::ApprovalRequest => "ApprovalRequest",
         }
     }
 
@@ -81,6 +89,7 @@ impl Kind {
             Self::AgentPolicy => "/validate/agentpolicies",
             Self::Delegation => "/validate/delegations",
             Self::Revocation => "/validate/revocations",
+            Self::ApprovalRequest => "/validate/approvalrequests",
         }
     }
 
@@ -192,7 +201,7 @@ fn warnings(trust_domain: &TrustDomain, kind: Kind, object: &Value) -> Vec<Strin
             }
             Err(e) => vec![format!("the policy does not read as an AgentPolicy: {e}")],
         },
-        Kind::Delegation | Kind::Revocation => Vec::new(),
+        Kind::Delegation | Kind::Revocation | Kind::ApprovalRequest => Vec::new(),
     }
 }
 

@@ -338,7 +338,9 @@ async fn valid_objects_of_every_kind_round_trip_unchanged() {
                 "delegationGrantors": {"users": ["alice@example.com"], "groups": ["support"]},
                 "attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "100"},
                                {"key": "region", "operator": "In", "values": ["eu", "us"]}],
-                "rateLimit": {"requests": 5, "per": "1m"}, "approval": "required"
+                "rateLimit": {"requests": 5, "per": "1m"}, "approval": "required",
+                "approvers": {"users": ["bob@example.com"], "groups": ["payments-leads"], "timeout": "10m",
+                              "validFor": "2m", "uses": 2, "fourEyes": true}
             }
         }]
     });
