@@ -61,7 +61,7 @@ pub struct CompiledRule {
     /// Rate limit (Allow rules only).
     pub rate_limit: Option<Limit>,
     /// When a match requires human approval (Allow rules only): who may approve, and the terms.
-    pub approval: Option<ApprovalTerms>,
+    pub approval: Option<Arc<ApprovalTerms>>,
 }
 
 /// Who may approve what a rule requires approval for, and the terms of an approval.
@@ -252,7 +252,7 @@ fn compile_rule(
                 .push("approval: required needs approvers (users and/or groups who may approve)".to_owned());
             None
         }
-        (Some(Approval::Required), Some(a)) => approval_terms(a, &mut problems),
+        (Some(Approval::Required), Some(a)) => approval_terms(a, &mut problems).map(Arc::new),
         (None, Some(_)) => {
             problems.push("approvers needs approval: required".to_owned());
             None

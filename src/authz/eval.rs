@@ -31,7 +31,7 @@ use crate::api::{AgentPhase, DesiredState, Effect, PolicyMode, RevocationMode};
 use crate::identity::jwt::effective_ttl;
 use crate::registry::ledger::{AgentRecord, TokenStanding};
 
-use super::compile::CompiledRule;
+use super::compile::{ApprovalTerms, CompiledRule};
 use super::index::{AgentFacts, Candidate, NO_PATTERN, RuleSet, Snapshot, Standing};
 use super::ratelimit::RateLimiter;
 use super::resource;
@@ -185,12 +185,14 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// What Audit-mode policies would have decided, when stricter than the verdict.
     pub would: Option<Box<Decision>>,
+    /// For RequireApproval: the deciding rule's approvers and terms.
+    pub approval: Option<Arc<ApprovalTerms>>,
 }
 
 impl Decision {
     /// A Deny that no rule decided.
     pub fn deny(reason: Reason) -> Self {
-        Self { verdict: Verdict::Deny, reason, policy: None, rule: None, would: None }
+        Self { verdict: Verdict::Deny, reason, policy: None, rule: None, would: None, approval: None }
     }
 
     fn by_rule(verdict: Verdict, reason: Reason, rule: &CompiledRule) -> Self {
@@ -200,6 +202,7 @@ impl Decision {
             policy: Some(Arc::clone(&rule.policy)),
             rule: Some(Arc::clone(&rule.name)),
             would: None,
+            approval: None,
         }
     }
 }
@@ -476,9 +479,7 @@ fn evaluate(
         _ => Decision {
             verdict: Verdict::Allow,
             reason: Reason::AuditOnly,
-            policy: None,
-            rule: None,
-            would: None,
+            ..Decision::deny(Reason::AuditOnly)
         },
     };
     with_would(allowed, would)
@@ -518,7 +519,11 @@ fn verdict_of(
         }
     }
     if let Some(r) = rule(m.approval) {
-        return Decision::by_rule(Verdict::RequireApproval, Reason::ApprovalRequired, r);
+        let approval = r.approval.clone();
+        return Decision {
+            approval,
+            ..Decision::by_rule(Verdict::RequireApproval, Reason::ApprovalRequired, r)
+        };
     }
     if let Some(r) = rule(m.allow) {
         return Decision::by_rule(Verdict::Allow, Reason::Allowed, r);
