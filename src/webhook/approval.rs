@@ -1,7 +1,7 @@
 //! The ApprovalRequest webhook, pure: who may create one (the operator only), and who may answer one (a
 //! person among the rule's approvers who holds the RBAC verb `approve`, never the agent itself, and under
-//! four eyes neither the human the agent acts for nor its owner). The approval controller checks the
-//! answer again from fresh API state before it counts ([`crate::controller::approval`]).
+//! four eyes neither the human the agent acts for nor its owner). The approval controller (not built yet)
+//! is to check the answer again from fresh API state before it counts.
 
 use jiff::Timestamp;
 use kube::core::admission::Operation;
