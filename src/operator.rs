@@ -44,6 +44,8 @@ pub struct Options {
     pub authz_fixed_time: Option<jiff::Timestamp>,
     /// Test hook: the supervised task of this name fails this long after it starts. None in production.
     pub failpoint_fail_task: Option<(String, std::time::Duration)>,
+    /// Where pending approval requests are announced besides Events (None: Events only).
+    pub approval_notifier: Option<server::approvals::Notifier>,
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -175,9 +177,10 @@ async fn record_key_rotation(
 }
 
 /// The CRDs the operator needs, by name.
-pub const REQUIRED_CRDS: [&str; 4] = [
+pub const REQUIRED_CRDS: [&str; 5] = [
     "agents.agentiam.dev",
     "agentpolicies.agentiam.dev",
+    "approvalrequests.agentiam.dev",
     "delegations.agentiam.dev",
     "revocations.agentiam.dev",
 ];
@@ -255,6 +258,17 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         audit.clone(),
         opts.authz_fixed_time,
     );
+    // A wait for a human's answer ends before the listener's request timeout would cut the answer off.
+    let max_wait = opts.http_limits.request_timeout.saturating_sub(std::time::Duration::from_secs(5));
+    authorizer.set_approvals(Arc::new(server::approvals::Approvals::new(
+        client.clone(),
+        audit.clone(),
+        ctx.recorder.clone(),
+        Arc::clone(&ledger),
+        watched.agents.store(),
+        opts.approval_notifier.clone(),
+        max_wait,
+    )));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -388,6 +402,11 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         "delegation controller",
         controller::delegation::run(delegation_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
     );
+    let approval_controller = controller::approval::controller(&watched);
+    tasks.spawn_infallible(
+        "approval controller",
+        controller::approval::run(approval_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
+    );
     health.set_ready(true);
     info!(trust_domain = %opts.config.trust_domain, watch_namespace = ?opts.config.watch_namespace, "operator running");
 
@@ -401,6 +420,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         .join(&[
             "agent controller",
             "delegation controller",
+            "approval controller",
             "policy status controller",
             "admission webhooks",
             "key manager",

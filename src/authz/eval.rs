@@ -118,6 +118,23 @@ pub enum Reason {
     /// A delegated request outside every scope of its delegation: a delegation never adds rights, and
     /// never lets an agent act for its human beyond what the human granted.
     OutsideDelegation,
+    /// A rule requires a human's approval, and the request for it waits (the ApprovalRequest's
+    /// `namespace/name`).
+    AwaitingApproval(String),
+    /// Allowed by a rule that requires approval, under an approval a human gave for exactly this request.
+    Approved {
+        /// Who approved.
+        by: String,
+        /// The ApprovalRequest (`namespace/name`).
+        request: String,
+    },
+    /// A rule requires a human's approval, and it was refused (by a human, on re-check, or by expiry).
+    ApprovalDenied {
+        /// The ApprovalRequest (`namespace/name`).
+        request: String,
+        /// Why.
+        why: String,
+    },
     /// Refused before evaluation (bad token, audit log down, ...), with the caller's explanation.
     Refused(String),
 }
@@ -166,6 +183,16 @@ impl fmt::Display for Reason {
             }
             Self::OutsideDelegation => {
                 f.write_str("the request is outside every scope of the delegation the token carries")
+            }
+            Self::AwaitingApproval(request) => write!(
+                f,
+                "waiting for a human's approval: ApprovalRequest {request} (kubectl agentiam approve|deny)"
+            ),
+            Self::Approved { by, request } => {
+                write!(f, "allowed by a rule that requires approval: approved by {by} (ApprovalRequest {request})")
+            }
+            Self::ApprovalDenied { request, why } => {
+                write!(f, "the approval this action needs was refused: {why} (ApprovalRequest {request})")
             }
             Self::Refused(why) => f.write_str(why),
         }

@@ -137,6 +137,10 @@ struct RunArgs {
     /// Testing only: `<task name>=<duration>` makes that supervised task fail after the duration.
     #[arg(long, env = "AGENTIAM_FAILPOINT_FAIL_TASK", hide = true)]
     failpoint_fail_task: Option<String>,
+    /// Where pending approval requests are announced besides Events: a JSON POST (retried) to this
+    /// http(s) URL, e.g. a chat incoming webhook. Unset: Events only.
+    #[arg(long, env = "AGENTIAM_APPROVAL_NOTIFY_URL")]
+    approval_notify_url: Option<String>,
     /// Testing only: evaluate policy time windows at this RFC 3339 instant instead of now.
     #[arg(long, env = "AGENTIAM_FAILPOINT_AUTHZ_TIME", hide = true)]
     failpoint_authz_time: Option<String>,
@@ -255,6 +259,13 @@ fn options(args: RunArgs) -> Result<Options, String> {
             "--webhook-url must be an https:// URL (the API server only calls webhooks over TLS)".into()
         );
     }
+    let approval_notifier = match args.approval_notify_url.as_deref().filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => Some(
+            agentiam::server::approvals::Notifier::new(url)
+                .map_err(|e| format!("--approval-notify-url: {e}"))?,
+        ),
+    };
     Ok(Options {
         config: Config {
             trust_domain: trust_domain.clone(),
@@ -274,6 +285,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         webhook,
         authz_fixed_time,
         failpoint_fail_task,
+        approval_notifier,
     })
 }
 

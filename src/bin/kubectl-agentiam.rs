@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentiam::audit::Record;
+use agentiam::cli::approve;
 use agentiam::cli::audit::{self, CheckpointSource, TraceFilter};
 use agentiam::cli::can_i::{self, CanIArgs};
 use agentiam::cli::delegate;
@@ -49,6 +50,13 @@ enum Command {
     /// List agentiam objects.
     #[command(subcommand)]
     Get(GetCommand),
+    /// List the approval requests waiting for a human (--all: answered and finished ones too).
+    Approvals(approve::ListArgs),
+    /// Approve one request: the action it names may go ahead (once, by default). You need the RBAC verb
+    /// "approve" on it and must be one of its rule's approvers; never the agent itself.
+    Approve(approve::AnswerArgs),
+    /// Deny one request (--reason required).
+    Deny(approve::AnswerArgs),
 }
 
 const DELEGATE_EXAMPLES: &str = "Examples:
@@ -70,7 +78,13 @@ impl Command {
     fn error_code(&self) -> u8 {
         match self {
             Self::CanI(_) => can_i::EXIT_ERROR,
-            Self::Audit(_) | Self::Token(_) | Self::Delegate(_) | Self::Get(_) => 1,
+            Self::Audit(_)
+            | Self::Token(_)
+            | Self::Delegate(_)
+            | Self::Get(_)
+            | Self::Approvals(_)
+            | Self::Approve(_)
+            | Self::Deny(_) => 1,
         }
     }
 }
@@ -177,6 +191,15 @@ async fn run(command: Command) -> Result<(String, u8), String> {
         Command::Get(GetCommand::Delegations(args)) => {
             delegate::get(args).await.map(done).map_err(|e| e.to_string())
         }
+        Command::Approvals(args) => approve::list(args).await.map(done).map_err(|e| e.to_string()),
+        Command::Approve(args) => approve::answer(args, agentiam::api::ApprovalVerdict::Approve)
+            .await
+            .map(done)
+            .map_err(|e| e.to_string()),
+        Command::Deny(args) => approve::answer(args, agentiam::api::ApprovalVerdict::Deny)
+            .await
+            .map(done)
+            .map_err(|e| e.to_string()),
     }
 }
 

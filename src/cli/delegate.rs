@@ -172,18 +172,7 @@ pub fn render_table(items: &[Delegation]) -> String {
             status.and_then(|s| s.expires_at.clone()).unwrap_or_else(|| "-".to_owned()),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
+    super::table(&rows)
 }
 
 /// Each chain from its human down: roots grouped under their grantor, children under their parent, and

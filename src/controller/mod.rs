@@ -2,6 +2,7 @@
 //! configuration, the error type and the wiring; one file per concern.
 
 pub mod agent;
+pub mod approval;
 pub mod authz;
 pub mod checkpoints;
 pub mod credentials;
@@ -190,6 +191,9 @@ pub enum Error {
         /// What was being written.
         what: String,
     },
+    /// A SubjectAccessReview could not be made (the re-check of who may do something).
+    #[error("access review failed: {0}")]
+    AccessReview(String),
     /// Credentials could not be minted (never contains key or token material).
     #[error("credentials: {0}")]
     Credentials(String),
@@ -222,6 +226,7 @@ impl Error {
             Self::Read { .. } => "ReadFailed",
             Self::Write { .. } => "WriteFailed",
             Self::Conflict { .. } => "Conflict",
+            Self::AccessReview(_) => "AccessReviewFailed",
             Self::Credentials(_) => "CredentialsFailed",
             Self::Finalizer(_) => "FinalizerFailed",
         }
@@ -240,6 +245,7 @@ impl Error {
             Self::Read { .. } => "read",
             Self::Write { .. } => "write",
             Self::Conflict { .. } => "conflict",
+            Self::AccessReview(_) => "access_review",
             Self::Credentials(_) => "credentials",
             Self::Finalizer(_) => "finalizer",
         }

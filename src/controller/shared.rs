@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
-use crate::api::{Agent, AgentPolicy, Delegation, Revocation};
+use crate::api::{Agent, AgentPolicy, ApprovalRequest, Delegation, Revocation};
 use crate::controller::{scoped_api, watches};
 use crate::supervisor::Supervisor;
 
@@ -211,16 +211,19 @@ pub struct Watched {
     pub revocations: Shared<Revocation>,
     /// Read by the webhooks (a child is checked against its parent) and the Delegation controller.
     pub delegations: Shared<Delegation>,
+    /// Read by the ApprovalRequest controller.
+    pub approvals: Shared<ApprovalRequest>,
 }
 
 impl Watched {
-    /// Starts the four watches under `tasks`.
+    /// Starts the five watches under `tasks`.
     pub fn start(client: &Client, namespace: Option<&str>, tasks: &mut Supervisor) -> Self {
         Self {
             agents: Shared::start(scoped_api(client, namespace), "watch: Agents", tasks),
             policies: Shared::start(scoped_api(client, namespace), "watch: AgentPolicies", tasks),
             revocations: Shared::start(scoped_api(client, namespace), "watch: Revocations", tasks),
             delegations: Shared::start(scoped_api(client, namespace), "watch: Delegations", tasks),
+            approvals: Shared::start(scoped_api(client, namespace), "watch: ApprovalRequests", tasks),
         }
     }
 }

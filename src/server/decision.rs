@@ -13,8 +13,8 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use axum::Router;
@@ -38,6 +38,7 @@ use crate::identity::jwt::CLAIM_UID;
 use crate::identity::verify::{HeaderError, TokenError};
 use crate::registry::ledger::{DelegatedStanding, Ledger};
 
+use super::approvals::{ApprovalRef, Approvals, Asked, MAX_WAIT};
 use super::mcp::{self, Mapping};
 
 /// Path of the decision endpoint.
@@ -74,6 +75,10 @@ pub struct AuthorizeRequest {
     /// "delegated" (a token of a Delegation, the agent acting for a human). Unset: either.
     #[serde(default, rename = "tokenType", skip_serializing_if = "Option::is_none")]
     pub token_type: Option<TokenType>,
+    /// When the decision is RequireApproval, wait up to this many seconds (at most 60) for a human's
+    /// answer before answering: Allow once approved, Deny once denied, RequireApproval when the wait ends.
+    #[serde(default, rename = "waitSeconds", skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u32>,
 }
 
 /// The kinds of token the decision API accepts.
@@ -139,6 +144,9 @@ pub struct AuthorizeResponse {
     /// For a delegated token: the whole chain, human first, the acting agent last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<ChainEntry>,
+    /// For a rule that requires approval: the ApprovalRequest the decision waited on or used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
 }
 
 /// Input the API refuses (a 400), with a message that names the field.
@@ -189,6 +197,7 @@ pub struct Authorizer {
     fixed_time: Option<Timestamp>,
     id_prefix: String,
     ids: AtomicU64,
+    approvals: OnceLock<Arc<Approvals>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -227,7 +236,14 @@ impl Authorizer {
             fixed_time,
             id_prefix,
             ids: AtomicU64::new(0),
+            approvals: OnceLock::new(),
         })
+    }
+
+    /// Turns on the approval step: RequireApproval decisions create ApprovalRequests and are answered
+    /// from them. Without it (in-process tests, benchmarks) a RequireApproval stays one. Set once.
+    pub fn set_approvals(&self, approvals: Arc<Approvals>) {
+        let _ = self.approvals.set(approvals);
     }
 
     /// The rate-limit counters (swept periodically by the operator).
@@ -272,12 +288,54 @@ impl Authorizer {
         let req: &AuthorizeRequest = &canonical;
         let empty = Map::new();
         let context = req.context.as_ref().unwrap_or(&empty);
-        let now = Timestamp::now();
-        let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
-        let started = Instant::now();
-        let (decision, who) = self.decide(req, context, now, clock);
+        let approvals = self.approvals.get();
+        let wait = approvals.map_or(Duration::ZERO, |a| {
+            Duration::from_secs(req.wait_seconds.unwrap_or(0).into()).min(a.max_wait())
+        });
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut waited_on: Option<String> = None;
+        // Decide; when a human's answer is awaited and the caller waits, decide again (in full: a
+        // revocation while waiting counts) each time an approval record lands, until the deadline.
+        let (decision, who, approval, took) = loop {
+            let changed = approvals.map(|a| a.ledger().approvals_changed().notified());
+            let mut changed = std::pin::pin!(changed);
+            if let Some(c) = changed.as_mut().as_pin_mut() {
+                c.enable();
+            }
+            let now = Timestamp::now();
+            let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
+            let started = Instant::now();
+            let (decision, who) = self.decide(req, context, now, clock);
+            let took = started.elapsed().as_secs_f64();
+            let (decision, approval, uid) = match (approvals, who.uid.as_deref()) {
+                (Some(approvals), Some(agent_uid)) if decision.verdict == Verdict::RequireApproval => {
+                    let asked = Asked {
+                        namespace: &who.namespace,
+                        name: &who.name,
+                        agent_uid,
+                        audience: &who.audience,
+                        delegation_uid: who.delegation_uid.as_deref(),
+                        on_behalf_of: who.on_behalf_of.as_deref(),
+                        action: &req.action,
+                        resource: &req.resource,
+                        tool: req.tool.as_deref(),
+                        context,
+                    };
+                    let r = approvals.resolve(&asked, decision, waited_on.as_deref(), now).await;
+                    (r.decision, r.approval, r.uid)
+                }
+                (_, _) => (decision, None, None),
+            };
+            let waiting = decision.verdict == Verdict::RequireApproval && approval.is_some();
+            if !waiting || tokio::time::Instant::now() >= deadline {
+                break (decision, who, approval, took);
+            }
+            waited_on = uid;
+            if let Some(changed) = changed.as_pin_mut() {
+                let _ = tokio::time::timeout_at(deadline, changed).await;
+            }
+        };
         let (on_behalf_of, chain) = (who.on_behalf_of.clone(), who.chain.clone());
-        let took = started.elapsed().as_secs_f64();
         let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
         let audited = Audited {
             action: req.action.clone(),
@@ -288,6 +346,7 @@ impl Authorizer {
             decision: decision.clone(),
             who,
             audit_id: audit_id.clone(),
+            approval: approval.as_ref().map(|a| format!("{}/{}", a.namespace, a.id)),
         };
         let decision = match self.audit.enqueue_with(move || audited.entry()).await {
             Ok(()) => decision,
@@ -297,7 +356,9 @@ impl Authorizer {
             }
         };
         crate::metrics::global().decision(decision.verdict == Verdict::Allow, took);
-        Ok(response(decision, audit_id, on_behalf_of, chain))
+        let mut answer = response(decision, audit_id, on_behalf_of, chain);
+        answer.approval = approval;
+        Ok(answer)
     }
 
     fn decide(
@@ -501,6 +562,7 @@ fn response(
     AuthorizeResponse {
         on_behalf_of,
         chain,
+        approval: None,
         decision: decision.verdict,
         reason: decision.reason.to_string(),
         policy: decision.policy.as_deref().map(str::to_owned),
@@ -526,6 +588,7 @@ struct Audited {
     decision: Decision,
     who: Who,
     audit_id: String,
+    approval: Option<String>,
 }
 
 /// The request context's keys, comma-separated; never its values (they may hold personal data).
@@ -537,7 +600,8 @@ fn context_keys(req: &AuthorizeRequest) -> Option<String> {
 impl Audited {
     /// The decision's audit record. Never the token, never context values: only the context's keys.
     fn entry(self) -> Entry {
-        let Self { action, resource, tool, context_keys, source, decision: d, who, audit_id } = self;
+        let Self { action, resource, tool, context_keys, source, decision: d, who, audit_id, approval } =
+            self;
         let known = !who.name.is_empty();
         let actor = if known {
             format!("agent:{}/{}", who.namespace, who.name)
@@ -581,6 +645,7 @@ impl Audited {
             add("wouldRule", w.rule.as_deref());
         }
         add("contextKeys", context_keys.as_deref());
+        add("approvalRequest", approval.as_deref());
         e
     }
 }
@@ -616,6 +681,11 @@ pub fn validate(req: &AuthorizeRequest, source: Source) -> Result<Cow<'_, Author
         && a.is_empty()
     {
         return bad("audience must not be empty when given".into());
+    }
+    if let Some(w) = req.wait_seconds
+        && u64::from(w) > MAX_WAIT.as_secs()
+    {
+        return bad(format!("waitSeconds must be at most {}", MAX_WAIT.as_secs()));
     }
     if let Some(ctx) = &req.context {
         if ctx.len() > MAX_CONTEXT_KEYS {
@@ -693,8 +763,16 @@ pub enum ExtAuthzRefusal {
 }
 
 /// The headers an ext_authz decision depends on. Each must be sent at most once and be visible ASCII.
-pub const DECISION_HEADERS: [&str; 5] =
-    ["authorization", "x-agentiam-action", "x-agentiam-resource", "x-agentiam-audience", PARTIAL_BODY_HEADER];
+pub const DECISION_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-agentiam-action",
+    "x-agentiam-resource",
+    "x-agentiam-audience",
+    WAIT_HEADER,
+    PARTIAL_BODY_HEADER,
+];
+/// How long to wait for a human's answer when the decision is RequireApproval (seconds, at most 60).
+pub const WAIT_HEADER: &str = "x-agentiam-wait";
 /// Set by Envoy when it cut the body at `max_request_bytes`.
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 
@@ -802,11 +880,18 @@ pub fn ext_authz_request(
             format!("{host}{path}")
         }
     };
+    let wait_seconds = match header(WAIT_HEADER)? {
+        None => None,
+        Some(w) => Some(w.parse::<u32>().map_err(|_| {
+            ExtAuthzRefusal::BadRequest(format!("header {WAIT_HEADER} {w:?} is not a number of seconds"))
+        })?),
+    };
     let mut req = AuthorizeRequest {
         token,
         action,
         resource,
         audience: header("x-agentiam-audience")?.map(str::to_owned),
+        wait_seconds,
         ..Default::default()
     };
     match mcp::map_body(body) {
@@ -867,6 +952,9 @@ async fn ext_authz(State(authorizer): State<Arc<Authorizer>>, request: HttpReque
     }
     if let Some(r) = &resp.rule {
         insert(&mut headers, "x-agentiam-rule", r);
+    }
+    if let Some(a) = &resp.approval {
+        insert(&mut headers, "x-agentiam-approval-id", &format!("{}/{}", a.namespace, a.id));
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     let status = if resp.decision == Verdict::Allow { StatusCode::OK } else { StatusCode::FORBIDDEN };

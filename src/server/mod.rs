@@ -1,6 +1,7 @@
 //! HTTP surfaces of the operator: health and readiness probes, and the issuer documents (OIDC discovery,
 //! JWKS, SPIFFE bundle) once the operator has an issuer.
 
+pub mod approvals;
 pub mod decision;
 #[cfg(test)]
 mod decision_tests;

@@ -236,7 +236,7 @@ impl Delegations {
 
 /// Asks the API server whether `requester` may `verb` the agentiam `resource` named `name` in `namespace`
 /// (`delegate` on an Agent, `approve` on an ApprovalRequest).
-async fn may(
+pub async fn may(
     client: Option<&kube::Client>,
     requester: &Requester,
     namespace: &str,

@@ -189,7 +189,7 @@ fn namespaced_watches(env: &crate::harness::Env, resource: &str) -> f64 {
 async fn each_kind_is_watched_once_for_every_consumer() {
     let env = require_cluster!();
     let ns = TestNs::new(&env, "onewatch").await;
-    let kinds = ["agents", "agentpolicies", "revocations", "delegations"];
+    let kinds = ["agents", "agentpolicies", "revocations", "delegations", "approvalrequests"];
     let before: Vec<f64> = kinds.iter().map(|k| namespaced_watches(&env, k)).collect();
     let op = Operator::start(&env, &ns.name, &[]);
     // Every consumer is running by now (the index, the webhooks, both controllers): prove they read.

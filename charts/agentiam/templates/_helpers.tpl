@@ -193,6 +193,16 @@ src/controller/ (every rule names the code that needs it).
 - apiGroups: ["agentiam.dev"]
   resources: ["agentpolicies/status", "delegations/status", "revocations/status"]
   verbs: ["patch"]
+# ApprovalRequests: the decision API creates one when a rule needs a human's approval
+# (server/approvals.rs: create, and delete when its audit record cannot be written); the approval
+# controller watches them (controller/shared.rs), reads each fresh (get), writes status with server-side
+# apply, and deletes finished ones after a day (controller/approval.rs).
+- apiGroups: ["agentiam.dev"]
+  resources: ["approvalrequests"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: ["agentiam.dev"]
+  resources: ["approvalrequests/status"]
+  verbs: ["patch"]
 # Events for humans (controller/agent.rs publish, via kube::runtime::events::Recorder): the Recorder of
 # kube 5 only uses events.k8s.io/v1; it creates an Event and patches it when the same event repeats (series).
 # Events are created in the namespace of the Agent they are about.
