@@ -130,6 +130,7 @@ rejected=(
   "misspelt webhook key|--set webhook.enable=false"
   "listener timeout without unit|--set listeners.headerReadTimeout=10"
   "no connections allowed|--set listeners.httpMaxConnections=0"
+  "approval notification URL that is not http(s)|--set approvals.notifyUrl=ftp://hooks.example.org/x"
 )
 
 # Whether the rendered manifests (file $1) hold an object of kind $3 (top-level "kind:" line).
@@ -206,8 +207,8 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "namespace: $watch_ns"
       expect "$out" "$name" "expression: request.namespace == \"$watch_ns\""
       # The agentiam.dev rules move to the Role; the ClusterRole keeps only the namespace read and the webhook
-      # configuration. (Five in the Role, two in the example delegator ClusterRole.)
-      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 7 ] || die "$name: expected the agentiam.dev rules once"
+      # configuration. (Seven in the Role, two in the example delegator ClusterRole, one in the approver's.)
+      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 10 ] || die "$name: expected the agentiam.dev rules once"
       ;;
     no-persistence)
       expect "$out" "$name" "emptyDir: {}"
@@ -335,6 +336,19 @@ delegator=$(k get clusterrole -l app.kubernetes.io/instance="$release" -o name |
 [ -n "$delegator" ] || die "the example delegator ClusterRole was not created"
 k get "$delegator" -o jsonpath='{.rules[*].verbs}' | grep -q delegate ||
   die "$delegator does not grant the verb delegate"
+# ApprovalRequests: the operator creates them (for RequireApproval decisions), writes their status and
+# deletes ended ones; it never answers them (no update of spec, no "approve"), nor does anyone it runs as.
+can yes create approvalrequests.agentiam.dev -n default
+can yes delete approvalrequests.agentiam.dev -n default
+can yes patch approvalrequests.agentiam.dev --subresource=status -n default
+can no patch approvalrequests.agentiam.dev -n default
+can no update approvalrequests.agentiam.dev -n default
+can no approve approvalrequests.agentiam.dev -n default
+# The example approver ClusterRole renders with the verb, bound to nobody.
+approver=$(k get clusterrole -l app.kubernetes.io/instance="$release" -o name | grep -- '-approver$' || true)
+[ -n "$approver" ] || die "the example approver ClusterRole was not created"
+k get "$approver" -o jsonpath='{.rules[*].verbs}' | grep -q approve ||
+  die "$approver does not grant the verb approve"
 can yes create events.events.k8s.io -n default
 can no create events -n default
 # Its own Secrets, by name.
