@@ -402,7 +402,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         "delegation controller",
         controller::delegation::run(delegation_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
     );
-    let approval_controller = controller::approval::controller(&watched);
+    let approval_controller = controller::approval::controller(&watched, &ctx.ledger);
     tasks.spawn_infallible(
         "approval controller",
         controller::approval::run(approval_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),

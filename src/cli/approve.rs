@@ -78,7 +78,7 @@ pub fn render(items: &[ApprovalRequest], all: bool, with_namespace: bool) -> Str
             q.agent_ref.name.clone(),
             q.action.clone(),
             q.resource.clone(),
-            context.chars().take(80).collect(),
+            truncated(&context, 80),
             p.map_or("Pending", ApprovalPhase::as_str).to_owned(),
             q.expires_at.clone(),
         ]);
@@ -89,6 +89,16 @@ pub fn render(items: &[ApprovalRequest], all: bool, with_namespace: bool) -> Str
         return super::table(&rows);
     }
     super::table(&rows)
+}
+
+/// `s` cut to `max` characters, the cut marked (the full context is in the object: `kubectl get apr -o yaml`).
+fn truncated(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// Lists the approval requests.
@@ -144,4 +154,65 @@ pub async fn answer(args: AnswerArgs, verdict: ApprovalVerdict) -> Result<String
     }
     out.push_str("phase: not decided yet (is the operator running?)\n");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str, phase: Option<&str>, context: serde_json::Value) -> ApprovalRequest {
+        serde_json::from_value(json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "ApprovalRequest",
+            "metadata": {"name": name, "namespace": "pay"},
+            "spec": {"request": {"agentRef": {"name": "payer"}, "agentUid": "a-1", "action": "refund",
+                "resource": "pay:orders/7", "context": context, "audience": "pay", "policy": "p", "rule": "r",
+                "approvers": {"groups": ["finance"]}, "expiresAt": "2026-12-01T10:15:00Z", "validFor": "5m",
+                "uses": 1, "binding": "b"}},
+            "status": phase.map(|p| json!({"phase": p})),
+        }))
+        .expect("an ApprovalRequest")
+    }
+
+    #[test]
+    fn the_list_shows_waiting_requests_unless_all_and_keeps_each_row_on_one_line() {
+        let long = "x".repeat(200);
+        let items = [
+            request("payer-1", None, json!({"amount": 913.37})),
+            request("payer-2", Some("Pending"), json!({"a": "line\nbreak", "long": long})),
+            request("payer-3", Some("Approved"), json!({})),
+        ];
+        let out = render(&items, false, false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("ID") && !lines[0].contains("NAMESPACE"), "{out}");
+        assert!(lines[1].contains("payer-1") && lines[1].contains(r#"{"amount":913.37}"#), "{out}");
+        assert!(lines[1].contains("Pending"), "not decided yet counts as pending: {out}");
+        assert!(lines[2].contains(r#"line\nbreak"#) && !lines[2].contains(&long), "{out}");
+        assert!(lines[2].contains("xx…  Pending"), "the cut is marked: {out}");
+        assert!(!out.contains("payer-3"), "{out}");
+        let out = render(&items, true, true);
+        assert_eq!(out.lines().count(), 4, "{out}");
+        assert!(out.starts_with("NAMESPACE") && out.contains("Approved"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_denial_needs_a_reason_and_no_reason_holds_control_characters() {
+        let args = |reason: Option<&str>| AnswerArgs {
+            id: "payer-1".into(),
+            reason: reason.map(str::to_owned),
+            namespace: Some("pay".into()),
+        };
+        // Refused before any cluster is contacted.
+        for (reason, verdict) in [
+            (None, ApprovalVerdict::Deny),
+            (Some(""), ApprovalVerdict::Deny),
+            (Some("ok\u{1b}[2J"), ApprovalVerdict::Approve),
+        ] {
+            let err = answer(args(reason), verdict).await.expect_err("refused");
+            assert!(matches!(err, ApproveError::Reason(_)), "{err}");
+        }
+        let long = "x".repeat(1025);
+        let err = answer(args(Some(&long)), ApprovalVerdict::Approve).await.expect_err("refused");
+        assert!(err.to_string().contains("1024"), "{err}");
+    }
 }

@@ -21,8 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 use tracing::instrument;
 
 use crate::api::{ApprovalPhase, ApprovalRequest, ApprovalRequestStatus, ApprovalVerdict, Grantor};
@@ -31,6 +33,7 @@ use crate::controller::shared::Watched;
 use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, report};
 use crate::registry::actions as a;
 use crate::registry::approval::{self, Answer, State};
+use crate::registry::ledger::Ledger;
 use crate::registry::status::set_condition;
 use crate::server::approvals::request_ref;
 use crate::webhook::validate::Requester;
@@ -44,12 +47,24 @@ const RETAIN: SignedDuration = SignedDuration::from_hours(24);
 /// Longest wait before a request is looked at again.
 const RESYNC: Duration = Duration::from_secs(600);
 
-/// The ApprovalRequest controller, not yet running.
-pub fn controller(watched: &Watched) -> Controller<ApprovalRequest> {
+/// The ApprovalRequest controller, not yet running: it reconciles on changes of the objects and on each
+/// approval record the ledger applies (a use changes no object, yet its status must say so).
+pub fn controller(watched: &Watched, ledger: &Ledger) -> Controller<ApprovalRequest> {
+    let records = futures::stream::unfold(ledger.approval_records(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok((ns, name)) => return Some((ObjectRef::new(&name).within(&ns), rx)),
+                // Missed triggers are reported at the requests' next requeue.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
     Controller::for_shared_stream(
         watched.approvals.applied("ApprovalRequest controller"),
         watched.approvals.store(),
     )
+    .reconcile_on(records)
 }
 
 /// Runs the controller until `shutdown` resolves.

@@ -407,6 +407,24 @@ fn requested(record: &Record) -> Option<Entry> {
     })
 }
 
+/// A request `a/r` (agent UID `a-1`) that ends unanswered at 2026-12-01T10:15:00Z; approvals last 5
+/// minutes, for one use (tests of the readers of the book).
+#[cfg(test)]
+pub(crate) fn fixture(state: State, terms: Terms) -> Entry {
+    Entry {
+        name: "r".into(),
+        namespace: "a".into(),
+        binding: "b".into(),
+        agent_uid: "a-1".into(),
+        terms,
+        expires_at: "2026-12-01T10:15:00Z".parse().unwrap_or_default(),
+        valid_for_secs: 300,
+        uses: 1,
+        answer: None,
+        state,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,18 +512,7 @@ mod tests {
     }
 
     fn entry(state: State) -> Entry {
-        Entry {
-            name: "r".into(),
-            namespace: "a".into(),
-            binding: "b".into(),
-            agent_uid: "a-1".into(),
-            terms: terms(),
-            expires_at: "2026-12-01T10:15:00Z".parse().unwrap(),
-            valid_for_secs: 300,
-            uses: 1,
-            answer: None,
-            state,
-        }
+        fixture(state, terms())
     }
 
     #[test]

@@ -470,11 +470,28 @@ fn decided(r: &mut AgentRecord, record: &Record, phase: Option<AgentPhase>, at: 
 
 /// The ledger shared by the operator's tasks: read by decisions (a read lock and an `Arc` clone), written
 /// only by the audit log's writer thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
     entries: RwLock<Entries>,
     /// Woken whenever an approval record is applied: decisions waiting for a human look again.
     approvals_changed: tokio::sync::Notify,
+    /// The request (namespace, name) of each approval record applied: the approval controller reports a
+    /// use, an answer or the operator's own record of a new request at once, not at its next deadline.
+    approval_records: tokio::sync::broadcast::Sender<(String, String)>,
+}
+
+/// How many approval records may wait for a slow approval controller; beyond that it misses triggers and
+/// reports them at its next requeue instead.
+const APPROVAL_RECORDS_BUFFER: usize = 1024;
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            approvals_changed: tokio::sync::Notify::new(),
+            approval_records: tokio::sync::broadcast::channel(APPROVAL_RECORDS_BUFFER).0,
+        }
+    }
 }
 
 impl Ledger {
@@ -536,6 +553,11 @@ impl Ledger {
         &self.approvals_changed
     }
 
+    /// The (namespace, name) of every approval record applied from now on.
+    pub fn approval_records(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
+        self.approval_records.subscribe()
+    }
+
     /// A copy of every entry (tests, diagnostics).
     pub fn entries(&self) -> Entries {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).clone()
@@ -547,7 +569,7 @@ impl Ledger {
         for r in records {
             entries.apply(r);
         }
-        Self { entries: RwLock::new(entries), approvals_changed: tokio::sync::Notify::new() }
+        Self { entries: RwLock::new(entries), ..Self::default() }
     }
 }
 
@@ -597,6 +619,10 @@ impl Projection for Ledger {
         self.entries.write().unwrap_or_else(PoisonError::into_inner).apply(record);
         if record.object.kind == "ApprovalRequest" {
             self.approvals_changed.notify_waiters();
+            if let Some(ns) = &record.object.namespace {
+                // No receiver (no controller running) is fine: nobody needs the trigger.
+                let _ = self.approval_records.send((ns.clone(), record.object.name.clone()));
+            }
         }
     }
 }

@@ -254,3 +254,26 @@ fn records_about_other_kinds_or_without_uid_change_nothing() {
     entries.apply(&anonymous);
     assert!(entries.is_empty());
 }
+
+/// The approval controller reconciles on these: a use changes no object, yet status must report it.
+#[test]
+fn each_approval_record_applied_names_its_request_to_subscribers() {
+    let ledger = Ledger::default();
+    let mut rx = ledger.approval_records();
+    let request = ObjectRef {
+        api_version: "agentiam.dev/v1alpha1".into(),
+        kind: "ApprovalRequest".into(),
+        namespace: Some("pay".into()),
+        name: "payer-0a1b2c3d4e".into(),
+        uid: Some("r-1".into()),
+    };
+    let seal = |seq: u64, object: ObjectRef, action: &str| {
+        let entry = Entry::new("agentiam-operator", action, object, Outcome::Success, "test");
+        Record::seal(ZERO_HASH, seq, format!("{:.9}", ts(seq as i64)), RecordKind::Event, None, entry)
+            .unwrap()
+    };
+    Projection::apply(&ledger, &seal(1, agent("u1"), a::AGENT_ACTIVATE));
+    assert!(rx.try_recv().is_err(), "an Agent record is no approval record");
+    Projection::apply(&ledger, &seal(2, request, "approval.use"));
+    assert_eq!(rx.try_recv().ok(), Some(("pay".to_owned(), "payer-0a1b2c3d4e".to_owned())));
+}

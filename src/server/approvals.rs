@@ -646,3 +646,198 @@ fn requested_entry(
     }
     e
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::api::Grantors;
+    use crate::audit::{Record, RecordKind, ZERO_HASH};
+
+    fn agent() -> Agent {
+        serde_json::from_value(json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+            "metadata": {"name": "payer", "namespace": "pay", "uid": "a-1"},
+            "spec": {"owner": {"kind": "User", "name": "olivia@example.com"}, "purpose": "refunds",
+                "workload": {"serviceAccountName": "payer-sa"}},
+        }))
+        .expect("an Agent")
+    }
+
+    fn sealed(entries: Vec<Entry>) -> Vec<Record> {
+        entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let time = format!("2026-12-01T10:00:{i:02}.000000000Z");
+                Record::seal(ZERO_HASH, i as u64 + 1, time, RecordKind::Event, None, e).expect("sealed")
+            })
+            .collect()
+    }
+
+    /// The record `create` writes is what the webhook and the controller later judge answers by: every
+    /// term must come back from the ledger as it went in, or an answer would be judged by other rules.
+    #[test]
+    fn the_request_record_carries_every_term_the_ledger_judges_answers_by() {
+        let context = json!({"amount": 913.37, "currency": "EUR"}).as_object().cloned().unwrap_or_default();
+        let asked = Asked {
+            namespace: "pay",
+            name: "payer",
+            agent_uid: "a-1",
+            audience: "pay",
+            delegation_uid: Some("d-1"),
+            on_behalf_of: Some("alice@example.com"),
+            action: "refund",
+            resource: "pay:orders/7",
+            tool: None,
+            context: &context,
+        };
+        let terms = ApprovalTerms {
+            approvers: Grantors { users: vec!["bob@example.com".into()], groups: vec!["finance".into()] },
+            timeout: Duration::from_secs(600),
+            valid_for: Duration::from_secs(60),
+            uses: 3,
+            four_eyes: true,
+        };
+        let decision = Decision {
+            policy: Some("payments".into()),
+            rule: Some("refunds".into()),
+            ..Decision::deny(Reason::Refused(String::new()))
+        };
+        let expires_at: Timestamp = "2026-12-01T10:10:00Z".parse().unwrap();
+        let record = requested_entry(
+            &asked,
+            &decision,
+            &terms,
+            "bind-1",
+            &agent(),
+            "payer-0a1b2c3d4e",
+            "r-1",
+            expires_at,
+        );
+        assert!(
+            !record.details.values().any(|v| v.contains("913.37")),
+            "a context value in the log: {record:?}"
+        );
+        let use_it = Entry::new(
+            ACTOR,
+            AuditAction::ApprovalUse,
+            request_ref("pay", "payer-0a1b2c3d4e", "r-1"),
+            Outcome::Success,
+            "used",
+        );
+        let approve = Entry::new(
+            ACTOR,
+            AuditAction::ApprovalApprove,
+            request_ref("pay", "payer-0a1b2c3d4e", "r-1"),
+            Outcome::Success,
+            "approved",
+        )
+        .with_detail(a::DETAIL_DECIDED_BY, "bob@example.com")
+        .with_detail(a::DETAIL_APPROVED_UNTIL, "2026-12-01T10:01:00Z");
+        let ledger = Ledger::from_records(&sealed(vec![record, approve, use_it]));
+        let (uid, e) = ledger
+            .approvals(|b| b.by_binding("bind-1").map(|(u, e)| (u.to_owned(), e.clone())))
+            .expect("the request, found by its binding");
+        assert_eq!((uid.as_str(), e.name.as_str(), e.namespace.as_str()), ("r-1", "payer-0a1b2c3d4e", "pay"));
+        assert_eq!(
+            (e.agent_uid.as_str(), e.expires_at, e.valid_for_secs, e.uses),
+            ("a-1", expires_at, 60, 3)
+        );
+        assert_eq!(e.terms.approvers, terms.approvers);
+        assert!(e.terms.four_eyes);
+        assert_eq!(e.terms.on_behalf_of.as_deref(), Some("alice@example.com"));
+        assert_eq!(e.terms.owner.as_deref(), Some("olivia@example.com"));
+        assert_eq!(e.terms.service_account, Some(("pay".to_owned(), "payer-sa".to_owned())));
+        let now: Timestamp = "2026-12-01T10:00:30Z".parse().unwrap();
+        assert_eq!(
+            e.standing(now),
+            Standing::Approved { by: "bob@example.com".into(), uses_left: 2 },
+            "one of three used"
+        );
+    }
+
+    #[test]
+    fn request_names_are_the_agent_s_name_and_ten_hex_digits_and_stay_object_names() {
+        let a = request_name("payer").unwrap();
+        let b = request_name("payer").unwrap();
+        assert_ne!(a, b);
+        let (stem, hex) = a.rsplit_once('-').unwrap();
+        assert_eq!(stem, "payer");
+        assert!(hex.len() == 10 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        let long = request_name(&format!("{}.{}", "x".repeat(199), "y".repeat(53))).unwrap();
+        assert!(long.len() <= 253 && !long.contains(".-"), "{long}");
+    }
+
+    #[test]
+    fn a_notification_url_must_be_absolute_http_or_https() {
+        for bad in ["", "hooks.example.org/x", "/x", "ftp://hooks.example.org/x", "file:///etc/passwd"] {
+            assert!(Notifier::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Notifier::new("https://hooks.example.org/x").is_ok());
+        assert!(Notifier::new("http://127.0.0.1:9/x").is_ok());
+    }
+
+    /// A loopback HTTP server answering each request with the next status of `statuses`; returns its URL
+    /// and the bodies it received.
+    async fn server(statuses: Vec<u16>) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for status in statuses {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = tx.send(body.to_owned());
+                            break;
+                        }
+                    }
+                }
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_notification_is_retried_on_5xx_and_given_up_on_4xx() {
+        let (url, mut bodies) = server(vec![503, 200]).await;
+        let notifier = Notifier::new(&url).unwrap();
+        let body = json!({"id": "payer-0a1b2c3d4e"});
+        notifier.send(&body).await.expect("delivered on the second attempt");
+        for _ in 0..2 {
+            assert_eq!(bodies.recv().await.as_deref(), Some(body.to_string().as_str()));
+        }
+        let (url, mut bodies) = server(vec![400, 200]).await;
+        let err = Notifier::new(&url).unwrap().send(&body).await.expect_err("a 400 is final");
+        assert!(err.contains("400"), "{err}");
+        assert!(bodies.recv().await.is_some());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1500), bodies.recv()).await.is_err(),
+            "a 4xx was retried"
+        );
+    }
+}

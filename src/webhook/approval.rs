@@ -1,7 +1,7 @@
 //! The ApprovalRequest webhook, pure: who may create one (the operator only), and who may answer one (a
 //! person among the rule's approvers who holds the RBAC verb `approve`, never the agent itself, and under
-//! four eyes neither the human the agent acts for nor its owner). The approval controller (not built yet)
-//! is to check the answer again from fresh API state before it counts.
+//! four eyes neither the human the agent acts for nor its owner). The approval controller
+//! (src/controller/approval.rs) checks the answer again from fresh API state before it counts.
 
 use jiff::Timestamp;
 use kube::core::admission::Operation;
@@ -111,24 +111,14 @@ mod tests {
     use crate::webhook::validate::{Kind, Requester};
 
     fn entry(state: State) -> Entry {
-        Entry {
-            name: "r".into(),
-            namespace: "a".into(),
-            binding: "b".into(),
-            agent_uid: "a-1".into(),
-            terms: Terms {
-                approvers: Grantors { users: vec![], groups: vec!["leads".into()] },
-                four_eyes: true,
-                on_behalf_of: Some("alice".into()),
-                owner: None,
-                service_account: Some(("a".into(), "bot-sa".into())),
-            },
-            expires_at: "2026-12-01T10:15:00Z".parse().unwrap(),
-            valid_for_secs: 300,
-            uses: 1,
-            answer: None,
-            state,
-        }
+        let terms = Terms {
+            approvers: Grantors { users: vec![], groups: vec!["leads".into()] },
+            four_eyes: true,
+            on_behalf_of: Some("alice".into()),
+            owner: None,
+            service_account: Some(("a".into(), "bot-sa".into())),
+        };
+        approval::fixture(state, terms)
     }
 
     fn judge(who: &str, groups: &[&str], recorded: Option<&Entry>, sar: Option<bool>) -> Verdict {

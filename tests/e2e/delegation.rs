@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Env, Operator, TestNs, WAIT, basic_spec, http_post, records, text, wait_for, wait_phase, wait_records,
+    Env, Operator, TestNs, WAIT, basic_spec, decide, records, secret_value, text, wait_for, wait_phase,
+    wait_records,
 };
 use crate::require_cluster;
 
@@ -509,12 +509,6 @@ async fn crm_agent(ns: &TestNs, name: &str, sa: &str) {
     wait_phase(&ns.api(), name, "Active").await;
 }
 
-/// The value of `key` in the Secret `name`, once it is there.
-async fn secret_value(ns: &TestNs, name: &str, key: &str) -> Option<String> {
-    let s = ns.api::<Secret>().get_opt(name).await.ok()??;
-    String::from_utf8(s.data?.get(key)?.0.clone()).ok()
-}
-
 /// A JWT's header and claims, decoded (display only).
 fn jwt_parts(token: &str) -> (Value, Value) {
     use base64::Engine as _;
@@ -524,19 +518,6 @@ fn jwt_parts(token: &str) -> (Value, Value) {
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     };
     (part(0), part(1))
-}
-
-/// `POST /v1/authorize`: the answer.
-async fn decide(op: &Operator, token: &str, action: &str, resource: &str, extra: Value) -> Value {
-    let mut body = json!({"token": token, "action": action, "resource": resource});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        b.extend(e.clone());
-    }
-    let headers = [("Content-Type", "application/json")];
-    let (status, _, answer) =
-        http_post(&op.http_addr, "/v1/authorize", &headers, body.to_string().as_bytes()).await;
-    assert_eq!(status, 200, "{answer}");
-    serde_json::from_str(&answer).unwrap_or(Value::Null)
 }
 
 /// Polls the decision until it is Deny; how long after `since` that was, and why.

@@ -10,7 +10,7 @@ use agentiam::api::Agent;
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Default time to wait for the operator to react. Generous because tests share 2 cores.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -538,4 +538,23 @@ pub async fn http_request(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     (status, headers, body.to_owned())
+}
+
+/// The value of `key` in the Secret `name`, once it is there.
+pub async fn secret_value(ns: &TestNs, name: &str, key: &str) -> Option<String> {
+    let s = ns.api::<k8s_openapi::api::core::v1::Secret>().get_opt(name).await.ok()??;
+    String::from_utf8(s.data?.get(key)?.0.clone()).ok()
+}
+
+/// `POST /v1/authorize`: the answer.
+pub async fn decide(op: &Operator, token: &str, action: &str, resource: &str, extra: Value) -> Value {
+    let mut body = json!({"token": token, "action": action, "resource": resource});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let headers = [("Content-Type", "application/json")];
+    let (status, _, answer) =
+        http_post(&op.http_addr, "/v1/authorize", &headers, body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(&answer).unwrap_or(Value::Null)
 }

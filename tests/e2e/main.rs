@@ -12,6 +12,7 @@
 mod harness;
 
 mod admission;
+mod approval;
 mod audit;
 mod authz;
 mod crds;
