@@ -51,6 +51,7 @@ generate: ## Regenerate crds/ from the Rust types and copy them into the chart.
 .PHONY: lint
 lint: ## cargo fmt --check, clippy and rustdoc with warnings denied.
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path bench/cedar/Cargo.toml -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --quiet
 
@@ -88,5 +89,5 @@ install-crds: ## Install the CRDs into the cluster of RUN_KUBECONFIG.
 ##@ Performance
 
 .PHONY: bench
-bench: ## Benchmarks side by side with their peers (openssl, raw Secret creates, TokenRequest, OPA); BENCH_ONLY=jwt|issuance|authz -> bench/results/.
+bench: ## Benchmarks side by side with their peers (openssl, raw Secret creates, TokenRequest, OPA, Cedar); BENCH_ONLY=jwt|issuance|authz -> bench/results/.
 	@bench/run.sh

@@ -1,9 +1,11 @@
-//! Authorization decisions, side by side with OPA in the same run: the same rule sets (10, 100 and 1,000
-//! rules, written once as an AgentPolicy and once in Rego) and the same 1,000 requests for both.
+//! Authorization decisions, side by side with OPA and Cedar in the same run: the same rule sets (10, 100 and
+//! 1,000 rules, written as an AgentPolicy, in Rego and in Cedar) and the same 1,000 requests for all three.
 //!
 //! `cargo bench --bench authz` (bench/run.sh builds OPA, brings the cluster up and sets KUBECONFIG).
 //! 1. In process: `Snapshot::decide` timed per call and in batches, against `opa bench` of the same policy
-//!    (the mean over the whole request mix, and OPA's own p50/p99 for one request of each outcome).
+//!    (the mean over the whole request mix, and OPA's own p50/p99 for one request of each outcome), and
+//!    against the `cedar-policy` crate's `Authorizer::is_authorized`, timed the same way in its own process
+//!    (bench/cedar, `CEDAR_PEER_BIN`).
 //! 2. Over HTTP: the release operator's `POST /v1/authorize` against `opa run --server`'s
 //!    `POST /v1/data/agentiam/authz/decision`, driven by the same closed-loop generator (bench/support/load.rs)
 //!    over a concurrency sweep, ours and OPA alternating point by point.
@@ -243,6 +245,20 @@ fn in_process(cfg: &Config, opa: &Opa, w: &Workload, dir: &Path) -> (Value, Valu
     let (p50, p99, p999) = (engine::pct(&all, 0.5), engine::pct(&all, 0.99), engine::pct(&all, 0.999));
     let opa_p99 = opa_singles.iter().map(|s| s.eval_p99_ns).fold(0.0, f64::max);
 
+    // Cedar, in its own process (bench/cedar), on the same requests: decisions first, compared with ours.
+    let cedar = cedar_peer(cfg, w, dir);
+    let cedar_decisions = cedar["decisions"].as_array().cloned().unwrap_or_default();
+    assert_same(w, "our engine in process", &ours, "Cedar", &cedar_decisions);
+    let cp = &cedar["pooled"];
+    println!(
+        "   {} rules in process, Cedar: p50 {} ns, p99 {} ns, batched mean {} ns (decisions agree on all {})",
+        w.n,
+        cp["p50_ns"],
+        cp["p99_ns"],
+        cp["mean_batched_ns"],
+        cedar_decisions.len()
+    );
+
     // The same requests with a delegated token of a depth-3 chain (scope `*@**`, so every verdict must be
     // the identity token's): the chain's standing in the ledger, then `Snapshot::decide_delegated`.
     let fx = engine::delegated_fixture(LOCAL_NS);
@@ -273,11 +289,26 @@ fn in_process(cfg: &Config, opa: &Opa, w: &Workload, dir: &Path) -> (Value, Valu
             "batched_mean_ns": batched, "mean_batched_ns": (mean_batched * 10.0).round() / 10.0},
         "delegated": {"depth": engine::DELEGATION_DEPTH, "decisions": dall.len(), "p50_ns": dp50,
             "p99_ns": dp99, "p999_ns": engine::pct(&dall, 0.999), "mean_batched_ns": (dmean * 10.0).round() / 10.0},
+        "cedar": {"engine": cedar["engine"], "rounds": cedar["rounds"], "pooled": cedar["pooled"]},
         "opa": {"mix": opa_mix.to_json(), "mix_ns_per_decision": per_decision_opa.round(),
             "singles": opa_singles.iter().map(opa::BenchRun::to_json).collect::<Vec<_>>(),
             "worst_single_p99_ns": opa_p99},
     });
     (row, mix)
+}
+
+/// Runs the Cedar peer (`CEDAR_PEER_BIN`, built by bench/run.sh) on this workload; its JSON answer.
+fn cedar_peer(cfg: &Config, w: &Workload, dir: &Path) -> Value {
+    let bin =
+        std::env::var_os("CEDAR_PEER_BIN").map(PathBuf::from).expect("CEDAR_PEER_BIN (bench/run.sh sets it)");
+    let inputs: Vec<Value> = w.requests.iter().map(|r| r.opa_input(LOCAL_NS, TRUST)).collect();
+    let job = json!({"policies": rules::cedar(w.n), "requests": inputs, "decisions": cfg.decisions,
+        "rounds": cfg.rounds.max(1)});
+    let path = dir.join(format!("cedar-{}.json", w.n));
+    std::fs::write(&path, job.to_string()).expect("write the Cedar job");
+    let out = std::process::Command::new(&bin).arg(&path).output().expect("run the Cedar peer");
+    assert!(out.status.success(), "the Cedar peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("the Cedar peer's JSON")
 }
 
 /// Fails the bench, listing the first differences, unless both lists decide every request alike.
@@ -424,6 +455,29 @@ fn figures(inprocess: &[Value], http_rows: &[Value]) -> Vec<Value> {
             peer,
             "req/s",
             div(ours, peer),
+            None,
+        ));
+    }
+    for row in inprocess.iter().filter(|r| r["cedar"].is_object()) {
+        let n = label(row["rules"].as_u64().unwrap_or(0));
+        let ours = row["ours"]["p99_ns"].as_f64().unwrap_or(f64::NAN);
+        let peer = row["cedar"]["pooled"]["p99_ns"].as_f64().unwrap_or(f64::NAN);
+        out.push(figure(
+            format!("in-process decision p99 vs Cedar (cedar-policy, is_authorized), {n} rules (ratio = Cedar / ours)"),
+            ours,
+            peer,
+            "ns",
+            div(peer, ours),
+            Some(5.0),
+        ));
+        let ours = row["ours"]["mean_batched_ns"].as_f64().unwrap_or(f64::NAN);
+        let peer = row["cedar"]["pooled"]["mean_batched_ns"].as_f64().unwrap_or(f64::NAN);
+        out.push(figure(
+            format!("context: in-process mean time per decision vs Cedar, {n} rules (ratio = Cedar / ours)"),
+            ours,
+            peer,
+            "ns",
+            div(peer, ours),
             None,
         ));
     }
