@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::verify::{JwtVerifier, TokenError, VerifiedDelegated, VerifiedSvid};
+use super::verify::{HeaderError, JwtVerifier, TokenError, VerifiedDelegated, VerifiedSvid};
 
 const SHARDS: usize = 16;
 
@@ -66,28 +66,26 @@ impl<T: Validity> Cache<T> {
         }
     }
 
-    fn get_or_verify(
+    /// The cached verification of exactly `token`, if any (`None` also when it is cached but its time is
+    /// up: the error says which check failed).
+    fn lookup(
         &self,
         hash: u64,
         token: &str,
         now: Timestamp,
         leeway: SignedDuration,
-        verify: impl FnOnce() -> Result<T, TokenError>,
-    ) -> Result<Arc<T>, TokenError> {
-        let shard = self.shards.get(hash as usize % SHARDS);
-        if let Some(shard) = shard {
-            let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(e) = map.get(&hash)
-                && *e.token == *token
-            {
-                let verified = Arc::clone(&e.verified);
-                drop(map);
-                check_time(verified.as_ref(), now, leeway)?;
-                return Ok(verified);
-            }
-        }
-        let verified = Arc::new(verify()?);
-        if let Some(shard) = shard {
+    ) -> Option<Result<Arc<T>, TokenError>> {
+        let shard = self.shards.get(hash as usize % SHARDS)?;
+        let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = map.get(&hash).filter(|e| *e.token == *token)?;
+        let verified = Arc::clone(&e.verified);
+        drop(map);
+        Some(check_time(verified.as_ref(), now, leeway).map(|()| verified))
+    }
+
+    fn store(&self, hash: u64, token: &str, verified: T, now: Timestamp) -> Arc<T> {
+        let verified = Arc::new(verified);
+        if let Some(shard) = self.shards.get(hash as usize % SHARDS) {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             if map.len() >= self.per_shard {
                 map.retain(|_, e| e.verified.expires_at() > now);
@@ -97,7 +95,21 @@ impl<T: Validity> Cache<T> {
             }
             map.insert(hash, Entry { token: token.into(), verified: Arc::clone(&verified) });
         }
-        Ok(verified)
+        verified
+    }
+
+    fn get_or_verify(
+        &self,
+        hash: u64,
+        token: &str,
+        now: Timestamp,
+        leeway: SignedDuration,
+        verify: impl FnOnce() -> Result<T, TokenError>,
+    ) -> Result<Arc<T>, TokenError> {
+        match self.lookup(hash, token, now, leeway) {
+            Some(hit) => hit,
+            None => Ok(self.store(hash, token, verify()?, now)),
+        }
     }
 
     fn len(&self) -> usize {
@@ -165,6 +177,28 @@ impl CachingVerifier {
             .get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_delegated(token, now))
     }
 
+    /// Verifies a token of either kind at `now`: an identity token (header `typ` `JWT`/`JOSE`) or a
+    /// delegated one (its own `typ`), each checked by its own verifier and cached apart. One hash and two
+    /// lookups on a hit, so a delegated token costs no failed identity verification on the way; on a miss
+    /// the identity verifier goes first and hands over to the delegated one only for a wrong `typ`.
+    pub fn verify_either(&self, token: &str, now: Timestamp) -> Result<Either, TokenError> {
+        let hash = self.hasher.hash_one(token);
+        if let Some(hit) = self.svids.lookup(hash, token, now, self.leeway) {
+            return hit.map(Either::Identity);
+        }
+        if let Some(hit) = self.delegated.lookup(hash, token, now, self.leeway) {
+            return hit.map(Either::Delegated);
+        }
+        match self.verifier.verify_any_audience(token, now) {
+            Ok(v) => Ok(Either::Identity(self.svids.store(hash, token, v, now))),
+            Err(TokenError::Header(HeaderError::Type)) => {
+                let v = self.verifier.verify_delegated(token, now)?;
+                Ok(Either::Delegated(self.delegated.store(hash, token, v, now)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// How many tokens are cached.
     pub fn len(&self) -> usize {
         self.svids.len() + self.delegated.len()
@@ -174,6 +208,15 @@ impl CachingVerifier {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A verified token of one of the two kinds (see [`CachingVerifier::verify_either`]).
+#[derive(Debug, Clone)]
+pub enum Either {
+    /// An identity JWT-SVID.
+    Identity(Arc<VerifiedSvid>),
+    /// A delegated token.
+    Delegated(Arc<VerifiedDelegated>),
 }
 
 /// The default capacity in tokens (at most 16 KiB each, typically under 1 KiB): every token of a few
@@ -230,6 +273,47 @@ mod tests {
         assert_eq!(cache.verify_any_audience(&t, later).unwrap_err(), TokenError::Expired);
         let within_leeway = now.checked_add(jiff::SignedDuration::from_secs(60 + 29)).unwrap();
         assert!(cache.verify_any_audience(&t, within_leeway).is_ok());
+    }
+
+    #[test]
+    fn either_kind_verifies_by_its_own_verifier_and_is_cached_apart() {
+        use crate::identity::delegated::{DelegatedClaims, Grant};
+        let (mut minter, cache, now) = setup();
+        let identity = token(&mut minter, now, 60);
+        let agents = [SpiffeId::parse("spiffe://example.org/ns/a/agent/bot").unwrap()];
+        let (chain, scopes) = (["root".to_owned()], ["read@crm/**".to_owned()]);
+        let grant = Grant {
+            issuer: ISSUER,
+            grantor: "alice",
+            audience: "crm",
+            agents: &agents,
+            agent_uid: "u",
+            delegation: "d",
+            chain: &chain,
+            scopes: &scopes,
+        };
+        let delegated =
+            minter.mint(&DelegatedClaims::new(grant, now, Duration::from_secs(60)).unwrap()).unwrap();
+        let Ok(Either::Identity(first)) = cache.verify_either(&identity, now) else { panic!("identity") };
+        let Ok(Either::Delegated(d1)) = cache.verify_either(&delegated, now) else { panic!("delegated") };
+        assert_eq!(d1.grantor, "alice");
+        let Ok(Either::Identity(again)) = cache.verify_either(&identity, now) else { panic!("identity") };
+        let Ok(Either::Delegated(d2)) = cache.verify_either(&delegated, now) else { panic!("delegated") };
+        assert!(Arc::ptr_eq(&first, &again) && Arc::ptr_eq(&d1, &d2), "both were cache hits");
+        assert_eq!(cache.len(), 2);
+        // A delegated token is never served by the identity entry points, cached or not.
+        assert_eq!(
+            cache.verify_any_audience(&delegated, now).unwrap_err(),
+            TokenError::Header(HeaderError::Type)
+        );
+        // Tampered, either kind fails; expired, a cached one fails as it would have fresh.
+        let mut bad = delegated.clone().into_bytes();
+        let last = bad.len() - 2;
+        bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+        assert!(cache.verify_either(std::str::from_utf8(&bad).unwrap(), now).is_err());
+        let later = now.checked_add(jiff::SignedDuration::from_secs(60 + 31)).unwrap();
+        assert_eq!(cache.verify_either(&delegated, later).unwrap_err(), TokenError::Expired);
+        assert_eq!(cache.verify_either(&identity, later).unwrap_err(), TokenError::Expired);
     }
 
     #[test]

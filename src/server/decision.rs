@@ -32,10 +32,10 @@ use crate::authz::resource::{self, MAX_RESOURCE_BYTES};
 use crate::authz::{Acting, Clock, Decision, Delegated, RateLimiter, Reason, Request, Subject, Verdict};
 use crate::controller::authz::PolicyIndex;
 use crate::identity::TrustDomain;
-use crate::identity::cache::{CachingVerifier, DEFAULT_CAPACITY};
+use crate::identity::cache::{CachingVerifier, DEFAULT_CAPACITY, Either};
 use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::CLAIM_UID;
-use crate::identity::verify::{HeaderError, TokenError};
+use crate::identity::verify::VerifiedDelegated;
 use crate::registry::ledger::{DelegatedStanding, Ledger};
 
 use super::approvals::{ApprovalRef, Approvals, Asked, MAX_WAIT};
@@ -378,12 +378,10 @@ impl Authorizer {
         let Some(verifier) = self.verifier() else {
             return refuse("no usable signing keys are published".into());
         };
-        let svid = match verifier.verifier.verify_any_audience(&req.token, now) {
-            Ok(s) => s,
-            // Told apart by typ: a delegated token fails the identity path on its header alone.
-            Err(TokenError::Header(HeaderError::Type)) => {
-                return self.decide_delegated(&verifier, req, context, now, clock);
-            }
+        // Told apart by typ, each kind by its own verifier (and cache).
+        let svid = match verifier.verifier.verify_either(&req.token, now) {
+            Ok(Either::Identity(s)) => s,
+            Ok(Either::Delegated(v)) => return self.decide_delegated(&v, req, context, now, clock),
             Err(e) => return refuse(format!("invalid token: {e}")),
         };
         if req.token_type == Some(TokenType::Delegated) {
@@ -460,17 +458,13 @@ impl Authorizer {
     /// and policies; and the delegation's scopes allowing the request.
     fn decide_delegated(
         &self,
-        verifier: &Verifier,
+        v: &VerifiedDelegated,
         req: &AuthorizeRequest,
         context: &Map<String, Value>,
         now: Timestamp,
         clock: Clock,
     ) -> (Decision, Who) {
         let refuse = |why: String, who: Who| (Decision::deny(Reason::Refused(why)), who);
-        let v = match verifier.verifier.verify_delegated(&req.token, now) {
-            Ok(v) => v,
-            Err(e) => return refuse(format!("invalid token: {e}"), Who::default()),
-        };
         let Some(Ok((namespace, name))) = v.agents.first().map(|a| a.agent_in(&self.trust_domain)) else {
             return refuse("the token's actor is not an agent".into(), Who::default());
         };
@@ -763,14 +757,17 @@ pub enum ExtAuthzRefusal {
 }
 
 /// The headers an ext_authz decision depends on. Each must be sent at most once and be visible ASCII.
-pub const DECISION_HEADERS: [&str; 6] = [
+pub const DECISION_HEADERS: [&str; 7] = [
     "authorization",
     "x-agentiam-action",
     "x-agentiam-resource",
     "x-agentiam-audience",
+    TOKEN_TYPE_HEADER,
     WAIT_HEADER,
     PARTIAL_BODY_HEADER,
 ];
+/// Which kind of token the route accepts: `identity` or `delegated` (the `tokenType` of `/v1/authorize`).
+pub const TOKEN_TYPE_HEADER: &str = "x-agentiam-token-type";
 /// How long to wait for a human's answer when the decision is RequireApproval (seconds, at most 60).
 pub const WAIT_HEADER: &str = "x-agentiam-wait";
 /// Set by Envoy when it cut the body at `max_request_bytes`.
@@ -837,7 +834,8 @@ fn host_segment(host: &str) -> Result<String, ExtAuthzRefusal> {
 
 /// The ext_authz mapping of an HTTP request (see docs/authorization.md): token from `Authorization:
 /// Bearer`, action from `x-agentiam-action` or the method, resource from `x-agentiam-resource` or
-/// host + path, audience from `x-agentiam-audience`; an MCP JSON-RPC body sets action, tool and context.
+/// host + path, audience from `x-agentiam-audience`, the accepted kind of token from
+/// `x-agentiam-token-type`; an MCP JSON-RPC body sets action, tool and context.
 /// The resource is returned as sent; [`validate`] canonicalises it like every other resource.
 pub fn ext_authz_request(
     method: &Method,
@@ -886,11 +884,22 @@ pub fn ext_authz_request(
             ExtAuthzRefusal::BadRequest(format!("header {WAIT_HEADER} {w:?} is not a number of seconds"))
         })?),
     };
+    let token_type = match header(TOKEN_TYPE_HEADER)? {
+        None => None,
+        Some("identity") => Some(TokenType::Identity),
+        Some("delegated") => Some(TokenType::Delegated),
+        Some(other) => {
+            return Err(ExtAuthzRefusal::BadRequest(format!(
+                "header {TOKEN_TYPE_HEADER} {other:?} is not \"identity\" or \"delegated\""
+            )));
+        }
+    };
     let mut req = AuthorizeRequest {
         token,
         action,
         resource,
         audience: header("x-agentiam-audience")?.map(str::to_owned),
+        token_type,
         wait_seconds,
         ..Default::default()
     };

@@ -644,3 +644,37 @@ async fn grantor_restrictions_chain_standing_and_the_ledger_decide_a_delegated_t
     assert_eq!(last["details"]["delegationUID"], "root-uid", "{last}");
     assert!(!log.contains(&token), "no token in the log");
 }
+
+#[tokio::test]
+async fn ext_authz_routes_can_require_one_kind_of_token() {
+    let mut f = fixture().await;
+    f.index.publish(Builder::default().build(&[agent()], &[policy(), delegated_policy()], &[]));
+    let identity = f.token("uid-bot", "crm");
+    let delegated = f.delegated("alice@example.com", &[], &["read@crm/contacts/1"], "crm");
+    let kind = |t: &'static [u8]| [("x-agentiam-token-type", t)];
+    for (token, header, want) in [
+        (&identity, &b"identity"[..], StatusCode::OK),
+        (&identity, b"delegated", StatusCode::FORBIDDEN),
+        (&delegated, b"delegated", StatusCode::OK),
+        (&delegated, b"identity", StatusCode::FORBIDDEN),
+    ] {
+        let (status, headers, body) = f.send(ext_get("/v1/ext_authz/contacts/1", token, &kind(header))).await;
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(status, want, "{}: {body}", String::from_utf8_lossy(header));
+        if want == StatusCode::FORBIDDEN {
+            assert!(body.contains("token where"), "{body}");
+            assert_eq!(headers["x-agentiam-decision"], "Deny");
+        }
+    }
+    // Without the header either kind is accepted; an unknown kind, or the header twice, is bad input.
+    assert_eq!(f.send(ext_get("/v1/ext_authz/contacts/1", &delegated, &[])).await.0, StatusCode::OK);
+    let (status, _, body) =
+        f.send(ext_get("/v1/ext_authz/contacts/1", &delegated, &kind(b"Delegated"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8(body).unwrap().contains("x-agentiam-token-type"));
+    let twice = [("x-agentiam-token-type", &b"delegated"[..]), ("x-agentiam-token-type", b"delegated")];
+    assert_eq!(
+        f.send(ext_get("/v1/ext_authz/contacts/1", &delegated, &twice)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}

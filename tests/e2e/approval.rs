@@ -296,6 +296,30 @@ async fn an_approved_request_allows_exactly_once_only_a_listed_person_answers_an
     let late = jiff::Timestamp::now().duration_since(deadline);
     assert!(late < jiff::SignedDuration::from_secs(3), "ended {late:?} after its deadline");
     assert_eq!(count(&op, "approval.expire"), 1);
+
+    // A flood of distinct requests stops at 20 waiting per agent: the next is denied, and creates nothing.
+    let pending = || {
+        let out = env.kubectl(&["get", "approvalrequests", "-n", &ns.name, "-o", "json"], None);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        items.iter().filter(|r| r["status"]["phase"] == "Pending" || r["status"]["phase"].is_null()).count()
+    };
+    let mut refused = None;
+    for i in 0..25 {
+        let d = refund(&op, &token, 100.0 + f64::from(i), json!({})).await;
+        if d["decision"] == "Deny" {
+            refused = Some((i, d));
+            break;
+        }
+        assert_eq!(d["decision"], "RequireApproval", "{d}");
+    }
+    let (at, refused) = refused.expect("the 21st waiting request is refused");
+    assert!(
+        refused["reason"].as_str().unwrap_or_default().contains("approval requests waiting (at most 20)"),
+        "{refused}"
+    );
+    assert!(at <= 20, "refused only after {at} new requests");
+    assert_eq!(pending(), 20, "exactly 20 requests wait");
 }
 
 #[tokio::test]
