@@ -13,6 +13,7 @@ pub mod crdgen;
 pub mod identity;
 pub mod metrics;
 pub mod names;
+pub mod oauth;
 pub mod operator;
 pub mod registry;
 pub mod server;

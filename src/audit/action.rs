@@ -69,11 +69,15 @@ pub enum Action {
     ApprovalExpire,
     /// An approval was used: a decision it covers was allowed (durable before the Allow is answered).
     ApprovalUse,
+    /// The token endpoint issued an access token (an intent, durable before signing, then its outcome).
+    TokenIssue,
+    /// The token endpoint refused a request.
+    TokenRefuse,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 33] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -105,6 +109,8 @@ impl Action {
         Self::ApprovalDeny,
         Self::ApprovalExpire,
         Self::ApprovalUse,
+        Self::TokenIssue,
+        Self::TokenRefuse,
     ];
 
     /// The stored spelling.
@@ -141,6 +147,8 @@ impl Action {
             Self::ApprovalDeny => "approval.deny",
             Self::ApprovalExpire => "approval.expire",
             Self::ApprovalUse => "approval.use",
+            Self::TokenIssue => "token.issue",
+            Self::TokenRefuse => "token.refuse",
         }
     }
 
@@ -250,6 +258,11 @@ pub enum IntentKey {
         /// When it was minted.
         issued_at_ms: i64,
     },
+    /// One access token from the token endpoint, by its `jti`.
+    TokenIssue {
+        /// The token's `jti`.
+        jti: String,
+    },
     /// Rotating away from the current signing key `kid`.
     IssuerRotate {
         /// The key ID that was current.
@@ -267,6 +280,7 @@ impl IntentKey {
             Self::CredentialWithdraw { .. } => Action::CredentialWithdraw,
             Self::IssuerRotate { .. } => Action::IssuerRotate,
             Self::DelegationIssue { .. } => Action::DelegationIssue,
+            Self::TokenIssue { .. } => Action::TokenIssue,
         }
     }
 
@@ -278,7 +292,7 @@ impl IntentKey {
             | Self::CredentialIssue { uid, .. }
             | Self::CredentialWithdraw { uid, .. }
             | Self::DelegationIssue { uid, .. } => Some(uid),
-            Self::IssuerRotate { .. } => None,
+            Self::IssuerRotate { .. } | Self::TokenIssue { .. } => None,
         }
     }
 
@@ -306,6 +320,7 @@ impl IntentKey {
                 Some(Self::CredentialWithdraw { uid, secret_uid })
             }
             Action::IssuerRotate => Some(Self::IssuerRotate { kid: one(rest)? }),
+            Action::TokenIssue => Some(Self::TokenIssue { jti: one(rest)? }),
             Action::DelegationIssue => {
                 let (uid, ms) = two(rest)?;
                 Some(Self::DelegationIssue { uid, issued_at_ms: ms.parse().ok()? })
@@ -324,6 +339,7 @@ impl fmt::Display for IntentKey {
             Self::CredentialIssue { uid, issued_at_ms } => write!(f, "{action}:{uid}:{issued_at_ms}"),
             Self::CredentialWithdraw { uid, secret_uid } => write!(f, "{action}:{uid}:{secret_uid}"),
             Self::IssuerRotate { kid } => write!(f, "{action}:{kid}"),
+            Self::TokenIssue { jti } => write!(f, "{action}:{jti}"),
             Self::DelegationIssue { uid, issued_at_ms } => write!(f, "{action}:{uid}:{issued_at_ms}"),
         }
     }
@@ -356,6 +372,7 @@ mod tests {
             "credential.withdraw:u1:unknown",
             "issuer.rotate:pagnOM1Y2Br3EgEqA8uB3iTfBkNyFX7GXHURIaJGcPw",
             "delegation.issue:d-uid:1796300000000",
+            "token.issue:Zm9vYmFyYmF6cXV4cXV1eA",
         ] {
             let key = IntentKey::parse(stored).unwrap_or_else(|| panic!("{stored}"));
             assert_eq!(key.to_string(), stored);

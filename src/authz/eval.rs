@@ -338,7 +338,7 @@ impl Snapshot {
 impl Snapshot {
     /// The checks every token passes first, whatever its kind: the agent with the token's UID exists under
     /// the token's name, the operator recorded it, and it may act now. The agent, its record and standing.
-    fn may_act<'s, 'r>(
+    pub(super) fn may_act<'s, 'r>(
         &'s self,
         acting: Acting<'_>,
         record: Option<&'r AgentRecord>,

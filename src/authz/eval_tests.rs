@@ -622,3 +622,182 @@ fn the_engine_itself_denies_resources_that_are_not_canonical() {
         assert!(d.reason.to_string().contains("canonical"), "{r:?}: {}", d.reason);
     }
 }
+
+/// Which of `scopes` the token endpoint would grant `bot` in `w` now (`Err`: the refusal's reason).
+fn granted(w: &World, scopes: &[&str]) -> Result<Vec<String>, Reason> {
+    let scopes = scope::parse_all(scopes).unwrap();
+    let acting = Acting { uid: "uid-bot", namespace: "ns", name: "bot" };
+    let record = w.records.get("uid-bot");
+    w.snapshot
+        .grant_scopes(acting, record, &scopes, w.clock.now)
+        .map(|g| {
+            g.iter()
+                .zip(&scopes)
+                .filter(|(g, _)| g.is_granted())
+                .map(|(_, s)| s.as_str().to_owned())
+                .collect()
+        })
+        .map_err(|d| d.reason)
+}
+
+#[test]
+fn a_token_scope_is_granted_only_where_a_rule_allows_all_of_it_unconditionally() {
+    let p = policy(
+        "p",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]},
+        {"name": "any", "effect": "Allow", "actions": ["*"], "resources": ["tickets:**"]},
+        {"name": "no-vip", "effect": "Deny", "actions": ["read"], "resources": ["crm:contacts/vip-*"]},
+        {"name": "trusted", "effect": "Allow", "actions": ["write"], "resources": ["crm:x"],
+         "conditions": {"minTrustScore": 800}},
+        {"name": "hours", "effect": "Allow", "actions": ["read"], "resources": ["crm:h"],
+         "conditions": {"timeWindows": [{"days": ["Mon"], "start": "09:00", "end": "17:00", "timeZone": "Europe/Berlin"}]}},
+        {"name": "refund", "effect": "Allow", "actions": ["refund"], "resources": ["pay:orders/*"],
+         "conditions": {"attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "100"}]}},
+        {"name": "limited", "effect": "Allow", "actions": ["list"], "resources": ["crm:leads"],
+         "conditions": {"rateLimit": {"requests": 2, "per": "1m"}}},
+        {"name": "pay", "effect": "Allow", "actions": ["pay"], "resources": ["pay:x"],
+         "conditions": {"approval": "required", "approvers": {"users": ["bob"]}}},
+        {"name": "tool", "effect": "Allow", "actions": ["tools.call"], "resources": ["mcp:crm"], "tools": ["get_*"]},
+        {"name": "lax", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+    );
+    let mut w = World::new(&[bot()], &[p], &[]);
+    // Without the catch-all "lax", each rule alone.
+    let strict = policy(
+        "p",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]},
+        {"name": "any", "effect": "Allow", "actions": ["*"], "resources": ["tickets:**"]},
+        {"name": "no-vip", "effect": "Deny", "actions": ["read"], "resources": ["crm:contacts/vip-*"]},
+        {"name": "trusted", "effect": "Allow", "actions": ["write"], "resources": ["crm:x"],
+         "conditions": {"minTrustScore": 800}},
+        {"name": "hours", "effect": "Allow", "actions": ["read"], "resources": ["crm:h"],
+         "conditions": {"timeWindows": [{"days": ["Mon"], "start": "09:00", "end": "17:00", "timeZone": "Europe/Berlin"}]}},
+        {"name": "refund", "effect": "Allow", "actions": ["refund"], "resources": ["pay:orders/*"],
+         "conditions": {"attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "100"}]}},
+        {"name": "limited", "effect": "Allow", "actions": ["list"], "resources": ["crm:leads"],
+         "conditions": {"rateLimit": {"requests": 2, "per": "1m"}}},
+        {"name": "pay", "effect": "Allow", "actions": ["pay"], "resources": ["pay:x"],
+         "conditions": {"approval": "required", "approvers": {"users": ["bob"]}}},
+        {"name": "tool", "effect": "Allow", "actions": ["tools.call"], "resources": ["mcp:crm"], "tools": ["get_*"]}]),
+    );
+    let all = [
+        "read@crm:contacts/42",
+        "read@crm:contacts/*",
+        "read@crm:contacts/**",
+        "*@crm:contacts/42",
+        "close@tickets:eu/9",
+        "*@tickets:**",
+        "write@crm:x",
+        "read@crm:h",
+        "refund@pay:orders/1",
+        "list@crm:leads",
+        "pay@pay:x",
+        "tools.call@mcp:crm",
+    ];
+    // Deny rules apply whatever allows: "read@crm:contacts/*" overlaps "no-vip" even under "lax".
+    assert_eq!(
+        granted(&w, &all).unwrap(),
+        [
+            "read@crm:contacts/42",
+            "*@crm:contacts/42",
+            "close@tickets:eu/9",
+            "*@tickets:**",
+            "write@crm:x",
+            "read@crm:h",
+            "refund@pay:orders/1",
+            "list@crm:leads",
+            "pay@pay:x",
+            "tools.call@mcp:crm"
+        ]
+    );
+    w = World::new(&[bot()], &[strict], &[]);
+    assert_eq!(
+        granted(&w, &all).unwrap(),
+        ["read@crm:contacts/42", "close@tickets:eu/9", "*@tickets:**", "read@crm:h"],
+        "Monday 11:00 Berlin; trust 700 < 800; conditions a token cannot carry grant nothing"
+    );
+    w.clock.now = "2026-11-30T17:00:00Z".parse().unwrap();
+    assert!(!granted(&w, &["read@crm:h"]).unwrap().contains(&"read@crm:h".to_owned()), "outside the window");
+    // Whatever is granted, the per-call decision allows too (a token never adds rights).
+    w.clock.now = "2026-11-30T10:00:00Z".parse().unwrap();
+    for (action, resource) in [("read", "crm:contacts/42"), ("close", "tickets:eu/9"), ("read", "crm:h")] {
+        assert_eq!(w.verdict(action, resource), Verdict::Allow, "{action} {resource}");
+    }
+}
+
+#[test]
+fn no_scope_for_an_agent_that_may_not_act_or_has_no_enforced_policy() {
+    let audit = policy(
+        "a",
+        "Audit",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "all", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+    );
+    let w = World::new(&[bot()], &[audit], &[]);
+    assert_eq!(granted(&w, &["read@x"]), Err(Reason::NoPolicy), "Audit-mode policies grant nothing");
+    let p = policy(
+        "p",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "all", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+    );
+    let suspended = agent("bot", json!({"team": "sales"}), "Suspended", 700);
+    let w = World::new(&[suspended], &[Arc::clone(&p)], &[]);
+    assert!(matches!(granted(&w, &["read@x"]), Err(Reason::NotActive(_))));
+    let w = World::new(&[bot()], &[p], &[revocation("stop", json!({"agentRef": {"name": "bot"}}))]);
+    assert!(matches!(granted(&w, &["read@x"]), Err(Reason::Revoked { .. })));
+    let broken = policy(
+        "b",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "bad", "effect": "Allow", "actions": ["read"], "resources": ["a/../b"]}]),
+    );
+    let ok = policy(
+        "p",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "all", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
+    );
+    let w = World::new(&[bot()], &[broken, ok], &[]);
+    assert_eq!(granted(&w, &["read@x"]), Err(Reason::PolicyBroken));
+    let mut w = World::new(&[bot()], &[], &[]);
+    w.records.clear();
+    assert_eq!(granted(&w, &["read@x"]), Err(Reason::Unrecorded));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A granted scope never holds a request the per-call decision denies.
+    #[test]
+    fn whatever_a_granted_scope_holds_the_policies_allow(
+        rules in arb_rules(),
+        verb in "(read|write|\\*)",
+        pattern in "(crm|pay)(:(a|b|\\*|\\*\\*))(/(a|b|\\*|\\*\\*|a\\*)){0,2}",
+        resource in "(crm|pay):(a|b|ab)(/(a|b|ab)){0,2}",
+        action in "(read|write)",
+    ) {
+        let p = policy("p", "Enforce", json!({"names": ["bot"]}), Value::Array(rules));
+        let w = World::new(&[bot()], &[p], &[]);
+        let Ok(scope) = scope::Scope::parse(&format!("{verb}@{pattern}")) else { return Ok(()) };
+        let Ok(grants) = w.snapshot.grant_scopes(
+            Acting { uid: "uid-bot", namespace: "ns", name: "bot" },
+            w.records.get("uid-bot"),
+            std::slice::from_ref(&scope),
+            w.clock.now,
+        ) else { return Ok(()) };
+        if grants[0].is_granted() && scope.allows(&action, &resource) {
+            let d = w.ask("bot", &action, &resource, None, json!({}));
+            prop_assert_eq!(d.verdict, Verdict::Allow, "{} granted but {} {} is {:?}", scope.as_str(), action, resource, d);
+        }
+    }
+}

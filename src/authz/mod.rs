@@ -16,6 +16,7 @@
 pub mod compile;
 pub mod conditions;
 pub mod eval;
+pub mod grant;
 pub mod index;
 pub mod pattern;
 pub mod ratelimit;

@@ -141,6 +141,62 @@ impl ResourcePattern {
     pub fn covers(&self, narrower: &ResourcePattern) -> bool {
         covers_segments(&self.segments, &narrower.segments)
     }
+
+    /// Whether some resource might match both patterns. Conservative: it says yes whenever it cannot
+    /// rule it out (two globs are taken to overlap), and no only when no resource matches both, so a
+    /// caller that refuses on yes never misses a real overlap (a property test checks it).
+    pub fn may_overlap(&self, other: &ResourcePattern) -> bool {
+        let cols = other.segments.len() + 1;
+        let mut memo: Vec<Option<bool>> = vec![None; (self.segments.len() + 1) * cols];
+        overlap_from(&self.segments, &other.segments, 0, 0, cols, &mut memo)
+    }
+}
+
+fn overlap_from(
+    a: &[Segment],
+    b: &[Segment],
+    i: usize,
+    j: usize,
+    cols: usize,
+    memo: &mut [Option<bool>],
+) -> bool {
+    if let Some(Some(known)) = memo.get(i * cols + j) {
+        return *known;
+    }
+    let result = match (a.get(i), b.get(j)) {
+        (None, None) => true,
+        // A `**` stands for nothing, or takes the other side's next segment (whatever it is) and goes on.
+        (Some(Segment::Deep), next) => {
+            overlap_from(a, b, i + 1, j, cols, memo)
+                || (next.is_some() && overlap_from(a, b, i, j + 1, cols, memo))
+        }
+        (next, Some(Segment::Deep)) => {
+            overlap_from(a, b, i, j + 1, cols, memo)
+                || (next.is_some() && overlap_from(a, b, i + 1, j, cols, memo))
+        }
+        (None, Some(_)) | (Some(_), None) => false,
+        (Some(x), Some(y)) => segment_overlaps(x, y) && overlap_from(a, b, i + 1, j + 1, cols, memo),
+    };
+    if let Some(slot) = memo.get_mut(i * cols + j) {
+        *slot = Some(result);
+    }
+    result
+}
+
+/// Whether one segment text might match both (neither is `**`). Two globs overlap unless their literal
+/// starts (before the first `*`) or ends (after the last) disagree, which no text can satisfy at once.
+fn segment_overlaps(x: &Segment, y: &Segment) -> bool {
+    match (x, y) {
+        (Segment::Literal(l), Segment::Literal(m)) => l == m,
+        (Segment::Literal(l), Segment::Glob(g)) | (Segment::Glob(g), Segment::Literal(l)) => glob(g, l),
+        (Segment::Glob(g), Segment::Glob(h)) => {
+            let start = |s: &str| s.split('*').next().unwrap_or_default().to_owned();
+            let end = |s: &str| s.rsplit('*').next().unwrap_or_default().to_owned();
+            let (gs, hs, ge, he) = (start(g), start(h), end(g), end(h));
+            (gs.starts_with(&hs) || hs.starts_with(&gs)) && (ge.ends_with(&he) || he.ends_with(&ge))
+        }
+        _ => true,
+    }
 }
 
 /// [`ResourcePattern::covers`] on segment lists. Memoised over (position here, position there); both lists
@@ -476,6 +532,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn overlap_is_ruled_out_only_where_no_resource_matches_both() {
+        let overlap = |a: &str, b: &str| {
+            ResourcePattern::parse(a).unwrap().may_overlap(&ResourcePattern::parse(b).unwrap())
+        };
+        for (a, b) in [
+            ("crm:contacts/*", "crm:contacts/42"),
+            ("crm:**", "crm:contacts/42/notes"),
+            ("**", "pay:x"),
+            ("a/**/z", "a/b/**"),
+            ("crm:contacts/eu-*", "crm:contacts/*-1"),
+        ] {
+            assert!(overlap(a, b) && overlap(b, a), "{a} and {b} overlap");
+        }
+        for (a, b) in [
+            ("crm:contacts/*", "crm:contacts/*/notes"),
+            ("crm:contacts/42", "crm:contacts/43"),
+            ("pay:**", "crm:**"),
+            ("crm:contacts/eu-*", "crm:contacts/us"),
+            ("a/*", "a"),
+        ] {
+            assert!(!overlap(a, b) && !overlap(b, a), "{a} and {b} do not overlap");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn whatever_a_covered_pattern_matches_its_cover_matches(
@@ -489,6 +570,21 @@ mod tests {
             let segments = split_resource(&resource);
             if w.covers(&n) && n.matches(&segments) {
                 proptest::prop_assert!(w.matches(&segments), "{wide} covers {narrow}, matches not {resource}");
+            }
+        }
+
+        #[test]
+        fn patterns_said_not_to_overlap_never_match_one_resource(
+            a in "(a|b|\\*|\\*\\*|a\\*|\\*b)(/(a|b|ab|\\*|\\*\\*|a\\*|\\*b)){0,3}",
+            b in "(a|b|\\*|\\*\\*|a\\*|\\*b|ab)(/(a|b|ab|\\*|\\*\\*|a\\*|\\*b)){0,3}",
+            resource in "(a|b|ab|ba|aab)(/(a|b|ab|ba|abb)){0,5}",
+        ) {
+            let (Ok(x), Ok(y)) = (ResourcePattern::parse(&a), ResourcePattern::parse(&b)) else {
+                return Ok(());
+            };
+            let segments = split_resource(&resource);
+            if x.matches(&segments) && y.matches(&segments) {
+                proptest::prop_assert!(x.may_overlap(&y) && y.may_overlap(&x), "{a} and {b} both match {resource}");
             }
         }
 

@@ -66,6 +66,19 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// The one verb it lets through, or None for every verb (`*`).
+    pub fn verb(&self) -> Option<&str> {
+        match &self.verb {
+            Verb::Any => None,
+            Verb::Named(v) => Some(v),
+        }
+    }
+
+    /// Its resource pattern.
+    pub fn resource(&self) -> &ResourcePattern {
+        &self.resource
+    }
+
     /// Parses `scope`.
     pub fn parse(scope: &str) -> Result<Self, ScopeError> {
         if scope.len() > MAX_SCOPE_LEN {

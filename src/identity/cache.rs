@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwapOption;
 use jiff::{SignedDuration, Timestamp};
+
+use super::issuer::IssuerReceiver;
 
 use super::verify::{HeaderError, JwtVerifier, TokenError, VerifiedDelegated, VerifiedSvid};
 
@@ -127,6 +130,63 @@ fn check_time(v: &impl Validity, now: Timestamp, leeway: SignedDuration) -> Resu
         return Err(TokenError::NotYetValid);
     }
     Ok(())
+}
+
+/// The verifier of the issuer's current key set, with its cache, shared by every endpoint that checks our
+/// tokens (the decision API, the token endpoint): rebuilt, with an empty cache, the first time it is
+/// asked for after the keys change, so a token signed by a withdrawn key stops verifying at once.
+pub struct CurrentVerifier {
+    issuer: IssuerReceiver,
+    slot: ArcSwapOption<Versioned>,
+    rebuild: Mutex<()>,
+}
+
+/// A caching verifier for one issuer snapshot.
+#[derive(Debug)]
+pub struct Versioned {
+    /// The snapshot's sequence number.
+    pub sequence: u64,
+    /// The verifier.
+    pub verifier: CachingVerifier,
+}
+
+impl std::fmt::Debug for CurrentVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentVerifier").finish_non_exhaustive()
+    }
+}
+
+impl CurrentVerifier {
+    /// The verifier of the keys `issuer` publishes, built when first asked for.
+    pub fn new(issuer: IssuerReceiver) -> Self {
+        Self { issuer, slot: ArcSwapOption::empty(), rebuild: Mutex::new(()) }
+    }
+
+    /// The verifier for the current key set; None (logged) when the published keys make none.
+    pub fn get(&self) -> Option<Arc<Versioned>> {
+        let sequence = self.issuer.borrow().sequence;
+        if let Some(v) = self.slot.load_full().filter(|v| v.sequence == sequence) {
+            return Some(v);
+        }
+        let _one_at_a_time = self.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = self.slot.load_full().filter(|v| v.sequence == sequence) {
+            return Some(v);
+        }
+        let issuer = Arc::clone(&self.issuer.borrow());
+        let verifier = match issuer.verifier() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a token verifier from the published keys; refusing tokens");
+                return None;
+            }
+        };
+        let v = Arc::new(Versioned {
+            sequence: issuer.sequence,
+            verifier: CachingVerifier::new(verifier, DEFAULT_CAPACITY),
+        });
+        self.slot.store(Some(Arc::clone(&v)));
+        Some(v)
+    }
 }
 
 /// A verifier with caches of verified tokens: identity tokens and delegated tokens apart, so a token

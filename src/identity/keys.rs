@@ -156,6 +156,8 @@ pub struct SigningKey {
     y: String,
     jwt_header_b64: String,
     delegated_header_b64: String,
+    /// The same, for access tokens.
+    access_header_b64: String,
     created_at: Timestamp,
     // aws-lc-rs ignores the RNG argument (AWS-LC draws its own nonces), so one instance per key costs nothing
     // and keeps the signing call free of per-token setup.
@@ -187,6 +189,7 @@ impl SigningKey {
         let kid = ec_thumbprint(&x, &y);
         let jwt_header_b64 = header_b64(&kid, JwtType::Svid);
         let delegated_header_b64 = header_b64(&kid, JwtType::Delegated);
+        let access_header_b64 = header_b64(&kid, JwtType::Access);
         Ok(Self {
             kid,
             key_pair,
@@ -195,6 +198,7 @@ impl SigningKey {
             y,
             jwt_header_b64,
             delegated_header_b64,
+            access_header_b64,
             created_at,
             rng: SystemRandom::new(),
         })
@@ -231,6 +235,7 @@ impl SigningKey {
         match typ {
             JwtType::Svid => &self.jwt_header_b64,
             JwtType::Delegated => &self.delegated_header_b64,
+            JwtType::Access => &self.access_header_b64,
         }
     }
 
@@ -304,10 +309,14 @@ pub enum JwtType {
     Svid,
     /// A delegated (on-behalf-of) token: `typ` [`DELEGATED_TYP`].
     Delegated,
+    /// A task-scoped access token from the token endpoint: `typ` [`ACCESS_TYP`] (RFC 9068).
+    Access,
 }
 
 /// The `typ` of delegated tokens.
 pub const DELEGATED_TYP: &str = "agentiam-delegation+jwt";
+/// The `typ` of access tokens (RFC 9068 §2.1).
+pub const ACCESS_TYP: &str = "at+jwt";
 
 impl JwtType {
     /// The header's `typ` value.
@@ -315,6 +324,7 @@ impl JwtType {
         match self {
             Self::Svid => "JWT",
             Self::Delegated => DELEGATED_TYP,
+            Self::Access => ACCESS_TYP,
         }
     }
 }

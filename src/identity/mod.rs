@@ -2,6 +2,7 @@
 //! the X.509 CA, and the published documents (JWKS, SPIFFE bundle, OIDC discovery). All pure: the controllers
 //! persist and distribute what these modules compute.
 
+pub mod access;
 pub mod bundle;
 pub mod cache;
 pub mod delegated;

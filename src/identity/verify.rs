@@ -26,6 +26,7 @@ use jsonwebtoken::jwk::{
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use super::access::{ACCESS_TYP, CLAIM_MODEL, CLAIM_TASK};
 use super::delegated::{CLAIM_CHAIN, CLAIM_DELEGATION, CLAIM_DELEGATION_UID, DELEGATED_TYP, MAX_CHAIN};
 use super::jwt::CLAIM_UID;
 use super::keys::JwtType;
@@ -166,6 +167,9 @@ pub enum HeaderError {
     /// Where a delegated token is expected, `typ` is not [`DELEGATED_TYP`] (an identity token is not one).
     #[error("header typ is not \"{DELEGATED_TYP}\": not a delegated token")]
     NotDelegated,
+    /// Where an access token is expected, `typ` is not [`ACCESS_TYP`] (no other token is one).
+    #[error("header typ is not \"{ACCESS_TYP}\": not an access token")]
+    NotAccess,
     /// There is no `kid`, or it is empty.
     #[error("header has no kid")]
     MissingKeyId,
@@ -310,6 +314,31 @@ pub struct VerifiedDelegated {
     pub delegation_uid: String,
     /// The Delegation UIDs of the chain, root first.
     pub chain: Vec<String>,
+}
+
+/// The claims of an access token that passed every check of [`JwtVerifier::verify_access`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedAccess {
+    /// The agent (`sub`, equal to `client_id`).
+    pub agent: SpiffeId,
+    /// The scopes.
+    pub scopes: Vec<Scope>,
+    /// The single audience (the resource).
+    pub audience: String,
+    /// `iat`, when present.
+    pub issued_at: Option<Timestamp>,
+    /// `exp`.
+    pub expires_at: Timestamp,
+    /// `jti`.
+    pub jti: String,
+    /// The signing key's ID.
+    pub kid: String,
+    /// The Agent's UID.
+    pub agent_uid: String,
+    /// The task id, if any.
+    pub task: Option<String>,
+    /// The model, if any.
+    pub model: Option<String>,
 }
 
 /// Verifies JWT-SVIDs against a fixed set of public keys. Immutable: on key rotation build a new one with
@@ -463,6 +492,46 @@ impl JwtVerifier {
             delegation,
             delegation_uid,
             chain,
+        })
+    }
+
+    /// Verifies an access token (see [`crate::identity::access`]) for any single audience at `now`.
+    ///
+    /// Steps 1 to 8 are those of [`verify`](Self::verify), except that the header's `typ` must be exactly
+    /// [`ACCESS_TYP`]. Then: `sub` is an agent SPIFFE ID in the trust domain and `client_id` equals it;
+    /// `scope` is a space-separated list of valid scopes; the agent UID is a non-empty string; the task and
+    /// model, when present, are strings. Whether the token is still live (issued, not revoked, its agent
+    /// Active) is for the caller to check against the operator's records.
+    pub fn verify_access(&self, token: &str, now: Timestamp) -> Result<VerifiedAccess, TokenError> {
+        let (claims, kid) = self.verify_signed(token, JwtType::Access, None, now)?;
+        let Claims { aud, sub, jti, iat, exp, mut extra, .. } = claims;
+        let agent = SpiffeId::parse(&sub).map_err(TokenError::Subject)?;
+        agent.agent_in(&self.config.trust_domain).map_err(TokenError::Subject)?;
+        if take_string(&mut extra, "client_id")? != sub {
+            return Err(TokenError::InvalidClaim("client_id"));
+        }
+        let scope = take_string(&mut extra, "scope")?;
+        let scopes = parse_all(&scope.split(' ').collect::<Vec<_>>())
+            .map_err(|_| TokenError::InvalidClaim("scope"))?;
+        let agent_uid = take_string(&mut extra, CLAIM_UID).and_then(|s| non_empty(s, CLAIM_UID))?;
+        let optional = |extra: &mut Map<String, Value>, name: &'static str| match extra.remove(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(TokenError::InvalidClaim(name)),
+        };
+        let task = optional(&mut extra, CLAIM_TASK)?;
+        let model = optional(&mut extra, CLAIM_MODEL)?;
+        Ok(VerifiedAccess {
+            agent,
+            scopes,
+            audience: aud,
+            issued_at: iat.map(|t| t.timestamp),
+            expires_at: exp.timestamp,
+            jti,
+            kid,
+            agent_uid,
+            task,
+            model,
         })
     }
 
@@ -701,6 +770,8 @@ fn check_header(header: &Map<String, Value>, typ: JwtType) -> Result<&str, Token
         (JwtType::Svid, Some(_)) => return Err(HeaderError::Type.into()),
         (JwtType::Delegated, Some(Value::String(t))) if t == DELEGATED_TYP => {}
         (JwtType::Delegated, _) => return Err(HeaderError::NotDelegated.into()),
+        (JwtType::Access, Some(Value::String(t))) if t == ACCESS_TYP => {}
+        (JwtType::Access, _) => return Err(HeaderError::NotAccess.into()),
     }
     match header.get("kid") {
         Some(Value::String(kid)) if !kid.is_empty() => Ok(kid),

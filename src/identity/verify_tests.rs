@@ -831,3 +831,75 @@ fn a_delegated_token_with_a_forged_shape_is_refused() {
         TokenError::Expired
     );
 }
+
+fn access_header() -> Value {
+    json!({"alg": "ES256", "typ": "at+jwt", "kid": KID})
+}
+
+fn access_claims() -> Value {
+    json!({
+        "sub": SUB, "client_id": SUB, "aud": "https://crm", "iss": ISSUER, "exp": T0 + 300, "iat": T0,
+        "nbf": T0, "jti": "a-jti", "scope": "read@crm:contacts/* close@tickets:**",
+        "agentiam.dev/uid": "agent-uid", "agentiam.dev/task": "t-1", "agentiam.dev/model": "m"
+    })
+}
+
+#[test]
+fn an_access_token_verifies_as_one_and_as_no_other_kind() {
+    let (signer, verifier) = fixture();
+    let token = signer.token(&access_header(), &access_claims());
+    let v = verifier.verify_access(&token, at(T0 + 10)).unwrap();
+    assert_eq!(v.agent.to_string(), SUB);
+    assert_eq!(v.audience, "https://crm");
+    assert_eq!(
+        v.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
+        ["read@crm:contacts/*", "close@tickets:**"]
+    );
+    assert_eq!((v.task.as_deref(), v.model.as_deref()), (Some("t-1"), Some("m")));
+    assert_eq!(
+        verifier.verify_any_audience(&token, at(T0 + 10)).unwrap_err(),
+        TokenError::Header(HeaderError::Type)
+    );
+    assert_eq!(
+        verifier.verify_delegated(&token, at(T0 + 10)).unwrap_err(),
+        TokenError::Header(HeaderError::NotDelegated)
+    );
+    for h in [
+        header(),
+        delegated_header(),
+        json!({"alg": "ES256", "kid": KID}),
+        json!({"alg": "ES256", "typ": "AT+JWT", "kid": KID}),
+    ] {
+        for c in [claims(), delegated_claims(), access_claims()] {
+            assert_eq!(
+                verifier.verify_access(&signer.token(&h, &c), at(T0 + 10)).unwrap_err(),
+                TokenError::Header(HeaderError::NotAccess)
+            );
+        }
+    }
+    assert_eq!(verifier.verify_access(&token, at(T0 + 400)).unwrap_err(), TokenError::Expired);
+}
+
+#[test]
+fn an_access_token_with_a_forged_shape_is_refused() {
+    let (signer, verifier) = fixture();
+    let not_agent = "spiffe://cluster.local/ns/payments/sa/default";
+    let cases = [
+        (with(access_claims(), "client_id", json!(AGENT_A)), TokenError::InvalidClaim("client_id")),
+        (without(access_claims(), "client_id"), TokenError::MissingClaim("client_id")),
+        (
+            with(with(access_claims(), "sub", json!(not_agent)), "client_id", json!(not_agent)),
+            TokenError::Subject(SpiffeError::NotAnAgent),
+        ),
+        (with(access_claims(), "scope", json!("read")), TokenError::InvalidClaim("scope")),
+        (with(access_claims(), "scope", json!("")), TokenError::InvalidClaim("scope")),
+        (without(access_claims(), "scope"), TokenError::MissingClaim("scope")),
+        (with(access_claims(), "agentiam.dev/uid", json!("")), TokenError::InvalidClaim("agentiam.dev/uid")),
+        (with(access_claims(), "agentiam.dev/task", json!(7)), TokenError::InvalidClaim("agentiam.dev/task")),
+        (with(access_claims(), "aud", json!(["a", "b"])), TokenError::AudienceCount(2)),
+    ];
+    for (c, expected) in cases {
+        let token = signer.token(&access_header(), &c);
+        assert_eq!(verifier.verify_access(&token, at(T0 + 10)).unwrap_err(), expected, "{c}");
+    }
+}

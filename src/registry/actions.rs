@@ -106,3 +106,13 @@ pub const DETAIL_DECIDED_BY: &str = "decidedBy";
 pub const DETAIL_APPROVAL_VERDICT: &str = "approval.verdict";
 /// Admission record of an answer: the approver's reason.
 pub const DETAIL_APPROVAL_REASON: &str = "approval.reason";
+/// Detail: the `jti` of the client assertion a token request authenticated with (single use).
+pub const DETAIL_ASSERTION_JTI: &str = "assertionJti";
+/// Detail: when that assertion expires (RFC 3339): how long its use must be remembered.
+pub const DETAIL_ASSERTION_EXPIRES_AT: &str = "assertionExpiresAt";
+/// Detail: the scopes an access token carries (space-separated).
+pub const DETAIL_SCOPE: &str = "scope";
+/// Detail: the OAuth error code of a refused token request.
+pub const DETAIL_ERROR: &str = "error";
+/// Detail: the task id an access token names.
+pub const DETAIL_TASK: &str = "task";

@@ -160,6 +160,87 @@ pub struct Entries {
     delegated: HashMap<Arc<str>, Vec<DelegatedIssuance>>,
     /// Every approval request the operator made, and where each stands.
     approvals: approval::Book,
+    /// The token endpoint's records: access tokens issued and client assertions used.
+    tokens: TokenBook,
+}
+
+/// One access token the token endpoint issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessIssuance {
+    /// The Agent's UID.
+    pub agent_uid: String,
+    /// Its audience (the resource).
+    pub aud: String,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// Whether the outcome (the token signed and answered) was recorded.
+    pub stored: Stored,
+}
+
+/// The token endpoint's memory: issued access tokens by `jti`, and the `jti`s of client assertions
+/// already used (each may authenticate one request), each kept until it expires.
+#[derive(Debug, Clone, Default)]
+pub struct TokenBook {
+    issued: HashMap<Arc<str>, AccessIssuance>,
+    assertions: HashMap<Arc<str>, Timestamp>,
+    /// Size of both maps after the last sweep: the next sweeps when they have doubled, so sweeping costs
+    /// a constant per record on average.
+    swept_at: usize,
+}
+
+impl TokenBook {
+    fn apply(&mut self, record: &Record, at: Timestamp) {
+        let d = &record.details;
+        if let (Some(jti), Some(exp)) =
+            (d.get(a::DETAIL_ASSERTION_JTI), d.get(a::DETAIL_ASSERTION_EXPIRES_AT).and_then(|t| time(t)))
+        {
+            self.assertions.insert(jti.as_str().into(), exp);
+        }
+        if Action::parse(&record.action) == Some(Action::TokenIssue) {
+            let key = record.key.as_deref().and_then(IntentKey::parse);
+            let Some(IntentKey::TokenIssue { jti }) = key else { return };
+            match record.kind {
+                RecordKind::Intent => {
+                    let issuance = (|| {
+                        Some(AccessIssuance {
+                            agent_uid: record.object.uid.clone()?,
+                            aud: d.get(a::DETAIL_AUDIENCES)?.clone(),
+                            expires_at: time(d.get(a::DETAIL_EXPIRES_AT)?)?,
+                            stored: Stored::Pending,
+                        })
+                    })();
+                    if let Some(i) = issuance {
+                        self.issued.insert(jti.into(), i);
+                    }
+                }
+                RecordKind::Outcome if record.outcome == Outcome::Success => {
+                    if let Some(i) = self.issued.get_mut(jti.as_str()) {
+                        i.stored = Stored::Yes;
+                    }
+                }
+                RecordKind::Outcome => {
+                    self.issued.remove(jti.as_str());
+                }
+                RecordKind::Event | RecordKind::Recovery => {}
+            }
+        }
+        let size = self.issued.len() + self.assertions.len();
+        if size > 2 * self.swept_at.max(512) {
+            self.issued.retain(|_, i| i.expires_at > at);
+            self.assertions.retain(|_, exp| *exp > at);
+            self.swept_at = self.issued.len() + self.assertions.len();
+        }
+    }
+
+    /// Whether the client assertion `jti` authenticated a request before (and has not expired at `now`).
+    pub fn assertion_used(&self, jti: &str, now: Timestamp) -> bool {
+        self.assertions.get(jti).is_some_and(|exp| *exp > now)
+    }
+
+    /// The access token `jti`, if the operator issued it and it has not expired at `now`.
+    pub fn access_token(&self, jti: &str, now: Timestamp) -> Option<&AccessIssuance> {
+        self.issued.get(jti).filter(|i| i.expires_at > now)
+    }
 }
 
 /// One delegated token the operator minted.
@@ -315,8 +396,17 @@ impl Entries {
             .is_some_and(|v| v.iter().any(|i| i.jti == jti && i.aud == aud && i.expires_at > now))
     }
 
+    /// The token endpoint's records.
+    pub fn tokens(&self) -> &TokenBook {
+        &self.tokens
+    }
+
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
+        if matches!(Action::parse(&record.action), Some(Action::TokenIssue | Action::TokenRefuse)) {
+            self.tokens.apply(record, time(&record.time).unwrap_or(Timestamp::UNIX_EPOCH));
+            return;
+        }
         if record.object.kind == "ApprovalRequest" {
             self.approvals.apply(record);
             return;
@@ -501,6 +591,16 @@ impl Ledger {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).get(uid)
     }
 
+    /// Whether the client assertion `jti` was used before (see [`TokenBook::assertion_used`]).
+    pub fn assertion_used(&self, jti: &str, now: Timestamp) -> bool {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).tokens.assertion_used(jti, now)
+    }
+
+    /// The access token `jti`, if issued and not expired (see [`TokenBook::access_token`]).
+    pub fn access_token(&self, jti: &str, now: Timestamp) -> Option<AccessIssuance> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).tokens.access_token(jti, now).cloned()
+    }
+
     /// What admission recorded when the Delegation with `uid` was created.
     pub fn grant(&self, uid: &str) -> Option<Arc<Grant>> {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).grant(uid)
@@ -611,6 +711,8 @@ impl Projection for Ledger {
                         | Action::AdmissionUpdate
                         | Action::AdmissionDelete
                         | Action::DelegationIssue
+                        | Action::TokenIssue
+                        | Action::TokenRefuse
                 )
         })
     }

@@ -277,3 +277,61 @@ fn each_approval_record_applied_names_its_request_to_subscribers() {
     Projection::apply(&ledger, &seal(2, request, "approval.use"));
     assert_eq!(rx.try_recv().ok(), Some(("pay".to_owned(), "payer-0a1b2c3d4e".to_owned())));
 }
+
+#[test]
+fn the_token_endpoint_remembers_issued_tokens_and_used_assertions_until_they_expire() {
+    let mut log = Log::new();
+    let issue = [
+        (a::DETAIL_AUDIENCES, "https://crm".to_owned()),
+        (a::DETAIL_EXPIRES_AT, ts(400).to_string()),
+        (a::DETAIL_ASSERTION_JTI, "as-1".to_owned()),
+        (a::DETAIL_ASSERTION_EXPIRES_AT, ts(3700).to_string()),
+    ];
+    log.push(100, RecordKind::Intent, "token.issue:at-1", "token.issue", Outcome::Pending, &issue);
+    let refused = [
+        (a::DETAIL_ASSERTION_JTI, "as-2".to_owned()),
+        (a::DETAIL_ASSERTION_EXPIRES_AT, ts(3700).to_string()),
+    ];
+    log.push(101, RecordKind::Event, "", "token.refuse", Outcome::Failure, &refused);
+    let ledger = Ledger::from_records(&log.records);
+    let entries = ledger.entries();
+    let t = entries.tokens().access_token("at-1", ts(200)).unwrap();
+    assert_eq!((t.agent_uid.as_str(), t.aud.as_str(), t.stored), ("u1", "https://crm", Stored::Pending));
+    assert!(entries.tokens().access_token("at-1", ts(400)).is_none(), "expired");
+    assert!(ledger.assertion_used("as-1", ts(200)) && ledger.assertion_used("as-2", ts(200)));
+    assert!(!ledger.assertion_used("as-1", ts(3700)) && !ledger.assertion_used("as-3", ts(200)));
+
+    log.push(102, RecordKind::Outcome, "token.issue:at-1", "token.issue", Outcome::Success, &[]);
+    assert_eq!(Ledger::from_records(&log.records).access_token("at-1", ts(200)).unwrap().stored, Stored::Yes);
+    log.push(103, RecordKind::Outcome, "token.issue:at-1", "token.issue", Outcome::Abandoned, &[]);
+    let ledger = Ledger::from_records(&log.records);
+    assert!(ledger.access_token("at-1", ts(200)).is_none(), "an abandoned issuance voids the token");
+    assert!(ledger.assertion_used("as-1", ts(200)), "but its assertion stays used");
+    // The token records leave the agent's own record alone.
+    assert!(ledger.get("u1").is_none());
+}
+
+#[test]
+fn expired_token_records_are_swept_as_records_arrive() {
+    let mut log = Log::new();
+    for i in 0..3000 {
+        let details = [
+            (a::DETAIL_AUDIENCES, "r".to_owned()),
+            (a::DETAIL_EXPIRES_AT, ts(i + 10).to_string()),
+            (a::DETAIL_ASSERTION_JTI, format!("as-{i}")),
+            (a::DETAIL_ASSERTION_EXPIRES_AT, ts(i + 10).to_string()),
+        ];
+        log.push(
+            i,
+            RecordKind::Intent,
+            &format!("token.issue:at-{i}"),
+            "token.issue",
+            Outcome::Pending,
+            &details,
+        );
+    }
+    let entries = Ledger::from_records(&log.records).entries();
+    let book = entries.tokens();
+    assert!(book.issued.len() + book.assertions.len() < 2 * 2 * 1024, "{} kept", book.issued.len());
+    assert!(book.access_token("at-2999", ts(3000)).is_some());
+}

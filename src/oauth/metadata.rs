@@ -1,0 +1,62 @@
+//! The authorization server metadata document (RFC 8414), served at
+//! `/.well-known/oauth-authorization-server`.
+//!
+//! It names exactly what the endpoints do and nothing more: there is no authorization endpoint (nobody
+//! logs in here; agents are clients of their own), so no response types, PKCE methods or authorization
+//! response parameters are listed; a client library reading the document learns the token endpoint, the
+//! one grant, the one client authentication method and its algorithm, and where the keys are.
+
+use serde_json::{Value, json};
+
+use crate::identity::bundle::JWKS_PATH;
+
+/// Path of the metadata document.
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// Path of the token endpoint.
+pub const TOKEN_PATH: &str = "/v1/oauth/token";
+/// The `client_credentials` grant.
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+/// The RFC 8693 token exchange grant.
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+pub const ASSERTION_TYPE_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The client authentication method (OpenID Connect Core §9; RFC 7523).
+pub const AUTH_PRIVATE_KEY_JWT: &str = "private_key_jwt";
+
+/// The token endpoint's URL for `issuer_url`: also the audience a client assertion must name.
+pub fn token_endpoint(issuer_url: &str) -> String {
+    format!("{}{TOKEN_PATH}", issuer_url.trim_end_matches('/'))
+}
+
+/// The document for `issuer_url` (equal to the `iss` of every token, character for character).
+pub fn document(issuer_url: &str) -> Value {
+    let base = issuer_url.trim_end_matches('/');
+    json!({
+        "issuer": issuer_url,
+        "token_endpoint": token_endpoint(issuer_url),
+        "jwks_uri": format!("{base}{JWKS_PATH}"),
+        "grant_types_supported": [GRANT_CLIENT_CREDENTIALS],
+        "token_endpoint_auth_methods_supported": [AUTH_PRIVATE_KEY_JWT],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "response_types_supported": [],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_exactly_what_the_token_endpoint_does() {
+        let doc = document("https://agentiam.example/i");
+        assert_eq!(doc["issuer"], "https://agentiam.example/i");
+        assert_eq!(doc["token_endpoint"], "https://agentiam.example/i/v1/oauth/token");
+        assert_eq!(doc["jwks_uri"], "https://agentiam.example/i/keys");
+        assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
+        assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
+        assert_eq!(doc["response_types_supported"], json!([]));
+        assert!(doc.get("authorization_endpoint").is_none());
+        assert!(doc.get("code_challenge_methods_supported").is_none());
+        assert_eq!(token_endpoint("https://a/"), "https://a/v1/oauth/token");
+    }
+}

@@ -1,0 +1,194 @@
+//! What a token request asks for, read from its form (RFC 6749 §4.4, RFC 7521/7523 client assertions,
+//! RFC 8707 resource indicators). Pure: the checks that need keys, the ledger or policies are the
+//! endpoint's.
+
+use crate::authz::scope::{MAX_SCOPE_LEN, Scope};
+
+use super::error::{ErrorCode, OAuthError};
+use super::form::Form;
+use super::metadata::{ASSERTION_TYPE_JWT, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE};
+
+/// Most scopes one request may ask for.
+pub const MAX_SCOPES: usize = 16;
+/// Longest task id.
+pub const MAX_TASK: usize = 128;
+/// Longest resource.
+const MAX_RESOURCE: usize = 253;
+/// Largest client assertion accepted, before anything is decoded (the verifier's limit too).
+pub const MAX_ASSERTION: usize = 16 * 1024;
+
+/// A `client_credentials` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    /// The client assertion: the agent's JWT-SVID for the token endpoint.
+    pub assertion: String,
+    /// `client_id`, if the client sent it (it must then name the assertion's subject).
+    pub client_id: Option<String>,
+    /// The scopes asked for, each once, in the order asked.
+    pub scopes: Vec<Scope>,
+    /// The one resource (the access token's audience).
+    pub resource: String,
+    /// The task the token is for, if named.
+    pub task: Option<String>,
+}
+
+/// Reads a token request. Only `client_credentials` is served.
+///
+/// # Errors
+/// The RFC 6749 error for the first problem found, in this order: the grant type, the client
+/// authentication parameters, the resource, the scope, the task.
+pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
+    match form.require("grant_type")? {
+        GRANT_CLIENT_CREDENTIALS => {}
+        GRANT_TOKEN_EXCHANGE => {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                "token exchange (RFC 8693) is not served yet; only client_credentials is",
+            ));
+        }
+        other => {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                format!("grant type {other} is not supported; only client_credentials is"),
+            ));
+        }
+    }
+    if form.get("client_secret").is_some() {
+        return Err(OAuthError::client("no client secrets exist: authenticate with private_key_jwt"));
+    }
+    let assertion_type = form.get("client_assertion_type").ok_or_else(|| {
+        OAuthError::client(format!(
+            "client authentication is required: client_assertion_type {ASSERTION_TYPE_JWT} with the agent's \
+             JWT-SVID for the token endpoint as client_assertion"
+        ))
+    })?;
+    if assertion_type != ASSERTION_TYPE_JWT {
+        return Err(OAuthError::client(format!(
+            "client_assertion_type must be {ASSERTION_TYPE_JWT}, not {assertion_type}"
+        )));
+    }
+    let assertion =
+        form.get("client_assertion").ok_or_else(|| OAuthError::client("client_assertion is missing"))?;
+    if assertion.len() > MAX_ASSERTION {
+        return Err(OAuthError::client(format!("client_assertion is longer than {MAX_ASSERTION} bytes")));
+    }
+    let resource = form.get("resource").ok_or_else(|| {
+        OAuthError::new(ErrorCode::InvalidTarget, "resource is required: the one service the token is for")
+    })?;
+    if resource.len() > MAX_RESOURCE || resource.contains(' ') {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            format!("resource must be one audience of at most {MAX_RESOURCE} bytes without spaces"),
+        ));
+    }
+    let scopes = scopes(form.get("scope"))?;
+    let task = form.get("task");
+    if task.is_some_and(|t| t.len() > MAX_TASK) {
+        return Err(OAuthError::request(format!("task is longer than {MAX_TASK} bytes")));
+    }
+    Ok(ClientCredentials {
+        assertion: assertion.to_owned(),
+        client_id: form.get("client_id").map(str::to_owned),
+        scopes,
+        resource: resource.to_owned(),
+        task: task.map(str::to_owned),
+    })
+}
+
+/// The scopes of a `scope` parameter: space-separated, each `<action>@<resource pattern>` as in
+/// Delegations. Required: a token for nothing in particular is what this service exists to avoid.
+fn scopes(scope: Option<&str>) -> Result<Vec<Scope>, OAuthError> {
+    let invalid = |why: String| OAuthError::new(ErrorCode::InvalidScope, why);
+    let scope = scope.ok_or_else(|| {
+        invalid("scope is required: name each <action>@<resource pattern> the task needs".into())
+    })?;
+    let mut out: Vec<Scope> = Vec::new();
+    for s in scope.split(' ') {
+        if s.is_empty() {
+            return Err(invalid("scope holds an empty entry (two spaces, or one at an end)".into()));
+        }
+        let parsed = Scope::parse(s).map_err(|e| {
+            let shown: String = s.chars().take(MAX_SCOPE_LEN.min(80)).collect();
+            invalid(format!("scope {shown} {e}"))
+        })?;
+        if !out.contains(&parsed) {
+            out.push(parsed);
+        }
+        if out.len() > MAX_SCOPES {
+            return Err(invalid(format!("more than {MAX_SCOPES} scopes")));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASSERTION: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
+
+    fn form(extra: &str) -> Form {
+        let body = format!(
+            "grant_type=client_credentials&client_assertion_type={ASSERTION}&client_assertion=a.b.c&{extra}"
+        );
+        Form::parse(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reads_a_client_credentials_request() {
+        let r = parse(&form("scope=read%40crm%3Acontacts%2F*+read%40crm%3Acontacts%2F*+refund%40pay%3A**&resource=https%3A%2F%2Fcrm&task=t-1")).unwrap();
+        assert_eq!(r.assertion, "a.b.c");
+        assert_eq!(r.resource, "https://crm");
+        assert_eq!(r.task.as_deref(), Some("t-1"));
+        let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
+        assert_eq!(scopes, ["read@crm:contacts/*", "refund@pay:**"], "a repeated scope counts once");
+    }
+
+    #[test]
+    fn each_problem_gets_its_rfc_error() {
+        let code = |body: &str| parse(&Form::parse(body.as_bytes()).unwrap()).unwrap_err().code;
+        let ok = "scope=read%40a&resource=r";
+        assert_eq!(code(&format!("client_assertion_type={ASSERTION}&{ok}")), ErrorCode::InvalidRequest);
+        assert_eq!(code("grant_type=password&username=u"), ErrorCode::UnsupportedGrantType);
+        assert_eq!(
+            code("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"),
+            ErrorCode::UnsupportedGrantType
+        );
+        assert_eq!(code(&format!("grant_type=client_credentials&{ok}")), ErrorCode::InvalidClient);
+        assert_eq!(
+            code(&format!(
+                "grant_type=client_credentials&client_secret=s&client_assertion_type={ASSERTION}&client_assertion=x&{ok}"
+            )),
+            ErrorCode::InvalidClient
+        );
+        assert_eq!(
+            code(&format!(
+                "grant_type=client_credentials&client_assertion_type=urn%3Ax&client_assertion=x&{ok}"
+            )),
+            ErrorCode::InvalidClient
+        );
+        assert_eq!(
+            code(&format!("grant_type=client_credentials&client_assertion_type={ASSERTION}&{ok}")),
+            ErrorCode::InvalidClient
+        );
+        let big = "a".repeat(MAX_ASSERTION + 1);
+        assert_eq!(
+            code(&format!(
+                "grant_type=client_credentials&client_assertion_type={ASSERTION}&client_assertion={big}&{ok}"
+            )),
+            ErrorCode::InvalidClient
+        );
+        let e = |extra: &str| parse(&form(extra)).unwrap_err();
+        assert_eq!(e("scope=read%40a").code, ErrorCode::InvalidTarget);
+        assert_eq!(e("scope=read%40a&resource=a+b").code, ErrorCode::InvalidTarget);
+        assert_eq!(e("resource=r").code, ErrorCode::InvalidScope);
+        for bad in
+            ["read", "read%40A%2F..%2Fb", "read%40a++write%40b", "+read%40a", "r%C3%A9ad%40a", "read%40a%2F"]
+        {
+            assert_eq!(e(&format!("resource=r&scope={bad}")).code, ErrorCode::InvalidScope, "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_SCOPES).map(|i| format!("v{i}%40a")).collect();
+        assert_eq!(e(&format!("resource=r&scope={}", many.join("+"))).code, ErrorCode::InvalidScope);
+        assert_eq!(e(&format!("{ok}&task={}", "t".repeat(MAX_TASK + 1))).code, ErrorCode::InvalidRequest);
+    }
+}
