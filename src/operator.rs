@@ -75,6 +75,9 @@ pub enum StartupError {
     /// The signing keys or the CA could not be loaded or created.
     #[error(transparent)]
     Keys(controller::keys::KeysError),
+    /// Access token issuances a stop interrupted could not be closed.
+    #[error("failed to void interrupted access token issuances: {0}")]
+    VoidTokens(#[source] AuditError),
     /// Resolving intents left open by a previous run failed.
     #[error("failed to resolve open audit intents: {0}")]
     Recovery(#[source] controller::Error),
@@ -270,6 +273,20 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         max_wait,
     )));
 
+    let token_service = server::token::TokenService::new(
+        Arc::clone(&index),
+        Arc::clone(&ledger),
+        issuer.clone(),
+        audit.clone(),
+        Arc::clone(authorizer.verifiers()),
+        watched.agents.store(),
+    );
+
+    let voided = token_service.void_interrupted().await.map_err(StartupError::VoidTokens)?;
+    if voided > 0 {
+        info!(voided, "voided access tokens whose issuance a stop interrupted");
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -304,7 +321,8 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let surfaces = server::Surfaces::default()
         .with(server::probes(health.clone()))
         .with(server::issuer::surface(issuer))
-        .with(server::decision::surface(Arc::clone(&authorizer)));
+        .with(server::decision::surface(Arc::clone(&authorizer)))
+        .with(server::token::surface(token_service));
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.
     info!("http server listening on {addr} ({})", surfaces.describe());
     let http = server::spawn_api(

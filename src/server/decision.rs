@@ -13,10 +13,9 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request as HttpRequest, State};
@@ -32,7 +31,7 @@ use crate::authz::resource::{self, MAX_RESOURCE_BYTES};
 use crate::authz::{Acting, Clock, Decision, Delegated, RateLimiter, Reason, Request, Subject, Verdict};
 use crate::controller::authz::PolicyIndex;
 use crate::identity::TrustDomain;
-use crate::identity::cache::{CachingVerifier, DEFAULT_CAPACITY, Either};
+use crate::identity::cache::{CurrentVerifier, Either, Versioned};
 use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::CLAIM_UID;
 use crate::identity::verify::VerifiedDelegated;
@@ -178,22 +177,14 @@ impl Source {
     }
 }
 
-/// The verifier for one issuer snapshot, with its token cache.
-struct Verifier {
-    sequence: u64,
-    verifier: CachingVerifier,
-}
-
 /// The decision path, shared by the HTTP handlers and in-process callers.
 pub struct Authorizer {
     index: Arc<PolicyIndex>,
     ledger: Arc<Ledger>,
-    issuer: IssuerReceiver,
     audit: AuditLog,
     trust_domain: TrustDomain,
     limiter: RateLimiter,
-    verifier: ArcSwapOption<Verifier>,
-    rebuild: Mutex<()>,
+    verifiers: Arc<CurrentVerifier>,
     fixed_time: Option<Timestamp>,
     id_prefix: String,
     ids: AtomicU64,
@@ -218,6 +209,7 @@ impl Authorizer {
         fixed_time: Option<Timestamp>,
     ) -> Arc<Self> {
         let trust_domain = issuer.borrow().trust_domain.clone();
+        let verifiers = Arc::new(CurrentVerifier::new(issuer.clone()));
         let mut nonce = [0u8; 6];
         // Only uniqueness across restarts depends on this; a failure falls back to the clock.
         let id_prefix = match aws_lc_rs::rand::fill(&mut nonce) {
@@ -227,12 +219,10 @@ impl Authorizer {
         Arc::new(Self {
             index,
             ledger,
-            issuer,
             audit,
             trust_domain,
             limiter: RateLimiter::default(),
-            verifier: ArcSwapOption::empty(),
-            rebuild: Mutex::new(()),
+            verifiers,
             fixed_time,
             id_prefix,
             ids: AtomicU64::new(0),
@@ -251,30 +241,14 @@ impl Authorizer {
         &self.limiter
     }
 
-    /// The verifier for the current key set, rebuilt (with an empty cache) when the keys change.
-    fn verifier(&self) -> Option<Arc<Verifier>> {
-        let sequence = self.issuer.borrow().sequence;
-        if let Some(v) = self.verifier.load_full().filter(|v| v.sequence == sequence) {
-            return Some(v);
-        }
-        let _one_at_a_time = self.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(v) = self.verifier.load_full().filter(|v| v.sequence == sequence) {
-            return Some(v);
-        }
-        let issuer = Arc::clone(&self.issuer.borrow());
-        let verifier = match issuer.verifier() {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build a token verifier from the published keys; denying");
-                return None;
-            }
-        };
-        let v = Arc::new(Verifier {
-            sequence: issuer.sequence,
-            verifier: CachingVerifier::new(verifier, DEFAULT_CAPACITY),
-        });
-        self.verifier.store(Some(Arc::clone(&v)));
-        Some(v)
+    /// The verifier of the current key set, shared with the token endpoint.
+    pub fn verifiers(&self) -> &Arc<CurrentVerifier> {
+        &self.verifiers
+    }
+
+    /// The verifier for the current key set.
+    fn verifier(&self) -> Option<Arc<Versioned>> {
+        self.verifiers.get()
     }
 
     /// Decides one request and records it. `Err` only for input that is not a valid question (a 400).

@@ -8,6 +8,7 @@ mod decision_tests;
 pub mod issuer;
 pub mod listener;
 pub mod mcp;
+pub mod token;
 
 use std::future::Future;
 use std::num::NonZeroUsize;

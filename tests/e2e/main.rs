@@ -25,5 +25,6 @@ mod outage;
 mod recovery;
 mod registry;
 mod supervision;
+mod token;
 mod validation;
 mod webhook;

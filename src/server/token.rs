@@ -1,0 +1,436 @@
+//! The token endpoint (`POST /v1/oauth/token`): task-scoped access tokens for agents, by the
+//! `client_credentials` grant with `private_key_jwt` client authentication.
+//!
+//! Each request, in order, every step failing closed with its RFC 6749 error:
+//! 1. the form is read strictly ([`crate::oauth::form`]) and the request's grammar checked
+//!    ([`crate::oauth::request`]); an `Authorization` header is refused (there are no client secrets);
+//! 2. the client assertion is the agent's own JWT-SVID whose audience is this endpoint's URL: verified by
+//!    the identity verifier (signature, `typ`, time, issuer), then found among the agent's live
+//!    credentials in the operator's ledger by its `jti`, like any identity token the decision API takes;
+//! 3. the assertion is single use: its `jti` may not have authenticated a request before (the ledger,
+//!    rebuilt from the audit log at start, so a restart does not forget; plus the requests in flight);
+//! 4. the agent may act now, the resource is one of its granted audiences, and each scope is decided by
+//!    [`crate::authz::Snapshot::grant_scopes`]; the token carries only the granted scopes
+//!    (`invalid_scope` when none is);
+//! 5. the issuance is recorded as a durable intent before the token is signed, and its outcome after;
+//!    an audit log that cannot record means no token (`temporarily_unavailable`).
+//!
+//! Every refusal is recorded too (`token.refuse`); a refusal of an authenticated client durably, since
+//! it used up the assertion.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use jiff::Timestamp;
+use kube::runtime::reflector::{ObjectRef as StoreRef, Store};
+use serde_json::json;
+
+use crate::api::Agent;
+use crate::audit::{Action, AuditLog, Entry, IntentKey, ObjectRef, Outcome};
+use crate::authz::grant::ScopeGrant;
+use crate::authz::{Acting, Reason};
+use crate::controller::authz::PolicyIndex;
+use crate::identity::access::{AccessClaims, AccessGrant, DEFAULT_ACCESS_TTL};
+use crate::identity::cache::CurrentVerifier;
+use crate::identity::issuer::IssuerReceiver;
+use crate::identity::jwt::{CLAIM_UID, Minter, effective_ttl};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::oauth::metadata::{TOKEN_PATH, token_endpoint};
+use crate::oauth::request::{self, ClientCredentials};
+use crate::oauth::{ErrorCode, Form, OAuthError};
+use crate::registry::actions as a;
+use crate::registry::ledger::{Ledger, TokenStanding};
+
+/// Largest request body accepted.
+pub const MAX_FORM_BYTES: usize = 32 * 1024;
+
+/// The token endpoint's state.
+pub struct TokenService {
+    index: Arc<PolicyIndex>,
+    ledger: Arc<Ledger>,
+    issuer: IssuerReceiver,
+    audit: AuditLog,
+    verifiers: Arc<CurrentVerifier>,
+    agents: Store<Agent>,
+    trust_domain: TrustDomain,
+    /// The URL of this endpoint: the audience every client assertion must name.
+    endpoint: String,
+    /// Client assertions of requests in flight: a second request with the same one is refused before
+    /// the first is recorded.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+/// A successful answer (RFC 6749 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The access token.
+    pub access_token: String,
+    /// Seconds it lives.
+    pub expires_in: u64,
+    /// The scopes it carries.
+    pub scope: String,
+}
+
+/// Who a request turned out to come from, as far as it was established: for the audit record.
+#[derive(Debug, Default)]
+struct Client {
+    namespace: Option<String>,
+    name: Option<String>,
+    uid: Option<String>,
+    /// The assertion, once it authenticated the client: its use is recorded.
+    assertion: Option<(String, Timestamp)>,
+}
+
+impl TokenService {
+    /// The endpoint over `index` and `ledger`, verifying with `verifiers`, signing with the keys `issuer`
+    /// publishes, recording in `audit`; `agents` gives each agent's declared model.
+    pub fn new(
+        index: Arc<PolicyIndex>,
+        ledger: Arc<Ledger>,
+        issuer: IssuerReceiver,
+        audit: AuditLog,
+        verifiers: Arc<CurrentVerifier>,
+        agents: Store<Agent>,
+    ) -> Arc<Self> {
+        let (trust_domain, endpoint) = {
+            let i = issuer.borrow();
+            (i.trust_domain.clone(), token_endpoint(&i.issuer_url))
+        };
+        Arc::new(Self {
+            index,
+            ledger,
+            issuer,
+            audit,
+            verifiers,
+            agents,
+            trust_domain,
+            endpoint,
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Closes the issuances a stop interrupted (an intent without an outcome) as abandoned, which voids
+    /// their tokens in the ledger: whether the client got one is unknown, so none counts (fail closed; the
+    /// agent asks again). Called once at startup, before the endpoint serves, so none is in flight.
+    ///
+    /// # Errors
+    /// The audit log could not record an outcome.
+    pub async fn void_interrupted(&self) -> Result<usize, crate::audit::AuditError> {
+        let open = self.audit.open_intents_matching(|r| r.action == Action::TokenIssue.as_str());
+        for intent in &open {
+            let Some(key) = intent.key.as_deref() else { continue };
+            let reason = "the operator stopped before the token was answered; it is void";
+            self.audit.outcome(key, Outcome::Abandoned, reason, Default::default()).await?;
+        }
+        Ok(open.len())
+    }
+
+    /// Answers one token request read from `form`, recording it.
+    pub async fn token(&self, form: &Form, now: Timestamp) -> Result<Issued, OAuthError> {
+        let mut client = Client::default();
+        let result = match request::parse(form) {
+            Ok(req) => self.client_credentials(&req, &mut client, now).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            self.record_refusal(&client, e).await;
+        }
+        if let Some((jti, _)) = &client.assertion {
+            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(jti);
+        }
+        result
+    }
+
+    async fn client_credentials(
+        &self,
+        req: &ClientCredentials,
+        client: &mut Client,
+        now: Timestamp,
+    ) -> Result<Issued, OAuthError> {
+        let svid = self.authenticate(req, client, now)?;
+        let uid = client.uid.clone().unwrap_or_default();
+        let (namespace, name) =
+            (client.namespace.clone().unwrap_or_default(), client.name.clone().unwrap_or_default());
+        let record = self.ledger.get(&uid);
+        let snapshot = self.index.load();
+        let acting = Acting { uid: &uid, namespace: &namespace, name: &name };
+        let grants = snapshot.grant_scopes(acting, record.as_deref(), &req.scopes, now).map_err(|d| {
+            let code = match d.reason {
+                Reason::NoPolicy | Reason::PolicyBroken => ErrorCode::InvalidScope,
+                _ => ErrorCode::UnauthorizedClient,
+            };
+            OAuthError::new(code, format!("agent {namespace}/{name} may hold no token now: {}", d.reason))
+        })?;
+        let Some(agent) = snapshot.agent(&uid) else {
+            return Err(OAuthError::new(ErrorCode::UnauthorizedClient, "the agent is gone"));
+        };
+        if !agent.audiences.contains(&req.resource) {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                format!(
+                    "resource {} is not among the audiences agent {namespace}/{name} is granted \
+                     (spec.credentials.audiences)",
+                    req.resource
+                ),
+            ));
+        }
+        let granted: Vec<&str> =
+            req.scopes.iter().zip(&grants).filter(|(_, g)| g.is_granted()).map(|(s, _)| s.as_str()).collect();
+        if granted.is_empty() {
+            let why: Vec<String> =
+                req.scopes.iter().zip(&grants).map(|(s, g)| format!("{}: {g}", s.as_str())).collect();
+            return Err(OAuthError::new(
+                ErrorCode::InvalidScope,
+                format!("no scope is allowed: {}", why.join("; ")),
+            ));
+        }
+        let trust = record.as_ref().and_then(|r| r.trust_score).unwrap_or(0);
+        let ttl = DEFAULT_ACCESS_TTL.min(effective_ttl(agent.requested_ttl, agent.ttl_cap, trust));
+        let model = self.model(&namespace, &name, &uid);
+        let issuer = Arc::clone(&self.issuer.borrow());
+        let grant = AccessGrant {
+            issuer: &issuer.issuer_url,
+            agent: &svid,
+            agent_uid: &uid,
+            audience: &req.resource,
+            scopes: &granted,
+            task: req.task.as_deref(),
+            model: model.as_deref(),
+        };
+        let unavailable = |why: String| OAuthError::new(ErrorCode::TemporarilyUnavailable, why);
+        let claims =
+            AccessClaims::new(grant, now, ttl).map_err(|e| unavailable(format!("cannot mint: {e}")))?;
+        let expires_at = Timestamp::from_second(claims.exp).map_err(|_| unavailable("bad expiry".into()))?;
+        let key = IntentKey::TokenIssue { jti: claims.jti.clone() }.to_string();
+        let signing = issuer.keys.current();
+        let mut entry = self
+            .entry(
+                client,
+                Action::TokenIssue,
+                Outcome::Pending,
+                "access token for the client_credentials grant",
+            )
+            .with_detail(a::DETAIL_JTI, claims.jti.clone())
+            .with_detail(a::DETAIL_AUDIENCES, req.resource.clone())
+            .with_detail(a::DETAIL_SCOPE, claims.scope.clone())
+            .with_detail(a::DETAIL_ISSUED_AT, now.to_string())
+            .with_detail(a::DETAIL_EXPIRES_AT, expires_at.to_string())
+            .with_detail(a::DETAIL_KEY_ID, signing.kid());
+        if let Some(task) = &req.task {
+            entry = entry.with_detail(a::DETAIL_TASK, task.clone());
+        }
+        let refused: Vec<String> = req
+            .scopes
+            .iter()
+            .zip(&grants)
+            .filter(|(_, g)| !g.is_granted())
+            .map(|(s, g)| format!("{}: {g}", s.as_str()))
+            .collect();
+        if !refused.is_empty() {
+            entry = entry.with_detail("refusedScopes", refused.join("; "));
+        }
+        if let Some(ScopeGrant::Granted { policy, rule }) = grants.iter().find(|g| g.is_granted()) {
+            entry = entry.with_detail("policy", policy.to_string()).with_detail("rule", rule.to_string());
+        }
+        self.audit.intent(&key, entry).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot record an access token issuance; refusing");
+            unavailable("the audit log is unavailable, so nothing is issued".into())
+        })?;
+        // Recorded (the ledger holds the assertion as spent before `intent` returns): from here on the
+        // assertion is spent whatever happens.
+        let signed = Minter::new(Arc::clone(signing)).mint(&claims);
+        let (outcome, why) = match &signed {
+            Ok(_) => (Outcome::Success, "signed and answered".to_owned()),
+            Err(e) => (Outcome::Failure, format!("signing failed: {e}")),
+        };
+        let closed = self.audit.outcome(&key, outcome, why, Default::default()).await;
+        let token = signed.map_err(|e| unavailable(format!("cannot sign: {e}")))?;
+        closed.map_err(|e| {
+            tracing::error!(error = %e, "cannot record an access token's outcome; refusing");
+            unavailable("the audit log is unavailable, so nothing is issued".into())
+        })?;
+        Ok(Issued { access_token: token, expires_in: ttl.as_secs(), scope: claims.scope })
+    }
+
+    /// Steps 2 and 3: the agent's SPIFFE ID, once its assertion proved it and was marked in use.
+    fn authenticate(
+        &self,
+        req: &ClientCredentials,
+        client: &mut Client,
+        now: Timestamp,
+    ) -> Result<SpiffeId, OAuthError> {
+        let Some(verifiers) = self.verifiers.get() else {
+            return Err(OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "no usable signing keys are published",
+            ));
+        };
+        let svid = verifiers
+            .verifier
+            .verify_any_audience(&req.assertion, now)
+            .map_err(|e| OAuthError::client(format!("the client assertion is not a valid JWT-SVID: {e}")))?;
+        let Ok((namespace, name)) = svid.spiffe_id.agent_in(&self.trust_domain) else {
+            return Err(OAuthError::client("the client assertion's subject is not an agent"));
+        };
+        client.namespace = Some(namespace.to_owned());
+        client.name = Some(name.to_owned());
+        client.uid = svid.extra.get(CLAIM_UID).and_then(|v| v.as_str()).map(str::to_owned);
+        if svid.audience != self.endpoint {
+            return Err(OAuthError::client(format!(
+                "the client assertion is for audience {}, not this token endpoint ({})",
+                svid.audience, self.endpoint
+            )));
+        }
+        if let Some(id) = &req.client_id
+            && *id != svid.spiffe_id.to_string()
+        {
+            return Err(OAuthError::client("client_id is not the client assertion's subject"));
+        }
+        let Some(uid) = client.uid.as_deref() else {
+            return Err(OAuthError::client(format!("the client assertion has no {CLAIM_UID} claim")));
+        };
+        let live = self
+            .ledger
+            .get(uid)
+            .is_some_and(|r| r.token(&svid.jti, &svid.audience, now) == TokenStanding::Live);
+        if !live {
+            return Err(OAuthError::client(
+                "the client assertion is not one of the agent's current credentials (never issued, or taken back)",
+            ));
+        }
+        let fresh = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            !self.ledger.assertion_used(&svid.jti, now) && in_flight.insert(svid.jti.clone())
+        };
+        if !fresh {
+            return Err(OAuthError::client(
+                "the client assertion was used before: each authenticates one request (use a fresh JWT-SVID)",
+            ));
+        }
+        client.assertion = Some((svid.jti.clone(), svid.expires_at));
+        Ok(svid.spiffe_id.clone())
+    }
+
+    /// The model the Agent declares, if the store holds the Agent with this UID.
+    fn model(&self, namespace: &str, name: &str, uid: &str) -> Option<String> {
+        let agent = self.agents.get(&StoreRef::new(name).within(namespace))?;
+        if agent.metadata.uid.as_deref() != Some(uid) {
+            return None;
+        }
+        agent.spec.provenance.as_ref().and_then(|p| p.model.clone())
+    }
+
+    fn entry(&self, client: &Client, action: Action, outcome: Outcome, reason: &str) -> Entry {
+        let actor = match (&client.namespace, &client.name) {
+            (Some(ns), Some(n)) => format!("agent:{ns}/{n}"),
+            _ => "unauthenticated".to_owned(),
+        };
+        let object = ObjectRef {
+            api_version: "agentiam.dev/v1alpha1".into(),
+            kind: "Agent".into(),
+            namespace: client.namespace.clone(),
+            name: client.name.clone().unwrap_or_else(|| "unknown".into()),
+            uid: client.uid.clone(),
+        };
+        let mut e = Entry::new(actor, action, object, outcome, reason);
+        if let Some((jti, exp)) = &client.assertion {
+            e = e
+                .with_detail(a::DETAIL_ASSERTION_JTI, jti.clone())
+                .with_detail(a::DETAIL_ASSERTION_EXPIRES_AT, exp.to_string());
+        }
+        e
+    }
+
+    /// Records a refusal: durably when it spent an assertion (so it stays spent after a restart), queued
+    /// otherwise. A refusal stands whether or not it could be recorded.
+    async fn record_refusal(&self, client: &Client, e: &OAuthError) {
+        let entry = self
+            .entry(client, Action::TokenRefuse, Outcome::Denied, &e.description)
+            .with_detail(a::DETAIL_ERROR, e.code.as_str());
+        let recorded = if client.assertion.is_some() {
+            self.audit.append(entry).await.map(|_| ())
+        } else {
+            self.audit.enqueue(entry).await
+        };
+        if let Err(err) = recorded {
+            tracing::error!(error = %err, "cannot record a refused token request");
+        }
+    }
+}
+
+/// The route: `POST` [`TOKEN_PATH`].
+pub fn surface(service: Arc<TokenService>) -> crate::server::Surface {
+    crate::server::Routes::new("token").route(TOKEN_PATH, post(token)).finish(service)
+}
+
+async fn token(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {
+    match read_form(request).await {
+        Ok(form) => match service.token(&form, Timestamp::now()).await {
+            Ok(issued) => answer(
+                StatusCode::OK,
+                &json!({"access_token": issued.access_token, "token_type": "Bearer",
+                    "expires_in": issued.expires_in, "scope": issued.scope}),
+            ),
+            Err(e) => refusal(&e),
+        },
+        Err(e) => {
+            service.record_refusal(&Client::default(), &e).await;
+            refusal(&e)
+        }
+    }
+}
+
+/// The form of a request: `application/x-www-form-urlencoded`, at most [`MAX_FORM_BYTES`], and no
+/// `Authorization` header (which would be a client secret).
+async fn read_form(request: HttpRequest) -> Result<Form, OAuthError> {
+    let headers = request.headers();
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(OAuthError::client(
+            "no client secrets exist: authenticate with private_key_jwt, not a header",
+        ));
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let form_type = match (types.next(), types.next()) {
+        (Some(t), None) => t.to_str().ok().and_then(|t| t.split(';').next()).map(str::trim),
+        _ => None,
+    };
+    if !form_type.is_some_and(|t| t.eq_ignore_ascii_case("application/x-www-form-urlencoded")) {
+        return Err(OAuthError::request(
+            "the body must be application/x-www-form-urlencoded (one Content-Type)",
+        ));
+    }
+    let body: Body = request.into_body();
+    let bytes = to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| OAuthError::request(format!("the body is larger than {MAX_FORM_BYTES} bytes")))?;
+    Form::parse(&bytes)
+}
+
+fn refusal(e: &OAuthError) -> Response {
+    let mut response = answer(e.code.status(), &e.body());
+    if e.code == ErrorCode::InvalidClient {
+        // RFC 6749 §5.2: a 401 names the scheme; ours is the client assertion, not HTTP auth.
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("private_key_jwt"));
+    }
+    response
+}
+
+/// A JSON answer that no cache keeps (RFC 6749 §5.1).
+fn answer(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}

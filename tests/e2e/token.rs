@@ -1,0 +1,216 @@
+//! The token endpoint against the real API server: an agent authenticates with its own JWT-SVID for the
+//! endpoint (private_key_jwt) and gets an access token for one resource carrying only the scopes its
+//! policies allow unconditionally; each assertion works once, also after an operator restart; every bad
+//! request gets its RFC 6749 error and no token; the access token verifies with the published JWKS and
+//! is refused where an identity token is expected; issuances and refusals are in the audit log, tokens
+//! never are.
+
+use agentiam::api::Agent;
+use agentiam::identity::TrustDomain;
+use agentiam::identity::verify::{JwtVerifier, VerifierConfig};
+use agentiam::registry::credentials::token_keys;
+use jsonwebtoken::jwk::JwkSet;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::authz::apply_policy;
+use crate::harness::{
+    Operator, TestNs, WAIT, http_get, http_post, secret_value, wait_credentials, wait_for, wait_phase,
+    wait_records,
+};
+use crate::require_cluster;
+
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+const ASSERTION_TYPE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
+
+fn endpoint(op: &Operator) -> String {
+    format!("http://{}/v1/oauth/token", op.http_addr)
+}
+
+fn spec(endpoint: &str, extra: &[String]) -> Value {
+    let mut audiences = vec!["crm".to_owned(), endpoint.to_owned()];
+    audiences.extend(extra.iter().cloned());
+    json!({
+        "owner": {"kind": "Team", "name": "e2e"},
+        "purpose": "exercises the token endpoint",
+        "provenance": {"model": "claude-sonnet-4-5"},
+        "credentials": {"audiences": audiences},
+    })
+}
+
+/// The agent's current JWT-SVID for `audience`.
+async fn svid(ns: &TestNs, agent: &str, audience: &str) -> Option<String> {
+    let key = token_keys(&[audience.to_owned()]).remove(0).1;
+    secret_value(ns, &format!("{agent}-credentials"), &key).await
+}
+
+/// A new assertion: widening the audiences is a changed request, so the agent gets new tokens.
+async fn fresh_assertion(ns: &TestNs, op: &Operator, round: usize) -> String {
+    let before = svid(ns, "bot", &endpoint(op)).await;
+    let extra: Vec<String> = (0..round).map(|i| format!("extra-{i}")).collect();
+    let patch = json!({"spec": spec(&endpoint(op), &extra)});
+    ns.api::<Agent>().patch("bot", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for("a new JWT-SVID for the token endpoint", WAIT, || async {
+        let now = svid(ns, "bot", &endpoint(op)).await;
+        (now.is_some() && now != before).then_some(now).flatten()
+    })
+    .await
+}
+
+async fn post(op: &Operator, body: &str) -> (u16, Value, std::collections::BTreeMap<String, String>) {
+    let (status, headers, text) = http_post(&op.http_addr, "/v1/oauth/token", &[FORM], body.as_bytes()).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null), headers)
+}
+
+fn request(assertion: &str, extra: &str) -> String {
+    format!(
+        "grant_type=client_credentials&client_assertion_type={ASSERTION_TYPE}&client_assertion={assertion}&{extra}"
+    )
+}
+
+#[tokio::test]
+async fn client_credentials_with_a_single_use_jwt_svid_assertion() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "token").await;
+    let mut op = Operator::start(&env, &ns.name, &[]);
+    let ep = endpoint(&op);
+    apply_policy(
+        &ns,
+        "crm",
+        json!({"agents": {"names": ["bot"]}, "rules": [
+            {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]},
+            {"name": "no-vip", "effect": "Deny", "actions": ["read"], "resources": ["crm:contacts/vip-*"]},
+            {"name": "refund", "effect": "Allow", "actions": ["refund"], "resources": ["pay:orders/*"],
+             "conditions": {"attributes": [{"key": "amount", "operator": "LessThan", "value": "100"}]}}]}),
+    )
+    .await;
+    ns.create_agent("bot", spec(&ep, &[])).await;
+    wait_credentials(&ns.api::<Agent>(), "bot").await;
+    let assertion = svid(&ns, "bot", &ep).await.expect("a JWT-SVID for the token endpoint");
+
+    // The metadata names the endpoint, the grant and the one authentication method.
+    let (status, _, meta) = http_get(&op.http_addr, "/.well-known/oauth-authorization-server").await;
+    assert_eq!(status, 200);
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["token_endpoint"], ep);
+    assert_eq!(meta["issuer"], format!("http://{}", op.http_addr));
+    assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(meta["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
+
+    // Refused before authentication: nothing here spends the assertion.
+    let crm_svid = svid(&ns, "bot", "crm").await.unwrap();
+    let ok = "scope=read%40crm%3Acontacts%2F42&resource=crm";
+    for (body, code) in [
+        (request(&crm_svid, ok), "invalid_client"),
+        (request("not.a.jwt", ok), "invalid_client"),
+        (request(&assertion, &format!("{ok}&scope=read%40x")), "invalid_request"),
+        (request(&assertion, &format!("{ok}&x=%zz")), "invalid_request"),
+        (format!("grant_type=password&username=u&password=p&{ok}"), "unsupported_grant_type"),
+        (format!("grant_type=client_credentials&client_secret=s&{ok}"), "invalid_client"),
+        (format!("grant_type=client_credentials&{ok}"), "invalid_client"),
+        (request(&assertion, &format!("{ok}&client_id=spiffe%3A%2F%2Fother")), "invalid_client"),
+        (request(&assertion, "resource=crm"), "invalid_scope"),
+        (request(&assertion, "scope=read&resource=crm"), "invalid_scope"),
+        (request(&assertion, "scope=read%40crm%3Acontacts%2F42"), "invalid_target"),
+        (request(&"a".repeat(20_000), ok), "invalid_client"),
+    ] {
+        let (status, answer, headers) = post(&op, &body).await;
+        assert_eq!(answer["error"], code, "{}: {answer}", &body[..body.len().min(120)]);
+        assert!(status == 400 || status == 401, "{status} {answer}");
+        assert!(answer.get("access_token").is_none());
+        assert_eq!(headers.get("cache-control").map(String::as_str), Some("no-store"));
+    }
+    let (status, _, _) =
+        http_post(&op.http_addr, "/v1/oauth/token", &[("Content-Type", "application/json")], b"{}").await;
+    assert_eq!(status, 400);
+    let (status, answer, _) = {
+        let h = [FORM, ("Authorization", "Basic Ym90OnNlY3JldA==")];
+        let (s, _, t) =
+            http_post(&op.http_addr, "/v1/oauth/token", &h, request(&assertion, ok).as_bytes()).await;
+        (s, serde_json::from_str::<Value>(&t).unwrap(), ())
+    };
+    assert_eq!((status, answer["error"].as_str()), (401, Some("invalid_client")));
+
+    // Granted: only what the policy allows unconditionally; the conditional refund is left out.
+    let asked = "scope=read%40crm%3Acontacts%2F42+refund%40pay%3Aorders%2F1+read%40crm%3Acontacts%2F*&resource=crm&task=t-1";
+    let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["token_type"], "Bearer");
+    assert_eq!(answer["scope"], "read@crm:contacts/42");
+    assert_eq!(answer["expires_in"], 300);
+    assert_eq!(headers.get("cache-control").map(String::as_str), Some("no-store"));
+    let access = answer["access_token"].as_str().unwrap().to_owned();
+
+    // It verifies with the published keys, as an access token and as nothing else.
+    let (_, _, jwks) = http_get(&op.http_addr, "/keys").await;
+    let jwks: JwkSet = serde_json::from_str(&jwks).unwrap();
+    let config =
+        VerifierConfig::new(TrustDomain::parse("cluster.local").unwrap(), format!("http://{}", op.http_addr));
+    let verifier = JwtVerifier::new(config, &jwks).unwrap();
+    let v = verifier.verify_access(&access, jiff::Timestamp::now()).unwrap();
+    assert_eq!(v.agent.to_string(), format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name));
+    assert_eq!(v.audience, "crm");
+    assert_eq!((v.task.as_deref(), v.model.as_deref()), (Some("t-1"), Some("claude-sonnet-4-5")));
+    assert!(verifier.verify_any_audience(&access, jiff::Timestamp::now()).is_err());
+    let d = crate::harness::decide(&op, &access, "read", "crm:contacts/42", json!({})).await;
+    assert_eq!(d["decision"], "Deny", "an access token is not an identity token: {d}");
+
+    // The assertion is spent: again, and after a restart, it is refused.
+    let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;
+    assert_eq!((status, answer["error"].as_str()), (401, Some("invalid_client")), "{answer}");
+    assert!(answer["error_description"].as_str().unwrap().contains("used before"));
+    assert!(headers.contains_key("www-authenticate"));
+    op.restart();
+    let (_, answer, _) = post(&op, &request(&assertion, asked)).await;
+    assert_eq!(answer["error"], "invalid_client", "replay after a restart: {answer}");
+
+    // Refusals after authentication spend the assertion too, each with its own error.
+    let a1 = fresh_assertion(&ns, &op, 1).await;
+    let (_, answer, _) = post(
+        &op,
+        &request(&a1, "scope=refund%40pay%3Aorders%2F1+read%40crm%3Acontacts%2Fvip-1&resource=crm"),
+    )
+    .await;
+    assert_eq!(answer["error"], "invalid_scope", "{answer}");
+    let text = answer["error_description"].as_str().unwrap();
+    assert!(text.contains("refund@pay:orders/1") && text.contains("no-vip"), "{text}");
+    let (_, answer, _) = post(&op, &request(&a1, ok)).await;
+    assert_eq!(answer["error"], "invalid_client", "{answer}");
+    let a2 = fresh_assertion(&ns, &op, 2).await;
+    let (_, answer, _) = post(&op, &request(&a2, "scope=read%40crm%3Acontacts%2F42&resource=payments")).await;
+    assert_eq!(answer["error"], "invalid_target", "{answer}");
+
+    // A suspended agent gets no token, whatever it presents.
+    let a3 = fresh_assertion(&ns, &op, 3).await;
+    let patch = json!({"spec": {"lifecycle": {"desiredState": "Suspended"}}});
+    ns.api::<Agent>().patch("bot", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_phase(&ns.api::<Agent>(), "bot", "Suspended").await;
+    let (_, answer, _) = post(&op, &request(&a3, ok)).await;
+    assert!(answer.get("access_token").is_none(), "{answer}");
+    assert!(
+        ["invalid_client", "unauthorized_client"].contains(&answer["error"].as_str().unwrap()),
+        "{answer}"
+    );
+
+    // The log holds the issuance (intent, then outcome) and the refusals, never a token.
+    let recs = wait_records(&op, "token records", |r| {
+        r.iter().any(|x| x["action"] == "token.issue" && x["kind"] == "outcome" && x["outcome"] == "success")
+    })
+    .await;
+    let intent = recs.iter().find(|r| r["action"] == "token.issue" && r["kind"] == "intent").unwrap();
+    assert_eq!(intent["details"]["scope"], "read@crm:contacts/42");
+    assert_eq!(intent["details"]["task"], "t-1");
+    let refused: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["action"] == "token.refuse")
+        .filter_map(|r| r["details"]["error"].as_str())
+        .collect();
+    for code in
+        ["invalid_client", "invalid_request", "unsupported_grant_type", "invalid_scope", "invalid_target"]
+    {
+        assert!(refused.contains(&code), "{code} not recorded: {refused:?}");
+    }
+    let log = std::fs::read_to_string(op.audit_log()).unwrap();
+    assert!(!log.contains(&access) && !log.contains(&assertion), "a token in the audit log");
+    assert!(!op.stderr().contains(&access), "a token in the operator's log");
+}
