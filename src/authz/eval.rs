@@ -118,6 +118,8 @@ pub enum Reason {
     /// A delegated request outside every scope of its delegation: a delegation never adds rights, and
     /// never lets an agent act for its human beyond what the human granted.
     OutsideDelegation,
+    /// A request made with an access token outside every scope the token carries.
+    OutsideTokenScope,
     /// A rule requires a human's approval, and the request for it waits (the ApprovalRequest's
     /// `namespace/name`).
     AwaitingApproval(String),
@@ -184,6 +186,7 @@ impl fmt::Display for Reason {
             Self::OutsideDelegation => {
                 f.write_str("the request is outside every scope of the delegation the token carries")
             }
+            Self::OutsideTokenScope => f.write_str("the request is outside every scope of the access token"),
             Self::AwaitingApproval(request) => write!(
                 f,
                 "waiting for a human's approval: ApprovalRequest {request} (kubectl agentiam approve|deny)"
@@ -367,15 +370,53 @@ impl Snapshot {
         clock: Clock,
         limiter: &RateLimiter,
     ) -> Decision {
+        let Some(delegated) = request.delegation else {
+            return Decision::deny(Reason::Refused("a delegated decision without its delegation".into()));
+        };
+        self.decide_within(
+            acting,
+            record,
+            delegated.scopes,
+            Reason::OutsideDelegation,
+            request,
+            clock,
+            limiter,
+        )
+    }
+
+    /// Decides `request` made with an access token from the token endpoint by the agent `acting`, whose
+    /// token the caller found among those the operator issued: the agent's own standing and policies
+    /// decide, and the token's scopes must allow the request too (a token never adds rights).
+    pub fn decide_access(
+        &self,
+        acting: Acting<'_>,
+        record: Option<&AgentRecord>,
+        scopes: &[Scope],
+        request: &Request<'_>,
+        clock: Clock,
+        limiter: &RateLimiter,
+    ) -> Decision {
+        self.decide_within(acting, record, scopes, Reason::OutsideTokenScope, request, clock, limiter)
+    }
+
+    /// The agent may act, `scopes` allow the request (`outside` otherwise), and its policies allow it.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_within(
+        &self,
+        acting: Acting<'_>,
+        record: Option<&AgentRecord>,
+        scopes: &[Scope],
+        outside: Reason,
+        request: &Request<'_>,
+        clock: Clock,
+        limiter: &RateLimiter,
+    ) -> Decision {
         let (agent, _, standing) = match self.may_act(acting, record) {
             Ok(found) => found,
             Err(stop) => return stop,
         };
-        let Some(delegated) = request.delegation else {
-            return Decision::deny(Reason::Refused("a delegated decision without its delegation".into()));
-        };
-        if !any_allows(delegated.scopes, request.action, request.resource) {
-            return Decision::deny(Reason::OutsideDelegation);
+        if !any_allows(scopes, request.action, request.resource) {
+            return Decision::deny(outside);
         }
         evaluate(&agent.rules, standing, agent, request, clock, limiter)
     }

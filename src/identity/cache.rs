@@ -17,7 +17,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::issuer::IssuerReceiver;
 
-use super::verify::{HeaderError, JwtVerifier, TokenError, VerifiedDelegated, VerifiedSvid};
+use super::verify::{HeaderError, JwtVerifier, TokenError, VerifiedAccess, VerifiedDelegated, VerifiedSvid};
 
 const SHARDS: usize = 16;
 
@@ -34,6 +34,17 @@ impl Validity for VerifiedSvid {
 
     fn not_before(&self) -> Option<Timestamp> {
         self.not_before
+    }
+}
+
+impl Validity for VerifiedAccess {
+    fn expires_at(&self) -> Timestamp {
+        self.expires_at
+    }
+
+    // Access tokens are minted with nbf = iat, and the verifier checked iat is not in the future.
+    fn not_before(&self) -> Option<Timestamp> {
+        self.issued_at
     }
 }
 
@@ -198,6 +209,7 @@ pub struct CachingVerifier {
     hasher: RandomState,
     svids: Cache<VerifiedSvid>,
     delegated: Cache<VerifiedDelegated>,
+    access: Cache<VerifiedAccess>,
 }
 
 impl CachingVerifier {
@@ -210,6 +222,7 @@ impl CachingVerifier {
             hasher: RandomState::new(),
             svids: Cache::new(capacity),
             delegated: Cache::new(capacity),
+            access: Cache::new(capacity),
         }
     }
 
@@ -237,10 +250,10 @@ impl CachingVerifier {
             .get_or_verify(hash, token, now, self.leeway, || self.verifier.verify_delegated(token, now))
     }
 
-    /// Verifies a token of either kind at `now`: an identity token (header `typ` `JWT`/`JOSE`) or a
-    /// delegated one (its own `typ`), each checked by its own verifier and cached apart. One hash and two
-    /// lookups on a hit, so a delegated token costs no failed identity verification on the way; on a miss
-    /// the identity verifier goes first and hands over to the delegated one only for a wrong `typ`.
+    /// Verifies a token of any kind at `now`: an identity token (header `typ` `JWT`/`JOSE`), a delegated
+    /// one or an access token (each its own `typ`), each checked by its own verifier and cached apart. One
+    /// hash and at most three lookups on a hit, so no kind pays a failed verification of another on the
+    /// way; on a miss the identity verifier goes first and hands over to the next only for a wrong `typ`.
     pub fn verify_either(&self, token: &str, now: Timestamp) -> Result<Either, TokenError> {
         let hash = self.hasher.hash_one(token);
         if let Some(hit) = self.svids.lookup(hash, token, now, self.leeway) {
@@ -249,19 +262,26 @@ impl CachingVerifier {
         if let Some(hit) = self.delegated.lookup(hash, token, now, self.leeway) {
             return hit.map(Either::Delegated);
         }
+        if let Some(hit) = self.access.lookup(hash, token, now, self.leeway) {
+            return hit.map(Either::Access);
+        }
         match self.verifier.verify_any_audience(token, now) {
             Ok(v) => Ok(Either::Identity(self.svids.store(hash, token, v, now))),
-            Err(TokenError::Header(HeaderError::Type)) => {
-                let v = self.verifier.verify_delegated(token, now)?;
-                Ok(Either::Delegated(self.delegated.store(hash, token, v, now)))
-            }
+            Err(TokenError::Header(HeaderError::Type)) => match self.verifier.verify_delegated(token, now) {
+                Ok(v) => Ok(Either::Delegated(self.delegated.store(hash, token, v, now))),
+                Err(TokenError::Header(HeaderError::NotDelegated)) => {
+                    let v = self.verifier.verify_access(token, now)?;
+                    Ok(Either::Access(self.access.store(hash, token, v, now)))
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         }
     }
 
     /// How many tokens are cached.
     pub fn len(&self) -> usize {
-        self.svids.len() + self.delegated.len()
+        self.svids.len() + self.delegated.len() + self.access.len()
     }
 
     /// Whether nothing is cached.
@@ -270,13 +290,15 @@ impl CachingVerifier {
     }
 }
 
-/// A verified token of one of the two kinds (see [`CachingVerifier::verify_either`]).
+/// A verified token of one of the kinds the operator signs (see [`CachingVerifier::verify_either`]).
 #[derive(Debug, Clone)]
 pub enum Either {
     /// An identity JWT-SVID.
     Identity(Arc<VerifiedSvid>),
     /// A delegated token.
     Delegated(Arc<VerifiedDelegated>),
+    /// An access token from the token endpoint.
+    Access(Arc<VerifiedAccess>),
 }
 
 /// The default capacity in tokens (at most 16 KiB each, typically under 1 KiB): every token of a few

@@ -3,6 +3,7 @@
 //! persist and distribute what these modules compute.
 
 pub mod access;
+pub mod assertion;
 pub mod bundle;
 pub mod cache;
 pub mod delegated;

@@ -628,15 +628,15 @@ pub fn decode_unverified(token: &str) -> Result<(Value, Value), TokenError> {
 }
 
 /// The three segments of a compact JWS, still encoded.
-struct Segments<'a> {
-    header: &'a str,
-    payload: &'a str,
-    signature: &'a str,
-    signing_input: &'a str,
+pub(super) struct Segments<'a> {
+    pub(super) header: &'a str,
+    pub(super) payload: &'a str,
+    pub(super) signature: &'a str,
+    pub(super) signing_input: &'a str,
 }
 
 impl<'a> Segments<'a> {
-    fn split(token: &'a str, limit: usize) -> Result<Self, TokenError> {
+    pub(super) fn split(token: &'a str, limit: usize) -> Result<Self, TokenError> {
         // First, so a huge input costs one length comparison and nothing else.
         if token.len() > limit {
             return Err(TokenError::TooLarge { limit });
@@ -658,11 +658,11 @@ impl<'a> Segments<'a> {
 }
 
 /// Canonical unpadded base64url only: non-zero trailing bits would give one value many encodings.
-fn decode(segment: &str, what: &'static str) -> Result<Vec<u8>, TokenError> {
+pub(super) fn decode(segment: &str, what: &'static str) -> Result<Vec<u8>, TokenError> {
     URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed(what))
 }
 
-fn parse_object(bytes: &[u8], part: Part) -> Result<Map<String, Value>, TokenError> {
+pub(super) fn parse_object(bytes: &[u8], part: Part) -> Result<Map<String, Value>, TokenError> {
     let not_json = match part {
         Part::Header => "header is not a JSON object",
         Part::Claims => "claims are not a JSON object",

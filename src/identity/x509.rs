@@ -616,7 +616,7 @@ fn validity(cert: &X509Certificate<'_>) -> Result<(Timestamp, Timestamp), X509Er
     ))
 }
 
-fn parse_cert_pems(pem: &str) -> Result<Vec<Vec<u8>>, X509Error> {
+pub(crate) fn parse_cert_pems(pem: &str) -> Result<Vec<Vec<u8>>, X509Error> {
     let mut ders = Vec::new();
     for block in Pem::iter_from_buffer(pem.as_bytes()) {
         let block = block.map_err(|_| X509Error::CertificatePem("malformed PEM block".into()))?;
@@ -675,3 +675,4 @@ mod tests;
 
 #[path = "x509_check.rs"]
 mod check;
+pub use check::Presented;

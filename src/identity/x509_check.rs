@@ -55,6 +55,80 @@ impl CertificateAuthority {
     }
 }
 
+/// An X.509-SVID a client presented that this CA issued, as [`CertificateAuthority::check_presented`]
+/// found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented {
+    /// The SPIFFE ID in its URI SAN.
+    pub spiffe_id: SpiffeId,
+    /// Its serial, hex (as the operator records it).
+    pub serial_hex: String,
+    /// Its P-256 public key, the uncompressed point.
+    pub public_point: Vec<u8>,
+}
+
+impl CertificateAuthority {
+    /// Checks a chain a client presented (DER, leaf first): the leaf, then nothing or exactly the
+    /// intermediates this CA adds; the leaf signed by this CA, valid at `now`, an EC P-256 key, exactly one
+    /// URI SAN that is a SPIFFE ID in this trust domain. Whether the operator still stands by that serial
+    /// is the caller's check (the ledger). On a mismatch, says what differs, never any value.
+    pub fn check_presented(
+        &self,
+        chain: &[Vec<u8>],
+        now: jiff::Timestamp,
+    ) -> Result<Presented, &'static str> {
+        let (leaf_der, rest) = chain.split_first().ok_or("no certificate")?;
+        let intermediates = self.chain_der.len().saturating_sub(1);
+        if !(rest.is_empty()
+            || (rest.len() == intermediates && rest.iter().zip(&self.chain_der).all(|(a, b)| a == b)))
+        {
+            return Err("the chain is not the operator's CA chain");
+        }
+        let leaf = match x509_parser::parse_x509_certificate(leaf_der) {
+            Ok(([], cert)) => cert,
+            _ => return Err("the certificate cannot be parsed"),
+        };
+        let signing = match self.chain_der.first().map(|d| x509_parser::parse_x509_certificate(d)) {
+            Some(Ok((_, cert))) => cert,
+            _ => return Err("the operator's CA certificate cannot be parsed"),
+        };
+        if leaf.issuer().as_raw() != signing.subject().as_raw()
+            || leaf.verify_signature(Some(signing.public_key())).is_err()
+        {
+            return Err("the certificate was not signed by the operator's CA");
+        }
+        let at = now.as_second();
+        let validity = leaf.validity();
+        if at < validity.not_before.timestamp() || at >= validity.not_after.timestamp() {
+            return Err("the certificate is not valid now");
+        }
+        if leaf.is_ca() {
+            return Err("the certificate is a CA");
+        }
+        let spki = leaf.public_key();
+        let p256 = spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+            && spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok())
+                == Some(x509_parser::oid_registry::OID_EC_P256);
+        let point = spki.subject_public_key.data.to_vec();
+        if !p256 || point.len() != 65 || point.first() != Some(&4) {
+            return Err("the certificate's key is not an EC P-256 key");
+        }
+        let san = leaf.subject_alternative_name().ok().flatten().ok_or("the certificate has no SAN")?;
+        let uris: Vec<&str> = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None })
+            .collect();
+        let [uri] = uris.as_slice() else { return Err("the certificate does not name exactly one URI") };
+        let spiffe_id = SpiffeId::parse(uri).map_err(|_| "the certificate's URI is not a SPIFFE ID")?;
+        if spiffe_id.trust_domain() != &self.trust_domain {
+            return Err("the certificate's SPIFFE ID is in another trust domain");
+        }
+        Ok(Presented { spiffe_id, serial_hex: hex::encode(leaf.serial.to_bytes_be()), public_point: point })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use jiff::{SignedDuration, Timestamp};

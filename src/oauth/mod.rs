@@ -2,9 +2,9 @@
 //! and the token request grammar. The HTTP handlers are in [`crate::server::token`].
 //!
 //! What is served (see docs/token-service.md): the token endpoint with the `client_credentials` grant,
-//! agents authenticating with `private_key_jwt` whose assertion is the agent's own JWT-SVID for the token
-//! endpoint's URL (single use), and the authorization server metadata of RFC 8414. No client secrets
-//! exist.
+//! agents authenticating with `private_key_jwt` (a single-use assertion signed with the agent's
+//! X.509-SVID key, or the agent's JWT-SVID for the token endpoint's URL), and the authorization server
+//! metadata of RFC 8414. No client secrets exist.
 
 pub mod error;
 pub mod form;

@@ -20,7 +20,8 @@ pub const MAX_ASSERTION: usize = 16 * 1024;
 /// A `client_credentials` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCredentials {
-    /// The client assertion: the agent's JWT-SVID for the token endpoint.
+    /// The client assertion: a JWT the agent signed with its X.509-SVID key, or its JWT-SVID for the
+    /// token endpoint.
     pub assertion: String,
     /// `client_id`, if the client sent it (it must then name the assertion's subject).
     pub client_id: Option<String>,
@@ -58,8 +59,8 @@ pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
     }
     let assertion_type = form.get("client_assertion_type").ok_or_else(|| {
         OAuthError::client(format!(
-            "client authentication is required: client_assertion_type {ASSERTION_TYPE_JWT} with the agent's \
-             JWT-SVID for the token endpoint as client_assertion"
+            "client authentication is required: client_assertion_type {ASSERTION_TYPE_JWT} with a JWT the \
+             agent signed with its X.509-SVID key (x5c), or its JWT-SVID for the token endpoint, as client_assertion"
         ))
     })?;
     if assertion_type != ASSERTION_TYPE_JWT {

@@ -681,6 +681,12 @@ impl Ledger {
         entries.agents.insert(uid.into(), Arc::new(record));
     }
 
+    /// Records an access token directly (tests of the readers).
+    pub(crate) fn set_access(&self, jti: &str, issuance: AccessIssuance) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.tokens.issued.insert(jti.into(), issuance);
+    }
+
     /// Sets a Delegation's recorded phase, grantor groups and live tokens directly (tests of the readers).
     pub(crate) fn set_delegation(
         &self,

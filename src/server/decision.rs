@@ -34,7 +34,7 @@ use crate::identity::TrustDomain;
 use crate::identity::cache::{CurrentVerifier, Either, Versioned};
 use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::CLAIM_UID;
-use crate::identity::verify::VerifiedDelegated;
+use crate::identity::verify::{VerifiedAccess, VerifiedDelegated};
 use crate::registry::ledger::{DelegatedStanding, Ledger};
 
 use super::approvals::{ApprovalRef, Approvals, Asked, MAX_WAIT};
@@ -70,8 +70,9 @@ pub struct AuthorizeRequest {
     /// Request attributes for attribute conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Map<String, Value>>,
-    /// When set, only a token of this kind is accepted: "identity" (the agent's own JWT-SVID) or
-    /// "delegated" (a token of a Delegation, the agent acting for a human). Unset: either.
+    /// When set, only a token of this kind is accepted: "identity" (the agent's own JWT-SVID),
+    /// "delegated" (a token of a Delegation, the agent acting for a human) or "access" (a task-scoped
+    /// token from the token endpoint). Unset: any.
     #[serde(default, rename = "tokenType", skip_serializing_if = "Option::is_none")]
     pub token_type: Option<TokenType>,
     /// When the decision is RequireApproval, wait up to this many seconds (at most 60) for a human's
@@ -88,6 +89,28 @@ pub enum TokenType {
     Identity,
     /// A delegated token.
     Delegated,
+    /// An access token from the token endpoint.
+    Access,
+}
+
+impl TokenType {
+    /// "an identity", "a delegated", "an access": for messages.
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Self::Identity => "an identity",
+            Self::Delegated => "a delegated",
+            Self::Access => "an access",
+        }
+    }
+
+    /// The spelling in `tokenType` and `x-agentiam-token-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Delegated => "delegated",
+            Self::Access => "access",
+        }
+    }
 }
 
 /// One link of the chain a delegated decision was made under, human first.
@@ -356,12 +379,15 @@ impl Authorizer {
         let svid = match verifier.verifier.verify_either(&req.token, now) {
             Ok(Either::Identity(s)) => s,
             Ok(Either::Delegated(v)) => return self.decide_delegated(&v, req, context, now, clock),
+            Ok(Either::Access(v)) => return self.decide_access(&v, req, context, now, clock),
             Err(e) => return refuse(format!("invalid token: {e}")),
         };
-        if req.token_type == Some(TokenType::Delegated) {
-            return refuse(
-                "an identity token where a delegated token is required (tokenType: delegated)".into(),
-            );
+        if let Some(wanted) = req.token_type.filter(|t| *t != TokenType::Identity) {
+            return refuse(format!(
+                "an identity token where {} token is required (tokenType: {})",
+                wanted.with_article(),
+                wanted.as_str()
+            ));
         }
         let Ok((namespace, name)) = svid.spiffe_id.agent_in(&self.trust_domain) else {
             return refuse("the token's subject is not an agent".into());
@@ -427,6 +453,72 @@ struct Who {
 }
 
 impl Authorizer {
+    /// The decision for an access token from the token endpoint: verified as one; the operator issued it
+    /// to this agent for this audience and it has not been voided (ledger); the agent's own standing and
+    /// policies; and the token's scopes allowing the request.
+    fn decide_access(
+        &self,
+        v: &VerifiedAccess,
+        req: &AuthorizeRequest,
+        context: &Map<String, Value>,
+        now: Timestamp,
+        clock: Clock,
+    ) -> (Decision, Who) {
+        let refuse = |why: String, who: Who| (Decision::deny(Reason::Refused(why)), who);
+        let Ok((namespace, name)) = v.agent.agent_in(&self.trust_domain) else {
+            return refuse("the token's subject is not an agent".into(), Who::default());
+        };
+        let who = Who {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: Some(v.agent_uid.clone()),
+            audience: v.audience.clone(),
+            jti: v.jti.clone(),
+            ..Who::default()
+        };
+        if let Some(wanted) = req.token_type.filter(|t| *t != TokenType::Access) {
+            return refuse(
+                format!(
+                    "an access token where {} token is required (tokenType: {})",
+                    wanted.with_article(),
+                    wanted.as_str()
+                ),
+                who,
+            );
+        }
+        if let Some(expected) = &req.audience
+            && *expected != v.audience
+        {
+            return refuse(format!("the token is for audience {:?}, not {expected:?}", v.audience), who);
+        }
+        let issued = self.ledger.access_token(&v.jti, now);
+        if !issued.is_some_and(|i| i.agent_uid == v.agent_uid && i.aud == v.audience) {
+            return refuse(
+                "the access token is not one the operator issued to this agent (or its issuance was voided)"
+                    .into(),
+                who,
+            );
+        }
+        let request = Request {
+            action: &req.action,
+            resource: &req.resource,
+            tool: req.tool.as_deref(),
+            context,
+            delegation: None,
+        };
+        let record = self.ledger.get(&v.agent_uid);
+        let acting = Acting { uid: &v.agent_uid, namespace: &who.namespace, name: &who.name };
+        let decision = self.index.load().decide_access(
+            acting,
+            record.as_deref(),
+            &v.scopes,
+            &request,
+            clock,
+            &self.limiter,
+        );
+        (decision, who)
+    }
+
     /// The decision for a delegated token: verified as one; every link of its chain last recorded Active
     /// by the operator and the token one it minted for the leaf (ledger); the acting agent's own standing
     /// and policies; and the delegation's scopes allowing the request.
@@ -469,10 +561,13 @@ impl Authorizer {
             chain,
             delegation_uid: Some(v.delegation_uid.clone()),
         };
-        if req.token_type == Some(TokenType::Identity) {
+        if let Some(wanted) = req.token_type.filter(|t| *t != TokenType::Delegated) {
             return refuse(
-                "a delegated token where the agent's own identity token is required (tokenType: identity)"
-                    .into(),
+                format!(
+                    "a delegated token where {} token is required (tokenType: {})",
+                    wanted.with_article(),
+                    wanted.as_str()
+                ),
                 who,
             );
         }
@@ -740,7 +835,8 @@ pub const DECISION_HEADERS: [&str; 7] = [
     WAIT_HEADER,
     PARTIAL_BODY_HEADER,
 ];
-/// Which kind of token the route accepts: `identity` or `delegated` (the `tokenType` of `/v1/authorize`).
+/// Which kind of token the route accepts: `identity`, `delegated` or `access` (the `tokenType` of
+/// `/v1/authorize`).
 pub const TOKEN_TYPE_HEADER: &str = "x-agentiam-token-type";
 /// How long to wait for a human's answer when the decision is RequireApproval (seconds, at most 60).
 pub const WAIT_HEADER: &str = "x-agentiam-wait";
@@ -862,9 +958,10 @@ pub fn ext_authz_request(
         None => None,
         Some("identity") => Some(TokenType::Identity),
         Some("delegated") => Some(TokenType::Delegated),
+        Some("access") => Some(TokenType::Access),
         Some(other) => {
             return Err(ExtAuthzRefusal::BadRequest(format!(
-                "header {TOKEN_TYPE_HEADER} {other:?} is not \"identity\" or \"delegated\""
+                "header {TOKEN_TYPE_HEADER} {other:?} is not \"identity\", \"delegated\" or \"access\""
             )));
         }
     };

@@ -678,3 +678,89 @@ async fn ext_authz_routes_can_require_one_kind_of_token() {
         StatusCode::BAD_REQUEST
     );
 }
+
+// Access tokens from the token endpoint: the agent within the token's scopes and its own policies.
+
+impl Fixture {
+    /// An access token for bot with `scopes` for `aud`; recorded as issued when `recorded`.
+    fn access(&mut self, scopes: &[&str], aud: &str, recorded: bool) -> String {
+        use crate::identity::access::{AccessClaims, AccessGrant};
+        use crate::registry::ledger::AccessIssuance;
+        // The agent's record (Active), as an identity token's issuance leaves it.
+        let _ = self.token("uid-bot", "crm");
+        let agent = SpiffeId::parse("spiffe://cluster.local/ns/ns/agent/bot").unwrap();
+        let grant = AccessGrant {
+            issuer: ISSUER_URL,
+            agent: &agent,
+            agent_uid: "uid-bot",
+            audience: aud,
+            scopes,
+            task: Some("t"),
+            model: None,
+        };
+        let claims = AccessClaims::new(grant, jiff::Timestamp::now(), Duration::from_secs(300)).unwrap();
+        if recorded {
+            let expires_at = jiff::Timestamp::from_second(claims.exp).unwrap();
+            let issuance = AccessIssuance {
+                agent_uid: "uid-bot".into(),
+                aud: aud.into(),
+                expires_at,
+                stored: Stored::Yes,
+            };
+            self.ledger.set_access(&claims.jti, issuance);
+        }
+        self.minter.mint(&claims).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn an_access_token_allows_only_inside_its_scopes_the_agents_policies_and_when_issued() {
+    let mut f = fixture().await;
+    let access = f.access(&["read@crm/contacts/1", "tools.call@**"], "crm", true);
+    let identity = f.token("uid-bot", "crm");
+    assert_eq!(f.ask(&access, "read", "crm/contacts/1", json!({})).await["decision"], "Allow");
+    // The identity token may read contact 2; the access token for contact 1 may not.
+    assert_eq!(f.ask(&identity, "read", "crm/contacts/2", json!({})).await["decision"], "Allow");
+    let out = f.ask(&access, "read", "crm/contacts/2", json!({})).await;
+    assert!(
+        out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("scope of the access token"),
+        "{out}"
+    );
+    // A scope never adds rights: the policy's attribute condition still applies.
+    let search = |limit: u32| json!({"tool": "search_crm", "context": {"limit": limit}});
+    assert_eq!(f.ask(&access, "tools.call", "x", search(10)).await["decision"], "Allow");
+    assert_eq!(f.ask(&access, "tools.call", "x", search(500)).await["decision"], "Deny");
+    // Each kind only where asked for.
+    let out = f.ask(&access, "read", "crm/contacts/1", json!({"tokenType": "identity"})).await;
+    assert!(
+        out["decision"] == "Deny"
+            && out["reason"].as_str().unwrap().contains("access token where an identity"),
+        "{out}"
+    );
+    let out = f.ask(&identity, "read", "crm/contacts/1", json!({"tokenType": "access"})).await;
+    assert!(
+        out["decision"] == "Deny"
+            && out["reason"].as_str().unwrap().contains("identity token where an access"),
+        "{out}"
+    );
+    assert_eq!(
+        f.ask(&access, "read", "crm/contacts/1", json!({"tokenType": "access"})).await["decision"],
+        "Allow"
+    );
+    assert_eq!(
+        f.ask(&access, "read", "crm/contacts/1", json!({"audience": "pay"})).await["decision"],
+        "Deny"
+    );
+    // Signed with our key but never recorded (or voided): refused.
+    let stray = f.access(&["read@crm/contacts/1"], "crm", false);
+    let out = f.ask(&stray, "read", "crm/contacts/1", json!({})).await;
+    assert!(
+        out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains("not one the operator issued"),
+        "{out}"
+    );
+    // A suspended agent's access token is refused like its identity token.
+    let mut suspended = (*agent()).clone();
+    suspended.spec.lifecycle = serde_json::from_value(json!({"desiredState": "Suspended"})).unwrap();
+    f.index.publish(Builder::default().build(&[Arc::new(suspended)], &[policy()], &[]));
+    assert_eq!(f.ask(&access, "read", "crm/contacts/1", json!({})).await["decision"], "Deny");
+}

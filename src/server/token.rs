@@ -4,11 +4,13 @@
 //! Each request, in order, every step failing closed with its RFC 6749 error:
 //! 1. the form is read strictly ([`crate::oauth::form`]) and the request's grammar checked
 //!    ([`crate::oauth::request`]); an `Authorization` header is refused (there are no client secrets);
-//! 2. the client assertion is the agent's own JWT-SVID whose audience is this endpoint's URL: verified by
-//!    the identity verifier (signature, `typ`, time, issuer), then found among the agent's live
-//!    credentials in the operator's ledger by its `jti`, like any identity token the decision API takes;
-//! 3. the assertion is single use: its `jti` may not have authenticated a request before (the ledger,
-//!    rebuilt from the audit log at start, so a restart does not forget; plus the requests in flight);
+//! 2. the client assertion proves the agent, in one of two forms: a JWT the agent signed with its
+//!    X.509-SVID key carrying the certificate in `x5c` (the CA signed it, the ledger records its serial
+//!    for the agent's UID; [`crate::identity::assertion`]), or the agent's JWT-SVID whose audience is
+//!    this endpoint's URL (the identity verifier, then found among the agent's live credentials);
+//! 3. the assertion is single use: its `jti` (for the X.509 form, serial and `jti`) may not have
+//!    authenticated a request before (the ledger, rebuilt from the audit log at start, so a restart does
+//!    not forget; plus the requests in flight);
 //! 4. the agent may act now, the resource is one of its granted audiences, and each scope is decided by
 //!    [`crate::authz::Snapshot::grant_scopes`]; the token carries only the granted scopes
 //!    (`invalid_scope` when none is);
@@ -36,9 +38,11 @@ use crate::authz::grant::ScopeGrant;
 use crate::authz::{Acting, Reason};
 use crate::controller::authz::PolicyIndex;
 use crate::identity::access::{AccessClaims, AccessGrant, DEFAULT_ACCESS_TTL};
+use crate::identity::assertion;
 use crate::identity::cache::CurrentVerifier;
 use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::{CLAIM_UID, Minter, effective_ttl};
+use crate::identity::verify::decode_unverified;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::oauth::metadata::{TOKEN_PATH, token_endpoint};
 use crate::oauth::request::{self, ClientCredentials};
@@ -263,13 +267,56 @@ impl TokenService {
         Ok(Issued { access_token: token, expires_in: ttl.as_secs(), scope: claims.scope })
     }
 
-    /// Steps 2 and 3: the agent's SPIFFE ID, once its assertion proved it and was marked in use.
+    /// Steps 2 and 3: the agent's SPIFFE ID, once its assertion proved it and was marked in use. Two
+    /// forms: the agent's JWT-SVID for this endpoint, or a JWT it signed with its X.509-SVID key carrying
+    /// the certificate in `x5c` (told apart by `x5c` in the header; each form is then verified in full).
     fn authenticate(
         &self,
         req: &ClientCredentials,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<SpiffeId, OAuthError> {
+        let x509 = decode_unverified(&req.assertion).is_ok_and(|(header, _)| header.get("x5c").is_some());
+        let (id, spent_key, expires_at) =
+            if x509 { self.by_certificate(req, client, now)? } else { self.by_jwt_svid(req, client, now)? };
+        let fresh = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            !self.ledger.assertion_used(&spent_key, now) && in_flight.insert(spent_key.clone())
+        };
+        if !fresh {
+            return Err(OAuthError::client(
+                "the client assertion was used before: each authenticates one request (sign a new one)",
+            ));
+        }
+        client.assertion = Some((spent_key, expires_at));
+        Ok(id)
+    }
+
+    /// The client's identity from `client_id`, when sent, and the SPIFFE ID: they must agree.
+    fn name_client(
+        &self,
+        req: &ClientCredentials,
+        client: &mut Client,
+        id: &SpiffeId,
+    ) -> Result<(), OAuthError> {
+        let Ok((namespace, name)) = id.agent_in(&self.trust_domain) else {
+            return Err(OAuthError::client("the client assertion's subject is not an agent"));
+        };
+        client.namespace = Some(namespace.to_owned());
+        client.name = Some(name.to_owned());
+        if req.client_id.as_ref().is_some_and(|c| *c != id.to_string()) {
+            return Err(OAuthError::client("client_id is not the client assertion's subject"));
+        }
+        Ok(())
+    }
+
+    /// The JWT-SVID form: one of the agent's live JWT-SVIDs, for this endpoint. Spent by its `jti`.
+    fn by_jwt_svid(
+        &self,
+        req: &ClientCredentials,
+        client: &mut Client,
+        now: Timestamp,
+    ) -> Result<(SpiffeId, String, Timestamp), OAuthError> {
         let Some(verifiers) = self.verifiers.get() else {
             return Err(OAuthError::new(
                 ErrorCode::TemporarilyUnavailable,
@@ -280,22 +327,13 @@ impl TokenService {
             .verifier
             .verify_any_audience(&req.assertion, now)
             .map_err(|e| OAuthError::client(format!("the client assertion is not a valid JWT-SVID: {e}")))?;
-        let Ok((namespace, name)) = svid.spiffe_id.agent_in(&self.trust_domain) else {
-            return Err(OAuthError::client("the client assertion's subject is not an agent"));
-        };
-        client.namespace = Some(namespace.to_owned());
-        client.name = Some(name.to_owned());
+        self.name_client(req, client, &svid.spiffe_id)?;
         client.uid = svid.extra.get(CLAIM_UID).and_then(|v| v.as_str()).map(str::to_owned);
         if svid.audience != self.endpoint {
             return Err(OAuthError::client(format!(
                 "the client assertion is for audience {}, not this token endpoint ({})",
                 svid.audience, self.endpoint
             )));
-        }
-        if let Some(id) = &req.client_id
-            && *id != svid.spiffe_id.to_string()
-        {
-            return Err(OAuthError::client("client_id is not the client assertion's subject"));
         }
         let Some(uid) = client.uid.as_deref() else {
             return Err(OAuthError::client(format!("the client assertion has no {CLAIM_UID} claim")));
@@ -309,17 +347,37 @@ impl TokenService {
                 "the client assertion is not one of the agent's current credentials (never issued, or taken back)",
             ));
         }
-        let fresh = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-            !self.ledger.assertion_used(&svid.jti, now) && in_flight.insert(svid.jti.clone())
-        };
-        if !fresh {
+        Ok((svid.spiffe_id.clone(), svid.jti.clone(), svid.expires_at))
+    }
+
+    /// The X.509-SVID form: signed with the key of a certificate the operator's CA issued, whose serial
+    /// the operator recorded for the agent with that name's UID and has not taken back. Spent by serial
+    /// and `jti` (the client chooses the `jti`, so it is only unique per certificate).
+    fn by_certificate(
+        &self,
+        req: &ClientCredentials,
+        client: &mut Client,
+        now: Timestamp,
+    ) -> Result<(SpiffeId, String, Timestamp), OAuthError> {
+        let ca = Arc::clone(&self.issuer.borrow().ca);
+        let v = assertion::verify(&ca, &self.trust_domain, &req.assertion, &self.endpoint, now)
+            .map_err(|e| OAuthError::client(e.to_string()))?;
+        self.name_client(req, client, &v.spiffe_id)?;
+        let (namespace, name) =
+            (client.namespace.clone().unwrap_or_default(), client.name.clone().unwrap_or_default());
+        let uid = self.index.load().agent_by_name(&namespace, &name).map(|a| a.uid.to_string());
+        client.uid.clone_from(&uid);
+        let live = uid.and_then(|u| self.ledger.get(&u)).is_some_and(|r| {
+            r.issuances
+                .iter()
+                .any(|i| i.expires_at > now && i.x509_serial.as_deref() == Some(v.serial_hex.as_str()))
+        });
+        if !live {
             return Err(OAuthError::client(
-                "the client assertion was used before: each authenticates one request (use a fresh JWT-SVID)",
+                "the client assertion's certificate is not the agent's current X.509-SVID (never issued, or taken back)",
             ));
         }
-        client.assertion = Some((svid.jti.clone(), svid.expires_at));
-        Ok(svid.spiffe_id.clone())
+        Ok((v.spiffe_id, format!("x509:{}:{}", v.serial_hex, v.jti), v.expires_at))
     }
 
     /// The model the Agent declares, if the store holds the Agent with this UID.

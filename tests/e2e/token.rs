@@ -1,14 +1,18 @@
 //! The token endpoint against the real API server: an agent authenticates with its own JWT-SVID for the
 //! endpoint (private_key_jwt) and gets an access token for one resource carrying only the scopes its
 //! policies allow unconditionally; each assertion works once, also after an operator restart; every bad
-//! request gets its RFC 6749 error and no token; the access token verifies with the published JWKS and
-//! is refused where an identity token is expected; issuances and refusals are in the audit log, tokens
-//! never are.
+//! request gets its RFC 6749 error and no token; the access token verifies with the published JWKS, is
+//! taken by the decision API within its scopes and refused where an identity token is required;
+//! issuances and refusals are in the audit log, tokens never are.
 
 use agentiam::api::Agent;
 use agentiam::identity::TrustDomain;
 use agentiam::identity::verify::{JwtVerifier, VerifierConfig};
 use agentiam::registry::credentials::token_keys;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::JwkSet;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -34,7 +38,7 @@ fn spec(endpoint: &str, extra: &[String]) -> Value {
         "owner": {"kind": "Team", "name": "e2e"},
         "purpose": "exercises the token endpoint",
         "provenance": {"model": "claude-sonnet-4-5"},
-        "credentials": {"audiences": audiences},
+        "credentials": {"audiences": audiences, "x509": true},
     })
 }
 
@@ -62,6 +66,35 @@ async fn post(op: &Operator, body: &str) -> (u16, Value, std::collections::BTree
     (status, serde_json::from_str(&text).unwrap_or(Value::Null), headers)
 }
 
+/// The agent's X.509-SVID chain (standard base64 DER, leaf first) and its key.
+async fn x509(ns: &TestNs) -> (Vec<String>, EcdsaKeyPair) {
+    let chain = secret_value(ns, "bot-credentials", "svid.pem").await.expect("svid.pem");
+    let key = secret_value(ns, "bot-credentials", "svid-key.pem").await.expect("svid-key.pem");
+    let blocks = |pem: &str| -> Vec<String> {
+        pem.split("-----END")
+            .filter_map(|b| b.split_once("-----\n").map(|(_, body)| body.to_owned()))
+            .map(|body| body.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+            .filter(|b| !b.is_empty())
+            .collect()
+    };
+    let der = STANDARD.decode(&blocks(&key)[0]).unwrap();
+    (blocks(&chain), EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).unwrap())
+}
+
+/// A client assertion signed with `key`, carrying `chain`, with `claims` over the defaults.
+fn signed(key: &EcdsaKeyPair, chain: &[String], id: &str, aud: &str, jti: &str, ttl: i64) -> String {
+    let now = jiff::Timestamp::now().as_second();
+    let header = json!({"alg": "ES256", "typ": "JWT", "x5c": chain});
+    let claims = json!({"iss": id, "sub": id, "aud": aud, "jti": jti, "iat": now, "exp": now + ttl});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
 fn request(assertion: &str, extra: &str) -> String {
     format!(
         "grant_type=client_credentials&client_assertion_type={ASSERTION_TYPE}&client_assertion={assertion}&{extra}"
@@ -69,7 +102,7 @@ fn request(assertion: &str, extra: &str) -> String {
 }
 
 #[tokio::test]
-async fn client_credentials_with_a_single_use_jwt_svid_assertion() {
+async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_svid_key() {
     let env = require_cluster!();
     let ns = TestNs::new(&env, "token").await;
     let mut op = Operator::start(&env, &ns.name, &[]);
@@ -152,8 +185,39 @@ async fn client_credentials_with_a_single_use_jwt_svid_assertion() {
     assert_eq!(v.audience, "crm");
     assert_eq!((v.task.as_deref(), v.model.as_deref()), (Some("t-1"), Some("claude-sonnet-4-5")));
     assert!(verifier.verify_any_audience(&access, jiff::Timestamp::now()).is_err());
-    let d = crate::harness::decide(&op, &access, "read", "crm:contacts/42", json!({})).await;
-    assert_eq!(d["decision"], "Deny", "an access token is not an identity token: {d}");
+    // The decision API takes it within its scopes and the agent's policies, and as nothing else.
+    let decide =
+        |resource: &'static str, extra: Value| crate::harness::decide(&op, &access, "read", resource, extra);
+    assert_eq!(decide("crm:contacts/42", json!({"tokenType": "access"})).await["decision"], "Allow");
+    let d = decide("crm:contacts/43", json!({})).await;
+    assert!(
+        d["decision"] == "Deny" && d["reason"].as_str().unwrap().contains("scope of the access token"),
+        "{d}"
+    );
+    let d = decide("crm:contacts/42", json!({"tokenType": "identity"})).await;
+    assert_eq!(d["decision"], "Deny", "{d}");
+
+    // An assertion the agent signs itself with its X.509-SVID key: as many tokens as it asks for, each
+    // assertion once.
+    let (chain, key) = x509(&ns).await;
+    let id = format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name);
+    let mine = signed(&key, &chain, &id, &ep, "x-1", 60);
+    let (status, answer, _) = post(&op, &request(&mine, ok)).await;
+    assert_eq!((status, answer["scope"].as_str()), (200, Some("read@crm:contacts/42")), "{answer}");
+    let (_, answer, _) = post(&op, &request(&mine, ok)).await;
+    assert_eq!(answer["error"], "invalid_client", "the same X.509 assertion twice: {answer}");
+    let (status, _, _) = post(&op, &request(&signed(&key, &chain, &id, &ep, "x-2", 60), ok)).await;
+    assert_eq!(status, 200, "a new assertion from the same certificate");
+    let stranger = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    for (bad, why) in [
+        (signed(&key, &chain, &id, "crm", "x-3", 60), "another audience"),
+        (signed(&stranger, &chain, &id, &ep, "x-4", 60), "another key with the agent's certificate"),
+        (signed(&key, &chain, &id, &ep, "x-5", 3600), "an hour long"),
+        (signed(&key, &chain, &id.replace("/bot", "/other"), &ep, "x-6", 60), "another subject"),
+    ] {
+        let (_, answer, _) = post(&op, &request(&bad, ok)).await;
+        assert_eq!(answer["error"], "invalid_client", "{why}: {answer}");
+    }
 
     // The assertion is spent: again, and after a restart, it is refused.
     let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;
@@ -187,6 +251,10 @@ async fn client_credentials_with_a_single_use_jwt_svid_assertion() {
     wait_phase(&ns.api::<Agent>(), "bot", "Suspended").await;
     let (_, answer, _) = post(&op, &request(&a3, ok)).await;
     assert!(answer.get("access_token").is_none(), "{answer}");
+    let (_, answer, _) = post(&op, &request(&signed(&key, &chain, &id, &ep, "x-9", 60), ok)).await;
+    assert!(answer.get("access_token").is_none(), "a suspended agent's certificate: {answer}");
+    let d = crate::harness::decide(&op, &access, "read", "crm:contacts/42", json!({})).await;
+    assert_eq!(d["decision"], "Deny", "a suspended agent's access token: {d}");
     assert!(
         ["invalid_client", "unauthorized_client"].contains(&answer["error"].as_str().unwrap()),
         "{answer}"
