@@ -371,6 +371,16 @@ async fn delegated_token(api: &Api<Delegation>, secrets: &Api<Secret>, op: &mut 
     }
 }
 
+/// The verdict and rule of a decision API answer, as the policies gave it before the approval step: a
+/// RequireApproval that the step refused because the agent already has its maximum of waiting approval
+/// requests (20; the bench's requests that need approval are more) counts as the RequireApproval it was.
+fn policy_verdict(body: &Value) -> Value {
+    let capped = body["decision"] == "Deny"
+        && body["reason"].as_str().is_some_and(|r| r.contains("approval requests waiting"));
+    let decision = if capped { json!("RequireApproval") } else { body["decision"].clone() };
+    json!({"decision": decision, "rule": body["rule"]})
+}
+
 /// The identity token's and the delegated token's answers must be the same decisions.
 fn same_verdicts(w: &Workload, identity: &Requests, delegated: &Requests) {
     let read = |r: &Requests| -> Vec<Value> {
@@ -378,7 +388,7 @@ fn same_verdicts(w: &Workload, identity: &Requests, delegated: &Requests) {
             .into_iter()
             .map(|a| {
                 assert_eq!(a["status"], 200, "the decision API answered {a}");
-                json!({"decision": a["body"]["decision"], "rule": a["body"]["rule"]})
+                policy_verdict(&a["body"])
             })
             .collect()
     };
@@ -402,7 +412,7 @@ fn equivalent(w: &Workload, ours: &Requests, theirs: &Requests, op: &mut cluster
             .into_iter()
             .map(|a| {
                 assert_eq!(a["status"], 200, "the decision API answered {a}");
-                json!({"decision": a["body"]["decision"], "rule": a["body"]["rule"]})
+                policy_verdict(&a["body"])
             })
             .collect();
         let same = mine.iter().zip(&opa).all(|(a, b)| a == b);
