@@ -101,6 +101,38 @@ fn request(assertion: &str, extra: &str) -> String {
     )
 }
 
+/// An independent OAuth client in Python, using only the published metadata: PyJWT signs the
+/// `private_key_jwt` assertion with the agent's X.509-SVID key (certificate in `x5c`), urllib posts the
+/// `client_credentials` request, and PyJWT validates the access token through the metadata's `jwks_uri`.
+const PYTHON_CLIENT: &str = r#"
+import json, sys, time, uuid, urllib.error, urllib.parse, urllib.request
+import jwt
+base, agent, chain, key = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.stdin.read()
+meta = json.load(urllib.request.urlopen(base + "/.well-known/oauth-authorization-server"))
+assert "private_key_jwt" in meta["token_endpoint_auth_methods_supported"], meta
+assert "client_credentials" in meta["grant_types_supported"], meta
+now = int(time.time())
+assertion = jwt.encode(
+    {"iss": agent, "sub": agent, "aud": meta["token_endpoint"], "jti": str(uuid.uuid4()), "iat": now, "exp": now + 60},
+    key, algorithm="ES256", headers={"x5c": chain})
+form = urllib.parse.urlencode({
+    "grant_type": "client_credentials",
+    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    "client_assertion": assertion, "scope": "read@crm:contacts/42", "resource": "crm"}).encode()
+answer = json.load(urllib.request.urlopen(urllib.request.Request(meta["token_endpoint"], data=form)))
+token = answer["access_token"]
+assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
+signing = jwt.PyJWKClient(meta["jwks_uri"]).get_signing_key_from_jwt(token)
+claims = jwt.decode(token, signing.key, algorithms=["ES256"], audience="crm", issuer=meta["issuer"])
+assert claims["client_id"] == agent and claims["scope"] == "read@crm:contacts/42", claims
+try:
+    urllib.request.urlopen(urllib.request.Request(meta["token_endpoint"], data=form))
+    sys.exit("the same assertion was accepted twice")
+except urllib.error.HTTPError as e:
+    assert e.code == 401 and json.load(e)["error"] == "invalid_client"
+print(claims["sub"])
+"#;
+
 #[tokio::test]
 async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_svid_key() {
     let env = require_cluster!();
@@ -218,6 +250,26 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
         let (_, answer, _) = post(&op, &request(&bad, ok)).await;
         assert_eq!(answer["error"], "invalid_client", "{why}: {answer}");
     }
+
+    // The same with an independent client: PyJWT and urllib, from the published metadata alone.
+    let python = {
+        use std::io::Write;
+        let key_pem = secret_value(&ns, "bot-credentials", "svid-key.pem").await.unwrap();
+        let chain_json = serde_json::to_string(&chain).unwrap();
+        let mut child = std::process::Command::new(
+            std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
+        )
+        .args(["-c", PYTHON_CLIENT, &format!("http://{}", op.http_addr), &id, &chain_json])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("a Python with PyJWT is required (tools/e2e.sh makes one: tools/python-env.sh)");
+        child.stdin.take().unwrap().write_all(key_pem.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(python.status.success(), "the Python client failed: {}", String::from_utf8_lossy(&python.stderr));
+    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), id);
 
     // The assertion is spent: again, and after a restart, it is refused.
     let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;
