@@ -26,11 +26,12 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
+use crate::identity::access::ACCESS_TYP;
 use crate::identity::bundle::SIGNING_ALG;
 use crate::identity::jwt::CLAIM_UID;
 use crate::identity::verify::{
-    DEFAULT_MAX_TOKEN_BYTES, JwtVerifier, TokenError, VerifiedSvid, VerifierConfig, VerifierError,
-    decode_unverified,
+    DEFAULT_MAX_TOKEN_BYTES, JwtVerifier, TokenError, VerifiedAccess, VerifiedSvid, VerifierConfig,
+    VerifierError, decode_unverified,
 };
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::server::issuer::OPENID_CONFIGURATION_PATH;
@@ -199,8 +200,15 @@ pub async fn run(command: TokenCommand, stdin: impl Read) -> Result<String, Toke
         TokenCommand::Verify(args) => {
             let keys = load_keys(&args.keys, args.cacert.as_deref()).await?;
             let pins = Pins { trust_domain: args.trust_domain, issuer: args.issuer.or(keys.issuer.clone()) };
-            let verified =
-                verify_with(&token, &keys.set, &pins, &args.audience, args.expect_agent_uid.as_deref(), now)?;
+            let uid = args.expect_agent_uid.as_deref();
+            // The header only picks the verifier; each verifier checks `typ` again.
+            let access =
+                decode_unverified(&token).is_ok_and(|(h, _)| h.get("typ") == Some(&Value::from(ACCESS_TYP)));
+            if access {
+                let verified = verify_access_with(&token, &keys.set, &pins, &args.audience, uid, now)?;
+                return Ok(render_access(&verified, &keys.origin, now));
+            }
+            let verified = verify_with(&token, &keys.set, &pins, &args.audience, uid, now)?;
             Ok(render_verified(&verified, &keys.origin, now))
         }
     }
@@ -275,16 +283,9 @@ pub struct Verified {
     pub agent_uid_checked: bool,
 }
 
-/// Verifies `token` with the strict verifier over `keys` at `now`. Unpinned values come from the token's
-/// own (unverified) claims: the signature check with trusted keys is then what binds them.
-pub fn verify_with(
-    token: &str,
-    keys: &JwkSet,
-    pins: &Pins,
-    audience: &str,
-    expect_agent_uid: Option<&str>,
-    now: Timestamp,
-) -> Result<Verified, TokenCliError> {
+/// The verifier for `token` over `keys`: the pinned trust domain and issuer, or the token's own
+/// (unverified) ones, which the signature check with trusted keys then binds.
+fn verifier_for(token: &str, keys: &JwkSet, pins: &Pins) -> Result<JwtVerifier, TokenCliError> {
     let unverified = || decode_unverified(token).map(|(_, claims)| claims).map_err(TokenCliError::Verify);
     let trust_domain = match &pins.trust_domain {
         Some(td) => td.clone(),
@@ -303,8 +304,20 @@ pub fn verify_with(
             iss.map_err(TokenCliError::Verify)?.to_owned()
         }
     };
-    let verifier =
-        JwtVerifier::new(VerifierConfig::new(trust_domain, issuer), keys).map_err(TokenCliError::Verifier)?;
+    JwtVerifier::new(VerifierConfig::new(trust_domain, issuer), keys).map_err(TokenCliError::Verifier)
+}
+
+/// Verifies `token` with the strict verifier over `keys` at `now`. Unpinned values come from the token's
+/// own (unverified) claims: the signature check with trusted keys is then what binds them.
+pub fn verify_with(
+    token: &str,
+    keys: &JwkSet,
+    pins: &Pins,
+    audience: &str,
+    expect_agent_uid: Option<&str>,
+    now: Timestamp,
+) -> Result<Verified, TokenCliError> {
+    let verifier = verifier_for(token, keys, pins)?;
     let svid = verifier.verify(token, audience, now).map_err(TokenCliError::Verify)?;
     if let Some(expected) = expect_agent_uid {
         let found = svid.extra.get(CLAIM_UID);
@@ -319,6 +332,91 @@ pub fn verify_with(
         issuer_pinned: pins.issuer.is_some(),
         agent_uid_checked: expect_agent_uid.is_some(),
     })
+}
+
+/// An access token that passed verification, with what it was checked against.
+#[derive(Debug, Clone)]
+pub struct VerifiedAccessToken {
+    /// The verified claims.
+    pub token: VerifiedAccess,
+    /// Whether the trust domain was given rather than taken from the token.
+    pub trust_domain_pinned: bool,
+    /// Whether the issuer was given (or discovered) rather than taken from the token.
+    pub issuer_pinned: bool,
+    /// Whether the agent UID was checked against an expected value.
+    pub agent_uid_checked: bool,
+}
+
+/// [`verify_with`] for an access token (`typ` `at+jwt`): the access verifier, then `aud` must be
+/// `audience` and, when given, the agent UID `expect_agent_uid`.
+pub fn verify_access_with(
+    token: &str,
+    keys: &JwkSet,
+    pins: &Pins,
+    audience: &str,
+    expect_agent_uid: Option<&str>,
+    now: Timestamp,
+) -> Result<VerifiedAccessToken, TokenCliError> {
+    let verifier = verifier_for(token, keys, pins)?;
+    let verified = verifier.verify_access(token, now).map_err(TokenCliError::Verify)?;
+    if audience.is_empty() || verified.audience != audience {
+        return Err(TokenCliError::Verify(TokenError::Audience));
+    }
+    if let Some(expected) = expect_agent_uid
+        && verified.agent_uid != expected
+    {
+        return Err(TokenCliError::AgentUid {
+            expected: expected.to_owned(),
+            found: Value::from(verified.agent_uid.clone()).to_string(),
+        });
+    }
+    Ok(VerifiedAccessToken {
+        token: verified,
+        trust_domain_pinned: pins.trust_domain.is_some(),
+        issuer_pinned: pins.issuer.is_some(),
+        agent_uid_checked: expect_agent_uid.is_some(),
+    })
+}
+
+/// The text of a successful `token verify` of an access token.
+pub fn render_access(v: &VerifiedAccessToken, keys_origin: &str, now: Timestamp) -> String {
+    let t = &v.token;
+    let at = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let unpinned = |pinned: bool, flag: &str| {
+        if pinned { String::new() } else { format!(" (taken from the token; pass {flag} to pin it)") }
+    };
+    let mut out = format!(
+        "VERIFIED at {at}: access token ({ACCESS_TYP}): signature ({SIGNING_ALG}), issuer, audience, times and subject\n"
+    );
+    let _ = writeln!(out, "agent:         {}", t.agent);
+    let td = t.agent.trust_domain();
+    let _ = writeln!(out, "trust domain:  {td}{}", unpinned(v.trust_domain_pinned, "--trust-domain"));
+    let _ = writeln!(
+        out,
+        "issuer pinned: {}",
+        if v.issuer_pinned { "yes" } else { "no (pass --issuer to pin it)" }
+    );
+    let _ = writeln!(out, "audience:      {}", t.audience);
+    let scopes: Vec<&str> = t.scopes.iter().map(crate::authz::scope::Scope::as_str).collect();
+    let _ = writeln!(out, "scopes:        {}", scopes.join(" "));
+    let quoted = |s: &Option<String>| {
+        s.as_ref().map_or_else(|| "absent".to_owned(), |s| Value::from(s.as_str()).to_string())
+    };
+    let _ = writeln!(out, "task:          {}", quoted(&t.task));
+    let _ = writeln!(out, "model:         {}", quoted(&t.model));
+    let checked = if v.agent_uid_checked { " (as expected)" } else { "" };
+    let _ = writeln!(out, "agent uid:     {}{checked}", Value::from(t.agent_uid.as_str()));
+    let _ = writeln!(out, "key id:        {}", t.kid);
+    let _ = writeln!(out, "keys from:     {keys_origin}");
+    let optional = |t: Option<Timestamp>| t.map_or_else(|| "absent".to_owned(), |t| t.to_string());
+    let _ = writeln!(out, "issued at:     {}", optional(t.issued_at));
+    let _ = writeln!(out, "expires at:    {} ({})", t.expires_at, until_expiry(t.expires_at, now));
+    let _ = writeln!(out, "token id:      {}", t.jti);
+    out.push_str(
+        "Whether the operator still stands by it (issued, agent Active) only the operator can tell: ask \
+         POST /v1/authorize.\n",
+    );
+    out
 }
 
 /// The text of a successful `token verify`; `keys_origin` says where the keys came from.

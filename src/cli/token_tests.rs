@@ -376,3 +376,42 @@ async fn verify_with_local_bundle_and_jwks_files() {
     let err = run(verify_cmd(&["--jwks", missing.to_str().unwrap()]), token.as_bytes()).await.unwrap_err();
     assert!(err.to_string().starts_with(&format!("cannot read {}", missing.display())), "{err}");
 }
+
+#[test]
+fn an_access_token_verifies_as_one_and_shows_its_scopes_task_and_model() {
+    use crate::identity::access::{AccessClaims, AccessGrant};
+    let issuer = issuer(ISSUER_URL);
+    let now = Timestamp::now();
+    let agent = SpiffeId::parse("spiffe://example.org/ns/default/agent/support-triage").unwrap();
+    let grant = AccessGrant {
+        issuer: ISSUER_URL,
+        agent: &agent,
+        agent_uid: UID,
+        audience: AUD,
+        scopes: &["read@crm:contacts/*"],
+        task: Some("t-\u{1b}[31m"),
+        model: Some("m"),
+    };
+    let claims = AccessClaims::new(grant, now, Duration::from_secs(300)).unwrap();
+    let token = crate::identity::jwt::mint(issuer.keys.current(), &claims).unwrap();
+    let keys = issuer.jwk_set();
+    let v = verify_access_with(&token, &keys, &pinned(&issuer), AUD, Some(UID), now).unwrap();
+    let out = render_access(&v, "JWKS keys.json", now);
+    for line in [
+        "access token (at+jwt)",
+        "agent:         spiffe://example.org/ns/default/agent/support-triage\n",
+        "scopes:        read@crm:contacts/*\n",
+        "task:          \"t-\\u001b[31m\"\n",
+        "model:         \"m\"\n",
+        "(as expected)",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    assert!(!out.contains(signature(&token)));
+    // The wrong audience or UID, and an access token where an identity token is verified, fail.
+    let err = verify_access_with(&token, &keys, &pinned(&issuer), "https://other", None, now).unwrap_err();
+    assert!(err.to_string().contains("audience"), "{err}");
+    assert!(verify_access_with(&token, &keys, &pinned(&issuer), AUD, Some("other-uid"), now).is_err());
+    assert!(verify_with(&token, &keys, &pinned(&issuer), AUD, None, now).is_err());
+    assert!(verify_access_with(&mint(&issuer), &keys, &pinned(&issuer), AUD, None, now).is_err());
+}

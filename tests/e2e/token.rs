@@ -217,6 +217,24 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     assert_eq!(v.audience, "crm");
     assert_eq!((v.task.as_deref(), v.model.as_deref()), (Some("t-1"), Some("claude-sonnet-4-5")));
     assert!(verifier.verify_any_audience(&access, jiff::Timestamp::now()).is_err());
+    // `kubectl agentiam token verify` knows it as an access token.
+    let out = env.plugin(&[
+        "token",
+        "verify",
+        "--audience",
+        "crm",
+        "--issuer-url",
+        &format!("http://{}", op.http_addr),
+        &access,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("access token (at+jwt)") && text.contains("scopes:        read@crm:contacts/42"),
+        "{text}"
+    );
+    assert!(!text.contains(&access), "the plugin printed the token");
+
     // The decision API takes it within its scopes and the agent's policies, and as nothing else.
     let decide =
         |resource: &'static str, extra: Value| crate::harness::decide(&op, &access, "read", resource, extra);
