@@ -73,11 +73,13 @@ pub enum Action {
     TokenIssue,
     /// The token endpoint refused a request.
     TokenRefuse,
+    /// An access token was revoked by its holder (RFC 7009), durable before the answer.
+    TokenRevoke,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 33] = [
+    pub const ALL: [Self; 34] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -111,6 +113,7 @@ impl Action {
         Self::ApprovalUse,
         Self::TokenIssue,
         Self::TokenRefuse,
+        Self::TokenRevoke,
     ];
 
     /// The stored spelling.
@@ -149,6 +152,7 @@ impl Action {
             Self::ApprovalUse => "approval.use",
             Self::TokenIssue => "token.issue",
             Self::TokenRefuse => "token.refuse",
+            Self::TokenRevoke => "token.revoke",
         }
     }
 

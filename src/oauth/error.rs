@@ -20,6 +20,8 @@ pub enum ErrorCode {
     InvalidScope,
     /// The resource (RFC 8707) is invalid or not one the client may ask for.
     InvalidTarget,
+    /// The revocation endpoint does not revoke this kind of token (RFC 7009 §2.2.1).
+    UnsupportedTokenType,
     /// The server cannot answer now (the audit log is unavailable): try again later, nothing was issued.
     TemporarilyUnavailable,
 }
@@ -35,6 +37,7 @@ impl ErrorCode {
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope => "invalid_scope",
             Self::InvalidTarget => "invalid_target",
+            Self::UnsupportedTokenType => "unsupported_token_type",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }

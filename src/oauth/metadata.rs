@@ -4,7 +4,8 @@
 //! It names exactly what the endpoints do and nothing more: there is no authorization endpoint (nobody
 //! logs in here; agents are clients of their own), so no response types, PKCE methods or authorization
 //! response parameters are listed; a client library reading the document learns the token endpoint, the
-//! one grant, the one client authentication method and its algorithm, and where the keys are.
+//! one grant, the one client authentication method and its algorithm, where the keys are, and the
+//! revocation endpoint (RFC 7009).
 
 use serde_json::{Value, json};
 
@@ -14,6 +15,8 @@ use crate::identity::bundle::JWKS_PATH;
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// Path of the token endpoint.
 pub const TOKEN_PATH: &str = "/v1/oauth/token";
+/// Path of the revocation endpoint (RFC 7009).
+pub const REVOKE_PATH: &str = "/v1/oauth/revoke";
 /// The `client_credentials` grant.
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// The RFC 8693 token exchange grant.
@@ -38,6 +41,9 @@ pub fn document(issuer_url: &str) -> Value {
         "grant_types_supported": [GRANT_CLIENT_CREDENTIALS],
         "token_endpoint_auth_methods_supported": [AUTH_PRIVATE_KEY_JWT],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "revocation_endpoint": format!("{base}{REVOKE_PATH}"),
+        "revocation_endpoint_auth_methods_supported": [AUTH_PRIVATE_KEY_JWT],
+        "revocation_endpoint_auth_signing_alg_values_supported": ["ES256"],
         "response_types_supported": [],
     })
 }
@@ -55,6 +61,7 @@ mod tests {
         assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
         assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
         assert_eq!(doc["response_types_supported"], json!([]));
+        assert_eq!(doc["revocation_endpoint"], "https://agentiam.example/i/v1/oauth/revoke");
         assert!(doc.get("authorization_endpoint").is_none());
         assert!(doc.get("code_challenge_methods_supported").is_none());
         assert_eq!(token_endpoint("https://a/"), "https://a/v1/oauth/token");

@@ -20,11 +20,8 @@ pub const MAX_ASSERTION: usize = 16 * 1024;
 /// A `client_credentials` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCredentials {
-    /// The client assertion: a JWT the agent signed with its X.509-SVID key, or its JWT-SVID for the
-    /// token endpoint.
-    pub assertion: String,
-    /// `client_id`, if the client sent it (it must then name the assertion's subject).
-    pub client_id: Option<String>,
+    /// How the client authenticates.
+    pub auth: ClientAuth,
     /// The scopes asked for, each once, in the order asked.
     pub scopes: Vec<Scope>,
     /// The one resource (the access token's audience).
@@ -54,6 +51,39 @@ pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
             ));
         }
     }
+    let auth = client_auth(form)?;
+    let resource = form.get("resource").ok_or_else(|| {
+        OAuthError::new(ErrorCode::InvalidTarget, "resource is required: the one service the token is for")
+    })?;
+    if resource.len() > MAX_RESOURCE || resource.contains(' ') {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            format!("resource must be one audience of at most {MAX_RESOURCE} bytes without spaces"),
+        ));
+    }
+    let scopes = scopes(form.get("scope"))?;
+    let task = form.get("task");
+    if task.is_some_and(|t| t.len() > MAX_TASK) {
+        return Err(OAuthError::request(format!("task is longer than {MAX_TASK} bytes")));
+    }
+    Ok(ClientCredentials { auth, scopes, resource: resource.to_owned(), task: task.map(str::to_owned) })
+}
+
+/// How a client authenticates: `private_key_jwt` (RFC 7523 §2.2), never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// The client assertion: a JWT the agent signed with its X.509-SVID key, or its JWT-SVID for the
+    /// token endpoint.
+    pub assertion: String,
+    /// `client_id`, if the client sent it (it must then name the assertion's subject).
+    pub client_id: Option<String>,
+}
+
+/// Reads the client authentication parameters of any endpoint's form.
+///
+/// # Errors
+/// `invalid_client`: a secret, no or another assertion type, no or an oversized assertion.
+pub fn client_auth(form: &Form) -> Result<ClientAuth, OAuthError> {
     if form.get("client_secret").is_some() {
         return Err(OAuthError::client("no client secrets exist: authenticate with private_key_jwt"));
     }
@@ -73,27 +103,7 @@ pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
     if assertion.len() > MAX_ASSERTION {
         return Err(OAuthError::client(format!("client_assertion is longer than {MAX_ASSERTION} bytes")));
     }
-    let resource = form.get("resource").ok_or_else(|| {
-        OAuthError::new(ErrorCode::InvalidTarget, "resource is required: the one service the token is for")
-    })?;
-    if resource.len() > MAX_RESOURCE || resource.contains(' ') {
-        return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
-            format!("resource must be one audience of at most {MAX_RESOURCE} bytes without spaces"),
-        ));
-    }
-    let scopes = scopes(form.get("scope"))?;
-    let task = form.get("task");
-    if task.is_some_and(|t| t.len() > MAX_TASK) {
-        return Err(OAuthError::request(format!("task is longer than {MAX_TASK} bytes")));
-    }
-    Ok(ClientCredentials {
-        assertion: assertion.to_owned(),
-        client_id: form.get("client_id").map(str::to_owned),
-        scopes,
-        resource: resource.to_owned(),
-        task: task.map(str::to_owned),
-    })
+    Ok(ClientAuth { assertion: assertion.to_owned(), client_id: form.get("client_id").map(str::to_owned) })
 }
 
 /// The scopes of a `scope` parameter: space-separated, each `<action>@<resource pattern>` as in
@@ -138,7 +148,7 @@ mod tests {
     #[test]
     fn reads_a_client_credentials_request() {
         let r = parse(&form("scope=read%40crm%3Acontacts%2F*+read%40crm%3Acontacts%2F*+refund%40pay%3A**&resource=https%3A%2F%2Fcrm&task=t-1")).unwrap();
-        assert_eq!(r.assertion, "a.b.c");
+        assert_eq!(r.auth.assertion, "a.b.c");
         assert_eq!(r.resource, "https://crm");
         assert_eq!(r.task.as_deref(), Some("t-1"));
         let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();

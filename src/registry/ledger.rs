@@ -196,6 +196,12 @@ impl TokenBook {
         {
             self.assertions.insert(jti.as_str().into(), exp);
         }
+        if Action::parse(&record.action) == Some(Action::TokenRevoke)
+            && record.outcome == Outcome::Success
+            && let Some(jti) = d.get(a::DETAIL_JTI)
+        {
+            self.issued.remove(jti.as_str());
+        }
         if Action::parse(&record.action) == Some(Action::TokenIssue) {
             let key = record.key.as_deref().and_then(IntentKey::parse);
             let Some(IntentKey::TokenIssue { jti }) = key else { return };
@@ -403,7 +409,10 @@ impl Entries {
 
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
-        if matches!(Action::parse(&record.action), Some(Action::TokenIssue | Action::TokenRefuse)) {
+        if matches!(
+            Action::parse(&record.action),
+            Some(Action::TokenIssue | Action::TokenRefuse | Action::TokenRevoke)
+        ) {
             self.tokens.apply(record, time(&record.time).unwrap_or(Timestamp::UNIX_EPOCH));
             return;
         }
@@ -719,6 +728,7 @@ impl Projection for Ledger {
                         | Action::DelegationIssue
                         | Action::TokenIssue
                         | Action::TokenRefuse
+                        | Action::TokenRevoke
                 )
         })
     }

@@ -309,6 +309,28 @@ fn the_token_endpoint_remembers_issued_tokens_and_used_assertions_until_they_exp
     assert!(ledger.assertion_used("as-1", ts(200)), "but its assertion stays used");
     // The token records leave the agent's own record alone.
     assert!(ledger.get("u1").is_none());
+
+    // A revocation by the holder ends the token; a failed one changes nothing.
+    let mut log = Log::new();
+    log.push(100, RecordKind::Intent, "token.issue:at-1", "token.issue", Outcome::Pending, &issue);
+    log.push(
+        101,
+        RecordKind::Event,
+        "",
+        "token.revoke",
+        Outcome::Failure,
+        &[(a::DETAIL_JTI, "at-1".to_owned())],
+    );
+    assert!(Ledger::from_records(&log.records).access_token("at-1", ts(200)).is_some());
+    log.push(
+        102,
+        RecordKind::Event,
+        "",
+        "token.revoke",
+        Outcome::Success,
+        &[(a::DETAIL_JTI, "at-1".to_owned())],
+    );
+    assert!(Ledger::from_records(&log.records).access_token("at-1", ts(200)).is_none());
 }
 
 #[test]

@@ -44,8 +44,8 @@ use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::{CLAIM_UID, Minter, effective_ttl};
 use crate::identity::verify::decode_unverified;
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::oauth::metadata::{TOKEN_PATH, token_endpoint};
-use crate::oauth::request::{self, ClientCredentials};
+use crate::oauth::metadata::{REVOKE_PATH, TOKEN_PATH, token_endpoint};
+use crate::oauth::request::{self, ClientAuth, ClientCredentials};
 use crate::oauth::{ErrorCode, Form, OAuthError};
 use crate::registry::actions as a;
 use crate::registry::ledger::{Ledger, TokenStanding};
@@ -156,13 +156,84 @@ impl TokenService {
         result
     }
 
+    /// Revokes one access token for its holder (RFC 7009): the client authenticates as for a token, and
+    /// `token` must be an access token issued to that same agent. Durable before the answer; from then the
+    /// decision API refuses the token. A token that does not verify, expired or is unknown is answered
+    /// as revoked (RFC 7009 §2.2: nothing to do, and nothing learned).
+    pub async fn revoke(&self, form: &Form, now: Timestamp) -> Result<(), OAuthError> {
+        let mut client = Client::default();
+        let result = self.revoke_inner(form, &mut client, now).await;
+        if let Err(e) = &result {
+            self.record_refusal(&client, e).await;
+        }
+        if let Some((jti, _)) = &client.assertion {
+            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(jti);
+        }
+        result
+    }
+
+    async fn revoke_inner(&self, form: &Form, client: &mut Client, now: Timestamp) -> Result<(), OAuthError> {
+        let auth = request::client_auth(form)?;
+        let token = form.require("token")?.to_owned();
+        if form.get("token_type_hint").is_some_and(|h| h != "access_token") {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedTokenType,
+                "only access tokens (token_type_hint access_token) can be revoked here",
+            ));
+        }
+        self.authenticate(&auth, client, now)?;
+        let Some(verifiers) = self.verifiers.get() else {
+            return Err(OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "no usable signing keys are published",
+            ));
+        };
+        let Ok(access) = verifiers.verifier.verifier().verify_access(&token, now) else {
+            // Not a valid access token of ours: nothing to revoke, and the answer says no more (RFC 7009
+            // §2.2). The record keeps the spent assertion.
+            let entry = self.entry(
+                client,
+                Action::TokenRevoke,
+                Outcome::Failure,
+                "nothing to revoke: not a valid access token",
+            );
+            if let Err(e) = self.audit.append(entry).await {
+                tracing::error!(error = %e, "cannot record a token revocation request");
+            }
+            return Ok(());
+        };
+        if client.uid.as_deref() != Some(access.agent_uid.as_str()) {
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                "the token was not issued to this client; only its holder can revoke it here",
+            ));
+        }
+        let entry = self
+            .entry(
+                client,
+                Action::TokenRevoke,
+                Outcome::Success,
+                "access token revoked by its holder (RFC 7009)",
+            )
+            .with_detail(a::DETAIL_JTI, access.jti.clone())
+            .with_detail(a::DETAIL_EXPIRES_AT, access.expires_at.to_string());
+        self.audit.append(entry).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot record a token revocation; refusing");
+            OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "the audit log is unavailable; nothing was revoked",
+            )
+        })?;
+        Ok(())
+    }
+
     async fn client_credentials(
         &self,
         req: &ClientCredentials,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<Issued, OAuthError> {
-        let svid = self.authenticate(req, client, now)?;
+        let svid = self.authenticate(&req.auth, client, now)?;
         let uid = client.uid.clone().unwrap_or_default();
         let (namespace, name) =
             (client.namespace.clone().unwrap_or_default(), client.name.clone().unwrap_or_default());
@@ -272,13 +343,13 @@ impl TokenService {
     /// the certificate in `x5c` (told apart by `x5c` in the header; each form is then verified in full).
     fn authenticate(
         &self,
-        req: &ClientCredentials,
+        auth: &ClientAuth,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<SpiffeId, OAuthError> {
-        let x509 = decode_unverified(&req.assertion).is_ok_and(|(header, _)| header.get("x5c").is_some());
+        let x509 = decode_unverified(&auth.assertion).is_ok_and(|(header, _)| header.get("x5c").is_some());
         let (id, spent_key, expires_at) =
-            if x509 { self.by_certificate(req, client, now)? } else { self.by_jwt_svid(req, client, now)? };
+            if x509 { self.by_certificate(auth, client, now)? } else { self.by_jwt_svid(auth, client, now)? };
         let fresh = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             !self.ledger.assertion_used(&spent_key, now) && in_flight.insert(spent_key.clone())
@@ -293,18 +364,13 @@ impl TokenService {
     }
 
     /// The client's identity from `client_id`, when sent, and the SPIFFE ID: they must agree.
-    fn name_client(
-        &self,
-        req: &ClientCredentials,
-        client: &mut Client,
-        id: &SpiffeId,
-    ) -> Result<(), OAuthError> {
+    fn name_client(&self, auth: &ClientAuth, client: &mut Client, id: &SpiffeId) -> Result<(), OAuthError> {
         let Ok((namespace, name)) = id.agent_in(&self.trust_domain) else {
             return Err(OAuthError::client("the client assertion's subject is not an agent"));
         };
         client.namespace = Some(namespace.to_owned());
         client.name = Some(name.to_owned());
-        if req.client_id.as_ref().is_some_and(|c| *c != id.to_string()) {
+        if auth.client_id.as_ref().is_some_and(|c| *c != id.to_string()) {
             return Err(OAuthError::client("client_id is not the client assertion's subject"));
         }
         Ok(())
@@ -313,7 +379,7 @@ impl TokenService {
     /// The JWT-SVID form: one of the agent's live JWT-SVIDs, for this endpoint. Spent by its `jti`.
     fn by_jwt_svid(
         &self,
-        req: &ClientCredentials,
+        auth: &ClientAuth,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<(SpiffeId, String, Timestamp), OAuthError> {
@@ -325,9 +391,9 @@ impl TokenService {
         };
         let svid = verifiers
             .verifier
-            .verify_any_audience(&req.assertion, now)
+            .verify_any_audience(&auth.assertion, now)
             .map_err(|e| OAuthError::client(format!("the client assertion is not a valid JWT-SVID: {e}")))?;
-        self.name_client(req, client, &svid.spiffe_id)?;
+        self.name_client(auth, client, &svid.spiffe_id)?;
         client.uid = svid.extra.get(CLAIM_UID).and_then(|v| v.as_str()).map(str::to_owned);
         if svid.audience != self.endpoint {
             return Err(OAuthError::client(format!(
@@ -355,14 +421,14 @@ impl TokenService {
     /// and `jti` (the client chooses the `jti`, so it is only unique per certificate).
     fn by_certificate(
         &self,
-        req: &ClientCredentials,
+        auth: &ClientAuth,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<(SpiffeId, String, Timestamp), OAuthError> {
         let ca = Arc::clone(&self.issuer.borrow().ca);
-        let v = assertion::verify(&ca, &self.trust_domain, &req.assertion, &self.endpoint, now)
+        let v = assertion::verify(&ca, &self.trust_domain, &auth.assertion, &self.endpoint, now)
             .map_err(|e| OAuthError::client(e.to_string()))?;
-        self.name_client(req, client, &v.spiffe_id)?;
+        self.name_client(auth, client, &v.spiffe_id)?;
         let (namespace, name) =
             (client.namespace.clone().unwrap_or_default(), client.name.clone().unwrap_or_default());
         let uid = self.index.load().agent_by_name(&namespace, &name).map(|a| a.uid.to_string());
@@ -427,9 +493,26 @@ impl TokenService {
     }
 }
 
-/// The route: `POST` [`TOKEN_PATH`].
+/// The routes: `POST` [`TOKEN_PATH`] and `POST` [`REVOKE_PATH`].
 pub fn surface(service: Arc<TokenService>) -> crate::server::Surface {
-    crate::server::Routes::new("token").route(TOKEN_PATH, post(token)).finish(service)
+    crate::server::Routes::new("token")
+        .route(TOKEN_PATH, post(token))
+        .route(REVOKE_PATH, post(revoke))
+        .finish(service)
+}
+
+async fn revoke(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {
+    let result = match read_form(request).await {
+        Ok(form) => service.revoke(&form, Timestamp::now()).await,
+        Err(e) => {
+            service.record_refusal(&Client::default(), &e).await;
+            Err(e)
+        }
+    };
+    match result {
+        Ok(()) => answer(StatusCode::OK, &json!({})),
+        Err(e) => refusal(&e),
+    }
 }
 
 async fn token(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {

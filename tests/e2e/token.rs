@@ -289,6 +289,40 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     assert!(python.status.success(), "the Python client failed: {}", String::from_utf8_lossy(&python.stderr));
     assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), id);
 
+    // Revocation by the holder (RFC 7009): durable, and the decision API refuses the token at once.
+    let revoke = |assertion: String, token: String| {
+        let op = &op;
+        async move {
+            let body =
+                format!("client_assertion_type={ASSERTION_TYPE}&client_assertion={assertion}&token={token}");
+            let (status, _, text) =
+                http_post(&op.http_addr, "/v1/oauth/revoke", &[FORM], body.as_bytes()).await;
+            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+        }
+    };
+    let (status, _, answer) = {
+        let (s, a, h) = post(&op, &request(&signed(&key, &chain, &id, &ep, "x-r0", 60), ok)).await;
+        (s, h, a)
+    };
+    assert_eq!(status, 200, "{answer}");
+    let doomed = answer["access_token"].as_str().unwrap().to_owned();
+    let allowed = crate::harness::decide(&op, &doomed, "read", "crm:contacts/42", json!({})).await;
+    assert_eq!(allowed["decision"], "Allow", "{allowed}");
+    let r1 = signed(&key, &chain, &id, &ep, "x-r1", 60);
+    assert_eq!(revoke(r1.clone(), doomed.clone()).await.0, 200);
+    let d = crate::harness::decide(&op, &doomed, "read", "crm:contacts/42", json!({})).await;
+    assert!(
+        d["decision"] == "Deny" && d["reason"].as_str().unwrap().contains("not one the operator issued"),
+        "{d}"
+    );
+    assert_eq!(revoke(r1, doomed.clone()).await.1["error"], "invalid_client", "a replayed assertion");
+    assert_eq!(revoke(signed(&key, &chain, &id, &ep, "x-r2", 60), "not.a.token".into()).await.0, 200);
+    assert_eq!(revoke("x.y.z".into(), doomed.clone()).await.1["error"], "invalid_client");
+    let meta: Value =
+        serde_json::from_str(&http_get(&op.http_addr, "/.well-known/oauth-authorization-server").await.2)
+            .unwrap();
+    assert_eq!(meta["revocation_endpoint"], format!("http://{}/v1/oauth/revoke", op.http_addr));
+
     // The assertion is spent: again, and after a restart, it is refused.
     let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;
     assert_eq!((status, answer["error"].as_str()), (401, Some("invalid_client")), "{answer}");
@@ -297,6 +331,8 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     op.restart();
     let (_, answer, _) = post(&op, &request(&assertion, asked)).await;
     assert_eq!(answer["error"], "invalid_client", "replay after a restart: {answer}");
+    let d = crate::harness::decide(&op, &doomed, "read", "crm:contacts/42", json!({})).await;
+    assert_eq!(d["decision"], "Deny", "a revoked token stays revoked after a restart: {d}");
 
     // Refusals after authentication spend the assertion too, each with its own error.
     let a1 = fresh_assertion(&ns, &op, 1).await;
