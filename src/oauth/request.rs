@@ -69,14 +69,24 @@ pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
     Ok(ClientCredentials { auth, scopes, resource: resource.to_owned(), task: task.map(str::to_owned) })
 }
 
-/// How a client authenticates: `private_key_jwt` (RFC 7523 §2.2), never a secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a client authenticates: `private_key_jwt` (RFC 7523 §2.2), never a secret. `Debug` leaves the
+/// assertion out: it is a credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientAuth {
     /// The client assertion: a JWT the agent signed with its X.509-SVID key, or its JWT-SVID for the
     /// token endpoint.
     pub assertion: String,
     /// `client_id`, if the client sent it (it must then name the assertion's subject).
     pub client_id: Option<String>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("assertion", &"<redacted>")
+            .field("client_id", &self.client_id)
+            .finish()
+    }
 }
 
 /// Reads the client authentication parameters of any endpoint's form.

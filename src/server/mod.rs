@@ -9,6 +9,8 @@ pub mod issuer;
 pub mod listener;
 pub mod mcp;
 pub mod token;
+#[cfg(test)]
+mod token_tests;
 
 use std::future::Future;
 use std::num::NonZeroUsize;

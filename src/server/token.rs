@@ -42,7 +42,7 @@ use crate::identity::assertion;
 use crate::identity::cache::CurrentVerifier;
 use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::{CLAIM_UID, Minter, effective_ttl};
-use crate::identity::verify::decode_unverified;
+use crate::identity::verify::{MAX_LEEWAY, decode_unverified};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::oauth::metadata::{REVOKE_PATH, TOKEN_PATH, token_endpoint};
 use crate::oauth::request::{self, ClientAuth, ClientCredentials};
@@ -75,8 +75,8 @@ impl std::fmt::Debug for TokenService {
     }
 }
 
-/// A successful answer (RFC 6749 §5.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A successful answer (RFC 6749 §5.1). `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Issued {
     /// The access token.
     pub access_token: String,
@@ -84,6 +84,16 @@ pub struct Issued {
     pub expires_in: u64,
     /// The scopes it carries.
     pub scope: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("access_token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 /// Who a request turned out to come from, as far as it was established: for the audit record.
@@ -359,7 +369,12 @@ impl TokenService {
                 "the client assertion was used before: each authenticates one request (sign a new one)",
             ));
         }
-        client.assertion = Some((spent_key, expires_at));
+        // Remembered until the verifiers would refuse it anyway: its `exp` plus their clock-skew leeway (an
+        // assertion is accepted up to that long after its `exp`, so forgetting it at `exp` would reopen it).
+        let leeway =
+            jiff::SignedDuration::try_from(MAX_LEEWAY).unwrap_or(jiff::SignedDuration::from_secs(30));
+        let remember_until = expires_at.checked_add(leeway).unwrap_or(Timestamp::MAX);
+        client.assertion = Some((spent_key, remember_until));
         Ok(id)
     }
 
