@@ -642,11 +642,7 @@ fn granted(w: &World, scopes: &[&str]) -> Result<Vec<String>, Reason> {
 
 #[test]
 fn a_token_scope_is_granted_only_where_a_rule_allows_all_of_it_unconditionally() {
-    let p = policy(
-        "p",
-        "Enforce",
-        json!({"names": ["bot"]}),
-        json!([
+    let rules = json!([
         {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]},
         {"name": "any", "effect": "Allow", "actions": ["*"], "resources": ["tickets:**"]},
         {"name": "no-vip", "effect": "Deny", "actions": ["read"], "resources": ["crm:contacts/vip-*"]},
@@ -660,31 +656,13 @@ fn a_token_scope_is_granted_only_where_a_rule_allows_all_of_it_unconditionally()
          "conditions": {"rateLimit": {"requests": 2, "per": "1m"}}},
         {"name": "pay", "effect": "Allow", "actions": ["pay"], "resources": ["pay:x"],
          "conditions": {"approval": "required", "approvers": {"users": ["bob"]}}},
-        {"name": "tool", "effect": "Allow", "actions": ["tools.call"], "resources": ["mcp:crm"], "tools": ["get_*"]},
-        {"name": "lax", "effect": "Allow", "actions": ["*"], "resources": ["**"]}]),
-    );
-    let mut w = World::new(&[bot()], &[p], &[]);
+        {"name": "tool", "effect": "Allow", "actions": ["tools.call"], "resources": ["mcp:crm"], "tools": ["get_*"]}]);
+    let with_rules = |rules: Value| policy("p", "Enforce", json!({"names": ["bot"]}), rules);
+    let mut lax = rules.as_array().unwrap().clone();
+    lax.push(json!({"name": "lax", "effect": "Allow", "actions": ["*"], "resources": ["**"]}));
+    let mut w = World::new(&[bot()], &[with_rules(Value::Array(lax))], &[]);
     // Without the catch-all "lax", each rule alone.
-    let strict = policy(
-        "p",
-        "Enforce",
-        json!({"names": ["bot"]}),
-        json!([
-        {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]},
-        {"name": "any", "effect": "Allow", "actions": ["*"], "resources": ["tickets:**"]},
-        {"name": "no-vip", "effect": "Deny", "actions": ["read"], "resources": ["crm:contacts/vip-*"]},
-        {"name": "trusted", "effect": "Allow", "actions": ["write"], "resources": ["crm:x"],
-         "conditions": {"minTrustScore": 800}},
-        {"name": "hours", "effect": "Allow", "actions": ["read"], "resources": ["crm:h"],
-         "conditions": {"timeWindows": [{"days": ["Mon"], "start": "09:00", "end": "17:00", "timeZone": "Europe/Berlin"}]}},
-        {"name": "refund", "effect": "Allow", "actions": ["refund"], "resources": ["pay:orders/*"],
-         "conditions": {"attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "100"}]}},
-        {"name": "limited", "effect": "Allow", "actions": ["list"], "resources": ["crm:leads"],
-         "conditions": {"rateLimit": {"requests": 2, "per": "1m"}}},
-        {"name": "pay", "effect": "Allow", "actions": ["pay"], "resources": ["pay:x"],
-         "conditions": {"approval": "required", "approvers": {"users": ["bob"]}}},
-        {"name": "tool", "effect": "Allow", "actions": ["tools.call"], "resources": ["mcp:crm"], "tools": ["get_*"]}]),
-    );
+    let strict = with_rules(rules);
     let all = [
         "read@crm:contacts/42",
         "read@crm:contacts/*",

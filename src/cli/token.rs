@@ -382,9 +382,6 @@ pub fn verify_access_with(
 pub fn render_access(v: &VerifiedAccessToken, keys_origin: &str, now: Timestamp) -> String {
     let t = &v.token;
     let at = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let unpinned = |pinned: bool, flag: &str| {
-        if pinned { String::new() } else { format!(" (taken from the token; pass {flag} to pin it)") }
-    };
     let mut out = format!(
         "VERIFIED at {at}: access token ({ACCESS_TYP}): signature ({SIGNING_ALG}), issuer, audience, times and subject\n"
     );
@@ -422,9 +419,6 @@ pub fn render_access(v: &VerifiedAccessToken, keys_origin: &str, now: Timestamp)
 /// The text of a successful `token verify`; `keys_origin` says where the keys came from.
 pub fn render_verified(v: &Verified, keys_origin: &str, now: Timestamp) -> String {
     let s = &v.svid;
-    let unpinned = |pinned: bool, flag: &str| {
-        if pinned { String::new() } else { format!(" (taken from the token; pass {flag} to pin it)") }
-    };
     // Whole seconds, like the token's own times.
     let at = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let mut out =
@@ -449,6 +443,11 @@ pub fn render_verified(v: &Verified, keys_origin: &str, now: Timestamp) -> Strin
         let _ = writeln!(out, "{name}: {value}{checked}");
     }
     out
+}
+
+/// Nothing for a pinned value; for one taken from the token, a note naming the flag that pins it.
+fn unpinned(pinned: bool, flag: &str) -> String {
+    if pinned { String::new() } else { format!(" (taken from the token; pass {flag} to pin it)") }
 }
 
 /// "in 9m 58s" or "expired 2m 3s ago", relative to `now`.

@@ -22,7 +22,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::jwt::{MAX_TTL, MintError, TokenClaims, new_jti};
+use super::jwt::{MintError, TokenClaims, check_lifetime, new_jti, token_times};
 pub use super::keys::ACCESS_TYP;
 use super::keys::JwtType;
 use super::spiffe::SpiffeId;
@@ -88,8 +88,7 @@ pub struct AccessGrant<'a> {
 impl AccessClaims {
     /// Claims for `grant`, valid from `now` for `ttl` (whole seconds), with a fresh `jti`.
     pub fn new(grant: AccessGrant<'_>, now: Timestamp, ttl: Duration) -> Result<Self, MintError> {
-        let iat = now.as_second();
-        let exp = iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let (iat, exp) = token_times(now, ttl);
         Ok(Self {
             iss: grant.issuer.to_owned(),
             sub: grant.agent.to_string(),
@@ -121,12 +120,7 @@ impl TokenClaims for AccessClaims {
         if self.agent_uid.is_empty() {
             return fail("the agent UID must be named");
         }
-        if self.exp <= self.iat || self.nbf > self.exp {
-            return fail("exp must be after iat and nbf");
-        }
-        if self.exp.saturating_sub(self.iat) > i64::try_from(MAX_TTL.as_secs()).unwrap_or(i64::MAX) {
-            return fail("lifetime exceeds the 1h maximum");
-        }
+        check_lifetime(self.iat, self.nbf, self.exp)?;
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::jwt::{MAX_TTL, MintError, TokenClaims, new_jti};
+use super::jwt::{MintError, TokenClaims, check_lifetime, new_jti, token_times};
 pub use super::keys::DELEGATED_TYP;
 use super::keys::JwtType;
 use super::spiffe::SpiffeId;
@@ -83,7 +83,7 @@ pub struct DelegatedClaims {
     pub iat: i64,
     /// Not before (equal to `iat`).
     pub nbf: i64,
-    /// Expiry: never after the chain's end, and at most [`MAX_TTL`] after `iat`.
+    /// Expiry: never after the chain's end, and at most [`MAX_TTL`](super::jwt::MAX_TTL) after `iat`.
     pub exp: i64,
     /// A unique token ID.
     pub jti: String,
@@ -131,8 +131,7 @@ pub struct Grant<'a> {
 impl DelegatedClaims {
     /// Claims for `grant`, valid from `now` for `ttl` (whole seconds), with a fresh `jti`.
     pub fn new(grant: Grant<'_>, now: Timestamp, ttl: Duration) -> Result<Self, MintError> {
-        let iat = now.as_second();
-        let exp = iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let (iat, exp) = token_times(now, ttl);
         let acting_first: Vec<SpiffeId> = grant.agents.iter().rev().cloned().collect();
         let act = Actor::nest(&acting_first).ok_or(MintError::InvalidClaims("a chain has no agent"))?;
         Ok(Self {
@@ -165,12 +164,7 @@ impl TokenClaims for DelegatedClaims {
         if self.aud.is_empty() || self.iss.is_empty() || self.jti.is_empty() || self.scope.is_empty() {
             return fail("aud, iss, jti and scope must be non-empty");
         }
-        if self.exp <= self.iat || self.nbf > self.exp {
-            return fail("exp must be after iat and nbf");
-        }
-        if self.exp.saturating_sub(self.iat) > i64::try_from(MAX_TTL.as_secs()).unwrap_or(i64::MAX) {
-            return fail("lifetime exceeds the 1h maximum");
-        }
+        check_lifetime(self.iat, self.nbf, self.exp)?;
         let agents = self.act.agents();
         if agents.len() != self.chain.len() || self.chain.len() > MAX_CHAIN {
             return fail("act must name one agent per Delegation of the chain");

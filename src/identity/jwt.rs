@@ -121,8 +121,7 @@ impl SvidClaims {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<Self, MintError> {
-        let iat = now.as_second();
-        let exp = iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let (iat, exp) = token_times(now, ttl);
         Ok(Self {
             iss: issuer.to_owned(),
             sub: subject.to_string(),
@@ -147,12 +146,7 @@ impl SvidClaims {
         if self.aud.is_empty() || self.iss.is_empty() || self.jti.is_empty() {
             return fail("aud, iss and jti must be non-empty");
         }
-        if self.exp <= self.iat || self.nbf > self.exp {
-            return fail("exp must be after iat and nbf");
-        }
-        if self.exp.saturating_sub(self.iat) > i64::try_from(MAX_TTL.as_secs()).unwrap_or(i64::MAX) {
-            return fail("lifetime exceeds the 1h maximum");
-        }
+        check_lifetime(self.iat, self.nbf, self.exp)?;
         Ok(())
     }
 }
@@ -172,6 +166,24 @@ impl TokenClaims for SvidClaims {
     fn validate(&self) -> Result<(), MintError> {
         self.check()
     }
+}
+
+/// `iat` and `exp` (whole seconds) of a token minted at `now` for `ttl`.
+pub(crate) fn token_times(now: Timestamp, ttl: Duration) -> (i64, i64) {
+    let iat = now.as_second();
+    (iat, iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)))
+}
+
+/// The time checks every kind of claims passes before signing: `exp` after `iat` and `nbf`, and a
+/// lifetime of at most [`MAX_TTL`].
+pub(crate) fn check_lifetime(iat: i64, nbf: i64, exp: i64) -> Result<(), MintError> {
+    if exp <= iat || nbf > exp {
+        return Err(MintError::InvalidClaims("exp must be after iat and nbf"));
+    }
+    if exp.saturating_sub(iat) > i64::try_from(MAX_TTL.as_secs()).unwrap_or(i64::MAX) {
+        return Err(MintError::InvalidClaims("lifetime exceeds the 1h maximum"));
+    }
+    Ok(())
 }
 
 /// A fresh token ID: 128 bits from the system CSPRNG, base64url without padding (22 characters).

@@ -382,12 +382,8 @@ impl Authorizer {
             Ok(Either::Access(v)) => return self.decide_access(&v, req, context, now, clock),
             Err(e) => return refuse(format!("invalid token: {e}")),
         };
-        if let Some(wanted) = req.token_type.filter(|t| *t != TokenType::Identity) {
-            return refuse(format!(
-                "an identity token where {} token is required (tokenType: {})",
-                wanted.with_article(),
-                wanted.as_str()
-            ));
+        if let Some(why) = kind_refusal(req, TokenType::Identity) {
+            return refuse(why);
         }
         let Ok((namespace, name)) = svid.spiffe_id.agent_in(&self.trust_domain) else {
             return refuse("the token's subject is not an agent".into());
@@ -400,16 +396,8 @@ impl Authorizer {
             jti: svid.jti.clone(),
             ..Who::default()
         };
-        if let Some(expected) = &req.audience
-            && *expected != svid.audience
-        {
-            return (
-                Decision::deny(Reason::Refused(format!(
-                    "the token is for audience {:?}, not {expected:?}",
-                    svid.audience
-                ))),
-                who,
-            );
+        if let Some(why) = audience_refusal(req, &svid.audience) {
+            return (Decision::deny(Reason::Refused(why)), who);
         }
         let Some(uid) = who.uid.as_deref() else {
             return (Decision::deny(Reason::Refused(format!("the token has no {CLAIM_UID} claim"))), who);
@@ -436,6 +424,23 @@ impl Authorizer {
         let decision = self.index.load().decide(subject, record.as_deref(), &request, clock, &self.limiter);
         (decision, who)
     }
+}
+
+/// Why a token of kind `found` is refused when the request pins another kind (`tokenType`), if it is.
+fn kind_refusal(req: &AuthorizeRequest, found: TokenType) -> Option<String> {
+    let wanted = req.token_type.filter(|w| *w != found)?;
+    Some(format!(
+        "{} token where {} token is required (tokenType: {})",
+        found.with_article(),
+        wanted.with_article(),
+        wanted.as_str()
+    ))
+}
+
+/// Why a token for `audience` is refused when the request pins another audience, if it is.
+fn audience_refusal(req: &AuthorizeRequest, audience: &str) -> Option<String> {
+    let expected = req.audience.as_deref().filter(|e| *e != audience)?;
+    Some(format!("the token is for audience {audience:?}, not {expected:?}"))
 }
 
 /// Who a decision was about, as far as the token told.
@@ -476,20 +481,9 @@ impl Authorizer {
             jti: v.jti.clone(),
             ..Who::default()
         };
-        if let Some(wanted) = req.token_type.filter(|t| *t != TokenType::Access) {
-            return refuse(
-                format!(
-                    "an access token where {} token is required (tokenType: {})",
-                    wanted.with_article(),
-                    wanted.as_str()
-                ),
-                who,
-            );
-        }
-        if let Some(expected) = &req.audience
-            && *expected != v.audience
+        if let Some(why) = kind_refusal(req, TokenType::Access).or_else(|| audience_refusal(req, &v.audience))
         {
-            return refuse(format!("the token is for audience {:?}, not {expected:?}", v.audience), who);
+            return refuse(why, who);
         }
         let issued = self.ledger.access_token(&v.jti, now);
         if !issued.is_some_and(|i| i.agent_uid == v.agent_uid && i.aud == v.audience) {
@@ -561,20 +555,10 @@ impl Authorizer {
             chain,
             delegation_uid: Some(v.delegation_uid.clone()),
         };
-        if let Some(wanted) = req.token_type.filter(|t| *t != TokenType::Delegated) {
-            return refuse(
-                format!(
-                    "a delegated token where {} token is required (tokenType: {})",
-                    wanted.with_article(),
-                    wanted.as_str()
-                ),
-                who,
-            );
-        }
-        if let Some(expected) = &req.audience
-            && *expected != v.audience
+        if let Some(why) =
+            kind_refusal(req, TokenType::Delegated).or_else(|| audience_refusal(req, &v.audience))
         {
-            return refuse(format!("the token is for audience {:?}, not {expected:?}", v.audience), who);
+            return refuse(why, who);
         }
         match self.ledger.delegated_standing(&v.chain, &v.jti, &v.audience, now) {
             DelegatedStanding::Live => {}

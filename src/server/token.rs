@@ -157,8 +157,14 @@ impl TokenService {
             Ok(req) => self.client_credentials(&req, &mut client, now).await,
             Err(e) => Err(e),
         };
+        self.finish(&client, result).await
+    }
+
+    /// Records a refusal, and lets go of the request's assertion (by now the ledger holds it as spent
+    /// if it authenticated anything).
+    async fn finish<T>(&self, client: &Client, result: Result<T, OAuthError>) -> Result<T, OAuthError> {
         if let Err(e) = &result {
-            self.record_refusal(&client, e).await;
+            self.record_refusal(client, e).await;
         }
         if let Some((jti, _)) = &client.assertion {
             self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(jti);
@@ -173,13 +179,7 @@ impl TokenService {
     pub async fn revoke(&self, form: &Form, now: Timestamp) -> Result<(), OAuthError> {
         let mut client = Client::default();
         let result = self.revoke_inner(form, &mut client, now).await;
-        if let Err(e) = &result {
-            self.record_refusal(&client, e).await;
-        }
-        if let Some((jti, _)) = &client.assertion {
-            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(jti);
-        }
-        result
+        self.finish(&client, result).await
     }
 
     async fn revoke_inner(&self, form: &Form, client: &mut Client, now: Timestamp) -> Result<(), OAuthError> {
