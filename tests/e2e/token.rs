@@ -95,6 +95,15 @@ fn signed(key: &EcdsaKeyPair, chain: &[String], id: &str, aud: &str, jti: &str, 
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
 }
 
+/// An answer as a failing assertion may print it: an access token in it replaced.
+fn shown(answer: &Value) -> String {
+    let mut a = answer.clone();
+    if let Some(t) = a.get_mut("access_token") {
+        *t = Value::from("<redacted>");
+    }
+    a.to_string()
+}
+
 fn request(assertion: &str, extra: &str) -> String {
     format!(
         "grant_type=client_credentials&client_assertion_type={ASSERTION_TYPE}&client_assertion={assertion}&{extra}"
@@ -180,8 +189,8 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
         (request(&"a".repeat(20_000), ok), "invalid_client"),
     ] {
         let (status, answer, headers) = post(&op, &body).await;
-        assert_eq!(answer["error"], code, "{}: {answer}", &body[..body.len().min(120)]);
-        assert!(status == 400 || status == 401, "{status} {answer}");
+        assert_eq!(answer["error"], code, "expected {code}: {}", shown(&answer));
+        assert!(status == 400 || status == 401, "{status} {}", shown(&answer));
         assert!(answer.get("access_token").is_none());
         assert_eq!(headers.get("cache-control").map(String::as_str), Some("no-store"));
     }
@@ -199,7 +208,7 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     // Granted: only what the policy allows unconditionally; the conditional refund is left out.
     let asked = "scope=read%40crm%3Acontacts%2F42+refund%40pay%3Aorders%2F1+read%40crm%3Acontacts%2F*&resource=crm&task=t-1";
     let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(status, 200, "{}", shown(&answer));
     assert_eq!(answer["token_type"], "Bearer");
     assert_eq!(answer["scope"], "read@crm:contacts/42");
     assert_eq!(answer["expires_in"], 300);
@@ -253,9 +262,9 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     let id = format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name);
     let mine = signed(&key, &chain, &id, &ep, "x-1", 60);
     let (status, answer, _) = post(&op, &request(&mine, ok)).await;
-    assert_eq!((status, answer["scope"].as_str()), (200, Some("read@crm:contacts/42")), "{answer}");
+    assert_eq!((status, answer["scope"].as_str()), (200, Some("read@crm:contacts/42")), "{}", shown(&answer));
     let (_, answer, _) = post(&op, &request(&mine, ok)).await;
-    assert_eq!(answer["error"], "invalid_client", "the same X.509 assertion twice: {answer}");
+    assert_eq!(answer["error"], "invalid_client", "the same X.509 assertion twice: {}", shown(&answer));
     let (status, _, _) = post(&op, &request(&signed(&key, &chain, &id, &ep, "x-2", 60), ok)).await;
     assert_eq!(status, 200, "a new assertion from the same certificate");
     let stranger = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
@@ -266,7 +275,7 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
         (signed(&key, &chain, &id.replace("/bot", "/other"), &ep, "x-6", 60), "another subject"),
     ] {
         let (_, answer, _) = post(&op, &request(&bad, ok)).await;
-        assert_eq!(answer["error"], "invalid_client", "{why}: {answer}");
+        assert_eq!(answer["error"], "invalid_client", "{why}: {}", shown(&answer));
     }
 
     // The same with an independent client: PyJWT and urllib, from the published metadata alone.
@@ -304,7 +313,7 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
         let (s, a, h) = post(&op, &request(&signed(&key, &chain, &id, &ep, "x-r0", 60), ok)).await;
         (s, h, a)
     };
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(status, 200, "{}", shown(&answer));
     let doomed = answer["access_token"].as_str().unwrap().to_owned();
     let allowed = crate::harness::decide(&op, &doomed, "read", "crm:contacts/42", json!({})).await;
     assert_eq!(allowed["decision"], "Allow", "{allowed}");
@@ -325,12 +334,12 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
 
     // The assertion is spent: again, and after a restart, it is refused.
     let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;
-    assert_eq!((status, answer["error"].as_str()), (401, Some("invalid_client")), "{answer}");
+    assert_eq!((status, answer["error"].as_str()), (401, Some("invalid_client")), "{}", shown(&answer));
     assert!(answer["error_description"].as_str().unwrap().contains("used before"));
     assert!(headers.contains_key("www-authenticate"));
     op.restart();
     let (_, answer, _) = post(&op, &request(&assertion, asked)).await;
-    assert_eq!(answer["error"], "invalid_client", "replay after a restart: {answer}");
+    assert_eq!(answer["error"], "invalid_client", "replay after a restart: {}", shown(&answer));
     let d = crate::harness::decide(&op, &doomed, "read", "crm:contacts/42", json!({})).await;
     assert_eq!(d["decision"], "Deny", "a revoked token stays revoked after a restart: {d}");
 
@@ -341,14 +350,14 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
         &request(&a1, "scope=refund%40pay%3Aorders%2F1+read%40crm%3Acontacts%2Fvip-1&resource=crm"),
     )
     .await;
-    assert_eq!(answer["error"], "invalid_scope", "{answer}");
+    assert_eq!(answer["error"], "invalid_scope", "{}", shown(&answer));
     let text = answer["error_description"].as_str().unwrap();
     assert!(text.contains("refund@pay:orders/1") && text.contains("no-vip"), "{text}");
     let (_, answer, _) = post(&op, &request(&a1, ok)).await;
-    assert_eq!(answer["error"], "invalid_client", "{answer}");
+    assert_eq!(answer["error"], "invalid_client", "{}", shown(&answer));
     let a2 = fresh_assertion(&ns, &op, 2).await;
     let (_, answer, _) = post(&op, &request(&a2, "scope=read%40crm%3Acontacts%2F42&resource=payments")).await;
-    assert_eq!(answer["error"], "invalid_target", "{answer}");
+    assert_eq!(answer["error"], "invalid_target", "{}", shown(&answer));
 
     // A suspended agent gets no token, whatever it presents.
     let a3 = fresh_assertion(&ns, &op, 3).await;
@@ -356,14 +365,15 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     ns.api::<Agent>().patch("bot", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     wait_phase(&ns.api::<Agent>(), "bot", "Suspended").await;
     let (_, answer, _) = post(&op, &request(&a3, ok)).await;
-    assert!(answer.get("access_token").is_none(), "{answer}");
+    assert!(answer.get("access_token").is_none(), "{}", shown(&answer));
     let (_, answer, _) = post(&op, &request(&signed(&key, &chain, &id, &ep, "x-9", 60), ok)).await;
-    assert!(answer.get("access_token").is_none(), "a suspended agent's certificate: {answer}");
+    assert!(answer.get("access_token").is_none(), "a suspended agent's certificate: {}", shown(&answer));
     let d = crate::harness::decide(&op, &access, "read", "crm:contacts/42", json!({})).await;
     assert_eq!(d["decision"], "Deny", "a suspended agent's access token: {d}");
     assert!(
         ["invalid_client", "unauthorized_client"].contains(&answer["error"].as_str().unwrap()),
-        "{answer}"
+        "{}",
+        shown(&answer)
     );
 
     // The log holds the issuance (intent, then outcome) and the refusals, never a token.
