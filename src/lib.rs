@@ -18,4 +18,5 @@ pub mod operator;
 pub mod registry;
 pub mod server;
 pub mod supervisor;
+pub mod tls;
 pub mod webhook;

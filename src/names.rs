@@ -40,6 +40,11 @@ pub const SIGNING_KEYS_SECRET: &str = "agentiam-signing-keys";
 pub const CA_SECRET: &str = "agentiam-ca";
 /// The Secret of the webhooks' serving certificate (operator namespace).
 pub const WEBHOOK_TLS_SECRET: &str = "agentiam-webhook-tls";
+/// The Secret of the HTTP API's serving certificate, when the operator manages it (operator namespace).
+pub const API_TLS_SECRET: &str = "agentiam-api-tls";
+/// The ConfigMap publishing the CA bundle that clients of the HTTP API trust (operator namespace), and the
+/// same bundle's key in every namespace's trust bundle ConfigMap.
+pub const API_CA_CONFIGMAP: &str = "agentiam-api-ca";
 /// The trust bundle ConfigMap in every namespace with Agents.
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "agentiam-trust-bundle";
 
@@ -91,6 +96,8 @@ mod tests {
             ("agentiam.issuerKeysSecret", SIGNING_KEYS_SECRET),
             ("agentiam.caSecret", CA_SECRET),
             ("agentiam.webhookTlsSecret", WEBHOOK_TLS_SECRET),
+            ("agentiam.apiTlsSecret", API_TLS_SECRET),
+            ("agentiam.apiCaConfigMap", API_CA_CONFIGMAP),
             ("agentiam.trustBundleConfigMap", TRUST_BUNDLE_CONFIGMAP),
             ("agentiam.agentLabel", AGENT_LABEL),
         ] {

@@ -36,6 +36,8 @@ pub struct Options {
     pub api_threads: std::num::NonZeroUsize,
     /// Timeouts and the connection bound of the HTTP server (see [`server::listener`]).
     pub http_limits: server::listener::Limits,
+    /// TLS on the HTTP server (see [`server::tls`]).
+    pub http_tls: server::tls::ApiTls,
     /// The credentials issuer: URL, trust domain, key rotation.
     pub issuer: IssuerSettings,
     /// The pod admission webhook (None: disabled).
@@ -75,6 +77,9 @@ pub enum StartupError {
     /// The signing keys or the CA could not be loaded or created.
     #[error(transparent)]
     Keys(controller::keys::KeysError),
+    /// The HTTP server's certificate could not be loaded, made or published.
+    #[error("failed to set up TLS for the HTTP server: {0}")]
+    HttpTls(#[source] crate::tls::ServingError),
     /// Access token issuances a stop interrupted could not be closed.
     #[error("failed to void interrupted access token issuances: {0}")]
     VoidTokens(#[source] AuditError),
@@ -315,6 +320,19 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             (!serving_for_health.load(Ordering::Acquire))
                 .then_some("the admission webhooks are not serving yet")
         }));
+    let tls = server::tls::prepare(&client, &opts.http_tls, Arc::clone(&ctx.api_ca))
+        .await
+        .map_err(StartupError::HttpTls)?;
+    if tls.is_none() {
+        warn!(
+            "the HTTP server serves plain HTTP (--http-plaintext): tokens and decisions cross the network unencrypted; use it only for local development or behind a TLS proxy"
+        );
+    }
+    let acceptor = tls.as_ref().map(server::tls::Prepared::acceptor);
+    if let Some(tls) = tls {
+        let (client, stop) = (client.clone(), stopped(stop_rx.clone()));
+        tasks.spawn_infallible("http certificate", tls.run(client, stop));
+    }
     let http_error = |source| StartupError::Http { addr: opts.http_addr, source };
     let listener = std::net::TcpListener::bind(opts.http_addr).map_err(http_error)?;
     let addr = listener.local_addr().map_err(http_error)?;
@@ -324,11 +342,13 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         .with(server::decision::surface(Arc::clone(&authorizer)))
         .with(server::token::surface(token_service));
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.
-    info!("http server listening on {addr} ({})", surfaces.describe());
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    info!("http server listening on {addr} ({scheme}; {})", surfaces.describe());
     let http = server::spawn_api(
         listener,
         opts.api_threads,
         surfaces.into_router(),
+        acceptor,
         opts.http_limits,
         stopped(stop_rx.clone()),
     )
@@ -445,7 +465,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         ])
         .await;
     let _ = publisher_stop_tx.send(true);
-    tasks.join(&["checkpoint publisher", "http server", "admin server"]).await;
+    tasks.join(&["checkpoint publisher", "http server", "http certificate", "admin server"]).await;
     tasks.abort_all();
     audit.close().await;
     match ended {

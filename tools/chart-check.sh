@@ -112,6 +112,8 @@ cases=(
     --set listeners.idleTimeout=5m --set listeners.httpMaxConnections=64"
   "storage-class|--set auditLog.persistence.storageClass=- --set auditLog.persistence.keepOnUninstall=false
     --set auditLog.persistence.accessMode=ReadWriteOncePod"
+  "api-tls-secret|--set apiTls.mode=secret --set apiTls.secretName=agentiam-api-cert"
+  "api-tls-plaintext|--set apiTls.mode=plaintext"
 )
 
 # Values the schema must reject: "name|flags".
@@ -130,6 +132,8 @@ rejected=(
   "misspelt webhook key|--set webhook.enable=false"
   "listener timeout without unit|--set listeners.headerReadTimeout=10"
   "no connections allowed|--set listeners.httpMaxConnections=0"
+  "unknown API TLS mode|--set apiTls.mode=off"
+  "API TLS from a Secret without its name|--set apiTls.mode=secret"
   "approval notification URL that is not http(s)|--set approvals.notifyUrl=ftp://hooks.example.org/x"
 )
 
@@ -201,6 +205,23 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "name: $release-webhook"
       expect "$out" "$name" "containerPort: 9443"
       expect "$out" "$name" "resourceNames: [\"agentiam-$ns\"]"
+      # TLS on the http port with the operator's certificate for the Service's names.
+      expect "$out" "$name" "- --http-tls-san=$release,$release.$ns,$release.$ns.svc,$release.$ns.svc.cluster.local"
+      expect "$out" "$name" ! "--http-plaintext"
+      expect "$out" "$name" "- \"agentiam-api-tls\""
+      expect "$out" "$name" "resourceNames: [\"agentiam-api-ca\"]"
+      expect "$out" "$name" "port: 443"
+      ;;
+    api-tls-secret)
+      expect "$out" "$name" "- --http-tls-cert-file=/etc/agentiam/http-tls/tls.crt"
+      expect "$out" "$name" "secretName: agentiam-api-cert"
+      expect "$out" "$name" ! "--http-tls-san"
+      expect "$out" "$name" ! "- \"agentiam-api-tls\""
+      ;;
+    api-tls-plaintext)
+      expect "$out" "$name" "- --http-plaintext"
+      expect "$out" "$name" ! "--http-tls-san"
+      expect "$out" "$name" ! "resourceNames: [\"agentiam-api-ca\"]"
       ;;
     watch-namespace)
       expect "$out" "$name" "- --watch-namespace=$watch_ns"
@@ -449,6 +470,9 @@ for s in agentiam-audit-signing-key agentiam-signing-keys agentiam-ca; do
   create_in "$ins" secret "$s" || { cat "$work/sa.err" >&2; die "the operator cannot create Secret $s"; }
 done
 create_in "$ins" secret agentiam-webhook-tls "" tls || { cat "$work/sa.err" >&2; die "the operator cannot create its TLS Secret"; }
+create_in "$ins" secret agentiam-api-tls "" tls || { cat "$work/sa.err" >&2; die "the operator cannot create its HTTP API TLS Secret"; }
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: agentiam-api-ca}\n' |
+  allowed "publish its HTTP API CA" -n "$ins" apply --server-side --field-manager=chart-check --dry-run=server -f -
 create_in "$ins" secret agentiam-ca "" tls && die "the policy let the CA Secret be created with another type"
 grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "wrong CA type refused, but not by the policy"; }
 printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: agentiam-audit-checkpoint}\n' |
@@ -564,7 +588,7 @@ run_operator() {
   args=("${args[@]/#--http-addr=*/--http-addr=127.0.0.1:$http_port}")
   args=("${args[@]/#--admin-addr=*/--admin-addr=127.0.0.1:$admin_port}")
   args=("${args[@]/#--checkpoint-interval=*/--checkpoint-interval=1s}")
-  args=("${args[@]/#--issuer-url=*/--issuer-url=http://127.0.0.1:$http_port}")
+  args=("${args[@]/#--issuer-url=*/--issuer-url=https://127.0.0.1:$http_port}")
   args=("${args[@]/#--webhook-listen=*/--webhook-listen=127.0.0.1:$webhook_port}")
   args+=("--webhook-url=$webhook_url")
   log "$label: agentiam ${args[*]}"
@@ -573,9 +597,14 @@ run_operator() {
   operator_pid=$!
   operator_ready() {
     kill -0 "$operator_pid" 2>/dev/null || { tail -n 20 "$work/$label.log" >&2; die "$label: the operator exited"; }
-    curl -fsS "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1
+    curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1
   }
   eventually "$label: the operator is ready" operator_ready
+  # The HTTP API serves TLS with the operator's certificate; clients trust the CA it published.
+  k -n "$ins" get configmap agentiam-api-ca -o jsonpath='{.data.ca\.crt}' >"$work/api-ca.crt" ||
+    die "$label: no CA published for the HTTP API"
+  curl -fsS --cacert "$work/api-ca.crt" "https://127.0.0.1:$http_port/readyz" >/dev/null ||
+    die "$label: the HTTP API does not serve TLS with the published CA"
 }
 
 # exercise <label>: an Agent goes Active (status, finalizer, Events), gets its credentials Secret and its
@@ -605,9 +634,11 @@ exercise() {
   eventually "$label: the Agent has its credentials Secret" has_credentials
   [[ "$(k -n "$agents_ns" get "secret/$creds" -o jsonpath='{.data}')" == *'"svid.pem"'* ]] || fail "no X.509-SVID in $creds"
   k -n "$agents_ns" get configmap/agentiam-trust-bundle >/dev/null 2>&1 || fail "no trust bundle in $agents_ns"
-  discovery=$(curl -fsS "http://127.0.0.1:$http_port/.well-known/openid-configuration") ||
+  discovery=$(curl -fsS --cacert "$work/api-ca.crt" "https://127.0.0.1:$http_port/.well-known/openid-configuration") ||
     fail "no OIDC discovery document"
-  grep -qF "\"issuer\":\"http://127.0.0.1:$http_port\"" <<<"$discovery" || fail "the discovery document names another issuer"
+  grep -qF "\"issuer\":\"https://127.0.0.1:$http_port\"" <<<"$discovery" || fail "the discovery document names another issuer"
+  [[ "$(k -n "$agents_ns" get configmap/agentiam-trust-bundle -o jsonpath='{.data}')" == *'"api-ca.crt"'* ]] ||
+    fail "the trust bundle has no api-ca.crt"
 
   # Emergency rotation: the key set Secret is replaced (update), then credentials and bundle are re-applied.
   kid=$(k -n "$agents_ns" get "secret/$creds" -o jsonpath='{.metadata.annotations.agentiam\.dev/key-id}')

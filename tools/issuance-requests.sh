@@ -82,7 +82,7 @@ diff_per_agent() {
 scrape >"$work/before"
 RUST_LOG=${RUST_LOG:-info,kube=warn,tower=warn,hyper=warn} "$bin" --log-format text run \
   --namespace "$ns" --watch-namespace "$ns" \
-  --http-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --issuer-url http://127.0.0.1:1 \
+  --http-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --issuer-url http://127.0.0.1:1 --http-plaintext \
   --webhook false --audit-stdout false --audit-log "$work/audit/audit.jsonl" \
   2>"$work/operator.log" &
 operator=$!

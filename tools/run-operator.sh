@@ -33,7 +33,7 @@ log "starting the operator (logs: $run_dir/operator.log; audit records stream be
   --audit-log "$audit_log" \
   --http-addr "127.0.0.1:$http_port" \
   --admin-addr "127.0.0.1:$admin_port" \
-  --issuer-url "http://127.0.0.1:$http_port" \
+  --issuer-url "https://127.0.0.1:$http_port" \
   --webhook-listen "127.0.0.1:$webhook_port" \
   --webhook-url "https://127.0.0.1:$webhook_port" \
   --checkpoint-interval 10s \
@@ -55,6 +55,11 @@ for _ in $(seq 1 100); do
   kill -0 "$operator" 2>/dev/null || die "the operator exited during startup; see $run_dir/operator.log"
   sleep 0.1
 done
+
+# The HTTP API serves TLS with the operator's own certificate; its CA is published for clients.
+api_ca=$run_dir/api-ca.crt
+k get configmap agentiam-api-ca -n "$op_ns" -o jsonpath='{.data.ca\.crt}' >"$api_ca" ||
+  log "could not read the HTTP API's CA (ConfigMap $op_ns/agentiam-api-ca)"
 
 log "applying config/samples to namespace $samples_ns"
 # The Delegation last: admission refuses a grant to an Agent that is not Active yet.
@@ -84,10 +89,11 @@ The operator runs in the foreground; Ctrl-C stops it. In another terminal:
   kubectl agentiam audit verify --log $audit_log --operator-namespace $op_ns
   kubectl agentiam audit trace support-triage -n $samples_ns --log $audit_log
   kubectl get secret support-triage-credentials -n $samples_ns -o jsonpath='{.metadata.annotations}'
-  curl -s http://127.0.0.1:$http_port/.well-known/openid-configuration
+  curl -s --cacert $api_ca https://127.0.0.1:$http_port/.well-known/openid-configuration
   kubectl get secret support-triage-credentials -n $samples_ns \
     -o jsonpath='{.data.token-https___tickets\.example\.com}' | base64 -d | \
-    kubectl agentiam token verify --audience https://tickets.example.com --issuer-url http://127.0.0.1:$http_port
+    kubectl agentiam token verify --audience https://tickets.example.com \
+      --issuer-url https://127.0.0.1:$http_port --cacert $api_ca
 
 TXT
 wait "$operator"

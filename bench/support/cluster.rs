@@ -273,7 +273,9 @@ impl Operator {
         let audit = dir.path().join("audit").join("audit.jsonl");
         let child = Command::new(&s.operator_bin)
             .args(["--log-format", "text", "run", "--namespace", ns, "--watch-namespace", ns])
-            .args(["--http-addr", &addr, "--issuer-url", &format!("http://{addr}")])
+            // Plain HTTP, as the peers (OPA's REST API, Cedar in process) are measured: the figures compare
+            // deciding, not TLS stacks (bench/README.md).
+            .args(["--http-addr", &addr, "--issuer-url", &format!("http://{addr}"), "--http-plaintext"])
             .args(["--admin-addr", "127.0.0.1:0", "--audit-stdout", "false"])
             .args(extra)
             .arg("--audit-log")

@@ -13,6 +13,8 @@ use agentiam::identity::keys::RotationPolicy;
 use agentiam::operator::{self, Options};
 use agentiam::registry::validate::parse_duration;
 use agentiam::server::listener::Limits;
+use agentiam::server::tls::{ApiTls, ApiTlsMode};
+use agentiam::tls::secret::ServingSecret;
 use agentiam::webhook::config::{WebhookClientConfig, WebhookSettings};
 use clap::{Parser, Subcommand};
 
@@ -72,10 +74,30 @@ struct RunArgs {
     #[arg(long, env = "AGENTIAM_CHECKPOINT_INTERVAL", default_value = "30s")]
     checkpoint_interval: String,
     /// Address of the HTTP server: /healthz, /readyz, the issuer documents (/.well-known/openid-configuration,
-    /// /keys, /v1/bundle) and the decision API (/v1/authorize, /v1/ext_authz). Plain HTTP: put TLS in front of
-    /// it for relying parties outside the cluster.
+    /// /keys, /v1/bundle), the decision API (/v1/authorize, /v1/ext_authz) and the token service
+    /// (/v1/oauth/*). HTTPS with a certificate the operator manages unless --http-tls-cert-file or
+    /// --http-plaintext says otherwise.
     #[arg(long, env = "AGENTIAM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// Serve the HTTP server as plain HTTP: for local development, or behind a proxy that terminates TLS.
+    /// The issuer URL may then still be https:// (the proxy's).
+    #[arg(long, env = "AGENTIAM_HTTP_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    http_plaintext: bool,
+    /// A PEM certificate chain (leaf first) for the HTTP server, instead of the operator's own; re-read
+    /// when it changes. Needs --http-tls-key-file.
+    #[arg(long, env = "AGENTIAM_HTTP_TLS_CERT_FILE")]
+    http_tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --http-tls-cert-file.
+    #[arg(long, env = "AGENTIAM_HTTP_TLS_KEY_FILE")]
+    http_tls_key_file: Option<PathBuf>,
+    /// How often the HTTP server's certificate is checked: renewal of the operator's own, or changed
+    /// --http-tls-cert-file / --http-tls-key-file.
+    #[arg(long, env = "AGENTIAM_HTTP_TLS_CHECK_INTERVAL", default_value = "5m")]
+    http_tls_check_interval: String,
+    /// Another DNS name or IP address for the operator-managed HTTP certificate, besides the issuer URL's
+    /// host (repeatable; the chart adds the Service's names).
+    #[arg(long = "http-tls-san", env = "AGENTIAM_HTTP_TLS_SANS", value_delimiter = ',')]
+    http_tls_sans: Vec<String>,
     /// Address of the admin server: /metrics (Prometheus text format), /healthz and /readyz, apart from the
     /// decision API so that scrapes and probes never share its port or its threads.
     #[arg(long, env = "AGENTIAM_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
@@ -199,6 +221,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
     {
         return Err("--issuer-url must be an http(s) URL without a trailing slash".into());
     }
+    let http_tls = http_tls(&args, &issuer_url)?;
     let limits = |max_connections| -> Result<Limits, String> {
         let limits = Limits {
             header_read_timeout: duration_arg(
@@ -281,12 +304,70 @@ fn options(args: RunArgs) -> Result<Options, String> {
         admin_addr: args.admin_addr,
         api_threads: args.api_threads.unwrap_or_else(agentiam::server::default_api_threads),
         http_limits,
+        http_tls,
         issuer: IssuerSettings { issuer_url, trust_domain: trust_domain.clone(), policy },
         webhook,
         authz_fixed_time,
         failpoint_fail_task,
         approval_notifier,
     })
+}
+
+/// The HTTP server's TLS mode from the flags. An http:// issuer URL needs --http-plaintext: the
+/// discovery document would otherwise advertise URLs nobody can reach.
+fn http_tls(args: &RunArgs, issuer_url: &str) -> Result<ApiTls, String> {
+    use agentiam::tls::certs::{RenewalPolicy, San};
+    let check_interval = duration_arg("http-tls-check-interval", &args.http_tls_check_interval)?;
+    if check_interval < Duration::from_secs(1) {
+        return Err("--http-tls-check-interval must be at least 1s".into());
+    }
+    let files = (args.http_tls_cert_file.clone(), args.http_tls_key_file.clone());
+    if args.http_plaintext {
+        if files.0.is_some() || files.1.is_some() || !args.http_tls_sans.is_empty() {
+            return Err("--http-plaintext serves no certificate: drop --http-tls-cert-file, --http-tls-key-file and --http-tls-san".into());
+        }
+        return Ok(ApiTls { mode: ApiTlsMode::Plaintext, check_interval });
+    }
+    if issuer_url.starts_with("http://") {
+        return Err(format!(
+            "--issuer-url {issuer_url} is plain http while the HTTP server serves TLS: use an https:// URL, or \
+             --http-plaintext for local development"
+        ));
+    }
+    let mode = match files {
+        (Some(cert), Some(key)) => {
+            if !args.http_tls_sans.is_empty() {
+                return Err("--http-tls-san names the operator's own certificate; a supplied certificate names its own hosts".into());
+            }
+            ApiTlsMode::Files { cert, key }
+        }
+        (None, None) => {
+            let host = issuer_url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .ok_or_else(|| format!("--issuer-url {issuer_url} has no host"))?;
+            let mut sans = vec![San::parse(&host)];
+            for extra in &args.http_tls_sans {
+                let san = San::parse(extra.trim());
+                if extra.trim().is_empty() {
+                    return Err("--http-tls-san must not be empty".into());
+                }
+                if !sans.contains(&san) {
+                    sans.push(san);
+                }
+            }
+            ApiTlsMode::Managed(ServingSecret {
+                listener: "http",
+                namespace: args.namespace.clone(),
+                name: agentiam::names::API_TLS_SECRET.to_owned(),
+                sans,
+                renewal: RenewalPolicy::default(),
+            })
+        }
+        _ => return Err("--http-tls-cert-file and --http-tls-key-file go together".into()),
+    };
+    Ok(ApiTls { mode, check_interval })
 }
 
 fn crdgen(out: Option<PathBuf>) -> Result<(), String> {

@@ -40,6 +40,9 @@ pub use crate::registry::secret::{BUNDLE_PEM, SVID_KEY_PEM, SVID_PEM};
 pub const TRUST_BUNDLE_PEM: &str = "trust-bundle.pem";
 /// Trust bundle ConfigMap key: the SPIFFE bundle (JWKS with jwt-svid and x509-svid keys).
 pub const TRUST_BUNDLE_SPIFFE: &str = "spiffe-bundle.json";
+/// Trust bundle entry: the CA bundle of the operator's HTTP API (issuer documents, decision API, token
+/// service), when the operator manages its certificate.
+pub const API_CA_PEM: &str = "api-ca.crt";
 
 /// A trust bundle is re-applied at least this often even without a rotation, so a deleted or edited
 /// ConfigMap comes back with the next reconcile of any agent in its namespace.
@@ -648,12 +651,21 @@ pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer
         Err(_) => Arc::default(),
     };
     let mut last = slot.lock().await;
-    if last.is_some_and(|(seq, at)| seq == issuer.sequence && at.elapsed() < BUNDLE_REAPPLY) {
+    let api_ca = ctx.api_ca.load_full();
+    if last.as_ref().is_some_and(|(seq, ca, at)| {
+        *seq == issuer.sequence && *ca == api_ca && at.elapsed() < BUNDLE_REAPPLY
+    }) {
         return Ok(());
     }
     let spiffe = issuer
         .spiffe_bundle()
         .map_err(|e| Error::Credentials(format!("failed to build the trust bundle: {e}")))?;
+    let mut data = serde_json::Map::new();
+    data.insert(TRUST_BUNDLE_PEM.into(), json!(issuer.ca.bundle_pem()));
+    data.insert(TRUST_BUNDLE_SPIFFE.into(), json!(spiffe.to_string()));
+    if let Some(ca) = &api_ca {
+        data.insert(API_CA_PEM.into(), json!(ca.as_str()));
+    }
     let patch = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {
@@ -661,10 +673,7 @@ pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer
             "labels": {secret::MANAGED_BY_LABEL: ACTOR},
             "annotations": {"agentiam.dev/bundle-sequence": issuer.sequence.to_string()},
         },
-        "data": {
-            TRUST_BUNDLE_PEM: issuer.ca.bundle_pem(),
-            TRUST_BUNDLE_SPIFFE: spiffe.to_string(),
-        },
+        "data": data,
     });
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     api.patch(TRUST_BUNDLE_CONFIGMAP, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
@@ -673,7 +682,7 @@ pub async fn ensure_trust_bundle(ctx: &Context, namespace: &str, issuer: &Issuer
             what: format!("ConfigMap {namespace}/{TRUST_BUNDLE_CONFIGMAP}"),
             source,
         })?;
-    *last = Some((issuer.sequence, std::time::Instant::now()));
+    *last = Some((issuer.sequence, api_ca, std::time::Instant::now()));
     Ok(())
 }
 

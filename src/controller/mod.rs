@@ -54,7 +54,7 @@ pub struct Config {
 }
 
 /// The last trust bundle apply in one namespace: issuer snapshot sequence and time.
-pub type BundleSlot = Arc<tokio::sync::Mutex<Option<(u64, std::time::Instant)>>>;
+pub type BundleSlot = Arc<tokio::sync::Mutex<Option<(u64, Option<Arc<String>>, std::time::Instant)>>>;
 
 /// Everything a reconcile needs, shared by all controllers.
 pub struct Context {
@@ -72,6 +72,9 @@ pub struct Context {
     /// bundle is written once per rotation rather than once per agent. The per-namespace lock is held while
     /// the bundle is applied.
     pub bundles_applied: Mutex<HashMap<String, BundleSlot>>,
+    /// The CA bundle (PEM) clients of the HTTP API trust, when the operator manages its certificate: added
+    /// to every trust bundle ConfigMap (`api-ca.crt`), so agent pods can verify the operator.
+    pub api_ca: Arc<arc_swap::ArcSwapOption<String>>,
     /// Every AgentPolicy in scope, kept current by a watch; read for credential lifetime caps.
     pub policies: Store<AgentPolicy>,
     /// Every Revocation in scope (the Delegation controller ends the delegations they target).
@@ -109,6 +112,7 @@ impl Context {
             recorder,
             issuer,
             bundles_applied: Mutex::new(HashMap::new()),
+            api_ca: Arc::default(),
             policies: watched.policies.store(),
             revocations: watched.revocations.store(),
             authz,

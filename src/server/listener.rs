@@ -299,11 +299,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
     }
 }
 
+/// The certificate chain (DER, leaf first) a TLS client presented, in every request of that connection's
+/// extensions. Absent on plain connections and when the client presented none.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[Vec<u8>]>);
+
 /// The router as one connection's service: marks the connection busy while a request is served, and
 /// answers 408 when the request takes longer than the request timeout.
 struct Tracked {
     router: TowerToHyperService<Router>,
     conn: Arc<Conn>,
+    peer_certificates: Option<PeerCertificates>,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -313,8 +319,11 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         self.conn.request_started();
+        if let Some(certs) = &self.peer_certificates {
+            request.extensions_mut().insert(certs.clone());
+        }
         let answer = hyper::service::Service::call(&self.router, request);
         let conn = Arc::clone(&self.conn);
         Box::pin(async move {
@@ -401,10 +410,15 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let Some(tls) = tls else {
-                return serve_connection(tcp, router, limits, watcher, name, peer).await;
+                return serve_connection(tcp, router, limits, watcher, name, peer, None).await;
             };
             match tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await {
-                Ok(Ok(stream)) => serve_connection(stream, router, limits, watcher, name, peer).await,
+                Ok(Ok(stream)) => {
+                    let certs = stream.get_ref().1.peer_certificates().filter(|c| !c.is_empty()).map(|c| {
+                        PeerCertificates(c.iter().map(|d| d.as_ref().to_vec()).collect::<Vec<_>>().into())
+                    });
+                    serve_connection(stream, router, limits, watcher, name, peer, certs).await;
+                }
                 Ok(Err(e)) => debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(listener = name, %peer, "TLS handshake timed out; closed the connection"),
             }
@@ -423,12 +437,13 @@ async fn serve_connection<S>(
     watcher: hyper_util::server::graceful::Watcher,
     name: &'static str,
     peer: std::net::SocketAddr,
+    peer_certificates: Option<PeerCertificates>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Conn::new(limits);
     let io = TokioIo::new(Timed::new(stream, Arc::clone(&conn)));
-    let service = Tracked { router: TowerToHyperService::new(router), conn };
+    let service = Tracked { router: TowerToHyperService::new(router), conn, peer_certificates };
     let connection = hyper::server::conn::http1::Builder::new()
         // Our own timers replace hyper's (see the module documentation).
         .header_read_timeout(None)

@@ -8,6 +8,7 @@ mod decision_tests;
 pub mod issuer;
 pub mod listener;
 pub mod mcp;
+pub mod tls;
 pub mod token;
 #[cfg(test)]
 mod token_tests;
@@ -241,7 +242,7 @@ impl ApiServer {
     }
 }
 
-/// Serves `router` on `listener` from a runtime of its own with `threads` threads, within `limits` (see
+/// Serves `router` on `listener` (over TLS when `tls` is given) from a runtime of its own with `threads` threads, within `limits` (see
 /// [`listener`]), until `shutdown` resolves.
 ///
 /// Why a runtime of its own: authorization decisions are answered on the request path of every agent
@@ -256,6 +257,7 @@ pub fn spawn_api(
     listener: std::net::TcpListener,
     threads: NonZeroUsize,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     limits: listener::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<ApiServer> {
@@ -273,7 +275,7 @@ pub fn spawn_api(
     std::thread::Builder::new().name("agentiam-api".into()).spawn(move || {
         let result = runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
-            listener::serve(listener, router, None, limits, "http", shutdown).await;
+            listener::serve(listener, router, tls, limits, "http", shutdown).await;
             Ok(())
         });
         let _ = tx.send(result);

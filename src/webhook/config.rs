@@ -24,10 +24,10 @@ use kube::{Api, Client};
 use super::WebhookError;
 use super::pods::AGENT_LABEL;
 use super::server::MUTATE_PODS_PATH;
-use super::tls::{RenewalPolicy, SECRET_NAME, San};
 use super::validate::Kind;
 use crate::names::FIELD_MANAGER;
 use crate::server::listener::{DEFAULT_WEBHOOK_MAX_CONNECTIONS, Limits};
+use crate::tls::certs::{RenewalPolicy, San};
 
 /// The name of the one webhook in the configuration.
 pub const WEBHOOK_NAME: &str = "pods.agentiam.dev";
@@ -85,7 +85,7 @@ pub struct WebhookSettings {
 
 impl WebhookSettings {
     /// Settings with defaults: configuration `agentiam-<operator namespace>` (operators in different
-    /// namespaces never collide), Secret [`SECRET_NAME`], SANs that match `client_config` (the Service's DNS
+    /// namespaces never collide), Secret [`crate::names::WEBHOOK_TLS_SECRET`], SANs that match `client_config` (the Service's DNS
     /// names, or the URL's host), default lifetimes and a five-minute check.
     pub fn new(
         operator_namespace: impl Into<String>,
@@ -102,11 +102,22 @@ impl WebhookSettings {
             client_config,
             listen,
             sans,
-            tls_secret: SECRET_NAME.to_owned(),
+            tls_secret: crate::names::WEBHOOK_TLS_SECRET.to_owned(),
             renewal: RenewalPolicy::default(),
             check_interval: DEFAULT_CHECK_INTERVAL,
             limits: Limits::with_max_connections(DEFAULT_WEBHOOK_MAX_CONNECTIONS),
             start_delay: Duration::ZERO,
+        }
+    }
+
+    /// Where the serving certificate lives and what it names.
+    pub fn serving_secret(&self) -> crate::tls::secret::ServingSecret {
+        crate::tls::secret::ServingSecret {
+            listener: "webhook",
+            namespace: self.operator_namespace.clone(),
+            name: self.tls_secret.clone(),
+            sans: self.sans.clone(),
+            renewal: self.renewal,
         }
     }
 

@@ -12,9 +12,10 @@ use tracing::{info, warn};
 
 pub use super::WebhookError;
 use super::config::{self, WebhookSettings};
-use super::secret;
 use super::server::{self, CertHandle};
-use super::tls::ServingCerts;
+use crate::tls::ServingError;
+use crate::tls::certs::ServingCerts;
+use crate::tls::secret;
 
 /// Runs the webhook until `shutdown` resolves: (a) loads or creates the TLS Secret, (b) applies the webhook
 /// configuration with its CA bundle, (c) serves, and (d) every `check_interval` renews the certificate when
@@ -31,11 +32,11 @@ pub async fn run(
     serving: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
-    settings.renewal.check()?;
+    settings.renewal.check().map_err(ServingError::from)?;
     if !settings.start_delay.is_zero() {
         tokio::time::sleep(settings.start_delay).await;
     }
-    let certs = secret::ensure(&client, &settings, None, Timestamp::now()).await?;
+    let certs = secret::ensure(&client, &settings.serving_secret(), None, Timestamp::now()).await?;
     let handle = CertHandle::new(&certs)?;
     let (listener, addr) = server::bind(settings.listen).await?;
     config::apply(&client, &settings, &certs.ca_bundle_pem()).await?;
@@ -83,7 +84,7 @@ async fn renew(
     handle: &CertHandle,
     served: &ServingCerts,
 ) -> Result<ServingCerts, WebhookError> {
-    let certs = secret::ensure(client, settings, Some(served), Timestamp::now()).await?;
+    let certs = secret::ensure(client, &settings.serving_secret(), Some(served), Timestamp::now()).await?;
     config::apply(client, settings, &certs.ca_bundle_pem()).await?;
     if !handle.presents(&certs) {
         handle.swap(&certs)?;

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -23,11 +23,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionReview, Operation};
 use kube::runtime::reflector::{ObjectRef, Store};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -37,8 +32,8 @@ use super::WebhookError;
 pub use super::admission::MAX_BODY_BYTES;
 use super::admission::{self, Review, Verdict};
 use super::pods::{self, AGENT_LABEL, PodDecision};
-use super::tls::ServingCerts;
 use super::validate::{self, Kind, Requester};
+pub use crate::tls::handle::CertHandle;
 use jiff::Timestamp;
 
 use super::validate::ParentFacts;
@@ -51,60 +46,6 @@ use crate::server::listener::{self, Limits};
 
 /// The pod mutation path.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// The certificate the server presents, replaceable while it runs. Cloning shares it.
-#[derive(Clone)]
-pub struct CertHandle {
-    current: Arc<RwLock<(Arc<CertifiedKey>, Vec<u8>)>>,
-}
-
-impl std::fmt::Debug for CertHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertHandle").field("key", &"<redacted>").finish()
-    }
-}
-
-fn certified_key(certs: &ServingCerts) -> Result<(Arc<CertifiedKey>, Vec<u8>), WebhookError> {
-    let chain: Vec<CertificateDer<'static>> =
-        certs.chain_der().iter().map(|d| CertificateDer::from(d.clone())).collect();
-    let leaf = chain.first().map(|c| c.to_vec()).ok_or(WebhookError::ServerCertificate("no certificate"))?;
-    let key = PrivateKeyDer::from_pem_slice(certs.leaf_key_pem().as_bytes())
-        .map_err(|_| WebhookError::ServerCertificate("the private key is not PEM"))?;
-    let key = CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|_| WebhookError::ServerCertificate("the private key does not fit the certificate"))?;
-    Ok((Arc::new(key), leaf))
-}
-
-impl CertHandle {
-    /// A handle presenting `certs`' leaf.
-    pub fn new(certs: &ServingCerts) -> Result<Self, WebhookError> {
-        Ok(Self { current: Arc::new(RwLock::new(certified_key(certs)?)) })
-    }
-
-    /// Presents `certs`' leaf from the next handshake on; open connections keep theirs.
-    pub fn swap(&self, certs: &ServingCerts) -> Result<(), WebhookError> {
-        let next = certified_key(certs)?;
-        // A poisoned lock only means a writer panicked between two whole assignments: the value is intact.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
-        Ok(())
-    }
-
-    /// Whether the server presents `certs`' leaf.
-    pub fn presents(&self, certs: &ServingCerts) -> bool {
-        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        certs.chain_der().first() == Some(&current.1)
-    }
-}
-
-impl ResolvesServerCert for CertHandle {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner).0))
-    }
-}
-
 /// What the webhook knows about Agents: the controller's in-memory store of the objects (their specs), and
 /// the operator's ledger of what it decided about each (their phases). Never the status.
 #[derive(Clone)]
@@ -554,12 +495,7 @@ pub async fn serve_listener(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WebhookError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|_| WebhookError::ServerCertificate("no usable TLS protocol version"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(cert));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = crate::tls::handle::server_config(cert, None)?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let surface = surface(store);
     info!(paths = %surface.paths().join(", "), "webhook routes");

@@ -16,8 +16,11 @@ use super::*;
 use crate::api::{AgentPhase, AgentSpec, AgentStatus, Owner, PrincipalKind};
 use crate::registry::ledger::AgentRecord;
 use crate::server::listener::Limits;
+use crate::tls::certs::{RenewalPolicy, San, ServingCerts};
+use crate::tls::handle::provider;
 use crate::webhook::pods::{MOUNT_PATH, SPIFFE_ID_ENV};
-use crate::webhook::tls::{RenewalPolicy, San};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
 const SPIFFE_ID: &str = "spiffe://cluster.local/ns/team-a/agent/bot";
 

@@ -53,8 +53,7 @@ async fn verifier_from_endpoint(op: &Operator) -> JwtVerifier {
     let (status, _, body) = http_get(&op.http_addr, "/keys").await;
     assert_eq!(status, 200, "{body}");
     let jwks: JwkSet = serde_json::from_str(&body).unwrap();
-    let config =
-        VerifierConfig::new(TrustDomain::parse("cluster.local").unwrap(), format!("http://{}", op.http_addr));
+    let config = VerifierConfig::new(TrustDomain::parse("cluster.local").unwrap(), op.base_url());
     JwtVerifier::new(config, &jwks).unwrap()
 }
 
@@ -231,7 +230,7 @@ async fn a_recreated_agent_never_makes_old_credentials_valid_again() {
 
 /// `kubectl agentiam token verify` against the operator's issuer, with the UID check.
 fn token_verify(op: &Operator, token: &str, uid: &str) -> (bool, String) {
-    let issuer = format!("http://{}", op.http_addr);
+    let issuer = op.base_url();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-agentiam"))
         .args([
             "token",
@@ -243,6 +242,8 @@ fn token_verify(op: &Operator, token: &str, uid: &str) -> (bool, String) {
             &issuer,
             "--expect-agent-uid",
             uid,
+            "--cacert",
+            &op.ca_file().display().to_string(),
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -373,8 +374,8 @@ async fn the_issuer_documents_are_served_with_cache_headers() {
     let (status, headers, body) = http_get(&op.http_addr, "/.well-known/openid-configuration").await;
     assert_eq!(status, 200);
     let doc: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["issuer"], format!("http://{}", op.http_addr));
-    assert_eq!(doc["jwks_uri"], format!("http://{}/keys", op.http_addr));
+    assert_eq!(doc["issuer"], op.base_url());
+    assert_eq!(doc["jwks_uri"], format!("{}/keys", op.base_url()));
     assert!(headers["cache-control"].contains("max-age="), "{headers:?}");
     let (status, headers, body) = http_get(&op.http_addr, "/keys").await;
     assert_eq!(status, 200);
@@ -411,13 +412,15 @@ async fn pyjwt_verifies_issued_tokens_through_the_operators_oidc_discovery() {
     ns.create_agent("py", spec(false, "10m", "Production")).await;
     wait_credentials(&api, "py").await;
     let token = data(&secret(&ns, "py").await.unwrap())["token-https___tickets.example.com"].clone();
-    let base = format!("http://{}", op.http_addr);
+    let base = op.base_url();
     let run = |aud: &str| {
         use std::io::Write;
         let mut child = std::process::Command::new(
             std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
         )
         .args(["-c", PYJWT_DISCOVERY, &base, aud])
+        // Python's default HTTPS context (urllib, PyJWKClient) trusts the operator's published CA.
+        .env("SSL_CERT_FILE", op.ca_file())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentiam::api::Agent;
@@ -252,7 +253,27 @@ impl Operator {
         self.child = Some(child);
     }
 
+    /// Whether the HTTP server serves TLS: yes, with the operator's own certificate, unless the extra
+    /// flags ask for plain HTTP or supply a certificate.
+    pub fn tls(&self) -> bool {
+        !self.extra.iter().any(|a| a.starts_with("--http-plaintext"))
+    }
+
+    /// The HTTP server's base URL: the issuer URL.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
+    }
+
+    /// A PEM file with the CA bundle the HTTP server's certificate chains to, as the operator published it
+    /// (ConfigMap agentiam-api-ca), for clients run by the tests (the CLI, Python).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("api-ca.crt")
+    }
+
     fn command_args(&self) -> Vec<String> {
+        let issuer = self.base_url();
+        let supplied_issuer = self.extra.iter().any(|a| a.starts_with("--issuer-url"));
         let mut args: Vec<String> = [
             "--log-format",
             "text",
@@ -263,8 +284,6 @@ impl Operator {
             &self.namespace,
             "--http-addr",
             &self.http_addr,
-            "--issuer-url",
-            &format!("http://{}", self.http_addr),
             // Port 0: three fixed ports per operator made collisions between parallel tests likely; the
             // bound address is read back from the log (see `admin_addr`).
             "--admin-addr",
@@ -279,6 +298,9 @@ impl Operator {
         .iter()
         .map(ToString::to_string)
         .collect();
+        if !supplied_issuer {
+            args.extend(["--issuer-url".to_owned(), issuer]);
+        }
         args.push("--audit-log".into());
         args.push(self.audit_log().display().to_string());
         args.extend(self.extra.iter().cloned());
@@ -295,6 +317,7 @@ impl Operator {
         let deadline = Instant::now() + WAIT;
         loop {
             if self.stderr().contains("operator running") {
+                self.trust_api_ca();
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -303,6 +326,34 @@ impl Operator {
             assert!(Instant::now() < deadline, "operator did not start:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Reads the CA bundle the operator published for its HTTP server (managed TLS), writes it to
+    /// [`Operator::ca_file`] and lets [`http_request`] trust it for this address.
+    pub fn trust_api_ca(&self) {
+        if !self.tls() || self.extra.iter().any(|a| a.starts_with("--http-tls-cert-file")) {
+            return;
+        }
+        let out = self.env.kubectl(
+            &[
+                "get",
+                "configmap",
+                "agentiam-api-ca",
+                "-n",
+                &self.namespace,
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ],
+            None,
+        );
+        let pem = String::from_utf8(out.stdout).expect("utf-8 CA bundle");
+        assert!(
+            pem.contains("BEGIN CERTIFICATE"),
+            "no API CA bundle published: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(self.ca_file(), &pem).expect("write the CA file");
+        trust(&self.http_addr, &pem);
     }
 
     /// Waits for the process to exit (for startup-failure tests) and returns its exit code and stderr.
@@ -494,9 +545,70 @@ pub async fn http_post(addr: &str, path: &str, headers: &[(&str, &str)], body: &
     http_request(addr, "POST", path, headers, body).await
 }
 
-/// A minimal HTTP/1.1 request with any method, extra headers and a body (sent with Content-Length).
-/// The server may answer before reading all of a large body and then reset the connection; what it
-/// answered is still returned.
+/// Addresses served over TLS, with the client configuration that trusts their CA.
+static TLS_TARGETS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<rustls::ClientConfig>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Lets [`http_request`] reach `addr` over TLS, trusting the CA certificates in `ca_pem` (and presenting
+/// no client certificate).
+pub fn trust(addr: &str, ca_pem: &str) {
+    TLS_TARGETS.lock().unwrap().insert(addr.to_owned(), Arc::new(client_config(ca_pem, None)));
+}
+
+/// A TLS client configuration trusting `ca_pem`, presenting `identity` (chain PEM, key PEM) if given.
+pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain: Vec<_> =
+                CertificateDer::pem_slice_iter(chain.as_bytes()).map(|c| c.unwrap()).collect();
+            builder
+                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+                .unwrap()
+        }
+    }
+}
+
+/// A byte stream to the operator: TLS where [`trust`] registered the address.
+pub async fn connect(addr: &str) -> Box<dyn Stream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the operator");
+    let config = TLS_TARGETS.lock().unwrap().get(addr).cloned();
+    match config {
+        None => Box::new(tcp),
+        Some(config) => connect_tls(tcp, config).await,
+    }
+}
+
+/// A TLS connection over `tcp` with `config`, for the server name 127.0.0.1.
+pub async fn connect_tls(tcp: tokio::net::TcpStream, config: Arc<rustls::ClientConfig>) -> Box<dyn Stream> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the operator");
+    Box::new(tls)
+}
+
+/// What [`connect`] returns.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A minimal HTTP/1.1 request with any method, extra headers and a body (sent with Content-Length), over
+/// TLS where [`trust`] registered the address (every operator the harness starts, unless plain HTTP was
+/// asked for). The server may answer before reading all of a large body and then reset the connection;
+/// what it answered is still returned.
 pub async fn http_request(
     addr: &str,
     method: &str,
@@ -504,8 +616,20 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
+    let s = connect(addr).await;
+    http_exchange(s, addr, method, path, headers, body).await
+}
+
+/// One request and its answer over `s`.
+pub async fn http_exchange(
+    mut s: Box<dyn Stream>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the operator");
     let mut head =
         format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -526,6 +650,8 @@ pub async fn http_request(
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            // A TLS peer that closes without close_notify after answering: the answer is complete.
+            Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => panic!("reading the response to {method} {path}: {e}"),
         }
     }

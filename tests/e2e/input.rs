@@ -254,7 +254,15 @@ async fn slowloris_connections_are_closed_while_other_clients_are_served() {
     let op = Operator::start(
         &env,
         &ns.name,
-        &["--listener-header-read-timeout", "5s", "--listener-tls-handshake-timeout", "5s"],
+        // Plain HTTP on the API, to stall inside HTTP itself (partial request lines and headers); stalled
+        // TLS handshakes are the webhook's part below, served by the same accept loop.
+        &[
+            "--listener-header-read-timeout",
+            "5s",
+            "--listener-tls-handshake-timeout",
+            "5s",
+            "--http-plaintext",
+        ],
     );
     wait_for("the operator to be ready (webhook serving)", WAIT, || async {
         (http_get(&op.http_addr, "/readyz").await.0 == 200).then_some(())

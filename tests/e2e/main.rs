@@ -25,6 +25,7 @@ mod outage;
 mod recovery;
 mod registry;
 mod supervision;
+mod tls;
 mod token;
 mod validation;
 mod webhook;

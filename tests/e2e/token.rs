@@ -28,7 +28,7 @@ const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded")
 const ASSERTION_TYPE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
 
 fn endpoint(op: &Operator) -> String {
-    format!("http://{}/v1/oauth/token", op.http_addr)
+    format!("{}/v1/oauth/token", op.base_url())
 }
 
 fn spec(endpoint: &str, extra: &[String]) -> Value {
@@ -167,7 +167,7 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     assert_eq!(status, 200);
     let meta: Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["token_endpoint"], ep);
-    assert_eq!(meta["issuer"], format!("http://{}", op.http_addr));
+    assert_eq!(meta["issuer"], op.base_url());
     assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
     assert_eq!(meta["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
 
@@ -218,8 +218,7 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     // It verifies with the published keys, as an access token and as nothing else.
     let (_, _, jwks) = http_get(&op.http_addr, "/keys").await;
     let jwks: JwkSet = serde_json::from_str(&jwks).unwrap();
-    let config =
-        VerifierConfig::new(TrustDomain::parse("cluster.local").unwrap(), format!("http://{}", op.http_addr));
+    let config = VerifierConfig::new(TrustDomain::parse("cluster.local").unwrap(), op.base_url());
     let verifier = JwtVerifier::new(config, &jwks).unwrap();
     let v = verifier.verify_access(&access, jiff::Timestamp::now()).unwrap();
     assert_eq!(v.agent.to_string(), format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name));
@@ -233,7 +232,9 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
         "--audience",
         "crm",
         "--issuer-url",
-        &format!("http://{}", op.http_addr),
+        &op.base_url(),
+        "--cacert",
+        &op.ca_file().display().to_string(),
         &access,
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -286,7 +287,8 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
         let mut child = std::process::Command::new(
             std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
         )
-        .args(["-c", PYTHON_CLIENT, &format!("http://{}", op.http_addr), &id, &chain_json])
+        .args(["-c", PYTHON_CLIENT, &op.base_url(), &id, &chain_json])
+        .env("SSL_CERT_FILE", op.ca_file())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -330,7 +332,7 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     let meta: Value =
         serde_json::from_str(&http_get(&op.http_addr, "/.well-known/oauth-authorization-server").await.2)
             .unwrap();
-    assert_eq!(meta["revocation_endpoint"], format!("http://{}/v1/oauth/revoke", op.http_addr));
+    assert_eq!(meta["revocation_endpoint"], format!("{}/v1/oauth/revoke", op.base_url()));
 
     // The assertion is spent: again, and after a restart, it is refused.
     let (status, answer, headers) = post(&op, &request(&assertion, asked)).await;

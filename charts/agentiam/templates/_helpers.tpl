@@ -102,7 +102,7 @@ Where the audit volume is mounted: the directory of the operator's default --aud
 Fixed names the operator uses; the code hard-codes them, the chart only repeats them for RBAC resourceNames and
 the admission policy. In its own namespace: the audit checkpoint key and checkpoint
 (src/controller/checkpoints.rs), the JWT-SVID signing key set and the X.509 CA (src/controller/keys.rs), and
-the webhook's serving certificate (src/webhook/tls.rs SECRET_NAME).
+the serving certificates of the webhook and of the HTTP API (src/names.rs).
 */}}
 {{- define "agentiam.signingKeySecret" -}}
 agentiam-audit-signing-key
@@ -118,6 +118,13 @@ agentiam-ca
 {{- end }}
 {{- define "agentiam.webhookTlsSecret" -}}
 agentiam-webhook-tls
+{{- end }}
+{{/* The HTTP API's serving certificate and its published CA (src/server/tls.rs, names.rs). */}}
+{{- define "agentiam.apiTlsSecret" -}}
+agentiam-api-tls
+{{- end }}
+{{- define "agentiam.apiCaConfigMap" -}}
+agentiam-api-ca
 {{- end }}
 
 {{/*

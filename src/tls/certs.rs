@@ -1,10 +1,11 @@
-//! The webhook's serving certificate, managed by the operator itself so that cert-manager is never required.
+//! Serving certificates managed by the operator itself, so that cert-manager is never required: the admission
+//! webhook's (trusted by the API server) and the HTTP API's (trusted by agents, gateways and relying parties).
 //!
-//! A dedicated self-signed serving CA (not the SPIFFE CA: the API server must trust it, and trusting the
-//! agents' CA for webhook TLS would let any agent certificate impersonate the webhook) signs a short-lived
-//! P-256 leaf. Both live in one Secret (see [`SECRET_CA_CERT`] and friends). Renewal is a small state machine
-//! decided by the pure [`plan`], one step per check, so the API server always trusts the CA of the leaf being
-//! served:
+//! Each listener has a dedicated self-signed serving CA of its own (never the SPIFFE CA: trusting the
+//! agents' CA for server TLS would let any agent certificate impersonate the operator) that signs a
+//! short-lived P-256 leaf. Both live in one Secret (see [`SECRET_CA_CERT`] and friends). Renewal is a small
+//! state machine decided by the pure [`plan`], one step per check, so clients always trust the CA of the leaf
+//! being served:
 //!
 //! 1. the leaf is re-issued from the current CA when it is past 2/3 of its lifetime;
 //! 2. the CA is renewed at 2/3 of its lifetime: the new CA goes into the bundle *beside* the old one while
@@ -31,8 +32,6 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 use zeroize::Zeroizing;
 
-/// The Secret holding the serving CA and leaf, in the operator namespace.
-pub const SECRET_NAME: &str = crate::names::WEBHOOK_TLS_SECRET;
 /// Secret entry: the CA bundle clients trust (PEM), the current signing CA first, then retiring CAs.
 pub const SECRET_CA_CERT: &str = "ca.crt";
 /// Secret entry: the current signing CA's private key (PKCS#8 PEM).
@@ -321,7 +320,7 @@ impl ServingCerts {
         data
     }
 
-    /// The CA bundle for the webhook configuration's `caBundle`, PEM.
+    /// The CA bundle clients trust (the webhook configuration's `caBundle`, the API's published CA), PEM.
     pub fn ca_bundle_pem(&self) -> String {
         pem_all(&self.cas)
     }
@@ -398,7 +397,7 @@ fn new_ca(policy: &RenewalPolicy, now: Timestamp) -> Result<(Vec<u8>, Zeroizing<
     params.distinguished_name.push(DnType::OrganizationName, ORGANIZATION);
     // The issue time tells an old and a new CA apart during the overlap, for people and for verifiers that
     // pick a trust anchor by subject.
-    params.distinguished_name.push(DnType::CommonName, format!("agentiam webhook CA {}", now.as_second()));
+    params.distinguished_name.push(DnType::CommonName, format!("agentiam serving CA {}", now.as_second()));
     // pathlen 0: this CA only ever signs the serving leaf.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -513,5 +512,5 @@ fn pem_encode(der: &[u8]) -> String {
 }
 
 #[cfg(test)]
-#[path = "tls_tests.rs"]
+#[path = "certs_tests.rs"]
 mod tests;

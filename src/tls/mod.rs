@@ -1,0 +1,56 @@
+//! TLS for the operator's listeners: serving certificates it issues and renews itself ([`certs`], pure; their
+//! Secret, [`secret`]) and the certificate a running listener presents ([`handle`]). The admission webhook and
+//! the HTTP API share all three; each has its own CA and Secret.
+
+pub mod certs;
+pub mod client;
+pub mod handle;
+pub mod secret;
+
+use certs::TlsError;
+
+/// Why a serving certificate could not be loaded, made, renewed or used. Never contains key material.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    /// Reading or writing the certificate's Secret failed.
+    #[error("failed to {step} the {listener} serving certificate Secret: {source}")]
+    Secret {
+        /// Which listener.
+        listener: &'static str,
+        /// What was being done (`read`, `create`, `replace`).
+        step: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret kept changing under us.
+    #[error("the {listener} serving certificate Secret changed on every attempt to renew it; will retry")]
+    Contended {
+        /// Which listener.
+        listener: &'static str,
+    },
+    /// Publishing the CA bundle that clients trust failed.
+    #[error("failed to publish the {listener} CA bundle ConfigMap: {source}")]
+    Publish {
+        /// Which listener.
+        listener: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Making or reading the certificates failed.
+    #[error("failed to build the serving certificate: {0}")]
+    Certificate(#[from] TlsError),
+    /// The certificate cannot be used by the TLS server.
+    #[error("failed to load the serving certificate: {0}")]
+    Unusable(&'static str),
+    /// A user-supplied certificate or key file could not be read.
+    #[error("failed to read {path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
