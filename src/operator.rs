@@ -285,6 +285,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         audit.clone(),
         Arc::clone(authorizer.verifiers()),
         watched.agents.store(),
+        opts.http_tls.is_tls(),
     );
 
     let voided = token_service.void_interrupted().await.map_err(StartupError::VoidTokens)?;

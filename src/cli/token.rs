@@ -401,6 +401,11 @@ pub fn render_access(v: &VerifiedAccessToken, keys_origin: &str, now: Timestamp)
     };
     let _ = writeln!(out, "task:          {}", quoted(&t.task));
     let _ = writeln!(out, "model:         {}", quoted(&t.model));
+    let bound = t.certificate.as_ref().map_or_else(
+        || "no (a bearer token)".to_owned(),
+        |x5t| format!("client certificate x5t#S256 {x5t} (RFC 8705: only with that certificate)"),
+    );
+    let _ = writeln!(out, "bound to:      {bound}");
     let checked = if v.agent_uid_checked { " (as expected)" } else { "" };
     let _ = writeln!(out, "agent uid:     {}{checked}", Value::from(t.agent_uid.as_str()));
     let _ = writeln!(out, "key id:        {}", t.kid);

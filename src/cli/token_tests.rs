@@ -391,6 +391,7 @@ fn an_access_token_verifies_as_one_and_shows_its_scopes_task_and_model() {
         scopes: &["read@crm:contacts/*"],
         task: Some("t-\u{1b}[31m"),
         model: Some("m"),
+        certificate: None,
     };
     let claims = AccessClaims::new(grant, now, Duration::from_secs(300)).unwrap();
     let token = crate::identity::jwt::mint(issuer.keys.current(), &claims).unwrap();

@@ -64,6 +64,30 @@ pub struct AccessClaims {
     /// The model from the Agent's provenance, if declared.
     #[serde(rename = "agentiam.dev/model", default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// RFC 8705 §3.1: the token is bound to the client certificate with this SHA-256 thumbprint; only a
+    /// caller that shows that certificate may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim of a certificate-bound token (RFC 8705 §3.1, RFC 7800).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url (no padding) of the SHA-256 of the certificate's DER.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// The `x5t#S256` thumbprint of a DER certificate: base64url, without padding, of its SHA-256.
+pub fn thumbprint(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+/// Whether `s` has the form of an `x5t#S256` thumbprint (43 base64url characters: 32 bytes).
+pub fn is_thumbprint(s: &str) -> bool {
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What an access token is minted from.
@@ -83,6 +107,8 @@ pub struct AccessGrant<'a> {
     pub task: Option<&'a str>,
     /// The model.
     pub model: Option<&'a str>,
+    /// The `x5t#S256` of the client certificate the token is bound to (RFC 8705), if any.
+    pub certificate: Option<&'a str>,
 }
 
 impl AccessClaims {
@@ -102,6 +128,7 @@ impl AccessClaims {
             agent_uid: grant.agent_uid.to_owned(),
             task: grant.task.map(str::to_owned),
             model: grant.model.map(str::to_owned),
+            cnf: grant.certificate.map(|t| Confirmation { x5t_s256: t.to_owned() }),
         })
     }
 }
@@ -119,6 +146,9 @@ impl TokenClaims for AccessClaims {
         }
         if self.agent_uid.is_empty() {
             return fail("the agent UID must be named");
+        }
+        if self.cnf.as_ref().is_some_and(|c| !is_thumbprint(&c.x5t_s256)) {
+            return fail("cnf x5t#S256 must be a SHA-256 thumbprint");
         }
         check_lifetime(self.iat, self.nbf, self.exp)?;
         Ok(())
@@ -142,6 +172,7 @@ mod tests {
             scopes: &["read@crm:contacts/*"],
             task: Some("t-42"),
             model: Some("claude-sonnet-4-5"),
+            certificate: None,
         };
         AccessClaims::new(grant, Timestamp::now(), DEFAULT_ACCESS_TTL).unwrap()
     }
@@ -159,15 +190,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_token_names_the_certificate_thumbprint() {
+        let key = SigningKey::generate(Timestamp::now()).unwrap();
+        let mut c = claims();
+        let t = thumbprint(b"certificate DER");
+        assert!(is_thumbprint(&t) && !is_thumbprint(&t[1..]) && !is_thumbprint(&format!("{}=", &t[1..])));
+        c.cnf = Some(Confirmation { x5t_s256: t.clone() });
+        let (_, payload) = decode_unverified(&mint(&key, &c).unwrap()).unwrap();
+        assert_eq!(payload["cnf"], serde_json::json!({"x5t#S256": t}));
+        let (_, unbound) = decode_unverified(&mint(&key, &claims()).unwrap()).unwrap();
+        assert!(unbound.get("cnf").is_none());
+    }
+
+    #[test]
     fn malformed_claims_are_not_signed() {
         let key = SigningKey::generate(Timestamp::now()).unwrap();
-        let cases: [fn(&mut AccessClaims); 6] = [
+        let cases: [fn(&mut AccessClaims); 7] = [
             |c| c.sub = "alice".to_owned(),
             |c| c.client_id = "spiffe://cluster.local/ns/default/agent/other".to_owned(),
             |c| c.scope.clear(),
             |c| c.aud.clear(),
             |c| c.exp = c.iat + 3601,
             |c| c.agent_uid.clear(),
+            |c| c.cnf = Some(Confirmation { x5t_s256: "not a thumbprint".into() }),
         ];
         for (i, break_it) in cases.into_iter().enumerate() {
             let mut c = claims();

@@ -339,6 +339,8 @@ pub struct VerifiedAccess {
     pub task: Option<String>,
     /// The model, if any.
     pub model: Option<String>,
+    /// The `x5t#S256` of the client certificate the token is bound to (RFC 8705 `cnf`), if any.
+    pub certificate: Option<String>,
 }
 
 /// Verifies JWT-SVIDs against a fixed set of public keys. Immutable: on key rotation build a new one with
@@ -521,6 +523,16 @@ impl JwtVerifier {
         };
         let task = optional(&mut extra, CLAIM_TASK)?;
         let model = optional(&mut extra, CLAIM_MODEL)?;
+        // `cnf` is either absent or exactly {"x5t#S256": <thumbprint>}: a confirmation this verifier does
+        // not understand must not be dropped, or a bound token would verify as a bearer token.
+        let certificate = match extra.remove("cnf") {
+            None => None,
+            Some(Value::Object(cnf)) => match (cnf.len(), cnf.get("x5t#S256")) {
+                (1, Some(Value::String(t))) if crate::identity::access::is_thumbprint(t) => Some(t.clone()),
+                _ => return Err(TokenError::InvalidClaim("cnf")),
+            },
+            Some(_) => return Err(TokenError::InvalidClaim("cnf")),
+        };
         Ok(VerifiedAccess {
             agent,
             scopes,
@@ -532,6 +544,7 @@ impl JwtVerifier {
             agent_uid,
             task,
             model,
+            certificate,
         })
     }
 

@@ -30,12 +30,13 @@ pub struct ClientCredentials {
     pub task: Option<String>,
 }
 
-/// Reads a token request. Only `client_credentials` is served.
+/// Reads a token request. Only `client_credentials` is served. `certificate`: the client presented a TLS
+/// client certificate (which makes `tls_client_auth` possible).
 ///
 /// # Errors
 /// The RFC 6749 error for the first problem found, in this order: the grant type, the client
 /// authentication parameters, the resource, the scope, the task.
-pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
+pub fn parse(form: &Form, certificate: bool) -> Result<ClientCredentials, OAuthError> {
     match form.require("grant_type")? {
         GRANT_CLIENT_CREDENTIALS => {}
         GRANT_TOKEN_EXCHANGE => {
@@ -51,7 +52,7 @@ pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
             ));
         }
     }
-    let auth = client_auth(form)?;
+    let auth = client_auth(form, certificate)?;
     let resource = form.get("resource").ok_or_else(|| {
         OAuthError::new(ErrorCode::InvalidTarget, "resource is required: the one service the token is for")
     })?;
@@ -69,14 +70,16 @@ pub fn parse(form: &Form) -> Result<ClientCredentials, OAuthError> {
     Ok(ClientCredentials { auth, scopes, resource: resource.to_owned(), task: task.map(str::to_owned) })
 }
 
-/// How a client authenticates: `private_key_jwt` (RFC 7523 §2.2), never a secret. `Debug` leaves the
-/// assertion out: it is a credential.
+/// How a client authenticates, never with a secret: `private_key_jwt` (RFC 7523 §2.2), or
+/// `tls_client_auth` (RFC 8705 §2.1: its X.509-SVID as the TLS client certificate, and `client_id`).
+/// `Debug` leaves the assertion out: it is a credential.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientAuth {
     /// The client assertion: a JWT the agent signed with its X.509-SVID key, or its JWT-SVID for the
-    /// token endpoint.
-    pub assertion: String,
-    /// `client_id`, if the client sent it (it must then name the assertion's subject).
+    /// token endpoint. None: `tls_client_auth`.
+    pub assertion: Option<String>,
+    /// `client_id`: required with `tls_client_auth`; with an assertion optional, and then it must name
+    /// the assertion's subject.
     pub client_id: Option<String>,
 }
 
@@ -89,20 +92,39 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
-/// Reads the client authentication parameters of any endpoint's form.
+/// Reads the client authentication parameters of any endpoint's form; `certificate`: the client presented
+/// a TLS client certificate.
 ///
 /// # Errors
-/// `invalid_client`: a secret, no or another assertion type, no or an oversized assertion.
-pub fn client_auth(form: &Form) -> Result<ClientAuth, OAuthError> {
+/// `invalid_client`: a secret, no or another assertion type, no or an oversized assertion, neither an
+/// assertion nor a certificate, a certificate without `client_id`.
+pub fn client_auth(form: &Form, certificate: bool) -> Result<ClientAuth, OAuthError> {
     if form.get("client_secret").is_some() {
-        return Err(OAuthError::client("no client secrets exist: authenticate with private_key_jwt"));
+        return Err(OAuthError::client(
+            "no client secrets exist: authenticate with private_key_jwt or tls_client_auth",
+        ));
     }
-    let assertion_type = form.get("client_assertion_type").ok_or_else(|| {
-        OAuthError::client(format!(
+    let client_id = form.get("client_id").map(str::to_owned);
+    let Some(assertion_type) = form.get("client_assertion_type") else {
+        if form.get("client_assertion").is_some() {
+            return Err(OAuthError::client(format!(
+                "client_assertion needs client_assertion_type {ASSERTION_TYPE_JWT}"
+            )));
+        }
+        if certificate {
+            if client_id.is_none() {
+                return Err(OAuthError::client(
+                    "tls_client_auth needs client_id: the agent's SPIFFE ID, as in its certificate's URI SAN",
+                ));
+            }
+            return Ok(ClientAuth { assertion: None, client_id });
+        }
+        return Err(OAuthError::client(format!(
             "client authentication is required: client_assertion_type {ASSERTION_TYPE_JWT} with a JWT the \
-             agent signed with its X.509-SVID key (x5c), or its JWT-SVID for the token endpoint, as client_assertion"
-        ))
-    })?;
+             agent signed with its X.509-SVID key (x5c), or its JWT-SVID for the token endpoint, as \
+             client_assertion; or the agent's X.509-SVID as TLS client certificate with client_id"
+        )));
+    };
     if assertion_type != ASSERTION_TYPE_JWT {
         return Err(OAuthError::client(format!(
             "client_assertion_type must be {ASSERTION_TYPE_JWT}, not {assertion_type}"
@@ -113,7 +135,7 @@ pub fn client_auth(form: &Form) -> Result<ClientAuth, OAuthError> {
     if assertion.len() > MAX_ASSERTION {
         return Err(OAuthError::client(format!("client_assertion is longer than {MAX_ASSERTION} bytes")));
     }
-    Ok(ClientAuth { assertion: assertion.to_owned(), client_id: form.get("client_id").map(str::to_owned) })
+    Ok(ClientAuth { assertion: Some(assertion.to_owned()), client_id })
 }
 
 /// The scopes of a `scope` parameter: space-separated, each `<action>@<resource pattern>` as in
@@ -157,8 +179,8 @@ mod tests {
 
     #[test]
     fn reads_a_client_credentials_request() {
-        let r = parse(&form("scope=read%40crm%3Acontacts%2F*+read%40crm%3Acontacts%2F*+refund%40pay%3A**&resource=https%3A%2F%2Fcrm&task=t-1")).unwrap();
-        assert_eq!(r.auth.assertion, "a.b.c");
+        let r = parse(&form("scope=read%40crm%3Acontacts%2F*+read%40crm%3Acontacts%2F*+refund%40pay%3A**&resource=https%3A%2F%2Fcrm&task=t-1"), false).unwrap();
+        assert_eq!(r.auth.assertion.as_deref(), Some("a.b.c"));
         assert_eq!(r.resource, "https://crm");
         assert_eq!(r.task.as_deref(), Some("t-1"));
         let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
@@ -166,8 +188,33 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_with_client_id_is_tls_client_auth() {
+        let body = |extra: &str| {
+            Form::parse(format!("grant_type=client_credentials&scope=read%40a&resource=r{extra}").as_bytes())
+                .unwrap()
+        };
+        let id = "&client_id=spiffe%3A%2F%2Fcluster.local%2Fns%2Fa%2Fagent%2Fb";
+        let r = parse(&body(id), true).unwrap();
+        assert_eq!(r.auth.assertion, None);
+        assert_eq!(r.auth.client_id.as_deref(), Some("spiffe://cluster.local/ns/a/agent/b"));
+        // Without the certificate, or without client_id, nobody is authenticated.
+        assert_eq!(parse(&body(id), false).unwrap_err().code, ErrorCode::InvalidClient);
+        let e = parse(&body(""), true).unwrap_err();
+        assert!(e.code == ErrorCode::InvalidClient && e.description.contains("client_id"), "{e:?}");
+        // An assertion without its type is refused, certificate or not.
+        assert_eq!(
+            parse(&body(&format!("{id}&client_assertion=a.b.c")), true).unwrap_err().code,
+            ErrorCode::InvalidClient
+        );
+        // An assertion beside a certificate is private_key_jwt (the certificate may still bind the token).
+        let r = parse(&body(&format!("&client_assertion_type={ASSERTION}&client_assertion=a.b.c")), true)
+            .unwrap();
+        assert_eq!(r.auth.assertion.as_deref(), Some("a.b.c"));
+    }
+
+    #[test]
     fn each_problem_gets_its_rfc_error() {
-        let code = |body: &str| parse(&Form::parse(body.as_bytes()).unwrap()).unwrap_err().code;
+        let code = |body: &str| parse(&Form::parse(body.as_bytes()).unwrap(), false).unwrap_err().code;
         let ok = "scope=read%40a&resource=r";
         assert_eq!(code(&format!("client_assertion_type={ASSERTION}&{ok}")), ErrorCode::InvalidRequest);
         assert_eq!(code("grant_type=password&username=u"), ErrorCode::UnsupportedGrantType);
@@ -199,7 +246,7 @@ mod tests {
             )),
             ErrorCode::InvalidClient
         );
-        let e = |extra: &str| parse(&form(extra)).unwrap_err();
+        let e = |extra: &str| parse(&form(extra), false).unwrap_err();
         assert_eq!(e("scope=read%40a").code, ErrorCode::InvalidTarget);
         assert_eq!(e("scope=read%40a&resource=a+b").code, ErrorCode::InvalidTarget);
         assert_eq!(e("resource=r").code, ErrorCode::InvalidScope);

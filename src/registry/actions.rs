@@ -116,3 +116,5 @@ pub const DETAIL_SCOPE: &str = "scope";
 pub const DETAIL_ERROR: &str = "error";
 /// Detail: the task id an access token names.
 pub const DETAIL_TASK: &str = "task";
+/// Audit detail: the `x5t#S256` of the client certificate an access token is bound to (RFC 8705).
+pub const DETAIL_CERTIFICATE_THUMBPRINT: &str = "certificateThumbprint";

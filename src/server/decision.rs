@@ -79,6 +79,11 @@ pub struct AuthorizeRequest {
     /// answer before answering: Allow once approved, Deny once denied, RequireApproval when the wait ends.
     #[serde(default, rename = "waitSeconds", skip_serializing_if = "Option::is_none")]
     pub wait_seconds: Option<u32>,
+    /// The `x5t#S256` (base64url SHA-256 of the DER) of the client certificate the caller's client
+    /// presented on its mutual-TLS connection. A certificate-bound access token (RFC 8705 `cnf`) is
+    /// allowed only with its own certificate's thumbprint here.
+    #[serde(default, rename = "certificateThumbprint", skip_serializing_if = "Option::is_none")]
+    pub certificate_thumbprint: Option<String>,
 }
 
 /// The kinds of token the decision API accepts.
@@ -485,6 +490,19 @@ impl Authorizer {
         {
             return refuse(why, who);
         }
+        if let Some(bound) = &v.certificate {
+            // RFC 8705 §3: a bound token is usable only by the holder of its certificate; the caller
+            // vouches for the certificate its client showed. Constant time is not needed: thumbprints
+            // are public.
+            if req.certificate_thumbprint.as_deref() != Some(bound.as_str()) {
+                let why = if req.certificate_thumbprint.is_none() {
+                    "the access token is bound to a client certificate (cnf x5t#S256), and the request names none (certificateThumbprint)"
+                } else {
+                    "the access token is bound to another client certificate than the one the request names"
+                };
+                return refuse(why.into(), who);
+            }
+        }
         let issued = self.ledger.access_token(&v.jti, now);
         if !issued.is_some_and(|i| i.agent_uid == v.agent_uid && i.aud == v.audience) {
             return refuse(
@@ -729,6 +747,12 @@ pub fn validate(req: &AuthorizeRequest, source: Source) -> Result<Cow<'_, Author
     {
         return bad("audience must not be empty when given".into());
     }
+    if req.certificate_thumbprint.as_deref().is_some_and(|t| !crate::identity::access::is_thumbprint(t)) {
+        return bad(
+            "certificateThumbprint must be the base64url SHA-256 of the client certificate (43 characters)"
+                .into(),
+        );
+    }
     if let Some(w) = req.wait_seconds
         && u64::from(w) > MAX_WAIT.as_secs()
     {
@@ -810,7 +834,7 @@ pub enum ExtAuthzRefusal {
 }
 
 /// The headers an ext_authz decision depends on. Each must be sent at most once and be visible ASCII.
-pub const DECISION_HEADERS: [&str; 7] = [
+pub const DECISION_HEADERS: [&str; 8] = [
     "authorization",
     "x-agentiam-action",
     "x-agentiam-resource",
@@ -818,7 +842,11 @@ pub const DECISION_HEADERS: [&str; 7] = [
     TOKEN_TYPE_HEADER,
     WAIT_HEADER,
     PARTIAL_BODY_HEADER,
+    CERTIFICATE_THUMBPRINT_HEADER,
 ];
+/// The `x5t#S256` of the client certificate on the agent's connection to the gateway (the
+/// `certificateThumbprint` of `/v1/authorize`), for certificate-bound access tokens.
+pub const CERTIFICATE_THUMBPRINT_HEADER: &str = "x-agentiam-certificate-thumbprint";
 /// Which kind of token the route accepts: `identity`, `delegated` or `access` (the `tokenType` of
 /// `/v1/authorize`).
 pub const TOKEN_TYPE_HEADER: &str = "x-agentiam-token-type";
@@ -956,6 +984,7 @@ pub fn ext_authz_request(
         audience: header("x-agentiam-audience")?.map(str::to_owned),
         token_type,
         wait_seconds,
+        certificate_thumbprint: header(CERTIFICATE_THUMBPRINT_HEADER)?.map(str::to_owned),
         ..Default::default()
     };
     match mcp::map_body(body) {

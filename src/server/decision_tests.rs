@@ -684,6 +684,17 @@ async fn ext_authz_routes_can_require_one_kind_of_token() {
 impl Fixture {
     /// An access token for bot with `scopes` for `aud`; recorded as issued when `recorded`.
     fn access(&mut self, scopes: &[&str], aud: &str, recorded: bool) -> String {
+        self.access_bound(scopes, aud, recorded, None)
+    }
+
+    /// [`Self::access`], bound to the client certificate with thumbprint `certificate` if given.
+    fn access_bound(
+        &mut self,
+        scopes: &[&str],
+        aud: &str,
+        recorded: bool,
+        certificate: Option<&str>,
+    ) -> String {
         use crate::identity::access::{AccessClaims, AccessGrant};
         use crate::registry::ledger::AccessIssuance;
         // The agent's record (Active), as an identity token's issuance leaves it.
@@ -697,6 +708,7 @@ impl Fixture {
             scopes,
             task: Some("t"),
             model: None,
+            certificate,
         };
         let claims = AccessClaims::new(grant, jiff::Timestamp::now(), Duration::from_secs(300)).unwrap();
         if recorded {
@@ -711,6 +723,34 @@ impl Fixture {
         }
         self.minter.mint(&claims).unwrap()
     }
+}
+
+#[tokio::test]
+async fn a_certificate_bound_access_token_is_allowed_only_with_its_certificates_thumbprint() {
+    let mut f = fixture().await;
+    let mine = crate::identity::access::thumbprint(b"the agent's certificate");
+    let other = crate::identity::access::thumbprint(b"another certificate");
+    let bound = f.access_bound(&["read@crm/contacts/1"], "crm", true, Some(&mine));
+    let ask = |t: Option<&str>| match t {
+        Some(t) => json!({"certificateThumbprint": t}),
+        None => json!({}),
+    };
+    assert_eq!(f.ask(&bound, "read", "crm/contacts/1", ask(Some(&mine))).await["decision"], "Allow");
+    for (thumbprint, why) in [(None, "names none"), (Some(other.as_str()), "another client certificate")] {
+        let out = f.ask(&bound, "read", "crm/contacts/1", ask(thumbprint)).await;
+        assert!(out["decision"] == "Deny" && out["reason"].as_str().unwrap().contains(why), "{out}");
+    }
+    // An unbound token does not care; a malformed thumbprint is a bad request, not a decision.
+    let bearer = f.access(&["read@crm/contacts/1"], "crm", true);
+    assert_eq!(f.ask(&bearer, "read", "crm/contacts/1", ask(Some(&other))).await["decision"], "Allow");
+    let req = AuthorizeRequest {
+        token: bound,
+        action: "read".into(),
+        resource: "crm/contacts/1".into(),
+        certificate_thumbprint: Some("short".into()),
+        ..Default::default()
+    };
+    assert!(validate(&req, Source::Api).unwrap_err().0.contains("certificateThumbprint"));
 }
 
 #[tokio::test]

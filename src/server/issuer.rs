@@ -22,7 +22,6 @@ use serde_json::Value;
 
 use crate::identity::bundle::JWKS_PATH;
 use crate::identity::issuer::{Issuer, IssuerReceiver};
-use crate::oauth::metadata::METADATA_PATH;
 
 /// Path of the OIDC discovery document, relative to the issuer URL (OpenID Connect Discovery 1.0, section 4).
 pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
@@ -45,7 +44,6 @@ pub fn surface(issuer: IssuerReceiver) -> crate::server::Surface {
         .route(OPENID_CONFIGURATION_PATH, get(openid_configuration))
         .route(JWKS_PATH, get(jwks))
         .route(BUNDLE_PATH, get(bundle))
-        .route(METADATA_PATH, get(oauth_metadata))
         .finish(issuer)
 }
 
@@ -57,12 +55,6 @@ fn current(issuer: &IssuerReceiver) -> Arc<Issuer> {
 async fn openid_configuration(State(issuer): State<IssuerReceiver>, headers: HeaderMap) -> Response {
     let issuer = current(&issuer);
     document(&issuer, &issuer.openid_configuration(), JSON_CONTENT_TYPE, &headers)
-}
-
-/// The authorization server metadata (RFC 8414) of the token endpoint.
-async fn oauth_metadata(State(issuer): State<IssuerReceiver>, headers: HeaderMap) -> Response {
-    let issuer = current(&issuer);
-    document(&issuer, &crate::oauth::metadata::document(&issuer.issuer_url), JSON_CONTENT_TYPE, &headers)
 }
 
 async fn jwks(State(issuer): State<IssuerReceiver>, headers: HeaderMap) -> Response {
@@ -84,7 +76,12 @@ async fn bundle(State(issuer): State<IssuerReceiver>, headers: HeaderMap) -> Res
 }
 
 /// A 200 with the document, or a 304 when the client already holds this exact body.
-fn document(issuer: &Issuer, doc: &Value, content_type: &'static str, headers: &HeaderMap) -> Response {
+pub(crate) fn document(
+    issuer: &Issuer,
+    doc: &Value,
+    content_type: &'static str,
+    headers: &HeaderMap,
+) -> Response {
     let Ok(body) = serde_json::to_vec(doc) else {
         return internal_error("failed to render the document\n");
     };

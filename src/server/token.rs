@@ -4,13 +4,16 @@
 //! Each request, in order, every step failing closed with its RFC 6749 error:
 //! 1. the form is read strictly ([`crate::oauth::form`]) and the request's grammar checked
 //!    ([`crate::oauth::request`]); an `Authorization` header is refused (there are no client secrets);
-//! 2. the client assertion proves the agent, in one of two forms: a JWT the agent signed with its
+//! 2. the client proves it is the agent, in one of three ways: a JWT the agent signed with its
 //!    X.509-SVID key carrying the certificate in `x5c` (the CA signed it, the ledger records its serial
-//!    for the agent's UID; [`crate::identity::assertion`]), or the agent's JWT-SVID whose audience is
-//!    this endpoint's URL (the identity verifier, then found among the agent's live credentials);
-//! 3. the assertion is single use: its `jti` (for the X.509 form, serial and `jti`) may not have
+//!    for the agent's UID; [`crate::identity::assertion`]); the agent's JWT-SVID whose audience is this
+//!    endpoint's URL (the identity verifier, then found among the agent's live credentials); or, RFC 8705
+//!    `tls_client_auth`, its X.509-SVID as the TLS client certificate (the same certificate checks as
+//!    the `x5c` form; the handshake proved the key) with `client_id` its SPIFFE ID;
+//! 3. an assertion is single use: its `jti` (for the X.509 form, serial and `jti`) may not have
 //!    authenticated a request before (the ledger, rebuilt from the audit log at start, so a restart does
-//!    not forget; plus the requests in flight);
+//!    not forget; plus the requests in flight). A client certificate, when shown, must be the same
+//!    agent's current X.509-SVID whatever the method, and binds the token to it (`cnf.x5t#S256`);
 //! 4. the agent may act now, the resource is one of its granted audiences, and each scope is decided by
 //!    [`crate::authz::Snapshot::grant_scopes`]; the token carries only the granted scopes
 //!    (`invalid_scope` when none is);
@@ -27,7 +30,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::{Request as HttpRequest, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef as StoreRef, Store};
 use serde_json::json;
@@ -44,11 +47,12 @@ use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::{CLAIM_UID, Minter, effective_ttl};
 use crate::identity::verify::{MAX_LEEWAY, decode_unverified};
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::oauth::metadata::{REVOKE_PATH, TOKEN_PATH, token_endpoint};
+use crate::oauth::metadata::{METADATA_PATH, REVOKE_PATH, TOKEN_PATH, token_endpoint};
 use crate::oauth::request::{self, ClientAuth, ClientCredentials};
 use crate::oauth::{ErrorCode, Form, OAuthError};
 use crate::registry::actions as a;
 use crate::registry::ledger::{Ledger, TokenStanding};
+use crate::server::listener::PeerCertificates;
 
 /// Largest request body accepted.
 pub const MAX_FORM_BYTES: usize = 32 * 1024;
@@ -64,6 +68,8 @@ pub struct TokenService {
     trust_domain: TrustDomain,
     /// The URL of this endpoint: the audience every client assertion must name.
     endpoint: String,
+    /// The listener serves TLS itself, so client certificates reach this endpoint (RFC 8705).
+    mutual_tls: bool,
     /// Client assertions of requests in flight: a second request with the same one is refused before
     /// the first is recorded.
     in_flight: Mutex<HashSet<String>>,
@@ -108,7 +114,8 @@ struct Client {
 
 impl TokenService {
     /// The endpoint over `index` and `ledger`, verifying with `verifiers`, signing with the keys `issuer`
-    /// publishes, recording in `audit`; `agents` gives each agent's declared model.
+    /// publishes, recording in `audit`; `agents` gives each agent's declared model. `mutual_tls`: the
+    /// listener serves TLS, so the metadata advertises `tls_client_auth` and bound tokens.
     pub fn new(
         index: Arc<PolicyIndex>,
         ledger: Arc<Ledger>,
@@ -116,6 +123,7 @@ impl TokenService {
         audit: AuditLog,
         verifiers: Arc<CurrentVerifier>,
         agents: Store<Agent>,
+        mutual_tls: bool,
     ) -> Arc<Self> {
         let (trust_domain, endpoint) = {
             let i = issuer.borrow();
@@ -130,6 +138,7 @@ impl TokenService {
             agents,
             trust_domain,
             endpoint,
+            mutual_tls,
             in_flight: Mutex::new(HashSet::new()),
         })
     }
@@ -150,11 +159,17 @@ impl TokenService {
         Ok(open.len())
     }
 
-    /// Answers one token request read from `form`, recording it.
-    pub async fn token(&self, form: &Form, now: Timestamp) -> Result<Issued, OAuthError> {
+    /// Answers one token request read from `form`, recording it. `peer`: the certificate chain the TLS
+    /// client presented (DER, leaf first), if any.
+    pub async fn token(
+        &self,
+        form: &Form,
+        peer: Option<&[Vec<u8>]>,
+        now: Timestamp,
+    ) -> Result<Issued, OAuthError> {
         let mut client = Client::default();
-        let result = match request::parse(form) {
-            Ok(req) => self.client_credentials(&req, &mut client, now).await,
+        let result = match request::parse(form, peer.is_some()) {
+            Ok(req) => self.client_credentials(&req, peer, &mut client, now).await,
             Err(e) => Err(e),
         };
         self.finish(&client, result).await
@@ -176,14 +191,25 @@ impl TokenService {
     /// `token` must be an access token issued to that same agent. Durable before the answer; from then the
     /// decision API refuses the token. A token that does not verify, expired or is unknown is answered
     /// as revoked (RFC 7009 §2.2: nothing to do, and nothing learned).
-    pub async fn revoke(&self, form: &Form, now: Timestamp) -> Result<(), OAuthError> {
+    pub async fn revoke(
+        &self,
+        form: &Form,
+        peer: Option<&[Vec<u8>]>,
+        now: Timestamp,
+    ) -> Result<(), OAuthError> {
         let mut client = Client::default();
-        let result = self.revoke_inner(form, &mut client, now).await;
+        let result = self.revoke_inner(form, peer, &mut client, now).await;
         self.finish(&client, result).await
     }
 
-    async fn revoke_inner(&self, form: &Form, client: &mut Client, now: Timestamp) -> Result<(), OAuthError> {
-        let auth = request::client_auth(form)?;
+    async fn revoke_inner(
+        &self,
+        form: &Form,
+        peer: Option<&[Vec<u8>]>,
+        client: &mut Client,
+        now: Timestamp,
+    ) -> Result<(), OAuthError> {
+        let auth = request::client_auth(form, peer.is_some())?;
         let token = form.require("token")?.to_owned();
         if form.get("token_type_hint").is_some_and(|h| h != "access_token") {
             return Err(OAuthError::new(
@@ -191,7 +217,7 @@ impl TokenService {
                 "only access tokens (token_type_hint access_token) can be revoked here",
             ));
         }
-        self.authenticate(&auth, client, now)?;
+        self.authenticate(&auth, peer, client, now)?;
         let Some(verifiers) = self.verifiers.get() else {
             return Err(OAuthError::new(
                 ErrorCode::TemporarilyUnavailable,
@@ -240,10 +266,11 @@ impl TokenService {
     async fn client_credentials(
         &self,
         req: &ClientCredentials,
+        peer: Option<&[Vec<u8>]>,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<Issued, OAuthError> {
-        let svid = self.authenticate(&req.auth, client, now)?;
+        let (svid, bound_to) = self.authenticate(&req.auth, peer, client, now)?;
         let uid = client.uid.clone().unwrap_or_default();
         let (namespace, name) =
             (client.namespace.clone().unwrap_or_default(), client.name.clone().unwrap_or_default());
@@ -292,6 +319,7 @@ impl TokenService {
             scopes: &granted,
             task: req.task.as_deref(),
             model: model.as_deref(),
+            certificate: bound_to.as_deref(),
         };
         let unavailable = |why: String| OAuthError::new(ErrorCode::TemporarilyUnavailable, why);
         let claims =
@@ -314,6 +342,9 @@ impl TokenService {
             .with_detail(a::DETAIL_KEY_ID, signing.kid());
         if let Some(task) = &req.task {
             entry = entry.with_detail(a::DETAIL_TASK, task.clone());
+        }
+        if let Some(t) = &bound_to {
+            entry = entry.with_detail(a::DETAIL_CERTIFICATE_THUMBPRINT, t.clone());
         }
         let refused: Vec<String> = req
             .scopes
@@ -348,18 +379,52 @@ impl TokenService {
         Ok(Issued { access_token: token, expires_in: ttl.as_secs(), scope: claims.scope })
     }
 
-    /// Steps 2 and 3: the agent's SPIFFE ID, once its assertion proved it and was marked in use. Two
-    /// forms: the agent's JWT-SVID for this endpoint, or a JWT it signed with its X.509-SVID key carrying
-    /// the certificate in `x5c` (told apart by `x5c` in the header; each form is then verified in full).
+    /// Steps 2 and 3: the agent's SPIFFE ID, once the client proved it (an assertion is then marked in
+    /// use), and the thumbprint of the client certificate the token is to be bound to, if one was shown.
+    /// Three forms: the TLS client certificate alone (`tls_client_auth`), the agent's JWT-SVID for this
+    /// endpoint, or a JWT it signed with its X.509-SVID key carrying the certificate in `x5c` (told apart
+    /// by `x5c` in the header; each form is then verified in full).
     fn authenticate(
         &self,
         auth: &ClientAuth,
+        peer: Option<&[Vec<u8>]>,
         client: &mut Client,
         now: Timestamp,
-    ) -> Result<SpiffeId, OAuthError> {
-        let x509 = decode_unverified(&auth.assertion).is_ok_and(|(header, _)| header.get("x5c").is_some());
-        let (id, spent_key, expires_at) =
-            if x509 { self.by_certificate(auth, client, now)? } else { self.by_jwt_svid(auth, client, now)? };
+    ) -> Result<(SpiffeId, Option<String>), OAuthError> {
+        let shown = match peer {
+            Some(chain) => Some(self.by_tls_certificate(chain, now)?),
+            None => None,
+        };
+        let Some(assertion) = auth.assertion.as_deref() else {
+            // tls_client_auth: the certificate is the proof (`client_auth` only allows this with one).
+            let Some((id, uid, thumbprint)) = shown else {
+                return Err(OAuthError::client("no client certificate was presented"));
+            };
+            self.name_client(auth, client, &id)?;
+            if auth.client_id.is_none() {
+                return Err(OAuthError::client("tls_client_auth needs client_id"));
+            }
+            client.uid = Some(uid);
+            return Ok((id, Some(thumbprint)));
+        };
+        let x509 = decode_unverified(assertion).is_ok_and(|(header, _)| header.get("x5c").is_some());
+        let (id, spent_key, expires_at) = if x509 {
+            self.by_certificate(auth, assertion, client, now)?
+        } else {
+            self.by_jwt_svid(auth, assertion, client, now)?
+        };
+        // A certificate beside an assertion must be the same agent's; it then binds the token.
+        let bound_to = match shown {
+            None => None,
+            Some((shown_id, uid, thumbprint)) => {
+                if shown_id != id || client.uid.as_deref() != Some(uid.as_str()) {
+                    return Err(OAuthError::client(
+                        "the TLS client certificate is another agent's than the client assertion's",
+                    ));
+                }
+                Some(thumbprint)
+            }
+        };
         let fresh = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             !self.ledger.assertion_used(&spent_key, now) && in_flight.insert(spent_key.clone())
@@ -375,7 +440,43 @@ impl TokenService {
             jiff::SignedDuration::try_from(MAX_LEEWAY).unwrap_or(jiff::SignedDuration::from_secs(30));
         let remember_until = expires_at.checked_add(leeway).unwrap_or(Timestamp::MAX);
         client.assertion = Some((spent_key, remember_until));
-        Ok(id)
+        Ok((id, bound_to))
+    }
+
+    /// A TLS client certificate chain: an X.509-SVID the operator's CA issued to an agent, which the
+    /// ledger records as that agent's current certificate (by the UID of the agent with that name). The
+    /// handshake already proved the client holds its key. Returns its SPIFFE ID, the agent's UID and the
+    /// leaf's `x5t#S256`.
+    fn by_tls_certificate(
+        &self,
+        chain: &[Vec<u8>],
+        now: Timestamp,
+    ) -> Result<(SpiffeId, String, String), OAuthError> {
+        let ca = Arc::clone(&self.issuer.borrow().ca);
+        let presented = ca
+            .check_presented(chain, now)
+            .map_err(|why| OAuthError::client(format!("the TLS client certificate is refused: {why}")))?;
+        let (id, serial) = (presented.spiffe_id, presented.serial_hex);
+        let Ok((namespace, name)) = id.agent_in(&self.trust_domain) else {
+            return Err(OAuthError::client("the TLS client certificate does not name an agent"));
+        };
+        let uid = self.live_serial(namespace, name, &serial, now).ok_or_else(|| {
+            OAuthError::client(
+                "the TLS client certificate is not the agent's current X.509-SVID (never issued, or taken back)",
+            )
+        })?;
+        let leaf = chain.first().map(Vec::as_slice).unwrap_or_default();
+        Ok((id, uid, crate::identity::access::thumbprint(leaf)))
+    }
+
+    /// The UID of the agent `namespace/name` if the ledger records `serial_hex` as one of its unexpired
+    /// X.509-SVIDs.
+    fn live_serial(&self, namespace: &str, name: &str, serial_hex: &str, now: Timestamp) -> Option<String> {
+        let uid = self.index.load().agent_by_name(namespace, name).map(|a| a.uid.to_string())?;
+        let live = self.ledger.get(&uid).is_some_and(|r| {
+            r.issuances.iter().any(|i| i.expires_at > now && i.x509_serial.as_deref() == Some(serial_hex))
+        });
+        live.then_some(uid)
     }
 
     /// The client's identity from `client_id`, when sent, and the SPIFFE ID: they must agree.
@@ -395,6 +496,7 @@ impl TokenService {
     fn by_jwt_svid(
         &self,
         auth: &ClientAuth,
+        assertion: &str,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<(SpiffeId, String, Timestamp), OAuthError> {
@@ -406,7 +508,7 @@ impl TokenService {
         };
         let svid = verifiers
             .verifier
-            .verify_any_audience(&auth.assertion, now)
+            .verify_any_audience(assertion, now)
             .map_err(|e| OAuthError::client(format!("the client assertion is not a valid JWT-SVID: {e}")))?;
         self.name_client(auth, client, &svid.spiffe_id)?;
         client.uid = svid.extra.get(CLAIM_UID).and_then(|v| v.as_str()).map(str::to_owned);
@@ -437,23 +539,19 @@ impl TokenService {
     fn by_certificate(
         &self,
         auth: &ClientAuth,
+        assertion: &str,
         client: &mut Client,
         now: Timestamp,
     ) -> Result<(SpiffeId, String, Timestamp), OAuthError> {
         let ca = Arc::clone(&self.issuer.borrow().ca);
-        let v = assertion::verify(&ca, &self.trust_domain, &auth.assertion, &self.endpoint, now)
+        let v = assertion::verify(&ca, &self.trust_domain, assertion, &self.endpoint, now)
             .map_err(|e| OAuthError::client(e.to_string()))?;
         self.name_client(auth, client, &v.spiffe_id)?;
         let (namespace, name) =
             (client.namespace.clone().unwrap_or_default(), client.name.clone().unwrap_or_default());
-        let uid = self.index.load().agent_by_name(&namespace, &name).map(|a| a.uid.to_string());
-        client.uid.clone_from(&uid);
-        let live = uid.and_then(|u| self.ledger.get(&u)).is_some_and(|r| {
-            r.issuances
-                .iter()
-                .any(|i| i.expires_at > now && i.x509_serial.as_deref() == Some(v.serial_hex.as_str()))
-        });
-        if !live {
+        // For the record, the UID of the agent with that name, whether or not the certificate is current.
+        client.uid = self.index.load().agent_by_name(&namespace, &name).map(|a| a.uid.to_string());
+        if self.live_serial(&namespace, &name, &v.serial_hex, now).is_none() {
             return Err(OAuthError::client(
                 "the client assertion's certificate is not the agent's current X.509-SVID (never issued, or taken back)",
             ));
@@ -508,17 +606,34 @@ impl TokenService {
     }
 }
 
-/// The routes: `POST` [`TOKEN_PATH`] and `POST` [`REVOKE_PATH`].
+/// The routes: `POST` [`TOKEN_PATH`], `POST` [`REVOKE_PATH`] and `GET` [`METADATA_PATH`].
 pub fn surface(service: Arc<TokenService>) -> crate::server::Surface {
     crate::server::Routes::new("token")
         .route(TOKEN_PATH, post(token))
         .route(REVOKE_PATH, post(revoke))
+        .route(METADATA_PATH, get(oauth_metadata))
         .finish(service)
 }
 
+/// The authorization server metadata (RFC 8414), cached like the other issuer documents.
+async fn oauth_metadata(
+    State(service): State<Arc<TokenService>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let issuer = Arc::clone(&service.issuer.borrow());
+    let doc = crate::oauth::metadata::document(&issuer.issuer_url, service.mutual_tls);
+    crate::server::issuer::document(&issuer, &doc, crate::server::issuer::JSON_CONTENT_TYPE, &headers)
+}
+
+/// The certificate chain the TLS client presented on this request's connection.
+fn peer_certificates(request: &HttpRequest) -> Option<PeerCertificates> {
+    request.extensions().get::<PeerCertificates>().cloned()
+}
+
 async fn revoke(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {
+    let peer = peer_certificates(&request);
     let result = match read_form(request).await {
-        Ok(form) => service.revoke(&form, Timestamp::now()).await,
+        Ok(form) => service.revoke(&form, peer.as_ref().map(|p| &p.0[..]), Timestamp::now()).await,
         Err(e) => {
             service.record_refusal(&Client::default(), &e).await;
             Err(e)
@@ -531,8 +646,9 @@ async fn revoke(State(service): State<Arc<TokenService>>, request: HttpRequest) 
 }
 
 async fn token(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {
+    let peer = peer_certificates(&request);
     match read_form(request).await {
-        Ok(form) => match service.token(&form, Timestamp::now()).await {
+        Ok(form) => match service.token(&form, peer.as_ref().map(|p| &p.0[..]), Timestamp::now()).await {
             Ok(issued) => answer(
                 StatusCode::OK,
                 &json!({"access_token": issued.access_token, "token_type": "Bearer",

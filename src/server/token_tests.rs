@@ -32,6 +32,8 @@ struct Fx {
     chain: Vec<String>,
     key: EcdsaKeyPair,
     id: String,
+    /// The same agent's certificate from the same CA that the ledger never recorded.
+    unrecorded: Vec<Vec<u8>>,
 }
 
 fn fx(now: Timestamp) -> Fx {
@@ -44,6 +46,8 @@ fn fx(now: Timestamp) -> Fx {
     let ca = CertificateAuthority::generate(&td, SignedDuration::from_hours(24), now).unwrap();
     let spiffe = SpiffeId::for_agent(&td, "ns", "bot").unwrap();
     let svid = ca.issue_svid(&spiffe, SignedDuration::from_mins(10), now).unwrap();
+    let unrecorded = ca.issue_svid(&spiffe, SignedDuration::from_mins(10), now).unwrap();
+    let unrecorded = crate::identity::x509::parse_cert_pems(&unrecorded.chain_pem).unwrap();
     let (tx, rx) = issuer::channel(Issuer {
         keys: KeySet::generate(now).unwrap(),
         ca: Arc::new(ca),
@@ -92,7 +96,7 @@ fn fx(now: Timestamp) -> Fx {
     );
     let verifiers = Arc::new(crate::identity::cache::CurrentVerifier::new(rx.clone()));
     let (store, _writer) = kube::runtime::reflector::store::<Agent>();
-    let service = TokenService::new(index, ledger, rx, audit, verifiers, store);
+    let service = TokenService::new(index, ledger, rx, audit, verifiers, store, true);
     let chain = crate::identity::x509::parse_cert_pems(&svid.chain_pem)
         .unwrap()
         .iter()
@@ -101,7 +105,7 @@ fn fx(now: Timestamp) -> Fx {
     let b64: String = svid.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let key =
         EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &STANDARD.decode(b64).unwrap()).unwrap();
-    Fx { _dir: dir, _issuer: tx, service, chain, key, id: spiffe.to_string() }
+    Fx { _dir: dir, _issuer: tx, service, chain, key, id: spiffe.to_string(), unrecorded }
 }
 
 impl Fx {
@@ -129,17 +133,67 @@ async fn an_assertion_stays_spent_while_any_verifier_would_still_accept_it() {
     let now = Timestamp::now();
     let f = fx(now);
     let form = f.form("j-1", now, 60);
-    let issued = f.service.token(&form, now).await.unwrap();
+    let issued = f.service.token(&form, None, now).await.unwrap();
     assert_eq!(issued.scope, "read@crm:contacts/1");
     // Just after its exp, the clock-skew leeway still lets it verify: it must still count as spent.
     let later = now.checked_add(SignedDuration::from_secs(75)).unwrap();
-    let again = f.service.token(&form, later).await.unwrap_err();
+    let again = f.service.token(&form, None, later).await.unwrap_err();
     assert_eq!(again.code, ErrorCode::InvalidClient, "{again}");
     assert!(again.description.contains("used before"), "{again}");
     // Once the leeway has passed too, it is refused as expired, not remembered forever.
     let much_later = now.checked_add(SignedDuration::from_secs(95)).unwrap();
-    let expired = f.service.token(&form, much_later).await.unwrap_err();
+    let expired = f.service.token(&form, None, much_later).await.unwrap_err();
     assert!(expired.description.contains("expired"), "{expired}");
     // A new assertion from the same certificate works.
-    assert!(f.service.token(&f.form("j-2", now, 60), now).await.is_ok());
+    assert!(f.service.token(&f.form("j-2", now, 60), None, now).await.is_ok());
+}
+
+impl Fx {
+    fn chain_der(&self) -> Vec<Vec<u8>> {
+        self.chain.iter().map(|c| STANDARD.decode(c).unwrap()).collect()
+    }
+
+    /// A `tls_client_auth` request: no assertion, `client_id`.
+    fn mtls_form(&self, client_id: &str) -> Form {
+        let id: String = client_id.replace(':', "%3A").replace('/', "%2F");
+        let body = format!(
+            "grant_type=client_credentials&client_id={id}&scope=read%40crm%3Acontacts%2F1&resource=crm"
+        );
+        Form::parse(body.as_bytes()).unwrap()
+    }
+}
+
+fn cnf(token: &str) -> serde_json::Value {
+    crate::identity::verify::decode_unverified(token).unwrap().1["cnf"].clone()
+}
+
+#[tokio::test]
+async fn mutual_tls_authenticates_with_the_recorded_certificate_and_binds_the_token_to_it() {
+    let now = Timestamp::now();
+    let f = fx(now);
+    let chain = f.chain_der();
+    let thumbprint = crate::identity::access::thumbprint(&chain[0]);
+    // tls_client_auth: the certificate and client_id; the token is bound to the certificate.
+    let issued = f.service.token(&f.mtls_form(&f.id), Some(&chain), now).await.unwrap();
+    assert_eq!(cnf(&issued.access_token), json!({"x5t#S256": thumbprint}));
+    // Repeatable: the handshake is the proof, nothing is spent.
+    assert!(f.service.token(&f.mtls_form(&f.id), Some(&chain), now).await.is_ok());
+    // client_id must name the certificate's agent, and a certificate must be shown.
+    let other = f.id.replace("/bot", "/other");
+    let e = f.service.token(&f.mtls_form(&other), Some(&chain), now).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidClient, "{e}");
+    let e = f.service.token(&f.mtls_form(&f.id), None, now).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidClient, "{e}");
+    // The CA's certificate for the same agent that the operator never recorded: refused.
+    let e = f.service.token(&f.mtls_form(&f.id), Some(&f.unrecorded), now).await.unwrap_err();
+    assert!(e.code == ErrorCode::InvalidClient && e.description.contains("not the agent's current"), "{e}");
+    // An assertion beside the certificate: authenticated by the assertion, bound to the certificate.
+    let issued = f.service.token(&f.form("j-m1", now, 60), Some(&chain), now).await.unwrap();
+    assert_eq!(cnf(&issued.access_token), json!({"x5t#S256": thumbprint}));
+    // ...but not beside a certificate the ledger does not stand by.
+    let e = f.service.token(&f.form("j-m2", now, 60), Some(&f.unrecorded), now).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidClient, "{e}");
+    // Without a certificate, a bearer token.
+    let issued = f.service.token(&f.form("j-m3", now, 60), None, now).await.unwrap();
+    assert_eq!(cnf(&issued.access_token), serde_json::Value::Null);
 }

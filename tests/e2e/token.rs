@@ -5,6 +5,8 @@
 //! taken by the decision API within its scopes and refused where an identity token is required;
 //! issuances and refusals are in the audit log, tokens never are.
 
+use std::sync::Arc;
+
 use agentiam::api::Agent;
 use agentiam::identity::TrustDomain;
 use agentiam::identity::verify::{JwtVerifier, VerifierConfig};
@@ -15,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::JwkSet;
 use kube::api::{Patch, PatchParams};
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
 use crate::authz::apply_policy;
@@ -169,7 +172,8 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     assert_eq!(meta["token_endpoint"], ep);
     assert_eq!(meta["issuer"], op.base_url());
     assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
-    assert_eq!(meta["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
+    assert_eq!(meta["token_endpoint_auth_methods_supported"], json!(["private_key_jwt", "tls_client_auth"]));
+    assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
 
     // Refused before authentication: nothing here spends the assertion.
     let crm_svid = svid(&ns, "bot", "crm").await.unwrap();
@@ -399,4 +403,167 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     let log = std::fs::read_to_string(op.audit_log()).unwrap();
     assert!(!log.contains(&access) && !log.contains(&assertion), "a token in the audit log");
     assert!(!op.stderr().contains(&access), "a token in the operator's log");
+}
+
+/// An independent mutual-TLS client: Python's ssl (OpenSSL) presents the agent's X.509-SVID, urllib asks
+/// for a token with `tls_client_auth` (client_id, no assertion), and PyJWT checks the `cnf` binding
+/// against the thumbprint of the certificate it presented.
+const PYTHON_MTLS_CLIENT: &str = r#"
+import base64, hashlib, json, ssl, sys, urllib.parse, urllib.request
+import jwt
+base, agent, cert, key, ca = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+meta = json.load(urllib.request.urlopen(base + "/.well-known/oauth-authorization-server", context=ctx))
+assert "tls_client_auth" in meta["token_endpoint_auth_methods_supported"], meta
+form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": agent,
+    "scope": "read@crm:contacts/42", "resource": "crm"}).encode()
+answer = json.load(urllib.request.urlopen(urllib.request.Request(meta["token_endpoint"], data=form), context=ctx))
+claims = jwt.decode(answer["access_token"], options={"verify_signature": False})
+der = ssl.PEM_cert_to_DER_cert(open(cert).read().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
+x5t = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+assert claims["cnf"] == {"x5t#S256": x5t}, (claims.get("cnf"), x5t)
+print(x5t)
+"#;
+
+/// `POST /v1/oauth/token` over a TLS connection that presents `identity` (chain PEM, key PEM).
+async fn post_mtls(op: &Operator, identity: (&str, &str), body: &str) -> (u16, Value) {
+    let ca = std::fs::read_to_string(op.ca_file()).unwrap();
+    let config = Arc::new(crate::harness::client_config(&ca, Some(identity)));
+    let tcp = tokio::net::TcpStream::connect(&op.http_addr).await.unwrap();
+    let stream = crate::harness::connect_tls(tcp, config).await;
+    let (status, _, text) = crate::harness::http_exchange(
+        stream,
+        &op.http_addr,
+        "POST",
+        "/v1/oauth/token",
+        &[FORM],
+        body.as_bytes(),
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn pct(s: &str) -> String {
+    s.replace(':', "%3A").replace('/', "%2F")
+}
+
+#[tokio::test]
+async fn mutual_tls_client_authentication_gives_tokens_bound_to_the_agents_certificate() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "token-mtls").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let ep = endpoint(&op);
+    apply_policy(
+        &ns,
+        "crm",
+        json!({"agents": {"names": ["bot", "other"]}, "rules": [
+            {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]}]}),
+    )
+    .await;
+    ns.create_agent("bot", spec(&ep, &[])).await;
+    ns.create_agent("other", spec(&ep, &[])).await;
+    wait_credentials(&ns.api::<Agent>(), "bot").await;
+    wait_credentials(&ns.api::<Agent>(), "other").await;
+    let cert = secret_value(&ns, "bot-credentials", "svid.pem").await.unwrap();
+    let key = secret_value(&ns, "bot-credentials", "svid-key.pem").await.unwrap();
+    let other_cert = secret_value(&ns, "other-credentials", "svid.pem").await.unwrap();
+    let other_key = secret_value(&ns, "other-credentials", "svid-key.pem").await.unwrap();
+    let id = format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name);
+    let ask = |client_id: &str| {
+        format!(
+            "grant_type=client_credentials&client_id={}&scope=read%40crm%3Acontacts%2F42&resource=crm",
+            pct(client_id)
+        )
+    };
+
+    // tls_client_auth: the certificate is the proof; the token is bound to it.
+    let (status, answer) = post_mtls(&op, (&cert, &key), &ask(&id)).await;
+    assert_eq!(status, 200, "{}", shown(&answer));
+    let token = answer["access_token"].as_str().unwrap().to_owned();
+    let claims = agentiam::identity::verify::decode_unverified(&token).unwrap().1;
+    let leaf = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    let x5t = agentiam::identity::access::thumbprint(leaf.as_ref());
+    assert_eq!(claims["cnf"], json!({"x5t#S256": x5t}));
+
+    // Refused: another agent's client_id; no client_id; no certificate and no assertion; the other agent's
+    // certificate for bot.
+    for ((c, k), body, why) in [
+        ((&cert, &key), ask(&id.replace("/bot", "/other")), "another agent's client_id"),
+        (
+            (&cert, &key),
+            "grant_type=client_credentials&scope=read%40crm%3Acontacts%2F42&resource=crm".to_owned(),
+            "no client_id",
+        ),
+        ((&other_cert, &other_key), ask(&id), "the other agent's certificate"),
+    ] {
+        let (status, answer) = post_mtls(&op, (c, k), &body).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{why}: {}",
+            shown(&answer)
+        );
+    }
+    let (status, answer, _) = post(&op, &ask(&id)).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("invalid_client")),
+        "no certificate: {}",
+        shown(&answer)
+    );
+
+    // The decision API allows the bound token only with its certificate's thumbprint, as a gateway
+    // terminating the agent's mutual TLS reports it.
+    let decide = |extra: Value| crate::harness::decide(&op, &token, "read", "crm:contacts/42", extra);
+    assert_eq!(decide(json!({"certificateThumbprint": x5t})).await["decision"], "Allow");
+    let d = decide(json!({})).await;
+    assert!(
+        d["decision"] == "Deny" && d["reason"].as_str().unwrap().contains("bound to a client certificate"),
+        "{d}"
+    );
+    let other_leaf = rustls::pki_types::CertificateDer::from_pem_slice(other_cert.as_bytes()).unwrap();
+    let other_x5t = agentiam::identity::access::thumbprint(other_leaf.as_ref());
+    assert_eq!(decide(json!({"certificateThumbprint": other_x5t})).await["decision"], "Deny");
+    // The same through ext_authz, with the header.
+    let bearer = format!("Bearer {token}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-agentiam-resource", "crm:contacts/42"),
+        ("x-agentiam-certificate-thumbprint", x5t.as_str()),
+    ];
+    let (status, h, _) =
+        crate::harness::http_request(&op.http_addr, "GET", "/v1/ext_authz/x", &headers, b"").await;
+    assert_eq!((status, h.get("x-agentiam-decision").map(String::as_str)), (200, Some("Allow")), "{h:?}");
+    let (status, _, _) =
+        crate::harness::http_request(&op.http_addr, "GET", "/v1/ext_authz/x", &headers[..2], b"").await;
+    assert_eq!(status, 403, "the bound token without its certificate through ext_authz");
+
+    // The audit record names the binding.
+    let records = crate::harness::records(&op.audit_log());
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "token.issue" && r["details"]["certificateThumbprint"] == x5t.as_str()),
+        "no token.issue record with the thumbprint"
+    );
+
+    // An independent client: Python's ssl and urllib, PyJWT.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svid.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("svid-key.pem"), &key).unwrap();
+    let python =
+        std::process::Command::new(std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".to_owned()))
+            .args(["-c", PYTHON_MTLS_CLIENT, &op.base_url(), &id])
+            .arg(dir.path().join("svid.pem"))
+            .arg(dir.path().join("svid-key.pem"))
+            .arg(op.ca_file())
+            .output()
+            .expect("a Python with PyJWT is required (tools/e2e.sh makes one: tools/python-env.sh)");
+    assert!(
+        python.status.success(),
+        "the Python mTLS client failed: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), x5t);
 }
