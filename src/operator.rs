@@ -285,8 +285,10 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         audit.clone(),
         Arc::clone(authorizer.verifiers()),
         watched.agents.store(),
-        opts.http_tls.is_tls(),
-    );
+    )
+    .with_mutual_tls(opts.http_tls.is_tls())
+    .with_client(client.clone());
+    let token_service = Arc::new(token_service);
 
     let voided = token_service.void_interrupted().await.map_err(StartupError::VoidTokens)?;
     if voided > 0 {

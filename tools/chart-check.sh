@@ -351,6 +351,9 @@ can no create delegations.agentiam.dev -n default
 # The Delegation webhook asks whether a person may "delegate" to an Agent (a SubjectAccessReview); the
 # operator itself holds no "delegate" (it never grants on anyone's behalf).
 can yes create subjectaccessreviews.authorization.k8s.io
+can yes create tokenreviews.authentication.k8s.io
+can no introspect agents.agentiam.dev -n default
+can no revoke agents.agentiam.dev -n default
 can no delegate agents.agentiam.dev -n default
 # The example delegator ClusterRole renders with the verb, bound to nobody.
 delegator=$(k get clusterrole -l app.kubernetes.io/instance="$release" -o name | grep -- '-delegator$' || true)

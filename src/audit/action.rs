@@ -73,13 +73,15 @@ pub enum Action {
     TokenIssue,
     /// The token endpoint refused a request.
     TokenRefuse,
-    /// An access token was revoked by its holder (RFC 7009), durable before the answer.
+    /// An access token was revoked by its holder or an administrator (RFC 7009), durable before the answer.
     TokenRevoke,
+    /// A resource server introspected a token (RFC 7662): who asked, about which token, and the answer.
+    TokenIntrospect,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 34] = [
+    pub const ALL: [Self; 35] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -114,6 +116,7 @@ impl Action {
         Self::TokenIssue,
         Self::TokenRefuse,
         Self::TokenRevoke,
+        Self::TokenIntrospect,
     ];
 
     /// The stored spelling.
@@ -153,6 +156,7 @@ impl Action {
             Self::TokenIssue => "token.issue",
             Self::TokenRefuse => "token.refuse",
             Self::TokenRevoke => "token.revoke",
+            Self::TokenIntrospect => "token.introspect",
         }
     }
 

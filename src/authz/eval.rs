@@ -358,6 +358,12 @@ impl Snapshot {
         }
     }
 
+    /// Why the agent `acting` may not act now (unknown, renamed, unrecorded, not Active, revoked), or
+    /// None: the first checks of every decision, for answers that decide nothing else (introspection).
+    pub fn may_not_act(&self, acting: Acting<'_>, record: Option<&AgentRecord>) -> Option<Reason> {
+        self.may_act(acting, record).err().map(|d| d.reason)
+    }
+
     /// Decides `request` made with a delegated token by the agent with UID `uid` (`namespace`/`name`, its
     /// SPIFFE ID in the token), whose chain the caller checked against the operator's records. The agent's
     /// own standing and policies decide, and the delegation's scopes must allow the request too: a

@@ -18,6 +18,8 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 pub const TOKEN_PATH: &str = "/v1/oauth/token";
 /// Path of the revocation endpoint (RFC 7009).
 pub const REVOKE_PATH: &str = "/v1/oauth/revoke";
+/// Path of the introspection endpoint (RFC 7662).
+pub const INTROSPECT_PATH: &str = "/v1/oauth/introspect";
 /// The `client_credentials` grant.
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// The RFC 8693 token exchange grant.
@@ -52,6 +54,10 @@ pub fn document(issuer_url: &str, mutual_tls: bool) -> Value {
         "revocation_endpoint": format!("{base}{REVOKE_PATH}"),
         "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "introspection_endpoint": format!("{base}{INTROSPECT_PATH}"),
+        // Resource servers and administrators send their Kubernetes token (RFC 6750 bearer); not an OAuth
+        // client authentication method of RFC 8414's registry, so the list names none.
+        "introspection_endpoint_auth_methods_supported": [],
         "response_types_supported": [],
     });
     if mutual_tls && let Some(d) = doc.as_object_mut() {
@@ -74,6 +80,7 @@ mod tests {
         assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
         assert_eq!(doc["response_types_supported"], json!([]));
         assert_eq!(doc["revocation_endpoint"], "https://agentiam.example/i/v1/oauth/revoke");
+        assert_eq!(doc["introspection_endpoint"], "https://agentiam.example/i/v1/oauth/introspect");
         assert!(doc.get("authorization_endpoint").is_none());
         assert!(doc.get("code_challenge_methods_supported").is_none());
         assert_eq!(token_endpoint("https://a/"), "https://a/v1/oauth/token");

@@ -47,12 +47,15 @@ use crate::identity::issuer::IssuerReceiver;
 use crate::identity::jwt::{CLAIM_UID, Minter, effective_ttl};
 use crate::identity::verify::{MAX_LEEWAY, decode_unverified};
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::oauth::metadata::{METADATA_PATH, REVOKE_PATH, TOKEN_PATH, token_endpoint};
+use crate::oauth::metadata::{INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, TOKEN_PATH, token_endpoint};
 use crate::oauth::request::{self, ClientAuth, ClientCredentials};
 use crate::oauth::{ErrorCode, Form, OAuthError};
 use crate::registry::actions as a;
 use crate::registry::ledger::{Ledger, TokenStanding};
 use crate::server::listener::PeerCertificates;
+
+#[path = "introspect.rs"]
+pub mod introspect;
 
 /// Largest request body accepted.
 pub const MAX_FORM_BYTES: usize = 32 * 1024;
@@ -70,6 +73,11 @@ pub struct TokenService {
     endpoint: String,
     /// The listener serves TLS itself, so client certificates reach this endpoint (RFC 8705).
     mutual_tls: bool,
+    /// The API client that authenticates (TokenReview) and authorizes (SubjectAccessReview) resource
+    /// servers and administrators; None in tests without an API server (they are then refused).
+    client: Option<kube::Client>,
+    /// Those answers, cached briefly.
+    callers: introspect::Callers,
     /// Client assertions of requests in flight: a second request with the same one is refused before
     /// the first is recorded.
     in_flight: Mutex<HashSet<String>>,
@@ -114,8 +122,9 @@ struct Client {
 
 impl TokenService {
     /// The endpoint over `index` and `ledger`, verifying with `verifiers`, signing with the keys `issuer`
-    /// publishes, recording in `audit`; `agents` gives each agent's declared model. `mutual_tls`: the
-    /// listener serves TLS, so the metadata advertises `tls_client_auth` and bound tokens.
+    /// publishes, recording in `audit`; `agents` gives each agent's declared model. Without
+    /// [`with_mutual_tls`](Self::with_mutual_tls) and [`with_client`](Self::with_client): no mutual TLS
+    /// advertised, and no Kubernetes caller accepted.
     pub fn new(
         index: Arc<PolicyIndex>,
         ledger: Arc<Ledger>,
@@ -123,13 +132,12 @@ impl TokenService {
         audit: AuditLog,
         verifiers: Arc<CurrentVerifier>,
         agents: Store<Agent>,
-        mutual_tls: bool,
-    ) -> Arc<Self> {
+    ) -> Self {
         let (trust_domain, endpoint) = {
             let i = issuer.borrow();
             (i.trust_domain.clone(), token_endpoint(&i.issuer_url))
         };
-        Arc::new(Self {
+        Self {
             index,
             ledger,
             issuer,
@@ -138,9 +146,25 @@ impl TokenService {
             agents,
             trust_domain,
             endpoint,
-            mutual_tls,
+            mutual_tls: false,
+            client: None,
+            callers: introspect::Callers::default(),
             in_flight: Mutex::new(HashSet::new()),
-        })
+        }
+    }
+
+    /// The listener serves TLS, so the metadata advertises `tls_client_auth` and bound tokens.
+    #[must_use]
+    pub fn with_mutual_tls(mut self, mutual_tls: bool) -> Self {
+        self.mutual_tls = mutual_tls;
+        self
+    }
+
+    /// The API client that authenticates and authorizes resource servers and administrators.
+    #[must_use]
+    pub fn with_client(mut self, client: kube::Client) -> Self {
+        self.client = Some(client);
+        self
     }
 
     /// Closes the issuances a stop interrupted (an intent without an outcome) as abandoned, which voids
@@ -611,6 +635,7 @@ pub fn surface(service: Arc<TokenService>) -> crate::server::Surface {
     crate::server::Routes::new("token")
         .route(TOKEN_PATH, post(token))
         .route(REVOKE_PATH, post(revoke))
+        .route(INTROSPECT_PATH, post(introspect_handler))
         .route(METADATA_PATH, get(oauth_metadata))
         .finish(service)
 }
@@ -630,10 +655,22 @@ fn peer_certificates(request: &HttpRequest) -> Option<PeerCertificates> {
     request.extensions().get::<PeerCertificates>().cloned()
 }
 
+async fn introspect_handler(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {
+    match read_form(request, true).await {
+        Ok((form, bearer)) => match service.introspect(bearer.as_deref(), &form, Timestamp::now()).await {
+            Ok(answer) => self::answer(StatusCode::OK, &answer),
+            Err(e) => refusal(&e),
+        },
+        Err(e) => refusal(&e),
+    }
+}
+
 async fn revoke(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {
     let peer = peer_certificates(&request);
-    let result = match read_form(request).await {
-        Ok(form) => service.revoke(&form, peer.as_ref().map(|p| &p.0[..]), Timestamp::now()).await,
+    let result = match read_form(request, true).await {
+        // A Kubernetes bearer token: an administrator; otherwise the holder, as a client.
+        Ok((form, Some(bearer))) => service.revoke_as_administrator(&bearer, &form, Timestamp::now()).await,
+        Ok((form, None)) => service.revoke(&form, peer.as_ref().map(|p| &p.0[..]), Timestamp::now()).await,
         Err(e) => {
             service.record_refusal(&Client::default(), &e).await;
             Err(e)
@@ -647,15 +684,17 @@ async fn revoke(State(service): State<Arc<TokenService>>, request: HttpRequest) 
 
 async fn token(State(service): State<Arc<TokenService>>, request: HttpRequest) -> Response {
     let peer = peer_certificates(&request);
-    match read_form(request).await {
-        Ok(form) => match service.token(&form, peer.as_ref().map(|p| &p.0[..]), Timestamp::now()).await {
-            Ok(issued) => answer(
-                StatusCode::OK,
-                &json!({"access_token": issued.access_token, "token_type": "Bearer",
+    match read_form(request, false).await {
+        Ok((form, _)) => {
+            match service.token(&form, peer.as_ref().map(|p| &p.0[..]), Timestamp::now()).await {
+                Ok(issued) => answer(
+                    StatusCode::OK,
+                    &json!({"access_token": issued.access_token, "token_type": "Bearer",
                     "expires_in": issued.expires_in, "scope": issued.scope}),
-            ),
-            Err(e) => refusal(&e),
-        },
+                ),
+                Err(e) => refusal(&e),
+            }
+        }
         Err(e) => {
             service.record_refusal(&Client::default(), &e).await;
             refusal(&e)
@@ -663,15 +702,32 @@ async fn token(State(service): State<Arc<TokenService>>, request: HttpRequest) -
     }
 }
 
-/// The form of a request: `application/x-www-form-urlencoded`, at most [`MAX_FORM_BYTES`], and no
-/// `Authorization` header (which would be a client secret).
-async fn read_form(request: HttpRequest) -> Result<Form, OAuthError> {
+/// The form of a request: `application/x-www-form-urlencoded`, at most [`MAX_FORM_BYTES`]; and the
+/// `Authorization: Bearer` token of a Kubernetes caller where `bearer_allowed` (introspection and an
+/// administrator's revocation), which is otherwise refused (it would be a client secret).
+async fn read_form(request: HttpRequest, bearer_allowed: bool) -> Result<(Form, Option<String>), OAuthError> {
     let headers = request.headers();
-    if headers.contains_key(header::AUTHORIZATION) {
-        return Err(OAuthError::client(
-            "no client secrets exist: authenticate with private_key_jwt, not a header",
-        ));
-    }
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    let bearer = match (authorization.next(), authorization.next()) {
+        (None, _) => None,
+        (Some(_), _) if !bearer_allowed => {
+            return Err(OAuthError::client(
+                "no client secrets exist: authenticate with private_key_jwt or tls_client_auth, not a header",
+            ));
+        }
+        (Some(v), None) => {
+            let token = v.to_str().ok().and_then(|h| {
+                let (scheme, rest) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+            });
+            Some(
+                token.ok_or_else(|| {
+                    OAuthError::client("Authorization must be Bearer <your Kubernetes token>")
+                })?,
+            )
+        }
+        (Some(_), Some(_)) => return Err(OAuthError::client("Authorization was sent twice")),
+    };
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let form_type = match (types.next(), types.next()) {
         (Some(t), None) => t.to_str().ok().and_then(|t| t.split(';').next()).map(str::trim),
@@ -686,7 +742,7 @@ async fn read_form(request: HttpRequest) -> Result<Form, OAuthError> {
     let bytes = to_bytes(body, MAX_FORM_BYTES)
         .await
         .map_err(|_| OAuthError::request(format!("the body is larger than {MAX_FORM_BYTES} bytes")))?;
-    Form::parse(&bytes)
+    Ok((Form::parse(&bytes)?, bearer))
 }
 
 fn refusal(e: &OAuthError) -> Response {

@@ -96,7 +96,8 @@ fn fx(now: Timestamp) -> Fx {
     );
     let verifiers = Arc::new(crate::identity::cache::CurrentVerifier::new(rx.clone()));
     let (store, _writer) = kube::runtime::reflector::store::<Agent>();
-    let service = TokenService::new(index, ledger, rx, audit, verifiers, store, true);
+    let service =
+        Arc::new(TokenService::new(index, ledger, rx, audit, verifiers, store).with_mutual_tls(true));
     let chain = crate::identity::x509::parse_cert_pems(&svid.chain_pem)
         .unwrap()
         .iter()

@@ -567,3 +567,159 @@ async fn mutual_tls_client_authentication_gives_tokens_bound_to_the_agents_certi
     );
     assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), x5t);
 }
+
+/// A ServiceAccount `name` in `ns` with `verbs` on the Agent `agent` (none: no Role), and a token of it.
+fn service_account_with(
+    env: &crate::harness::Env,
+    ns: &TestNs,
+    name: &str,
+    verbs: &[&str],
+    agent: &str,
+) -> String {
+    let out = env.kubectl(&["create", "serviceaccount", name, "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    if !verbs.is_empty() {
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": ns.name},
+            "rules": [{"apiGroups": ["agentiam.dev"], "resources": ["agents"], "resourceNames": [agent], "verbs": verbs}],
+        });
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns.name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns.name}],
+        });
+        for doc in [role, binding] {
+            let out = env.kubectl(&["apply", "-f", "-"], Some(&doc.to_string()));
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let out = env.kubectl(&["create", "token", name, "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `POST /v1/oauth/introspect` of `token` as `caller`.
+async fn introspect(op: &Operator, caller: Option<&str>, token: &str) -> (u16, Value) {
+    post_as(op, "/v1/oauth/introspect", caller, &format!("token={token}")).await
+}
+
+/// `POST path` with `Authorization: Bearer <caller>` (if any) and `form`.
+async fn post_as(op: &Operator, path: &str, caller: Option<&str>, form: &str) -> (u16, Value) {
+    let bearer = caller.map(|c| format!("Bearer {c}"));
+    let mut headers = vec![FORM];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    let (status, _, text) = http_post(&op.http_addr, path, &headers, form.as_bytes()).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn introspection_and_administrator_revocation_answer_to_kubernetes_identities_with_the_rbac_verb() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "token-introspect").await;
+    let mut op = Operator::start(&env, &ns.name, &[]);
+    let ep = endpoint(&op);
+    apply_policy(
+        &ns,
+        "crm",
+        json!({"agents": {"names": ["bot"]}, "rules": [
+            {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]}]}),
+    )
+    .await;
+    ns.create_agent("bot", spec(&ep, &[])).await;
+    wait_credentials(&ns.api::<Agent>(), "bot").await;
+    let (chain, key) = x509(&ns).await;
+    let id = format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name);
+    let ok = "scope=read%40crm%3Acontacts%2F42&resource=crm&task=t-9";
+    let token = |jti: &str| {
+        let assertion = signed(&key, &chain, &id, &ep, jti, 60);
+        let op = &op;
+        async move {
+            let (status, answer, _) = post(op, &request(&assertion, ok)).await;
+            assert_eq!(status, 200, "{}", shown(&answer));
+            answer["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let access = token("i-1").await;
+    let doomed = token("i-2").await;
+    let identity = svid(&ns, "bot", "crm").await.unwrap();
+
+    let server = service_account_with(&env, &ns, "crm-server", &["introspect"], "bot");
+    let admin = service_account_with(&env, &ns, "security-admin", &["revoke"], "bot");
+    let nobody = service_account_with(&env, &ns, "nobody", &[], "bot");
+
+    // The metadata names the endpoint.
+    let meta: Value =
+        serde_json::from_str(&http_get(&op.http_addr, "/.well-known/oauth-authorization-server").await.2)
+            .unwrap();
+    assert_eq!(meta["introspection_endpoint"], format!("{}/v1/oauth/introspect", op.base_url()));
+
+    // Callers authenticate with a Kubernetes token the API server accepts.
+    for (caller, why) in
+        [(None, "no caller"), (Some("not-a-kubernetes-token"), "a token the API server refuses")]
+    {
+        let (status, answer) = introspect(&op, caller, &access).await;
+        assert_eq!((status, answer["error"].as_str()), (401, Some("invalid_client")), "{why}: {answer}");
+    }
+    // Without the verb, every token is inactive; with it, the token's facts.
+    assert_eq!(introspect(&op, Some(&nobody), &access).await, (200, json!({"active": false})));
+    let (status, answer) = introspect(&op, Some(&server), &access).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["active"], true, "{answer}");
+    assert_eq!((answer["client_id"].as_str(), answer["aud"].as_str()), (Some(id.as_str()), Some("crm")));
+    assert_eq!(answer["scope"], "read@crm:contacts/42");
+    assert_eq!(answer["agentiam.dev/token-kind"], "access");
+    assert_eq!(answer["agentiam.dev/task"], "t-9");
+    assert_eq!(answer["iss"], op.base_url());
+    let (_, answer) = introspect(&op, Some(&server), &identity).await;
+    assert_eq!(
+        (answer["active"].as_bool(), answer["agentiam.dev/token-kind"].as_str()),
+        (Some(true), Some("identity")),
+        "{answer}"
+    );
+    assert_eq!(introspect(&op, Some(&server), "x.y.z").await, (200, json!({"active": false})));
+
+    // An administrator revokes: only with the verb, durable before the answer, refused everywhere after.
+    let revoke = |caller: &str, token: &str| {
+        let (op, caller, form) =
+            (&op, caller.to_owned(), format!("token={token}&token_type_hint=access_token"));
+        async move { post_as(op, "/v1/oauth/revoke", Some(&caller), &form).await }
+    };
+    let (status, answer) = revoke(&nobody, &doomed).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("unauthorized_client")), "{answer}");
+    let (status, answer) = revoke(&server, &doomed).await;
+    assert_eq!(status, 400, "introspect is not revoke: {answer}");
+    assert_eq!(revoke(&admin, &doomed).await.0, 200);
+    assert_eq!(introspect(&op, Some(&server), &doomed).await, (200, json!({"active": false})));
+    let d = crate::harness::decide(&op, &doomed, "read", "crm:contacts/42", json!({})).await;
+    assert_eq!(d["decision"], "Deny", "{d}");
+    assert_eq!(introspect(&op, Some(&server), &access).await.1["active"], true, "only that token");
+    let records = crate::harness::records(&op.audit_log());
+    let by_admin =
+        records.iter().find(|r| r["action"] == "token.revoke" && r["outcome"] == "success").unwrap();
+    assert_eq!(by_admin["actor"], format!("user:system:serviceaccount:{}:security-admin", ns.name));
+    assert!(records.iter().any(|r| r["action"] == "token.introspect"), "introspections are recorded");
+    assert!(
+        !op.stderr().contains(&server) && !std::fs::read_to_string(op.audit_log()).unwrap().contains(&server),
+        "a caller's Kubernetes token was written down"
+    );
+
+    // After a restart the revocation stands.
+    op.restart();
+    assert_eq!(introspect(&op, Some(&server), &doomed).await, (200, json!({"active": false})));
+    assert_eq!(introspect(&op, Some(&server), &access).await.1["active"], true);
+
+    // A Revocation of the agent makes every one of its tokens inactive at once.
+    let revocation = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop-bot"},
+        "spec": {"target": {"agentRef": {"name": "bot"}}, "mode": "Suspend", "reason": "incident 9"}});
+    let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&revocation.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the access token to turn inactive", WAIT, || async {
+        (introspect(&op, Some(&server), &access).await.1["active"] == false).then_some(())
+    })
+    .await;
+    assert_eq!(introspect(&op, Some(&server), &identity).await.1["active"], false);
+}
