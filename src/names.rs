@@ -48,6 +48,10 @@ pub const API_CA_CONFIGMAP: &str = "agentiam-api-ca";
 /// The trust bundle ConfigMap in every namespace with Agents.
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "agentiam-trust-bundle";
 
+/// Annotation on a Delegation the token service created for an RFC 8693 exchange: the exchange's audit
+/// key. Only the operator may create a Delegation that carries it (the webhook refuses anyone else).
+pub const EXCHANGE_ANNOTATION: &str = "agentiam.dev/token-exchange";
+
 /// Condition type: the object is usable (Agents: Active with credentials; AgentPolicies: compiled).
 pub const CONDITION_READY: &str = "Ready";
 /// Condition type: an Agent's spec passed validation.

@@ -46,6 +46,8 @@ pub struct Options {
     pub authz_fixed_time: Option<jiff::Timestamp>,
     /// Test hook: the supervised task of this name fails this long after it starts. None in production.
     pub failpoint_fail_task: Option<(String, std::time::Duration)>,
+    /// Test hook: token exchanges pause this long after their intent. Zero in production.
+    pub failpoint_exchange_delay: std::time::Duration,
     /// Where pending approval requests are announced besides Events (None: Events only).
     pub approval_notifier: Option<server::approvals::Notifier>,
 }
@@ -287,7 +289,12 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         watched.agents.store(),
     )
     .with_mutual_tls(opts.http_tls.is_tls())
-    .with_client(client.clone());
+    .with_client(client.clone())
+    .with_delegations(crate::webhook::server::Delegations {
+        store: watched.delegations.store(),
+        revocations: watched.revocations.store(),
+    })
+    .with_failpoint_exchange_delay(opts.failpoint_exchange_delay);
     let token_service = Arc::new(token_service);
 
     let voided = token_service.void_interrupted().await.map_err(StartupError::VoidTokens)?;

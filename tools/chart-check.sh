@@ -228,8 +228,8 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "namespace: $watch_ns"
       expect "$out" "$name" "expression: request.namespace == \"$watch_ns\""
       # The agentiam.dev rules move to the Role; the ClusterRole keeps only the namespace read and the webhook
-      # configuration. (Seven in the Role, two in the example delegator ClusterRole, one in the approver's.)
-      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 10 ] || die "$name: expected the agentiam.dev rules once"
+      # configuration. (Eight in the Role, two in the example delegator ClusterRole, one in the approver's.)
+      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 11 ] || die "$name: expected the agentiam.dev rules once"
       ;;
     no-persistence)
       expect "$out" "$name" "emptyDir: {}"
@@ -347,7 +347,8 @@ can yes list delegations.agentiam.dev --all-namespaces
 can yes get delegations.agentiam.dev -n default
 can no patch delegations.agentiam.dev -n default
 can yes patch delegations.agentiam.dev --subresource=status -n default
-can no create delegations.agentiam.dev -n default
+can yes create delegations.agentiam.dev -n default
+can yes delete delegations.agentiam.dev -n default
 # The Delegation webhook asks whether a person may "delegate" to an Agent (a SubjectAccessReview); the
 # operator itself holds no "delegate" (it never grants on anyone's behalf).
 can yes create subjectaccessreviews.authorization.k8s.io

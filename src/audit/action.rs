@@ -77,11 +77,14 @@ pub enum Action {
     TokenRevoke,
     /// A resource server introspected a token (RFC 7662): who asked, about which token, and the answer.
     TokenIntrospect,
+    /// A token exchange (RFC 8693): an intent, durable before the child Delegation is created (it spends
+    /// the subject token, the actor token and the client assertion), then its outcome.
+    TokenExchange,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 35] = [
+    pub const ALL: [Self; 36] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -117,6 +120,7 @@ impl Action {
         Self::TokenRefuse,
         Self::TokenRevoke,
         Self::TokenIntrospect,
+        Self::TokenExchange,
     ];
 
     /// The stored spelling.
@@ -157,6 +161,7 @@ impl Action {
             Self::TokenRefuse => "token.refuse",
             Self::TokenRevoke => "token.revoke",
             Self::TokenIntrospect => "token.introspect",
+            Self::TokenExchange => "token.exchange",
         }
     }
 
@@ -271,6 +276,11 @@ pub enum IntentKey {
         /// The token's `jti`.
         jti: String,
     },
+    /// One token exchange, by an id drawn for it.
+    TokenExchange {
+        /// The exchange's id.
+        id: String,
+    },
     /// Rotating away from the current signing key `kid`.
     IssuerRotate {
         /// The key ID that was current.
@@ -289,6 +299,7 @@ impl IntentKey {
             Self::IssuerRotate { .. } => Action::IssuerRotate,
             Self::DelegationIssue { .. } => Action::DelegationIssue,
             Self::TokenIssue { .. } => Action::TokenIssue,
+            Self::TokenExchange { .. } => Action::TokenExchange,
         }
     }
 
@@ -300,7 +311,7 @@ impl IntentKey {
             | Self::CredentialIssue { uid, .. }
             | Self::CredentialWithdraw { uid, .. }
             | Self::DelegationIssue { uid, .. } => Some(uid),
-            Self::IssuerRotate { .. } | Self::TokenIssue { .. } => None,
+            Self::IssuerRotate { .. } | Self::TokenIssue { .. } | Self::TokenExchange { .. } => None,
         }
     }
 
@@ -329,6 +340,7 @@ impl IntentKey {
             }
             Action::IssuerRotate => Some(Self::IssuerRotate { kid: one(rest)? }),
             Action::TokenIssue => Some(Self::TokenIssue { jti: one(rest)? }),
+            Action::TokenExchange => Some(Self::TokenExchange { id: one(rest)? }),
             Action::DelegationIssue => {
                 let (uid, ms) = two(rest)?;
                 Some(Self::DelegationIssue { uid, issued_at_ms: ms.parse().ok()? })
@@ -348,6 +360,7 @@ impl fmt::Display for IntentKey {
             Self::CredentialWithdraw { uid, secret_uid } => write!(f, "{action}:{uid}:{secret_uid}"),
             Self::IssuerRotate { kid } => write!(f, "{action}:{kid}"),
             Self::TokenIssue { jti } => write!(f, "{action}:{jti}"),
+            Self::TokenExchange { id } => write!(f, "{action}:{id}"),
             Self::DelegationIssue { uid, issued_at_ms } => write!(f, "{action}:{uid}:{issued_at_ms}"),
         }
     }

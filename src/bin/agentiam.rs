@@ -153,6 +153,10 @@ struct RunArgs {
     /// Testing only: pause this long between acting and writing the audit outcome.
     #[arg(long, env = "AGENTIAM_FAILPOINT_DELAY_AFTER_EFFECT", default_value = "0s", hide = true)]
     failpoint_delay_after_effect: String,
+    /// Testing only: pause token exchanges this long after their intent is durable, before the handoff's
+    /// Delegation is created.
+    #[arg(long, env = "AGENTIAM_FAILPOINT_EXCHANGE_DELAY", default_value = "0s", hide = true)]
+    failpoint_exchange_delay: String,
     /// Testing only: start the pod admission webhook this much later.
     #[arg(long, env = "AGENTIAM_FAILPOINT_WEBHOOK_START_DELAY", default_value = "0s", hide = true)]
     failpoint_webhook_start_delay: String,
@@ -210,6 +214,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         duration_arg("failpoint-delay-after-intent", &args.failpoint_delay_after_intent)?;
     let failpoint_delay_after_effect =
         duration_arg("failpoint-delay-after-effect", &args.failpoint_delay_after_effect)?;
+    let failpoint_exchange_delay = duration_arg("failpoint-exchange-delay", &args.failpoint_exchange_delay)?;
     let webhook_start_delay =
         duration_arg("failpoint-webhook-start-delay", &args.failpoint_webhook_start_delay)?;
     let rotation_period = duration_arg("key-rotation-period", &args.key_rotation_period)?;
@@ -309,6 +314,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         webhook,
         authz_fixed_time,
         failpoint_fail_task,
+        failpoint_exchange_delay,
         approval_notifier,
     })
 }

@@ -48,7 +48,7 @@ pub fn document(issuer_url: &str, mutual_tls: bool) -> Value {
         "issuer": issuer_url,
         "token_endpoint": token_endpoint(issuer_url),
         "jwks_uri": format!("{base}{JWKS_PATH}"),
-        "grant_types_supported": [GRANT_CLIENT_CREDENTIALS],
+        "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
         "revocation_endpoint": format!("{base}{REVOKE_PATH}"),
@@ -76,7 +76,10 @@ mod tests {
         assert_eq!(doc["issuer"], "https://agentiam.example/i");
         assert_eq!(doc["token_endpoint"], "https://agentiam.example/i/v1/oauth/token");
         assert_eq!(doc["jwks_uri"], "https://agentiam.example/i/keys");
-        assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
+        assert_eq!(
+            doc["grant_types_supported"],
+            json!(["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"])
+        );
         assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
         assert_eq!(doc["response_types_supported"], json!([]));
         assert_eq!(doc["revocation_endpoint"], "https://agentiam.example/i/v1/oauth/revoke");

@@ -37,21 +37,141 @@ pub struct ClientCredentials {
 /// The RFC 6749 error for the first problem found, in this order: the grant type, the client
 /// authentication parameters, the resource, the scope, the task.
 pub fn parse(form: &Form, certificate: bool) -> Result<ClientCredentials, OAuthError> {
+    match parse_any(form, certificate)? {
+        TokenRequest::ClientCredentials(c) => Ok(c),
+        TokenRequest::Exchange(_) => {
+            Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "not client_credentials"))
+        }
+    }
+}
+
+/// A request of either grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRequest {
+    /// `client_credentials`.
+    ClientCredentials(ClientCredentials),
+    /// RFC 8693 token exchange.
+    Exchange(TokenExchange),
+}
+
+/// The token type URI of a JWT (RFC 8693 §3): the only kind of subject and actor token taken.
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The token type URI of an access token (RFC 8693 §3).
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// An RFC 8693 token exchange for a handoff: the client hands the rights of its delegated token
+/// (`subject_token`) on to the agent whose JWT-SVID is `actor_token`, narrowed to `scopes`. `Debug` leaves
+/// both tokens out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenExchange {
+    /// How the client (the subject token's holder) authenticates.
+    pub auth: ClientAuth,
+    /// The delegated token whose rights are passed on.
+    pub subject_token: String,
+    /// The identity (JWT-SVID, audience the token endpoint) of the agent they are passed to.
+    pub actor_token: String,
+    /// The scopes asked for (None: all of the subject token's).
+    pub scopes: Option<Vec<Scope>>,
+    /// The one audience (`audience` or `resource`): must be the subject token's.
+    pub audience: Option<String>,
+    /// The task, in words.
+    pub task: Option<String>,
+}
+
+impl std::fmt::Debug for TokenExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenExchange")
+            .field("auth", &self.auth)
+            .field("subject_token", &"<redacted>")
+            .field("actor_token", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("audience", &self.audience)
+            .field("task", &self.task)
+            .finish()
+    }
+}
+
+/// Reads a token request of either grant. `certificate`: the client presented a TLS client certificate.
+///
+/// # Errors
+/// The RFC 6749 / RFC 8693 error for the first problem found.
+pub fn parse_any(form: &Form, certificate: bool) -> Result<TokenRequest, OAuthError> {
     match form.require("grant_type")? {
         GRANT_CLIENT_CREDENTIALS => {}
-        GRANT_TOKEN_EXCHANGE => {
-            return Err(OAuthError::new(
-                ErrorCode::UnsupportedGrantType,
-                "token exchange (RFC 8693) is not served yet; only client_credentials is",
-            ));
-        }
+        GRANT_TOKEN_EXCHANGE => return exchange(form, certificate).map(TokenRequest::Exchange),
         other => {
             return Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
-                format!("grant type {other} is not supported; only client_credentials is"),
+                format!(
+                    "grant type {other} is not supported; only client_credentials and token exchange are"
+                ),
             ));
         }
     }
+    client_credentials(form, certificate).map(TokenRequest::ClientCredentials)
+}
+
+fn exchange(form: &Form, certificate: bool) -> Result<TokenExchange, OAuthError> {
+    let auth = client_auth(form, certificate)?;
+    let token = |name: &'static str, type_name: &'static str| -> Result<String, OAuthError> {
+        let t = form.get(name).ok_or_else(|| {
+            OAuthError::request(match name {
+                "subject_token" => "subject_token is required: the delegated token whose rights are handed on",
+                _ => "actor_token is required: the JWT-SVID (audience: the token endpoint) of the agent that takes over",
+            })
+        })?;
+        if t.len() > MAX_ASSERTION {
+            return Err(OAuthError::request(format!("{name} is longer than {MAX_ASSERTION} bytes")));
+        }
+        match form.get(type_name) {
+            Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS) => Ok(t.to_owned()),
+            Some(other) => Err(OAuthError::request(format!(
+                "{type_name} {other} is not supported: the operator's tokens are JWTs ({TOKEN_TYPE_JWT})"
+            ))),
+            None => Err(OAuthError::request(format!("{type_name} is required with {name}"))),
+        }
+    };
+    let subject_token = token("subject_token", "subject_token_type")?;
+    let actor_token = token("actor_token", "actor_token_type")?;
+    if let Some(t) =
+        form.get("requested_token_type").filter(|t| !matches!(*t, TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS))
+    {
+        return Err(OAuthError::request(format!(
+            "requested_token_type {t} cannot be issued: the answer is a delegated token ({TOKEN_TYPE_JWT})"
+        )));
+    }
+    let audience = match (form.get("audience"), form.get("resource")) {
+        (Some(a), Some(r)) if a != r => {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "audience and resource name different services",
+            ));
+        }
+        (Some(a), _) | (None, Some(a)) => Some(target(a)?),
+        (None, None) => None,
+    };
+    let scopes = match form.get("scope") {
+        None => None,
+        some => Some(scopes(some)?),
+    };
+    let task = form.get("task");
+    if task.is_some_and(|t| t.len() > MAX_TASK) {
+        return Err(OAuthError::request(format!("task is longer than {MAX_TASK} bytes")));
+    }
+    Ok(TokenExchange { auth, subject_token, actor_token, scopes, audience, task: task.map(str::to_owned) })
+}
+
+fn target(t: &str) -> Result<String, OAuthError> {
+    if t.is_empty() || t.len() > MAX_RESOURCE || t.contains(' ') {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            format!("the target must be one audience of at most {MAX_RESOURCE} bytes without spaces"),
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+fn client_credentials(form: &Form, certificate: bool) -> Result<ClientCredentials, OAuthError> {
     let auth = client_auth(form, certificate)?;
     let resource = form.get("resource").ok_or_else(|| {
         OAuthError::new(ErrorCode::InvalidTarget, "resource is required: the one service the token is for")
@@ -213,6 +333,51 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_token_exchange_and_refuses_what_it_cannot_serve() {
+        let jwt = "urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt";
+        let base = format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&client_assertion_type={ASSERTION}&client_assertion=a.b.c"
+        );
+        let parse_ex =
+            |extra: &str| parse_any(&Form::parse(format!("{base}&{extra}").as_bytes()).unwrap(), false);
+        let ok =
+            format!("subject_token=s.s.s&subject_token_type={jwt}&actor_token=t.t.t&actor_token_type={jwt}");
+        let TokenRequest::Exchange(x) =
+            parse_ex(&format!("{ok}&scope=read%40crm%3Aa%2F1&audience=crm")).unwrap()
+        else {
+            panic!("not an exchange")
+        };
+        assert_eq!(
+            (x.subject_token.as_str(), x.actor_token.as_str(), x.audience.as_deref()),
+            ("s.s.s", "t.t.t", Some("crm"))
+        );
+        assert_eq!(x.scopes.as_ref().map(Vec::len), Some(1));
+        assert!(!format!("{x:?}").contains("s.s.s"), "Debug shows the subject token");
+        let TokenRequest::Exchange(x) = parse_ex(&format!("{ok}&resource=crm")).unwrap() else { panic!() };
+        assert_eq!((x.audience.as_deref(), x.scopes), (Some("crm"), None));
+        let code = |extra: &str| parse_ex(extra).unwrap_err().code;
+        assert_eq!(
+            code(&format!("subject_token_type={jwt}&actor_token=t&actor_token_type={jwt}")),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(code(&format!("subject_token=s&subject_token_type={jwt}")), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(&format!("subject_token=s&actor_token=t&actor_token_type={jwt}")),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(&format!("{ok}&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Asaml2")),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(code(&format!("{ok}&audience=crm&resource=pay")), ErrorCode::InvalidTarget);
+        assert_eq!(code(&format!("{ok}&scope=read")), ErrorCode::InvalidScope);
+        assert_eq!(
+            code(&format!("subject_token=s&subject_token_type=urn%3Ax&actor_token=t&actor_token_type={jwt}")),
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
     fn each_problem_gets_its_rfc_error() {
         let code = |body: &str| parse(&Form::parse(body.as_bytes()).unwrap(), false).unwrap_err().code;
         let ok = "scope=read%40a&resource=r";
@@ -220,7 +385,8 @@ mod tests {
         assert_eq!(code("grant_type=password&username=u"), ErrorCode::UnsupportedGrantType);
         assert_eq!(
             code("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"),
-            ErrorCode::UnsupportedGrantType
+            ErrorCode::InvalidClient,
+            "a token exchange authenticates its client first"
         );
         assert_eq!(code(&format!("grant_type=client_credentials&{ok}")), ErrorCode::InvalidClient);
         assert_eq!(

@@ -116,5 +116,13 @@ pub const DETAIL_SCOPE: &str = "scope";
 pub const DETAIL_ERROR: &str = "error";
 /// Detail: the task id an access token names.
 pub const DETAIL_TASK: &str = "task";
+/// Detail: the spent subject token of an exchange (`subject:<jti>`) and until when it is remembered.
+pub const DETAIL_SUBJECT_JTI: &str = "subjectTokenJti";
+/// See [`DETAIL_SUBJECT_JTI`].
+pub const DETAIL_SUBJECT_EXPIRES_AT: &str = "subjectTokenExpiresAt";
+/// Detail: the spent actor token of an exchange (its `jti`, the same space as JWT-SVID assertions).
+pub const DETAIL_ACTOR_JTI: &str = "actorTokenJti";
+/// See [`DETAIL_ACTOR_JTI`].
+pub const DETAIL_ACTOR_EXPIRES_AT: &str = "actorTokenExpiresAt";
 /// Audit detail: the `x5t#S256` of the client certificate an access token is bound to (RFC 8705).
 pub const DETAIL_CERTIFICATE_THUMBPRINT: &str = "certificateThumbprint";

@@ -191,10 +191,15 @@ pub struct TokenBook {
 impl TokenBook {
     fn apply(&mut self, record: &Record, at: Timestamp) {
         let d = &record.details;
-        if let (Some(jti), Some(exp)) =
-            (d.get(a::DETAIL_ASSERTION_JTI), d.get(a::DETAIL_ASSERTION_EXPIRES_AT).and_then(|t| time(t)))
-        {
-            self.assertions.insert(jti.as_str().into(), exp);
+        // What a request spent: the client assertion, and for an exchange its subject and actor tokens.
+        for (jti, exp) in [
+            (a::DETAIL_ASSERTION_JTI, a::DETAIL_ASSERTION_EXPIRES_AT),
+            (a::DETAIL_SUBJECT_JTI, a::DETAIL_SUBJECT_EXPIRES_AT),
+            (a::DETAIL_ACTOR_JTI, a::DETAIL_ACTOR_EXPIRES_AT),
+        ] {
+            if let (Some(jti), Some(exp)) = (d.get(jti), d.get(exp).and_then(|t| time(t))) {
+                self.assertions.insert(jti.as_str().into(), exp);
+            }
         }
         if Action::parse(&record.action) == Some(Action::TokenRevoke)
             && record.outcome == Outcome::Success
@@ -411,7 +416,7 @@ impl Entries {
     pub fn apply(&mut self, record: &Record) {
         if matches!(
             Action::parse(&record.action),
-            Some(Action::TokenIssue | Action::TokenRefuse | Action::TokenRevoke)
+            Some(Action::TokenIssue | Action::TokenRefuse | Action::TokenRevoke | Action::TokenExchange)
         ) {
             self.tokens.apply(record, time(&record.time).unwrap_or(Timestamp::UNIX_EPOCH));
             return;
@@ -729,6 +734,7 @@ impl Projection for Ledger {
                         | Action::TokenIssue
                         | Action::TokenRefuse
                         | Action::TokenRevoke
+                        | Action::TokenExchange
                 )
         })
     }

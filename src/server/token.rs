@@ -54,6 +54,8 @@ use crate::registry::actions as a;
 use crate::registry::ledger::{Ledger, TokenStanding};
 use crate::server::listener::PeerCertificates;
 
+#[path = "exchange.rs"]
+pub mod exchange;
 #[path = "introspect.rs"]
 pub mod introspect;
 
@@ -78,6 +80,10 @@ pub struct TokenService {
     client: Option<kube::Client>,
     /// Those answers, cached briefly.
     callers: introspect::Callers,
+    /// What token exchange reads to judge a handoff like admission does (None: exchange unavailable).
+    handoff: Option<Handoffs>,
+    /// Test hook: exchanges pause this long after their intent.
+    exchange_delay: std::time::Duration,
     /// Client assertions of requests in flight: a second request with the same one is refused before
     /// the first is recorded.
     in_flight: Mutex<HashSet<String>>,
@@ -89,6 +95,11 @@ impl std::fmt::Debug for TokenService {
     }
 }
 
+/// The stores token exchange reads.
+struct Handoffs {
+    delegations: crate::webhook::server::Delegations,
+}
+
 /// A successful answer (RFC 6749 §5.1). `Debug` leaves the token out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Issued {
@@ -98,6 +109,8 @@ pub struct Issued {
     pub expires_in: u64,
     /// The scopes it carries.
     pub scope: String,
+    /// For a token exchange, the kind of token answered (RFC 8693 §2.2.1).
+    pub issued_token_type: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Issued {
@@ -118,6 +131,8 @@ struct Client {
     uid: Option<String>,
     /// The assertion, once it authenticated the client: its use is recorded.
     assertion: Option<(String, Timestamp)>,
+    /// Other keys this request holds in flight (an exchange's subject and actor tokens).
+    in_flight: Vec<String>,
 }
 
 impl TokenService {
@@ -149,6 +164,8 @@ impl TokenService {
             mutual_tls: false,
             client: None,
             callers: introspect::Callers::default(),
+            handoff: None,
+            exchange_delay: std::time::Duration::ZERO,
             in_flight: Mutex::new(HashSet::new()),
         }
     }
@@ -167,6 +184,21 @@ impl TokenService {
         self
     }
 
+    /// Testing only: pause exchanges this long after their intent is durable.
+    #[must_use]
+    pub fn with_failpoint_exchange_delay(mut self, delay: std::time::Duration) -> Self {
+        self.exchange_delay = delay;
+        self
+    }
+
+    /// The Delegations and Revocations token exchange judges handoffs by (it also needs
+    /// [`with_client`](Self::with_client), to create the child Delegation).
+    #[must_use]
+    pub fn with_delegations(mut self, delegations: crate::webhook::server::Delegations) -> Self {
+        self.handoff = Some(Handoffs { delegations });
+        self
+    }
+
     /// Closes the issuances a stop interrupted (an intent without an outcome) as abandoned, which voids
     /// their tokens in the ledger: whether the client got one is unknown, so none counts (fail closed; the
     /// agent asks again). Called once at startup, before the endpoint serves, so none is in flight.
@@ -174,7 +206,9 @@ impl TokenService {
     /// # Errors
     /// The audit log could not record an outcome.
     pub async fn void_interrupted(&self) -> Result<usize, crate::audit::AuditError> {
-        let open = self.audit.open_intents_matching(|r| r.action == Action::TokenIssue.as_str());
+        let open = self.audit.open_intents_matching(|r| {
+            r.action == Action::TokenIssue.as_str() || r.action == Action::TokenExchange.as_str()
+        });
         for intent in &open {
             let Some(key) = intent.key.as_deref() else { continue };
             let reason = "the operator stopped before the token was answered; it is void";
@@ -192,8 +226,11 @@ impl TokenService {
         now: Timestamp,
     ) -> Result<Issued, OAuthError> {
         let mut client = Client::default();
-        let result = match request::parse(form, peer.is_some()) {
-            Ok(req) => self.client_credentials(&req, peer, &mut client, now).await,
+        let result = match request::parse_any(form, peer.is_some()) {
+            Ok(request::TokenRequest::ClientCredentials(req)) => {
+                self.client_credentials(&req, peer, &mut client, now).await
+            }
+            Ok(request::TokenRequest::Exchange(req)) => self.exchange(&req, peer, &mut client, now).await,
             Err(e) => Err(e),
         };
         self.finish(&client, result).await
@@ -205,9 +242,14 @@ impl TokenService {
         if let Err(e) = &result {
             self.record_refusal(client, e).await;
         }
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((jti, _)) = &client.assertion {
-            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(jti);
+            in_flight.remove(jti);
         }
+        for key in &client.in_flight {
+            in_flight.remove(key);
+        }
+        drop(in_flight);
         result
     }
 
@@ -400,7 +442,12 @@ impl TokenService {
             tracing::error!(error = %e, "cannot record an access token's outcome; refusing");
             unavailable("the audit log is unavailable, so nothing is issued".into())
         })?;
-        Ok(Issued { access_token: token, expires_in: ttl.as_secs(), scope: claims.scope })
+        Ok(Issued {
+            access_token: token,
+            expires_in: ttl.as_secs(),
+            scope: claims.scope,
+            issued_token_type: None,
+        })
     }
 
     /// Steps 2 and 3: the agent's SPIFFE ID, once the client proved it (an assertion is then marked in
@@ -687,11 +734,14 @@ async fn token(State(service): State<Arc<TokenService>>, request: HttpRequest) -
     match read_form(request, false).await {
         Ok((form, _)) => {
             match service.token(&form, peer.as_ref().map(|p| &p.0[..]), Timestamp::now()).await {
-                Ok(issued) => answer(
-                    StatusCode::OK,
-                    &json!({"access_token": issued.access_token, "token_type": "Bearer",
-                    "expires_in": issued.expires_in, "scope": issued.scope}),
-                ),
+                Ok(issued) => {
+                    let mut body = json!({"access_token": issued.access_token, "token_type": "Bearer",
+                        "expires_in": issued.expires_in, "scope": issued.scope});
+                    if let (Some(t), Some(b)) = (issued.issued_token_type, body.as_object_mut()) {
+                        b.insert("issued_token_type".into(), json!(t));
+                    }
+                    answer(StatusCode::OK, &body)
+                }
                 Err(e) => refusal(&e),
             }
         }

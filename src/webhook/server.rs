@@ -121,7 +121,7 @@ pub struct Delegations {
 impl Delegations {
     /// The parent `name` in `namespace` and whether its chain is in force now, judged like the Delegation
     /// controller judges it, from the stores and the ledger.
-    fn parent(&self, agents: &Agents, namespace: &str, name: &str, now: Timestamp) -> ParentFacts {
+    pub fn parent(&self, agents: &Agents, namespace: &str, name: &str, now: Timestamp) -> ParentFacts {
         let get = |n: &str| self.store.get(&ObjectRef::new(n).within(namespace));
         let Some(parent) = get(name) else { return ParentFacts::Missing(name.to_owned()) };
         let (found, ending) = chain::walk(parent, get);
@@ -390,7 +390,15 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
             ),
             None => None,
         };
-        let facts = validate::DelegationFacts { delegation, grantee_active, parent, may_delegate: may, now };
+        let by_operator = webhooks.operator_user.as_deref() == Some(requester.username.as_str());
+        let facts = validate::DelegationFacts {
+            delegation,
+            grantee_active,
+            parent,
+            may_delegate: may,
+            now,
+            by_operator,
+        };
         verdict = validate::decide_delegation(&namespace, &req, &facts);
     }
     if kind == Kind::ApprovalRequest && verdict.allowed() {

@@ -219,6 +219,8 @@ pub struct DelegationFacts {
     pub may_delegate: Option<Result<bool, String>>,
     /// Now, for a Delegation whose creation time is not set yet.
     pub now: Timestamp,
+    /// The requester is the operator itself (its token service creates the children of exchanges).
+    pub by_operator: bool,
 }
 
 /// The parent a child names, as admission found it.
@@ -256,6 +258,19 @@ pub fn decide_delegation(namespace: &str, req: &Request<'_>, facts: &DelegationF
     };
     let who = &req.requester.username;
     let agent = &d.spec.agent_ref.name;
+    // A token exchange's child: the token service authenticated the parent's grantee (its client) and the
+    // agent taking over (its actor token) before creating it. Nobody else may claim to be one.
+    let exchange =
+        d.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(crate::names::EXCHANGE_ANNOTATION));
+    if exchange && !facts.by_operator {
+        return Verdict::Deny(format!(
+            "only the operator's token service creates Delegations annotated {}",
+            crate::names::EXCHANGE_ANNOTATION
+        ));
+    }
+    if exchange && d.spec.parent_ref.is_none() {
+        return Verdict::Deny("a token exchange passes on a delegation: it needs spec.parentRef".to_owned());
+    }
     // Its creation time is set by the API server before validating admission; now stands in for it if not.
     let Some(expiry) = delegation::own_expiry(d).or_else(|| {
         let ttl = delegation::parse_ttl(d.spec.ttl.as_deref()?)?;
@@ -304,7 +319,9 @@ pub fn decide_delegation(namespace: &str, req: &Request<'_>, facts: &DelegationF
             return Verdict::Deny(format!("the parent Delegation {name:?} is not in force: {why}"));
         }
         (Some(_), Some(ParentFacts::Active { name, grantee, bounds })) => {
-            if !req.requester_is_agent.is_empty() {
+            if exchange {
+                // The handoff was authenticated by the token service; the bounds below still apply.
+            } else if !req.requester_is_agent.is_empty() {
                 let holder = format!("{namespace}/{grantee}");
                 if !req.requester_is_agent.contains(&holder) {
                     return Verdict::Deny(format!(
@@ -598,8 +615,48 @@ mod tests {
             parent,
             may_delegate: sar.map(Ok),
             now: "2026-12-01T10:00:00Z".parse().unwrap(),
+            by_operator: who.username == "system:serviceaccount:agentiam-system:agentiam",
         };
         decide_delegation("a", &req, &facts)
+    }
+
+    #[test]
+    fn only_the_operator_creates_the_children_of_token_exchanges_and_never_wider_than_their_parent() {
+        let operator = Requester {
+            username: "system:serviceaccount:agentiam-system:agentiam".into(),
+            uid: None,
+            groups: vec![],
+        };
+        let mark = |mut d: Delegation| {
+            d.metadata.annotations =
+                Some([(crate::names::EXCHANGE_ANNOTATION.to_owned(), "token.exchange:x".to_owned())].into());
+            d
+        };
+        let parent = || {
+            Some(ParentFacts::Active {
+                name: "p".into(),
+                grantee: "bot".into(),
+                bounds: Bounds {
+                    scopes: crate::authz::scope::parse_all(&["read@crm:contacts/*"]).unwrap(),
+                    expires_at: "2026-12-02T10:00:00Z".parse().unwrap(),
+                    remaining_depth: 2,
+                    audience: "crm".into(),
+                },
+            })
+        };
+        let child = mark(delegation(Some("p"), &["read@crm:contacts/1"]));
+        // The operator (not a person, not the parent's grantee) may, for an exchange.
+        assert!(judge(&operator, &[], child.clone(), parent(), None).allowed());
+        // Not without the mark, and nobody else with it.
+        let plain = delegation(Some("p"), &["read@crm:contacts/1"]);
+        assert!(!judge(&operator, &[], plain, parent(), None).allowed());
+        let Verdict::Deny(why) = judge(&alice(), &[], child.clone(), parent(), Some(true)) else { panic!() };
+        assert!(why.contains("only the operator's token service"), "{why}");
+        // The bounds still hold, and an exchange is never a root.
+        let wider = mark(delegation(Some("p"), &["read@crm:**"]));
+        assert!(!judge(&operator, &[], wider, parent(), None).allowed());
+        let root = mark(delegation(None, &["read@crm:contacts/1"]));
+        assert!(!judge(&operator, &[], root, None, None).allowed());
     }
 
     #[test]

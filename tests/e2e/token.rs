@@ -6,6 +6,7 @@
 //! issuances and refusals are in the audit log, tokens never are.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentiam::api::Agent;
 use agentiam::identity::TrustDomain;
@@ -722,4 +723,154 @@ async fn introspection_and_administrator_revocation_answer_to_kubernetes_identit
     })
     .await;
     assert_eq!(introspect(&op, Some(&server), &identity).await.1["active"], false);
+}
+
+const TOKEN_EXCHANGE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange";
+const JWT_TYPE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt";
+
+/// A token exchange form: `assertion` authenticates the client, `subject` is handed to `actor`.
+fn exchange_form(assertion: &str, subject: &str, actor: &str, extra: &str) -> String {
+    format!(
+        "grant_type={TOKEN_EXCHANGE}&client_assertion_type={ASSERTION_TYPE}&client_assertion={assertion}\
+         &subject_token={subject}&subject_token_type={JWT_TYPE}&actor_token={actor}&actor_token_type={JWT_TYPE}&{extra}"
+    )
+}
+
+#[tokio::test]
+async fn token_exchange_hands_a_narrower_delegation_to_another_agent_once_and_records_the_child() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "token-exchange").await;
+    let mut op = Operator::start(&env, &ns.name, &[]);
+    let ep = endpoint(&op);
+    apply_policy(
+        &ns,
+        "crm",
+        json!({"agents": {"names": ["bot", "helper"]}, "rules": [
+            {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]}]}),
+    )
+    .await;
+    ns.create_agent("bot", spec(&ep, &[])).await;
+    ns.create_agent("helper", spec(&ep, &[])).await;
+    wait_credentials(&ns.api::<Agent>(), "bot").await;
+    wait_credentials(&ns.api::<Agent>(), "helper").await;
+    // A human (the test's admin user) grants bot reading contacts for two hours.
+    let root = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Delegation", "metadata": {"name": "alice-root"},
+        "spec": {"agentRef": {"name": "bot"}, "scopes": ["read@crm:contacts/*"], "task": "answer ticket 4711",
+                 "ttl": "2h", "audience": "crm"}});
+    let out = env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&root.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let subject = wait_for("bot's delegated token", WAIT, || {
+        secret_value(&ns, "bot-delegations", "delegation-alice-root")
+    })
+    .await;
+    let actor = svid(&ns, "helper", &ep).await.expect("helper's JWT-SVID for the token endpoint");
+    let identity = svid(&ns, "bot", "crm").await.unwrap();
+    let (chain, key) = x509(&ns).await;
+    let id = format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name);
+    let assertion = |jti: &str| signed(&key, &chain, &id, &ep, jti, 60);
+    let narrow = "scope=read%40crm%3Acontacts%2F42&audience=crm";
+
+    // Refused before anything is spent: the wrong kind of subject, a wider scope, another audience.
+    for (subject, extra, error, why) in [
+        (identity.as_str(), narrow, "invalid_request", "an identity token as subject"),
+        (subject.as_str(), "scope=read%40crm%3A**&audience=crm", "invalid_scope", "a wider scope"),
+        (
+            subject.as_str(),
+            "scope=read%40crm%3Acontacts%2F42&audience=pay",
+            "invalid_target",
+            "another audience",
+        ),
+    ] {
+        let (status, answer, _) =
+            post(&op, &exchange_form(&assertion(&format!("x-{why}")), subject, &actor, extra)).await;
+        assert_eq!((status, answer["error"].as_str()), (400, Some(error)), "{why}: {}", shown(&answer));
+        if why == "an identity token as subject" {
+            assert!(answer["error_description"].as_str().unwrap().contains("delegated token"), "{answer}");
+        }
+    }
+
+    // The handoff: a delegated token for helper, narrower, with the chain nested.
+    let (status, answer, _) = post(&op, &exchange_form(&assertion("x-1"), &subject, &actor, narrow)).await;
+    assert_eq!(status, 200, "{}", shown(&answer));
+    assert_eq!(answer["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
+    assert_eq!(answer["scope"], "read@crm:contacts/42");
+    let handed = answer["access_token"].as_str().unwrap().to_owned();
+    let claims = agentiam::identity::verify::decode_unverified(&handed).unwrap().1;
+    let helper_id = format!("spiffe://cluster.local/ns/{}/agent/helper", ns.name);
+    assert_eq!(claims["client_id"], helper_id, "{claims}");
+    assert_eq!(claims["act"]["sub"], helper_id, "{claims}");
+    assert_eq!(claims["act"]["act"]["sub"], id, "{claims}");
+    let decide = |token: String, resource: &'static str| {
+        let op = &op;
+        async move { crate::harness::decide(op, &token, "read", resource, json!({})).await }
+    };
+    assert_eq!(decide(handed.clone(), "crm:contacts/42").await["decision"], "Allow");
+    assert_eq!(decide(handed.clone(), "crm:contacts/43").await["decision"], "Deny");
+    // The handoff is a Delegation under the root, visible in the tree, recorded in the audit log.
+    let out = env.plugin(&["get", "delegations", "--tree", "-n", &ns.name]);
+    let tree = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        tree.contains("alice-root") && tree.contains("alice-root-x-") && tree.contains("helper"),
+        "{tree}"
+    );
+    let records = crate::harness::records(&op.audit_log());
+    assert!(
+        records.iter().any(|r| r["action"] == "token.exchange" && r["outcome"] == "success"),
+        "no token.exchange outcome"
+    );
+
+    // The subject token is spent: again, and after a restart, refused.
+    let (status, answer, _) = post(&op, &exchange_form(&assertion("x-2"), &subject, &actor, narrow)).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_grant")), "{}", shown(&answer));
+    assert!(answer["error_description"].as_str().unwrap().contains("exchanged before"), "{answer}");
+    op.restart();
+    let (_, answer, _) = post(&op, &exchange_form(&assertion("x-3"), &subject, &actor, narrow)).await;
+    assert!(
+        answer["error_description"].as_str().unwrap_or_default().contains("exchanged before"),
+        "after a restart: {answer}"
+    );
+
+    // A parent revoked between the request and the issuance: no token, and no child left in force.
+    op.set_extra(&["--failpoint-exchange-delay", "3s"]);
+    op.restart();
+    // A new root, so the subject token is a fresh one.
+    let root2 = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Delegation", "metadata": {"name": "alice-root2"},
+        "spec": {"agentRef": {"name": "bot"}, "scopes": ["read@crm:contacts/*"], "task": "answer ticket 4712",
+                 "ttl": "2h", "audience": "crm"}});
+    let out = env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&root2.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let subject2 = wait_for("bot's second delegated token", WAIT, || {
+        secret_value(&ns, "bot-delegations", "delegation-alice-root2")
+    })
+    .await;
+    let actor2 = fresh_actor(&ns, &op).await;
+    let form = exchange_form(&assertion("x-4"), &subject2, &actor2, narrow);
+    let pending = {
+        let addr = op.http_addr.clone();
+        tokio::spawn(async move { http_post(&addr, "/v1/oauth/token", &[FORM], form.as_bytes()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let revocation = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop-root2"},
+        "spec": {"target": {"delegationRef": {"name": "alice-root2"}}, "mode": "Revoke", "reason": "handoff cancelled"}});
+    let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&revocation.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, text) = pending.await.unwrap();
+    let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_grant")), "{}", shown(&answer));
+    assert!(answer.get("access_token").is_none());
+    let out = env.kubectl(&["get", "delegations", "-n", &ns.name, "-o", "name"], None);
+    let names = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!names.contains("alice-root2-x-"), "a child of the revoked parent was left: {names}");
+}
+
+/// A new JWT-SVID of helper for the token endpoint (widening its audiences makes the operator issue anew).
+async fn fresh_actor(ns: &TestNs, op: &Operator) -> String {
+    let before = svid(ns, "helper", &endpoint(op)).await;
+    let patch = json!({"spec": spec(&endpoint(op), &["extra-1".to_owned()])});
+    ns.api::<Agent>().patch("helper", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for("a new JWT-SVID of helper", WAIT, || async {
+        let now = svid(ns, "helper", &endpoint(op)).await;
+        (now.is_some() && now != before).then_some(now).flatten()
+    })
+    .await
 }

@@ -200,6 +200,11 @@ src/controller/ (every rule names the code that needs it).
 - apiGroups: ["agentiam.dev"]
   resources: ["agentpolicies/status", "delegations/status", "revocations/status"]
   verbs: ["patch"]
+# Token exchange (server/exchange.rs hand_off) records each handoff as a child Delegation (create, through
+# the webhook, which admits it from the operator only), and deletes it when the handoff fails.
+- apiGroups: ["agentiam.dev"]
+  resources: ["delegations"]
+  verbs: ["create", "delete"]
 # ApprovalRequests: the decision API creates one when a rule needs a human's approval
 # (server/approvals.rs: create, and delete when its audit record cannot be written); the approval
 # controller watches them (controller/shared.rs), reads each fresh (get), writes status with server-side
