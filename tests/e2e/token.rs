@@ -172,7 +172,10 @@ async fn client_credentials_with_single_use_assertions_by_jwt_svid_and_by_x509_s
     let meta: Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["token_endpoint"], ep);
     assert_eq!(meta["issuer"], op.base_url());
-    assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        meta["grant_types_supported"],
+        json!(["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"])
+    );
     assert_eq!(meta["token_endpoint_auth_methods_supported"], json!(["private_key_jwt", "tls_client_auth"]));
     assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
 
