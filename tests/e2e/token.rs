@@ -846,7 +846,7 @@ async fn token_exchange_hands_a_narrower_delegation_to_another_agent_once_and_re
         secret_value(&ns, "bot-delegations", "delegation-alice-root2")
     })
     .await;
-    let actor2 = fresh_actor(&ns, &op).await;
+    let actor2 = fresh_actor(&ns, &op, 1).await;
     let form = exchange_form(&assertion("x-4"), &subject2, &actor2, narrow);
     let pending = {
         let addr = op.http_addr.clone();
@@ -864,12 +864,79 @@ async fn token_exchange_hands_a_narrower_delegation_to_another_agent_once_and_re
     let out = env.kubectl(&["get", "delegations", "-n", &ns.name, "-o", "name"], None);
     let names = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!names.contains("alice-root2-x-"), "a child of the revoked parent was left: {names}");
+
+    // An independent OAuth client: Authlib, from the published metadata, signs private_key_jwt with the
+    // agent's X.509-SVID key, gets a client_credentials token, and does a token exchange.
+    let root3 = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Delegation", "metadata": {"name": "alice-root3"},
+        "spec": {"agentRef": {"name": "bot"}, "scopes": ["read@crm:contacts/*"], "task": "answer ticket 4713",
+                 "ttl": "2h", "audience": "crm"}});
+    let out = env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&root3.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let subject3 = wait_for("bot's third delegated token", WAIT, || {
+        secret_value(&ns, "bot-delegations", "delegation-alice-root3")
+    })
+    .await;
+    let actor3 = fresh_actor(&ns, &op, 2).await;
+    let key_pem = secret_value(&ns, "bot-credentials", "svid-key.pem").await.unwrap();
+    let input = json!({"base": op.base_url(), "agent": id, "x5c": chain, "key": key_pem,
+        "subject": subject3, "actor": actor3});
+    let python = {
+        use std::io::Write;
+        let mut child = std::process::Command::new(
+            std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
+        )
+        .args(["-c", AUTHLIB_CLIENT])
+        .env("SSL_CERT_FILE", op.ca_file())
+        .env("REQUESTS_CA_BUNDLE", op.ca_file())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("a Python with Authlib is required (tools/e2e.sh makes one: tools/python-env.sh)");
+        child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        python.status.success(),
+        "the Authlib client failed: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), helper_id);
 }
 
+/// Authlib's OAuth2Session with its PrivateKeyJWT client authentication (ES256, the certificate in `x5c`),
+/// from the metadata alone: client_credentials, then an RFC 8693 exchange of the agent's delegated token
+/// to helper. Prints the exchanged token's client_id.
+const AUTHLIB_CLIENT: &str = r#"
+import json, sys, time
+import jwt, requests
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from joserfc.jwk import ECKey
+i = json.load(sys.stdin)
+meta = requests.get(i["base"] + "/.well-known/oauth-authorization-server").json()
+ep = meta["token_endpoint"]
+assert "urn:ietf:params:oauth:grant-type:token-exchange" in meta["grant_types_supported"], meta
+def session():
+    # Authlib's assertions live an hour by default; the operator takes at most 5 minutes.
+    auth = PrivateKeyJWT(ep, alg="ES256", headers={"x5c": i["x5c"]}, claims={"exp": int(time.time()) + 60})
+    key = ECKey.import_key(i["key"])  # Authlib reads a PEM client_secret as RSA; an EC key goes in as a key
+    return OAuth2Session(client_id=i["agent"], client_secret=key, token_endpoint_auth_method=auth)
+t = session().fetch_token(ep, grant_type="client_credentials", scope="read@crm:contacts/42", resource="crm")
+assert t["scope"] == "read@crm:contacts/42" and jwt.get_unverified_header(t["access_token"])["typ"] == "at+jwt", t
+jwt_type = "urn:ietf:params:oauth:token-type:jwt"
+x = session().fetch_token(ep, grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+    subject_token=i["subject"], subject_token_type=jwt_type, actor_token=i["actor"], actor_token_type=jwt_type,
+    scope="read@crm:contacts/7", audience="crm")
+assert x["issued_token_type"] == jwt_type and x["scope"] == "read@crm:contacts/7", x
+print(jwt.decode(x["access_token"], options={"verify_signature": False})["client_id"])
+"#;
+
 /// A new JWT-SVID of helper for the token endpoint (widening its audiences makes the operator issue anew).
-async fn fresh_actor(ns: &TestNs, op: &Operator) -> String {
+async fn fresh_actor(ns: &TestNs, op: &Operator, round: usize) -> String {
     let before = svid(ns, "helper", &endpoint(op)).await;
-    let patch = json!({"spec": spec(&endpoint(op), &["extra-1".to_owned()])});
+    let extra: Vec<String> = (0..round).map(|i| format!("extra-{i}")).collect();
+    let patch = json!({"spec": spec(&endpoint(op), &extra)});
     ns.api::<Agent>().patch("helper", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     wait_for("a new JWT-SVID of helper", WAIT, || async {
         let now = svid(ns, "helper", &endpoint(op)).await;
