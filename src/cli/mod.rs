@@ -4,6 +4,7 @@ pub mod approve;
 pub mod audit;
 pub mod can_i;
 pub mod delegate;
+pub mod oauth;
 pub mod token;
 
 /// Rows as a kubectl-style table: columns padded to their widest cell, two spaces apart. Pure.

@@ -51,6 +51,14 @@ pub enum TokenCommand {
     Decode(TokenArg),
     /// Verify a token strictly, as a relying party would, and print the verified identity.
     Verify(VerifyArgs),
+    /// Ask the token service for a task-scoped access token with an agent's X.509-SVID (mutual TLS).
+    Request(super::oauth::RequestArgs),
+    /// Hand a delegated token on to another agent (RFC 8693 token exchange), as its holder.
+    Exchange(super::oauth::ExchangeArgs),
+    /// Ask the token service whether a token is active (RFC 7662), with your Kubernetes token.
+    Introspect(super::oauth::IntrospectArgs),
+    /// Revoke an access token (RFC 7009), as an administrator or as its holder.
+    Revoke(super::oauth::RevokeArgs),
 }
 
 /// Where the token comes from.
@@ -105,21 +113,24 @@ pub struct KeysArgs {
 }
 
 impl TokenCommand {
-    fn token_arg(&self) -> &TokenArg {
+    fn token_arg(&self) -> Option<&TokenArg> {
         match self {
-            Self::Decode(arg) => arg,
-            Self::Verify(args) => &args.token,
+            Self::Decode(arg) => Some(arg),
+            Self::Verify(args) => Some(&args.token),
+            Self::Introspect(args) => Some(&args.token),
+            Self::Revoke(args) => Some(&args.token),
+            Self::Request(_) | Self::Exchange(_) => None,
         }
     }
 
     /// Whether the token will be read from stdin.
     pub fn reads_stdin(&self) -> bool {
-        self.token_arg().token.as_deref().is_none_or(|t| t == "-")
+        self.token_arg().is_some_and(|a| a.token.as_deref().is_none_or(|t| t == "-"))
     }
 
     /// A warning for the user when the token was typed on the command line, where shell history keeps it.
     pub fn history_warning(&self) -> Option<&'static str> {
-        (!self.reads_stdin()).then_some(
+        (self.token_arg().is_some() && !self.reads_stdin()).then_some(
             "warning: a token given as an argument stays in your shell history; pipe it in instead \
              (e.g. `kubectl agentiam token decode < token-file`)",
         )
@@ -188,14 +199,24 @@ pub enum TokenCliError {
     /// The keys or pins cannot make a verifier.
     #[error("cannot verify with these keys: {0}")]
     Verifier(#[source] VerifierError),
+    /// A token service command failed.
+    #[error(transparent)]
+    OAuth(#[from] super::oauth::OAuthCliError),
 }
 
 /// Runs a token command, reading the token from `stdin` when it is not an argument, and returns the text to
 /// print.
 pub async fn run(command: TokenCommand, stdin: impl Read) -> Result<String, TokenCliError> {
-    let token = read_token(command.token_arg().token.as_deref(), stdin)?;
+    let token = match command.token_arg() {
+        Some(arg) => read_token(arg.token.as_deref(), stdin)?,
+        None => String::new(),
+    };
     let now = Timestamp::now();
     match command {
+        TokenCommand::Request(args) => Ok(super::oauth::request(args).await?),
+        TokenCommand::Exchange(args) => Ok(super::oauth::exchange(args).await?),
+        TokenCommand::Introspect(args) => Ok(super::oauth::introspect(args, token).await?),
+        TokenCommand::Revoke(args) => Ok(super::oauth::revoke(args, token).await?),
         TokenCommand::Decode(_) => decode(&token, now),
         TokenCommand::Verify(args) => {
             let keys = load_keys(&args.keys, args.cacert.as_deref()).await?;

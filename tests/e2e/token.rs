@@ -570,6 +570,64 @@ async fn mutual_tls_client_authentication_gives_tokens_bound_to_the_agents_certi
         String::from_utf8_lossy(&python.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), x5t);
+
+    // The same from the command line: request (the token goes to a 0600 file, never to the terminal),
+    // introspect with a ServiceAccount's token, revoke as the holder.
+    let (svid_pem, svid_key) = (dir.path().join("svid.pem"), dir.path().join("svid-key.pem"));
+    let out_file = dir.path().join("access-token");
+    let server =
+        ["--issuer-url".to_owned(), op.base_url(), "--cacert".to_owned(), op.ca_file().display().to_string()];
+    let agent = [
+        "--cert".to_owned(),
+        svid_pem.display().to_string(),
+        "--key".to_owned(),
+        svid_key.display().to_string(),
+    ];
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.plugin(&args)
+    };
+    let mut args: Vec<String> =
+        ["token", "request", "--scope", "read@crm:contacts/42", "--resource", "crm", "--out"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    args.push(out_file.display().to_string());
+    args.extend(server.iter().cloned());
+    args.extend(agent.iter().cloned());
+    let out = run(args);
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && printed.contains("scope: read@crm:contacts/42"), "{printed}");
+    let cli_token = std::fs::read_to_string(&out_file).unwrap();
+    assert!(!printed.contains(&cli_token), "the CLI printed the token");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let caller = service_account_with(&env, &ns, "crm-server", &["introspect"], "bot");
+    let caller_file = dir.path().join("caller");
+    std::fs::write(&caller_file, &caller).unwrap();
+    let introspect_cli = || {
+        let mut args: Vec<String> = ["token", "introspect", &cli_token, "--caller-token-file"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.push(caller_file.display().to_string());
+        args.extend(server.iter().cloned());
+        let out = run(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let answer = introspect_cli();
+    assert_eq!(
+        (answer["active"].as_bool(), answer["cnf"]["x5t#S256"].as_str()),
+        (Some(true), Some(x5t.as_str())),
+        "{answer}"
+    );
+    let mut args: Vec<String> = ["token", "revoke", &cli_token].iter().map(ToString::to_string).collect();
+    args.extend(server.iter().cloned());
+    args.extend(agent.iter().cloned());
+    let out = run(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(introspect_cli()["active"], false);
 }
 
 /// A ServiceAccount `name` in `ns` with `verbs` on the Agent `agent` (none: no Role), and a token of it.
