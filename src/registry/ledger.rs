@@ -582,6 +582,9 @@ pub struct Ledger {
     /// The request (namespace, name) of each approval record applied: the approval controller reports a
     /// use, an answer or the operator's own record of a new request at once, not at its next deadline.
     approval_records: tokio::sync::broadcast::Sender<(String, String)>,
+    /// Woken whenever a Delegation record is applied (admission, phases, delegated tokens): a token
+    /// exchange waiting for its child's token looks again at once instead of at its next poll.
+    delegations_changed: tokio::sync::Notify,
 }
 
 /// How many approval records may wait for a slow approval controller; beyond that it misses triggers and
@@ -594,6 +597,7 @@ impl Default for Ledger {
             entries: RwLock::default(),
             approvals_changed: tokio::sync::Notify::new(),
             approval_records: tokio::sync::broadcast::channel(APPROVAL_RECORDS_BUFFER).0,
+            delegations_changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -665,6 +669,12 @@ impl Ledger {
     /// the book, so a change between the look and the wait is not missed.
     pub fn approvals_changed(&self) -> &tokio::sync::Notify {
         &self.approvals_changed
+    }
+
+    /// Notified after every Delegation record is applied. Create the `notified()` future (and `enable` it)
+    /// before looking, so a change between the look and the wait is not missed.
+    pub fn delegations_changed(&self) -> &tokio::sync::Notify {
+        &self.delegations_changed
     }
 
     /// The (namespace, name) of every approval record applied from now on.
@@ -747,6 +757,8 @@ impl Projection for Ledger {
                 // No receiver (no controller running) is fine: nobody needs the trigger.
                 let _ = self.approval_records.send((ns.clone(), record.object.name.clone()));
             }
+        } else if record.object.kind == "Delegation" {
+            self.delegations_changed.notify_waiters();
         }
     }
 }

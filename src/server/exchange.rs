@@ -48,6 +48,8 @@ use crate::webhook::validate::ParentFacts;
 pub const HANDOFF_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long the exchange waits for the Delegation controller to make the child's token.
 pub const HANDOFF_WAIT: Duration = Duration::from_secs(15);
+/// How often the exchange looks for the child's token when no Delegation record woke it.
+const HANDOFF_POLL: Duration = Duration::from_millis(250);
 
 fn grant(why: impl AsRef<str>) -> OAuthError {
     OAuthError::new(ErrorCode::InvalidGrant, why)
@@ -338,6 +340,11 @@ impl TokenService {
         let entry = crate::names::delegation_token_key(child);
         let deadline = tokio::time::Instant::now() + HANDOFF_WAIT;
         loop {
+            // Armed before looking: the controller's issuance record, applied to the ledger once the
+            // Secret holds the token, wakes this wait; the poll below is only the fallback.
+            let changed = self.ledger.delegations_changed().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if let Some(r) = self.ledger.delegation_phase(uid)
                 && r.phase != DelegationPhase::Active
                 && r.phase != DelegationPhase::Pending
@@ -375,7 +382,7 @@ impl TokenService {
                     "the handoff's Delegation got no token in time; it was withdrawn, retry",
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tokio::time::timeout(HANDOFF_POLL, changed).await;
         }
     }
 
