@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -18,13 +19,18 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// One request per body, to `path` on `addr`.
+    /// One JSON request per body, to `path` on `addr`.
     pub fn post(addr: SocketAddr, path: &str, bodies: &[Vec<u8>]) -> Self {
+        Self::post_as(addr, path, "application/json", bodies)
+    }
+
+    /// One request per body with the given `Content-Type` (forms for OAuth token endpoints).
+    pub fn post_as(addr: SocketAddr, path: &str, content_type: &str, bodies: &[Vec<u8>]) -> Self {
         let raw = bodies
             .iter()
             .map(|b| {
                 let mut r = format!(
-                    "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
                     b.len()
                 )
                 .into_bytes();
@@ -106,6 +112,52 @@ pub fn run(reqs: &Arc<Requests>, concurrency: usize, warmup: Duration, measure: 
         point.latencies.sort_unstable();
         point
     })
+}
+
+/// Sends each request at most once (single-use credentials: every assertion, subject and actor token works
+/// once), over `concurrency` connections taking the next unsent request, until all are answered or `cap` has
+/// passed. `seconds` is the time actually measured; there is no warm-up (the caller warms up with a pool of
+/// its own). Any response other than 200 fails the bench.
+pub fn run_once(reqs: &Arc<Requests>, concurrency: usize, cap: Duration) -> Point {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("load runtime");
+    rt.block_on(async {
+        let next = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let until = start + cap;
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (reqs, next) = (Arc::clone(reqs), Arc::clone(&next));
+            tasks.push(tokio::spawn(async move { connection_once(&reqs, &next, until).await }));
+        }
+        let mut point = Point { concurrency, ..Point::default() };
+        for t in tasks {
+            let lat = t.await.expect("load task");
+            point.completed += lat.len() as u64;
+            point.latencies.extend(lat);
+        }
+        point.seconds = start.elapsed().as_secs_f64();
+        point.all_completed = point.completed;
+        point.latencies.sort_unstable();
+        point
+    })
+}
+
+async fn connection_once(reqs: &Requests, next: &AtomicUsize, until: Instant) -> Vec<u64> {
+    let mut stream =
+        TcpStream::connect(reqs.addr).await.unwrap_or_else(|e| panic!("connect {}: {e}", reqs.addr));
+    stream.set_nodelay(true).expect("TCP_NODELAY");
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut latencies = Vec::new();
+    while Instant::now() < until {
+        let Some(raw) = reqs.raw.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+        let t0 = Instant::now();
+        stream.write_all(raw).await.unwrap_or_else(|e| panic!("write to {}: {e}", reqs.addr));
+        let status = read_response(&mut stream, &mut buf).await;
+        let t1 = Instant::now();
+        assert!(status == 200, "{} answered {status}: {}", reqs.addr, String::from_utf8_lossy(&buf));
+        latencies.push((t1 - t0).as_nanos() as u64);
+    }
+    latencies
 }
 
 async fn connection(reqs: &Requests, offset: usize, from: Instant, until: Instant) -> (Vec<u64>, u64) {
