@@ -34,6 +34,7 @@ mod engine;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/load.rs"]
+#[allow(dead_code)]
 mod load;
 #[path = "support/opa.rs"]
 mod opa;
