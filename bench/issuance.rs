@@ -382,6 +382,7 @@ async fn delegation_admission(client: &Client, s: &Settings, ns: &str) -> (Burst
                 expires_at: None,
                 max_depth: None,
                 audience: Some("crm".into()),
+                may_act: None,
             };
             let d = Delegation::new(&format!("{prefix}-{i:04}"), spec);
             async move { api.create(&PostParams::default(), &d).await.map(|_| ()) }

@@ -28,6 +28,8 @@ use super::LocalRef;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.ttl) != has(self.expiresAt)")
     .message("a Delegation needs exactly one of spec.ttl and spec.expiresAt"))]
+#[x_kube(validation = Rule::new("!has(self.mayAct) || self.mayAct.name != self.agentRef.name")
+    .message("spec.mayAct must name another agent than spec.agentRef"))]
 #[x_kube(validation = Rule::new("self == oldSelf")
     .message("a Delegation is immutable once granted; revoke it and create a new one"))]
 pub struct DelegationSpec {
@@ -73,6 +75,12 @@ pub struct DelegationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10))]
     pub max_depth: Option<u8>,
+    /// Another agent of this namespace that may take this Delegation's rights over by token exchange
+    /// (RFC 8693 `may_act`): it may exchange the grantee's delegated token itself, and it is the only agent
+    /// the grantee may hand them to. Bound to that Agent's UID when the token is minted; no token is
+    /// minted while it does not exist. Absent: only the grantee exchanges its tokens, for any agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<LocalRef>,
 }
 
 /// Sub-delegation levels a root allows when it does not say.

@@ -67,6 +67,9 @@ pub struct DelegateArgs {
     /// Levels of sub-delegation that may follow (default 3 for a root).
     #[arg(long)]
     pub max_depth: Option<u8>,
+    /// Another agent that may take these rights over by token exchange (the tokens' `may_act`).
+    #[arg(long, value_name = "AGENT")]
+    pub may_act: Option<String>,
     /// The Delegation's name. Default: the agent's name and a random suffix.
     #[arg(long)]
     pub name: Option<String>,
@@ -92,6 +95,7 @@ pub fn build(args: &DelegateArgs) -> Result<Delegation, DelegateError> {
         expires_at: args.expires_at.clone(),
         max_depth: args.max_depth,
         audience: args.audience.clone(),
+        may_act: args.may_act.clone().map(|name| LocalRef { name }),
     };
     let mut d = Delegation::new(args.name.as_deref().unwrap_or_default(), spec);
     if args.name.is_none() {
@@ -261,6 +265,7 @@ mod tests {
             expires_at: None,
             parent: None,
             max_depth: None,
+            may_act: None,
             audience: None,
             name: None,
             namespace: None,

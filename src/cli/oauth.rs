@@ -89,9 +89,10 @@ pub struct ExchangeArgs {
     /// A file with the delegated token to hand on.
     #[arg(long, value_name = "FILE")]
     pub subject_token_file: PathBuf,
-    /// A file with the receiving agent's JWT-SVID for the token endpoint.
+    /// A file with the receiving agent's JWT-SVID for the token endpoint. Leave it out when this agent is
+    /// the one the subject token's `may_act` names and takes the rights over itself.
     #[arg(long, value_name = "FILE")]
-    pub actor_token_file: PathBuf,
+    pub actor_token_file: Option<PathBuf>,
     /// A scope to pass on (repeatable; default: all of the subject token's).
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
@@ -370,16 +371,18 @@ pub async fn request(args: RequestArgs) -> Result<String, OAuthCliError> {
 pub async fn exchange(args: ExchangeArgs) -> Result<String, OAuthCliError> {
     let (client, id) = client(args.server.cacert.as_deref(), Some(&args.agent))?;
     let id = id.unwrap_or_default();
-    let (subject, actor) = (read_text(&args.subject_token_file)?, read_text(&args.actor_token_file)?);
+    let subject = read_text(&args.subject_token_file)?;
+    let actor = args.actor_token_file.as_deref().map(read_text).transpose()?;
     let scope = args.scopes.join(" ");
     let mut form = vec![
         ("grant_type", GRANT_TOKEN_EXCHANGE),
         ("client_id", id.as_str()),
         ("subject_token", subject.as_str()),
         ("subject_token_type", TOKEN_TYPE_JWT),
-        ("actor_token", actor.as_str()),
-        ("actor_token_type", TOKEN_TYPE_JWT),
     ];
+    if let Some(actor) = &actor {
+        form.extend([("actor_token", actor.as_str()), ("actor_token_type", TOKEN_TYPE_JWT)]);
+    }
     if !scope.is_empty() {
         form.push(("scope", scope.as_str()));
     }

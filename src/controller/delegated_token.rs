@@ -287,6 +287,33 @@ async fn issue(
     {
         return Err(fail("the chain does not end at this Delegation and its grantee".into()));
     }
+    // `spec.mayAct`, bound to the UID the named Agent has now (fresh from the API server): a later
+    // Agent of the same name is not the one the grantor named.
+    let may_act = match &d.spec.may_act {
+        None => None,
+        Some(m) if m.name == grantee.name => {
+            return Err(fail(
+                "spec.mayAct names the grantee itself: name another agent, or leave it out".into(),
+            ));
+        }
+        Some(m) => {
+            let agents_api: Api<crate::api::Agent> = Api::namespaced(ctx.client.clone(), &ns);
+            let agent = agents_api
+                .get_opt(&m.name)
+                .await
+                .map_err(|source| Error::Read { what: format!("Agent {ns}/{}", m.name), source })?
+                .ok_or_else(|| {
+                    fail(format!(
+                        "spec.mayAct names agent {:?}, which does not exist: no token until it does",
+                        m.name
+                    ))
+                })?;
+            let uid = agent.metadata.uid.ok_or(Error::MissingObjectKey("uid"))?;
+            let id = SpiffeId::for_agent(&issuer.trust_domain, &ns, &m.name)
+                .map_err(|e| fail(format!("spec.mayAct names an agent with no valid SPIFFE ID: {e}")))?;
+            Some((id, uid))
+        }
+    };
     let issued_at = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let lifetime = ttl(issued_at, end);
     let grant = Grant {
@@ -298,6 +325,7 @@ async fn issue(
         delegation: &d.name_any(),
         chain: &chain,
         scopes: &d.spec.scopes,
+        may_act: may_act.as_ref().map(|(id, uid)| (id, uid.as_str())),
     };
     let claims = DelegatedClaims::new(grant, issued_at, lifetime)
         .map_err(|e| fail(format!("failed to build claims: {e}")))?;

@@ -68,7 +68,11 @@ pub fn controller(watched: &Watched) -> Controller<Delegation> {
             granted
                 .state()
                 .into_iter()
-                .filter(|d| d.namespace() == ns && d.spec.agent_ref.name == name)
+                .filter(|d| {
+                    d.namespace() == ns
+                        && (d.spec.agent_ref.name == name
+                            || d.spec.may_act.as_ref().is_some_and(|m| m.name == name))
+                })
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
         },

@@ -373,6 +373,7 @@ mod tests {
             delegation: "d",
             chain: &chain,
             scopes: &scopes,
+            may_act: None,
         };
         let delegated =
             minter.mint(&DelegatedClaims::new(grant, now, Duration::from_secs(60)).unwrap()).unwrap();

@@ -18,6 +18,7 @@
 //! | `agentiam.dev/delegation` | string | the leaf Delegation's name (in the agent's namespace) |
 //! | `agentiam.dev/delegation_uid` | string | the leaf Delegation's `metadata.uid` |
 //! | `agentiam.dev/chain` | array of strings | the UIDs of every Delegation of the chain, root first, leaf last |
+//! | `may_act` | object, optional | `{"sub": <agent>, "agentiam.dev/uid": <its UID>}`: the one agent that may take the rights over by token exchange (RFC 8693 §4.4), from the leaf's `spec.mayAct` |
 //!
 //! The verifier ([`crate::identity::verify::JwtVerifier::verify_delegated`]) checks the shape; whether
 //! the chain is still in force is for the caller, against the operator's ledger, at every use.
@@ -70,6 +71,16 @@ impl Actor {
     }
 }
 
+/// A `may_act` claim (RFC 8693 §4.4): the agent that may become the actor, bound to its UID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayAct {
+    /// The agent's SPIFFE ID.
+    pub sub: String,
+    /// The Agent's `metadata.uid`.
+    #[serde(rename = "agentiam.dev/uid")]
+    pub uid: String,
+}
+
 /// The claims of a delegated token. Times are NumericDate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DelegatedClaims {
@@ -105,6 +116,9 @@ pub struct DelegatedClaims {
     /// Every Delegation UID of the chain, root first.
     #[serde(rename = "agentiam.dev/chain")]
     pub chain: Vec<String>,
+    /// The agent that may take the rights over by token exchange, if the leaf names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<MayAct>,
 }
 
 /// What a delegated token is minted from.
@@ -126,6 +140,8 @@ pub struct Grant<'a> {
     pub chain: &'a [String],
     /// The leaf's scopes.
     pub scopes: &'a [String],
+    /// The agent the leaf's `spec.mayAct` names, with its UID.
+    pub may_act: Option<(&'a SpiffeId, &'a str)>,
 }
 
 impl DelegatedClaims {
@@ -149,6 +165,7 @@ impl DelegatedClaims {
             delegation: grant.delegation.to_owned(),
             delegation_uid: grant.chain.last().cloned().unwrap_or_default(),
             chain: grant.chain.to_vec(),
+            may_act: grant.may_act.map(|(id, uid)| MayAct { sub: id.to_string(), uid: uid.to_owned() }),
         })
     }
 }
@@ -178,6 +195,11 @@ impl TokenClaims for DelegatedClaims {
         if self.agent_uid.is_empty() || self.delegation.is_empty() {
             return fail("the agent UID and the delegation must be named");
         }
+        if let Some(m) = &self.may_act
+            && (!m.sub.starts_with("spiffe://") || m.uid.is_empty() || m.sub == self.client_id)
+        {
+            return fail("may_act must name another agent by SPIFFE ID and UID");
+        }
         Ok(())
     }
 }
@@ -206,6 +228,7 @@ mod tests {
             delegation: "child",
             chain: &chain,
             scopes: &scopes,
+            may_act: None,
         };
         DelegatedClaims::new(grant, Timestamp::now(), Duration::from_secs(600)).unwrap()
     }
@@ -231,7 +254,7 @@ mod tests {
     #[test]
     fn malformed_claims_are_not_signed() {
         let key = SigningKey::generate(Timestamp::now()).unwrap();
-        let cases: [fn(&mut DelegatedClaims); 9] = [
+        let cases: [fn(&mut DelegatedClaims); 12] = [
             |c| c.sub = "spiffe://cluster.local/ns/default/agent/x".to_owned(),
             |c| c.sub.clear(),
             |c| c.scope.clear(),
@@ -243,6 +266,12 @@ mod tests {
             |c| c.client_id = "spiffe://cluster.local/ns/default/agent/other".to_owned(),
             |c| c.delegation_uid = "other".to_owned(),
             |c| c.act.sub = "alice".to_owned(),
+            |c| c.may_act = Some(MayAct { sub: "alice".into(), uid: "u".into() }),
+            |c| c.may_act = Some(MayAct { sub: c.client_id.clone(), uid: "u".into() }),
+            |c| {
+                c.may_act =
+                    Some(MayAct { sub: "spiffe://cluster.local/ns/default/agent/b".into(), uid: "".into() })
+            },
         ];
         for (i, break_it) in cases.into_iter().enumerate() {
             let mut c = claims();

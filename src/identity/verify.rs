@@ -314,6 +314,8 @@ pub struct VerifiedDelegated {
     pub delegation_uid: String,
     /// The Delegation UIDs of the chain, root first.
     pub chain: Vec<String>,
+    /// The agent that may take the rights over by token exchange (`may_act`), with its UID.
+    pub may_act: Option<(SpiffeId, String)>,
 }
 
 /// The claims of an access token that passed every check of [`JwtVerifier::verify_access`].
@@ -480,6 +482,23 @@ impl JwtVerifier {
         if chain.len() != agents.len() || chain.last() != Some(&delegation_uid) {
             return Err(TokenError::InvalidClaim(CLAIM_CHAIN));
         }
+        // `may_act`: exactly a SPIFFE ID of this trust domain's agents and a UID, nothing else.
+        let may_act = match extra.remove("may_act") {
+            None => None,
+            Some(Value::Object(mut m)) => {
+                let bad = |_| TokenError::InvalidClaim("may_act");
+                let sub = take_string(&mut m, "sub").map_err(bad)?;
+                let uid =
+                    take_string(&mut m, CLAIM_UID).and_then(|s| non_empty(s, CLAIM_UID)).map_err(bad)?;
+                let id = SpiffeId::parse(&sub).map_err(|_| TokenError::InvalidClaim("may_act"))?;
+                id.agent_in(&self.config.trust_domain).map_err(|_| TokenError::InvalidClaim("may_act"))?;
+                if !m.is_empty() || agents.first() == Some(&id) {
+                    return Err(TokenError::InvalidClaim("may_act"));
+                }
+                Some((id, uid))
+            }
+            Some(_) => return Err(TokenError::InvalidClaim("may_act")),
+        };
         Ok(VerifiedDelegated {
             grantor: sub,
             agents,
@@ -494,6 +513,7 @@ impl JwtVerifier {
             delegation,
             delegation_uid,
             chain,
+            may_act,
         })
     }
 

@@ -68,8 +68,9 @@ pub struct TokenExchange {
     pub auth: ClientAuth,
     /// The delegated token whose rights are passed on.
     pub subject_token: String,
-    /// The identity (JWT-SVID, audience the token endpoint) of the agent they are passed to.
-    pub actor_token: String,
+    /// The identity (JWT-SVID, audience the token endpoint) of the agent they are passed to; absent when
+    /// the client itself takes them over (the agent the subject token's `may_act` names).
+    pub actor_token: Option<String>,
     /// The scopes asked for (None: all of the subject token's).
     pub scopes: Option<Vec<Scope>>,
     /// The one audience (`audience` or `resource`): must be the subject token's.
@@ -132,7 +133,14 @@ fn exchange(form: &Form, certificate: bool) -> Result<TokenExchange, OAuthError>
         }
     };
     let subject_token = token("subject_token", "subject_token_type")?;
-    let actor_token = token("actor_token", "actor_token_type")?;
+    // RFC 8693 §2.1: actor_token is optional, and actor_token_type comes with it and only with it.
+    let actor_token = match (form.get("actor_token"), form.get("actor_token_type")) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(OAuthError::request("actor_token_type was sent without actor_token"));
+        }
+        _ => Some(token("actor_token", "actor_token_type")?),
+    };
     if let Some(t) =
         form.get("requested_token_type").filter(|t| !matches!(*t, TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS))
     {
@@ -348,8 +356,8 @@ mod tests {
             panic!("not an exchange")
         };
         assert_eq!(
-            (x.subject_token.as_str(), x.actor_token.as_str(), x.audience.as_deref()),
-            ("s.s.s", "t.t.t", Some("crm"))
+            (x.subject_token.as_str(), x.actor_token.as_deref(), x.audience.as_deref()),
+            ("s.s.s", Some("t.t.t"), Some("crm"))
         );
         assert_eq!(x.scopes.as_ref().map(Vec::len), Some(1));
         assert!(!format!("{x:?}").contains("s.s.s"), "Debug shows the subject token");
@@ -360,7 +368,21 @@ mod tests {
             code(&format!("subject_token_type={jwt}&actor_token=t&actor_token_type={jwt}")),
             ErrorCode::InvalidRequest
         );
-        assert_eq!(code(&format!("subject_token=s&subject_token_type={jwt}")), ErrorCode::InvalidRequest);
+        // Without an actor: the client takes the rights over itself (the exchange decides whether it may).
+        let TokenRequest::Exchange(x) =
+            parse_ex(&format!("subject_token=s&subject_token_type={jwt}")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(x.actor_token, None);
+        assert_eq!(
+            code(&format!("subject_token=s&subject_token_type={jwt}&actor_token_type={jwt}")),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(&format!("subject_token=s&subject_token_type={jwt}&actor_token=t")),
+            ErrorCode::InvalidRequest
+        );
         assert_eq!(
             code(&format!("subject_token=s&actor_token=t&actor_token_type={jwt}")),
             ErrorCode::InvalidRequest

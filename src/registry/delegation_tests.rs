@@ -28,6 +28,7 @@ fn delegation(name: &str, parent: Option<&str>, scopes: &[&str], ttl: &str) -> A
             expires_at: None,
             max_depth: None,
             audience: None,
+            may_act: None,
         },
         status: None,
     })

@@ -522,6 +522,7 @@ impl Fixture {
             delegation: "root",
             chain: &chain,
             scopes: &scopes,
+            may_act: None,
         };
         let claims = DelegatedClaims::new(grant, jiff::Timestamp::now(), Duration::from_secs(600)).unwrap();
         let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();

@@ -4,10 +4,11 @@
 //! (`subject_token`) to agent B (`actor_token`: B's JWT-SVID for the token endpoint), narrowed to `scope`,
 //! for the same audience. In order, each step failing closed:
 //! 1. the subject token is a delegated token (an identity or access token is `invalid_request`), held by
-//!    the client (its acting agent and UID are the client's), and live by the ledger (its whole chain in
-//!    force);
-//! 2. the actor token is a live JWT-SVID of another agent of the same namespace for this endpoint, not
-//!    already in the chain;
+//!    the client (its acting agent and UID are the client's) or naming the client in `may_act` (RFC 8693
+//!    §4.4, SPIFFE ID and UID), and live by the ledger (its whole chain in force);
+//! 2. the actor: for the holder, `actor_token`, a live JWT-SVID of another agent of the same namespace for
+//!    this endpoint, not already in the chain, and the agent `may_act` names when the token names one; for
+//!    the agent `may_act` names, itself (an `actor_token`, if sent, must be its own);
 //! 3. the handoff fits the leaf Delegation as admission would judge a child (scopes covered by what they
 //!    match, the same audience, depth left, no later end), from the stores and the ledger;
 //! 4. an intent `token.exchange` is durable before anything is written: it spends the subject token (as
@@ -81,8 +82,8 @@ impl TokenService {
         client: &mut Client,
         now: Timestamp,
     ) -> Result<Issued, OAuthError> {
-        let (holder, _) = self.authenticate(&req.auth, peer, client, now)?;
-        let holder_uid = client.uid.clone().unwrap_or_default();
+        let (caller, _) = self.authenticate(&req.auth, peer, client, now)?;
+        let caller_uid = client.uid.clone().unwrap_or_default();
         let verifiers =
             self.verifiers.get().ok_or_else(|| unavailable("no usable signing keys are published"))?;
         // 1. The subject token.
@@ -101,9 +102,17 @@ impl TokenService {
             }
             Err(e) => return Err(grant(format!("subject_token is not a valid token of this issuer: {e}"))),
         };
-        if subject.agents.first() != Some(&holder) || subject.agent_uid != holder_uid {
-            return Err(grant("the subject token is another agent's: only its holder may hand it on"));
+        let holds = subject.agents.first() == Some(&caller) && subject.agent_uid == caller_uid;
+        let named = subject.may_act.as_ref().is_some_and(|(id, uid)| *id == caller && *uid == caller_uid);
+        if !holds && !named {
+            return Err(grant(
+                "the subject token is another agent's: only its holder, or the agent its may_act names, may \
+                 exchange it",
+            ));
         }
+        let Some(holder) = subject.agents.first().cloned() else {
+            return Err(grant("the subject token names no agent"));
+        };
         if self.ledger.delegated_standing(&subject.chain, &subject.jti, &subject.audience, now)
             != DelegatedStanding::Live
         {
@@ -111,27 +120,55 @@ impl TokenService {
                 "the subject token's delegation chain is not in force, or the token was taken back",
             ));
         }
-        // 2. The actor token.
-        let actor = verifiers
-            .verifier
-            .verify_any_audience(&req.actor_token, now)
-            .map_err(|e| grant(format!("actor_token is not a valid JWT-SVID: {e}")))?;
-        if actor.audience != self.endpoint {
+        // 2. The actor: the agent named by actor_token, or the client itself.
+        let actor_token = match &req.actor_token {
+            Some(t) => {
+                let actor = verifiers
+                    .verifier
+                    .verify_any_audience(t, now)
+                    .map_err(|e| grant(format!("actor_token is not a valid JWT-SVID: {e}")))?;
+                if actor.audience != self.endpoint {
+                    return Err(grant(format!(
+                        "actor_token is for audience {}, not this token endpoint ({})",
+                        actor.audience, self.endpoint
+                    )));
+                }
+                let uid = actor.extra.get(CLAIM_UID).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                let live = self
+                    .ledger
+                    .get(&uid)
+                    .is_some_and(|r| r.token(&actor.jti, &actor.audience, now) == TokenStanding::Live);
+                if !live {
+                    return Err(grant("actor_token is not one of the agent's current credentials"));
+                }
+                Some((actor, uid))
+            }
+            None if holds => {
+                return Err(OAuthError::request(
+                    "actor_token is required: the JWT-SVID (audience: the token endpoint) of the agent the \
+                     holder hands its rights to",
+                ));
+            }
+            None => None,
+        };
+        let (actor_id, actor_uid) = match &actor_token {
+            Some((a, uid)) => (a.spiffe_id.clone(), uid.clone()),
+            None => (caller.clone(), caller_uid.clone()),
+        };
+        if !holds && (actor_id != caller || actor_uid != caller_uid) {
+            return Err(grant(
+                "the agent the subject token's may_act names takes the rights over itself: an actor_token, if \
+                 sent, must be its own",
+            ));
+        }
+        if let Some((id, uid)) = &subject.may_act
+            && (actor_id != *id || actor_uid != *uid)
+        {
             return Err(grant(format!(
-                "actor_token is for audience {}, not this token endpoint ({})",
-                actor.audience, self.endpoint
+                "the subject token's may_act names {id}: its rights may be handed to that agent only"
             )));
         }
-        let actor_uid = actor.extra.get(CLAIM_UID).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        let live = self
-            .ledger
-            .get(&actor_uid)
-            .is_some_and(|r| r.token(&actor.jti, &actor.audience, now) == TokenStanding::Live);
-        if !live {
-            return Err(grant("actor_token is not one of the agent's current credentials"));
-        }
-        let (namespace, actor_name) = actor
-            .spiffe_id
+        let (namespace, actor_name) = actor_id
             .agent_in(&self.trust_domain)
             .map_err(|_| grant("actor_token's subject is not an agent"))?;
         let (holder_ns, _) =
@@ -142,7 +179,7 @@ impl TokenService {
                 "the actor is in another namespace: a delegation is passed on within its namespace",
             ));
         }
-        if subject.agents.contains(&actor.spiffe_id) {
+        if subject.agents.contains(&actor_id) {
             return Err(grant("the actor is already in the subject token's chain: a handoff never loops"));
         }
         // 3. The handoff's bounds.
@@ -214,10 +251,11 @@ impl TokenService {
             jiff::SignedDuration::try_from(MAX_LEEWAY).unwrap_or(jiff::SignedDuration::from_secs(30));
         let until = |t: Timestamp| t.checked_add(leeway).unwrap_or(Timestamp::MAX);
         let subject_key = format!("subject:{}", subject.jti);
-        let actor_key = actor.jti.clone();
+        let actor_key = actor_token.as_ref().map(|(a, _)| a.jti.clone());
+        let spent: Vec<String> = std::iter::once(subject_key.clone()).chain(actor_key).collect();
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for key in [&subject_key, &actor_key] {
+            for key in &spent {
                 if self.ledger.assertion_used(key, now) || in_flight.contains(key) {
                     return Err(grant(if key == &subject_key {
                         "the subject token was exchanged before: each is handed on once"
@@ -226,28 +264,31 @@ impl TokenService {
                     }));
                 }
             }
-            in_flight.insert(subject_key.clone());
-            in_flight.insert(actor_key.clone());
+            in_flight.extend(spent.iter().cloned());
         }
-        client.in_flight.extend([subject_key.clone(), actor_key.clone()]);
+        client.in_flight.extend(spent);
         let id =
             crate::identity::jwt::new_jti().map_err(|e| unavailable(format!("cannot draw an id: {e}")))?;
         let key = IntentKey::TokenExchange { id: id.clone() }.to_string();
         let child = child_name(&plan.parent, &id);
         let scope_text = plan.scopes.iter().map(Scope::as_str).collect::<Vec<_>>().join(" ");
-        let entry = self
-            .entry(
-                client,
-                Action::TokenExchange,
-                Outcome::Pending,
-                "token exchange: a handoff to another agent",
-            )
+        let why = if holds {
+            "token exchange: a handoff to another agent"
+        } else {
+            "token exchange: the agent the subject token's may_act names takes its rights over"
+        };
+        let mut entry = self
+            .entry(client, Action::TokenExchange, Outcome::Pending, why)
             .with_detail(a::DETAIL_SUBJECT_JTI, subject_key)
-            .with_detail(a::DETAIL_SUBJECT_EXPIRES_AT, until(subject.expires_at).to_string())
-            .with_detail(a::DETAIL_ACTOR_JTI, actor_key)
-            .with_detail(a::DETAIL_ACTOR_EXPIRES_AT, until(actor.expires_at).to_string())
+            .with_detail(a::DETAIL_SUBJECT_EXPIRES_AT, until(subject.expires_at).to_string());
+        if let Some((actor, _)) = &actor_token {
+            entry = entry
+                .with_detail(a::DETAIL_ACTOR_JTI, actor.jti.clone())
+                .with_detail(a::DETAIL_ACTOR_EXPIRES_AT, until(actor.expires_at).to_string());
+        }
+        let entry = entry
             .with_detail(a::DETAIL_PARENT_UID, plan.parent_uid.clone())
-            .with_detail("actor", actor.spiffe_id.to_string())
+            .with_detail("actor", actor_id.to_string())
             .with_detail("delegation", child.clone())
             .with_detail(a::DETAIL_SCOPE, scope_text.clone())
             .with_detail(a::DETAIL_AUDIENCES, plan.audience.clone())
@@ -307,6 +348,7 @@ impl TokenService {
                 expires_at: Some(plan.expires_at.to_string()),
                 audience: None,
                 max_depth: None,
+                may_act: None,
             },
             status: None,
         };

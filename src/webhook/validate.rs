@@ -584,6 +584,7 @@ mod tests {
             expires_at: None,
             max_depth: None,
             audience: None,
+            may_act: None,
         };
         Delegation::new("d", spec)
     }

@@ -72,8 +72,13 @@ async fn post(op: &Operator, body: &str) -> (u16, Value, std::collections::BTree
 
 /// The agent's X.509-SVID chain (standard base64 DER, leaf first) and its key.
 async fn x509(ns: &TestNs) -> (Vec<String>, EcdsaKeyPair) {
-    let chain = secret_value(ns, "bot-credentials", "svid.pem").await.expect("svid.pem");
-    let key = secret_value(ns, "bot-credentials", "svid-key.pem").await.expect("svid-key.pem");
+    x509_of(ns, "bot").await
+}
+
+/// `agent`'s X.509-SVID chain and key.
+async fn x509_of(ns: &TestNs, agent: &str) -> (Vec<String>, EcdsaKeyPair) {
+    let chain = secret_value(ns, &format!("{agent}-credentials"), "svid.pem").await.expect("svid.pem");
+    let key = secret_value(ns, &format!("{agent}-credentials"), "svid-key.pem").await.expect("svid-key.pem");
     let blocks = |pem: &str| -> Vec<String> {
         pem.split("-----END")
             .filter_map(|b| b.split_once("-----\n").map(|(_, body)| body.to_owned()))
@@ -960,6 +965,94 @@ async fn token_exchange_hands_a_narrower_delegation_to_another_agent_once_and_re
         String::from_utf8_lossy(&python.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), helper_id);
+}
+
+/// `spec.mayAct` (RFC 8693 `may_act`): the named agent takes the rights over itself, as the client and
+/// without an actor token, once; the holder may hand them to that agent only; no third agent may use them.
+#[tokio::test]
+async fn token_exchange_honours_may_act_bound_to_the_named_agent() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "token-may-act").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let ep = endpoint(&op);
+    apply_policy(
+        &ns,
+        "crm",
+        json!({"agents": {"names": ["bot", "helper", "other"]}, "rules": [
+            {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]}]}),
+    )
+    .await;
+    for a in ["bot", "helper", "other"] {
+        ns.create_agent(a, spec(&ep, &[])).await;
+        wait_credentials(&ns.api::<Agent>(), a).await;
+    }
+    // Admission refuses naming the grantee itself.
+    let own = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Delegation", "metadata": {"name": "self"},
+        "spec": {"agentRef": {"name": "bot"}, "scopes": ["read@crm:contacts/*"], "task": "t", "ttl": "1h",
+                 "mayAct": {"name": "bot"}}});
+    let out = env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&own.to_string()));
+    assert!(!out.status.success(), "a Delegation whose mayAct is its grantee was admitted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.mayAct must name another agent"));
+
+    let root = json!({"apiVersion": "agentiam.dev/v1alpha1", "kind": "Delegation", "metadata": {"name": "alice-handover"},
+        "spec": {"agentRef": {"name": "bot"}, "scopes": ["read@crm:contacts/*"], "task": "hand over ticket 4720",
+                 "ttl": "2h", "audience": "crm", "mayAct": {"name": "helper"}}});
+    let out = env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&root.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let subject = wait_for("bot's delegated token", WAIT, || {
+        secret_value(&ns, "bot-delegations", "delegation-alice-handover")
+    })
+    .await;
+    let id = |a: &str| format!("spiffe://cluster.local/ns/{}/agent/{a}", ns.name);
+    let helper_uid = ns.api::<Agent>().get("helper").await.unwrap().metadata.uid.unwrap();
+    let claims = agentiam::identity::verify::decode_unverified(&subject).unwrap().1;
+    assert_eq!(claims["may_act"], json!({"sub": id("helper"), "agentiam.dev/uid": helper_uid}), "{claims}");
+
+    let signer = |agent: &'static str| {
+        let ns = &ns;
+        let ep = ep.clone();
+        async move {
+            let (chain, key) = x509_of(ns, agent).await;
+            move |jti: &str| signed(&key, &chain, &id(agent), &ep, jti, 60)
+        }
+    };
+    let (bot, helper, other) = (signer("bot").await, signer("helper").await, signer("other").await);
+    let narrow = "scope=read%40crm%3Acontacts%2F42&audience=crm";
+    let alone = |assertion: String| {
+        format!(
+            "grant_type={TOKEN_EXCHANGE}&client_assertion_type={ASSERTION_TYPE}&client_assertion={assertion}\
+             &subject_token={subject}&subject_token_type={JWT_TYPE}&{narrow}"
+        )
+    };
+    // The holder hands it to another agent than may_act names: refused, nothing spent.
+    let to_other = svid(&ns, "other", &ep).await.unwrap();
+    let (status, answer, _) = post(&op, &exchange_form(&bot("m-1"), &subject, &to_other, narrow)).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_grant")), "{}", shown(&answer));
+    assert!(answer["error_description"].as_str().unwrap().contains("may_act names"), "{answer}");
+    // The holder without an actor: it must name one.
+    let (status, answer, _) = post(&op, &alone(bot("m-2"))).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_request")), "{}", shown(&answer));
+    // A third agent as the client: not the holder, not named.
+    let (status, answer, _) = post(&op, &alone(other("m-3"))).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_grant")), "{}", shown(&answer));
+    assert!(answer["error_description"].as_str().unwrap().contains("another agent's"), "{answer}");
+    // The named agent, as the client, with another agent's actor token: refused.
+    let (status, answer, _) = post(&op, &exchange_form(&helper("m-4"), &subject, &to_other, narrow)).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_grant")), "{}", shown(&answer));
+
+    // The named agent takes the rights over itself: a delegated token for helper, the chain nested.
+    let (status, answer, _) = post(&op, &alone(helper("m-5"))).await;
+    assert_eq!(status, 200, "{}", shown(&answer));
+    assert_eq!(answer["scope"], "read@crm:contacts/42");
+    let claims =
+        agentiam::identity::verify::decode_unverified(answer["access_token"].as_str().unwrap()).unwrap().1;
+    assert_eq!(claims["client_id"], id("helper"), "{claims}");
+    assert_eq!(claims["act"]["act"]["sub"], id("bot"), "{claims}");
+    assert!(claims.get("may_act").is_none(), "the child names no may_act: {claims}");
+    // Once.
+    let (status, answer, _) = post(&op, &alone(helper("m-6"))).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_grant")), "{}", shown(&answer));
+    assert!(answer["error_description"].as_str().unwrap().contains("exchanged before"), "{answer}");
 }
 
 /// Authlib's OAuth2Session with its PrivateKeyJWT client authentication (ES256, the certificate in `x5c`),
