@@ -757,6 +757,13 @@ fn a_delegated_token_verifies_as_one_and_never_as_an_identity_token() {
     assert_eq!(v.scopes.len(), 2);
     assert_eq!((v.delegation.as_str(), v.delegation_uid.as_str()), ("child", "child-uid"));
     assert_eq!(v.chain, ["root-uid", "child-uid"]);
+    assert_eq!(v.may_act, None);
+    let named = with(delegated_claims(), "may_act", json!({"sub": AGENT_A, CLAIM_UID: "a-uid"}));
+    let v = verifier.verify_delegated(&signer.token(&delegated_header(), &named), at(T0 + 10)).unwrap();
+    assert_eq!(
+        v.may_act.map(|(id, uid)| (id.to_string(), uid)),
+        Some((AGENT_A.to_owned(), "a-uid".to_owned()))
+    );
     assert_eq!(
         verifier.verify_any_audience(&token, at(T0 + 10)).unwrap_err(),
         TokenError::Header(HeaderError::Type)
@@ -808,6 +815,29 @@ fn a_delegated_token_with_a_forged_shape_is_refused() {
         (without(delegated_claims(), CLAIM_UID), TokenError::MissingClaim(CLAIM_UID)),
         (with(delegated_claims(), "aud", json!(["pay", "crm"])), TokenError::AudienceCount(2)),
         (with(delegated_claims(), "iss", json!("https://evil.example")), TokenError::Issuer),
+        // may_act: an agent of this trust domain other than the acting one, with a UID, and nothing else.
+        (with(delegated_claims(), "may_act", json!("x")), TokenError::InvalidClaim("may_act")),
+        (with(delegated_claims(), "may_act", json!({"sub": AGENT_A})), TokenError::InvalidClaim("may_act")),
+        (
+            with(delegated_claims(), "may_act", json!({"sub": AGENT_A, CLAIM_UID: ""})),
+            TokenError::InvalidClaim("may_act"),
+        ),
+        (
+            with(delegated_claims(), "may_act", json!({"sub": other_td, CLAIM_UID: "u"})),
+            TokenError::InvalidClaim("may_act"),
+        ),
+        (
+            with(delegated_claims(), "may_act", json!({"sub": not_agent, CLAIM_UID: "u"})),
+            TokenError::InvalidClaim("may_act"),
+        ),
+        (
+            with(delegated_claims(), "may_act", json!({"sub": SUB, CLAIM_UID: "agent-uid"})),
+            TokenError::InvalidClaim("may_act"),
+        ),
+        (
+            with(delegated_claims(), "may_act", json!({"sub": AGENT_A, CLAIM_UID: "u", "iss": "x"})),
+            TokenError::InvalidClaim("may_act"),
+        ),
     ];
     for (i, (c, expected)) in cases.into_iter().enumerate() {
         let token = signer.token(&delegated_header(), &c);
