@@ -248,6 +248,8 @@ struct Keycloak {
     dir: Option<tempfile::TempDir>,
     pid: Option<u32>,
     version: String,
+    /// Clock ticks per second, for /proc CPU times.
+    ticks: f64,
 }
 
 impl Keycloak {
@@ -257,6 +259,7 @@ impl Keycloak {
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("KEYCLOAK_VERSION=").map(str::to_owned)))
             .unwrap_or_else(|| "unknown".into());
+        let ticks = cluster::CpuMeter::new(None).ticks;
         if let Some(url) = std::env::var("KEYCLOAK_URL").ok().filter(|v| !v.is_empty()) {
             let hostport = url.trim_start_matches("http://").trim_end_matches('/');
             let pid = std::env::var("KEYCLOAK_PID").ok().and_then(|p| p.parse().ok());
@@ -265,6 +268,7 @@ impl Keycloak {
                 dir: None,
                 pid,
                 version,
+                ticks,
             };
         }
         let dir = tempfile::tempdir().expect("tempdir");
@@ -279,14 +283,14 @@ impl Keycloak {
             String::from_utf8_lossy(&out.stderr)
         );
         let pid = String::from_utf8_lossy(&out.stdout).trim().lines().last().and_then(|l| l.parse().ok());
-        Self { addr: format!("127.0.0.1:{port}").parse().unwrap(), dir: Some(dir), pid, version }
+        Self { addr: format!("127.0.0.1:{port}").parse().unwrap(), dir: Some(dir), pid, version, ticks }
     }
 
     /// CPU seconds of every process of Keycloak's session (tools/keycloak.sh starts it with `setsid`, so the
     /// launcher's PID is the session's ID whatever it execs or forks).
     fn cpu_seconds(&self) -> Option<f64> {
         let sid = self.pid?;
-        let ticks = CpuTicks::get();
+        let ticks = self.ticks;
         let mut total = 0.0;
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
@@ -419,14 +423,6 @@ impl Drop for Keycloak {
     }
 }
 
-struct CpuTicks;
-
-impl CpuTicks {
-    fn get() -> f64 {
-        cluster::CpuMeter::new(None).ticks
-    }
-}
-
 fn kc_exchange_form(client: &KcClient, subject: &str) -> Vec<u8> {
     format!(
         "grant_type={TOKEN_EXCHANGE}&client_assertion_type={ASSERTION_TYPE}&client_assertion={}\
@@ -479,7 +475,36 @@ async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Option<St
     s.data?.get(key).map(|v| String::from_utf8_lossy(&v.0).into_owned())
 }
 
-/// Waits until every named Secret holds `key`; returns the values in order.
+/// Polls `fetch` every 500 ms until every value it returns is there (the operator must stay up, 600 s at
+/// most); returns them in order.
+async fn wait_values<F, Fut>(op: &mut cluster::Operator, what: &str, mut fetch: F) -> Vec<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<Option<String>>>,
+{
+    let start = Instant::now();
+    loop {
+        let values = fetch().await;
+        let have = values.iter().filter(|v| v.is_some()).count();
+        if have == values.len() {
+            return values.into_iter().flatten().collect();
+        }
+        op.check_alive();
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "{what}: {have} of {} after 600 s\n{}",
+            values.len(),
+            op.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn text(v: &k8s_openapi::ByteString) -> String {
+    String::from_utf8_lossy(&v.0).into_owned()
+}
+
+/// Waits until every named Secret holds `key` (one list per look); returns the values in order.
 async fn wait_all(
     secrets: &Api<Secret>,
     names: &[String],
@@ -487,31 +512,13 @@ async fn wait_all(
     op: &mut cluster::Operator,
     what: &str,
 ) -> Vec<String> {
-    let start = Instant::now();
-    loop {
+    wait_values(op, what, || async {
         let list = secrets.list(&ListParams::default()).await.expect("list Secrets");
         let by_name: BTreeMap<String, Secret> =
             list.items.into_iter().filter_map(|s| Some((s.metadata.name.clone()?, s))).collect();
-        let values: Vec<Option<String>> = names
-            .iter()
-            .map(|n| {
-                let d = by_name.get(n)?.data.as_ref()?;
-                d.get(key).map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            })
-            .collect();
-        let have = values.iter().filter(|v| v.is_some()).count();
-        if have == names.len() {
-            return values.into_iter().map(Option::unwrap).collect();
-        }
-        op.check_alive();
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "{what}: {have} of {} after 600 s\n{}",
-            names.len(),
-            op.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        names.iter().map(|n| by_name.get(n)?.data.as_ref()?.get(key).map(text)).collect()
+    })
+    .await
 }
 
 /// Waits until Secret `name` holds every key; returns the values in order.
@@ -521,25 +528,11 @@ async fn wait_keys(
     keys: &[String],
     op: &mut cluster::Operator,
 ) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        if let Some(data) = secrets.get_opt(name).await.expect("read Secret").and_then(|s| s.data) {
-            let values: Vec<Option<String>> = keys
-                .iter()
-                .map(|k| data.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
-                .collect();
-            if values.iter().all(Option::is_some) {
-                return values.into_iter().map(Option::unwrap).collect();
-            }
-        }
-        op.check_alive();
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "{name}: keys missing after 600 s\n{}",
-            op.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_values(op, name, || async {
+        let data = secrets.get_opt(name).await.expect("read Secret").and_then(|s| s.data);
+        keys.iter().map(|k| data.as_ref()?.get(k).map(text)).collect()
+    })
+    .await
 }
 
 async fn our_client(secrets: &Api<Secret>, ns: &str, agent: &str) -> OurClient {
