@@ -516,7 +516,7 @@ impl FloorWriter {
         let ns = agent.metadata.namespace.clone().unwrap();
         let now = Timestamp::now();
         let subject = Subject { namespace: &ns, name: &name, uid: &uid, generation: 1 };
-        let mut status = decide(&self.trust_domain, subject, &agent.spec, None, None, now).status;
+        let mut status = decide(&self.trust_domain, subject, &agent.spec, None, None, None, now).status;
         status.credentials = Some(CredentialStatus {
             secret_name: Some(secret_name),
             issued_at: Some(now.to_string()),

@@ -251,7 +251,8 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     // the credentials step (the AgentPolicy store, for lifetime caps) and the controllers.
     let watched =
         controller::shared::Watched::start(&client, opts.config.watch_namespace.as_deref(), &mut tasks);
-    let index = controller::authz::start(&watched, &mut tasks);
+    let index =
+        controller::authz::start(&watched, watched.reach(&opts.config.operator_namespace), &mut tasks);
     let ctx = Context::new(
         client.clone(),
         opts.config.clone(),

@@ -19,12 +19,15 @@ use super::LocalRef;
     shortname = "rvk",
     category = "agentiam",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Affected","type":"integer","jsonPath":".status.affectedAgents"}"#,
+    printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.affectedAgents"}"#,
+    printcolumn = r#"{"name":"Delegations","type":"integer","jsonPath":".status.affectedDelegations"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a Revocation is immutable; delete it and create a new one"))]
+#[x_kube(validation = Rule::new("!has(self.expiresAt) || self.mode == 'Suspend'")
+    .message("spec.expiresAt lifts a suspension; a Revoke is final and cannot expire"))]
 pub struct RevocationSpec {
     /// What to stop: exactly one of agentRef, delegationRef, selector or all.
     pub target: RevocationTarget,
@@ -34,6 +37,20 @@ pub struct RevocationSpec {
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.trim().size() > 0").message("spec.reason must not be blank"))]
     pub reason: String,
+    /// When a Suspend lifts by itself (RFC 3339); without it, it holds until the Revocation is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) > timestamp('2000-01-01T00:00:00Z')")
+        .message("spec.expiresAt must be an RFC 3339 timestamp such as 2026-12-01T18:00:00Z"))]
+    pub expires_at: Option<String>,
+    /// Also evict the targeted agents' running pods (the pod webhook already refuses new ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_workloads: Option<bool>,
+    /// Also rotate the signing keys at once (the emergency rotation), for verifiers that never ask the
+    /// operator. Affects every agent's credentials, so only a Revocation in the operator's own namespace
+    /// may ask for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency: Option<bool>,
 }
 
 /// What a Revocation stops.
@@ -41,6 +58,8 @@ pub struct RevocationSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.agentRef), has(self.delegationRef), has(self.selector), has(self.all) && self.all].filter(x, x).size() == 1")
     .message("spec.target needs exactly one of agentRef, delegationRef, selector or all: true"))]
+#[x_kube(validation = Rule::new("!has(self.namespaceSelector) || !has(self.delegationRef)")
+    .message("spec.target.namespaceSelector applies to agents; a delegationRef names one chain in this namespace"))]
 pub struct RevocationTarget {
     /// One agent in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +73,11 @@ pub struct RevocationTarget {
     /// Every agent in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all: Option<bool>,
+    /// Only for a Revocation in the operator's own namespace: apply the target in every namespace whose
+    /// labels match (`{}` matches every namespace), for a cluster-wide emergency stop. Anywhere else a
+    /// Revocation reaches only its own namespace, and admission refuses this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 /// How hard a Revocation stops its targets.
@@ -72,6 +96,8 @@ pub enum RevocationPhase {
     Pending,
     /// Applied to every target.
     Enforced,
+    /// A Suspend whose expiresAt has passed: it no longer holds.
+    Expired,
     /// Could not be applied (see conditions).
     Failed,
 }
@@ -87,7 +113,30 @@ pub struct RevocationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = super::common::int32)]
     pub affected_agents: Option<u32>,
-    /// When enforcement completed (RFC 3339).
+    /// How many delegations it ended (targeted, descendants, or granted to a stopped agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::common::int32)]
+    pub affected_delegations: Option<u32>,
+    /// How many credentials and delegated-token Secrets were deleted because of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::common::int32)]
+    pub secrets_deleted: Option<u32>,
+    /// How many pods were evicted (stopWorkloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::common::int32)]
+    pub pods_evicted: Option<u32>,
+    /// When the operator first saw it (RFC 3339, milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<String>,
+    /// When the decision API, token endpoint and introspection first refused its targets (RFC 3339,
+    /// milliseconds): the in-memory deny state, the first effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_api_enforced_at: Option<String>,
+    /// decisionApiEnforcedAt minus observedAt, in milliseconds. creationTimestamp has one-second
+    /// resolution, so the interval starts when the operator's watch delivered the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_api_latency_ms: Option<u64>,
+    /// When every effect was complete: phases recorded, Secrets gone, pods evicted (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforced_at: Option<String>,
     /// The metadata.generation this status describes.

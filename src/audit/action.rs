@@ -244,6 +244,10 @@ pub enum IntentKey {
         uid: String,
         /// Its `metadata.generation`.
         generation: i64,
+        /// The UID of the Revocation that caused the transition (it began to hold, or stopped holding),
+        /// which does not change the generation: without it a resume after a suspension would reuse the
+        /// key of the first activation.
+        cause: Option<String>,
     },
     /// Archiving the agent `uid` on deletion.
     Archive {
@@ -326,8 +330,24 @@ impl IntentKey {
         let one = |rest: &str| (!rest.is_empty() && !rest.contains(':')).then(|| rest.to_owned());
         match action {
             a if a.is_transition() || a == Action::AgentUpdate => {
-                let (uid, generation) = two(rest)?;
-                Some(Self::Agent { action: a, uid, generation: generation.parse().ok()? })
+                let (uid, generation, cause) = match rest.splitn(3, ':').collect::<Vec<_>>()[..] {
+                    [uid, generation] => (uid, generation, None),
+                    [uid, generation, cause]
+                        if a.is_transition() && !cause.is_empty() && !cause.contains(':') =>
+                    {
+                        (uid, generation, Some(cause.to_owned()))
+                    }
+                    _ => return None,
+                };
+                if uid.is_empty() {
+                    return None;
+                }
+                Some(Self::Agent {
+                    action: a,
+                    uid: uid.to_owned(),
+                    generation: generation.parse().ok()?,
+                    cause,
+                })
             }
             Action::AgentArchive => Some(Self::Archive { uid: one(rest)? }),
             Action::CredentialIssue => {
@@ -354,7 +374,10 @@ impl fmt::Display for IntentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let action = self.action();
         match self {
-            Self::Agent { uid, generation, .. } => write!(f, "{action}:{uid}:{generation}"),
+            Self::Agent { uid, generation, cause: None, .. } => write!(f, "{action}:{uid}:{generation}"),
+            Self::Agent { uid, generation, cause: Some(cause), .. } => {
+                write!(f, "{action}:{uid}:{generation}:{cause}")
+            }
             Self::Archive { uid } => write!(f, "{action}:{uid}"),
             Self::CredentialIssue { uid, issued_at_ms } => write!(f, "{action}:{uid}:{issued_at_ms}"),
             Self::CredentialWithdraw { uid, secret_uid } => write!(f, "{action}:{uid}:{secret_uid}"),
@@ -400,8 +423,25 @@ mod tests {
         }
         assert_eq!(
             IntentKey::parse("agent.activate:u1:3"),
-            Some(IntentKey::Agent { action: Action::AgentActivate, uid: "u1".into(), generation: 3 })
+            Some(IntentKey::Agent {
+                action: Action::AgentActivate,
+                uid: "u1".into(),
+                generation: 3,
+                cause: None
+            })
         );
+        // A transition a Revocation caused names it.
+        let caused = IntentKey::parse("agent.suspend:u1:3:r-uid").unwrap();
+        assert_eq!(
+            caused,
+            IntentKey::Agent {
+                action: Action::AgentSuspend,
+                uid: "u1".into(),
+                generation: 3,
+                cause: Some("r-uid".into())
+            }
+        );
+        assert_eq!(caused.to_string(), "agent.suspend:u1:3:r-uid");
     }
 
     #[test]
@@ -409,7 +449,10 @@ mod tests {
         for bad in [
             "agent.activate:u1:x",
             "agent.activate::1",
-            "agent.activate:u1:1:2",
+            "agent.activate:u1:1:2:3",
+            "agent.activate:u1:1:",
+            "agent.update:u1:1:r",
+            "agent.activate::1:r",
             "agent.archive:u1:3",
             "agent.archive:",
             "authz.decide:u1",

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use crate::api::{Agent, AgentPhase, AgentPolicy, DesiredState, PolicyMode, Revocation, RevocationMode};
-use crate::registry::selector::{credential_ttl_cap, governs, matches};
+use crate::api::{Agent, AgentPhase, AgentPolicy, DesiredState, PolicyMode, Revocation};
+use crate::registry::revocation::{self, Hold, Reach};
+use crate::registry::selector::{credential_ttl_cap, governs};
 use crate::registry::validate::parse_duration;
 
 use super::compile::{CompiledPolicy, CompiledRule, compile};
@@ -107,15 +108,6 @@ impl RuleSet {
     }
 }
 
-/// A Revocation that stops an agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevokedBy {
-    /// The Revocation's name.
-    pub name: Arc<str>,
-    /// Suspend or Revoke.
-    pub mode: RevocationMode,
-}
-
 /// Where an agent stands: its phase and trust score. In the operator both come from its own records (the
 /// ledger), never from the status; `kubectl agentiam can-i` can only read what the status reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +141,8 @@ pub struct AgentFacts {
     pub requested_ttl: Option<std::time::Duration>,
     /// The lowest credential lifetime cap of the policies that govern it.
     pub ttl_cap: Option<std::time::Duration>,
-    /// The first Revocation that targets it, if any.
-    pub revoked_by: Option<RevokedBy>,
+    /// The Revocation that holds it, if any ([`revocation::hold_on`]).
+    pub revoked_by: Option<Hold>,
     /// The rules of every policy that governs it.
     pub rules: Arc<RuleSet>,
     pub(super) limiter_key: u64,
@@ -209,17 +201,25 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Builder {
     compiled: HashMap<String, (Option<i64>, Arc<CompiledPolicy>)>,
+    reach: Reach,
 }
 
 impl Builder {
-    /// Builds a snapshot from the objects in scope. Objects without a UID (not read from the API server)
-    /// are still indexed under their namespace/name.
+    /// A builder for an operator whose Revocations reach as `reach` says (the default reaches no further
+    /// than each Revocation's own namespace).
+    pub fn with_reach(reach: Reach) -> Self {
+        Self { reach, ..Self::default() }
+    }
+
+    /// Builds a snapshot from the objects in scope, as they stand now. Objects without a UID (not read
+    /// from the API server) are still indexed under their namespace/name.
     pub fn build(
         &mut self,
         agents: &[Arc<Agent>],
         policies: &[Arc<AgentPolicy>],
         revocations: &[Arc<Revocation>],
     ) -> Snapshot {
+        let now = jiff::Timestamp::now();
         let mut policies: Vec<&Arc<AgentPolicy>> = policies.iter().collect();
         policies.sort_by_key(|p| (p.namespace(), p.name_any()));
         let mut keep = HashMap::with_capacity(policies.len());
@@ -278,7 +278,7 @@ impl Builder {
                 audiences: creds.map(|c| c.audiences.clone()).unwrap_or_default().into(),
                 requested_ttl: creds.and_then(|c| c.ttl.as_deref()).and_then(|t| parse_duration(t).ok()),
                 ttl_cap: credential_ttl_cap(governing_policies, agent),
-                revoked_by: revoked_by(agent, revocations),
+                revoked_by: revocation::hold_on(agent, revocations, &self.reach, now),
                 rules,
                 limiter_key: agent_key(&uid),
             };
@@ -299,31 +299,4 @@ impl Builder {
             .collect();
         snapshot
     }
-}
-
-/// The first Revocation (by name) in the agent's namespace that targets it by name, selector or `all`.
-/// Delegation targets stop delegation chains, not agents, and are checked where delegated tokens are.
-fn revoked_by(agent: &Agent, revocations: &[Arc<Revocation>]) -> Option<RevokedBy> {
-    let name = agent.name_any();
-    let mut hits: Vec<&Arc<Revocation>> = revocations
-        .iter()
-        .filter(|r| r.namespace() == agent.namespace() && r.metadata.deletion_timestamp.is_none())
-        .filter(|r| {
-            let t = &r.spec.target;
-            t.agent_ref.as_ref().is_some_and(|a| a.name == name)
-                || t.selector.as_ref().is_some_and(|s| matches(s, agent.labels()) || has_unknown_operator(s))
-                || t.all == Some(true)
-        })
-        .collect();
-    hits.sort_by_key(|r| r.name_any());
-    hits.first().map(|r| RevokedBy { name: r.name_any().into(), mode: r.spec.mode })
-}
-
-/// For the kill switch an unknown selector operator must stop agents rather than spare them: the
-/// opposite of policy selectors, where an unknown operator grants nothing.
-fn has_unknown_operator(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> bool {
-    s.match_expressions
-        .iter()
-        .flatten()
-        .any(|e| !matches!(e.operator.as_str(), "In" | "NotIn" | "Exists" | "DoesNotExist"))
 }

@@ -27,5 +27,5 @@ pub mod scope;
 mod eval_tests;
 
 pub use eval::{Acting, Clock, Decision, Delegated, Reason, Request, Subject, Verdict, decide_for};
-pub use index::{AgentFacts, Builder, PolicySummary, RevokedBy, RuleSet, Snapshot, Standing};
+pub use index::{AgentFacts, Builder, PolicySummary, RuleSet, Snapshot, Standing};
 pub use ratelimit::RateLimiter;

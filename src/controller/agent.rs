@@ -30,6 +30,7 @@ use crate::controller::{
 use crate::registry::actions as a;
 use crate::registry::ledger::AgentRecord;
 use crate::registry::lifecycle::Transition;
+use crate::registry::revocation;
 use crate::registry::secret;
 use crate::registry::status::{CONDITION_VALID, Decision, Subject, decide};
 use crate::registry::trust::trust_score;
@@ -67,6 +68,21 @@ pub fn controller(ctx: &Context, watched: &Watched) -> Controller<Agent> {
                 .state()
                 .into_iter()
                 .filter(|a| a.namespace() == ns)
+                .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    );
+    // A Revocation created, lifted (deleted) or expired re-reconciles every agent it may reach: the phase
+    // and the credentials follow the kill switch at once.
+    let (reachable, reach) = (watched.agents.store(), ctx.reach.clone());
+    let controller = controller.watches_shared_stream(
+        watched.revocations.touched("Agent controller"),
+        move |r: Arc<crate::api::Revocation>| {
+            let within = revocation::namespaces_reached(&r, &reach);
+            reachable
+                .state()
+                .into_iter()
+                .filter(|a| within.is_none() || a.namespace() == within)
                 .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
                 .collect::<Vec<_>>()
         },
@@ -166,16 +182,20 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
     let mut written = Vec::new();
     let subject = Subject { namespace: &ns, name: &name, uid: &uid, generation };
     let now = Timestamp::now();
+    // The same rule the policy index applies, over the same store: whatever the index refuses, the
+    // lifecycle stops.
+    let hold = revocation::hold_on(agent, &ctx.revocations.state(), &ctx.reach, now);
     let mut decision = decide(
         &ctx.config.trust_domain,
         subject,
         &agent.spec,
         recorded.as_deref(),
         agent.status.as_ref(),
+        hold.as_ref(),
         now,
     );
     keep_summary(&mut decision, agent.status.as_ref());
-    let key = decision.transition.map(|t| t.audit_key(&uid, generation));
+    let key = decision.transition.map(|t| t.audit_key(&uid, generation, decision.cause.as_deref()));
     intents::resolve_for_agent(ctx, &uid, key.as_deref()).await?;
 
     if let (Some(t), Some(key)) = (decision.transition, key.as_deref()) {
@@ -203,8 +223,9 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
             Some(IntentState::Completed(_)) | None => {}
         }
         info!(agent = %name, from = ?t.from, to = %t.to, spiffe_id = ?decision.status.spiffe_id, "lifecycle transition");
-        let note = match (&decision.status.spiffe_id, t.to) {
-            (Some(id), AgentPhase::Active) => format!("agent is Active as {id}"),
+        let note = match (&decision.status.spiffe_id, t.to, &decision.hold) {
+            (_, _, Some(h)) => format!("agent is now {}: Revocation {} holds it", t.to, h.describe()),
+            (Some(id), AgentPhase::Active, None) => format!("agent is Active as {id}"),
             _ => format!("agent is now {}", t.to),
         };
         publish(ctx, agent, EventType::Normal, t.event_reason(), note).await;
@@ -212,7 +233,8 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
         // No phase change, but the spec did change (owner, provenance, ...): record it, write-ahead, because a
         // new trust score can widen what the agent may do (decisions read the recorded one).
         let key =
-            IntentKey::Agent { action: AuditAction::AgentUpdate, uid: uid.clone(), generation }.to_string();
+            IntentKey::Agent { action: AuditAction::AgentUpdate, uid: uid.clone(), generation, cause: None }
+                .to_string();
         let entry =
             Entry::new(ACTOR, a::AGENT_UPDATE, object_ref(agent), Outcome::Pending, "agent spec changed")
                 .with_detail(
@@ -383,6 +405,16 @@ async fn write_intent(
     if let Err(errors) = &decision.validation {
         entry = entry.with_detail("validationErrors", errors.to_string());
     }
+    match (&decision.hold, &decision.cause) {
+        (Some(h), _) => {
+            entry = entry.with_detail(a::DETAIL_REVOCATION, h.describe());
+            if let Some(uid) = &h.uid {
+                entry = entry.with_detail(a::DETAIL_REVOCATION_UID, uid.to_string());
+            }
+        }
+        (None, Some(lifted)) => entry = entry.with_detail(a::DETAIL_LIFTED_REVOCATION_UID, lifted.clone()),
+        (None, None) => {}
+    }
     if t.to == AgentPhase::Retired {
         entry = final_state(agent, ctx.ledger.get(&agent.uid().unwrap_or_default()).as_deref(), entry);
     }
@@ -522,7 +554,7 @@ mod tests {
             serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap()
         };
         let t0 = Timestamp::from_second(100).unwrap();
-        let first = decide(&td, subject, &spec, None, None, t0);
+        let first = decide(&td, subject, &spec, None, None, None, t0);
         let phase_write = round_trip(&first.status);
         let credentials_write =
             round_trip(&AgentStatus { credentials: Some(summary.clone()), ..phase_write.clone() });
@@ -533,6 +565,7 @@ mod tests {
             generation: Some(1),
             trust_score: first.status.trust_score,
             valid: Some((true, t0)),
+            held_by: None,
             issuances: Vec::new(),
         };
 
@@ -541,13 +574,13 @@ mod tests {
         let later = Timestamp::from_second(5000).unwrap();
         let seen_early = AgentStatus { credentials: Some(summary), ..phase_write.clone() };
         for echo in [&seen_early, &credentials_write] {
-            let mut again = decide(&td, subject, &spec, Some(&record), Some(echo), later);
+            let mut again = decide(&td, subject, &spec, Some(&record), Some(echo), None, later);
             keep_summary(&mut again, Some(echo));
             assert!(again.transition.is_none());
             assert_eq!(again.status, credentials_write, "nothing to write");
         }
         // Without it, the early echo looks like a status without credentials, and was written again.
-        let mut again = decide(&td, subject, &spec, Some(&record), Some(&phase_write), later);
+        let mut again = decide(&td, subject, &spec, Some(&record), Some(&phase_write), None, later);
         keep_summary(&mut again, Some(&phase_write));
         assert_ne!(again.status, credentials_write);
     }

@@ -3,11 +3,14 @@
 //! Decisions read the current snapshot without locks or API calls; a change reaches them within one watch
 //! event plus one rebuild (milliseconds; the e2e tests measure it against the one-second goal).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use arc_swap::ArcSwap;
+use jiff::Timestamp;
 use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -15,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::api::{Agent, AgentPolicy, Revocation};
 use crate::authz::{Builder, Snapshot};
 use crate::controller::shared::{Progress, Watched};
+use crate::registry::revocation::{self, Reach};
 use crate::supervisor::Supervisor;
 
 /// Shortest time between two rebuilds, so a burst of changes (a thousand agents created at once) costs a
@@ -24,6 +28,8 @@ const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(25);
 /// The current snapshot, swapped atomically on every rebuild.
 #[derive(Debug)]
 pub struct PolicyIndex {
+    /// When each Revocation reached the decisions.
+    pub enforcement: Enforcement,
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
     rebuilds: AtomicU64,
@@ -33,6 +39,7 @@ pub struct PolicyIndex {
 impl Default for PolicyIndex {
     fn default() -> Self {
         Self {
+            enforcement: Enforcement::default(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             ready: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
@@ -76,31 +83,37 @@ impl PolicyIndex {
     }
 }
 
-/// Starts the rebuild loop under `tasks`, fed by the shared watches of Agents, AgentPolicies and Revocations.
-/// One malformed object is skipped by its watch; watch errors back off and retry, each watch on its own
-/// ([`Backoff`](crate::controller::watches::Backoff)). While a watch fails its store keeps what it had, so decisions go on from the last
-/// snapshot.
-pub fn start(watched: &Watched, tasks: &mut Supervisor) -> Arc<PolicyIndex> {
+/// Starts the rebuild loop under `tasks`, fed by the shared watches of Agents, AgentPolicies and Revocations
+/// (and Namespaces, for cluster-wide Revocations). One malformed object is skipped by its watch; watch
+/// errors back off and retry, each watch on its own ([`Backoff`](crate::controller::watches::Backoff)).
+/// While a watch fails its store keeps what it had, so decisions go on from the last snapshot.
+pub fn start(watched: &Watched, reach: Reach, tasks: &mut Supervisor) -> Arc<PolicyIndex> {
     let index = Arc::new(PolicyIndex::default());
+    let mut progress =
+        vec![watched.agents.progress(), watched.policies.progress(), watched.revocations.progress()];
+    progress.extend(watched.namespaces.as_ref().map(|n| n.progress()));
     let rebuild = rebuild_loop(
         Arc::clone(&index),
         watched.agents.store(),
         watched.policies.store(),
         watched.revocations.store(),
-        [watched.agents.progress(), watched.policies.progress(), watched.revocations.progress()],
+        reach,
+        progress,
     );
     tasks.spawn_infallible("policy index: rebuild", rebuild);
     index
 }
 
-/// Waits until any of the watches moves. False when one has stopped (its task ended; the supervisor is
-/// stopping the operator).
-async fn any_changed(progress: &mut [watch::Receiver<Progress>; 3]) -> bool {
-    let [a, b, c] = progress;
-    tokio::select! {
-        r = a.changed() => r.is_ok(),
-        r = b.changed() => r.is_ok(),
-        r = c.changed() => r.is_ok(),
+/// Waits until any of the watches moves, or until `deadline` (the next Revocation expiry). False when a
+/// watch has stopped (its task ended; the supervisor is stopping the operator).
+async fn any_changed(progress: &mut [watch::Receiver<Progress>], deadline: Option<Duration>) -> bool {
+    let changes = futures::future::select_all(progress.iter_mut().map(|p| Box::pin(p.changed())));
+    match deadline {
+        Some(d) => tokio::select! {
+            (r, _, _) = changes => r.is_ok(),
+            () = tokio::time::sleep(d) => true,
+        },
+        None => changes.await.0.is_ok(),
     }
 }
 
@@ -109,7 +122,8 @@ async fn rebuild_loop(
     agents: Store<Agent>,
     policies: Store<AgentPolicy>,
     revocations: Store<Revocation>,
-    mut progress: [watch::Receiver<Progress>; 3],
+    reach: Reach,
+    mut progress: Vec<watch::Receiver<Progress>>,
 ) {
     // Decisions before the first complete list of each kind would be made on partial state. Not
     // `Store::wait_until_ready`: its future wakes only the task that polled it last, and other consumers
@@ -121,13 +135,16 @@ async fn rebuild_loop(
             return;
         }
     }
-    let mut builder = Builder::default();
+    let mut builder = Builder::with_reach(reach);
     loop {
         let started = Instant::now();
-        let snapshot = builder.build(&agents.state(), &policies.state(), &revocations.state());
+        let revoking = revocations.state();
+        index.enforcement.observe(&revoking);
+        let snapshot = builder.build(&agents.state(), &policies.state(), &revoking);
         let (agents_n, policies_n) = (snapshot.agents(), snapshot.policies().len());
         let first = !index.is_ready();
         index.publish(snapshot);
+        index.enforcement.enforced(&revoking);
         if first {
             info!(agents = agents_n, policies = policies_n, "policy index ready");
         }
@@ -137,13 +154,69 @@ async fn rebuild_loop(
             took_us = started.elapsed().as_micros(),
             "policy index rebuilt"
         );
-        if !any_changed(&mut progress).await {
+        // A Suspend that expires lifts at its expiry, not at the next change of anything.
+        let now = Timestamp::now();
+        let next_expiry = revoking
+            .iter()
+            .filter_map(|r| revocation::expires_at(r))
+            .filter(|end| *end > now)
+            .min()
+            .map(|end| end.duration_since(now).unsigned_abs().saturating_add(Duration::from_millis(5)));
+        if !any_changed(&mut progress, next_expiry).await {
             warn!("a watch stopped; the policy index keeps its last snapshot");
             return;
         }
         let since = started.elapsed();
         if since < MIN_REBUILD_INTERVAL {
             tokio::time::sleep(MIN_REBUILD_INTERVAL.saturating_sub(since)).await;
+        }
+    }
+}
+
+/// When each Revocation first reached the index: the time the rebuild loop first found it in the store
+/// (the operator has seen it) and the time the first snapshot holding it was published (decisions refuse
+/// its targets from then on). The Revocation controller reports both in the status.
+#[derive(Debug, Default)]
+pub struct Enforcement {
+    seen: Mutex<HashMap<String, Enforced>>,
+}
+
+/// The two instants of one Revocation, see [`Enforcement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enforced {
+    /// First found in the store.
+    pub observed_at: Timestamp,
+    /// First in a published snapshot (None until then).
+    pub enforced_at: Option<Timestamp>,
+}
+
+impl Enforcement {
+    /// The instants of the Revocation with `uid`, once the index has published it.
+    pub fn get(&self, uid: &str) -> Option<Enforced> {
+        self.seen.lock().ok().and_then(|m| m.get(uid).copied()).filter(|e| e.enforced_at.is_some())
+    }
+
+    fn observe(&self, revocations: &[Arc<Revocation>]) {
+        let now = Timestamp::now();
+        if let Ok(mut m) = self.seen.lock() {
+            // Forget the ones gone, so the map is as large as the Revocations in scope.
+            let present: std::collections::HashSet<&str> =
+                revocations.iter().filter_map(|r| r.metadata.uid.as_deref()).collect();
+            m.retain(|uid, _| present.contains(uid.as_str()));
+            for uid in present {
+                m.entry(uid.to_owned()).or_insert(Enforced { observed_at: now, enforced_at: None });
+            }
+        }
+    }
+
+    fn enforced(&self, revocations: &[Arc<Revocation>]) {
+        let now = Timestamp::now();
+        if let Ok(mut m) = self.seen.lock() {
+            for uid in revocations.iter().filter_map(|r| r.metadata.uid.as_deref()) {
+                if let Some(e) = m.get_mut(uid) {
+                    e.enforced_at.get_or_insert(now);
+                }
+            }
         }
     }
 }

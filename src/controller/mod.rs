@@ -79,6 +79,8 @@ pub struct Context {
     pub policies: Store<AgentPolicy>,
     /// Every Revocation in scope (the Delegation controller ends the delegations they target).
     pub revocations: Store<Revocation>,
+    /// Where those Revocations reach ([`crate::registry::revocation`]).
+    pub reach: crate::registry::revocation::Reach,
     /// The authorization index decisions read; the policy status controller reports from it.
     pub authz: Arc<authz::PolicyIndex>,
     /// What this process's last status writes of each Active agent produced, so the reconciles their own
@@ -105,6 +107,7 @@ impl Context {
         let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
         let recorder = Recorder::new(client.clone(), reporter);
+        let reach = watched.reach(&config.operator_namespace);
         Arc::new(Self {
             client,
             config,
@@ -115,6 +118,7 @@ impl Context {
             api_ca: Arc::default(),
             policies: watched.policies.store(),
             revocations: watched.revocations.store(),
+            reach,
             authz,
             known_credentials: Arc::default(),
             ledger,

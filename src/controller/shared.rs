@@ -19,7 +19,6 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use kube::core::NamespaceScope;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
@@ -29,7 +28,10 @@ use tracing::warn;
 
 use crate::api::{Agent, AgentPolicy, ApprovalRequest, Delegation, Revocation};
 use crate::controller::{scoped_api, watches};
+use crate::registry::revocation::{NamespaceLookup, Reach};
 use crate::supervisor::Supervisor;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 
 /// How many changes a consumer may fall behind before it is resynced from the store.
 pub const BUFFER: usize = 4096;
@@ -81,14 +83,32 @@ impl<K> Shared<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
-    K::Scope: NamespaceScope,
 {
     /// Starts the watch of `api` under `tasks`, as the task `name` (also the watch's name in logs and
     /// metrics). The watch rides out API server outages with [`watches::Backoff`] and skips malformed
     /// objects ([`watches::events`]).
-    pub fn start(api: Api<K>, name: &'static str, tasks: &mut Supervisor) -> Self {
+    pub fn start(api: Api<K>, name: &'static str, tasks: &mut Supervisor) -> Self
+    where
+        K::Scope: kube::core::NamespaceScope,
+    {
+        Self::fed_by(watches::events(api, name.to_owned()), name, tasks)
+    }
+
+    /// [`Self::start`] for a cluster-scoped kind, watched everywhere.
+    pub fn start_cluster(client: &Client, name: &'static str, tasks: &mut Supervisor) -> Self
+    where
+        K: Resource<Scope = kube::core::ClusterResourceScope>,
+    {
+        Self::fed_by(watches::cluster_events(client.clone(), name.to_owned()), name, tasks)
+    }
+
+    fn fed_by(
+        events: impl Stream<Item = watcher::Event<K>> + Send + 'static,
+        name: &'static str,
+        tasks: &mut Supervisor,
+    ) -> Self {
         let (shared, mut feed) = Self::new(name);
-        let task = watches::events(api, name.to_owned()).for_each(move |event| {
+        let task = events.for_each(move |event| {
             feed.apply(event);
             std::future::ready(())
         });
@@ -213,18 +233,36 @@ pub struct Watched {
     pub delegations: Shared<Delegation>,
     /// Read by the ApprovalRequest controller.
     pub approvals: Shared<ApprovalRequest>,
+    /// Namespaces and their labels, which a cluster-wide Revocation's namespaceSelector is matched
+    /// against. Only watched in cluster-wide mode (None with `--watch-namespace`).
+    pub namespaces: Option<Shared<Namespace>>,
 }
 
 impl Watched {
-    /// Starts the five watches under `tasks`.
+    /// Starts the watches under `tasks`.
     pub fn start(client: &Client, namespace: Option<&str>, tasks: &mut Supervisor) -> Self {
+        let namespaces =
+            namespace.is_none().then(|| Shared::start_cluster(client, "watch: Namespaces", tasks));
         Self {
+            namespaces,
             agents: Shared::start(scoped_api(client, namespace), "watch: Agents", tasks),
             policies: Shared::start(scoped_api(client, namespace), "watch: AgentPolicies", tasks),
             revocations: Shared::start(scoped_api(client, namespace), "watch: Revocations", tasks),
             delegations: Shared::start(scoped_api(client, namespace), "watch: Delegations", tasks),
             approvals: Shared::start(scoped_api(client, namespace), "watch: ApprovalRequests", tasks),
         }
+    }
+
+    /// Where Revocations reach, read live from the Namespace watch's store.
+    pub fn reach(&self, operator_namespace: &str) -> Reach {
+        let namespaces = self.namespaces.as_ref().map(|n| {
+            let store = n.store();
+            let lookup: NamespaceLookup = Arc::new(move |name: &str| {
+                store.get(&reflector::ObjectRef::new(name)).map(|ns| ns.labels().clone())
+            });
+            lookup
+        });
+        Reach { operator_namespace: Some(operator_namespace.to_owned()), namespaces }
     }
 }
 

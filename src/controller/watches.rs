@@ -59,6 +59,17 @@ where
     events_with(api, config(), name)
 }
 
+/// [`events`] for a cluster-scoped kind (Namespaces), watched everywhere.
+pub fn cluster_events<K>(client: kube::Client, name: String) -> impl Stream<Item = watcher::Event<K>> + Send
+where
+    K: Resource<Scope = kube::core::ClusterResourceScope> + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<DeserializeGuard<K>> = Api::all_with(client, &K::DynamicType::default());
+    let guarded = sound(watcher(api, config()), name.clone());
+    with_backoff(guarded, Backoff::new(name))
+}
+
 fn events_with<K>(
     api: Api<K>,
     config: watcher::Config,

@@ -40,6 +40,12 @@ pub const DETAIL_VALID: &str = "valid";
 pub const DETAIL_DECIDED_AT: &str = "decidedAt";
 /// Detail: the phase a transition goes to.
 pub const DETAIL_TO: &str = "to";
+/// Detail of a transition a Revocation causes: the Revocation, `namespace/name`.
+pub const DETAIL_REVOCATION: &str = "revocation";
+/// Detail of a transition a Revocation causes: its UID (the ledger remembers it as what holds the agent).
+pub const DETAIL_REVOCATION_UID: &str = "revocationUID";
+/// Detail of a transition after a Revocation stopped holding: the UID of the one lifted.
+pub const DETAIL_LIFTED_REVOCATION_UID: &str = "liftedRevocationUID";
 /// Detail of an issuance: the tokens it minted, a JSON array of `{"aud": ..., "jti": ...}`.
 pub const DETAIL_TOKENS: &str = "tokens";
 /// Detail of an issuance: the token IDs, comma-separated, in the order of `audiences` (for readers and

@@ -95,6 +95,8 @@ pub struct AgentRecord {
     pub trust_score: Option<u16>,
     /// Whether the last recorded generation was valid, and since when that has been so.
     pub valid: Option<(bool, Timestamp)>,
+    /// The UID of the Revocation the last recorded phase was due to (None: the owner's or the spec's).
+    pub held_by: Option<String>,
     /// Issuances not taken back, oldest first.
     pub issuances: Vec<Issuance>,
 }
@@ -171,6 +173,8 @@ pub struct AccessIssuance {
     pub agent_uid: String,
     /// Its audience (the resource).
     pub aud: String,
+    /// When its issuance was recorded.
+    pub issued_at: Timestamp,
     /// When it expires.
     pub expires_at: Timestamp,
     /// Whether the outcome (the token signed and answered) was recorded.
@@ -216,6 +220,7 @@ impl TokenBook {
                         Some(AccessIssuance {
                             agent_uid: record.object.uid.clone()?,
                             aud: d.get(a::DETAIL_AUDIENCES)?.clone(),
+                            issued_at: at,
                             expires_at: time(d.get(a::DETAIL_EXPIRES_AT)?)?,
                             stored: Stored::Pending,
                         })
@@ -412,6 +417,16 @@ impl Entries {
         &self.tokens
     }
 
+    /// The access token `jti`, if the operator issued it, it has not expired at `now`, and its agent has
+    /// been Active since before it was issued: a suspension or revocation ends every access token issued
+    /// before it, and a resume does not bring them back (as with credentials).
+    pub fn access_token(&self, jti: &str, now: Timestamp) -> Option<&AccessIssuance> {
+        let issued = self.tokens.access_token(jti, now)?;
+        let agent = self.agents.get(issued.agent_uid.as_str())?;
+        let active_since = agent.phase_since.filter(|_| agent.phase == Some(AgentPhase::Active))?;
+        (active_since <= issued.issued_at).then_some(issued)
+    }
+
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
         if matches!(
@@ -555,6 +570,7 @@ fn decided(r: &mut AgentRecord, record: &Record, phase: Option<AgentPhase>, at: 
             r.phase_since = Some(since);
         }
         r.phase = Some(p);
+        r.held_by = d.get(a::DETAIL_REVOCATION_UID).cloned();
         if p != AgentPhase::Active {
             r.issuances.clear();
         }
@@ -616,7 +632,7 @@ impl Ledger {
 
     /// The access token `jti`, if issued and not expired (see [`TokenBook::access_token`]).
     pub fn access_token(&self, jti: &str, now: Timestamp) -> Option<AccessIssuance> {
-        self.entries.read().unwrap_or_else(PoisonError::into_inner).tokens.access_token(jti, now).cloned()
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).access_token(jti, now).cloned()
     }
 
     /// What admission recorded when the Delegation with `uid` was created.

@@ -302,10 +302,14 @@ fn the_token_endpoint_remembers_issued_tokens_and_used_assertions_until_they_exp
     assert!(!ledger.assertion_used("as-1", ts(3700)) && !ledger.assertion_used("as-3", ts(200)));
 
     log.push(102, RecordKind::Outcome, "token.issue:at-1", "token.issue", Outcome::Success, &[]);
-    assert_eq!(Ledger::from_records(&log.records).access_token("at-1", ts(200)).unwrap().stored, Stored::Yes);
+    let book = |log: &Log| Ledger::from_records(&log.records).entries().tokens().clone();
+    assert_eq!(book(&log).access_token("at-1", ts(200)).unwrap().stored, Stored::Yes);
     log.push(103, RecordKind::Outcome, "token.issue:at-1", "token.issue", Outcome::Abandoned, &[]);
     let ledger = Ledger::from_records(&log.records);
-    assert!(ledger.access_token("at-1", ts(200)).is_none(), "an abandoned issuance voids the token");
+    assert!(
+        ledger.entries().tokens().access_token("at-1", ts(200)).is_none(),
+        "an abandoned issuance voids the token"
+    );
     assert!(ledger.assertion_used("as-1", ts(200)), "but its assertion stays used");
     // The token records leave the agent's own record alone.
     assert!(ledger.get("u1").is_none());
@@ -321,7 +325,7 @@ fn the_token_endpoint_remembers_issued_tokens_and_used_assertions_until_they_exp
         Outcome::Failure,
         &[(a::DETAIL_JTI, "at-1".to_owned())],
     );
-    assert!(Ledger::from_records(&log.records).access_token("at-1", ts(200)).is_some());
+    assert!(book(&log).access_token("at-1", ts(200)).is_some());
     log.push(
         102,
         RecordKind::Event,
@@ -330,7 +334,49 @@ fn the_token_endpoint_remembers_issued_tokens_and_used_assertions_until_they_exp
         Outcome::Success,
         &[(a::DETAIL_JTI, "at-1".to_owned())],
     );
-    assert!(Ledger::from_records(&log.records).access_token("at-1", ts(200)).is_none());
+    assert!(book(&log).access_token("at-1", ts(200)).is_none());
+}
+
+#[test]
+fn an_access_token_lives_only_while_its_agent_stays_active_since_before_it() {
+    let issue = |log: &mut Log, secs: i64, jti: &str| {
+        let details = [
+            (a::DETAIL_AUDIENCES, "https://crm".to_owned()),
+            (a::DETAIL_EXPIRES_AT, ts(secs + 300).to_string()),
+        ];
+        log.push(
+            secs,
+            RecordKind::Intent,
+            &format!("token.issue:{jti}"),
+            "token.issue",
+            Outcome::Pending,
+            &details,
+        );
+        log.push(
+            secs,
+            RecordKind::Outcome,
+            &format!("token.issue:{jti}"),
+            "token.issue",
+            Outcome::Success,
+            &[],
+        );
+    };
+    let mut log = Log::new();
+    issue(&mut log, 90, "before");
+    assert!(Ledger::from_records(&log.records).access_token("before", ts(95)).is_none(), "no Active agent");
+    log.transition(100, a::AGENT_ACTIVATE, 1);
+    issue(&mut log, 110, "at-1");
+    let ledger = Ledger::from_records(&log.records);
+    assert!(ledger.access_token("at-1", ts(120)).is_some());
+    assert!(ledger.access_token("before", ts(120)).is_none(), "issued before the activation");
+    // Suspended: dead; resumed: still dead, while one issued after the resume lives.
+    log.transition(130, a::AGENT_SUSPEND, 1);
+    assert!(Ledger::from_records(&log.records).access_token("at-1", ts(131)).is_none());
+    log.transition(140, a::AGENT_ACTIVATE, 2);
+    issue(&mut log, 150, "at-2");
+    let ledger = Ledger::from_records(&log.records);
+    assert!(ledger.access_token("at-1", ts(151)).is_none(), "a resume does not bring it back");
+    assert!(ledger.access_token("at-2", ts(151)).is_some());
 }
 
 #[test]

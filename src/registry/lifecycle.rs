@@ -9,13 +9,14 @@
 //!              ^  invalid   │                                │
 //!              └────────────┘                                │
 //!  any (but Revoked) ── desiredState=Retired ──> Retired (terminal)
-//!  Revoked: set only by the kill switch; terminal here.
+//!  any (but Retired) ── a Revoke Revocation holds ──> Revoked (terminal)
+//!  a Suspend Revocation holds: Suspended whatever the owner asks (but Retired); lifted: as above
 //! ```
 //!
 //! The current phase is the one the operator recorded (the [`ledger`](super::ledger)), never the one found in
 //! the status: a forged `Retired` in the status is not a retirement.
 
-use crate::api::{AgentPhase, DesiredState};
+use crate::api::{AgentPhase, DesiredState, RevocationMode};
 use crate::audit::{Action, IntentKey};
 
 /// The phase an agent should be in.
@@ -23,14 +24,23 @@ use crate::audit::{Action, IntentKey};
 /// Retired and Revoked are terminal: nothing the owner writes brings an agent back from them. Suspension and
 /// retirement are honoured even when the spec is invalid, because they only take rights away; Active needs
 /// a valid spec.
-pub fn decide_phase(current: Option<AgentPhase>, desired: DesiredState, valid: bool) -> AgentPhase {
-    match (current, desired) {
-        (Some(AgentPhase::Retired), _) => AgentPhase::Retired,
-        (Some(AgentPhase::Revoked), _) => AgentPhase::Revoked,
-        (_, DesiredState::Retired) => AgentPhase::Retired,
-        (_, DesiredState::Suspended) => AgentPhase::Suspended,
-        (_, DesiredState::Active) if valid => AgentPhase::Active,
-        (_, DesiredState::Active) => AgentPhase::Pending,
+///
+/// `held` is the mode of the Revocation that holds the agent, if one does: a Revoke ends it for good, a
+/// Suspend stops it until lifted (retirement still goes ahead: it takes everything away too).
+pub fn decide_phase(
+    current: Option<AgentPhase>,
+    desired: DesiredState,
+    valid: bool,
+    held: Option<RevocationMode>,
+) -> AgentPhase {
+    match (current, desired, held) {
+        (Some(AgentPhase::Retired), _, _) => AgentPhase::Retired,
+        (Some(AgentPhase::Revoked), _, _) => AgentPhase::Revoked,
+        (_, _, Some(RevocationMode::Revoke)) => AgentPhase::Revoked,
+        (_, DesiredState::Retired, _) => AgentPhase::Retired,
+        (_, _, Some(RevocationMode::Suspend)) | (_, DesiredState::Suspended, None) => AgentPhase::Suspended,
+        (_, DesiredState::Active, None) if valid => AgentPhase::Active,
+        (_, DesiredState::Active, None) => AgentPhase::Pending,
     }
 }
 
@@ -82,9 +92,12 @@ impl Transition {
 
     /// The idempotency key of this transition for one agent object at one generation. The UID binds it to the
     /// object (a recreated agent of the same name is a different key); the generation separates a second
-    /// activation after a suspension from a retry of the first.
-    pub fn audit_key(&self, uid: &str, generation: i64) -> String {
-        IntentKey::Agent { action: self.action(), uid: uid.to_owned(), generation }.to_string()
+    /// activation after a suspension by the owner from a retry of the first; `cause`, the UID of the
+    /// Revocation that began or stopped holding, does the same for the kill switch, which changes no
+    /// generation.
+    pub fn audit_key(&self, uid: &str, generation: i64, cause: Option<&str>) -> String {
+        let cause = cause.map(str::to_owned);
+        IntentKey::Agent { action: self.action(), uid: uid.to_owned(), generation, cause }.to_string()
     }
 }
 
@@ -95,26 +108,46 @@ mod tests {
 
     #[test]
     fn valid_new_agents_become_active_and_invalid_ones_wait() {
-        assert_eq!(decide_phase(None, DesiredState::Active, true), Active);
-        assert_eq!(decide_phase(None, DesiredState::Active, false), Pending);
-        assert_eq!(decide_phase(Some(Active), DesiredState::Active, false), Pending);
+        assert_eq!(decide_phase(None, DesiredState::Active, true, None), Active);
+        assert_eq!(decide_phase(None, DesiredState::Active, false, None), Pending);
+        assert_eq!(decide_phase(Some(Active), DesiredState::Active, false, None), Pending);
     }
 
     #[test]
     fn suspension_and_retirement_do_not_need_a_valid_spec() {
-        assert_eq!(decide_phase(Some(Active), DesiredState::Suspended, false), Suspended);
-        assert_eq!(decide_phase(Some(Pending), DesiredState::Retired, false), Retired);
-        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true), Active);
+        assert_eq!(decide_phase(Some(Active), DesiredState::Suspended, false, None), Suspended);
+        assert_eq!(decide_phase(Some(Pending), DesiredState::Retired, false, None), Retired);
+        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true, None), Active);
     }
 
     #[test]
     fn retired_and_revoked_are_terminal() {
         for desired in [DesiredState::Active, DesiredState::Suspended, DesiredState::Retired] {
             for valid in [true, false] {
-                assert_eq!(decide_phase(Some(Retired), desired, valid), Retired);
-                assert_eq!(decide_phase(Some(Revoked), desired, valid), Revoked);
+                for held in [None, Some(RevocationMode::Suspend), Some(RevocationMode::Revoke)] {
+                    assert_eq!(decide_phase(Some(Retired), desired, valid, held), Retired);
+                    assert_eq!(decide_phase(Some(Revoked), desired, valid, held), Revoked);
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_revocation_overrides_the_owner_until_lifted() {
+        use RevocationMode::{Revoke, Suspend};
+        for current in [None, Some(Pending), Some(Active), Some(Suspended)] {
+            for valid in [true, false] {
+                assert_eq!(decide_phase(current, DesiredState::Active, valid, Some(Suspend)), Suspended);
+                assert_eq!(decide_phase(current, DesiredState::Suspended, valid, Some(Suspend)), Suspended);
+                for desired in [DesiredState::Active, DesiredState::Suspended, DesiredState::Retired] {
+                    assert_eq!(decide_phase(current, desired, valid, Some(Revoke)), Revoked, "{desired:?}");
+                }
+                assert_eq!(decide_phase(current, DesiredState::Retired, valid, Some(Suspend)), Retired);
+            }
+        }
+        // Lifted: back to what the owner asks for.
+        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true, None), Active);
+        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, false, None), Pending);
     }
 
     #[test]
@@ -125,7 +158,8 @@ mod tests {
             (t.action().as_str(), t.event_reason(), t.grants()),
             ("agent.activate", "Activated", true)
         );
-        assert_eq!(t.audit_key("u-1", 3), "agent.activate:u-1:3");
+        assert_eq!(t.audit_key("u-1", 3, None), "agent.activate:u-1:3");
+        assert_eq!(t.audit_key("u-1", 3, Some("r-1")), "agent.activate:u-1:3:r-1");
         let r = Transition::between(Some(Suspended), Active).unwrap();
         assert_eq!(r.event_reason(), "Resumed");
         let s = Transition::between(Some(Active), Suspended).unwrap();

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod delegation;
 pub mod ledger;
 pub mod lifecycle;
+pub mod revocation;
 pub mod secret;
 pub mod selector;
 pub mod status;

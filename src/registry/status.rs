@@ -7,6 +7,7 @@ use crate::api::{AgentPhase, AgentSpec, AgentStatus};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::registry::ledger::AgentRecord;
 use crate::registry::lifecycle::{Transition, decide_phase};
+use crate::registry::revocation::Hold;
 use crate::registry::trust::trust_score;
 use crate::registry::validate::{ValidAgent, ValidationErrors, desired_state, validate_agent};
 
@@ -24,6 +25,10 @@ pub struct Decision {
     pub transition: Option<Transition>,
     /// The validation outcome.
     pub validation: Result<ValidAgent, ValidationErrors>,
+    /// The Revocation that holds the agent, if any.
+    pub hold: Option<Hold>,
+    /// The UID of the Revocation the transition is due to (it holds now, or it held and was lifted).
+    pub cause: Option<String>,
 }
 
 /// The identifying facts of the object being decided about.
@@ -88,12 +93,17 @@ pub fn decide(
     spec: &AgentSpec,
     recorded: Option<&AgentRecord>,
     previous: Option<&AgentStatus>,
+    hold: Option<&Hold>,
     now: Timestamp,
 ) -> Decision {
     let validation = validate_agent(trust_domain, subject.namespace, subject.name, spec);
     let current_phase = recorded.and_then(|r| r.phase);
-    let phase = decide_phase(current_phase, desired_state(spec), validation.is_ok());
+    let phase = decide_phase(current_phase, desired_state(spec), validation.is_ok(), hold.map(|h| h.mode));
     let transition = Transition::between(current_phase, phase);
+    // The Revocation a transition is due to: the one holding now, or for a lift the one that held.
+    let cause = hold
+        .and_then(|h| h.uid.as_deref().map(str::to_owned))
+        .or_else(|| recorded.and_then(|r| r.held_by.clone()));
 
     let g = subject.generation;
     let valid_now = validation.is_ok();
@@ -116,9 +126,15 @@ pub fn decide(
         AgentPhase::Pending => {
             (false, "Pending", "the agent waits for a valid spec (see the Valid condition)".into())
         }
-        AgentPhase::Suspended => (false, "Suspended", "the owner suspended the agent".into()),
+        AgentPhase::Suspended => match hold {
+            Some(h) => (false, "Suspended", format!("suspended by Revocation {}", h.describe())),
+            None => (false, "Suspended", "the owner suspended the agent".into()),
+        },
         AgentPhase::Retired => (false, "Retired", "the agent is retired and archived".into()),
-        AgentPhase::Revoked => (false, "Revoked", "the agent was revoked by the kill switch".into()),
+        AgentPhase::Revoked => match hold {
+            Some(h) => (false, "Revoked", format!("revoked for good by Revocation {}", h.describe())),
+            None => (false, "Revoked", "the agent was revoked by the kill switch".into()),
+        },
     };
     // The phase began when the operator recorded it; a phase about to be recorded begins now.
     let ready_since = match (transition, recorded.and_then(|r| r.phase_since)) {
@@ -137,7 +153,7 @@ pub fn decide(
         conditions: vec![valid, ready],
         credentials: None,
     };
-    Decision { status, transition, validation }
+    Decision { status, transition, validation, hold: hold.cloned(), cause }
 }
 
 #[cfg(test)]
@@ -169,13 +185,49 @@ mod tests {
             generation: d.status.observed_generation,
             trust_score: d.status.trust_score,
             valid: Some((d.validation.is_ok(), at)),
+            held_by: d.hold.as_ref().and_then(|h| h.uid.as_deref().map(str::to_owned)),
             issuances: Vec::new(),
         }
     }
 
     #[test]
+    fn a_revocation_suspends_and_its_lift_resumes_under_keys_of_their_own() {
+        use crate::api::RevocationMode;
+        let hold = |mode| Hold { namespace: "ns".into(), name: "stop".into(), uid: Some("r-1".into()), mode };
+        let t0 = Timestamp::from_second(1000).unwrap();
+        let active = decide(&td(), subject(1), &spec(), None, None, None, t0);
+        let rec = recorded(&active, t0);
+        let held =
+            decide(&td(), subject(1), &spec(), Some(&rec), None, Some(&hold(RevocationMode::Suspend)), t0);
+        assert_eq!(held.status.phase, Some(AgentPhase::Suspended));
+        let ready = held.status.conditions.iter().find(|c| c.type_ == CONDITION_READY).unwrap();
+        assert_eq!(ready.message, "suspended by Revocation ns/stop");
+        let suspend = held.transition.unwrap();
+        assert_eq!(suspend.audit_key("u1", 1, held.cause.as_deref()), "agent.suspend:u1:1:r-1");
+        // Lifted: back to Active, keyed by the Revocation that held (not the first activation's key).
+        let rec = recorded(&held, t0);
+        let lifted = decide(&td(), subject(1), &spec(), Some(&rec), None, None, t0);
+        assert_eq!(lifted.status.phase, Some(AgentPhase::Active));
+        let resume = lifted.transition.unwrap();
+        assert_eq!(resume.audit_key("u1", 1, lifted.cause.as_deref()), "agent.activate:u1:1:r-1");
+        assert_ne!(
+            resume.audit_key("u1", 1, lifted.cause.as_deref()),
+            active.transition.unwrap().audit_key("u1", 1, active.cause.as_deref())
+        );
+        // A Revoke is for good: lifting it changes nothing.
+        let revoked =
+            decide(&td(), subject(1), &spec(), Some(&rec), None, Some(&hold(RevocationMode::Revoke)), t0);
+        assert_eq!(revoked.status.phase, Some(AgentPhase::Revoked));
+        let rec = recorded(&revoked, t0);
+        assert_eq!(
+            decide(&td(), subject(1), &spec(), Some(&rec), None, None, t0).status.phase,
+            Some(AgentPhase::Revoked)
+        );
+    }
+
+    #[test]
     fn a_valid_new_agent_becomes_active_with_identity() {
-        let d = decide(&td(), subject(1), &spec(), None, None, Timestamp::UNIX_EPOCH);
+        let d = decide(&td(), subject(1), &spec(), None, None, None, Timestamp::UNIX_EPOCH);
         assert_eq!(d.status.phase, Some(AgentPhase::Active));
         assert_eq!(d.status.spiffe_id.as_deref(), Some("spiffe://example.org/ns/ns/agent/bot"));
         assert_eq!(d.status.trust_score, Some(250));
@@ -188,10 +240,10 @@ mod tests {
     #[test]
     fn deciding_twice_changes_nothing() {
         let t0 = Timestamp::from_second(10).unwrap();
-        let first = decide(&td(), subject(1), &spec(), None, None, t0);
+        let first = decide(&td(), subject(1), &spec(), None, None, None, t0);
         let rec = recorded(&first, t0);
         let later = Timestamp::from_second(1_000_000).unwrap();
-        let second = decide(&td(), subject(1), &spec(), Some(&rec), Some(&first.status), later);
+        let second = decide(&td(), subject(1), &spec(), Some(&rec), Some(&first.status), None, later);
         assert_eq!(second.status, first.status);
         assert!(second.transition.is_none());
     }
@@ -199,7 +251,7 @@ mod tests {
     #[test]
     fn the_status_found_is_never_an_input_only_the_records_are() {
         let t0 = Timestamp::from_second(10).unwrap();
-        let first = decide(&td(), subject(1), &spec(), None, None, t0);
+        let first = decide(&td(), subject(1), &spec(), None, None, None, t0);
         let rec = recorded(&first, t0);
         // Whoever can write agents/status forges every field the operator owns, and adds some.
         let mut forged = first.status.clone();
@@ -217,7 +269,7 @@ mod tests {
         forged
             .conditions
             .push(Condition { type_: "Approved".into(), ..cond(&first.status, "Ready").clone() });
-        let again = decide(&td(), subject(1), &spec(), Some(&rec), Some(&forged), t0);
+        let again = decide(&td(), subject(1), &spec(), Some(&rec), Some(&forged), None, t0);
         assert!(again.transition.is_none(), "a forged terminal phase is not a phase");
         assert_eq!(again.status, first.status, "every forged field is decided anew");
     }
@@ -227,9 +279,9 @@ mod tests {
         let t0 = Timestamp::from_second(10).unwrap();
         let mut s = spec();
         s.lifecycle = Some(LifecycleSpec { desired_state: DesiredState::Retired });
-        let retired = decide(&td(), subject(1), &s, None, None, t0);
+        let retired = decide(&td(), subject(1), &s, None, None, None, t0);
         let rec = recorded(&retired, t0);
-        let back = decide(&td(), subject(2), &spec(), Some(&rec), None, t0);
+        let back = decide(&td(), subject(2), &spec(), Some(&rec), None, None, t0);
         assert_eq!(back.status.phase, Some(AgentPhase::Retired));
         assert!(back.transition.is_none());
     }
@@ -238,7 +290,7 @@ mod tests {
     fn an_invalid_spec_gives_valid_false_with_the_field() {
         let mut s = spec();
         s.purpose = " ".into();
-        let d = decide(&td(), subject(2), &s, None, None, Timestamp::UNIX_EPOCH);
+        let d = decide(&td(), subject(2), &s, None, None, None, Timestamp::UNIX_EPOCH);
         assert_eq!(d.status.phase, Some(AgentPhase::Pending));
         let v = cond(&d.status, "Valid");
         assert_eq!((v.status.as_str(), v.reason.as_str()), ("False", "SpecInvalid"));
@@ -249,12 +301,12 @@ mod tests {
     #[test]
     fn suspend_then_resume_changes_ready_and_its_transition_time() {
         let t0 = Timestamp::from_second(10).unwrap();
-        let active = decide(&td(), subject(1), &spec(), None, None, t0);
+        let active = decide(&td(), subject(1), &spec(), None, None, None, t0);
         let rec = recorded(&active, t0);
         let mut s = spec();
         s.lifecycle = Some(LifecycleSpec { desired_state: DesiredState::Suspended });
         let t1 = Timestamp::from_second(100).unwrap();
-        let suspended = decide(&td(), subject(2), &s, Some(&rec), Some(&active.status), t1);
+        let suspended = decide(&td(), subject(2), &s, Some(&rec), Some(&active.status), None, t1);
         assert_eq!(suspended.status.phase, Some(AgentPhase::Suspended));
         assert_eq!(suspended.transition.unwrap().action().as_str(), "agent.suspend");
         assert_eq!(cond(&suspended.status, "Ready").last_transition_time, Time(t1));

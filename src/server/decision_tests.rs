@@ -103,6 +103,7 @@ impl Fixture {
         let now = jiff::Timestamp::from_second(claims.iat).unwrap();
         let record = self.records.entry(uid.to_owned()).or_insert_with(|| AgentRecord {
             phase: Some(crate::api::AgentPhase::Active),
+            phase_since: Some(jiff::Timestamp::UNIX_EPOCH),
             trust_score: Some(600),
             ..AgentRecord::default()
         });
@@ -717,6 +718,7 @@ impl Fixture {
             let issuance = AccessIssuance {
                 agent_uid: "uid-bot".into(),
                 aud: aud.into(),
+                issued_at: jiff::Timestamp::now(),
                 expires_at,
                 stored: Stored::Yes,
             };
