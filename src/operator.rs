@@ -294,6 +294,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     .with_delegations(crate::webhook::server::Delegations {
         store: watched.delegations.store(),
         revocations: watched.revocations.store(),
+        reach: watched.reach(&opts.config.operator_namespace),
     })
     .with_failpoint_exchange_delay(opts.failpoint_exchange_delay);
     let token_service = Arc::new(token_service);
@@ -403,6 +404,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             delegations: crate::webhook::server::Delegations {
                 store: watched.delegations.store(),
                 revocations: watched.revocations.store(),
+                reach: watched.reach(&opts.config.operator_namespace),
             },
             client: Some(client.clone()),
             audit: Some(audit.clone()),
@@ -446,10 +448,15 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         "agent controller",
         controller::agent::run(agent_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
     );
-    let delegation_controller = controller::delegation::controller(&watched);
+    let delegation_controller = controller::delegation::controller(&watched, ctx.reach.clone());
     tasks.spawn_infallible(
         "delegation controller",
         controller::delegation::run(delegation_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),
+    );
+    let (revocation_controller, revocations) = controller::revocation::controller(&ctx, &watched);
+    tasks.spawn_infallible(
+        "revocation controller",
+        controller::revocation::run(revocation_controller, revocations, stopped(stop_rx.clone())),
     );
     let approval_controller = controller::approval::controller(&watched, &ctx.ledger);
     tasks.spawn_infallible(

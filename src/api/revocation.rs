@@ -117,10 +117,12 @@ pub struct RevocationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = super::common::int32)]
     pub affected_delegations: Option<u32>,
-    /// How many credentials and delegated-token Secrets were deleted because of it.
+    /// How many credentials Secrets and delegated tokens of its targets the operator saw present and then
+    /// withdrawn while enforcing it (seen by the Revocation controller; one withdrawn while it was down
+    /// is not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = super::common::int32)]
-    pub secrets_deleted: Option<u32>,
+    pub credentials_withdrawn: Option<u32>,
     /// How many pods were evicted (stopWorkloads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = super::common::int32)]

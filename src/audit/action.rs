@@ -80,11 +80,19 @@ pub enum Action {
     /// A token exchange (RFC 8693): an intent, durable before the child Delegation is created (it spends
     /// the subject token, the actor token and the client assertion), then its outcome.
     TokenExchange,
+    /// Every effect of a Revocation is in place: its targets refused, phases recorded, Secrets gone.
+    RevocationEnforce,
+    /// A Revocation stopped holding: deleted, or a Suspend past its expiry.
+    RevocationLift,
+    /// A Revocation with stopWorkloads evicted a pod of an agent it stops.
+    RevocationEvict,
+    /// A Revocation with emergency asked for the emergency key rotation.
+    RevocationRotateKeys,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 36] = [
+    pub const ALL: [Self; 40] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -121,6 +129,10 @@ impl Action {
         Self::TokenRevoke,
         Self::TokenIntrospect,
         Self::TokenExchange,
+        Self::RevocationEnforce,
+        Self::RevocationLift,
+        Self::RevocationEvict,
+        Self::RevocationRotateKeys,
     ];
 
     /// The stored spelling.
@@ -162,6 +174,10 @@ impl Action {
             Self::TokenRevoke => "token.revoke",
             Self::TokenIntrospect => "token.introspect",
             Self::TokenExchange => "token.exchange",
+            Self::RevocationEnforce => "revocation.enforce",
+            Self::RevocationLift => "revocation.lift",
+            Self::RevocationEvict => "revocation.evict",
+            Self::RevocationRotateKeys => "revocation.rotate-keys",
         }
     }
 

@@ -75,9 +75,13 @@ pub fn controller(ctx: &Context, watched: &Watched) -> Controller<Agent> {
     // A Revocation created, lifted (deleted) or expired re-reconciles every agent it may reach: the phase
     // and the credentials follow the kill switch at once.
     let (reachable, reach) = (watched.agents.store(), ctx.reach.clone());
+    let relevant = crate::controller::revocation::Relevant::default();
     let controller = controller.watches_shared_stream(
         watched.revocations.touched("Agent controller"),
         move |r: Arc<crate::api::Revocation>| {
+            if !relevant.changed(&r) {
+                return Vec::new();
+            }
             let within = revocation::namespaces_reached(&r, &reach);
             reachable
                 .state()

@@ -32,6 +32,7 @@ use crate::controller::shared::Watched;
 use crate::controller::{ACTOR, Context, Error, FIELD_MANAGER, Result, report};
 use crate::registry::actions as a;
 use crate::registry::delegation::{self as chain, Decision, Ending, Link, Step};
+use crate::registry::revocation;
 use crate::registry::status::set_condition;
 
 /// The condition that says whether the delegation is in force.
@@ -41,7 +42,7 @@ pub const CONDITION_READY: &str = crate::names::CONDITION_READY;
 const RESYNC: Duration = Duration::from_secs(600);
 
 /// The Delegation controller, not yet running.
-pub fn controller(watched: &Watched) -> Controller<Delegation> {
+pub fn controller(watched: &Watched, reach: revocation::Reach) -> Controller<Delegation> {
     let delegations = watched.delegations.store();
     let controller = Controller::for_shared_stream(
         watched.delegations.applied("Delegation controller"),
@@ -77,14 +78,18 @@ pub fn controller(watched: &Watched) -> Controller<Delegation> {
                 .collect::<Vec<_>>()
         },
     );
+    let relevant = crate::controller::revocation::Relevant::default();
     controller.watches_shared_stream(
         watched.revocations.touched("Delegation controller"),
-        move |revocation: Arc<Revocation>| {
-            let ns = revocation.namespace();
+        move |r: Arc<Revocation>| {
+            if !relevant.changed(&r) {
+                return Vec::new();
+            }
+            let within = revocation::namespaces_reached(&r, &reach);
             delegations
                 .state()
                 .into_iter()
-                .filter(|d| d.namespace() == ns)
+                .filter(|d| within.is_none() || d.namespace() == within)
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
         },
@@ -148,30 +153,34 @@ pub async fn reconcile(delegation: Arc<Delegation>, ctx: Arc<Context>) -> Result
         if own_grantee.is_none() && grantees.is_empty() {
             own_grantee = agent.as_ref().and_then(|a| Some((agent_name.clone(), a.metadata.uid.clone()?)));
         }
-        grantees.push(agent.and_then(|a| a.metadata.uid).map(|agent_uid| chain::Grantee {
-            active: ctx.ledger.get(&agent_uid).and_then(|r| r.phase) == Some(AgentPhase::Active),
-            uid: agent_uid,
-        }));
+        let phase = agent
+            .as_ref()
+            .and_then(|a| a.metadata.uid.as_deref())
+            .and_then(|u| ctx.ledger.get(u))
+            .and_then(|r| r.phase);
+        grantees.push((
+            agent.and_then(|a| a.metadata.uid).map(|agent_uid| chain::Grantee {
+                active: phase == Some(AgentPhase::Active),
+                uid: agent_uid,
+            }),
+            phase,
+        ));
     }
     let revocations = ctx.revocations.state();
+    let now = Timestamp::now();
     let grants: Vec<_> =
         found.iter().map(|d| d.metadata.uid.as_deref().and_then(|u| ctx.ledger.grant(u))).collect();
     let links: Vec<Link<'_>> = found
         .iter()
         .zip(&grants)
         .zip(grantees)
-        .map(|((d, grant), grantee)| {
+        .map(|((d, grant), (grantee, phase))| {
             let d_name = d.metadata.name.as_deref().unwrap_or_default();
-            let revoked_by = revocations
-                .iter()
-                .filter(|r| r.namespace() == d.namespace())
-                .find(|r| r.spec.target.delegation_ref.as_ref().is_some_and(|t| t.name == d_name))
-                .map(|r| r.name_any());
+            let revoked_by = revocation::ends_delegation(&ns, d_name, phase, &revocations, &ctx.reach, now);
             let recorded = d.metadata.uid.as_deref().and_then(|u| ctx.ledger.delegation_phase(u));
             Link { delegation: d, grant: grant.as_deref(), grantee, revoked_by, recorded }
         })
         .collect();
-    let now = Timestamp::now();
     let decision = chain::decide(&links, &ending, now);
     let Some(this) = found.first() else { return Ok(Action::await_change()) };
 

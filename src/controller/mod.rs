@@ -12,6 +12,7 @@ pub mod intents;
 pub mod keys;
 pub mod policy;
 pub mod report;
+pub mod revocation;
 pub mod shared;
 pub mod watches;
 

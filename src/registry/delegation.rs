@@ -54,7 +54,7 @@ pub struct Link<'a> {
     pub grant: Option<&'a Grant>,
     /// Its grantee, if that Agent exists.
     pub grantee: Option<Grantee>,
-    /// The Revocation that targets it, if any.
+    /// Why the kill switch ended it, if it did ([`crate::registry::revocation::ends_delegation`]).
     pub revoked_by: Option<String>,
     /// What the operator last recorded for its UID, if anything (Expired, Revoked and Invalid are final).
     pub recorded: Option<Recorded>,
@@ -418,7 +418,7 @@ fn decide_chain(links: &[Link<'_>], ending: &Ending, now: Timestamp) -> Decision
         if revoked.is_none()
             && let Some(by) = &link.revoked_by
         {
-            revoked = Some(format!("Revocation {by:?} targets Delegation {name:?}"));
+            revoked = Some(by.clone());
         }
         // An ancestor that ended for good ends everything below it.
         if let Some(p) = link.recorded.as_ref().map(|r| r.phase).filter(|p| is_final(*p))

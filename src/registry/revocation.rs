@@ -187,6 +187,26 @@ pub fn hold_on_delegation(
         .map(|r| Hold::of(r))
 }
 
+/// Why the Delegation `namespace/name` granted to an agent in `grantee_phase` (the operator's record) is
+/// ended for good by the kill switch, if it is: a Revocation targets it by `delegationRef`, or its grantee
+/// was revoked. (A suspended grantee only pauses it: the chain decides Pending while its agent is not
+/// Active.) Descendants follow through their chain. The one rule for the Delegation controller and
+/// admission.
+pub fn ends_delegation(
+    namespace: &str,
+    name: &str,
+    grantee_phase: Option<crate::api::AgentPhase>,
+    revocations: &[Arc<Revocation>],
+    reach: &Reach,
+    now: Timestamp,
+) -> Option<String> {
+    if let Some(h) = hold_on_delegation(namespace, name, revocations, reach, now) {
+        return Some(format!("Revocation {} targets Delegation {name:?}", h.describe()));
+    }
+    (grantee_phase == Some(crate::api::AgentPhase::Revoked))
+        .then(|| format!("the grantee of Delegation {name:?} was revoked by the kill switch"))
+}
+
 /// The namespaces `r` may reach, for mapping a change of it to the objects to look at again: None means
 /// possibly every namespace (a cluster-wide Revocation).
 pub fn namespaces_reached(r: &Revocation, reach: &Reach) -> Option<String> {

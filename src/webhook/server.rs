@@ -33,6 +33,7 @@ pub use super::admission::MAX_BODY_BYTES;
 use super::admission::{self, Review, Verdict};
 use super::pods::{self, AGENT_LABEL, PodDecision};
 use super::validate::{self, Kind, Requester};
+use crate::registry::revocation;
 pub use crate::tls::handle::CertHandle;
 use jiff::Timestamp;
 
@@ -116,6 +117,8 @@ pub struct Delegations {
     pub store: Store<Delegation>,
     /// Every Revocation in scope.
     pub revocations: Store<Revocation>,
+    /// Where they reach.
+    pub reach: crate::registry::revocation::Reach,
 }
 
 impl Delegations {
@@ -133,19 +136,16 @@ impl Delegations {
             .zip(&grants)
             .map(|(d, grant)| {
                 let d_name = d.metadata.name.as_deref().unwrap_or_default();
-                let grantee = agents
+                let grantee_uid = agents
                     .store
                     .get(&ObjectRef::new(&d.spec.agent_ref.name).within(namespace))
-                    .and_then(|a| a.metadata.uid.clone())
-                    .map(|uid| chain::Grantee {
-                        active: agents.ledger.get(&uid).and_then(|r| r.phase) == Some(AgentPhase::Active),
-                        uid,
-                    });
-                let revoked_by = revocations
-                    .iter()
-                    .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
-                    .find(|r| r.spec.target.delegation_ref.as_ref().is_some_and(|t| t.name == d_name))
-                    .and_then(|r| r.metadata.name.clone());
+                    .and_then(|a| a.metadata.uid.clone());
+                let phase =
+                    grantee_uid.as_deref().and_then(|uid| agents.ledger.get(uid)).and_then(|r| r.phase);
+                let grantee =
+                    grantee_uid.map(|uid| chain::Grantee { active: phase == Some(AgentPhase::Active), uid });
+                let revoked_by =
+                    revocation::ends_delegation(namespace, d_name, phase, &revocations, &self.reach, now);
                 let recorded = d.metadata.uid.as_deref().and_then(|u| agents.ledger.delegation_phase(u));
                 chain::Link { delegation: d, grant: grant.as_deref(), grantee, revoked_by, recorded }
             })
@@ -353,6 +353,12 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
         old_object: (!old_object.is_null()).then_some(old_object),
     };
     let mut verdict = validate::decide(&webhooks.agents.trust_domain, &req);
+    if kind == Kind::Revocation && request.operation == Operation::Create && verdict.allowed() {
+        let namespace = request.namespace.clone().unwrap_or_default();
+        if let Some(why) = validate::revocation_reach(&namespace, object, &webhooks.delegations.reach) {
+            verdict = Verdict::Deny(why);
+        }
+    }
     // Bound at admission: the grantee's and the parent's UIDs go into the record the controller checks.
     let mut bound: Vec<(&'static str, String)> = Vec::new();
     if kind == Kind::Delegation && request.operation == Operation::Create && verdict.allowed() {

@@ -64,7 +64,7 @@ fn webhooks() -> Webhooks {
     let (revocations, _) = kube::runtime::reflector::store();
     Webhooks {
         agents: store(),
-        delegations: super::Delegations { store: delegations, revocations },
+        delegations: super::Delegations { store: delegations, revocations, reach: Default::default() },
         client: None,
         audit: None,
         unserved_namespace: None,

@@ -205,6 +205,32 @@ fn warnings(trust_domain: &TrustDomain, kind: Kind, object: &Value) -> Vec<Strin
     }
 }
 
+/// Why a Revocation CREATE in `namespace` asks for more than a Revocation there may: a namespaceSelector
+/// or an emergency key rotation, which only the operator's namespace may ask for (the controller ignores
+/// or refuses them elsewhere too, and says so in the status). None when it may be admitted.
+pub fn revocation_reach(
+    namespace: &str,
+    object: &serde_json::Value,
+    reach: &crate::registry::revocation::Reach,
+) -> Option<String> {
+    let target = object.pointer("/spec/target");
+    let selector = target.and_then(|t| t.get("namespaceSelector")).is_some_and(|v| !v.is_null());
+    let emergency = object.pointer("/spec/emergency").and_then(serde_json::Value::as_bool) == Some(true);
+    if (!selector && !emergency) || reach.operator_namespace.as_deref() == Some(namespace) {
+        return None;
+    }
+    let home = reach.operator_namespace.as_deref().unwrap_or("the operator's namespace");
+    let asked = match (selector, emergency) {
+        (true, true) => "spec.target.namespaceSelector and spec.emergency",
+        (true, false) => "spec.target.namespaceSelector",
+        _ => "spec.emergency",
+    };
+    Some(format!(
+        "{asked}: only a Revocation in {home:?} may reach other namespaces or rotate the signing keys; \
+         a Revocation in {namespace:?} stops agents in {namespace:?} only"
+    ))
+}
+
 /// What the admission server looked up for a Delegation CREATE: the facts [`decide_delegation`] judges.
 #[derive(Debug, Clone)]
 pub struct DelegationFacts {
@@ -451,6 +477,21 @@ pub fn entry(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_operator_namespace_may_ask_for_a_cluster_wide_stop_or_a_key_rotation() {
+        let reach = crate::registry::revocation::Reach::with_labels("agentiam-system", Default::default());
+        let r = |target: serde_json::Value, emergency: bool| serde_json::json!({"spec": {"target": target, "mode": "Suspend", "reason": "x", "emergency": emergency}});
+        let plain = r(serde_json::json!({"all": true}), false);
+        let wide = r(serde_json::json!({"all": true, "namespaceSelector": {}}), false);
+        let rotate = r(serde_json::json!({"all": true}), true);
+        assert_eq!(revocation_reach("team-a", &plain, &reach), None);
+        for (obj, what) in [(&wide, "namespaceSelector"), (&rotate, "spec.emergency")] {
+            let why = revocation_reach("team-a", obj, &reach).unwrap();
+            assert!(why.contains(what) && why.contains("agentiam-system"), "{why}");
+            assert_eq!(revocation_reach("agentiam-system", obj, &reach), None);
+        }
+    }
+
     use serde_json::json;
 
     use super::*;

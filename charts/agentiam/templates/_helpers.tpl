@@ -191,12 +191,17 @@ src/controller/ (every rule names the code that needs it).
   verbs: ["update"]
 # AgentPolicies, Delegations and Revocations are each watched once (controller/shared.rs: list + watch) for
 # the authorization index, the webhooks and the controllers; the Delegation controller also reads each
-# Delegation up a chain fresh (get) before it decides. AgentPolicy and Delegation status is written with
-# server-side apply (controller/policy.rs, controller/delegation.rs: patch_status); Revocation status is
-# granted ahead for the revocation controller in progress, with the same verb.
+# Delegation up a chain fresh (get) before it decides. AgentPolicy, Delegation and Revocation status is
+# written with server-side apply (controller/policy.rs, controller/delegation.rs, controller/revocation.rs:
+# patch_status).
 - apiGroups: ["agentiam.dev"]
   resources: ["agentpolicies", "delegations", "revocations"]
   verbs: ["get", "list", "watch"]
+# The Revocation controller adds and removes its agentiam.dev/revocation finalizer (kube::runtime::finalizer
+# -> patch), so a deletion waits until the lift is recorded.
+- apiGroups: ["agentiam.dev"]
+  resources: ["revocations"]
+  verbs: ["patch"]
 - apiGroups: ["agentiam.dev"]
   resources: ["agentpolicies/status", "delegations/status", "revocations/status"]
   verbs: ["patch"]
@@ -236,6 +241,15 @@ src/controller/ (every rule names the code that needs it).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "delete"]
+# A Revocation with stopWorkloads: true evicts the pods of the agents it stops (controller/revocation.rs
+# evict): it lists them by the agentiam.dev/agent label (metadata only) and creates an Eviction for each,
+# which honours PodDisruptionBudgets. It never deletes pods directly.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["pods/eviction"]
+  verbs: ["create"]
 # The trust bundle ConfigMap of each namespace with Agents (controller/credentials.rs ensure_trust_bundle):
 # server-side apply only, never read back or deleted. A server-side apply that creates the object is
 # authorized as create *with* the object's name, so unlike a POST it can be limited by resourceNames.
