@@ -136,10 +136,13 @@ async fn rebuild_loop(
         }
     }
     let mut builder = Builder::with_reach(reach);
+    // When the change being built was delivered (the loop may then wait out MIN_REBUILD_INTERVAL, which
+    // counts in a Revocation's latency).
+    let mut woke = Timestamp::now();
     loop {
         let started = Instant::now();
         let revoking = revocations.state();
-        index.enforcement.observe(&revoking);
+        index.enforcement.observe(&revoking, woke);
         let snapshot = builder.build(&agents.state(), &policies.state(), &revoking);
         let (agents_n, policies_n) = (snapshot.agents(), snapshot.policies().len());
         let first = !index.is_ready();
@@ -166,6 +169,7 @@ async fn rebuild_loop(
             warn!("a watch stopped; the policy index keeps its last snapshot");
             return;
         }
+        woke = Timestamp::now();
         let since = started.elapsed();
         if since < MIN_REBUILD_INTERVAL {
             tokio::time::sleep(MIN_REBUILD_INTERVAL.saturating_sub(since)).await;
@@ -196,8 +200,7 @@ impl Enforcement {
         self.seen.lock().ok().and_then(|m| m.get(uid).copied()).filter(|e| e.enforced_at.is_some())
     }
 
-    fn observe(&self, revocations: &[Arc<Revocation>]) {
-        let now = Timestamp::now();
+    fn observe(&self, revocations: &[Arc<Revocation>], now: Timestamp) {
         if let Ok(mut m) = self.seen.lock() {
             // Forget the ones gone, so the map is as large as the Revocations in scope.
             let present: std::collections::HashSet<&str> =

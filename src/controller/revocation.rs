@@ -130,8 +130,15 @@ struct Progress {
     evicted: u32,
 }
 
-async fn apply(r: &Revocation, state: &Revocations) -> Result<Action> {
+async fn apply(cached: &Revocation, state: &Revocations) -> Result<Action> {
     let ctx = &state.ctx;
+    // Fresh: the status carries what earlier reconciles did (pods evicted, the rotation asked for), and
+    // the cache may not hold the last write yet.
+    let api: Api<Revocation> = Api::namespaced(ctx.client.clone(), &ns_of(cached));
+    let name = cached.name_any();
+    let read = |source| Error::Read { what: format!("Revocation {}/{name}", ns_of(cached)), source };
+    let Some(fresh) = api.get_opt(&name).await.map_err(read)? else { return Ok(Action::await_change()) };
+    let r = &fresh;
     let uid = r.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let now = Timestamp::now();
     if !rule::in_force(r, now) {

@@ -415,7 +415,8 @@ async fn suspension_revocation_and_recreation_deny_within_a_second() {
     assert_eq!(r["decision"], "Deny", "{r}");
     assert!(reason(&r).contains("not among the agent's current credentials"), "{r}");
 
-    // A Revocation (the kill switch) denies within a second; deleting it lets the agent resume.
+    // A Revocation (the kill switch) denies within a second; deleting it lets the agent resume, with new
+    // credentials: the suspension withdrew the ones it had, and those stay refused.
     let revocation: Revocation = serde_json::from_value(json!({
         "apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop-bot"},
         "spec": {"target": {"agentRef": {"name": "bot"}}, "mode": "Suspend", "reason": "incident 7"},
@@ -426,9 +427,19 @@ async fn suspension_revocation_and_recreation_deny_within_a_second() {
     let (took, r) = flip_latency(&op, &read, "Deny", Instant::now(), "revocation").await;
     assert!(took < FLIP_WITHIN, "a Revocation took {took:?} to reach decisions");
     assert_eq!(reason(&r), "agent suspended by Revocation stop-bot", "{r}");
+    wait_for("the revoked agent to be Suspended without credentials", WAIT, || async {
+        let st = api.get_opt("bot").await.ok().flatten()?.status?;
+        (st.phase?.as_str() == "Suspended" && st.credentials.is_none()).then_some(())
+    })
+    .await;
     revocations.delete("stop-bot", &DeleteParams::default()).await.unwrap();
-    let (took, _) = flip_latency(&op, &read, "Allow", Instant::now(), "revocation deleted").await;
-    assert!(took < FLIP_WITHIN, "deleting a Revocation took {took:?} to reach decisions");
+    wait_credentials(&api, "bot").await;
+    let resumed = token(&ns, "bot").await;
+    assert_ne!(resumed, second, "fresh credentials after the lift");
+    wait_decision(&op, &ask(&resumed, "read", "crm:contacts/1"), "Allow").await;
+    let r = authorize(&op, &read).await;
+    assert_eq!(r["decision"], "Deny", "the token from before the Revocation stays refused: {r}");
+    let read = ask(&resumed, "read", "crm:contacts/1");
 
     // Recreated under the same name: tokens are bound to the UID, so the old agent's token is refused.
     delete_and_wait(&api, "bot").await;

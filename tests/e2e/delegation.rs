@@ -14,7 +14,7 @@ use crate::require_cluster;
 
 /// RBAC in the namespace: `subject` may create and read Delegations, and with `delegate` also holds the
 /// verb on the Agents named in `agents` (all when empty).
-fn grant(env: &Env, ns: &TestNs, role: &str, subject: &str, delegate: bool, agents: &[&str]) {
+pub(crate) fn grant(env: &Env, ns: &TestNs, role: &str, subject: &str, delegate: bool, agents: &[&str]) {
     let names =
         if agents.is_empty() { String::new() } else { format!(", resourceNames: [{}]", agents.join(", ")) };
     let delegate_rule = if delegate {
@@ -40,11 +40,17 @@ subjects: [{subject}]
     assert!(out.status.success(), "{}", text(&out));
 }
 
-fn user(name: &str) -> String {
+pub(crate) fn user(name: &str) -> String {
     format!("{{kind: User, apiGroup: rbac.authorization.k8s.io, name: {name}}}")
 }
 
-fn delegation(name: &str, agent: &str, parent: Option<&str>, scopes: &[&str], ttl: &str) -> String {
+pub(crate) fn delegation(
+    name: &str,
+    agent: &str,
+    parent: Option<&str>,
+    scopes: &[&str],
+    ttl: &str,
+) -> String {
     let mut spec = json!({"agentRef": {"name": agent}, "scopes": scopes, "task": "answer ticket 4711"});
     if let Some(p) = parent {
         spec["parentRef"] = json!({"name": p});
@@ -66,18 +72,18 @@ fn with_spec(object: &str, field: &str, value: Value) -> String {
 }
 
 /// `kubectl create` of `object` as `who` (kubectl flags such as `--as=...`).
-fn create_as(env: &Env, ns: &TestNs, who: &[&str], object: &str) -> std::process::Output {
+pub(crate) fn create_as(env: &Env, ns: &TestNs, who: &[&str], object: &str) -> std::process::Output {
     let mut args: Vec<&str> = who.to_vec();
     args.extend(["create", "-n", &ns.name, "-f", "-"]);
     env.kubectl(&args, Some(object))
 }
 
-fn get(env: &Env, ns: &TestNs, name: &str) -> Value {
+pub(crate) fn get(env: &Env, ns: &TestNs, name: &str) -> Value {
     let out = env.kubectl(&["get", "delegation", name, "-n", &ns.name, "-o", "json"], None);
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-async fn wait_delegation(env: &Env, ns: &TestNs, name: &str, phase: &str) -> Value {
+pub(crate) async fn wait_delegation(env: &Env, ns: &TestNs, name: &str, phase: &str) -> Value {
     wait_for(&format!("delegation {name} {phase}"), WAIT, || async {
         let d = get(env, ns, name);
         (d["status"]["phase"] == phase).then_some(d)
@@ -474,7 +480,8 @@ async fn decisions_on_delegations_survive_a_crash_and_a_final_phase_stays_final_
     // configuration does (the operator applies it again as it starts).
     let vwc = format!("agentiam-{}", ns.name);
     assert!(env.kubectl(&["delete", "validatingwebhookconfiguration", &vwc], None).status.success());
-    let out = env.kubectl(&["delete", "revocation", "stop", "-n", &ns.name], None);
+    // Not waited for: its finalizer is removed by the operator, which is down.
+    let out = env.kubectl(&["delete", "revocation", "stop", "-n", &ns.name, "--wait=false"], None);
     assert!(out.status.success(), "{}", text(&out));
     // A forged status while it is down says Active again.
     let forged = json!({"status": {"phase": "Active"}}).to_string();

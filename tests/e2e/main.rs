@@ -24,6 +24,7 @@ mod malformed;
 mod outage;
 mod recovery;
 mod registry;
+mod revocation;
 mod supervision;
 mod tls;
 mod token;

@@ -1,0 +1,288 @@
+//! The kill switch against the real API server: a Revocation refuses its targets' identity and delegated
+//! tokens at once, moves their phases, deletes their credentials, ends their delegations, evicts their
+//! pods, asks for the emergency key rotation, and says all of it in its status; a Suspend lifts at its
+//! expiry with fresh credentials only; a Revoke is final for those UIDs; an operator killed in the middle
+//! completes the work after its restart.
+
+use std::time::{Duration, Instant};
+
+use agentiam::api::{Agent, Revocation};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::authz::{AUD, active_agent, apply_policy, rule, token};
+use crate::delegation::{create_as, delegation, grant, user, wait_delegation};
+use crate::harness::{
+    Operator, TestNs, WAIT, decide, delete_and_wait, records, secret_value, text, wait_credentials, wait_for,
+    wait_phase, wait_records,
+};
+use crate::require_cluster;
+
+fn revocation(name: &str, spec: Value) -> Revocation {
+    serde_json::from_value(json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// Waits until the Revocation's status says `phase`; returns the status.
+async fn wait_revocation(ns: &TestNs, name: &str, phase: &str) -> Value {
+    let api = ns.api::<Revocation>();
+    wait_for(&format!("Revocation {name} {phase}"), WAIT, || async {
+        let r = api.get_opt(name).await.ok().flatten()?;
+        let status = serde_json::to_value(r.status?).ok()?;
+        (status["phase"] == phase).then_some(status)
+    })
+    .await
+}
+
+/// Asks in a tight loop until every token is denied; how long after `since` the last one was.
+async fn all_denied(op: &Operator, tokens: &[&str], since: Instant) -> Duration {
+    loop {
+        let mut denied = true;
+        for t in tokens {
+            denied &= decide(op, t, "read", "crm:contacts/1", json!({})).await["decision"] == "Deny";
+        }
+        if denied {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "still allowed after {:?}", since.elapsed());
+    }
+}
+
+async fn allows(op: &Operator, token: &str) -> bool {
+    decide(op, token, "read", "crm:contacts/1", json!({})).await["decision"] == "Allow"
+}
+
+async fn read_policy(ns: &TestNs) {
+    apply_policy(
+        ns,
+        "read",
+        json!({"agents": {"selector": {}}, "rules": [rule("read", "Allow", &["read"], &["crm:contacts/*"])]}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn revoking_an_agent_stops_its_tokens_phase_secrets_and_delegations_at_once_and_for_good() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-agent").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    read_policy(&ns).await;
+    let identity = active_agent(&ns, "bot").await;
+    grant(&env, &ns, "alice", &user("alice@example.com"), true, &[]);
+    let alice = ["--as=alice@example.com"];
+    let root = delegation("root", "bot", None, &["read@crm:contacts/*"], "2h");
+    assert!(create_as(&env, &ns, &alice, &root).status.success());
+    wait_delegation(&env, &ns, "root", "Active").await;
+    let delegated =
+        wait_for("bot's delegated token", WAIT, || secret_value(&ns, "bot-delegations", "delegation-root"))
+            .await;
+    wait_for("both tokens allowed", WAIT, || async {
+        (allows(&op, &identity).await && allows(&op, &delegated).await).then_some(())
+    })
+    .await;
+
+    // Revoke: both tokens refused at once, measured from the create call returning.
+    let since = Instant::now();
+    ns.api::<Revocation>()
+        .create(
+            &PostParams::default(),
+            &revocation(
+                "stop-bot",
+                json!({"target": {"agentRef": {"name": "bot"}}, "mode": "Revoke", "reason": "INC-1"}),
+            ),
+        )
+        .await
+        .unwrap();
+    let took = all_denied(&op, &[&identity, &delegated], since).await;
+    eprintln!(
+        "kill switch: identity and delegated tokens refused {} ms after the create returned",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Every effect in place, and the status says so with its counts.
+    let status = wait_revocation(&ns, "stop-bot", "Enforced").await;
+    eprintln!("Revocation status: {status}");
+    assert_eq!(
+        (status["affectedAgents"].as_u64(), status["affectedDelegations"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let latency = status["decisionApiLatencyMs"].as_u64().expect("decision API latency");
+    assert!(latency < 1000, "{status}");
+    for field in ["observedAt", "decisionApiEnforcedAt", "enforcedAt"] {
+        assert!(status[field].is_string(), "{field}: {status}");
+    }
+    assert!(
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    );
+    let agents = ns.api::<Agent>();
+    let bot = wait_phase(&agents, "bot", "Revoked").await;
+    let ready = bot.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.message, format!("revoked for good by Revocation {}/stop-bot", ns.name));
+    assert!(ns.api::<Secret>().get_opt("bot-credentials").await.unwrap().is_none(), "credentials deleted");
+    wait_delegation(&env, &ns, "root", "Revoked").await;
+    assert_eq!(
+        secret_value(&ns, "bot-delegations", "delegation-root").await,
+        None,
+        "delegated token withdrawn"
+    );
+    let recs = wait_records(&op, "the enforcement record", |recs| {
+        recs.iter().any(|r| r["action"] == "revocation.enforce")
+    })
+    .await;
+    let revoke =
+        recs.iter().find(|r| r["action"] == "agent.revoke" && r["kind"] == "intent").expect("agent.revoke");
+    let uid = ns.api::<Revocation>().get("stop-bot").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(revoke["details"]["revocationUID"], uid.as_str(), "{revoke}");
+    assert!(revoke["key"].as_str().unwrap().ends_with(&format!(":{uid}")), "{revoke}");
+
+    // Deleted: the lift is recorded, and a Revoke stays final.
+    ns.api::<Revocation>().delete("stop-bot", &DeleteParams::default()).await.unwrap();
+    wait_for("the Revocation to be gone", WAIT, || async {
+        ns.api::<Revocation>().get_opt("stop-bot").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(records(&op.audit_log()).iter().any(|r| r["action"] == "revocation.lift"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(agents.get("bot").await.unwrap().status.unwrap().phase.unwrap().as_str(), "Revoked");
+    assert!(!allows(&op, &identity).await);
+
+    // Registered anew under the same name: a new identity, and the old tokens stay dead.
+    delete_and_wait(&agents, "bot").await;
+    let fresh = active_agent(&ns, "bot").await;
+    wait_for("the new agent allowed", WAIT, || async { allows(&op, &fresh).await.then_some(()) }).await;
+    assert!(!allows(&op, &identity).await && !allows(&op, &delegated).await);
+}
+
+async fn labelled_agent(ns: &TestNs, name: &str, team: &str) -> String {
+    let agent: Agent = serde_json::from_value(json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": name, "labels": {"team": team}},
+        "spec": {"owner": {"kind": "Team", "name": team}, "purpose": "kill switch e2e", "credentials": {"audiences": [AUD]}},
+    }))
+    .unwrap();
+    ns.api::<Agent>().create(&PostParams::default(), &agent).await.unwrap();
+    wait_credentials(&ns.api::<Agent>(), name).await;
+    token(ns, name).await
+}
+
+#[tokio::test]
+async fn a_selector_suspension_holds_until_its_expiry_and_the_agents_resume_with_new_credentials_only() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-suspend").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    read_policy(&ns).await;
+    let (a1, a2, other) = (
+        labelled_agent(&ns, "a1", "support").await,
+        labelled_agent(&ns, "a2", "support").await,
+        labelled_agent(&ns, "b1", "sales").await,
+    );
+    wait_for("the agents allowed", WAIT, || async { allows(&op, &a2).await.then_some(()) }).await;
+    let end = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(12);
+    let spec = json!({"target": {"selector": {"matchLabels": {"team": "support"}}}, "mode": "Suspend",
+        "reason": "INC-2: support agents misbehave", "expiresAt": end.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()});
+    let since = Instant::now();
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation("pause-support", spec)).await.unwrap();
+    let took = all_denied(&op, &[&a1, &a2], since).await;
+    eprintln!("selector suspension: 2 agents refused {} ms after the create returned", took.as_millis());
+    assert!(allows(&op, &other).await, "an agent the selector does not match is untouched");
+    let status = wait_revocation(&ns, "pause-support", "Enforced").await;
+    assert_eq!(status["affectedAgents"], 2, "{status}");
+    let agents = ns.api::<Agent>();
+    for name in ["a1", "a2"] {
+        let a = wait_phase(&agents, name, "Suspended").await;
+        assert!(a.status.unwrap().credentials.is_none());
+        assert!(ns.api::<Secret>().get_opt(&format!("{name}-credentials")).await.unwrap().is_none());
+    }
+    assert_eq!(agents.get("b1").await.unwrap().status.unwrap().phase.unwrap().as_str(), "Active");
+
+    // The expiry lifts it by itself: Expired, and the agents are Active again with new credentials; the
+    // tokens from before stay refused.
+    wait_revocation(&ns, "pause-support", "Expired").await;
+    wait_credentials(&agents, "a1").await;
+    let resumed = token(&ns, "a1").await;
+    assert_ne!(resumed, a1);
+    wait_for("a1 allowed again", WAIT, || async { allows(&op, &resumed).await.then_some(()) }).await;
+    assert!(!allows(&op, &a1).await, "a token from before the suspension is not brought back");
+    let recs = records(&op.audit_log());
+    assert!(recs.iter().any(|r| r["action"] == "revocation.lift"));
+    let resume = recs
+        .iter()
+        .find(|r| r["action"] == "agent.activate" && r["details"]["liftedRevocationUID"].is_string())
+        .expect("the resume names the lifted Revocation");
+    assert_eq!(resume["object"]["name"].as_str().map(|n| n.starts_with('a')), Some(true));
+}
+
+#[tokio::test]
+async fn stop_workloads_evicts_the_agents_pods_and_emergency_rotates_the_signing_keys() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-pods").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let agents = ns.api::<Agent>();
+    let _ = active_agent(&ns, "bot").await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bot-1", "labels": {"agentiam.dev/agent": "bot"}},
+        "spec": {"containers": [{"name": "main", "image": "registry.example/agent:1"}]}});
+    let out = ns.apply(&pod.to_string());
+    assert!(out.status.success(), "{}", text(&out));
+    let spec = json!({"target": {"agentRef": {"name": "bot"}}, "mode": "Suspend", "reason": "INC-3",
+        "stopWorkloads": true, "emergency": true});
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation("stop-bot", spec)).await.unwrap();
+    let status = wait_revocation(&ns, "stop-bot", "Enforced").await;
+    assert_eq!(status["podsEvicted"], 1, "{status}");
+    assert!(ns.api::<Pod>().get_opt("bot-1").await.unwrap().is_none(), "the agent's pod is gone");
+    let keys = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "KeysRotated").cloned();
+    assert_eq!(keys.map(|c| c["status"].clone()), Some(json!("True")), "{status}");
+    let recs = wait_records(&op, "the emergency rotation", |recs| {
+        recs.iter().any(|r| r["action"] == "issuer.rotate" && r["details"]["kind"] == "emergency")
+    })
+    .await;
+    assert!(recs.iter().any(|r| r["action"] == "revocation.evict" && r["object"]["name"] == "bot-1"));
+    assert!(recs.iter().any(|r| r["action"] == "revocation.rotate-keys"));
+    // A new pod of the stopped agent is refused by the pod webhook.
+    let out = ns.apply(&pod.to_string());
+    assert!(!out.status.success() && text(&out).contains("not Active"), "{}", text(&out));
+    assert_eq!(agents.get("bot").await.unwrap().status.unwrap().phase.unwrap().as_str(), "Suspended");
+}
+
+#[tokio::test]
+async fn an_operator_killed_in_the_middle_of_a_revocation_completes_it_after_the_restart() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-crash").await;
+    let mut op = Operator::start(&env, &ns.name, &[]);
+    read_policy(&ns).await;
+    const N: usize = 30;
+    let mut tokens = Vec::with_capacity(N);
+    for i in 0..N {
+        tokens.push(labelled_agent(&ns, &format!("w{i}"), "fleet").await);
+    }
+    let spec = json!({"target": {"selector": {"matchLabels": {"team": "fleet"}}}, "mode": "Revoke", "reason": "INC-4"});
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation("stop-fleet", spec)).await.unwrap();
+    // Killed while it works through the fleet, then started again.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    op.kill();
+    op.restart();
+    let status = wait_revocation(&ns, "stop-fleet", "Enforced").await;
+    assert_eq!(status["affectedAgents"], N as u64, "{status}");
+    let agents = ns.api::<Agent>();
+    for i in 0..N {
+        wait_phase(&agents, &format!("w{i}"), "Revoked").await;
+        assert!(ns.api::<Secret>().get_opt(&format!("w{i}-credentials")).await.unwrap().is_none());
+    }
+    for t in &tokens {
+        assert!(!allows(&op, t).await);
+    }
+    // Each agent's revocation is recorded once, across both runs.
+    let revokes = records(&op.audit_log())
+        .into_iter()
+        .filter(|r| r["action"] == "agent.revoke" && r["kind"] == "intent")
+        .count();
+    assert_eq!(revokes, N, "one agent.revoke intent per agent");
+}
