@@ -467,16 +467,22 @@ async fn evict(
     Ok(())
 }
 
-/// emergency: asks the key manager for the emergency rotation, once per Revocation (the condition
-/// KeysRotated says it was asked; the key manager removes the annotation once it has rotated).
+/// emergency: asks the key manager for the emergency rotation, once per Revocation: the
+/// `revocation.rotate-keys` record says it was asked (the ledger, never the status, which anyone with
+/// `revocations/status` could forge), and the key manager removes the annotation once it has rotated.
+/// The condition KeysRotated reports it.
 async fn rotate_keys(state: &Revocations, r: &Revocation) -> Result<()> {
     let ctx = &state.ctx;
-    let asked = r
+    let uid = r.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let reported = r
         .status
         .iter()
         .flat_map(|s| s.conditions.iter())
         .any(|c| c.type_ == CONDITION_KEYS_ROTATED && c.status == "True");
-    if asked {
+    if ctx.ledger.rotation_asked(&uid) {
+        if !reported {
+            report_rotation(ctx, r).await?;
+        }
         return Ok(());
     }
     let why = format!("revocation {}/{}", ns_of(r), r.name_any());
@@ -497,7 +503,11 @@ async fn rotate_keys(state: &Revocations, r: &Revocation) -> Result<()> {
     let note = "asked for the emergency rotation of the signing keys: every credential signed by the withdrawn keys stops verifying".to_owned();
     warn!(revocation = %r.name_any(), "emergency key rotation requested");
     report::event(ctx, r, EventType::Warning, "EmergencyRotation", note).await;
-    // Recorded in the status right away, so the next reconcile does not ask again.
+    report_rotation(ctx, r).await
+}
+
+/// Sets the condition KeysRotated (under its own field manager, so the status apply keeps it).
+async fn report_rotation(ctx: &Context, r: &Revocation) -> Result<()> {
     let api: Api<Revocation> = Api::namespaced(ctx.client.clone(), &ns_of(r));
     let condition = Condition {
         type_: CONDITION_KEYS_ROTATED.into(),

@@ -164,6 +164,9 @@ pub struct Entries {
     approvals: approval::Book,
     /// The token endpoint's records: access tokens issued and client assertions used.
     tokens: TokenBook,
+    /// The Revocations (by UID) whose emergency key rotation was asked for: asked once each, whatever
+    /// their status says.
+    rotations_asked: std::collections::HashSet<Arc<str>>,
 }
 
 /// One access token the token endpoint issued.
@@ -412,6 +415,11 @@ impl Entries {
             .is_some_and(|v| v.iter().any(|i| i.jti == jti && i.aud == aud && i.expires_at > now))
     }
 
+    /// Whether the Revocation with `uid` has asked for the emergency key rotation.
+    pub fn rotation_asked(&self, uid: &str) -> bool {
+        self.rotations_asked.contains(uid)
+    }
+
     /// The token endpoint's records.
     pub fn tokens(&self) -> &TokenBook {
         &self.tokens
@@ -438,6 +446,12 @@ impl Entries {
         }
         if record.object.kind == "ApprovalRequest" {
             self.approvals.apply(record);
+            return;
+        }
+        if Action::parse(&record.action) == Some(Action::RevocationRotateKeys) {
+            if let Some(uid) = record.object.uid.as_deref() {
+                self.rotations_asked.insert(uid.into());
+            }
             return;
         }
         if record.object.kind == "Delegation" {
@@ -628,6 +642,11 @@ impl Ledger {
     /// Whether the client assertion `jti` was used before (see [`TokenBook::assertion_used`]).
     pub fn assertion_used(&self, jti: &str, now: Timestamp) -> bool {
         self.entries.read().unwrap_or_else(PoisonError::into_inner).tokens.assertion_used(jti, now)
+    }
+
+    /// Whether the Revocation with `uid` has asked for the emergency key rotation (its audit record).
+    pub fn rotation_asked(&self, uid: &str) -> bool {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).rotation_asked(uid)
     }
 
     /// The access token `jti`, if issued and not expired (see [`TokenBook::access_token`]).

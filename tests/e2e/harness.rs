@@ -147,7 +147,8 @@ impl Drop for TestNs {
         let _ = self
             .env
             .kubectl(&["delete", "validatingwebhookconfiguration", &webhook, "--ignore-not-found"], None);
-        let listed = self.env.kubectl(&["get", "agents", "-n", &self.name, "-o", "name"], None);
+        // Agents and Revocations carry the operator's finalizers.
+        let listed = self.env.kubectl(&["get", "agents,revocations", "-n", &self.name, "-o", "name"], None);
         for obj in String::from_utf8_lossy(&listed.stdout).lines() {
             let _ = self.env.kubectl(
                 &[

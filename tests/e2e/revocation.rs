@@ -245,7 +245,17 @@ async fn stop_workloads_evicts_the_agents_pods_and_emergency_rotates_the_signing
     })
     .await;
     assert!(recs.iter().any(|r| r["action"] == "revocation.evict" && r["object"]["name"] == "bot-1"));
-    assert!(recs.iter().any(|r| r["action"] == "revocation.rotate-keys"));
+    // Asked once: later reconciles (the status writes, the rotation's re-issuance) do not ask again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = records(&op.audit_log()).iter().filter(|r| r["action"] == "revocation.rotate-keys").count();
+    assert_eq!(asked, 1);
+    let rotations = records(&op.audit_log())
+        .iter()
+        .filter(|r| {
+            r["action"] == "issuer.rotate" && r["kind"] == "intent" && r["details"]["kind"] == "emergency"
+        })
+        .count();
+    assert_eq!(rotations, 1, "one emergency rotation");
     // A new pod of the stopped agent is refused by the pod webhook.
     let out = ns.apply(&pod.to_string());
     assert!(!out.status.success() && text(&out).contains("not Active"), "{}", text(&out));
