@@ -780,6 +780,8 @@ impl Projection for Ledger {
                         | Action::TokenRefuse
                         | Action::TokenRevoke
                         | Action::TokenExchange
+                        | Action::RevocationRotateKeys
+                        | Action::IssuerRotate
                 )
         })
     }
