@@ -190,6 +190,11 @@ impl Snapshot {
         self.by_uid.len()
     }
 
+    /// The UIDs of the agents a Revocation holds.
+    pub fn held(&self) -> impl Iterator<Item = &str> {
+        self.by_uid.values().filter(|f| f.revoked_by.is_some()).map(|f| &*f.uid)
+    }
+
     /// Every policy with what the index made of it.
     pub fn policies(&self) -> &[PolicySummary] {
         &self.policies

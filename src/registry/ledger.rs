@@ -167,6 +167,36 @@ pub struct Entries {
     /// The Revocations (by UID) whose emergency key rotation was asked for: asked once each, whatever
     /// their status says.
     rotations_asked: std::collections::HashSet<Arc<str>>,
+    /// Agents archived and Delegations deleted, by UID, with how long their tokens may still verify
+    /// for someone who only checks signatures: the revocation feed lists them until then.
+    gone: HashMap<Arc<str>, (GoneKind, Timestamp)>,
+    /// Signing keys an emergency rotation withdrew, with how long tokens they signed may live.
+    withdrawn_keys: HashMap<Arc<str>, Timestamp>,
+    /// Bumped by every record that can change the revocation feed.
+    feed_changes: u64,
+}
+
+/// What a UID in [`Entries`]' `gone` was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneKind {
+    /// An archived Agent.
+    Agent,
+    /// A deleted Delegation.
+    Delegation,
+}
+
+/// What the operator's records void, for the revocation feed (see `crate::server::revocations`): every
+/// UID, `jti` and key ID whose tokens a verifier that only checks signatures must refuse now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Voided {
+    /// Agents recorded in any phase but Active, and agents archived less than a token lifetime ago.
+    pub agents: Vec<String>,
+    /// Delegations recorded in any phase but Active, and deleted ones, likewise.
+    pub delegations: Vec<String>,
+    /// Access tokens revoked one by one (RFC 7009) that have not expired.
+    pub tokens: Vec<String>,
+    /// Keys withdrawn by an emergency rotation less than a token lifetime ago.
+    pub keys: Vec<String>,
 }
 
 /// One access token the token endpoint issued.
@@ -189,6 +219,8 @@ pub struct AccessIssuance {
 #[derive(Debug, Clone, Default)]
 pub struct TokenBook {
     issued: HashMap<Arc<str>, AccessIssuance>,
+    /// Access tokens revoked one by one (RFC 7009), until they expire: the revocation feed lists them.
+    revoked: HashMap<Arc<str>, Timestamp>,
     assertions: HashMap<Arc<str>, Timestamp>,
     /// Size of both maps after the last sweep: the next sweeps when they have doubled, so sweeping costs
     /// a constant per record on average.
@@ -212,7 +244,9 @@ impl TokenBook {
             && record.outcome == Outcome::Success
             && let Some(jti) = d.get(a::DETAIL_JTI)
         {
-            self.issued.remove(jti.as_str());
+            if let Some(i) = self.issued.remove(jti.as_str()) {
+                self.revoked.insert(jti.as_str().into(), i.expires_at);
+            }
         }
         if Action::parse(&record.action) == Some(Action::TokenIssue) {
             let key = record.key.as_deref().and_then(IntentKey::parse);
@@ -247,6 +281,7 @@ impl TokenBook {
         if size > 2 * self.swept_at.max(512) {
             self.issued.retain(|_, i| i.expires_at > at);
             self.assertions.retain(|_, exp| *exp > at);
+            self.revoked.retain(|_, exp| *exp > at);
             self.swept_at = self.issued.len() + self.assertions.len();
         }
     }
@@ -420,6 +455,41 @@ impl Entries {
         self.rotations_asked.contains(uid)
     }
 
+    /// What the records void at `now` (see [`Voided`]).
+    pub fn voided(&self, now: Timestamp) -> Voided {
+        let mut v = Voided::default();
+        for (uid, r) in &self.agents {
+            if r.phase.is_some_and(|p| p != AgentPhase::Active) {
+                v.agents.push(uid.to_string());
+            }
+        }
+        for (uid, r) in &self.delegations {
+            if r.phase != DelegationPhase::Active {
+                v.delegations.push(uid.to_string());
+            }
+        }
+        for (uid, (kind, until)) in &self.gone {
+            if *until > now {
+                match kind {
+                    GoneKind::Agent => v.agents.push(uid.to_string()),
+                    GoneKind::Delegation => v.delegations.push(uid.to_string()),
+                }
+            }
+        }
+        v.tokens = self.tokens.revoked.iter().filter(|(_, exp)| **exp > now).map(|(j, _)| j.to_string()).collect();
+        v.keys = self.withdrawn_keys.iter().filter(|(_, until)| **until > now).map(|(k, _)| k.to_string()).collect();
+        for list in [&mut v.agents, &mut v.delegations, &mut v.tokens, &mut v.keys] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        v
+    }
+
+    /// Changes whenever a record that can change [`Self::voided`] is applied.
+    pub fn feed_changes(&self) -> u64 {
+        self.feed_changes
+    }
+
     /// The token endpoint's records.
     pub fn tokens(&self) -> &TokenBook {
         &self.tokens
@@ -437,6 +507,37 @@ impl Entries {
 
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
+        let action = Action::parse(&record.action);
+        if action.is_some_and(|a| a.is_transition() || a.is_delegation() || a == Action::TokenRevoke)
+            || matches!(action, Some(Action::AgentArchive | Action::AdmissionDelete | Action::IssuerRotate))
+        {
+            self.feed_changes = self.feed_changes.wrapping_add(1);
+        }
+        let at = time(&record.time).unwrap_or(Timestamp::UNIX_EPOCH);
+        // A token lives at most this long after whatever ended its subject.
+        let until = at.checked_add(jiff::SignedDuration::from_secs(3600)).unwrap_or(at);
+        if action == Some(Action::IssuerRotate) && record.kind == RecordKind::Intent {
+            if let Some(kids) = record.details.get("withdrawn") {
+                for kid in kids.split(',').filter(|k| !k.is_empty()) {
+                    self.withdrawn_keys.insert(kid.into(), until);
+                }
+            }
+            self.withdrawn_keys.retain(|_, u| *u > at);
+            return;
+        }
+        if let Some(uid) = record.object.uid.as_deref() {
+            let gone = match (action, record.object.kind.as_str(), record.kind) {
+                (Some(Action::AgentArchive), "Agent", RecordKind::Intent) => Some(GoneKind::Agent),
+                (Some(Action::AdmissionDelete), "Delegation", _) if record.outcome == Outcome::Success => {
+                    Some(GoneKind::Delegation)
+                }
+                _ => None,
+            };
+            if let Some(kind) = gone {
+                self.gone.insert(uid.into(), (kind, until));
+                self.gone.retain(|_, (_, u)| *u > at);
+            }
+        }
         if matches!(
             Action::parse(&record.action),
             Some(Action::TokenIssue | Action::TokenRefuse | Action::TokenRevoke | Action::TokenExchange)
@@ -615,6 +716,8 @@ pub struct Ledger {
     /// Woken whenever a Delegation record is applied (admission, phases, delegated tokens): a token
     /// exchange waiting for its child's token looks again at once instead of at its next poll.
     delegations_changed: tokio::sync::Notify,
+    /// The [`Entries::feed_changes`] count, for the revocation feed to wait on.
+    feed: tokio::sync::watch::Sender<u64>,
 }
 
 /// How many approval records may wait for a slow approval controller; beyond that it misses triggers and
@@ -628,6 +731,7 @@ impl Default for Ledger {
             approvals_changed: tokio::sync::Notify::new(),
             approval_records: tokio::sync::broadcast::channel(APPROVAL_RECORDS_BUFFER).0,
             delegations_changed: tokio::sync::Notify::new(),
+            feed: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -712,6 +816,16 @@ impl Ledger {
         &self.delegations_changed
     }
 
+    /// Changes whenever a record that can change [`Self::voided`] was applied.
+    pub fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+
+    /// What the records void at `now`, for the revocation feed (see [`Voided`]).
+    pub fn voided(&self, now: Timestamp) -> Voided {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).voided(now)
+    }
+
     /// The (namespace, name) of every approval record applied from now on.
     pub fn approval_records(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
         self.approval_records.subscribe()
@@ -787,7 +901,12 @@ impl Projection for Ledger {
     }
 
     fn apply(&self, record: &Record) {
-        self.entries.write().unwrap_or_else(PoisonError::into_inner).apply(record);
+        let changes = {
+            let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+            entries.apply(record);
+            entries.feed_changes()
+        };
+        self.feed.send_if_modified(|n| std::mem::replace(n, changes) != changes);
         if record.object.kind == "ApprovalRequest" {
             self.approvals_changed.notify_waiters();
             if let Some(ns) = &record.object.namespace {

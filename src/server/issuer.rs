@@ -115,14 +115,14 @@ fn internal_error(message: &'static str) -> Response {
 /// A strong entity tag: the quoted base64url SHA-256 of the body. Strong because the body is byte-for-byte
 /// determined by the snapshot (serde_json writes object keys in a fixed order), and derived from the bytes
 /// rather than from `spiffe_sequence` so the tag of every document changes exactly when its body does.
-fn entity_tag(body: &[u8]) -> String {
+pub(crate) fn entity_tag(body: &[u8]) -> String {
     format!("\"{}\"", URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, body)))
 }
 
 /// Whether `If-None-Match` names `etag` (or is `*`). RFC 9110 section 13.1.2 requires the weak comparison
 /// here, so `W/"x"` matches `"x"`. Several header lines and comma-separated lists are both allowed; a header
 /// that is not visible ASCII matches nothing, which only costs the client a full response.
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(IF_NONE_MATCH)
         .iter()

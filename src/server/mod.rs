@@ -8,6 +8,7 @@ mod decision_tests;
 pub mod issuer;
 pub mod listener;
 pub mod mcp;
+pub mod revocations;
 pub mod tls;
 pub mod token;
 #[cfg(test)]
