@@ -348,9 +348,16 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let http_error = |source| StartupError::Http { addr: opts.http_addr, source };
     let listener = std::net::TcpListener::bind(opts.http_addr).map_err(http_error)?;
     let addr = listener.local_addr().map_err(http_error)?;
+    let feed = server::revocations::start(
+        Arc::clone(&index),
+        Arc::clone(&ledger),
+        opts.issuer.issuer_url.clone(),
+        &mut tasks,
+    );
     let surfaces = server::Surfaces::default()
         .with(server::probes(health.clone()))
         .with(server::issuer::surface(issuer))
+        .with(server::revocations::surface(feed))
         .with(server::decision::surface(Arc::clone(&authorizer)))
         .with(server::token::surface(token_service));
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.

@@ -91,9 +91,14 @@ pub struct VerifyArgs {
     /// Also require the `agentiam.dev/uid` claim to be this Agent UID (tells a re-created agent apart).
     #[arg(long, value_name = "UID")]
     pub expect_agent_uid: Option<String>,
-    /// PEM CA certificate(s) to trust for --issuer-url over HTTPS, instead of the system roots.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "jwks"])]
+    /// PEM CA certificate(s) to trust for --issuer-url and --revocations over HTTPS, instead of the
+    /// system roots.
+    #[arg(long, value_name = "FILE")]
     pub cacert: Option<PathBuf>,
+    /// Also refuse the token if the operator's revocation feed lists it, its agent, a delegation of its
+    /// chain or its key: the feed URL, e.g. `https://agentiam.agentiam-system.svc/v1/revocations`.
+    #[arg(long, value_name = "URL")]
+    pub revocations: Option<String>,
 }
 
 /// Where the verification keys come from: exactly one source.
@@ -202,6 +207,18 @@ pub enum TokenCliError {
     /// A token service command failed.
     #[error(transparent)]
     OAuth(#[from] super::oauth::OAuthCliError),
+    /// The token verified, and the revocation feed lists it.
+    #[error("REVOKED: the token verifies, but the operator's revocation feed refuses it: {0}")]
+    Revoked(#[source] crate::identity::revocations::Revoked),
+}
+
+/// The revocation list at `url` (fetched like the key documents: HTTPS, or HTTP to loopback).
+async fn fetch_revocations(
+    url: &str,
+    cacert: Option<&Path>,
+) -> Result<crate::identity::revocations::RevocationList, TokenCliError> {
+    let bytes = Fetcher::new(cacert)?.get(url).await?;
+    serde_json::from_slice(&bytes).map_err(|e| document_error(url, format!("not a revocation list: {e}")))
 }
 
 /// Runs a token command, reading the token from `stdin` when it is not an argument, and returns the text to
@@ -222,15 +239,29 @@ pub async fn run(command: TokenCommand, stdin: impl Read) -> Result<String, Toke
             let keys = load_keys(&args.keys, args.cacert.as_deref()).await?;
             let pins = Pins { trust_domain: args.trust_domain, issuer: args.issuer.or(keys.issuer.clone()) };
             let uid = args.expect_agent_uid.as_deref();
+            let revocations = match &args.revocations {
+                Some(url) => Some((url.as_str(), fetch_revocations(url, args.cacert.as_deref()).await?)),
+                None => None,
+            };
             // The header only picks the verifier; each verifier checks `typ` again.
-            let access =
-                decode_unverified(&token).is_ok_and(|(h, _)| h.get("typ") == Some(&Value::from(ACCESS_TYP)));
-            if access {
+            let (header, claims) = decode_unverified(&token).unwrap_or_default();
+            let access = header.get("typ") == Some(&Value::from(ACCESS_TYP));
+            let (mut out, listed) = if access {
                 let verified = verify_access_with(&token, &keys.set, &pins, &args.audience, uid, now)?;
-                return Ok(render_access(&verified, &keys.origin, now));
+                // The signature check bound `iss` to the verifier's issuer.
+                let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+                let listed = revocations.as_ref().map(|(_, l)| l.check_access(iss, &verified.token));
+                (render_access(&verified, &keys.origin, now), listed)
+            } else {
+                let verified = verify_with(&token, &keys.set, &pins, &args.audience, uid, now)?;
+                let listed = revocations.as_ref().map(|(_, l)| l.check_svid(&verified.svid));
+                (render_verified(&verified, &keys.origin, now), listed)
+            };
+            if let (Some((url, list)), Some(listed)) = (&revocations, listed) {
+                listed.map_err(TokenCliError::Revoked)?;
+                let _ = writeln!(out, "revocations:   not listed (revision {} of {url})", list.revision);
             }
-            let verified = verify_with(&token, &keys.set, &pins, &args.audience, uid, now)?;
-            Ok(render_verified(&verified, &keys.origin, now))
+            Ok(out)
         }
     }
 }

@@ -85,7 +85,8 @@ impl Follower {
         if url.host().is_none() {
             return Err(FollowError::Url(url.to_string()));
         }
-        let connector = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let connector =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Arc::new(Self { url, client, list: ArcSwapOption::empty(), heard: Mutex::new(None) }))
     }
@@ -122,12 +123,8 @@ impl Follower {
     /// The feed cannot be reached, refuses, or sends something else.
     pub async fn fetch(&self) -> Result<Arc<RevocationList>, FollowError> {
         let response = self.get(false).await?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| FollowError::Connect(e.to_string()))?
-            .to_bytes();
+        let body =
+            response.into_body().collect().await.map_err(|e| FollowError::Connect(e.to_string()))?.to_bytes();
         let list: RevocationList =
             serde_json::from_slice(&body).map_err(|e| FollowError::Malformed(e.to_string()))?;
         self.take(list);
@@ -144,7 +141,9 @@ impl Follower {
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let body = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
+            let body = String::from_utf8_lossy(body.get(..body.len().min(200)).unwrap_or_default())
+                .trim()
+                .to_owned();
             return Err(FollowError::Status { status, body });
         }
         Ok(response)

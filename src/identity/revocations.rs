@@ -70,10 +70,16 @@ impl RevocationList {
             == (&other.issuer, &other.agents, &other.delegations, &other.tokens, &other.keys)
     }
 
-    fn common(&self, issuer: &str, jti: &str, kid: &str) -> Result<(), Revoked> {
-        if issuer != self.issuer {
-            return Err(Revoked::OtherIssuer { list: self.issuer.clone(), token: issuer.to_owned() });
+    fn issuer(&self, issuer: &str) -> Result<(), Revoked> {
+        if issuer == self.issuer {
+            Ok(())
+        } else {
+            Err(Revoked::OtherIssuer { list: self.issuer.clone(), token: issuer.to_owned() })
         }
+    }
+
+    /// The token's own entries, checked after its agent's and chain's (which say more about why).
+    fn common(&self, jti: &str, kid: &str) -> Result<(), Revoked> {
         if self.keys.contains(kid) {
             return Err(Revoked::Key(kid.to_owned()));
         }
@@ -90,30 +96,32 @@ impl RevocationList {
     /// The check for an identity token (JWT-SVID) that verified. One without the agent UID claim is
     /// refused as if its agent were listed: the list cannot vouch for what it cannot identify.
     pub fn check_svid(&self, v: &VerifiedSvid) -> Result<(), Revoked> {
-        self.common(&v.issuer, &v.jti, &v.kid)?;
+        self.issuer(&v.issuer)?;
         match v.extra.get(UID_CLAIM).and_then(serde_json::Value::as_str) {
-            Some(uid) => self.agent(uid),
-            None => Err(Revoked::Agent(format!("(no {UID_CLAIM} claim in {})", v.spiffe_id))),
+            Some(uid) => self.agent(uid)?,
+            None => return Err(Revoked::Agent(format!("(no {UID_CLAIM} claim in {})", v.spiffe_id))),
         }
+        self.common(&v.jti, &v.kid)
     }
 
     /// The check for an access token that verified (`issuer` is the verifier's: access tokens name
     /// only the one they were verified against).
     pub fn check_access(&self, issuer: &str, v: &VerifiedAccess) -> Result<(), Revoked> {
-        self.common(issuer, &v.jti, &v.kid)?;
-        self.agent(&v.agent_uid)
+        self.issuer(issuer)?;
+        self.agent(&v.agent_uid)?;
+        self.common(&v.jti, &v.kid)
     }
 
     /// The check for a delegated token that verified: its acting agent and every Delegation of its chain.
     pub fn check_delegated(&self, v: &VerifiedDelegated) -> Result<(), Revoked> {
-        self.common(&v.issuer, &v.jti, &v.kid)?;
+        self.issuer(&v.issuer)?;
         self.agent(&v.agent_uid)?;
         for uid in v.chain.iter().chain(std::iter::once(&v.delegation_uid)) {
             if self.delegations.contains(uid) {
                 return Err(Revoked::Delegation(uid.clone()));
             }
         }
-        Ok(())
+        self.common(&v.jti, &v.kid)
     }
 }
 
@@ -156,6 +164,11 @@ mod tests {
     fn an_identity_token_is_refused_for_its_agent_its_jti_its_key_or_no_uid() {
         let l = list();
         assert_eq!(l.check_svid(&svid(Some("a-ok"), "j", "k")), Ok(()));
+        assert_eq!(
+            l.check_svid(&svid(Some("a-bad"), "j-bad", "k")),
+            Err(Revoked::Agent("a-bad".into())),
+            "the agent first"
+        );
         assert_eq!(l.check_svid(&svid(Some("a-bad"), "j", "k")), Err(Revoked::Agent("a-bad".into())));
         assert_eq!(l.check_svid(&svid(Some("a-ok"), "j-bad", "k")), Err(Revoked::Token("j-bad".into())));
         assert_eq!(l.check_svid(&svid(Some("a-ok"), "j", "k-bad")), Err(Revoked::Key("k-bad".into())));

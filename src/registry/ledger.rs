@@ -172,6 +172,8 @@ pub struct Entries {
     gone: HashMap<Arc<str>, (GoneKind, Timestamp)>,
     /// Signing keys an emergency rotation withdrew, with how long tokens they signed may live.
     withdrawn_keys: HashMap<Arc<str>, Timestamp>,
+    /// Credentials and delegated tokens taken back before their expiry, by `jti`, until it.
+    withdrawn_tokens: HashMap<Arc<str>, Timestamp>,
     /// Bumped by every record that can change the revocation feed.
     feed_changes: u64,
 }
@@ -193,7 +195,8 @@ pub struct Voided {
     pub agents: Vec<String>,
     /// Delegations recorded in any phase but Active, and deleted ones, likewise.
     pub delegations: Vec<String>,
-    /// Access tokens revoked one by one (RFC 7009) that have not expired.
+    /// Access tokens revoked one by one (RFC 7009), and credentials and delegated tokens taken back
+    /// (suspension, withdrawal, a Delegation leaving Active), that have not expired.
     pub tokens: Vec<String>,
     /// Keys withdrawn by an emergency rotation less than a token lifetime ago.
     pub keys: Vec<String>,
@@ -243,10 +246,9 @@ impl TokenBook {
         if Action::parse(&record.action) == Some(Action::TokenRevoke)
             && record.outcome == Outcome::Success
             && let Some(jti) = d.get(a::DETAIL_JTI)
+            && let Some(i) = self.issued.remove(jti.as_str())
         {
-            if let Some(i) = self.issued.remove(jti.as_str()) {
-                self.revoked.insert(jti.as_str().into(), i.expires_at);
-            }
+            self.revoked.insert(jti.as_str().into(), i.expires_at);
         }
         if Action::parse(&record.action) == Some(Action::TokenIssue) {
             let key = record.key.as_deref().and_then(IntentKey::parse);
@@ -476,8 +478,20 @@ impl Entries {
                 }
             }
         }
-        v.tokens = self.tokens.revoked.iter().filter(|(_, exp)| **exp > now).map(|(j, _)| j.to_string()).collect();
-        v.keys = self.withdrawn_keys.iter().filter(|(_, until)| **until > now).map(|(k, _)| k.to_string()).collect();
+        v.tokens = self
+            .tokens
+            .revoked
+            .iter()
+            .chain(self.withdrawn_tokens.iter())
+            .filter(|(_, exp)| **exp > now)
+            .map(|(j, _)| j.to_string())
+            .collect();
+        v.keys = self
+            .withdrawn_keys
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(k, _)| k.to_string())
+            .collect();
         for list in [&mut v.agents, &mut v.delegations, &mut v.tokens, &mut v.keys] {
             list.sort_unstable();
             list.dedup();
@@ -507,6 +521,47 @@ impl Entries {
 
     /// Takes in one durable record (see the module docs for the rules).
     pub fn apply(&mut self, record: &Record) {
+        // Tokens the record takes back before they expire (a suspension, a withdrawal, a Delegation
+        // leaving Active) stay refused for verifiers that only have the revocation feed: a resume must not
+        // bring them back there either.
+        let kind = record.object.kind.as_str();
+        let uid = record.object.uid.as_deref().filter(|_| matches!(kind, "Agent" | "Delegation"));
+        let before = uid.map(|u| self.live_tokens(u)).unwrap_or_default();
+        self.apply_record(record);
+        if let Some(u) = uid
+            && !before.is_empty()
+        {
+            let at = time(&record.time).unwrap_or(Timestamp::UNIX_EPOCH);
+            let after = self.live_tokens(u);
+            let taken: Vec<(Arc<str>, Timestamp)> = before
+                .into_iter()
+                .filter(|(jti, exp)| *exp > at && !after.iter().any(|(j, _)| j == jti))
+                .collect();
+            if !taken.is_empty() {
+                self.withdrawn_tokens.retain(|_, exp| *exp > at);
+                self.withdrawn_tokens.extend(taken);
+                self.feed_changes = self.feed_changes.wrapping_add(1);
+            }
+        }
+    }
+
+    /// The `jti`s (with their expiry) of the credentials and delegated tokens the records hold live for
+    /// the Agent or Delegation `uid`.
+    fn live_tokens(&self, uid: &str) -> Vec<(Arc<str>, Timestamp)> {
+        let mut live: Vec<(Arc<str>, Timestamp)> = self
+            .agents
+            .get(uid)
+            .into_iter()
+            .flat_map(|r| r.issuances.iter())
+            .flat_map(|i| i.tokens.iter().map(move |t| (Arc::from(t.jti.as_str()), i.expires_at)))
+            .collect();
+        live.extend(
+            self.delegated.get(uid).into_iter().flatten().map(|i| (Arc::from(i.jti.as_str()), i.expires_at)),
+        );
+        live
+    }
+
+    fn apply_record(&mut self, record: &Record) {
         let action = Action::parse(&record.action);
         if action.is_some_and(|a| a.is_transition() || a.is_delegation() || a == Action::TokenRevoke)
             || matches!(action, Some(Action::AgentArchive | Action::AdmissionDelete | Action::IssuerRotate))

@@ -403,3 +403,56 @@ fn expired_token_records_are_swept_as_records_arrive() {
     assert!(book.issued.len() + book.assertions.len() < 2 * 2 * 1024, "{} kept", book.issued.len());
     assert!(book.access_token("at-2999", ts(3000)).is_some());
 }
+
+#[test]
+fn the_feed_lists_stopped_and_gone_agents_and_every_token_taken_back_until_it_expires() {
+    let mut log = Log::new();
+    log.transition(100, a::AGENT_ACTIVATE, 1);
+    log.issue_intent(110, 600, &["j1", "j2"], false);
+    let voided = |log: &Log, at: i64| Ledger::from_records(&log.records).voided(ts(at));
+    let v = voided(&log, 120);
+    assert!(v.agents.is_empty() && v.tokens.is_empty(), "an Active agent with live tokens: nothing");
+    // Suspended: the agent and both tokens are listed.
+    log.transition(130, a::AGENT_SUSPEND, 1);
+    let v = voided(&log, 131);
+    assert_eq!(
+        (v.agents.as_slice(), v.tokens.as_slice()),
+        (&["u1".to_owned()][..], &["j1".to_owned(), "j2".to_owned()][..])
+    );
+    // Resumed: the agent is no longer listed, the tokens taken back still are, until they expire.
+    log.transition(140, a::AGENT_ACTIVATE, 2);
+    let v = voided(&log, 141);
+    assert!(v.agents.is_empty());
+    assert_eq!(v.tokens, ["j1", "j2"]);
+    assert!(voided(&log, 711).tokens.is_empty(), "expired: no longer listed");
+    // Archived: listed for a token lifetime (an hour) after the archive.
+    log.push(200, RecordKind::Intent, "agent.archive:u1", a::AGENT_ARCHIVE, Outcome::Pending, &[]);
+    log.push(200, RecordKind::Outcome, "agent.archive:u1", a::AGENT_ARCHIVE, Outcome::Success, &[]);
+    assert_eq!(voided(&log, 201).agents, ["u1"]);
+    assert!(voided(&log, 200 + 3601).agents.is_empty());
+    // A feed-relevant record changes the counter; others do not.
+    let ledger = Ledger::from_records(&log.records);
+    let before = ledger.entries().feed_changes();
+    let mut more = Log::new();
+    more.push(300, RecordKind::Event, "", "authz.decide", Outcome::Success, &[]);
+    for r in &more.records {
+        Projection::apply(&ledger, r);
+    }
+    assert_eq!(ledger.entries().feed_changes(), before);
+}
+
+#[test]
+fn an_emergency_rotation_lists_the_withdrawn_keys_for_an_hour() {
+    let mut log = Log::new();
+    log.push(
+        100,
+        RecordKind::Intent,
+        "issuer.rotate:k1",
+        "issuer.rotate",
+        Outcome::Pending,
+        &[("withdrawn", "k1,k0".to_owned())],
+    );
+    let ledger = Ledger::from_records(&log.records);
+    assert_eq!(ledger.voided(ts(101)).keys, ["k0", "k1"]);
+    assert!(ledger.voided(ts(100 + 3601)).keys.is_empty());
+}

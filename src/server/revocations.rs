@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -25,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use jiff::Timestamp;
-use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::controller::authz::PolicyIndex;
@@ -90,9 +89,13 @@ impl Feed {
 }
 
 /// Starts the task that keeps the feed current under `tasks`.
-pub fn start(index: Arc<PolicyIndex>, ledger: Arc<Ledger>, issuer: String, tasks: &mut Supervisor) -> Arc<Feed> {
-    let feed =
-        Arc::new(Feed { published: ArcSwap::from_pointee(None), revision: watch::Sender::new(0) });
+pub fn start(
+    index: Arc<PolicyIndex>,
+    ledger: Arc<Ledger>,
+    issuer: String,
+    tasks: &mut Supervisor,
+) -> Arc<Feed> {
+    let feed = Arc::new(Feed { published: ArcSwap::from_pointee(None), revision: watch::Sender::new(0) });
     let task = keep_current(Arc::clone(&feed), index, ledger, issuer);
     tasks.spawn_infallible("revocation feed", task);
     feed
@@ -132,18 +135,22 @@ pub fn surface(feed: Arc<Feed>) -> Surface {
     Routes::new("revocations").route(PATH, get(serve)).finish(feed)
 }
 
-#[derive(Debug, Deserialize)]
-struct Params {
-    /// `true`: stream server-sent events.
-    watch: Option<bool>,
+/// Whether the query asks for the stream (`watch=true`).
+fn watch_asked(uri: &axum::http::Uri) -> bool {
+    uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
 }
 
-async fn serve(State(feed): State<Arc<Feed>>, headers: HeaderMap, Query(params): Query<Params>) -> Response {
-    let stream = params.watch == Some(true)
-        || headers.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"));
+async fn serve(State(feed): State<Arc<Feed>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let stream = watch_asked(&uri)
+        || headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
     let published = feed.published.load_full();
     let Some(current) = published.as_ref() else {
-        let mut r = (StatusCode::SERVICE_UNAVAILABLE, "the revocation feed is still loading\n").into_response();
+        let mut r =
+            (StatusCode::SERVICE_UNAVAILABLE, "the revocation feed is still loading\n").into_response();
         r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return r;
     };

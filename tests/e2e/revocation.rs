@@ -296,3 +296,100 @@ async fn an_operator_killed_in_the_middle_of_a_revocation_completes_it_after_the
         .count();
     assert_eq!(revokes, N, "one agent.revoke intent per agent");
 }
+
+/// `kubectl agentiam token verify` of `token` with the revocation feed: (success, output).
+fn verify_with_feed(op: &Operator, token: &str) -> (bool, String) {
+    let feed = format!("{}/v1/revocations", op.base_url());
+    let ca = op.ca_file().display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-agentiam"));
+    cmd.args(["token", "verify", token, "--audience", AUD, "--issuer-url", &op.base_url(), "--cacert", &ca])
+        .args(["--revocations", &feed]);
+    let out = crate::harness::run_with_stdin(&mut cmd, None);
+    (out.status.success(), text(&out))
+}
+
+#[tokio::test]
+async fn the_revocation_feed_reaches_followers_that_refuse_revoked_tokens_offline() {
+    use agentiam::identity::TrustDomain;
+    use agentiam::identity::follower::Follower;
+    use agentiam::identity::verify::{JwtVerifier, VerifierConfig};
+    use jsonwebtoken::jwk::JwkSet;
+
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-feed").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let identity = active_agent(&ns, "bot").await;
+    let uid = ns.api::<Agent>().get("bot").await.unwrap().metadata.uid.unwrap();
+
+    // A plain GET: the list, with a strong ETag that a conditional GET answers with 304.
+    let (status, headers, body) = crate::harness::http_get(&op.http_addr, "/v1/revocations").await;
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["issuer"], op.base_url().as_str());
+    assert!(!list["agents"].as_array().unwrap().iter().any(|a| a == uid.as_str()), "{list}");
+    let etag = headers.get("etag").cloned().expect("ETag");
+    let (status, _, _) = crate::harness::http_request(
+        &op.http_addr,
+        "GET",
+        "/v1/revocations",
+        &[("If-None-Match", &etag)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 304);
+
+    // A follower (the library's helper) over the event stream, and the token verified offline.
+    let ca = std::fs::read_to_string(op.ca_file()).unwrap();
+    let follower =
+        Follower::new(&format!("{}/v1/revocations", op.base_url()), crate::harness::client_config(&ca, None))
+            .unwrap();
+    tokio::spawn(std::sync::Arc::clone(&follower).run());
+    let (_, _, jwks) = crate::harness::http_get(&op.http_addr, "/keys").await;
+    let jwks: JwkSet = serde_json::from_str(&jwks).unwrap();
+    let config = VerifierConfig::new(TrustDomain::parse("cluster.local").unwrap(), op.base_url());
+    let verified =
+        JwtVerifier::new(config, &jwks).unwrap().verify(&identity, AUD, jiff::Timestamp::now()).unwrap();
+    let fresh = || follower.fresh(Duration::from_secs(15));
+    wait_for("the follower to hear the feed", WAIT, || async { fresh().map(|_| ()) }).await;
+    assert_eq!(fresh().unwrap().check_svid(&verified), Ok(()));
+    let (ok, out) = verify_with_feed(&op, &identity);
+    assert!(ok && out.contains("revocations:   not listed"), "{out}");
+
+    // Revoked: the follower refuses the token without asking anyone, and so does the CLI.
+    let since = Instant::now();
+    let spec = json!({"target": {"agentRef": {"name": "bot"}}, "mode": "Suspend", "reason": "INC-5"});
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation("stop-bot", spec)).await.unwrap();
+    let took = loop {
+        if fresh().is_some_and(|l| l.check_svid(&verified).is_err()) {
+            break since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "the follower never refused the token");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    eprintln!(
+        "revocation feed: a follower refused the revoked agent's token {} ms after the create returned",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let err = fresh().unwrap().check_svid(&verified).unwrap_err().to_string();
+    assert!(err.contains(&uid), "{err}");
+    let (ok, out) = verify_with_feed(&op, &identity);
+    assert!(!ok && out.contains("REVOKED") && out.contains(&uid), "{out}");
+
+    // Lifted: the agent resumes and is no longer listed, but the token the suspension took back stays
+    // listed by its jti, for the follower as for the decision API; the new credentials verify and pass.
+    ns.api::<Revocation>().delete("stop-bot", &DeleteParams::default()).await.unwrap();
+    wait_for("the follower to drop the lifted agent", WAIT, || async {
+        fresh().filter(|l| !l.agents.contains(&uid)).map(|_| ())
+    })
+    .await;
+    let still = fresh().unwrap().check_svid(&verified);
+    assert_eq!(still, Err(agentiam::identity::revocations::Revoked::Token(verified.jti.clone())));
+    assert!(!allows(&op, &identity).await, "the decision API still refuses the withdrawn token");
+    wait_credentials(&ns.api::<Agent>(), "bot").await;
+    let resumed = token(&ns, "bot").await;
+    let config = VerifierConfig::new(TrustDomain::parse("cluster.local").unwrap(), op.base_url());
+    let again =
+        JwtVerifier::new(config, &jwks).unwrap().verify(&resumed, AUD, jiff::Timestamp::now()).unwrap();
+    assert_eq!(fresh().unwrap().check_svid(&again), Ok(()));
+}
