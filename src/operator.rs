@@ -50,6 +50,9 @@ pub struct Options {
     pub failpoint_exchange_delay: std::time::Duration,
     /// Where pending approval requests are announced besides Events (None: Events only).
     pub approval_notifier: Option<server::approvals::Notifier>,
+    /// How old the view of Revocations may get while its watch fails before decisions fail closed
+    /// (None: no bound).
+    pub max_revocation_staleness: Option<std::time::Duration>,
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -251,8 +254,9 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     // the credentials step (the AgentPolicy store, for lifetime caps) and the controllers.
     let watched =
         controller::shared::Watched::start(&client, opts.config.watch_namespace.as_deref(), &mut tasks);
+    let bound = opts.max_revocation_staleness.map(|d| (watched.revocations.health(), d));
     let index =
-        controller::authz::start(&watched, watched.reach(&opts.config.operator_namespace), &mut tasks);
+        controller::authz::start(&watched, watched.reach(&opts.config.operator_namespace), bound, &mut tasks);
     let ctx = Context::new(
         client.clone(),
         opts.config.clone(),

@@ -73,6 +73,11 @@ struct RunArgs {
     /// How often the audit head is signed and published to the checkpoint ConfigMap.
     #[arg(long, env = "AGENTIAM_CHECKPOINT_INTERVAL", default_value = "30s")]
     checkpoint_interval: String,
+    /// How old the operator's view of Revocations may get while its watch fails (the API server is
+    /// unreachable) before the decision API, the token endpoint and introspection refuse everything: a
+    /// Revocation made meanwhile could not be seen. "0s" turns the bound off.
+    #[arg(long, env = "AGENTIAM_MAX_REVOCATION_STALENESS", default_value = "30s")]
+    max_revocation_staleness: String,
     /// Address of the HTTP server: /healthz, /readyz, the issuer documents (/.well-known/openid-configuration,
     /// /keys, /v1/bundle), the decision API (/v1/authorize, /v1/ext_authz) and the token service
     /// (/v1/oauth/*). HTTPS with a certificate the operator manages unless --http-tls-cert-file or
@@ -192,6 +197,7 @@ fn duration_arg(name: &str, value: &str) -> Result<Duration, String> {
 fn options(args: RunArgs) -> Result<Options, String> {
     let trust_domain = TrustDomain::parse(&args.trust_domain).map_err(|e| format!("--trust-domain: {e}"))?;
     let checkpoint_interval = duration_arg("checkpoint-interval", &args.checkpoint_interval)?;
+    let max_revocation_staleness = duration_arg("max-revocation-staleness", &args.max_revocation_staleness)?;
     if checkpoint_interval < Duration::from_millis(100) {
         return Err("--checkpoint-interval must be at least 100ms".into());
     }
@@ -316,6 +322,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         failpoint_fail_task,
         failpoint_exchange_delay,
         approval_notifier,
+        max_revocation_staleness: (!max_revocation_staleness.is_zero()).then_some(max_revocation_staleness),
     })
 }
 

@@ -236,6 +236,14 @@ pub async fn run(command: TokenCommand, stdin: impl Read) -> Result<String, Toke
         TokenCommand::Revoke(args) => Ok(super::oauth::revoke(args, token).await?),
         TokenCommand::Decode(_) => decode(&token, now),
         TokenCommand::Verify(args) => {
+            if args.cacert.is_some() && args.keys.issuer_url.is_none() && args.revocations.is_none() {
+                return Err(TokenCliError::Url {
+                    url: "--cacert".into(),
+                    message:
+                        "a CA certificate is only for --issuer-url or --revocations; nothing is fetched here"
+                            .into(),
+                });
+            }
             let keys = load_keys(&args.keys, args.cacert.as_deref()).await?;
             let pins = Pins { trust_domain: args.trust_domain, issuer: args.issuer.or(keys.issuer.clone()) };
             let uid = args.expect_agent_uid.as_deref();

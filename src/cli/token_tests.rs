@@ -96,11 +96,10 @@ fn verify_needs_an_audience_and_exactly_one_key_source() {
     assert_eq!(args.trust_domain.unwrap().as_str(), "example.org");
     assert_eq!(args.expect_agent_uid.as_deref(), Some(UID));
 
-    let refused: [&[&str]; 6] = [
+    let refused: [&[&str]; 5] = [
         &["verify", "--issuer-url", ISSUER_URL],
         &["verify", "--audience", AUD],
         &["verify", "--audience", AUD, "--jwks", "k.json", "--bundle", "b.json"],
-        &["verify", "--audience", AUD, "--jwks", "k.json", "--cacert", "ca.pem"],
         &["verify", "--audience", AUD, "--jwks", "k.json", "--trust-domain", "Example.ORG"],
         &["decode", "a", "b"],
     ];
@@ -108,6 +107,17 @@ fn verify_needs_an_audience_and_exactly_one_key_source() {
         assert!(parse(args).is_err(), "{args:?}");
     }
     parse(&["verify", "--audience", AUD, "--issuer-url", ISSUER_URL, "--cacert", "ca.pem"]).unwrap();
+    let feed = "https://op.example/v1/revocations";
+    parse(&["verify", "--audience", AUD, "--jwks", "k.json", "--cacert", "ca.pem", "--revocations", feed])
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_ca_certificate_without_anything_to_fetch_is_refused() {
+    let args = ["verify", "--audience", AUD, "--jwks", "k.json", "--cacert", "ca.pem", "a.b.c"];
+    let command = parse(&args).unwrap();
+    let err = run(command, std::io::empty()).await.unwrap_err().to_string();
+    assert!(err.contains("--cacert") && err.contains("--revocations"), "{err}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::api::{Agent, AgentPolicy, Revocation};
 use crate::authz::{Builder, Snapshot};
 use crate::controller::shared::{Progress, Watched};
+use crate::controller::watches::WatchHealth;
 use crate::registry::revocation::{self, Reach};
 use crate::supervisor::Supervisor;
 
@@ -30,6 +31,8 @@ const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(25);
 pub struct PolicyIndex {
     /// When each Revocation reached the decisions.
     pub enforcement: Enforcement,
+    /// The health of the watch of Revocations and how old the view may get while it fails.
+    staleness_bound: Option<(Arc<WatchHealth>, Duration)>,
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
     rebuilds: AtomicU64,
@@ -40,6 +43,7 @@ impl Default for PolicyIndex {
     fn default() -> Self {
         Self {
             enforcement: Enforcement::default(),
+            staleness_bound: None,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             ready: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
@@ -58,6 +62,25 @@ impl PolicyIndex {
     /// decisions are refused (an empty index would only deny, but say why).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Why decisions must be refused now, whatever the snapshot says: it has not loaded yet, or the
+    /// watch of Revocations has been failing for longer than the bound (a Revocation made meanwhile would
+    /// not be seen). None: decide.
+    pub fn refusal(&self) -> Option<String> {
+        if !self.is_ready() {
+            return Some("the policy index is still loading".into());
+        }
+        let (health, bound) = self.staleness_bound.as_ref()?;
+        let since = health.failing_since()?;
+        let age = jiff::Timestamp::now().duration_since(since).unsigned_abs();
+        (age > *bound).then(|| {
+            format!(
+                "the operator has not been able to watch Revocations for {}s (bound {}s): refusing everything until it can",
+                age.as_secs(),
+                bound.as_secs()
+            )
+        })
     }
 
     /// Waits until the index is ready. Every waiter is woken (unlike kube-runtime's
@@ -87,8 +110,13 @@ impl PolicyIndex {
 /// (and Namespaces, for cluster-wide Revocations). One malformed object is skipped by its watch; watch
 /// errors back off and retry, each watch on its own ([`Backoff`](crate::controller::watches::Backoff)).
 /// While a watch fails its store keeps what it had, so decisions go on from the last snapshot.
-pub fn start(watched: &Watched, reach: Reach, tasks: &mut Supervisor) -> Arc<PolicyIndex> {
-    let index = Arc::new(PolicyIndex::default());
+pub fn start(
+    watched: &Watched,
+    reach: Reach,
+    staleness_bound: Option<(Arc<WatchHealth>, Duration)>,
+    tasks: &mut Supervisor,
+) -> Arc<PolicyIndex> {
+    let index = Arc::new(PolicyIndex { staleness_bound, ..PolicyIndex::default() });
     let mut progress =
         vec![watched.agents.progress(), watched.policies.progress(), watched.revocations.progress()];
     progress.extend(watched.namespaces.as_ref().map(|n| n.progress()));
@@ -221,5 +249,33 @@ impl Enforcement {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_refused_while_loading_and_once_the_view_of_revocations_is_too_old() {
+        let bound = Duration::from_secs(30);
+        let at = |secs_ago: i64| jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs_ago);
+        let index = |health: WatchHealth| PolicyIndex {
+            staleness_bound: Some((Arc::new(health), bound)),
+            ..PolicyIndex::default()
+        };
+        let loading = index(WatchHealth::default());
+        assert_eq!(loading.refusal().as_deref(), Some("the policy index is still loading"));
+        loading.publish(Snapshot::default());
+        assert_eq!(loading.refusal(), None, "healthy");
+        let young = index(WatchHealth::failing_since_for_tests(at(5)));
+        young.publish(Snapshot::default());
+        assert_eq!(young.refusal(), None, "failing, but within the bound: the snapshot still decides");
+        let old = index(WatchHealth::failing_since_for_tests(at(31)));
+        old.publish(Snapshot::default());
+        assert!(old.refusal().is_some_and(|r| r.contains("for 31s (bound 30s)")), "{:?}", old.refusal());
+        let unbounded = PolicyIndex::default();
+        unbounded.publish(Snapshot::default());
+        assert_eq!(unbounded.refusal(), None);
     }
 }

@@ -64,6 +64,7 @@ where
     store: Store<K>,
     changes: broadcast::Sender<Change<K>>,
     progress: watch::Receiver<Progress>,
+    health: Arc<watches::WatchHealth>,
 }
 
 impl<K: Resource + 'static> Debug for Shared<K>
@@ -91,7 +92,11 @@ where
     where
         K::Scope: kube::core::NamespaceScope,
     {
-        Self::fed_by(watches::events(api, name.to_owned()), name, tasks)
+        let health = Arc::new(watches::WatchHealth::default());
+        let events = watches::events_reporting(api, name.to_owned(), Arc::clone(&health));
+        let mut shared = Self::fed_by(events, name, tasks);
+        shared.health = health;
+        shared
     }
 
     /// [`Self::start`] for a cluster-scoped kind, watched everywhere.
@@ -122,12 +127,18 @@ where
         let (changes, _) = broadcast::channel(BUFFER);
         let (progress_tx, progress) = watch::channel(Progress::default());
         let feed = Feed { writer, changes: changes.clone(), progress: progress_tx };
-        (Self { name: name.to_owned(), store, changes, progress }, feed)
+        let health = Arc::default();
+        (Self { name: name.to_owned(), store, changes, progress, health }, feed)
     }
 
     /// The store every consumer reads.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// Since when the watch has been failing, if it is (see [`watches::WatchHealth`]).
+    pub fn health(&self) -> Arc<watches::WatchHealth> {
+        Arc::clone(&self.health)
     }
 
     /// The watch's progress; changes whenever the store may have.

@@ -16,6 +16,8 @@
 
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -56,7 +58,21 @@ where
     K::DynamicType: Default,
     K::Scope: NamespaceScope,
 {
-    events_with(api, config(), name)
+    events_with(api, config(), name, None)
+}
+
+/// [`events`], reporting failures to `health`.
+pub fn events_reporting<K>(
+    api: Api<K>,
+    name: String,
+    health: Arc<WatchHealth>,
+) -> impl Stream<Item = watcher::Event<K>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+    K::Scope: NamespaceScope,
+{
+    events_with(api, config(), name, Some(health))
 }
 
 /// [`events`] for a cluster-scoped kind (Namespaces), watched everywhere.
@@ -74,6 +90,7 @@ fn events_with<K>(
     api: Api<K>,
     config: watcher::Config,
     name: String,
+    health: Option<Arc<WatchHealth>>,
 ) -> impl Stream<Item = watcher::Event<K>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -81,7 +98,14 @@ where
     K::Scope: NamespaceScope,
 {
     let guarded = sound(watcher(guarded(api), config), name.clone());
-    with_backoff(guarded, Backoff::new(name))
+    let backoff = Backoff::new(name);
+    with_backoff(
+        guarded,
+        match health {
+            Some(h) => backoff.reporting(h),
+            None => backoff,
+        },
+    )
 }
 
 /// Adds a watch of the objects of `api` that match `label_selector` to `controller`: every one changed
@@ -127,7 +151,8 @@ where
     I: 'static + IntoIterator<Item = ObjectRef<K>>,
     I::IntoIter: Send,
 {
-    let objects = events_with(api, config, name.to_owned()).map(Ok::<_, watcher::Error>).touched_objects();
+    let objects =
+        events_with(api, config, name.to_owned(), None).map(Ok::<_, watcher::Error>).touched_objects();
     controller.watches_stream(objects, mapper)
 }
 
@@ -237,6 +262,38 @@ pub struct Backoff {
     failures: u32,
     failing_since: Option<Instant>,
     jitter: RandomState,
+    health: Option<Arc<WatchHealth>>,
+}
+
+/// Since when a watch has been failing, for readers that must know how old its view may be (the policy
+/// index bounds the age of its view of Revocations). Healthy until the first failure; healthy again at
+/// the first answer after it.
+#[derive(Debug, Default)]
+pub struct WatchHealth(AtomicI64);
+
+impl WatchHealth {
+    /// When the current run of failures began (None: the watch is healthy).
+    pub fn failing_since(&self) -> Option<jiff::Timestamp> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            ms => jiff::Timestamp::from_millisecond(ms).ok(),
+        }
+    }
+
+    fn failing(&self) {
+        let now = jiff::Timestamp::now().as_millisecond().max(1);
+        let _ = self.0.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn healthy(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+
+    /// Tests: a watch failing since `since`.
+    #[cfg(test)]
+    pub(crate) fn failing_since_for_tests(since: jiff::Timestamp) -> Self {
+        Self(AtomicI64::new(since.as_millisecond()))
+    }
 }
 
 impl Backoff {
@@ -248,7 +305,15 @@ impl Backoff {
             failures: 0,
             failing_since: None,
             jitter: RandomState::new(),
+            health: None,
         }
+    }
+
+    /// The same backoff, also reporting to `health`.
+    #[must_use]
+    pub fn reporting(mut self, health: Arc<WatchHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Records a failure and returns how long to wait before the next attempt. Logs a warning when a watch
@@ -258,6 +323,9 @@ impl Backoff {
         if expired(error) {
             debug!(watch = %self.watch, %error, "resourceVersion expired; relisting");
             return FIRST_DELAY;
+        }
+        if let Some(h) = &self.health {
+            h.failing();
         }
         let wait = self.jittered(self.delay);
         self.delay = self.delay.saturating_mul(2).min(MAX_DELAY);
@@ -275,6 +343,9 @@ impl Backoff {
 
     /// Records an answer from the API server: the next failure waits [`FIRST_DELAY`] again.
     pub fn succeeded(&mut self) {
+        if let Some(h) = &self.health {
+            h.healthy();
+        }
         if let Some(since) = self.failing_since.take() {
             let (failures, down_ms) = (self.failures, since.elapsed().as_millis());
             info!(watch = %self.watch, failures, down_ms, "the watch of the API server is back");
@@ -304,6 +375,20 @@ mod tests {
         watcher::Error::WatchError(
             Status::failure("too old resource version: 1 (2)", "Expired").with_code(410).boxed(),
         )
+    }
+
+    #[test]
+    fn the_health_a_backoff_reports_follows_failures_and_answers_but_not_relists() {
+        let health = Arc::new(WatchHealth::default());
+        let mut b = Backoff::new("w").reporting(Arc::clone(&health));
+        b.failed(&gone());
+        assert_eq!(health.failing_since(), None, "a 410 is the protocol, not an outage");
+        b.failed(&refused());
+        let since = health.failing_since().expect("failing");
+        b.failed(&refused());
+        assert_eq!(health.failing_since(), Some(since), "the run of failures keeps its start");
+        b.succeeded();
+        assert_eq!(health.failing_since(), None);
     }
 
     /// Asserts that `wait` is `nominal` shortened by at most a fifth.

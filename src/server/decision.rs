@@ -374,8 +374,8 @@ impl Authorizer {
         if req.token.is_empty() {
             return refuse("no token".into());
         }
-        if !self.index.is_ready() {
-            return refuse("the policy index is still loading".into());
+        if let Some(why) = self.index.refusal() {
+            return refuse(why);
         }
         let Some(verifier) = self.verifier() else {
             return refuse("no usable signing keys are published".into());

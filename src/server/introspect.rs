@@ -166,6 +166,10 @@ impl TokenService {
 
     /// Verifies `token` and judges its standing now.
     fn inspect(&self, token: &str, now: Timestamp) -> Option<Inspected> {
+        // Loading, or the view of Revocations too old: nothing is active (fail closed).
+        if self.index.refusal().is_some() {
+            return None;
+        }
         let verifiers = self.verifiers.get()?;
         let verified = verifiers.verifier.verify_either(token, now).ok()?;
         let snapshot = self.index.load();

@@ -226,6 +226,12 @@ impl TokenService {
         now: Timestamp,
     ) -> Result<Issued, OAuthError> {
         let mut client = Client::default();
+        // The same fail-closed state as the decision API: no token while the index is loading or its view
+        // of Revocations is older than the bound.
+        if let Some(why) = self.index.refusal() {
+            let result = Err(OAuthError::new(ErrorCode::TemporarilyUnavailable, why));
+            return self.finish(&client, result).await;
+        }
         let result = match request::parse_any(form, peer.is_some()) {
             Ok(request::TokenRequest::ClientCredentials(req)) => {
                 self.client_credentials(&req, peer, &mut client, now).await

@@ -218,3 +218,66 @@ async fn after_an_apiserver_restart_a_new_agent_is_active_within_seconds_and_dec
     assert!(allowed(&answer), "after the outage agent before got {answer:?}");
     wait_phase(&agents, "before", "Active").await;
 }
+
+#[tokio::test]
+#[ignore = "restarts the shared kube-apiserver; tools/e2e.sh runs it alone, after the parallel tests"]
+async fn decisions_fail_closed_once_the_view_of_revocations_is_older_than_its_bound() {
+    let env = require_cluster!();
+    let Some(mut apiserver) = Apiserver::local() else {
+        eprintln!("SKIPPED: not the local control plane (AGENTIAM_E2E_CLUSTER_DIR unset)");
+        return;
+    };
+    let ns = TestNs::new(&env, "stale").await;
+    let probe = probe_client(&env).await;
+    let op = Operator::start(&env, &ns.name, &["--max-revocation-staleness", "3s"]);
+    let read =
+        json!({"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm:contacts/*"]});
+    let policy = json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "crm-read"},
+        "spec": {"agents": {"names": ["bot"]}, "rules": [read]},
+    });
+    ns.api::<AgentPolicy>()
+        .patch("crm-read", &PatchParams::apply("agentiam-e2e").force(), &Patch::Apply(&policy))
+        .await
+        .expect("apply AgentPolicy");
+    let spec = json!({"owner": {"kind": "Team", "name": "e2e"}, "purpose": "staleness bound",
+        "credentials": {"audiences": [AUD]}});
+    ns.create_agent("bot", spec).await;
+    let bot = wait_for("a token of bot", RECOVERY_GIVE_UP, || token(&ns, "bot")).await;
+    wait_for("decisions to allow bot", RECOVERY_GIVE_UP, || async {
+        allowed(&decide(&op, &bot).await).then_some(())
+    })
+    .await;
+
+    // Killed: allowed from the snapshot while the view is younger than the bound, then refused.
+    apiserver.kill();
+    let killed = Instant::now();
+    let denied = wait_for("decisions to fail closed", Duration::from_secs(30), || async {
+        let answer = decide(&op, &bot).await;
+        (answer.0 == 200 && answer.1["decision"] == "Deny").then_some((killed.elapsed(), answer.1))
+    })
+    .await;
+    eprintln!(
+        "staleness bound 3s: decisions refused {} ms after the API server was killed",
+        denied.0.as_millis()
+    );
+    assert!(denied.0 >= Duration::from_secs(3), "refused before the bound: {denied:?}");
+    assert!(
+        denied.1["reason"].as_str().is_some_and(|r| r.contains("not been able to watch Revocations")),
+        "{}",
+        denied.1
+    );
+
+    // Back: allowed again as soon as the watch of Revocations answers.
+    let mut starting = apiserver.start();
+    wait_for("the API server to answer again", Duration::from_secs(120), || async {
+        apiserver_ready(&probe).await.then_some(())
+    })
+    .await;
+    wait_for("decisions to allow bot again", RECOVERY_GIVE_UP, || async {
+        allowed(&decide(&op, &bot).await).then_some(())
+    })
+    .await;
+    let status = starting.wait().expect("wait for cluster.sh start-apiserver");
+    assert!(status.success(), "cluster.sh start-apiserver failed: {status}");
+}
