@@ -228,8 +228,8 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "namespace: $watch_ns"
       expect "$out" "$name" "expression: request.namespace == \"$watch_ns\""
       # The agentiam.dev rules move to the Role; the ClusterRole keeps only the namespace read and the webhook
-      # configuration. (Eight in the Role, two in the example delegator ClusterRole, one in the approver's.)
-      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 11 ] || die "$name: expected the agentiam.dev rules once"
+      # configuration. (Nine in the Role, two in the example delegator ClusterRole, one in the approver's.)
+      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 12 ] || die "$name: expected the agentiam.dev rules once"
       ;;
     no-persistence)
       expect "$out" "$name" "emptyDir: {}"
