@@ -88,11 +88,15 @@ pub enum Action {
     RevocationEvict,
     /// A Revocation with emergency asked for the emergency key rotation.
     RevocationRotateKeys,
+    /// Someone registered a Shared Signals stream.
+    SsfStreamCreate,
+    /// Someone deleted a Shared Signals stream.
+    SsfStreamDelete,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 40] = [
+    pub const ALL: [Self; 42] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -133,6 +137,8 @@ impl Action {
         Self::RevocationLift,
         Self::RevocationEvict,
         Self::RevocationRotateKeys,
+        Self::SsfStreamCreate,
+        Self::SsfStreamDelete,
     ];
 
     /// The stored spelling.
@@ -178,6 +184,8 @@ impl Action {
             Self::RevocationLift => "revocation.lift",
             Self::RevocationEvict => "revocation.evict",
             Self::RevocationRotateKeys => "revocation.rotate-keys",
+            Self::SsfStreamCreate => "ssf.stream.create",
+            Self::SsfStreamDelete => "ssf.stream.delete",
         }
     }
 

@@ -154,10 +154,8 @@ pub struct SigningKey {
     pkcs8: Zeroizing<Vec<u8>>,
     x: String,
     y: String,
-    jwt_header_b64: String,
-    delegated_header_b64: String,
-    /// The same, for access tokens.
-    access_header_b64: String,
+    /// The base64url header for each [`JwtType`], by [`JwtType::index`], computed once.
+    headers_b64: [String; JwtType::ALL.len()],
     created_at: Timestamp,
     // aws-lc-rs ignores the RNG argument (AWS-LC draws its own nonces), so one instance per key costs nothing
     // and keeps the signing call free of per-token setup.
@@ -187,18 +185,14 @@ impl SigningKey {
         }
         let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
         let kid = ec_thumbprint(&x, &y);
-        let jwt_header_b64 = header_b64(&kid, JwtType::Svid);
-        let delegated_header_b64 = header_b64(&kid, JwtType::Delegated);
-        let access_header_b64 = header_b64(&kid, JwtType::Access);
+        let headers_b64 = JwtType::ALL.map(|t| header_b64(&kid, t));
         Ok(Self {
             kid,
             key_pair,
             pkcs8: Zeroizing::new(der.to_vec()),
             x,
             y,
-            jwt_header_b64,
-            delegated_header_b64,
-            access_header_b64,
+            headers_b64,
             created_at,
             rng: SystemRandom::new(),
         })
@@ -232,11 +226,7 @@ impl SigningKey {
 
     /// The base64url JWT header for tokens of `typ`, computed once per key.
     pub fn header_b64_for(&self, typ: JwtType) -> &str {
-        match typ {
-            JwtType::Svid => &self.jwt_header_b64,
-            JwtType::Delegated => &self.delegated_header_b64,
-            JwtType::Access => &self.access_header_b64,
-        }
+        self.headers_b64.get(typ.index()).map_or("", String::as_str)
     }
 
     /// The public key as a JWK with `"use": "sig"` and `"alg": "ES256"`, for the `/keys` JWKS.
@@ -311,20 +301,38 @@ pub enum JwtType {
     Delegated,
     /// A task-scoped access token from the token endpoint: `typ` [`ACCESS_TYP`] (RFC 9068).
     Access,
+    /// A Security Event Token for Shared Signals receivers: `typ` [`SECEVENT_TYP`] (RFC 8417 §2.3).
+    SecEvent,
 }
 
 /// The `typ` of delegated tokens.
 pub const DELEGATED_TYP: &str = "agentiam-delegation+jwt";
 /// The `typ` of access tokens (RFC 9068 §2.1).
 pub const ACCESS_TYP: &str = "at+jwt";
+/// The `typ` of Security Event Tokens (RFC 8417 §2.3).
+pub const SECEVENT_TYP: &str = "secevent+jwt";
 
 impl JwtType {
+    /// Every type.
+    pub const ALL: [Self; 4] = [Self::Svid, Self::Delegated, Self::Access, Self::SecEvent];
+
     /// The header's `typ` value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Svid => "JWT",
             Self::Delegated => DELEGATED_TYP,
             Self::Access => ACCESS_TYP,
+            Self::SecEvent => SECEVENT_TYP,
+        }
+    }
+
+    /// Its position in [`Self::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Svid => 0,
+            Self::Delegated => 1,
+            Self::Access => 2,
+            Self::SecEvent => 3,
         }
     }
 }

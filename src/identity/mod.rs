@@ -12,6 +12,7 @@ pub mod issuer;
 pub mod jwt;
 pub mod keys;
 pub mod revocations;
+pub mod set;
 pub mod spiffe;
 pub mod verify;
 pub mod x509;

@@ -805,6 +805,8 @@ fn check_header(header: &Map<String, Value>, typ: JwtType) -> Result<&str, Token
         (JwtType::Delegated, _) => return Err(HeaderError::NotDelegated.into()),
         (JwtType::Access, Some(Value::String(t))) if t == ACCESS_TYP => {}
         (JwtType::Access, _) => return Err(HeaderError::NotAccess.into()),
+        // Security Event Tokens are for Shared Signals receivers; nothing here accepts one as a credential.
+        (JwtType::SecEvent, _) => return Err(HeaderError::Type.into()),
     }
     match header.get("kid") {
         Some(Value::String(kid)) if !kid.is_empty() => Ok(kid),

@@ -89,7 +89,7 @@ struct Inspected {
 
 impl TokenService {
     /// The Kubernetes identity behind `bearer`, by TokenReview (cached).
-    async fn caller(&self, bearer: Option<&str>) -> Result<Requester, OAuthError> {
+    pub(crate) async fn caller(&self, bearer: Option<&str>) -> Result<Requester, OAuthError> {
         let unauthenticated = |why: &str| {
             OAuthError::client(format!(
                 "{why}: send your Kubernetes token (a ServiceAccount's, or your own) as Authorization: Bearer"
@@ -142,15 +142,28 @@ impl TokenService {
     /// Whether `requester` holds `verb` on the Agent `namespace/name` (SubjectAccessReview, cached). An
     /// error is a no: fail closed.
     async fn permitted(&self, requester: &Requester, verb: &str, namespace: &str, name: &str) -> bool {
+        self.permitted_on(requester, "agents", verb, namespace, name).await
+    }
+
+    /// Whether `requester` holds `verb` on the agentiam `resource` `namespace/name` (SubjectAccessReview,
+    /// cached). An error is a no: fail closed.
+    pub(crate) async fn permitted_on(
+        &self,
+        requester: &Requester,
+        resource: &str,
+        verb: &str,
+        namespace: &str,
+        name: &str,
+    ) -> bool {
         let key = format!(
-            "{}\u{0}{}\u{0}{verb}\u{0}{namespace}\u{0}{name}",
+            "{}\u{0}{}\u{0}{resource}\u{0}{verb}\u{0}{namespace}\u{0}{name}",
             requester.username,
             requester.groups.join(",")
         );
         if let Some(allowed) = cached(&self.callers.permissions, &key) {
             return allowed;
         }
-        match crate::webhook::server::may(self.client.as_ref(), requester, namespace, "agents", verb, name)
+        match crate::webhook::server::may(self.client.as_ref(), requester, namespace, resource, verb, name)
             .await
         {
             Ok(allowed) => {

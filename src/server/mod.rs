@@ -9,6 +9,7 @@ pub mod issuer;
 pub mod listener;
 pub mod mcp;
 pub mod revocations;
+pub mod ssf;
 pub mod tls;
 pub mod token;
 #[cfg(test)]
