@@ -47,6 +47,8 @@ pub const API_TLS_SECRET: &str = "agentiam-api-tls";
 pub const API_CA_CONFIGMAP: &str = "agentiam-api-ca";
 /// The trust bundle ConfigMap in every namespace with Agents.
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "agentiam-trust-bundle";
+/// The ConfigMap the Shared Signals streams are kept in (operator namespace).
+pub const SSF_STREAMS_CONFIGMAP: &str = "agentiam-ssf-streams";
 
 /// Annotation on a Delegation the token service created for an RFC 8693 exchange: the exchange's audit
 /// key. Only the operator may create a Delegation that carries it (the webhook refuses anyone else).
@@ -103,6 +105,7 @@ mod tests {
             ("agentiam.apiTlsSecret", API_TLS_SECRET),
             ("agentiam.apiCaConfigMap", API_CA_CONFIGMAP),
             ("agentiam.trustBundleConfigMap", TRUST_BUNDLE_CONFIGMAP),
+            ("agentiam.ssfStreamsConfigMap", SSF_STREAMS_CONFIGMAP),
             ("agentiam.agentLabel", AGENT_LABEL),
         ] {
             assert_eq!(helper(helper_name), ours, "{helper_name}");

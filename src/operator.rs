@@ -55,12 +55,40 @@ pub struct Options {
     pub max_revocation_staleness: Option<std::time::Duration>,
 }
 
+/// The TLS client configuration SSF pushes use: the system's CA certificates, and the operator's own API
+/// CA (when it manages its certificate) so a receiver serving a certificate from it is trusted too.
+fn push_tls(api_ca: Option<&str>) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let system = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
+        .into_iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .unwrap_or_default();
+    for pem in [system.as_slice(), api_ca.unwrap_or_default().as_bytes()] {
+        for cert in CertificateDer::pem_slice_iter(pem).filter_map(Result::ok) {
+            let _ = roots.add(cert);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+        // The default provider always supports the default versions; an empty config refuses every push.
+        Err(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    }
+}
+
 /// Why the operator could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// No usable kubeconfig or in-cluster configuration.
     #[error("failed to create a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    /// The Shared Signals streams could not be read.
+    #[error("failed to read the SSF streams (ConfigMap agentiam-ssf-streams): {0}")]
+    Ssf(#[source] kube::Error),
     /// The operator namespace is missing or unreadable.
     #[error("operator namespace {namespace:?} is not usable: {source}")]
     Namespace {
@@ -358,10 +386,28 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         opts.issuer.issuer_url.clone(),
         &mut tasks,
     );
+    let ssf = server::ssf::start(
+        server::ssf::Parts {
+            issuer_url: opts.issuer.issuer_url.clone(),
+            trust_domain: opts.config.trust_domain.clone(),
+            namespace: ns.clone(),
+            issuer: issuer.clone(),
+            index: Arc::clone(&index),
+            feed: Arc::clone(&feed),
+            client: client.clone(),
+            audit: audit.clone(),
+            auth: Arc::clone(&token_service),
+            tls: push_tls(ctx.api_ca.load_full().as_deref().map(String::as_str)),
+        },
+        &mut tasks,
+    )
+    .await
+    .map_err(StartupError::Ssf)?;
     let surfaces = server::Surfaces::default()
         .with(server::probes(health.clone()))
         .with(server::issuer::surface(issuer))
         .with(server::revocations::surface(feed))
+        .with(server::ssf::surface(ssf))
         .with(server::decision::surface(Arc::clone(&authorizer)))
         .with(server::token::surface(token_service));
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.

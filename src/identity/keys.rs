@@ -221,7 +221,7 @@ impl SigningKey {
     /// The base64url JWT header `{"alg":"ES256","typ":"JWT","kid":...}`, computed once per key because it
     /// is the same for every token the key signs.
     pub fn jwt_header_b64(&self) -> &str {
-        &self.jwt_header_b64
+        self.header_b64_for(JwtType::Svid)
     }
 
     /// The base64url JWT header for tokens of `typ`, computed once per key.

@@ -100,11 +100,32 @@ pub fn verification(state: Option<&str>) -> Value {
     }
 }
 
-/// One event as claims.
-pub fn claims(iss: &str, aud: &str, iat: i64, jti: String, subject: Value, event: &str, body: Value, txn: Option<String>) -> SetClaims {
+/// What every SET of one stream and one moment shares.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    /// The transmitter.
+    pub iss: &'a str,
+    /// The stream's audience.
+    pub aud: &'a str,
+    /// When (seconds).
+    pub iat: i64,
+    /// The cause's transaction ID.
+    pub txn: Option<String>,
+}
+
+/// One event about `subject` as claims, with its own `jti`.
+pub fn claims(envelope: &Envelope<'_>, jti: String, subject: Value, event: &str, body: Value) -> SetClaims {
     let mut events = Map::new();
     events.insert(event.to_owned(), body);
-    SetClaims { iss: iss.to_owned(), iat, jti, aud: aud.to_owned(), sub_id: subject, events, txn }
+    SetClaims {
+        iss: envelope.iss.to_owned(),
+        iat: envelope.iat,
+        jti,
+        aud: envelope.aud.to_owned(),
+        sub_id: subject,
+        events,
+        txn: envelope.txn.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -118,7 +139,8 @@ mod tests {
         assert_eq!(subject["identifiers"][1], json!({"format": "opaque", "id": "u-1"}));
         assert_eq!(agent_subject(None, "u-1"), json!({"format": "opaque", "id": "u-1"}));
         let body = session_revoked(100, Cause::Stopped("Revocation ns/stop"));
-        let c = claims("https://op", "https://rx", 100, "j".into(), subject, SESSION_REVOKED, body, Some("7".into()));
+        let envelope = Envelope { iss: "https://op", aud: "https://rx", iat: 100, txn: Some("7".into()) };
+        let c = claims(&envelope, "j".into(), subject, SESSION_REVOKED, body);
         assert!(c.validate().is_ok());
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["events"][SESSION_REVOKED]["reason_admin"]["en"], "Revocation ns/stop");

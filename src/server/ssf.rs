@@ -18,7 +18,7 @@
 //!   any 2xx) accepts; up to [`ATTEMPTS`] tries with a growing backoff, then the SET is dropped and
 //!   counted (the feed still has it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ use crate::server::{Routes, Surface};
 use crate::supervisor::Supervisor;
 
 /// The ConfigMap the streams are kept in.
-pub const STREAMS_CONFIGMAP: &str = "agentiam-ssf-streams";
+pub const STREAMS_CONFIGMAP: &str = crate::names::SSF_STREAMS_CONFIGMAP;
 /// The only delivery method: push (RFC 8935).
 pub const PUSH: &str = "urn:ietf:rfc:8935";
 /// The RBAC verb on `revocations` that stream management needs.
@@ -138,7 +138,8 @@ impl IntoResponse for Refusal {
 /// event types the transmitter knows (none asked: all of them).
 pub fn new_stream(iss: &str, id: String, by: &str, body: &[u8]) -> Result<Stream, Refusal> {
     let bad = |m: String| Refusal::new(StatusCode::BAD_REQUEST, m);
-    let req: CreateRequest = serde_json::from_slice(body).map_err(|e| bad(format!("not a stream request: {e}")))?;
+    let req: CreateRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not a stream request: {e}")))?;
     if req.delivery.method != PUSH {
         return Err(bad(format!("delivery.method must be {PUSH} (push); polling is not offered")));
     }
@@ -146,7 +147,10 @@ pub fn new_stream(iss: &str, id: String, by: &str, body: &[u8]) -> Result<Stream
     let supported: Vec<String> = set::SUPPORTED.iter().map(|s| (*s).to_owned()).collect();
     let requested = if req.events_requested.is_empty() { supported.clone() } else { req.events_requested };
     if let Some(unknown) = requested.iter().find(|e| !supported.contains(e)) {
-        return Err(bad(format!("event type {unknown:?} is not supported; supported: {}", supported.join(", "))));
+        return Err(bad(format!(
+            "event type {unknown:?} is not supported; supported: {}",
+            supported.join(", ")
+        )));
     }
     let delivered: Vec<String> = supported.iter().filter(|e| requested.contains(e)).cloned().collect();
     let description = req.description.map(|d| d.chars().take(256).collect());
@@ -169,7 +173,8 @@ fn check_endpoint(url: &str) -> Result<Uri, String> {
     let host = uri.host().ok_or_else(|| format!("delivery.endpoint_url {url:?} has no host"))?;
     let loopback = {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        bare.eq_ignore_ascii_case("localhost")
+            || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     };
     match uri.scheme_str() {
         Some("https") => Ok(uri),
@@ -198,7 +203,8 @@ pub fn events_for(
             (set::CREDENTIAL_CHANGE, set::credential_revoked(iat, set::Cause::Stopped(why))),
         ] {
             if wants(event) {
-                out.push(set::claims(&stream.iss, &stream.aud, iat, jti(), subject.clone(), event, body, txn.clone()));
+                let envelope = set::Envelope { iss: &stream.iss, aud: &stream.aud, iat, txn: txn.clone() };
+                out.push(set::claims(&envelope, jti(), subject.clone(), event, body));
             }
         }
     };
@@ -272,7 +278,8 @@ pub struct Parts {
 /// # Errors
 /// The streams ConfigMap cannot be read.
 pub async fn start(parts: Parts, tasks: &mut Supervisor) -> Result<Arc<Transmitter>, kube::Error> {
-    let connector = HttpsConnectorBuilder::new().with_tls_config(parts.tls).https_or_http().enable_http1().build();
+    let connector =
+        HttpsConnectorBuilder::new().with_tls_config(parts.tls).https_or_http().enable_http1().build();
     let t = Arc::new(Transmitter {
         issuer_url: parts.issuer_url,
         trust_domain: parts.trust_domain,
@@ -292,7 +299,9 @@ pub async fn start(parts: Parts, tasks: &mut Supervisor) -> Result<Arc<Transmitt
         for (id, json) in cm.data.unwrap_or_default() {
             match serde_json::from_str::<Stream>(&json) {
                 Ok(s) => t.open(s),
-                Err(e) => tracing::warn!(stream = %id, error = %e, "skipping a stream that does not read as one"),
+                Err(e) => {
+                    tracing::warn!(stream = %id, error = %e, "skipping a stream that does not read as one")
+                }
             }
         }
     }
@@ -326,7 +335,8 @@ impl Transmitter {
                 return;
             }
         };
-        let queued = self.streams.read().ok().and_then(|s| s.get(id).map(|l| l.queue.try_send(token).is_ok()));
+        let queued =
+            self.streams.read().ok().and_then(|s| s.get(id).map(|l| l.queue.try_send(token).is_ok()));
         if queued != Some(true) {
             self.drop_one(id, "its queue is full");
         }
@@ -345,7 +355,9 @@ impl Transmitter {
         let Some(agent) = snapshot.agent(uid) else {
             return (None, "the agent is gone or not Active".to_owned());
         };
-        let id = SpiffeId::for_agent(&self.trust_domain, &agent.namespace, &agent.name).ok().map(|i| i.to_string());
+        let id = SpiffeId::for_agent(&self.trust_domain, &agent.namespace, &agent.name)
+            .ok()
+            .map(|i| i.to_string());
         let why = match &agent.revoked_by {
             Some(h) => format!("{:?} by Revocation {}", h.mode, h.describe()),
             None => "the agent is not Active".to_owned(),
@@ -365,7 +377,9 @@ impl Transmitter {
         let result = match stream {
             Some(_) => api.patch(STREAMS_CONFIGMAP, &params, &Patch::Apply(&patch)).await.map(|_| ()),
             // A key leaves an applied map only if the manager stops listing it: a merge patch with null removes it.
-            None => api.patch(STREAMS_CONFIGMAP, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()),
+            None => {
+                api.patch(STREAMS_CONFIGMAP, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+            }
         };
         result.map_err(|e| {
             tracing::warn!(error = %e, "cannot store the SSF streams");
@@ -381,10 +395,16 @@ impl Transmitter {
             name: STREAMS_CONFIGMAP.into(),
             uid: None,
         };
-        let entry = Entry::new(format!("user:{who}"), action, object, Outcome::Success, format!("stream {}", stream.stream_id))
-            .with_detail("streamID", stream.stream_id.clone())
-            .with_detail("endpoint", stream.delivery.endpoint_url.clone())
-            .with_detail("events", stream.events_delivered.join(","));
+        let entry = Entry::new(
+            format!("user:{who}"),
+            action,
+            object,
+            Outcome::Success,
+            format!("stream {}", stream.stream_id),
+        )
+        .with_detail("streamID", stream.stream_id.clone())
+        .with_detail("endpoint", stream.delivery.endpoint_url.clone())
+        .with_detail("events", stream.events_delivered.join(","));
         if let Err(e) = self.audit.append(entry).await {
             tracing::error!(error = %e, action = %action, "cannot record an SSF stream change");
         }
@@ -521,7 +541,11 @@ async fn configuration(State(t): State<Arc<Transmitter>>) -> Response {
 }
 
 fn stream_id_of(uri: &Uri) -> Option<String> {
-    uri.query()?.split('&').find_map(|kv| kv.strip_prefix("stream_id=")).map(str::to_owned).filter(|s| !s.is_empty())
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("stream_id="))
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty())
 }
 
 async fn create(State(t): State<Arc<Transmitter>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -605,26 +629,24 @@ async fn verify(State(t): State<Arc<Transmitter>>, headers: HeaderMap, body: Byt
     }
     let req: VerifyRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return Refusal::new(StatusCode::BAD_REQUEST, format!("not a verification request: {e}")).into_response(),
+        Err(e) => {
+            return Refusal::new(StatusCode::BAD_REQUEST, format!("not a verification request: {e}"))
+                .into_response();
+        }
     };
     let Some(stream) = t.streams().into_iter().find(|s| s.stream_id == req.stream_id) else {
         return Refusal::new(StatusCode::NOT_FOUND, format!("no stream {:?}", req.stream_id)).into_response();
     };
     if !stream.events_delivered.iter().any(|e| e == set::VERIFICATION) {
-        return Refusal::new(StatusCode::BAD_REQUEST, "the stream does not carry verification events").into_response();
+        return Refusal::new(StatusCode::BAD_REQUEST, "the stream does not carry verification events")
+            .into_response();
     }
     let state: Option<String> = req.state.map(|s| s.chars().take(256).collect());
     let subject = json!({"format": "opaque", "id": stream.stream_id});
-    let claims = set::claims(
-        &t.issuer_url,
-        &stream.aud,
-        Timestamp::now().as_second(),
-        uuid_like(),
-        subject,
-        set::VERIFICATION,
-        set::verification(state.as_deref()),
-        None,
-    );
+    let envelope =
+        set::Envelope { iss: &t.issuer_url, aud: &stream.aud, iat: Timestamp::now().as_second(), txn: None };
+    let claims =
+        set::claims(&envelope, uuid_like(), subject, set::VERIFICATION, set::verification(state.as_deref()));
     t.send(&stream.stream_id, &claims);
     StatusCode::NO_CONTENT.into_response()
 }
@@ -642,14 +664,33 @@ mod tests {
     #[test]
     fn streams_are_push_to_https_or_loopback_with_known_events() {
         let s = stream(&[set::SESSION_REVOKED]);
-        assert_eq!((s.aud.as_str(), s.events_delivered.as_slice()), ("https://rx.example/events", &[set::SESSION_REVOKED.to_owned()][..]));
+        assert_eq!(
+            (s.aud.as_str(), s.events_delivered.as_slice()),
+            ("https://rx.example/events", &[set::SESSION_REVOKED.to_owned()][..])
+        );
         assert_eq!(stream(&[]).events_delivered.len(), 3, "none asked: all");
-        let refuse = |body: Value| new_stream("https://op", "s".into(), "a", body.to_string().as_bytes()).unwrap_err().message;
-        assert!(refuse(json!({"delivery": {"method": "urn:ietf:rfc:8936", "endpoint_url": "https://x"}})).contains("push"));
-        assert!(refuse(json!({"delivery": {"method": PUSH, "endpoint_url": "http://rx.example/"}})).contains("https"));
+        let refuse = |body: Value| {
+            new_stream("https://op", "s".into(), "a", body.to_string().as_bytes()).unwrap_err().message
+        };
+        assert!(
+            refuse(json!({"delivery": {"method": "urn:ietf:rfc:8936", "endpoint_url": "https://x"}}))
+                .contains("push")
+        );
+        assert!(
+            refuse(json!({"delivery": {"method": PUSH, "endpoint_url": "http://rx.example/"}}))
+                .contains("https")
+        );
         assert!(refuse(json!({"delivery": {"method": PUSH, "endpoint_url": "https://x"}, "events_requested": ["urn:x"]})).contains("not supported"));
         assert!(refuse(json!({"nonsense": 1})).contains("not a stream request"));
-        new_stream("https://op", "s".into(), "a", json!({"delivery": {"method": PUSH, "endpoint_url": "http://127.0.0.1:9/e"}}).to_string().as_bytes()).unwrap();
+        new_stream(
+            "https://op",
+            "s".into(),
+            "a",
+            json!({"delivery": {"method": PUSH, "endpoint_url": "http://127.0.0.1:9/e"}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -657,11 +698,13 @@ mod tests {
         let list = |agents: &[&str], delegations: &[&str], revision| RevocationList {
             revision,
             issuer: "https://op".into(),
-            agents: agents.iter().map(|a| (*a).to_owned()).collect::<BTreeSet<_>>(),
+            agents: agents.iter().map(|a| (*a).to_owned()).collect(),
             delegations: delegations.iter().map(|a| (*a).to_owned()).collect(),
             ..RevocationList::default()
         };
-        let describe = |uid: &str| (Some(format!("spiffe://td/ns/n/agent/{uid}")), "Revoke by Revocation n/stop".to_owned());
+        let describe = |uid: &str| {
+            (Some(format!("spiffe://td/ns/n/agent/{uid}")), "Revoke by Revocation n/stop".to_owned())
+        };
         let mut n = 0;
         let mut jti = || {
             n += 1;
@@ -670,7 +713,11 @@ mod tests {
         let before = list(&["old"], &[], 1);
         let now = list(&["old", "new"], &["d1"], 2);
         let all = events_for(&before, &now, &stream(&[]), 100, &describe, &mut jti);
-        assert_eq!(all.len(), 4, "two events for the new agent, two for the Delegation; none for the old one");
+        assert_eq!(
+            all.len(),
+            4,
+            "two events for the new agent, two for the Delegation; none for the old one"
+        );
         assert!(all.iter().all(|c| c.txn.as_deref() == Some("2") && c.aud == "https://rx.example/events"));
         assert_eq!(all[0].sub_id["identifiers"][0]["uri"], "spiffe://td/ns/n/agent/new");
         assert_eq!(all[2].sub_id, json!({"format": "opaque", "id": "d1"}));

@@ -393,3 +393,185 @@ async fn the_revocation_feed_reaches_followers_that_refuse_revoked_tokens_offlin
         JwtVerifier::new(config, &jwks).unwrap().verify(&resumed, AUD, jiff::Timestamp::now()).unwrap();
     assert_eq!(fresh().unwrap().check_svid(&again), Ok(()));
 }
+
+/// A Shared Signals receiver written against PyJWT alone: it fetches the operator's JWKS, verifies every
+/// pushed SET (`typ`, ES256 signature, issuer, audience, one event) and prints one JSON line per SET it
+/// accepted (`{"events": ..., "sub_id": ...}`) or refused (`{"refused": why}`, answered 400). Its first
+/// line is its port.
+const SSF_RECEIVER: &str = r#"
+import json, sys, http.server, jwt
+issuer, audience_prefix = sys.argv[1], sys.argv[2]
+jwks = jwt.PyJWKClient(issuer + "/keys")
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+        try:
+            assert self.headers.get("Content-Type") == "application/secevent+jwt", "content type"
+            assert jwt.get_unverified_header(body).get("typ") == "secevent+jwt", "typ"
+            key = jwks.get_signing_key_from_jwt(body).key
+            audience = "http://127.0.0.1:%d%s" % (self.server.server_address[1], self.path)
+            claims = jwt.decode(body, key, algorithms=["ES256"], audience=audience, issuer=issuer,
+                                options={"require": ["iat", "jti", "aud", "iss"], "verify_exp": False})
+            assert len(claims["events"]) == 1, "one event"
+            print(json.dumps({"events": claims["events"], "sub_id": claims["sub_id"], "txn": claims.get("txn")}), flush=True)
+            self.send_response(202)
+        except Exception as e:
+            print(json.dumps({"refused": repr(e)}), flush=True)
+            self.send_response(400)
+        self.end_headers()
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn a_shared_signals_receiver_gets_verified_caep_events_for_each_revoked_agent() {
+    use std::io::BufRead as _;
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-ssf").await;
+    let mut op = Operator::start(&env, &ns.name, &[]);
+    let _ = active_agent(&ns, "bot").await;
+    let uid = ns.api::<Agent>().get("bot").await.unwrap().metadata.uid.unwrap();
+
+    // The receiver, an independent JOSE implementation (PyJWT), trusting the operator's API CA.
+    let mut receiver =
+        std::process::Command::new(std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".into()))
+            .args(["-c", SSF_RECEIVER, &op.base_url(), "/events"])
+            .env("SSL_CERT_FILE", op.ca_file())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("a Python with PyJWT is required (tools/e2e.sh makes one: tools/python-env.sh)");
+    let mut lines = std::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap_or(Value::Null));
+        }
+    });
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let _receiver = Kill(receiver);
+
+    // The transmitter's metadata, and stream management only for callers with the verb.
+    let (status, _, body) = crate::harness::http_get(&op.http_addr, "/.well-known/ssf-configuration").await;
+    assert_eq!(status, 200);
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["delivery_methods_supported"], json!(["urn:ietf:rfc:8935"]));
+    assert_eq!(config["jwks_uri"], format!("{}/keys", op.base_url()));
+    let endpoint = format!("http://127.0.0.1:{port}/events");
+    let create =
+        json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": endpoint}, "description": "e2e"})
+            .to_string();
+    let post = |bearer: Option<String>, path: &'static str, body: String| {
+        let addr = op.http_addr.clone();
+        async move {
+            let auth = bearer.map(|b| format!("Bearer {b}"));
+            let mut headers = vec![("Content-Type", "application/json")];
+            if let Some(a) = &auth {
+                headers.push(("Authorization", a.as_str()));
+            }
+            let (status, _, text) = crate::harness::http_post(&addr, path, &headers, body.as_bytes()).await;
+            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(post(None, "/ssf/streams", create.clone()).await.0, 401);
+    let nobody = sa_token(&env, &ns, "nobody", false);
+    let (status, answer) = post(Some(nobody), "/ssf/streams", create.clone()).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer["error"].as_str().unwrap_or_default().contains("subscribe"), "{answer}");
+    let subscriber = sa_token(&env, &ns, "siem", true);
+    let (status, stream) = post(Some(subscriber.clone()), "/ssf/streams", create).await;
+    assert_eq!(status, 201, "{stream}");
+    let stream_id = stream["stream_id"].as_str().unwrap().to_owned();
+    assert_eq!(stream["events_delivered"].as_array().unwrap().len(), 3, "{stream}");
+    let recs = records(&op.audit_log());
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "ssf.stream.create" && r["details"]["streamID"] == stream_id.as_str())
+    );
+
+    // Verification: the receiver gets and verifies a verification event carrying our state.
+    let verify = json!({"stream_id": stream_id, "state": "e2e-state"}).to_string();
+    assert_eq!(post(Some(subscriber.clone()), "/ssf/verify", verify).await.0, 204);
+    let got = next_set(&mut rx).await;
+    let verification = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+    assert_eq!(got["events"][verification]["state"], "e2e-state", "{got}");
+
+    // A revocation: a verified session-revoked and credential-change SET for the agent, by SPIFFE ID and UID.
+    let since = Instant::now();
+    let spec = json!({"target": {"agentRef": {"name": "bot"}}, "mode": "Revoke", "reason": "INC-6"});
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation("stop-bot", spec)).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let got = next_set(&mut rx).await;
+        assert!(got.get("refused").is_none() && !got.is_null(), "the receiver refused or got nothing: {got}");
+        seen.push(got);
+    }
+    eprintln!(
+        "shared signals: both SETs verified by the receiver {} ms after the create returned",
+        since.elapsed().as_millis()
+    );
+    let spiffe = format!("spiffe://cluster.local/ns/{}/agent/bot", ns.name);
+    for (got, event) in seen.iter().zip([
+        "https://schemas.openid.net/secevent/caep/event-type/session-revoked",
+        "https://schemas.openid.net/secevent/caep/event-type/credential-change",
+    ]) {
+        assert!(got["events"].get(event).is_some(), "{got}");
+        assert_eq!(got["sub_id"]["identifiers"][0]["uri"], spiffe.as_str(), "{got}");
+        assert_eq!(got["sub_id"]["identifiers"][1]["id"], uid.as_str(), "{got}");
+    }
+    assert_eq!(
+        seen[1]["events"]["https://schemas.openid.net/secevent/caep/event-type/credential-change"]["change_type"],
+        "revoke"
+    );
+
+    // The stream survives a restart (it is kept in a ConfigMap), and deleting it is recorded.
+    let cm = env.kubectl(&["get", "configmap", "agentiam-ssf-streams", "-n", &ns.name, "-o", "json"], None);
+    assert!(String::from_utf8_lossy(&cm.stdout).contains(&stream_id));
+    op.restart();
+    let bearer = format!("Bearer {subscriber}");
+    let path = format!("/ssf/streams?stream_id={stream_id}");
+    let (status, _, body) =
+        crate::harness::http_request(&op.http_addr, "GET", &path, &[("Authorization", &bearer)], b"").await;
+    assert_eq!(status, 200, "the stream is back after a restart: {body}");
+    let (status, _, _) = crate::harness::http_request(
+        &op.http_addr,
+        "DELETE",
+        &format!("/ssf/streams?stream_id={stream_id}"),
+        &[("Authorization", &format!("Bearer {subscriber}"))],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(records(&op.audit_log()).iter().any(|r| r["action"] == "ssf.stream.delete"));
+}
+
+/// A ServiceAccount `name` in `ns` (with the verb `subscribe` on revocations when `subscribe`), and a token.
+fn sa_token(env: &crate::harness::Env, ns: &TestNs, name: &str, subscribe: bool) -> String {
+    let out = env.kubectl(&["create", "serviceaccount", name, "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", text(&out));
+    if subscribe {
+        let yaml = format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}}}\nrules:\n  - {{apiGroups: [agentiam.dev], resources: [revocations], verbs: [subscribe]}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\nsubjects: [{{kind: ServiceAccount, name: {name}, namespace: {}}}]\n",
+            ns.name
+        );
+        let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = env.kubectl(&["create", "token", name, "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The next line the SSF receiver printed (Null after 20 s of nothing).
+async fn next_set(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.ok().flatten().unwrap_or(Value::Null)
+}

@@ -135,6 +135,9 @@ the per-agent credentials Secrets <agent>-credentials labelled agentiam.dev/agen
 {{- define "agentiam.trustBundleConfigMap" -}}
 agentiam-trust-bundle
 {{- end }}
+{{- define "agentiam.ssfStreamsConfigMap" -}}
+agentiam-ssf-streams
+{{- end }}
 {{- define "agentiam.agentLabel" -}}
 agentiam.dev/agent
 {{- end }}
