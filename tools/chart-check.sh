@@ -334,7 +334,28 @@ for crd in agents agentpolicies delegations revocations; do
 done
 can no get customresourcedefinitions/other.example.com
 can no list customresourcedefinitions
-can no list namespaces
+# Cluster-wide mode watches Namespaces (their labels decide a cluster-wide Revocation's reach): list and
+# watch, never get, create or change one.
+can yes list namespaces
+can yes watch namespaces
+can no create namespaces
+can no patch "namespaces/$ins"
+# The Revocation controller: its finalizer (patch), its status, evictions for stopWorkloads; never deletes
+# pods or Revocations itself.
+can yes patch revocations.agentiam.dev -n default
+can yes patch revocations.agentiam.dev --subresource=status -n default
+can no delete revocations.agentiam.dev -n default
+can no create revocations.agentiam.dev -n default
+can yes list pods -n default
+can yes create pods --subresource=eviction -n default
+can no delete pods -n default
+can no get pods -n default
+can no subscribe revocations.agentiam.dev -n "$ins"
+# The emergency rotation a Revocation asks for (an annotation on the key set) and the SSF streams.
+can yes patch secrets/agentiam-signing-keys -n "$ins"
+can no patch secrets/agentiam-ca -n "$ins"
+can yes get configmaps/agentiam-ssf-streams -n "$ins"
+can yes patch configmaps/agentiam-ssf-streams -n "$ins"
 can yes list agents.agentiam.dev --all-namespaces
 can yes watch agents.agentiam.dev --all-namespaces
 can yes patch agents.agentiam.dev -n default
