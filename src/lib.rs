@@ -12,6 +12,7 @@ pub mod controller;
 pub mod crdgen;
 pub mod identity;
 pub mod metrics;
+pub mod monitor;
 pub mod names;
 pub mod oauth;
 pub mod operator;

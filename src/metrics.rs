@@ -49,6 +49,7 @@ pub struct Metrics {
     admission_requests: Family<Labels, Counter>,
     watch_restarts: Family<Labels, Counter>,
     malformed_objects: Family<Labels, Counter>,
+    anomalies: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +71,7 @@ impl Default for Metrics {
             admission_requests: Family::default(),
             watch_restarts: Family::default(),
             malformed_objects: Family::default(),
+            anomalies: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run, by controller", m.reconciles.clone());
@@ -124,6 +126,11 @@ impl Default for Metrics {
             "malformed_objects",
             "Objects skipped because they do not read as their kind, by watch",
             m.malformed_objects.clone(),
+        );
+        registry.register(
+            "anomalies",
+            "Agent behaviour that left its baseline, by feature and action (alert, suspend)",
+            m.anomalies.clone(),
         );
         let decisions_allow = m.decisions.get_or_create(&vec![("outcome", "allow".to_owned())]).clone();
         let decisions_deny = m.decisions.get_or_create(&vec![("outcome", "deny".to_owned())]).clone();
@@ -216,6 +223,12 @@ impl Metrics {
     /// The watch `watch` skipped an object that does not read as its kind.
     pub fn malformed_object(&self, watch: &str) {
         self.malformed_objects.get_or_create(&vec![("watch", watch.to_owned())]).inc();
+    }
+
+    /// The behavioural monitor found an anomaly in `feature`, and alerted or suspended.
+    pub fn anomaly(&self, feature: &str, suspended: bool) {
+        let action = if suspended { "suspend" } else { "alert" };
+        self.anomalies.get_or_create(&vec![("feature", feature.to_owned()), ("action", action.to_owned())]).inc();
     }
 
     /// The watch `watch` failed and will be restarted.

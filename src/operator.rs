@@ -53,6 +53,8 @@ pub struct Options {
     /// How old the view of Revocations may get while its watch fails before decisions fail closed
     /// (None: no bound).
     pub max_revocation_staleness: Option<std::time::Duration>,
+    /// The behavioural monitor's settings (None: off).
+    pub monitor: Option<crate::monitor::baseline::Settings>,
 }
 
 /// The TLS client configuration SSF pushes use: the system's CA certificates, and the operator's own API
@@ -301,6 +303,10 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         audit.clone(),
         opts.authz_fixed_time,
     );
+    if let Some(settings) = opts.monitor.clone() {
+        let monitor = crate::monitor::start(Arc::clone(&ctx), watched.agents.store(), settings, &mut tasks);
+        authorizer.set_monitor(monitor);
+    }
     // A wait for a human's answer ends before the listener's request timeout would cut the answer off.
     let max_wait = opts.http_limits.request_timeout.saturating_sub(std::time::Duration::from_secs(5));
     authorizer.set_approvals(Arc::new(server::approvals::Approvals::new(

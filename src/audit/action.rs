@@ -92,11 +92,15 @@ pub enum Action {
     SsfStreamCreate,
     /// Someone deleted a Shared Signals stream.
     SsfStreamDelete,
+    /// An agent's behaviour left its baseline (the alert threshold).
+    MonitorAlert,
+    /// An agent's behaviour left its baseline far enough to suspend it.
+    MonitorSuspend,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 42] = [
+    pub const ALL: [Self; 44] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -139,6 +143,8 @@ impl Action {
         Self::RevocationRotateKeys,
         Self::SsfStreamCreate,
         Self::SsfStreamDelete,
+        Self::MonitorAlert,
+        Self::MonitorSuspend,
     ];
 
     /// The stored spelling.
@@ -186,6 +192,8 @@ impl Action {
             Self::RevocationRotateKeys => "revocation.rotate-keys",
             Self::SsfStreamCreate => "ssf.stream.create",
             Self::SsfStreamDelete => "ssf.stream.delete",
+            Self::MonitorAlert => "monitor.alert",
+            Self::MonitorSuspend => "monitor.suspend",
         }
     }
 

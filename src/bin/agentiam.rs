@@ -78,6 +78,21 @@ struct RunArgs {
     /// Revocation made meanwhile could not be seen. "0s" turns the bound off.
     #[arg(long, env = "AGENTIAM_MAX_REVOCATION_STALENESS", default_value = "30s")]
     max_revocation_staleness: String,
+    /// Learn each agent's behaviour from its decisions and act on anomalies (docs/monitoring.md).
+    #[arg(long, env = "AGENTIAM_ANOMALY_DETECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    anomaly_detection: bool,
+    /// The monitor's bucket: decisions are counted per bucket of this length.
+    #[arg(long, env = "AGENTIAM_ANOMALY_BUCKET", default_value = "60s")]
+    anomaly_bucket: String,
+    /// Buckets learned per agent before anything is judged.
+    #[arg(long, env = "AGENTIAM_ANOMALY_WARMUP", default_value_t = 20)]
+    anomaly_warmup: u32,
+    /// Anomaly score (standard deviations above the baseline) from which an alert is raised.
+    #[arg(long, env = "AGENTIAM_ANOMALY_ALERT_SCORE", default_value_t = 4.0)]
+    anomaly_alert_score: f64,
+    /// Anomaly score from which the agent is suspended by a Revocation; 0 never suspends.
+    #[arg(long, env = "AGENTIAM_ANOMALY_SUSPEND_SCORE", default_value_t = 8.0)]
+    anomaly_suspend_score: f64,
     /// Address of the HTTP server: /healthz, /readyz, the issuer documents (/.well-known/openid-configuration,
     /// /keys, /v1/bundle), the decision API (/v1/authorize, /v1/ext_authz) and the token service
     /// (/v1/oauth/*). HTTPS with a certificate the operator manages unless --http-tls-cert-file or
@@ -198,6 +213,24 @@ fn options(args: RunArgs) -> Result<Options, String> {
     let trust_domain = TrustDomain::parse(&args.trust_domain).map_err(|e| format!("--trust-domain: {e}"))?;
     let checkpoint_interval = duration_arg("checkpoint-interval", &args.checkpoint_interval)?;
     let max_revocation_staleness = duration_arg("max-revocation-staleness", &args.max_revocation_staleness)?;
+    let anomaly_bucket = duration_arg("anomaly-bucket", &args.anomaly_bucket)?;
+    if anomaly_bucket < Duration::from_secs(1) {
+        return Err("--anomaly-bucket must be at least 1s".into());
+    }
+    let score = |name: &str, v: f64, zero_ok: bool| {
+        if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) {
+            Ok(v)
+        } else {
+            Err(format!("--{name} must be a positive number{}", if zero_ok { " (or 0)" } else { "" }))
+        }
+    };
+    let monitor = agentiam::monitor::baseline::Settings {
+        bucket: anomaly_bucket,
+        warmup: args.anomaly_warmup,
+        alert: score("anomaly-alert-score", args.anomaly_alert_score, false)?,
+        suspend: score("anomaly-suspend-score", args.anomaly_suspend_score, true)?,
+        ..agentiam::monitor::baseline::Settings::default()
+    };
     if checkpoint_interval < Duration::from_millis(100) {
         return Err("--checkpoint-interval must be at least 100ms".into());
     }
@@ -323,6 +356,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         failpoint_exchange_delay,
         approval_notifier,
         max_revocation_staleness: (!max_revocation_staleness.is_zero()).then_some(max_revocation_staleness),
+        monitor: args.anomaly_detection.then_some(monitor),
     })
 }
 

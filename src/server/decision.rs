@@ -217,6 +217,8 @@ pub struct Authorizer {
     id_prefix: String,
     ids: AtomicU64,
     approvals: OnceLock<Arc<Approvals>>,
+    /// The behavioural monitor every decision about an agent's policies is shown to.
+    monitor: OnceLock<Arc<crate::monitor::Monitor>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -255,6 +257,7 @@ impl Authorizer {
             id_prefix,
             ids: AtomicU64::new(0),
             approvals: OnceLock::new(),
+            monitor: OnceLock::new(),
         })
     }
 
@@ -337,6 +340,19 @@ impl Authorizer {
                 let _ = tokio::time::timeout_at(deadline, changed).await;
             }
         };
+        if let (Some(monitor), Some(uid)) = (self.monitor.get(), who.uid.as_deref())
+            && !stopped(&decision.reason)
+        {
+            let bytes = context.get("bytes").and_then(Value::as_u64);
+            let obs = crate::monitor::baseline::Observation {
+                at: Timestamp::now(),
+                resource: &req.resource,
+                tool: req.tool.as_deref(),
+                denied: decision.verdict != Verdict::Allow,
+                bytes,
+            };
+            monitor.observe(uid, &who.namespace, &who.name, &obs);
+        }
         let (on_behalf_of, chain) = (who.on_behalf_of.clone(), who.chain.clone());
         let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
         let audited = Audited {
@@ -361,6 +377,11 @@ impl Authorizer {
         let mut answer = response(decision, audit_id, on_behalf_of, chain);
         answer.approval = approval;
         Ok(answer)
+    }
+
+    /// Shows every decision about an agent's policies to `monitor` from now on.
+    pub fn set_monitor(&self, monitor: Arc<crate::monitor::Monitor>) {
+        let _ = self.monitor.set(monitor);
     }
 
     fn decide(
@@ -450,6 +471,22 @@ fn audience_refusal(req: &AuthorizeRequest, audience: &str) -> Option<String> {
 
 /// Who a decision was about, as far as the token told.
 #[derive(Debug, Default)]
+/// Whether a decision was about the agent being stopped (or not identified) rather than about what it
+/// asked: those say nothing about its behaviour, and a suspended agent's refused calls must not teach the
+/// monitor that refusals are normal.
+fn stopped(reason: &Reason) -> bool {
+    matches!(
+        reason,
+        Reason::Revoked { .. }
+            | Reason::NotActive(_)
+            | Reason::Stopping(_)
+            | Reason::Deleting
+            | Reason::UnknownAgent
+            | Reason::IdentityMismatch
+            | Reason::Refused(_)
+    )
+}
+
 struct Who {
     namespace: String,
     name: String,
