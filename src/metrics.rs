@@ -228,7 +228,9 @@ impl Metrics {
     /// The behavioural monitor found an anomaly in `feature`, and alerted or suspended.
     pub fn anomaly(&self, feature: &str, suspended: bool) {
         let action = if suspended { "suspend" } else { "alert" };
-        self.anomalies.get_or_create(&vec![("feature", feature.to_owned()), ("action", action.to_owned())]).inc();
+        self.anomalies
+            .get_or_create(&vec![("feature", feature.to_owned()), ("action", action.to_owned())])
+            .inc();
     }
 
     /// The watch `watch` failed and will be restarted.

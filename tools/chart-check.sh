@@ -340,12 +340,12 @@ can yes list namespaces
 can yes watch namespaces
 can no create namespaces
 can no patch "namespaces/$ins"
-# The Revocation controller: its finalizer (patch), its status, evictions for stopWorkloads; never deletes
-# pods or Revocations itself.
+# The Revocation controller: its finalizer (patch), its status, evictions for stopWorkloads; the monitor's
+# automatic suspensions (create); never deletes pods or Revocations itself.
 can yes patch revocations.agentiam.dev -n default
 can yes patch revocations.agentiam.dev --subresource=status -n default
 can no delete revocations.agentiam.dev -n default
-can no create revocations.agentiam.dev -n default
+can yes create revocations.agentiam.dev -n default
 can yes list pods -n default
 can yes create pods --subresource=eviction -n default
 can no delete pods -n default

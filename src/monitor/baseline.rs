@@ -41,7 +41,14 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { bucket: Duration::from_secs(60), alpha: 0.1, max_growth: 0.02, warmup: 20, alert: 4.0, suspend: 8.0 }
+        Self {
+            bucket: Duration::from_secs(60),
+            alpha: 0.1,
+            max_growth: 0.02,
+            warmup: 20,
+            alert: 4.0,
+            suspend: 8.0,
+        }
     }
 }
 
@@ -91,7 +98,8 @@ impl Feature {
 pub struct Observation<'a> {
     /// When.
     pub at: Timestamp,
-    /// The resource (only its first two segments count, so IDs do not look like new resources).
+    /// The resource (its first two segments count: `crm:contacts/42` and `crm:contacts/42/notes` are one
+    /// resource, `crm:contacts/43` another).
     pub resource: &'a str,
     /// The MCP tool, if any.
     pub tool: Option<&'a str>,
@@ -155,12 +163,12 @@ impl Stat {
             self.n = 1;
             return;
         }
-        let diff = x - self.mean;
-        let step = s.alpha * diff;
-        // Growth is capped, relative to the mean (and to the floor, so a zero mean can grow at all).
+        // Growth is capped, relative to the mean (and to the floor, so a zero mean can grow at all): the
+        // observation is learned as at most mean + cap / alpha, for the variance too, or a ramp would
+        // widen the spread it is measured against as fast as it climbs.
         let cap = s.max_growth * self.mean.max(floor);
-        let step = step.min(cap);
-        self.mean += step;
+        let diff = (x - self.mean).min(cap / s.alpha);
+        self.mean += s.alpha * diff;
         self.var = (1.0 - s.alpha) * (self.var + s.alpha * diff * diff);
         self.n = self.n.saturating_add(1);
     }
@@ -168,6 +176,32 @@ impl Stat {
     /// Upward deviation of `x` in (floored) standard deviations.
     fn z(&self, x: f64, floor: f64) -> f64 {
         ((x - self.mean) / self.var.sqrt().max(floor)).max(0.0)
+    }
+}
+
+/// The request count of one hour of the day, and on how many distinct days it was seen: a profile
+/// counts once it has [`Settings::warmup`] buckets from at least [`PROFILE_DAYS`] days.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct HourStat {
+    stat: Stat,
+    days: u32,
+    last_day: Option<i64>,
+}
+
+/// Days an hour of the day must have been seen on before its profile counts.
+pub const PROFILE_DAYS: u32 = 3;
+
+impl HourStat {
+    fn learn(&mut self, x: f64, day: i64, s: &Settings) {
+        self.stat.learn(x, s, Feature::RequestsForHour.floor());
+        if self.last_day != Some(day) {
+            self.last_day = Some(day);
+            self.days = self.days.saturating_add(1);
+        }
+    }
+
+    fn mature(&self, s: &Settings) -> bool {
+        self.days >= PROFILE_DAYS && self.stat.n >= s.warmup
     }
 }
 
@@ -204,7 +238,7 @@ impl Bucket {
 #[derive(Debug, Clone)]
 pub struct Baseline {
     stats: [Stat; 5],
-    hourly: [Stat; 24],
+    hourly: [HourStat; 24],
     learned: u32,
     open: Option<Bucket>,
     hasher: RandomState,
@@ -212,7 +246,13 @@ pub struct Baseline {
 
 impl Default for Baseline {
     fn default() -> Self {
-        Self { stats: [Stat::default(); 5], hourly: [Stat::default(); 24], learned: 0, open: None, hasher: RandomState::new() }
+        Self {
+            stats: [Stat::default(); 5],
+            hourly: [HourStat::default(); 24],
+            learned: 0,
+            open: None,
+            hasher: RandomState::new(),
+        }
     }
 }
 
@@ -224,6 +264,11 @@ fn bucket_index(at: Timestamp, s: &Settings) -> i64 {
 fn hour_of(index: i64, s: &Settings) -> usize {
     let secs = i64::try_from(s.bucket.as_secs().max(1)).unwrap_or(60);
     usize::try_from(index.saturating_mul(secs).div_euclid(3600).rem_euclid(24)).unwrap_or(0)
+}
+
+fn day_of(index: i64, s: &Settings) -> i64 {
+    let secs = i64::try_from(s.bucket.as_secs().max(1)).unwrap_or(60);
+    index.saturating_mul(secs).div_euclid(86_400)
 }
 
 impl Baseline {
@@ -270,11 +315,9 @@ impl Baseline {
         let verdict = self.judge(&bucket, s);
         match &verdict {
             Verdict::Learning | Verdict::Normal(_) => self.learn(&bucket, s),
-            // An hour of the day still learning its profile learns from alerting buckets too (never from
-            // suspending ones): otherwise a new daily pattern, alerting against the overall rate, could
-            // never form its own profile.
-            Verdict::Alert(_) => self.learn_young_hour(&bucket, s),
-            Verdict::Suspend(_) => {}
+            // An hour of the day still forming its profile learns from every bucket: otherwise a new daily
+            // pattern, anomalous against the overall rate, could never form one.
+            Verdict::Alert(_) | Verdict::Suspend(_) => self.learn_young_hour(&bucket, s),
         }
         // Buckets without a single decision are quiet, and quiet is normal.
         let per_day = i64::try_from(86_400 / s.bucket.as_secs().max(1)).unwrap_or(1440);
@@ -289,15 +332,17 @@ impl Baseline {
         for (stat, (feature, x)) in self.stats.iter_mut().zip(b.features()) {
             stat.learn(x, s, feature.floor());
         }
+        let day = day_of(b.index, s);
         if let Some(h) = self.hourly.get_mut(hour_of(b.index, s)) {
-            h.learn(f64::from(b.requests), s, Feature::RequestsForHour.floor());
+            h.learn(f64::from(b.requests), day, s);
         }
         self.learned = self.learned.saturating_add(1);
     }
 
     fn learn_young_hour(&mut self, b: &Bucket, s: &Settings) {
-        if let Some(h) = self.hourly.get_mut(hour_of(b.index, s)).filter(|h| h.n < s.warmup) {
-            h.learn(f64::from(b.requests), s, Feature::RequestsForHour.floor());
+        let day = day_of(b.index, s);
+        if let Some(h) = self.hourly.get_mut(hour_of(b.index, s)).filter(|h| !h.mature(s)) {
+            h.learn(f64::from(b.requests), day, s);
         }
     }
 
@@ -313,17 +358,19 @@ impl Baseline {
             }
         };
         // Once its hour of the day has a profile, the request count is judged against that hour alone.
-        let hour = self.hourly.get(hour_of(b.index, s)).filter(|h| h.n >= s.warmup);
+        let hour = self.hourly.get(hour_of(b.index, s)).filter(|h| h.mature(s));
         for (stat, (feature, x)) in self.stats.iter().zip(b.features()) {
             if !(feature == Feature::Requests && hour.is_some()) {
                 consider(feature, stat, x);
             }
         }
         if let Some(h) = hour {
-            consider(Feature::RequestsForHour, h, f64::from(b.requests));
+            consider(Feature::RequestsForHour, &h.stat, f64::from(b.requests));
         }
         match worst {
-            Some(e) if e.score >= s.suspend => Verdict::Suspend(e),
+            // The overall request rate alone never suspends: until its hour has a profile, a busy hour may
+            // be the agent's daily job. It alerts; resources, tools, denials and bytes still suspend.
+            Some(e) if e.score >= s.suspend && e.feature != Feature::Requests => Verdict::Suspend(e),
             Some(e) if e.score >= s.alert => Verdict::Alert(e),
             other => Verdict::Normal(other),
         }
@@ -344,7 +391,7 @@ mod tests {
     use super::*;
 
     fn at(minute: i64, second: i64) -> Timestamp {
-        Timestamp::from_second(1_796_000_000 + minute * 60 + second).unwrap()
+        Timestamp::from_second(1_795_996_800 + minute * 60 + second).unwrap()
     }
 
     /// Feeds `n` read requests in minute `m` (spread over its seconds), `denied` of them denied, and
@@ -395,14 +442,15 @@ mod tests {
     fn a_burst_is_caught_inside_its_bucket_and_is_not_learned() {
         let s = Settings::default();
         let mut b = trained(&s, 60);
-        // Minute 60: ten times the usual rate; judged while the bucket is still open.
+        // Minute 60: ten times the usual rate; judged while the bucket is still open. The rate alone
+        // alerts (it never suspends before its hour of the day has a profile).
         minute(&mut b, &s, 60, 200, 0, 3);
-        let Verdict::Suspend(e) = b.judge_open(&s) else { panic!("{:?}", b.judge_open(&s)) };
+        let Verdict::Alert(e) = b.judge_open(&s) else { panic!("{:?}", b.judge_open(&s)) };
         assert_eq!(e.feature, Feature::Requests);
-        assert!(e.observed >= 200.0 && e.expected < 25.0, "{e}");
+        assert!(e.observed >= 200.0 && e.expected < 25.0 && e.score > s.suspend, "{e}");
         // Closing it reports it, and the baseline has not moved towards it.
         let v = minute(&mut b, &s, 61, 22, 0, 3);
-        assert!(matches!(v.as_slice(), [Verdict::Suspend(_)]), "{v:?}");
+        assert!(matches!(v.as_slice(), [Verdict::Alert(_)]), "{v:?}");
         minute(&mut b, &s, 62, 22, 0, 3);
         assert!(matches!(b.judge_open(&s), Verdict::Normal(_)));
     }
@@ -412,7 +460,8 @@ mod tests {
         let s = Settings::default();
         let mut b = trained(&s, 60);
         minute(&mut b, &s, 60, 22, 0, 22);
-        assert!(matches!(b.judge_open(&s), Verdict::Alert(Evidence { feature: Feature::Resources, .. }) | Verdict::Suspend(Evidence { feature: Feature::Resources, .. })), "{:?}", b.judge_open(&s));
+        let v = b.judge_open(&s);
+        assert!(matches!(&v, Verdict::Suspend(e) if e.feature == Feature::Resources), "{v:?}");
         let mut b = trained(&s, 60);
         minute(&mut b, &s, 60, 22, 11, 3);
         let v = b.judge_open(&s);
@@ -457,13 +506,17 @@ mod tests {
         for day in 0..10 {
             for h in 0..24 {
                 let v = hour(&mut b, day * 24 + h, if h == 10 { 30 } else { 2 });
-                assert!(day < 5 || !alerted(&v), "day {day} hour {h}: {v:?}");
+                assert!(!v.iter().any(|v| matches!(v, Verdict::Suspend(_))), "day {day} hour {h}: {v:?}");
+                assert!(day < 6 || !alerted(&v), "day {day} hour {h}: {v:?}");
             }
         }
         // 30 at 3 a.m. is normal for 10:00, not for 3 a.m.
         hour(&mut b, 10 * 24 + 3, 30);
         let v = b.judge_open(&s);
-        assert!(matches!(&v, Verdict::Alert(e) | Verdict::Suspend(e) if e.feature == Feature::RequestsForHour), "{v:?}");
+        assert!(
+            matches!(&v, Verdict::Alert(e) | Verdict::Suspend(e) if e.feature == Feature::RequestsForHour),
+            "{v:?}"
+        );
         hour(&mut b, 10 * 24 + 4, 2);
         hour(&mut b, 10 * 24 + 10, 30);
         assert!(matches!(b.judge_open(&s), Verdict::Normal(_)), "{:?}", b.judge_open(&s));

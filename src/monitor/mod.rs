@@ -156,7 +156,12 @@ impl Monitor {
 }
 
 /// Starts the monitor and the task that acts on its findings.
-pub fn start(ctx: Arc<Context>, agents: Store<Agent>, settings: Settings, tasks: &mut Supervisor) -> Arc<Monitor> {
+pub fn start(
+    ctx: Arc<Context>,
+    agents: Store<Agent>,
+    settings: Settings,
+    tasks: &mut Supervisor,
+) -> Arc<Monitor> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let monitor = Arc::new(Monitor { settings, agents, tracked: Mutex::new(HashMap::new()), findings: tx });
     tasks.spawn_infallible("anomaly monitor", act(ctx, Arc::clone(&monitor), rx));
@@ -190,11 +195,12 @@ async fn report(ctx: &Context, f: &Finding) {
     crate::metrics::global().anomaly(f.evidence.feature.as_str(), f.suspend);
     let action = if f.suspend { Action::MonitorSuspend } else { Action::MonitorAlert };
     let what = if f.suspend { "suspending the agent" } else { "alert" };
-    let entry = Entry::new(ACTOR, action, agent_ref(f), Outcome::Success, format!("anomaly: {}; {what}", f.evidence))
-        .with_detail("feature", f.evidence.feature.as_str())
-        .with_detail("score", format!("{:.2}", f.evidence.score))
-        .with_detail("observed", format!("{:.2}", f.evidence.observed))
-        .with_detail("expected", format!("{:.2}", f.evidence.expected));
+    let entry =
+        Entry::new(ACTOR, action, agent_ref(f), Outcome::Success, format!("anomaly: {}; {what}", f.evidence))
+            .with_detail("feature", f.evidence.feature.as_str())
+            .with_detail("score", format!("{:.2}", f.evidence.score))
+            .with_detail("observed", format!("{:.2}", f.evidence.observed))
+            .with_detail("expected", format!("{:.2}", f.evidence.expected));
     if let Err(e) = ctx.audit.append(entry).await {
         tracing::error!(error = %e, "cannot record an anomaly");
     }
@@ -243,7 +249,9 @@ async fn suspend(ctx: &Context, f: &Finding) {
     let Ok(revocation) = revocation else { return };
     let api: Api<Revocation> = Api::namespaced(ctx.client.clone(), &f.namespace);
     match api.create(&PostParams::default(), &revocation).await {
-        Ok(_) => tracing::warn!(agent = %f.name, revocation = %name, "agent suspended by the behavioural monitor"),
+        Ok(_) => {
+            tracing::warn!(agent = %f.name, revocation = %name, "agent suspended by the behavioural monitor")
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => tracing::error!(error = %e, agent = %f.name, "cannot create the monitor's Revocation"),
     }
@@ -259,7 +267,11 @@ mod tests {
         assert_eq!(thresholds(None, &d), (4.0, Some(8.0)));
         assert_eq!(thresholds(Some("alert=6, suspend=12"), &d), (6.0, Some(12.0)));
         assert_eq!(thresholds(Some("suspend=off"), &d), (4.0, None));
-        assert_eq!(thresholds(Some("alert=-1,suspend=NaN,bogus"), &d), (4.0, Some(8.0)), "nonsense is ignored");
+        assert_eq!(
+            thresholds(Some("alert=-1,suspend=NaN,bogus"), &d),
+            (4.0, Some(8.0)),
+            "nonsense is ignored"
+        );
         let off = Settings { suspend: 0.0, ..Settings::default() };
         assert_eq!(thresholds(None, &off), (4.0, None));
     }

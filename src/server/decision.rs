@@ -469,8 +469,6 @@ fn audience_refusal(req: &AuthorizeRequest, audience: &str) -> Option<String> {
     Some(format!("the token is for audience {audience:?}, not {expected:?}"))
 }
 
-/// Who a decision was about, as far as the token told.
-#[derive(Debug, Default)]
 /// Whether a decision was about the agent being stopped (or not identified) rather than about what it
 /// asked: those say nothing about its behaviour, and a suspended agent's refused calls must not teach the
 /// monitor that refusals are normal.
@@ -487,6 +485,8 @@ fn stopped(reason: &Reason) -> bool {
     )
 }
 
+/// Who a decision was about, as far as the token told.
+#[derive(Debug, Default)]
 struct Who {
     namespace: String,
     name: String,

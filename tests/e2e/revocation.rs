@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use agentiam::api::{Agent, Revocation};
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
 
@@ -574,4 +575,62 @@ fn sa_token(env: &crate::harness::Env, ns: &TestNs, name: &str, subscribe: bool)
 /// The next line the SSF receiver printed (Null after 20 s of nothing).
 async fn next_set(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
     tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.ok().flatten().unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn an_agent_whose_behaviour_leaves_its_baseline_is_suspended_by_the_monitor() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-anomaly").await;
+    // One-second buckets and a five-bucket warm-up, so the test learns in seconds what takes minutes.
+    let op = Operator::start(&env, &ns.name, &["--anomaly-bucket", "1s", "--anomaly-warmup", "5"]);
+    read_policy(&ns).await;
+    let identity = active_agent(&ns, "bot").await;
+    wait_for("bot allowed", WAIT, || async { allows(&op, &identity).await.then_some(()) }).await;
+
+    // Ten seconds of its usual work: four reads a second of two contacts.
+    let steady_until = Instant::now() + Duration::from_secs(10);
+    let mut i = 0u32;
+    while Instant::now() < steady_until {
+        let resource = format!("crm:contacts/{}", i % 2);
+        assert_eq!(decide(&op, &identity, "read", &resource, json!({})).await["decision"], "Allow");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        ns.api::<Revocation>().list(&Default::default()).await.unwrap().items.is_empty(),
+        "steady work is normal"
+    );
+
+    // Then it reads forty different contacts in a second: the monitor suspends it.
+    let since = Instant::now();
+    for n in 100..140 {
+        decide(&op, &identity, "read", &format!("crm:contacts/{n}"), json!({})).await;
+    }
+    let revocation = wait_for("the monitor's Revocation", WAIT, || async {
+        let list = ns.api::<Revocation>().list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|r| r.labels().get("agentiam.dev/created-by").map(String::as_str) == Some("monitor"))
+    })
+    .await;
+    eprintln!(
+        "monitor: Revocation {} created {} ms after the burst began",
+        revocation.name_any(),
+        since.elapsed().as_millis()
+    );
+    assert_eq!(revocation.spec.mode, agentiam::api::RevocationMode::Suspend);
+    assert!(revocation.spec.reason.contains("distinct-resources"), "{}", revocation.spec.reason);
+    wait_phase(&ns.api::<Agent>(), "bot", "Suspended").await;
+    assert!(!allows(&op, &identity).await);
+    let recs = wait_records(&op, "the monitor's record", |recs| {
+        recs.iter().any(|r| r["action"] == "monitor.suspend")
+    })
+    .await;
+    let rec = recs.iter().find(|r| r["action"] == "monitor.suspend").unwrap();
+    assert_eq!(rec["details"]["feature"], "distinct-resources", "{rec}");
+    let events = env.kubectl(
+        &["get", "events", "-n", &ns.name, "--field-selector", "reason=AnomalyDetected", "-o", "name"],
+        None,
+    );
+    assert!(!String::from_utf8_lossy(&events.stdout).trim().is_empty(), "no AnomalyDetected Event");
 }

@@ -201,10 +201,12 @@ src/controller/ (every rule names the code that needs it).
   resources: ["agentpolicies", "delegations", "revocations"]
   verbs: ["get", "list", "watch"]
 # The Revocation controller adds and removes its agentiam.dev/revocation finalizer (kube::runtime::finalizer
-# -> patch), so a deletion waits until the lift is recorded.
+# -> patch), so a deletion waits until the lift is recorded. The behavioural monitor creates a Suspend
+# Revocation for an agent whose behaviour leaves its baseline (monitor/mod.rs suspend; through the webhook,
+# which records it). It never deletes one: lifting is a human's decision.
 - apiGroups: ["agentiam.dev"]
   resources: ["revocations"]
-  verbs: ["patch"]
+  verbs: ["patch", "create"]
 - apiGroups: ["agentiam.dev"]
   resources: ["agentpolicies/status", "delegations/status", "revocations/status"]
   verbs: ["patch"]
