@@ -303,10 +303,11 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         audit.clone(),
         opts.authz_fixed_time,
     );
-    if let Some(settings) = opts.monitor.clone() {
+    let monitor = opts.monitor.clone().map(|settings| {
         let monitor = crate::monitor::start(Arc::clone(&ctx), watched.agents.store(), settings, &mut tasks);
-        authorizer.set_monitor(monitor);
-    }
+        authorizer.set_monitor(Arc::clone(&monitor));
+        monitor
+    });
     // A wait for a human's answer ends before the listener's request timeout would cut the answer off.
     let max_wait = opts.http_limits.request_timeout.saturating_sub(std::time::Duration::from_secs(5));
     authorizer.set_approvals(Arc::new(server::approvals::Approvals::new(
@@ -335,6 +336,10 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         reach: watched.reach(&opts.config.operator_namespace),
     })
     .with_failpoint_exchange_delay(opts.failpoint_exchange_delay);
+    let token_service = match &monitor {
+        Some(m) => token_service.with_trust_penalties(m.penalties()),
+        None => token_service,
+    };
     let token_service = Arc::new(token_service);
 
     let voided = token_service.void_interrupted().await.map_err(StartupError::VoidTokens)?;

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::api::{Agent, Revocation};
 use crate::audit::{Action, Entry, ObjectRef as AuditRef, Outcome};
 use crate::controller::{ACTOR, Context};
+use crate::registry::trust::{ALERT_PENALTY, DENIAL_PENALTY, SUSPEND_PENALTY, TrustPenalties};
 use crate::supervisor::Supervisor;
 use baseline::{Baseline, Evidence, Observation, Settings, Verdict};
 
@@ -62,6 +63,7 @@ struct Tracked {
 /// The monitor: baselines by agent UID.
 pub struct Monitor {
     settings: Settings,
+    penalties: Arc<TrustPenalties>,
     agents: Store<Agent>,
     tracked: Mutex<HashMap<String, Tracked>>,
     findings: mpsc::Sender<Finding>,
@@ -132,6 +134,12 @@ impl Monitor {
                 _ => None,
             }
         };
+        if obs.denied {
+            self.penalties.add(uid, DENIAL_PENALTY, obs.at);
+        }
+        if let Some((suspend, _)) = &finding {
+            self.penalties.add(uid, if *suspend { SUSPEND_PENALTY } else { ALERT_PENALTY }, obs.at);
+        }
         if let Some((suspend, evidence)) = finding {
             let f = Finding {
                 namespace: namespace.to_owned(),
@@ -145,6 +153,11 @@ impl Monitor {
                 tracing::warn!(agent = %name, %namespace, "anomaly findings queue full; one was dropped");
             }
         }
+    }
+
+    /// What behaviour takes off each agent's trust score: decisions and tokens read it.
+    pub fn penalties(&self) -> Arc<TrustPenalties> {
+        Arc::clone(&self.penalties)
     }
 
     /// Forgets agents no longer in the store (bounded memory).
@@ -163,7 +176,13 @@ pub fn start(
     tasks: &mut Supervisor,
 ) -> Arc<Monitor> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let monitor = Arc::new(Monitor { settings, agents, tracked: Mutex::new(HashMap::new()), findings: tx });
+    let monitor = Arc::new(Monitor {
+        settings,
+        penalties: Arc::default(),
+        agents,
+        tracked: Mutex::new(HashMap::new()),
+        findings: tx,
+    });
     tasks.spawn_infallible("anomaly monitor", act(ctx, Arc::clone(&monitor), rx));
     monitor
 }

@@ -185,3 +185,102 @@ mod tests {
         }
     }
 }
+
+/// Points a denied decision takes off the trust score.
+pub const DENIAL_PENALTY: f64 = 5.0;
+/// Points an anomaly alert takes off.
+pub const ALERT_PENALTY: f64 = 100.0;
+/// Points an automatic suspension takes off.
+pub const SUSPEND_PENALTY: f64 = 300.0;
+/// How fast a penalty fades: it halves every hour, so trust falls at once and recovers slowly.
+pub const PENALTY_HALF_LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What an agent's behaviour takes off its trust score: points added by denials and anomalies, fading
+/// with [`PENALTY_HALF_LIFE`]. The effective score is the recorded one minus the penalty, and it is what
+/// policies' `minTrustScore` and the lifetime of access tokens follow. In memory only (the behaviour it
+/// reflects is in memory too, see docs/monitoring.md).
+#[derive(Debug, Default)]
+pub struct TrustPenalties {
+    by_agent: std::sync::Mutex<std::collections::HashMap<String, (f64, jiff::Timestamp)>>,
+}
+
+/// The penalty `points` set at `since`, decayed to `now`.
+pub fn decayed(points: f64, since: jiff::Timestamp, now: jiff::Timestamp) -> f64 {
+    let elapsed = now.duration_since(since).as_secs_f64().max(0.0);
+    points * 0.5_f64.powf(elapsed / PENALTY_HALF_LIFE.as_secs_f64())
+}
+
+/// Most agents tracked; beyond, the smallest penalties are forgotten first.
+const MAX_PENALIZED: usize = 100_000;
+
+impl TrustPenalties {
+    /// Takes `points` off the agent `uid` at `at`.
+    pub fn add(&self, uid: &str, points: f64, at: jiff::Timestamp) {
+        let mut map = self.by_agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_PENALIZED && !map.contains_key(uid) {
+            map.retain(|_, (p, since)| decayed(*p, *since, at) >= 1.0);
+        }
+        let entry = map.entry(uid.to_owned()).or_insert((0.0, at));
+        *entry = (decayed(entry.0, entry.1, at) + points, at);
+    }
+
+    /// The whole points taken off the agent `uid` at `now`.
+    pub fn penalty(&self, uid: &str, now: jiff::Timestamp) -> u16 {
+        let map = self.by_agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = map.get(uid).map_or(0.0, |(p, since)| decayed(*p, *since, now));
+        // Bounded by the highest score, so the cast cannot overflow.
+        p.clamp(0.0, f64::from(MAX_TRUST_SCORE)) as u16
+    }
+
+    /// `recorded` minus the agent's penalty at `now`.
+    pub fn effective(&self, uid: &str, recorded: u16, now: jiff::Timestamp) -> u16 {
+        recorded.saturating_sub(self.penalty(uid, now))
+    }
+}
+
+#[cfg(test)]
+mod penalty_tests {
+    use super::*;
+
+    fn t(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_796_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn trust_falls_at_once_and_recovers_by_half_every_hour() {
+        let p = TrustPenalties::default();
+        assert_eq!(p.effective("a", 700, t(0)), 700);
+        p.add("a", ALERT_PENALTY, t(0));
+        for _ in 0..20 {
+            p.add("a", DENIAL_PENALTY, t(0));
+        }
+        assert_eq!(p.penalty("a", t(0)), 200);
+        assert_eq!(p.effective("a", 700, t(0)), 500);
+        assert_eq!(p.penalty("a", t(3600)), 100, "half after an hour");
+        assert_eq!(p.penalty("a", t(7200)), 50);
+        assert_eq!(p.effective("a", 150, t(0)), 0, "never below zero");
+        assert_eq!(p.penalty("b", t(0)), 0, "per agent");
+        // A later penalty adds to what is left of the earlier one.
+        p.add("a", SUSPEND_PENALTY, t(3600));
+        assert_eq!(p.penalty("a", t(3600)), 400);
+        assert_eq!(p.penalty("a", t(0)), 400, "a time before the last change does not undo it");
+        assert!(decayed(1000.0, t(0), t(36_000)) < 1.0, "ten hours later it is gone");
+    }
+}
+
+/// `record` with its trust score lowered by the agent's penalty at `now` (the same record when there is
+/// none, so decisions about well-behaved agents copy nothing).
+pub fn with_penalty(
+    record: std::sync::Arc<crate::registry::ledger::AgentRecord>,
+    uid: &str,
+    penalties: Option<&TrustPenalties>,
+    now: jiff::Timestamp,
+) -> std::sync::Arc<crate::registry::ledger::AgentRecord> {
+    let penalty = penalties.map_or(0, |p| p.penalty(uid, now));
+    if penalty == 0 {
+        return record;
+    }
+    let mut lowered = (*record).clone();
+    lowered.trust_score = lowered.trust_score.map(|t| t.saturating_sub(penalty));
+    std::sync::Arc::new(lowered)
+}

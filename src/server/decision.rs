@@ -219,6 +219,8 @@ pub struct Authorizer {
     approvals: OnceLock<Arc<Approvals>>,
     /// The behavioural monitor every decision about an agent's policies is shown to.
     monitor: OnceLock<Arc<crate::monitor::Monitor>>,
+    /// What behaviour took off each agent's trust score (the monitor's).
+    trust: OnceLock<Arc<crate::registry::trust::TrustPenalties>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -258,6 +260,7 @@ impl Authorizer {
             ids: AtomicU64::new(0),
             approvals: OnceLock::new(),
             monitor: OnceLock::new(),
+            trust: OnceLock::new(),
         })
     }
 
@@ -381,7 +384,20 @@ impl Authorizer {
 
     /// Shows every decision about an agent's policies to `monitor` from now on.
     pub fn set_monitor(&self, monitor: Arc<crate::monitor::Monitor>) {
+        self.set_trust_penalties(monitor.penalties());
         let _ = self.monitor.set(monitor);
+    }
+
+    /// Lowers each agent's trust score by what its behaviour took off (the monitor's penalties).
+    pub fn set_trust_penalties(&self, penalties: Arc<crate::registry::trust::TrustPenalties>) {
+        let _ = self.trust.set(penalties);
+    }
+
+    /// The operator's record of the agent `uid`, with its trust score lowered by what its behaviour took
+    /// off (the dynamic trust score, docs/monitoring.md).
+    fn record_of(&self, uid: &str, now: Timestamp) -> Option<Arc<crate::registry::ledger::AgentRecord>> {
+        let record = self.ledger.get(uid)?;
+        Some(crate::registry::trust::with_penalty(record, uid, self.trust.get().map(|t| &**t), now))
     }
 
     fn decide(
@@ -446,7 +462,7 @@ impl Authorizer {
             audience: &svid.audience,
             lifetime,
         };
-        let record = self.ledger.get(uid);
+        let record = self.record_of(uid, now);
         let decision = self.index.load().decide(subject, record.as_deref(), &request, clock, &self.limiter);
         (decision, who)
     }
@@ -555,7 +571,7 @@ impl Authorizer {
             context,
             delegation: None,
         };
-        let record = self.ledger.get(&v.agent_uid);
+        let record = self.record_of(&v.agent_uid, now);
         let acting = Acting { uid: &v.agent_uid, namespace: &who.namespace, name: &who.name };
         let decision = self.index.load().decide_access(
             acting,
@@ -647,7 +663,7 @@ impl Authorizer {
             context,
             delegation: Some(&delegated),
         };
-        let record = self.ledger.get(&v.agent_uid);
+        let record = self.record_of(&v.agent_uid, now);
         let acting = Acting { uid: &v.agent_uid, namespace: &who.namespace, name: &who.name };
         let decision =
             self.index.load().decide_delegated(acting, record.as_deref(), &request, clock, &self.limiter);

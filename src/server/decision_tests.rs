@@ -32,6 +32,7 @@ struct Fixture {
     minter: Minter,
     ledger: Arc<Ledger>,
     records: std::collections::HashMap<String, AgentRecord>,
+    trust: Arc<crate::registry::trust::TrustPenalties>,
     _issuer: IssuerSender,
 }
 
@@ -55,6 +56,8 @@ fn policy() -> Arc<AgentPolicy> {
             "metadata": {"name": "p", "namespace": "ns", "uid": "uid-p", "generation": 1},
             "spec": {"agents": {"names": ["bot"]}, "rules": [
                 {"name": "read", "effect": "Allow", "actions": ["read"], "resources": ["crm/contacts/*"]},
+                {"name": "export", "effect": "Allow", "actions": ["export"], "resources": ["crm/contacts/*"],
+                 "conditions": {"minTrustScore": 550}},
                 {"name": "search", "effect": "Allow", "actions": ["tools.call"], "tools": ["search_*"],
                  "conditions": {"attributes": [{"key": "limit", "operator": "LessThanOrEqual", "value": "50"}]}},
             ]},
@@ -83,8 +86,10 @@ async fn fixture() -> Fixture {
     index.publish(Builder::default().build(&[agent()], &[policy()], &[]));
     let ledger = Arc::new(Ledger::default());
     let authorizer = Authorizer::new(Arc::clone(&index), Arc::clone(&ledger), rx, audit.clone(), None);
+    let trust = Arc::new(crate::registry::trust::TrustPenalties::default());
+    authorizer.set_trust_penalties(Arc::clone(&trust));
     let records = Default::default();
-    Fixture { _dir: dir, audit, index, app: routes(authorizer), minter, ledger, records, _issuer: tx }
+    Fixture { _dir: dir, audit, index, app: routes(authorizer), minter, ledger, records, trust, _issuer: tx }
 }
 
 impl Fixture {
@@ -159,6 +164,26 @@ impl Fixture {
         let (status, _, body) = self.send(req).await;
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
+}
+
+#[tokio::test]
+async fn a_minimum_trust_rule_follows_the_dynamic_trust_score() {
+    let mut f = fixture().await;
+    let token = f.token("uid-bot", "crm");
+    let export = json!({"token": token, "action": "export", "resource": "crm/contacts/7"}).to_string();
+    assert_eq!(f.authorize(export.clone()).await.1["decision"], "Allow", "recorded 600 >= 550");
+    // An alert takes 100 off: 500 is below the rule's minimum.
+    let now = jiff::Timestamp::now();
+    f.trust.add("uid-bot", crate::registry::trust::ALERT_PENALTY, now);
+    let denied = f.authorize(export.clone()).await.1;
+    assert_eq!(denied["decision"], "Deny", "{denied}");
+    // The same alert two hours ago has faded to 25: allowed again.
+    let f2 = fixture().await;
+    f2.trust.add("uid-bot", crate::registry::trust::ALERT_PENALTY, now - jiff::SignedDuration::from_hours(2));
+    let mut f2 = f2;
+    let token = f2.token("uid-bot", "crm");
+    let export = json!({"token": token, "action": "export", "resource": "crm/contacts/7"}).to_string();
+    assert_eq!(f2.authorize(export).await.1["decision"], "Allow");
 }
 
 #[tokio::test]

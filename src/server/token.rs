@@ -82,6 +82,8 @@ pub struct TokenService {
     callers: introspect::Callers,
     /// What token exchange reads to judge a handoff like admission does (None: exchange unavailable).
     handoff: Option<Handoffs>,
+    /// What behaviour took off each agent's trust score (None: nothing).
+    trust: Option<Arc<crate::registry::trust::TrustPenalties>>,
     /// Test hook: exchanges pause this long after their intent.
     exchange_delay: std::time::Duration,
     /// Client assertions of requests in flight: a second request with the same one is refused before
@@ -165,6 +167,7 @@ impl TokenService {
             client: None,
             callers: introspect::Callers::default(),
             handoff: None,
+            trust: None,
             exchange_delay: std::time::Duration::ZERO,
             in_flight: Mutex::new(HashSet::new()),
         }
@@ -181,6 +184,14 @@ impl TokenService {
     #[must_use]
     pub fn with_client(mut self, client: kube::Client) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// Lowers each agent's trust score by what its behaviour took off (the monitor's penalties): scopes
+    /// whose rules need a minimum trust, and the tokens' lifetimes, follow it.
+    #[must_use]
+    pub fn with_trust_penalties(mut self, penalties: Arc<crate::registry::trust::TrustPenalties>) -> Self {
+        self.trust = Some(penalties);
         self
     }
 
@@ -346,7 +357,10 @@ impl TokenService {
         let uid = client.uid.clone().unwrap_or_default();
         let (namespace, name) =
             (client.namespace.clone().unwrap_or_default(), client.name.clone().unwrap_or_default());
-        let record = self.ledger.get(&uid);
+        let record = self
+            .ledger
+            .get(&uid)
+            .map(|r| crate::registry::trust::with_penalty(r, &uid, self.trust.as_deref(), now));
         let snapshot = self.index.load();
         let acting = Acting { uid: &uid, namespace: &namespace, name: &name };
         let grants = snapshot.grant_scopes(acting, record.as_deref(), &req.scopes, now).map_err(|d| {
