@@ -330,7 +330,8 @@ impl Snapshot {
         if !agent.audiences.iter().any(|a| a == subject.audience) {
             return Decision::deny(Reason::AudienceNotGranted);
         }
-        let allowed = effective_ttl(agent.requested_ttl, agent.ttl_cap, standing.trust_score);
+        // The credential was issued under the recorded score; a behaviour penalty narrows rules, not it.
+        let allowed = effective_ttl(agent.requested_ttl, agent.ttl_cap, record.trust_score.unwrap_or(0));
         if subject.lifetime.is_none_or(|l| l > allowed) {
             return Decision::deny(Reason::LifetimeNotGranted);
         }
@@ -351,7 +352,8 @@ impl Snapshot {
             return Err(Decision::deny(Reason::IdentityMismatch));
         }
         let Some(record) = record else { return Err(Decision::deny(Reason::Unrecorded)) };
-        let standing = Standing { phase: record.phase, trust_score: record.trust_score.unwrap_or(0) };
+        let trust_score = record.trust_score.unwrap_or(0).saturating_sub(record.trust_penalty);
+        let standing = Standing { phase: record.phase, trust_score };
         match stopped(agent, standing) {
             Some(stop) => Err(stop),
             None => Ok((agent, record, standing)),

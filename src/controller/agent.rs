@@ -570,6 +570,7 @@ mod tests {
             trust_score: first.status.trust_score,
             valid: Some((true, t0)),
             held_by: None,
+            trust_penalty: 0,
             issuances: Vec::new(),
         };
 

@@ -97,6 +97,10 @@ pub struct AgentRecord {
     pub valid: Option<(bool, Timestamp)>,
     /// The UID of the Revocation the last recorded phase was due to (None: the owner's or the spec's).
     pub held_by: Option<String>,
+    /// What behaviour takes off the trust score now (the monitor's penalty; never from the log: 0 in
+    /// every record the ledger holds, set only on the copy a decision reads, see
+    /// [`crate::registry::trust::with_penalty`]).
+    pub trust_penalty: u16,
     /// Issuances not taken back, oldest first.
     pub issuances: Vec<Issuance>,
 }

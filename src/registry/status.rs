@@ -186,6 +186,7 @@ mod tests {
             trust_score: d.status.trust_score,
             valid: Some((d.validation.is_ok(), at)),
             held_by: d.hold.as_ref().and_then(|h| h.uid.as_deref().map(str::to_owned)),
+            trust_penalty: 0,
             issuances: Vec::new(),
         }
     }

@@ -187,7 +187,7 @@ mod tests {
 }
 
 /// Points a denied decision takes off the trust score.
-pub const DENIAL_PENALTY: f64 = 5.0;
+pub const DENIAL_PENALTY: f64 = 1.0;
 /// Points an anomaly alert takes off.
 pub const ALERT_PENALTY: f64 = 100.0;
 /// Points an automatic suspension takes off.
@@ -251,7 +251,7 @@ mod penalty_tests {
         let p = TrustPenalties::default();
         assert_eq!(p.effective("a", 700, t(0)), 700);
         p.add("a", ALERT_PENALTY, t(0));
-        for _ in 0..20 {
+        for _ in 0..100 {
             p.add("a", DENIAL_PENALTY, t(0));
         }
         assert_eq!(p.penalty("a", t(0)), 200);
@@ -268,8 +268,9 @@ mod penalty_tests {
     }
 }
 
-/// `record` with its trust score lowered by the agent's penalty at `now` (the same record when there is
-/// none, so decisions about well-behaved agents copy nothing).
+/// `record` carrying the agent's penalty at `now` (the same record when there is none, so decisions about
+/// well-behaved agents copy nothing). Rules judge the recorded score minus it; the lifetime an identity
+/// credential may have keeps to the recorded score, the one it was issued under.
 pub fn with_penalty(
     record: std::sync::Arc<crate::registry::ledger::AgentRecord>,
     uid: &str,
@@ -281,6 +282,6 @@ pub fn with_penalty(
         return record;
     }
     let mut lowered = (*record).clone();
-    lowered.trust_score = lowered.trust_score.map(|t| t.saturating_sub(penalty));
+    lowered.trust_penalty = penalty;
     std::sync::Arc::new(lowered)
 }

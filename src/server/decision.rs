@@ -485,9 +485,11 @@ fn audience_refusal(req: &AuthorizeRequest, audience: &str) -> Option<String> {
     Some(format!("the token is for audience {audience:?}, not {expected:?}"))
 }
 
-/// Whether a decision was about the agent being stopped (or not identified) rather than about what it
-/// asked: those say nothing about its behaviour, and a suspended agent's refused calls must not teach the
-/// monitor that refusals are normal.
+/// Whether a decision was about the agent being stopped, or about the token presented (not identified,
+/// not one the operator issued or no longer, another audience or lifetime) rather than about what the
+/// agent asked: those say nothing about its behaviour. A suspended agent's refused calls must not teach
+/// the monitor that refusals are normal, and whoever replays a stale or stolen token must not be able to
+/// lower the agent's trust score.
 fn stopped(reason: &Reason) -> bool {
     matches!(
         reason,
@@ -497,6 +499,10 @@ fn stopped(reason: &Reason) -> bool {
             | Reason::Deleting
             | Reason::UnknownAgent
             | Reason::IdentityMismatch
+            | Reason::Unrecorded
+            | Reason::TokenNotIssued
+            | Reason::AudienceNotGranted
+            | Reason::LifetimeNotGranted
             | Reason::Refused(_)
     )
 }

@@ -393,7 +393,8 @@ impl TokenService {
                 format!("no scope is allowed: {}", why.join("; ")),
             ));
         }
-        let trust = record.as_ref().and_then(|r| r.trust_score).unwrap_or(0);
+        // A new access token follows the effective score (the recorded one minus behaviour's penalty).
+        let trust = record.as_ref().map_or(0, |r| r.trust_score.unwrap_or(0).saturating_sub(r.trust_penalty));
         let ttl = DEFAULT_ACCESS_TTL.min(effective_ttl(agent.requested_ttl, agent.ttl_cap, trust));
         let model = self.model(&namespace, &name, &uid);
         let issuer = Arc::clone(&self.issuer.borrow());
