@@ -7,7 +7,7 @@
 //! The list is the union of the policy index's deny state (every agent a Revocation holds, from the watch
 //! event on, before any phase is recorded) and what the operator's records void (the ledger: agents not
 //! Active or gone, Delegations not in force or gone, access tokens revoked one by one, keys withdrawn). It
-//! is recomputed when either changes and at least every [`PRUNE`], when entries age out.
+//! is recomputed when either changes and at least every 30 s, when entries age out.
 //!
 //! The feed is public, like the JWKS: it holds opaque UIDs, token IDs and key IDs, nothing a caller could
 //! use. Until the policy index has loaded it answers 503: an empty list then would be a lie that accepts.
