@@ -634,3 +634,92 @@ async fn an_agent_whose_behaviour_leaves_its_baseline_is_suspended_by_the_monito
     );
     assert!(!String::from_utf8_lossy(&events.stdout).trim().is_empty(), "no AnomalyDetected Event");
 }
+
+#[tokio::test]
+#[ignore = "creates and revokes 1,000 Agents; tools/e2e.sh runs it alone, after the parallel tests"]
+async fn a_selector_revocation_of_a_thousand_agents_denies_them_all_and_deletes_their_secrets() {
+    use futures::StreamExt as _;
+    const N: usize = 1000;
+    const SAMPLE: usize = 50;
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-fleet").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    read_policy(&ns).await;
+    let agents = ns.api::<Agent>();
+    let started = Instant::now();
+    futures::stream::iter(0..N)
+        .map(|i| {
+            let agents = agents.clone();
+            async move {
+                let agent: Agent = serde_json::from_value(json!({
+                    "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent",
+                    "metadata": {"name": format!("f{i}"), "labels": {"fleet": "blue"}},
+                    "spec": {"owner": {"kind": "Team", "name": "fleet"}, "purpose": "a fleet", "credentials": {"audiences": [AUD]}},
+                }))
+                .unwrap();
+                agents.create(&PostParams::default(), &agent).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let secrets = ns.api::<Secret>();
+    let labelled = kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=agentiam-operator");
+    let count = || async {
+        secrets
+            .list_metadata(&labelled)
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|s| s.metadata.name.as_deref().is_some_and(|n| n.ends_with("-credentials")))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("1,000 agents with credentials", Duration::from_secs(600), || async {
+        (count().await == N).then_some(())
+    })
+    .await;
+    eprintln!("fleet: {N} agents Active with credentials after {} s", started.elapsed().as_secs());
+    let mut sample = Vec::with_capacity(SAMPLE);
+    for i in (0..N).step_by(N / SAMPLE) {
+        sample.push(token(&ns, &format!("f{i}")).await);
+    }
+    for t in &sample {
+        assert!(allows(&op, t).await);
+    }
+
+    let since = Instant::now();
+    let spec = json!({"target": {"selector": {"matchLabels": {"fleet": "blue"}}}, "mode": "Revoke", "reason": "INC-7"});
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation("stop-fleet", spec)).await.unwrap();
+    let refs: Vec<&str> = sample.iter().map(String::as_str).collect();
+    let denied = all_denied(&op, &refs, since).await;
+    eprintln!(
+        "fleet: {SAMPLE} sampled tokens of {N} refused {} ms after the create returned",
+        denied.as_millis()
+    );
+    assert!(denied < Duration::from_secs(1), "{denied:?}");
+    let status = wait_for("the fleet's Revocation Enforced", Duration::from_secs(600), || async {
+        let r = ns.api::<Revocation>().get_opt("stop-fleet").await.ok().flatten()?;
+        let status = serde_json::to_value(r.status?).ok()?;
+        (status["phase"] == "Enforced").then_some(status)
+    })
+    .await;
+    eprintln!(
+        "fleet: Enforced (every phase recorded, every Secret gone) {} s after the create: {status}",
+        since.elapsed().as_secs()
+    );
+    assert_eq!(status["affectedAgents"], N as u64, "{status}");
+    assert_eq!(count().await, 0, "every credentials Secret is gone");
+    let list = agents.list(&Default::default()).await.unwrap();
+    let revoked = list
+        .items
+        .iter()
+        .filter(|a| a.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.as_str() == "Revoked"))
+        .count();
+    assert_eq!(revoked, N);
+    for t in &sample {
+        assert!(!allows(&op, t).await);
+    }
+}
