@@ -699,7 +699,9 @@ async fn a_selector_revocation_of_a_thousand_agents_denies_them_all_and_deletes_
         "fleet: {SAMPLE} sampled tokens of {N} refused {} ms after the create returned",
         denied.as_millis()
     );
-    assert!(denied < Duration::from_secs(1), "{denied:?}");
+    // Asking about 50 tokens one after the other takes most of this; the status says when the index
+    // refused them.
+    assert!(denied < Duration::from_secs(2), "{denied:?}");
     let status = wait_for("the fleet's Revocation Enforced", Duration::from_secs(600), || async {
         let r = ns.api::<Revocation>().get_opt("stop-fleet").await.ok().flatten()?;
         let status = serde_json::to_value(r.status?).ok()?;
@@ -711,6 +713,7 @@ async fn a_selector_revocation_of_a_thousand_agents_denies_them_all_and_deletes_
         since.elapsed().as_secs()
     );
     assert_eq!(status["affectedAgents"], N as u64, "{status}");
+    assert!(status["decisionApiLatencyMs"].as_u64().is_some_and(|ms| ms < 250), "{status}");
     assert_eq!(count().await, 0, "every credentials Secret is gone");
     let list = agents.list(&Default::default()).await.unwrap();
     let revoked = list
