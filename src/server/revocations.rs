@@ -117,16 +117,23 @@ pub fn compute(index: &PolicyIndex, ledger: &Ledger, issuer: &str, now: Timestam
     }
 }
 
+/// Shortest time between two recomputations. The first change after a quiet spell is published at once;
+/// a burst (a thousand agents revoked, each a record) is published at most this often, so the list is
+/// not rebuilt and serialized once per agent (which grows with the square of the fleet).
+const MIN_INTERVAL: Duration = Duration::from_millis(50);
+
 async fn keep_current(feed: Arc<Feed>, index: Arc<PolicyIndex>, ledger: Arc<Ledger>, issuer: String) {
     let (mut snapshots, mut records) = (index.subscribe(), ledger.feed_changes());
     index.wait_ready().await;
     loop {
+        let started = tokio::time::Instant::now();
         feed.offer(compute(&index, &ledger, &issuer, Timestamp::now()), Timestamp::now());
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { return },
             r = records.changed() => if r.is_err() { return },
             () = tokio::time::sleep(PRUNE) => {}
         }
+        tokio::time::sleep_until(started + MIN_INTERVAL).await;
     }
 }
 
