@@ -186,7 +186,8 @@ def mem_total():
 root = os.environ["AGENTIAM_ROOT"]
 kube_bin = os.environ.get("KUBE_BIN_DIR", "")
 etcd_bin = os.environ.get("ETCD_BIN", "")
-dirty = sh("git", "-C", root, "status", "--porcelain", "--untracked-files=no")
+# The results this run is rewriting are not changes to the code it measures.
+dirty = sh("git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
 machine = [
     ("date (UTC)", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())),
     ("commit", sh("git", "-C", root, "rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")),
