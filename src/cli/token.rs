@@ -650,10 +650,7 @@ pub fn check_url(url: &str) -> Result<Uri, TokenCliError> {
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") => {
-            let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = bare.eq_ignore_ascii_case("localhost")
-                || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if loopback {
+            if crate::tls::is_loopback_host(host) {
                 Ok(uri)
             } else {
                 Err(invalid("plain HTTP is only allowed to a loopback address; use https"))

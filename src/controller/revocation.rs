@@ -344,13 +344,7 @@ async fn check_delegations(
         .filter(|d| {
             let Some(ns) = d.namespace() else { return false };
             stopped_agents.contains(&(ns.clone(), d.spec.agent_ref.name.clone()))
-                || (rule::in_force(r, now)
-                    && rule::reaches_namespace(r, &ns, &ctx.reach)
-                    && r.spec
-                        .target
-                        .delegation_ref
-                        .as_ref()
-                        .is_some_and(|t| Some(&t.name) == d.metadata.name.as_ref()))
+                || rule::targets_delegation(r, &ns, &d.name_any(), &ctx.reach, now)
         })
         .cloned()
         .collect();

@@ -163,11 +163,27 @@ pub fn hold_on(
     reach: &Reach,
     now: Timestamp,
 ) -> Option<Hold> {
-    revocations
-        .iter()
-        .filter(|r| stops_agent(r, agent, reach, now))
+    strongest(revocations.iter().filter(|r| stops_agent(r, agent, reach, now)))
+}
+
+/// Of several Revocations that hold, the one that counts: Revoke before Suspend, then by namespace and name.
+fn strongest<'a>(holding: impl Iterator<Item = &'a Arc<Revocation>>) -> Option<Hold> {
+    holding
         .min_by_key(|r| (r.spec.mode != RevocationMode::Revoke, r.namespace(), r.name_any()))
         .map(|r| Hold::of(r))
+}
+
+/// Whether `r` targets the Delegation `namespace/name` by `delegationRef` at `now` (in force, in reach).
+pub fn targets_delegation(
+    r: &Revocation,
+    namespace: &str,
+    name: &str,
+    reach: &Reach,
+    now: Timestamp,
+) -> bool {
+    in_force(r, now)
+        && reaches_namespace(r, namespace, reach)
+        && r.spec.target.delegation_ref.as_ref().is_some_and(|d| d.name == name)
 }
 
 /// The Revocation that targets the Delegation `namespace/name` by `delegationRef` at `now`, if any (its
@@ -179,12 +195,7 @@ pub fn hold_on_delegation(
     reach: &Reach,
     now: Timestamp,
 ) -> Option<Hold> {
-    revocations
-        .iter()
-        .filter(|r| in_force(r, now) && reaches_namespace(r, namespace, reach))
-        .filter(|r| r.spec.target.delegation_ref.as_ref().is_some_and(|d| d.name == name))
-        .min_by_key(|r| (r.spec.mode != RevocationMode::Revoke, r.namespace(), r.name_any()))
-        .map(|r| Hold::of(r))
+    strongest(revocations.iter().filter(|r| targets_delegation(r, namespace, name, reach, now)))
 }
 
 /// Why the Delegation `namespace/name` granted to an agent in `grantee_phase` (the operator's record) is

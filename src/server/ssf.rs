@@ -171,11 +171,7 @@ pub fn new_stream(iss: &str, id: String, by: &str, body: &[u8]) -> Result<Stream
 fn check_endpoint(url: &str) -> Result<Uri, String> {
     let uri: Uri = url.parse().map_err(|_| format!("delivery.endpoint_url {url:?} is not a URL"))?;
     let host = uri.host().ok_or_else(|| format!("delivery.endpoint_url {url:?} has no host"))?;
-    let loopback = {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        bare.eq_ignore_ascii_case("localhost")
-            || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    };
+    let loopback = crate::tls::is_loopback_host(host);
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if loopback => Ok(uri),

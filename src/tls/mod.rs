@@ -9,6 +9,15 @@ pub mod secret;
 
 use certs::TlsError;
 
+/// Whether `host` (a URL's host, IPv6 in brackets or not) is this machine: `localhost` or a loopback
+/// address. The one rule for every place that allows plain HTTP only to a loopback address (fetching keys
+/// in the CLI, pushing Security Event Tokens).
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Why a serving certificate could not be loaded, made, renewed or used. Never contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {
