@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the test and benchmark tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, opa,
-# promtool)
+# promtool, spire-server and spire-agent)
 # from their published Go modules, pinned in tools/versions.env, into a cache outside the clone:
 #   ${AGENTIAM_TOOLS_CACHE:-~/.cache/agentiam-tools}/<name>-<version>/<binary>
 # A tool already in the cache is not rebuilt, so only the first run on a machine is slow.
-# Usage: tools/build-tools.sh [kubernetes] [etcd] [helm] [opa] [promtool]   (default: kubernetes etcd helm)
+# Usage: tools/build-tools.sh [kubernetes] [etcd] [helm] [opa] [promtool] [spire]   (default: kubernetes etcd helm)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -116,6 +116,20 @@ build_promtool() {
     github.com/prometheus/prometheus/cmd/promtool "-s -w"
 }
 
+build_spire() {
+  # Two commands of one module, and cgo: SPIRE's sqlite3 datastore (mattn/go-sqlite3) does not work without it.
+  local v=$SPIRE_VERSION out=$cache/spire-$SPIRE_VERSION
+  if [ -x "$out/spire-server" ] && [ -x "$out/spire-agent" ]; then log "spire $v cached in $out"; return; fi
+  command -v gcc >/dev/null || { log "error: SPIRE's sqlite3 datastore needs cgo, and there is no gcc"; exit 1; }
+  mkdir -p "$out"
+  local wrap=$cache/src/spire-$v
+  mkdir -p "$wrap"
+  printf 'module agentiam.dev/tools/spire\n\ngo 1.26\n\nrequire github.com/spiffe/spire %s\n\ntool (\n  github.com/spiffe/spire/cmd/spire-server\n  github.com/spiffe/spire/cmd/spire-agent\n)\n' "$v" >"$wrap/go.mod"
+  (cd "$wrap" && go mod tidy)
+  CGO_ENABLED=1 build_in_wrapper "$wrap" "-s -w" "$out" \
+    github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
+}
+
 build_opa() {
   build_simple opa github.com/open-policy-agent/opa "$OPA_VERSION" github.com/open-policy-agent/opa \
     "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}"
@@ -130,6 +144,7 @@ for t in "${targets[@]}"; do
     helm) build_helm ;;
     opa) build_opa ;;
     promtool) build_promtool ;;
-    *) echo "unknown tool: $t (known: kubernetes etcd helm opa promtool)" >&2; exit 2 ;;
+    spire) build_spire ;;
+    *) echo "unknown tool: $t (known: kubernetes etcd helm opa promtool spire)" >&2; exit 2 ;;
   esac
 done
