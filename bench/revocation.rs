@@ -249,22 +249,35 @@ async fn tier(s: &cluster::Settings, client: &Client, n: usize) -> Value {
     decision_ms.sort_by(f64::total_cmp);
     feed_ms.sort_by(f64::total_cmp);
     let status = serde_json::to_value(revocations.get("stop").await.unwrap().status).unwrap();
-    // Tear down with the operator still running (Agents and Revocations carry its finalizers), and wait until
-    // they are gone, so that the next tier and the next bench do not share the API server with a fleet being
-    // deleted. The empty namespace itself goes later (kube-controller-manager rechecks it on its own backoff).
+    let (peak_kb, _) = op.memory();
+    // Tear down with the operator still running (Agents and Revocations carry its finalizers): the fleet is
+    // deleted here, and the step waits until it is gone, so that the next tier and the next bench do not
+    // share the API server with a fleet being deleted. Not by deleting the namespace: its controller first
+    // deletes the tens of thousands of Events a large fleet leaves, in calls that time out, and reaches the
+    // Agents many minutes later. A collection delete of 10,000 Agents can time out too; it is repeated until
+    // every Agent is marked.
     let teardown = Instant::now();
-    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
-    let _ = namespaces.delete(&ns, &Default::default()).await;
     let lp = ListParams::default().limit(1);
+    let fleet = ListParams::default().labels("fleet=bench");
+    let mut asked: Option<Instant> = None;
+    let _ = revocations.delete("stop", &Default::default()).await;
     while agents.list_metadata(&lp).await.map_or(true, |l| !l.items.is_empty())
         || revocations.list_metadata(&lp).await.map_or(true, |l| !l.items.is_empty())
     {
+        if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+            let _ = agents.delete_collection(&Default::default(), &fleet).await;
+            asked = Some(Instant::now());
+        }
         op.check_alive();
         assert!(teardown.elapsed() < s.timeout, "the Agents of {ns} were not deleted in time");
         tokio::time::sleep(poll).await;
     }
     let teardown_s = teardown.elapsed().as_secs_f64();
     op.stop();
+    // The namespace (its Events) goes on kube-controller-manager's time.
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .delete(&ns, &Default::default())
+        .await;
     let row = json!({
         "agents": n, "sampled": sample.len(), "issuance_seconds": round(issued_s, 1),
         "create_returned_ms": round(returned_ms, 1), "watch_floor_ms": round(floor_ms, 1),
@@ -273,6 +286,7 @@ async fn tier(s: &cluster::Settings, client: &Client, n: usize) -> Value {
         "secrets_gone_seconds": round(secrets_s, 1),
         "status_decision_api_latency_ms": status["decisionApiLatencyMs"],
         "teardown_seconds": round(teardown_s, 1),
+        "operator_peak_rss_mib": round(peak_kb as f64 / 1024.0, 1),
     });
     println!("revocation: {row}");
     row
