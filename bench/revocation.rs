@@ -274,10 +274,16 @@ async fn tier(s: &cluster::Settings, client: &Client, n: usize) -> Value {
     }
     let teardown_s = teardown.elapsed().as_secs_f64();
     op.stop();
-    // The namespace (its Events) goes on kube-controller-manager's time.
-    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .delete(&ns, &Default::default())
-        .await;
+    // The namespace (its Events) goes on kube-controller-manager's time: waited for up to two minutes, so
+    // that the next tier does not share the API server with it (a 100- or 1,000-agent namespace goes well
+    // within that; the 10,000-agent one, the last tier, may not, and is left to it).
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let _ = namespaces.delete(&ns, &Default::default()).await;
+    let gone = Instant::now();
+    while gone.elapsed() < Duration::from_secs(120) && namespaces.get_opt(&ns).await.ok().flatten().is_some()
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let row = json!({
         "agents": n, "sampled": sample.len(), "issuance_seconds": round(issued_s, 1),
         "create_returned_ms": round(returned_ms, 1), "watch_floor_ms": round(floor_ms, 1),
