@@ -297,7 +297,7 @@ if rvk:
     for t in rvk["tiers"]:
         w(f'| {fmt(t["agents"])} | {fmt(t["issuance_seconds"])} | {fmt(t["create_returned_ms"])} | {fmt(t["watch_floor_ms"])} | '
           f'{fmt(t["decision_p50_ms"])} / {fmt(t["decision_p99_ms"])} | {fmt(t["feed_p50_ms"])} / {fmt(t["feed_p99_ms"])} | '
-          f'{fmt(t["secrets_gone_seconds"])} | {fmt(t.get("status_decision_api_latency_ms"))} | {fmt(t.get("teardown_seconds"))} | {fmt(t.get("operator_peak_rss_mib"))} |')
+          f'{fmt(t["secrets_gone_seconds"])} | {fmt(t.get("status_decision_api_latency_ms"))} | {fmt(t.get("teardown_seconds"))}{"" if t.get("teardown_complete", True) else " (cap; " + fmt(t.get("agents_left_after_teardown_cap")) + " left)"} | {fmt(t.get("operator_peak_rss_mib"))} |')
     sp = rvk.get("spire")
     if sp:
         first = rvk["tiers"][0]
