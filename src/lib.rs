@@ -10,6 +10,7 @@ pub mod authz;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;
+pub mod discovery;
 pub mod identity;
 pub mod metrics;
 pub mod monitor;

@@ -50,6 +50,8 @@ pub struct Metrics {
     watch_restarts: Family<Labels, Counter>,
     malformed_objects: Family<Labels, Counter>,
     anomalies: Family<Labels, Counter>,
+    shadow_agents: Family<Labels, Counter>,
+    discovered_workloads: Gauge,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,8 @@ impl Default for Metrics {
             watch_restarts: Family::default(),
             malformed_objects: Family::default(),
             anomalies: Family::default(),
+            shadow_agents: Family::default(),
+            discovered_workloads: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run, by controller", m.reconciles.clone());
@@ -131,6 +135,16 @@ impl Default for Metrics {
             "anomalies",
             "Agent behaviour that left its baseline, by feature and action (alert, suspend)",
             m.anomalies.clone(),
+        );
+        registry.register(
+            "shadow_agents",
+            "Shadow agents discovery recorded (event detected) and cleaned up (event removed), by workload kind",
+            m.shadow_agents.clone(),
+        );
+        registry.register(
+            "discovered_workloads",
+            "Workloads that look like AI agents as discovery sees them now, registered or not",
+            m.discovered_workloads.clone(),
         );
         let decisions_allow = m.decisions.get_or_create(&vec![("outcome", "allow".to_owned())]).clone();
         let decisions_deny = m.decisions.get_or_create(&vec![("outcome", "deny".to_owned())]).clone();
@@ -231,6 +245,16 @@ impl Metrics {
         self.anomalies
             .get_or_create(&vec![("feature", feature.to_owned()), ("action", action.to_owned())])
             .inc();
+    }
+
+    /// Discovery recorded (`detected`) or cleaned up (`removed`) a shadow agent of a workload of `kind`.
+    pub fn shadow_agent(&self, event: &'static str, kind: &str) {
+        self.shadow_agents.get_or_create(&vec![("event", event.to_owned()), ("kind", kind.to_owned())]).inc();
+    }
+
+    /// How many workloads look like agents now (registered or not).
+    pub fn discovered_workloads(&self, n: usize) {
+        self.discovered_workloads.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The watch `watch` failed and will be restarted.

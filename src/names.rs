@@ -49,6 +49,10 @@ pub const API_CA_CONFIGMAP: &str = "agentiam-api-ca";
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "agentiam-trust-bundle";
 /// The ConfigMap the Shared Signals streams are kept in (operator namespace).
 pub const SSF_STREAMS_CONFIGMAP: &str = "agentiam-ssf-streams";
+/// The ConfigMap in the operator's namespace holding discovery's signatures (docs/discovery.md).
+pub const DISCOVERY_CONFIGMAP: &str = "agentiam-discovery";
+/// Its key: the signatures as YAML.
+pub const DISCOVERY_SIGNATURES_KEY: &str = "signatures.yaml";
 
 /// Annotation on a Delegation the token service created for an RFC 8693 exchange: the exchange's audit
 /// key. Only the operator may create a Delegation that carries it (the webhook refuses anyone else).

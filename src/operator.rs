@@ -55,6 +55,49 @@ pub struct Options {
     pub max_revocation_staleness: Option<std::time::Duration>,
     /// The behavioural monitor's settings (None: off).
     pub monitor: Option<crate::monitor::baseline::Settings>,
+    /// Shadow-agent discovery (docs/discovery.md): on unless turned off.
+    pub discovery: bool,
+}
+
+/// The signatures discovery uses: the built-in set, as the ConfigMap `agentiam-discovery` in the operator's
+/// namespace (key `signatures.yaml`) extends or replaces it. A ConfigMap that does not parse or check is
+/// reported (log and Warning Event) and the built-in set is used: discovery only records, it grants
+/// nothing, so it should not stop the operator. Read at startup; a change takes effect at the next start
+/// (the chart restarts the operator when its values change).
+async fn discovery_signatures(ctx: &Context) -> crate::discovery::signatures::Signatures {
+    use crate::discovery::signatures::Signatures;
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
+    let cm = match api.get_opt(crate::names::DISCOVERY_CONFIGMAP).await {
+        Ok(cm) => cm,
+        Err(e) => {
+            warn!(error = %e, "could not read the discovery ConfigMap; using the built-in signatures");
+            return Signatures::default();
+        }
+    };
+    let Some(cm) = cm else { return Signatures::default() };
+    let Some(yaml) = cm.data.as_ref().and_then(|d| d.get(crate::names::DISCOVERY_SIGNATURES_KEY)) else {
+        return Signatures::default();
+    };
+    match Signatures::parse(yaml) {
+        Ok(s) => {
+            info!(signatures = s.all.len(), threshold = s.threshold, "discovery signatures loaded");
+            s
+        }
+        Err(e) => {
+            warn!(error = %e, "the discovery ConfigMap is invalid; using the built-in signatures");
+            let note = format!("{e}; discovery uses the built-in signatures until this is fixed");
+            controller::report::event(
+                ctx,
+                &cm,
+                kube::runtime::events::EventType::Warning,
+                "InvalidSignatures",
+                note,
+            )
+            .await;
+            Signatures::default()
+        }
+    }
 }
 
 /// The TLS client configuration SSF pushes use: the system's CA certificates, and the operator's own API
@@ -306,6 +349,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     let monitor = opts.monitor.clone().map(|settings| {
         let monitor = crate::monitor::start(Arc::clone(&ctx), watched.agents.store(), settings, &mut tasks);
         authorizer.set_monitor(Arc::clone(&monitor));
+        let _ = ctx.trust.set(monitor.penalties());
         monitor
     });
     // A wait for a human's answer ends before the listener's request timeout would cut the answer off.
@@ -511,7 +555,14 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             stopped(publisher_stop_rx),
         ),
     );
-    let agent_controller = controller::agent::controller(&ctx, &watched);
+    if opts.discovery {
+        let signatures = discovery_signatures(&ctx).await;
+        let discovery =
+            controller::discovery::start(Arc::clone(&ctx), &watched.agents, signatures, &mut tasks);
+        let _ = ctx.discovery.set(discovery);
+    }
+    let nudged = ctx.nudged.lock().ok().and_then(|mut n| n.take());
+    let agent_controller = controller::agent::controller(&ctx, &watched, nudged);
     tasks.spawn_infallible(
         "agent controller",
         controller::agent::run(agent_controller, Arc::clone(&ctx), stopped(stop_rx.clone())),

@@ -228,8 +228,8 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "namespace: $watch_ns"
       expect "$out" "$name" "expression: request.namespace == \"$watch_ns\""
       # The agentiam.dev rules move to the Role; the ClusterRole keeps only the namespace read and the webhook
-      # configuration. (Nine in the Role, two in the example delegator ClusterRole, one in the approver's.)
-      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 12 ] || die "$name: expected the agentiam.dev rules once"
+      # configuration. (Ten in the Role, two in the example delegator ClusterRole, one in the approver's.)
+      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 13 ] || die "$name: expected the agentiam.dev rules once"
       ;;
     no-persistence)
       expect "$out" "$name" "emptyDir: {}"
@@ -362,8 +362,22 @@ can yes patch agents.agentiam.dev -n default
 can yes patch agents.agentiam.dev --subresource=status -n default
 can yes update agents.agentiam.dev --subresource=finalizers -n default
 can no update agents.agentiam.dev -n default
-can no delete agents.agentiam.dev -n default
-can no create agents.agentiam.dev -n default
+# Discovery (on by default) creates shadow Agents and deletes them when their workload goes; it watches
+# every kind with a pod template and reads ConfigMaps' key names; it never changes a workload.
+can yes delete agents.agentiam.dev -n default
+can yes create agents.agentiam.dev -n default
+can yes watch pods --all-namespaces
+can yes list deployments.apps --all-namespaces
+can yes watch replicasets.apps --all-namespaces
+can yes watch statefulsets.apps --all-namespaces
+can yes watch daemonsets.apps --all-namespaces
+can yes watch jobs.batch --all-namespaces
+can yes watch cronjobs.batch --all-namespaces
+can no patch deployments.apps -n default
+can no delete jobs.batch -n default
+can yes get configmaps/anything -n default
+can yes get configmaps/agentiam-discovery -n "$ins"
+can no list configmaps -n default
 can yes list delegations.agentiam.dev --all-namespaces
 can yes get delegations.agentiam.dev -n default
 can no patch delegations.agentiam.dev -n default
@@ -434,7 +448,6 @@ can no patch configmaps/other -n "$ins"
 can no delete configmaps/agentiam-audit-checkpoint -n "$ins"
 can yes create configmaps/agentiam-trust-bundle -n default
 can yes patch configmaps/agentiam-trust-bundle -n default
-can no get configmaps/agentiam-trust-bundle -n default
 can no delete configmaps/agentiam-trust-bundle -n default
 can no create configmaps -n default
 can no patch configmaps/other -n default

@@ -74,6 +74,14 @@ if k wait -n "$samples_ns" --for=jsonpath='{.status.phase}'=Active --timeout=60s
 else
   log "sample Agent support-triage did not become Active within 60s; see $run_dir/operator.log"
 fi
+# A workload no Agent covers, holding an LLM key: discovery records it as a shadow agent.
+k apply -n "$samples_ns" -f config/samples/discovery_shadow-workload.yaml >&2
+if k wait -n "$samples_ns" --for=jsonpath='{.status.phase}'=Discovered --timeout=30s \
+  agent/deployment-ticket-summarizer >/dev/null 2>&1; then
+  log "discovery recorded the sample workload ticket-summarizer as the shadow agent deployment-ticket-summarizer"
+else
+  log "the sample shadow agent deployment-ticket-summarizer did not appear within 30s; see $run_dir/operator.log"
+fi
 k get agents -n "$samples_ns" -o wide >&2
 k get delegations -n "$samples_ns" -o wide >&2
 
@@ -88,6 +96,7 @@ The operator runs in the foreground; Ctrl-C stops it. In another terminal:
   kubectl get delegation alice-refunds-shift -n $samples_ns -o jsonpath='{.status}'   # grantor and chain
   kubectl agentiam audit verify --log $audit_log --operator-namespace $op_ns
   kubectl agentiam audit trace support-triage -n $samples_ns --log $audit_log
+  kubectl agentiam discover -n $samples_ns            # shadow and registered agents, and why
   kubectl get secret support-triage-credentials -n $samples_ns -o jsonpath='{.metadata.annotations}'
   curl -s --cacert $api_ca https://127.0.0.1:$http_port/.well-known/openid-configuration
   kubectl get secret support-triage-credentials -n $samples_ns \

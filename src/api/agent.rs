@@ -33,9 +33,15 @@ use super::common::PrincipalKind;
 #[x_kube(validation = Rule::new("!has(oldSelf.lifecycle) || oldSelf.lifecycle.desiredState != 'Retired' || (has(self.lifecycle) && self.lifecycle.desiredState == 'Retired')")
     .message("spec.lifecycle.desiredState: a Retired agent cannot be reactivated; create a new Agent instead")
     .reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(oldSelf.owner) || has(self.owner)")
+    .message("spec.owner: an owner, once named, cannot be removed; retire the agent instead")
+    .reason(Reason::FieldValueForbidden))]
 pub struct AgentSpec {
-    /// The accountable human principal: who answers for what this agent does.
-    pub owner: Owner,
+    /// The accountable human principal: who answers for what this agent does. Required for every agent a
+    /// person registers; only a shadow agent that discovery recorded has none (phase `Discovered`, no
+    /// credentials) until its owner adopts it by naming one here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
 
     /// What the agent is for, in one or two sentences a reviewer can check its behaviour against.
     #[x_kube(validation = Rule::new("self.trim().size() > 0").message("spec.purpose must not be blank"))]
@@ -75,8 +81,18 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// A spec with only the required fields set; everything else takes its default.
     pub fn new(owner: Owner, purpose: impl Into<String>) -> Self {
+        Self { owner: Some(owner), ..Self::new_discovered(purpose) }
+    }
+
+    /// The owner as audit records and tokens name it, `<kind>:<name>`; `unknown` for a shadow agent.
+    pub fn owner_line(&self) -> String {
+        self.owner.as_ref().map_or_else(|| "unknown".to_owned(), |o| format!("{}:{}", o.kind, o.name))
+    }
+
+    /// The spec of a shadow agent that discovery records: no owner yet.
+    pub fn new_discovered(purpose: impl Into<String>) -> Self {
         Self {
-            owner,
+            owner: None,
             purpose: purpose.into(),
             provenance: None,
             environment: Environment::default(),
@@ -204,6 +220,9 @@ pub enum DesiredState {
 /// The phase of an agent, decided by the operator.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum AgentPhase {
+    /// A shadow agent: found running by discovery, with no owner yet. It never holds credentials; naming
+    /// an owner (adoption) moves it on like any registered agent.
+    Discovered,
     /// Registered but not (yet) valid or not yet processed.
     Pending,
     /// Valid and allowed to act.
@@ -220,6 +239,7 @@ impl AgentPhase {
     /// The name as it appears in status.phase.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Discovered => "Discovered",
             Self::Pending => "Pending",
             Self::Active => "Active",
             Self::Suspended => "Suspended",
@@ -241,7 +261,7 @@ impl std::fmt::Display for AgentPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatus {
-    /// Pending, Active, Suspended, Revoked or Retired.
+    /// Discovered, Pending, Active, Suspended, Revoked or Retired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<AgentPhase>,
     /// The agent's SPIFFE ID: `spiffe://<trust-domain>/ns/<namespace>/agent/<name>`.
@@ -266,6 +286,43 @@ pub struct AgentStatus {
     /// The credentials currently issued to the agent, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialStatus>,
+    /// What discovery found about the agent's workload: why it looks like an agent and the static keys it
+    /// holds (shadow agents, and registered agents whose workload discovery sees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// What discovery found about one workload. Never contains a value the workload holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryStatus {
+    /// The workload, bound by UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<super::WorkloadRef>,
+    /// The combined confidence (0 to 100) that it is an AI agent.
+    #[serde(default)]
+    #[schemars(range(max = 100), transform = super::common::int32)]
+    pub confidence: u8,
+    /// Each signature that matched, and where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub evidence: Vec<super::Evidence>,
+    /// LLM provider keys the workload holds itself (literal values, Secrets agentiam did not issue,
+    /// ConfigMaps): what to move to agentiam-issued credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub static_keys: Vec<super::StaticKey>,
+    /// The ServiceAccount its pods run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// The ServiceAccount this agent names is borrowed: other workloads run as it, or other Agents name it,
+    /// so a credential or RBAC right of that ServiceAccount is not this agent's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub borrowed_service_account: Option<super::BorrowedServiceAccount>,
+    /// How much harm it could do: what its ServiceAccount can reach, the static keys and Secrets it holds,
+    /// who shares its identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<super::RiskAssessment>,
 }
 
 /// A summary of the credentials currently issued to an agent. Never contains key material.

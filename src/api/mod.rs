@@ -9,6 +9,7 @@ mod agent;
 mod approval;
 mod common;
 mod delegation;
+mod discovery;
 mod policy;
 mod revocation;
 
@@ -16,6 +17,7 @@ pub use agent::*;
 pub use approval::*;
 pub use common::*;
 pub use delegation::*;
+pub use discovery::*;
 pub use policy::*;
 pub use revocation::*;
 

@@ -96,11 +96,18 @@ pub enum Action {
     MonitorAlert,
     /// An agent's behaviour left its baseline far enough to suspend it.
     MonitorSuspend,
+    /// A shadow agent's record was seen by the Agent controller for the first time (phase Discovered).
+    AgentDiscover,
+    /// Discovery found a workload that looks like an agent and no registered Agent covers: it recorded a
+    /// shadow Agent.
+    DiscoveryDetect,
+    /// A shadow Agent's workload went: discovery deleted the record.
+    DiscoveryCleanup,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 44] = [
+    pub const ALL: [Self; 47] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -145,6 +152,9 @@ impl Action {
         Self::SsfStreamDelete,
         Self::MonitorAlert,
         Self::MonitorSuspend,
+        Self::AgentDiscover,
+        Self::DiscoveryDetect,
+        Self::DiscoveryCleanup,
     ];
 
     /// The stored spelling.
@@ -194,6 +204,9 @@ impl Action {
             Self::SsfStreamDelete => "ssf.stream.delete",
             Self::MonitorAlert => "monitor.alert",
             Self::MonitorSuspend => "monitor.suspend",
+            Self::AgentDiscover => "agent.discover",
+            Self::DiscoveryDetect => "discovery.detect",
+            Self::DiscoveryCleanup => "discovery.cleanup",
         }
     }
 
@@ -242,6 +255,7 @@ impl Action {
         matches!(
             self,
             Self::AgentRegister
+                | Self::AgentDiscover
                 | Self::AgentActivate
                 | Self::AgentDeactivate
                 | Self::AgentSuspend

@@ -338,7 +338,7 @@ impl ToolPattern {
 /// Wildcard match where `*` matches any run of bytes (patterns and texts are UTF-8 and `*` is ASCII, so a
 /// match never splits a character in a way that matters for equality). Linear-time greedy algorithm with
 /// one backtrack point, so a hostile text cannot make it exponential.
-fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

@@ -78,6 +78,10 @@ struct RunArgs {
     /// Revocation made meanwhile could not be seen. "0s" turns the bound off.
     #[arg(long, env = "AGENTIAM_MAX_REVOCATION_STALENESS", default_value = "30s")]
     max_revocation_staleness: String,
+    /// Find workloads that look like AI agents and record the ones no Agent covers as shadow agents
+    /// (docs/discovery.md).
+    #[arg(long, env = "AGENTIAM_DISCOVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    discovery: bool,
     /// Learn each agent's behaviour from its decisions and act on anomalies (docs/monitoring.md).
     #[arg(long, env = "AGENTIAM_ANOMALY_DETECTION", default_value_t = true, action = clap::ArgAction::Set)]
     anomaly_detection: bool,
@@ -357,6 +361,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         approval_notifier,
         max_revocation_staleness: (!max_revocation_staleness.is_zero()).then_some(max_revocation_staleness),
         monitor: args.anomaly_detection.then_some(monitor),
+        discovery: args.discovery,
     })
 }
 

@@ -9,6 +9,7 @@ use agentiam::cli::approve;
 use agentiam::cli::audit::{self, CheckpointSource, TraceFilter};
 use agentiam::cli::can_i::{self, CanIArgs};
 use agentiam::cli::delegate;
+use agentiam::cli::discover;
 use agentiam::cli::token::{self, TokenCommand};
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,15 @@ enum Command {
     Approve(approve::AnswerArgs),
     /// Deny one request (--reason required).
     Deny(approve::AnswerArgs),
+    /// List the agents discovery found running: shadow agents (no owner yet) and registered ones, with
+    /// why each was detected and the static LLM keys it holds.
+    Discover(discover::DiscoverArgs),
+    /// Register a shadow agent: name its owner and purpose (you need patch on agents). It then goes through
+    /// the normal lifecycle and is never cleaned up by discovery.
+    #[command(
+        after_help = "Example:\n  kubectl agentiam adopt deployment-llm-bot --owner User:olivia@example.com \\\n    --purpose 'triages support tickets'"
+    )]
+    Adopt(discover::AdoptArgs),
 }
 
 const DELEGATE_EXAMPLES: &str = "Examples:
@@ -84,7 +94,9 @@ impl Command {
             | Self::Get(_)
             | Self::Approvals(_)
             | Self::Approve(_)
-            | Self::Deny(_) => 1,
+            | Self::Deny(_)
+            | Self::Discover(_)
+            | Self::Adopt(_) => 1,
         }
     }
 }
@@ -192,6 +204,8 @@ async fn run(command: Command) -> Result<(String, u8), String> {
             delegate::get(args).await.map(done).map_err(|e| e.to_string())
         }
         Command::Approvals(args) => approve::list(args).await.map(done).map_err(|e| e.to_string()),
+        Command::Discover(args) => discover::discover(args).await.map(done).map_err(|e| e.to_string()),
+        Command::Adopt(args) => discover::adopt(args).await.map(done).map_err(|e| e.to_string()),
         Command::Approve(args) => approve::answer(args, agentiam::api::ApprovalVerdict::Approve)
             .await
             .map(done)

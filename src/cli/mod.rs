@@ -4,6 +4,7 @@ pub mod approve;
 pub mod audit;
 pub mod can_i;
 pub mod delegate;
+pub mod discover;
 pub mod oauth;
 pub mod token;
 

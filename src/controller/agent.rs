@@ -48,7 +48,14 @@ const RESYNC: Duration = Duration::from_secs(600);
 
 /// The Agent controller, not yet running: fed by the shared watches of Agents and AgentPolicies (the same
 /// stores the policy index and the webhooks read), and its own watch of credentials Secrets.
-pub fn controller(ctx: &Context, watched: &Watched) -> Controller<Agent> {
+///
+/// `nudges` names Agents to reconcile because something outside their watches changed about them (what
+/// discovery reports of their workload).
+pub fn controller(
+    ctx: &Context,
+    watched: &Watched,
+    nudges: Option<tokio::sync::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<Agent>>>,
+) -> Controller<Agent> {
     // Every new issuer snapshot (a key rotation) re-reconciles every agent: trust bundles follow at once, and
     // credentials signed by a withdrawn key are replaced.
     let rotations = futures::stream::unfold(ctx.issuer.clone(), |mut rx| async move {
@@ -58,6 +65,10 @@ pub fn controller(ctx: &Context, watched: &Watched) -> Controller<Agent> {
     let controller =
         Controller::for_shared_stream(watched.agents.applied("Agent controller"), agents.clone())
             .reconcile_all_on(rotations);
+    let controller = match nudges {
+        Some(mut rx) => controller.reconcile_on(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
+        None => controller,
+    };
     // A policy change can change any agent's credential lifetime cap in its namespace (including agents it
     // no longer selects), so it re-reconciles every agent there.
     let controller = controller.watches_shared_stream(
@@ -198,6 +209,7 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
         hold.as_ref(),
         now,
     );
+    decision.status.discovery = ctx.discovery.get().and_then(|d| d.report_for(agent));
     keep_summary(&mut decision, agent.status.as_ref());
     let key = decision.transition.map(|t| t.audit_key(&uid, generation, decision.cause.as_deref()));
     intents::resolve_for_agent(ctx, &uid, key.as_deref()).await?;
@@ -245,7 +257,7 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action> {
                     "previousGeneration",
                     previous.map_or_else(|| "unknown".into(), |g| g.to_string()),
                 )
-                .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name));
+                .with_detail("owner", agent.spec.owner_line());
         let entry = with_decision(entry, generation, &decision, now);
         let state = ctx.audit.intent(&key, entry).await.map_err(Error::AuditIntent)?;
         written.extend(apply_status(ctx, &ns, &name, &decision.status).await?);
@@ -401,7 +413,7 @@ async fn write_intent(
         Entry::new(ACTOR, t.action(), object_ref(agent), Outcome::Pending, format!("agent becomes {}", t.to))
             .with_detail("from", t.from.map_or("None", |p| p.as_str()))
             .with_detail(a::DETAIL_TO, t.to.as_str())
-            .with_detail("owner", format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name));
+            .with_detail("owner", agent.spec.owner_line());
     let mut entry = with_decision(entry, agent.metadata.generation.unwrap_or_default(), decision, now);
     if let Some(id) = &decision.status.spiffe_id {
         entry = entry.with_detail("spiffeID", id.clone());
@@ -451,7 +463,7 @@ fn final_state(agent: &Agent, recorded: Option<&AgentRecord>, mut entry: Entry) 
             entry.details.insert(k.to_owned(), v);
         }
     };
-    add("owner", Some(format!("{}:{}", s.owner.kind, s.owner.name)));
+    add("owner", Some(s.owner_line()));
     add("purpose", Some(s.purpose.clone()));
     add("environment", Some(format!("{:?}", s.environment)));
     add("finalPhase", recorded.and_then(|r| r.phase).map(|p| p.to_string()));

@@ -154,15 +154,16 @@ impl KnownCredentials {
 }
 
 fn owner_line(agent: &Agent) -> String {
-    format!("{}:{}", agent.spec.owner.kind, agent.spec.owner.name)
+    agent.spec.owner_line()
 }
 
 /// What the agent asks for, with the lifetime capped by the policies that govern it and lowered for a low
-/// trust score (computed from the spec, never read from the status).
-pub fn desired(agent: &Agent, policies: &[Arc<AgentPolicy>]) -> Desired {
+/// trust score: the one computed from the spec (never read from the status), less the behavioural
+/// monitor's `penalty` ([`crate::registry::trust::TrustPenalties`]).
+pub fn desired(agent: &Agent, policies: &[Arc<AgentPolicy>], penalty: u16) -> Desired {
     let creds = agent.spec.credentials.clone().unwrap_or_default();
     let requested = creds.ttl.as_deref().and_then(|t| parse_duration(t).ok());
-    let trust = trust_score(&agent.spec).score;
+    let trust = trust_score(&agent.spec).score.saturating_sub(penalty);
     let cap = credential_ttl_cap(policies.iter().map(AsRef::as_ref), agent);
     Desired { audiences: creds.audiences, x509: creds.x509, ttl: effective_ttl(requested, cap, trust) }
 }
@@ -285,7 +286,11 @@ async fn desired_when_ready(ctx: &Context, agent: &Agent) -> Result<Desired> {
     tokio::time::timeout(POLICY_INDEX_WAIT, ctx.authz.wait_ready())
         .await
         .map_err(|_| Error::Credentials("the AgentPolicy index is not ready yet; not issuing".into()))?;
-    Ok(desired(agent, &ctx.policies.state()))
+    let penalty = match (ctx.trust.get(), agent.uid()) {
+        (Some(p), Some(uid)) => p.penalty(&uid, Timestamp::now()),
+        _ => 0,
+    };
+    Ok(desired(agent, &ctx.policies.state(), penalty))
 }
 
 fn keep(
@@ -696,6 +701,26 @@ mod tests {
 
     fn summary(issued_at: &str) -> CredentialStatus {
         CredentialStatus { issued_at: Some(issued_at.into()), ..CredentialStatus::default() }
+    }
+
+    #[test]
+    fn a_trust_penalty_shortens_the_lifetime_of_new_credentials() {
+        let agent: Agent = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentiam.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"owner": {"kind": "User", "name": "u"}, "purpose": "p", "environment": "Sandbox",
+                "provenance": {"builder": "b", "model": "m", "modelProvider": "x", "version": "1",
+                    "image": "r/i@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                    "sourceRepository": "https://example.com/r"},
+                "credentials": {"audiences": ["crm"], "ttl": "40m"}}}))
+        .unwrap();
+        let score = trust_score(&agent.spec).score;
+        assert!(score >= 400, "a well-known agent: {score}");
+        let full = desired(&agent, &[], 0).ttl;
+        assert_eq!(full, Duration::from_secs(40 * 60));
+        // An alert (100 points) may not cross a threshold; a suspension's 300 and more do.
+        assert_eq!(desired(&agent, &[], score - 399).ttl, full / 2, "below 400: half");
+        assert_eq!(desired(&agent, &[], score - 199).ttl, full / 4, "below 200: a quarter");
+        assert_eq!(desired(&agent, &[], u16::MAX).ttl, full / 4, "never below the floor of the table");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod checkpoints;
 pub mod credentials;
 pub mod delegated_token;
 pub mod delegation;
+pub mod discovery;
 pub mod intents;
 pub mod keys;
 pub mod policy;
@@ -92,6 +93,18 @@ pub struct Context {
     pub ledger: Arc<Ledger>,
     /// Status writes by others already recorded (agent UID, manager, time), so each is recorded once.
     pub overwrites_seen: Mutex<std::collections::HashSet<String>>,
+    /// Shadow-agent discovery, once started (unset when it is off): its reports go into Agent status.
+    pub discovery: std::sync::OnceLock<Arc<discovery::Discovery>>,
+    /// The behavioural monitor's trust penalties, once it runs (unset when it is off): new credentials of a
+    /// penalised agent get the lifetime of its lowered trust score.
+    pub trust: std::sync::OnceLock<Arc<crate::registry::trust::TrustPenalties>>,
+    /// Agents to reconcile because something outside their watches changed (discovery's report, a trust
+    /// penalty); the Agent controller takes them.
+    pub nudges: tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<crate::api::Agent>>,
+    /// The receiving end of `nudges`, until the Agent controller takes it.
+    pub nudged: Mutex<
+        Option<tokio::sync::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<crate::api::Agent>>>,
+    >,
 }
 
 impl Context {
@@ -105,6 +118,7 @@ impl Context {
         authz: Arc<authz::PolicyIndex>,
         ledger: Arc<Ledger>,
     ) -> Arc<Self> {
+        let (nudges, nudged) = tokio::sync::mpsc::unbounded_channel();
         let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
         let recorder = Recorder::new(client.clone(), reporter);
@@ -124,6 +138,10 @@ impl Context {
             known_credentials: Arc::default(),
             ledger,
             overwrites_seen: Mutex::new(std::collections::HashSet::new()),
+            discovery: std::sync::OnceLock::new(),
+            trust: std::sync::OnceLock::new(),
+            nudges,
+            nudged: Mutex::new(Some(nudged)),
         })
     }
 }

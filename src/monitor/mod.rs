@@ -212,6 +212,8 @@ fn agent_ref(f: &Finding) -> AuditRef {
 
 async fn report(ctx: &Context, f: &Finding) {
     crate::metrics::global().anomaly(f.evidence.feature.as_str(), f.suspend);
+    // Its trust just fell: its next credentials take the lowered score's lifetime, so it is reconciled now.
+    let _ = ctx.nudges.send(kube::runtime::reflector::ObjectRef::new(&f.name).within(&f.namespace));
     let action = if f.suspend { Action::MonitorSuspend } else { Action::MonitorAlert };
     let what = if f.suspend { "suspending the agent" } else { "alert" };
     let entry =

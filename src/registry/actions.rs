@@ -9,6 +9,8 @@ use crate::audit::Action;
 
 /// A new agent waiting for a valid spec.
 pub const AGENT_REGISTER: &str = Action::AgentRegister.as_str();
+/// A shadow agent's phase, Discovered.
+pub const AGENT_DISCOVER: &str = Action::AgentDiscover.as_str();
 /// The agent became Active.
 pub const AGENT_ACTIVATE: &str = Action::AgentActivate.as_str();
 /// An agent that was not Pending went back to Pending (its spec became invalid).

@@ -339,6 +339,7 @@ pub fn delegated_issuance_of(record: &Record, key: &str) -> Option<DelegatedIssu
 fn phase_of(action: &str) -> Option<AgentPhase> {
     match action {
         a::AGENT_ACTIVATE => Some(AgentPhase::Active),
+        a::AGENT_DISCOVER => Some(AgentPhase::Discovered),
         a::AGENT_REGISTER | a::AGENT_DEACTIVATE => Some(AgentPhase::Pending),
         a::AGENT_SUSPEND => Some(AgentPhase::Suspended),
         a::AGENT_RETIRE => Some(AgentPhase::Retired),

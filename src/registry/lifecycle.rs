@@ -11,6 +11,7 @@
 //!  any (but Revoked) ── desiredState=Retired ──> Retired (terminal)
 //!  any (but Retired) ── a Revoke Revocation holds ──> Revoked (terminal)
 //!  a Suspend Revocation holds: Suspended whatever the owner asks (but Retired); lifted: as above
+//!  (new, no owner: a shadow agent discovery recorded) ──> Discovered ── owner named (adopted) ──> as above
 //! ```
 //!
 //! The current phase is the one the operator recorded (the [`ledger`](super::ledger)), never the one found in
@@ -27,7 +28,27 @@ use crate::audit::{Action, IntentKey};
 ///
 /// `held` is the mode of the Revocation that holds the agent, if one does: a Revoke ends it for good, a
 /// Suspend stops it until lifted (retirement still goes ahead: it takes everything away too).
+///
+/// `owned` says whether the spec names an owner. An agent without one is a shadow record: it is
+/// `Discovered`, never Active, whatever else the spec says, until an owner adopts it.
 pub fn decide_phase(
+    current: Option<AgentPhase>,
+    desired: DesiredState,
+    valid: bool,
+    held: Option<RevocationMode>,
+    owned: bool,
+) -> AgentPhase {
+    match (current, desired, held) {
+        (Some(AgentPhase::Retired), _, _) => AgentPhase::Retired,
+        (Some(AgentPhase::Revoked), _, _) => AgentPhase::Revoked,
+        (_, _, Some(RevocationMode::Revoke)) => AgentPhase::Revoked,
+        (_, DesiredState::Retired, _) => AgentPhase::Retired,
+        _ if !owned => AgentPhase::Discovered,
+        _ => decide_owned(current, desired, valid, held),
+    }
+}
+
+fn decide_owned(
     current: Option<AgentPhase>,
     desired: DesiredState,
     valid: bool,
@@ -63,6 +84,8 @@ impl Transition {
     pub fn action(&self) -> Action {
         match (self.from, self.to) {
             (_, AgentPhase::Active) => Action::AgentActivate,
+            // The ledger takes the phase from the action, so each phase has its own.
+            (_, AgentPhase::Discovered) => Action::AgentDiscover,
             (None, AgentPhase::Pending) => Action::AgentRegister,
             (Some(_), AgentPhase::Pending) => Action::AgentDeactivate,
             (_, AgentPhase::Suspended) => Action::AgentSuspend,
@@ -76,6 +99,9 @@ impl Transition {
         match (self.from, self.to) {
             (Some(AgentPhase::Suspended), AgentPhase::Active) => "Resumed",
             (_, AgentPhase::Active) => "Activated",
+            (None, AgentPhase::Discovered) => "ShadowAgentDiscovered",
+            (Some(_), AgentPhase::Discovered) => "Deactivated",
+            (Some(AgentPhase::Discovered), AgentPhase::Pending) => "Adopted",
             (None, AgentPhase::Pending) => "Registered",
             (Some(_), AgentPhase::Pending) => "Deactivated",
             (_, AgentPhase::Suspended) => "Suspended",
@@ -108,16 +134,16 @@ mod tests {
 
     #[test]
     fn valid_new_agents_become_active_and_invalid_ones_wait() {
-        assert_eq!(decide_phase(None, DesiredState::Active, true, None), Active);
-        assert_eq!(decide_phase(None, DesiredState::Active, false, None), Pending);
-        assert_eq!(decide_phase(Some(Active), DesiredState::Active, false, None), Pending);
+        assert_eq!(decide_phase(None, DesiredState::Active, true, None, true), Active);
+        assert_eq!(decide_phase(None, DesiredState::Active, false, None, true), Pending);
+        assert_eq!(decide_phase(Some(Active), DesiredState::Active, false, None, true), Pending);
     }
 
     #[test]
     fn suspension_and_retirement_do_not_need_a_valid_spec() {
-        assert_eq!(decide_phase(Some(Active), DesiredState::Suspended, false, None), Suspended);
-        assert_eq!(decide_phase(Some(Pending), DesiredState::Retired, false, None), Retired);
-        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true, None), Active);
+        assert_eq!(decide_phase(Some(Active), DesiredState::Suspended, false, None, true), Suspended);
+        assert_eq!(decide_phase(Some(Pending), DesiredState::Retired, false, None, true), Retired);
+        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true, None, true), Active);
     }
 
     #[test]
@@ -125,8 +151,8 @@ mod tests {
         for desired in [DesiredState::Active, DesiredState::Suspended, DesiredState::Retired] {
             for valid in [true, false] {
                 for held in [None, Some(RevocationMode::Suspend), Some(RevocationMode::Revoke)] {
-                    assert_eq!(decide_phase(Some(Retired), desired, valid, held), Retired);
-                    assert_eq!(decide_phase(Some(Revoked), desired, valid, held), Revoked);
+                    assert_eq!(decide_phase(Some(Retired), desired, valid, held, true), Retired);
+                    assert_eq!(decide_phase(Some(Revoked), desired, valid, held, true), Revoked);
                 }
             }
         }
@@ -137,17 +163,27 @@ mod tests {
         use RevocationMode::{Revoke, Suspend};
         for current in [None, Some(Pending), Some(Active), Some(Suspended)] {
             for valid in [true, false] {
-                assert_eq!(decide_phase(current, DesiredState::Active, valid, Some(Suspend)), Suspended);
-                assert_eq!(decide_phase(current, DesiredState::Suspended, valid, Some(Suspend)), Suspended);
+                assert_eq!(
+                    decide_phase(current, DesiredState::Active, valid, Some(Suspend), true),
+                    Suspended
+                );
+                assert_eq!(
+                    decide_phase(current, DesiredState::Suspended, valid, Some(Suspend), true),
+                    Suspended
+                );
                 for desired in [DesiredState::Active, DesiredState::Suspended, DesiredState::Retired] {
-                    assert_eq!(decide_phase(current, desired, valid, Some(Revoke)), Revoked, "{desired:?}");
+                    assert_eq!(
+                        decide_phase(current, desired, valid, Some(Revoke), true),
+                        Revoked,
+                        "{desired:?}"
+                    );
                 }
-                assert_eq!(decide_phase(current, DesiredState::Retired, valid, Some(Suspend)), Retired);
+                assert_eq!(decide_phase(current, DesiredState::Retired, valid, Some(Suspend), true), Retired);
             }
         }
         // Lifted: back to what the owner asks for.
-        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true, None), Active);
-        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, false, None), Pending);
+        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, true, None, true), Active);
+        assert_eq!(decide_phase(Some(Suspended), DesiredState::Active, false, None, true), Pending);
     }
 
     #[test]
@@ -166,5 +202,29 @@ mod tests {
         assert_eq!((s.action().as_str(), s.grants()), ("agent.suspend", false));
         assert_eq!(Transition::between(None, Pending).unwrap().action().as_str(), "agent.register");
         assert_eq!(Transition::between(Some(Active), Pending).unwrap().action().as_str(), "agent.deactivate");
+    }
+
+    #[test]
+    fn an_agent_without_an_owner_is_discovered_until_adopted() {
+        for current in [None, Some(Discovered)] {
+            for valid in [true, false] {
+                assert_eq!(decide_phase(current, DesiredState::Active, valid, None, false), Discovered);
+                assert_eq!(decide_phase(current, DesiredState::Suspended, valid, None, false), Discovered);
+                let held = Some(RevocationMode::Suspend);
+                assert_eq!(decide_phase(current, DesiredState::Active, valid, held, false), Discovered);
+            }
+            // The kill switch and retirement still reach it.
+            let revoke = Some(RevocationMode::Revoke);
+            assert_eq!(decide_phase(current, DesiredState::Active, true, revoke, false), Revoked);
+            assert_eq!(decide_phase(current, DesiredState::Retired, true, None, false), Retired);
+        }
+        // Adopted: an owner is named; a valid spec activates it like any registered agent.
+        assert_eq!(decide_phase(Some(Discovered), DesiredState::Active, true, None, true), Active);
+        assert_eq!(decide_phase(Some(Discovered), DesiredState::Active, false, None, true), Pending);
+        let t = Transition::between(None, Discovered).unwrap();
+        assert_eq!((t.action(), t.event_reason()), (Action::AgentDiscover, "ShadowAgentDiscovered"));
+        assert!(!t.grants());
+        let adopted = Transition::between(Some(Discovered), Pending).unwrap();
+        assert_eq!(adopted.event_reason(), "Adopted");
     }
 }

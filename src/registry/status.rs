@@ -98,7 +98,9 @@ pub fn decide(
 ) -> Decision {
     let validation = validate_agent(trust_domain, subject.namespace, subject.name, spec);
     let current_phase = recorded.and_then(|r| r.phase);
-    let phase = decide_phase(current_phase, desired_state(spec), validation.is_ok(), hold.map(|h| h.mode));
+    let owned = spec.owner.is_some();
+    let phase =
+        decide_phase(current_phase, desired_state(spec), validation.is_ok(), hold.map(|h| h.mode), owned);
     let transition = Transition::between(current_phase, phase);
     // The Revocation a transition is due to: the one holding now, or for a lift the one that held.
     let cause = hold
@@ -123,6 +125,13 @@ pub fn decide(
     let valid = Condition { last_transition_time: Time(condition_time(valid_since.unwrap_or(now))), ..valid };
     let (ready, reason, message) = match phase {
         AgentPhase::Active => (true, "Active", "the agent is active".to_owned()),
+        AgentPhase::Discovered => (
+            false,
+            "Discovered",
+            "a shadow agent: discovery found it running with no registered Agent; it holds no credentials \
+             until its owner adopts it (spec.owner, or kubectl agentiam adopt)"
+                .to_owned(),
+        ),
         AgentPhase::Pending => {
             (false, "Pending", "the agent waits for a valid spec (see the Valid condition)".into())
         }
@@ -152,6 +161,7 @@ pub fn decide(
         observed_generation: Some(g),
         conditions: vec![valid, ready],
         credentials: None,
+        discovery: None,
     };
     Decision { status, transition, validation, hold: hold.cloned(), cause }
 }

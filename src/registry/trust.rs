@@ -56,7 +56,7 @@ pub fn trust_score(spec: &AgentSpec) -> TrustScore {
             factors.push(Factor { name, points });
         }
     };
-    add("individual-owner", 25, spec.owner.kind == PrincipalKind::User);
+    add("individual-owner", 25, spec.owner.as_ref().is_some_and(|o| o.kind == PrincipalKind::User));
     let p = spec.provenance.clone().unwrap_or_default();
     add("builder-named", 50, p.builder.is_some());
     add("model-named", 100, p.model.is_some());
@@ -92,7 +92,9 @@ mod tests {
 
     fn full(env: Environment) -> AgentSpec {
         let mut s = spec(env);
-        s.owner.kind = PrincipalKind::User;
+        if let Some(o) = s.owner.as_mut() {
+            o.kind = PrincipalKind::User;
+        }
         s.provenance = Some(Provenance {
             builder: Some("payments-team".into()),
             model: Some("claude-sonnet-4-5".into()),

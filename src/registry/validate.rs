@@ -64,7 +64,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d.into())
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -233,8 +233,10 @@ pub fn validate_agent(
             None
         }
     };
-    if blank(&spec.owner.name) {
-        err("spec.owner.name", "must not be blank".into());
+    match &spec.owner {
+        None => err("spec.owner", "is not set: name the accountable owner to register the agent".into()),
+        Some(o) if blank(&o.name) => err("spec.owner.name", "must not be blank".into()),
+        Some(_) => {}
     }
     if blank(&spec.purpose) {
         err("spec.purpose", "must not be blank".into());
@@ -360,7 +362,9 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let mut s = spec();
         s.purpose = "  ".into();
-        s.owner.name = "".into();
+        if let Some(o) = s.owner.as_mut() {
+            o.name = "".into();
+        }
         s.credentials = Some(CredentialsSpec {
             audiences: vec!["a".into(), "a".into()],
             ttl: Some("2h".into()),
@@ -370,6 +374,11 @@ mod tests {
         assert_eq!(
             f,
             ["spec.owner.name", "spec.purpose", "spec.credentials.audiences[1]", "spec.credentials.ttl"]
+        );
+        s.owner = None;
+        assert_eq!(
+            fields(validate_agent(&td(), "ns", "n", &s)).first().map(String::as_str),
+            Some("spec.owner")
         );
     }
 

@@ -628,8 +628,8 @@ fn requested_entry(
     if let Some(p) = asked.on_behalf_of {
         e = e.with_detail(a::DETAIL_ON_BEHALF_OF, p);
     }
-    if agent.spec.owner.kind == PrincipalKind::User {
-        e = e.with_detail(a::DETAIL_OWNER, agent.spec.owner.name.clone());
+    if let Some(o) = agent.spec.owner.as_ref().filter(|o| o.kind == PrincipalKind::User) {
+        e = e.with_detail(a::DETAIL_OWNER, o.name.clone());
     }
     if let Some(sa) = agent.spec.workload.as_ref().and_then(|w| w.service_account_name.as_deref()) {
         e = e.with_detail(a::DETAIL_SERVICE_ACCOUNT, format!("{}:{sa}", asked.namespace));

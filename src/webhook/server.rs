@@ -185,23 +185,32 @@ pub async fn may(
     verb: &str,
     name: &str,
 ) -> Result<bool, String> {
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    let attributes = k8s_openapi::api::authorization::v1::ResourceAttributes {
+        group: Some(crate::names::API_GROUP.to_owned()),
+        resource: Some(resource.to_owned()),
+        verb: Some(verb.to_owned()),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
     };
+    review(client, requester, attributes).await
+}
+
+/// Whether `requester` may do what `attributes` describe, by SubjectAccessReview: the one way the operator
+/// asks RBAC about someone else (agentiam verbs above; discovery asks what a ServiceAccount can reach).
+pub async fn review(
+    client: Option<&kube::Client>,
+    requester: &Requester,
+    attributes: k8s_openapi::api::authorization::v1::ResourceAttributes,
+) -> Result<bool, String> {
+    use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewSpec};
     let Some(client) = client else { return Err("no API client".to_owned()) };
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(requester.username.clone()),
             uid: requester.uid.clone(),
             groups: Some(requester.groups.clone()),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(crate::names::API_GROUP.to_owned()),
-                resource: Some(resource.to_owned()),
-                verb: Some(verb.to_owned()),
-                name: Some(name.to_owned()),
-                namespace: Some(namespace.to_owned()),
-                ..ResourceAttributes::default()
-            }),
+            resource_attributes: Some(attributes),
             ..SubjectAccessReviewSpec::default()
         },
         ..SubjectAccessReview::default()
@@ -356,6 +365,12 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
     if kind == Kind::Revocation && request.operation == Operation::Create && verdict.allowed() {
         let namespace = request.namespace.clone().unwrap_or_default();
         if let Some(why) = validate::revocation_reach(&namespace, object, &webhooks.delegations.reach) {
+            verdict = Verdict::Deny(why);
+        }
+    }
+    if kind == Kind::Agent && request.operation == Operation::Create && verdict.allowed() {
+        let by_operator = webhooks.operator_user.as_deref() == Some(requester.username.as_str());
+        if let Some(why) = validate::agent_owner(object, by_operator) {
             verdict = Verdict::Deny(why);
         }
     }

@@ -205,6 +205,18 @@ fn warnings(trust_domain: &TrustDomain, kind: Kind, object: &Value) -> Vec<Strin
     }
 }
 
+/// Why an Agent CREATE without `spec.owner` is refused: only the operator's discovery records an agent
+/// nobody owns yet (a shadow agent). None when it may be admitted. Without the webhook such an agent would
+/// still only ever be `Discovered`, with no credentials.
+pub fn agent_owner(object: &Value, by_operator: bool) -> Option<String> {
+    let owned = object.pointer("/spec/owner").is_some_and(|o| !o.is_null());
+    (!owned && !by_operator).then(|| {
+        "spec.owner is required: name the accountable human, group or team (only agentiam's discovery \
+         records an agent without an owner, as a shadow agent for its owner to adopt)"
+            .to_owned()
+    })
+}
+
 /// Why a Revocation CREATE in `namespace` asks for more than a Revocation there may: a namespaceSelector
 /// or an emergency key rotation, which only the operator's namespace may ask for (the controller ignores
 /// or refuses them elsewhere too, and says so in the status). None when it may be admitted.
@@ -477,6 +489,18 @@ pub fn entry(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_operator_creates_an_agent_without_an_owner() {
+        let owned = agent("reads tickets");
+        assert_eq!(agent_owner(&owned, false), None);
+        let mut shadow = owned.clone();
+        shadow["spec"].as_object_mut().unwrap().remove("owner");
+        assert!(agent_owner(&shadow, false).unwrap().contains("spec.owner is required"));
+        assert_eq!(agent_owner(&shadow, true), None);
+        shadow["spec"]["owner"] = Value::Null;
+        assert!(agent_owner(&shadow, false).is_some());
+    }
+
     #[test]
     fn only_the_operator_namespace_may_ask_for_a_cluster_wide_stop_or_a_key_rotation() {
         let reach = crate::registry::revocation::Reach::with_labels("agentiam-system", Default::default());

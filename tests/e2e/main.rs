@@ -18,6 +18,7 @@ mod authz;
 mod crds;
 mod credentials;
 mod delegation;
+mod discovery;
 mod hardening;
 mod input;
 mod malformed;

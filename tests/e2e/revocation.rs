@@ -635,6 +635,57 @@ async fn an_agent_whose_behaviour_leaves_its_baseline_is_suspended_by_the_monito
     assert!(!String::from_utf8_lossy(&events.stdout).trim().is_empty(), "no AnomalyDetected Event");
 }
 
+/// The lifetime of credentials as status reports them.
+fn lifetime(a: &Agent) -> Option<i64> {
+    let c = a.status.as_ref()?.credentials.as_ref()?;
+    let at = |t: &Option<String>| t.as_deref()?.parse::<jiff::Timestamp>().ok();
+    Some(at(&c.expires_at)?.as_second() - at(&c.issued_at)?.as_second())
+}
+
+#[tokio::test]
+async fn an_alert_lowers_the_trust_score_and_new_credentials_follow_it() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "rvk-trust").await;
+    // Alerts only: the monitor never suspends here.
+    let op = Operator::start(
+        &env,
+        &ns.name,
+        &["--anomaly-bucket", "1s", "--anomaly-warmup", "5", "--anomaly-suspend-score", "0"],
+    );
+    read_policy(&ns).await;
+    let identity = active_agent(&ns, "bot").await;
+    let agents = ns.api::<Agent>();
+    let before = agents.get("bot").await.unwrap();
+    // A Production agent with a Team owner scores 250: its credentials live half the default 10 minutes;
+    // an alert's 100 points take it below 200, where they live a quarter.
+    assert_eq!(before.status.as_ref().unwrap().trust_score, Some(250));
+    assert_eq!(lifetime(&before), Some(300));
+    let steady_until = Instant::now() + Duration::from_secs(10);
+    let mut i = 0u32;
+    while Instant::now() < steady_until {
+        decide(&op, &identity, "read", &format!("crm:contacts/{}", i % 2), json!({})).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for n in 100..140 {
+        decide(&op, &identity, "read", &format!("crm:contacts/{n}"), json!({})).await;
+    }
+    wait_records(&op, "the monitor's alert", |r| r.iter().any(|x| x["action"] == "monitor.alert")).await;
+    let after = wait_for("credentials with the lowered score's lifetime", WAIT, || async {
+        let a = agents.get("bot").await.ok()?;
+        (lifetime(&a) == Some(150)).then_some(a)
+    })
+    .await;
+    assert_eq!(
+        after.status.as_ref().unwrap().phase,
+        Some(agentiam::api::AgentPhase::Active),
+        "an alert does not suspend"
+    );
+    assert!(ns.api::<Revocation>().list(&Default::default()).await.unwrap().items.is_empty());
+    // The earlier token is still good: a penalty is not a revocation.
+    assert!(allows(&op, &identity).await, "the token issued before the alert is still accepted");
+}
+
 #[tokio::test]
 #[ignore = "creates and revokes 1,000 Agents; tools/e2e.sh runs it alone, after the parallel tests"]
 async fn a_selector_revocation_of_a_thousand_agents_denies_them_all_and_deletes_their_secrets() {

@@ -174,7 +174,7 @@ src/controller/ (every rule names the code that needs it).
 # The Agent controller watches Agents (controller/agent.rs: Controller::new -> list + watch), reads single
 # Agents (controller/intents.rs: get_opt while resolving open audit intents), and adds/removes its
 # agentiam.dev/archive finalizer with a JSON patch (kube::runtime::finalizer -> patch). It never
-# creates, replaces or deletes Agents. The webhook reads Agents from this controller's cache, never the API.
+# creates, replaces or deletes Agents (discovery does, below, for shadow agents only). The webhook reads Agents from this controller's cache, never the API.
 - apiGroups: ["agentiam.dev"]
   resources: ["agents"]
   verbs: ["get", "list", "watch", "patch"]
@@ -255,6 +255,29 @@ src/controller/ (every rule names the code that needs it).
 - apiGroups: [""]
   resources: ["pods/eviction"]
   verbs: ["create"]
+{{- if .Values.discovery.enabled }}
+# Shadow-agent discovery (controller/discovery.rs) watches every kind that carries a pod template and
+# classifies each as it arrives (no store of them is kept). It reads the ConfigMaps a template names for
+# their key names only (Secrets it already reads, above). It creates a shadow Agent for each workload that
+# looks like an agent and that no Agent covers (through the validating webhook, which admits an Agent
+# without an owner from the operator only), and deletes it when the workload goes; never an Agent with an
+# owner.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["watch"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
+- apiGroups: ["agentiam.dev"]
+  resources: ["agents"]
+  verbs: ["create", "delete"]
+{{- end }}
 # The trust bundle ConfigMap of each namespace with Agents (controller/credentials.rs ensure_trust_bundle):
 # server-side apply only, never read back or deleted. A server-side apply that creates the object is
 # authorized as create *with* the object's name, so unlike a POST it can be limited by resourceNames.
