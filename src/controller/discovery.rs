@@ -393,7 +393,11 @@ pub fn start(
 ) -> Arc<Discovery> {
     let nudge = ctx.nudges.clone();
     let mut excluded: BTreeSet<String> = ALWAYS_EXCLUDED.iter().map(|s| (*s).to_owned()).collect();
-    excluded.insert(ctx.config.operator_namespace.clone());
+    // The operator's own namespace serves no Agents when it watches the whole cluster (the webhooks skip it
+    // too); with --watch-namespace it is usually the one namespace it serves.
+    if ctx.config.watch_namespace.is_none() {
+        excluded.insert(ctx.config.operator_namespace.clone());
+    }
     let discovery = Arc::new(Discovery {
         inventory: Mutex::default(),
         agents: agents.store(),
