@@ -84,18 +84,8 @@ start() {
     --log-level=warn >"$dir/keycloak.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$dir/keycloak.pid"
-  local deadline=$((SECONDS + 240))
-  until curl -fsS -o /dev/null "http://127.0.0.1:$port/realms/master/.well-known/openid-configuration" 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 40 "$dir/keycloak.log" >&2
-      die "Keycloak exited while starting (log: $dir/keycloak.log)"
-    fi
-    if [ $SECONDS -ge $deadline ]; then
-      tail -n 40 "$dir/keycloak.log" >&2
-      die "Keycloak did not answer on 127.0.0.1:$port within 240 s (log: $dir/keycloak.log)"
-    fi
-    sleep 1
-  done
+  wait_started Keycloak "$pid" "$dir/keycloak.log" 240 \
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/realms/master/.well-known/openid-configuration"
   log "Keycloak answers on 127.0.0.1:$port"
   echo "$pid"
 }

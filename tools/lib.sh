@@ -21,3 +21,21 @@ die() { log "error: $*"; exit 1; }
 
 # Wall-clock seconds since $1 (an $EPOCHREALTIME value), with one decimal.
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+# wait_started <what> <pid> <log> <seconds> <command...>: until the command succeeds; dies with the log's
+# tail if the process <pid> exits first or <seconds> pass. For the peers the tools start (Keycloak, SPIRE).
+wait_started() {
+  local what=$1 pid=$2 logfile=$3 limit=$4; shift 4
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 40 "$logfile" >&2
+      die "$what exited while starting (log: $logfile)"
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      tail -n 40 "$logfile" >&2
+      die "$what was not ready within $limit s (log: $logfile)"
+    fi
+    sleep 0.2
+  done
+}

@@ -31,23 +31,6 @@ install() {
   echo "$bin"
 }
 
-# wait_healthy <what> <pid> <log> <command...>: until the command succeeds, the process dies or 60 s pass.
-wait_healthy() {
-  local what=$1 pid=$2 logfile=$3; shift 3
-  local deadline=$((SECONDS + 60))
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 30 "$logfile" >&2
-      die "$what exited while starting (log: $logfile)"
-    fi
-    if [ $SECONDS -ge $deadline ]; then
-      tail -n 30 "$logfile" >&2
-      die "$what was not healthy within 60 s (log: $logfile)"
-    fi
-    sleep 0.2
-  done
-}
-
 start() {
   local dir=$1 port=$2
   install >/dev/null
@@ -110,7 +93,7 @@ EOF
   log "starting spire-server $SPIRE_VERSION on 127.0.0.1:$port (dir: $dir)"
   setsid "$bin/spire-server" run -config "$dir/server.conf" >"$dir/server.log" 2>&1 &
   echo $! >"$dir/server.pid"
-  wait_healthy spire-server "$(cat "$dir/server.pid")" "$dir/server.log" \
+  wait_started spire-server "$(cat "$dir/server.pid")" "$dir/server.log" 60 \
     "$bin/spire-server" healthcheck -socketPath "$dir/server.sock"
   local token
   token=$("$bin/spire-server" token generate -socketPath "$dir/server.sock" -spiffeID spiffe://bench.test/node |
@@ -118,7 +101,7 @@ EOF
   [ -n "$token" ] || die "spire-server token generate printed no token"
   setsid "$bin/spire-agent" run -config "$dir/agent.conf" -joinToken "$token" >"$dir/agent.log" 2>&1 &
   echo $! >"$dir/agent.pid"
-  wait_healthy spire-agent "$(cat "$dir/agent.pid")" "$dir/agent.log" \
+  wait_started spire-agent "$(cat "$dir/agent.pid")" "$dir/agent.log" 60 \
     "$bin/spire-agent" healthcheck -socketPath "$dir/agent.sock"
   log "spire-server and spire-agent are healthy"
 }

@@ -233,6 +233,12 @@ impl Inventory {
 
 const KINDS: [&str; 7] = ["Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "ReplicaSet", "Pod"];
 
+/// Whether `a` is in `namespace` and its `spec.workload` names `service_account`.
+fn names_account(a: &Agent, namespace: &str, service_account: &str) -> bool {
+    a.namespace().as_deref() == Some(namespace)
+        && a.spec.workload.as_ref().and_then(|w| w.service_account_name.as_deref()) == Some(service_account)
+}
+
 /// What the watch tasks tell the inventory's task.
 #[derive(Debug)]
 enum Msg {
@@ -286,14 +292,13 @@ impl Discovery {
         if agent.spec.owner.is_some()
             && let Some(sa) = agent.spec.workload.as_ref().and_then(|w| w.service_account_name.clone())
         {
-            let names_it = |a: &Agent| {
-                a.namespace().as_deref() == Some(ns.as_str())
-                    && a.name_any() != agent.name_any()
-                    && a.spec.workload.as_ref().and_then(|w| w.service_account_name.as_deref())
-                        == Some(sa.as_str())
-            };
-            let others: Vec<String> =
-                self.agents.state().iter().filter(|a| names_it(a)).map(|a| a.name_any()).collect();
+            let others: Vec<String> = self
+                .agents
+                .state()
+                .iter()
+                .filter(|a| names_account(a, &ns, &sa) && a.name_any() != agent.name_any())
+                .map(|a| a.name_any())
+                .collect();
             let users: Vec<(&str, PodIdentity<'_>)> = inv
                 .users_of(&ns, &sa)
                 .map(|u| {
@@ -694,12 +699,7 @@ async fn run(
         accounts.sort();
         accounts.dedup();
         for (ns, sa) in accounts {
-            let names_it = |a: &Agent| {
-                a.namespace().as_deref() == Some(ns.as_str())
-                    && a.spec.workload.as_ref().and_then(|w| w.service_account_name.as_deref())
-                        == Some(sa.as_str())
-            };
-            for a in agents.state().iter().filter(|a| names_it(a)) {
+            for a in agents.state().iter().filter(|a| names_account(a, &ns, &sa)) {
                 let _ = discovery.nudge.send(ObjectRef::from_obj(a.as_ref()));
             }
         }

@@ -44,21 +44,6 @@ pub fn decide_phase(
         (_, _, Some(RevocationMode::Revoke)) => AgentPhase::Revoked,
         (_, DesiredState::Retired, _) => AgentPhase::Retired,
         _ if !owned => AgentPhase::Discovered,
-        _ => decide_owned(current, desired, valid, held),
-    }
-}
-
-fn decide_owned(
-    current: Option<AgentPhase>,
-    desired: DesiredState,
-    valid: bool,
-    held: Option<RevocationMode>,
-) -> AgentPhase {
-    match (current, desired, held) {
-        (Some(AgentPhase::Retired), _, _) => AgentPhase::Retired,
-        (Some(AgentPhase::Revoked), _, _) => AgentPhase::Revoked,
-        (_, _, Some(RevocationMode::Revoke)) => AgentPhase::Revoked,
-        (_, DesiredState::Retired, _) => AgentPhase::Retired,
         (_, _, Some(RevocationMode::Suspend)) | (_, DesiredState::Suspended, None) => AgentPhase::Suspended,
         (_, DesiredState::Active, None) if valid => AgentPhase::Active,
         (_, DesiredState::Active, None) => AgentPhase::Pending,

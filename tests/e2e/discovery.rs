@@ -363,27 +363,21 @@ async fn an_adopted_shadow_agent_is_registered_and_stays_and_a_registered_worklo
     assert_eq!(rows[0]["staticKeys"][0], "main: OPENAI_API_KEY (literal value)");
 
     // Adoption: the owner names themselves (and a purpose); the agent moves through the lifecycle.
-    let out = env.plugin(&[
-        "adopt",
-        "deployment-triage",
-        "-n",
-        &ns.name,
-        "--owner",
-        "User:olivia@example.com",
-        "--purpose",
-        "triages tickets",
-    ]);
+    let adopt = |purpose: &str| {
+        env.plugin(&[
+            "adopt",
+            "deployment-triage",
+            "-n",
+            &ns.name,
+            "--owner",
+            "User:olivia@example.com",
+            "--purpose",
+            purpose,
+        ])
+    };
+    let out = adopt("triages tickets");
     assert!(out.status.success(), "{}", text(&out));
-    let out = env.plugin(&[
-        "adopt",
-        "deployment-triage",
-        "-n",
-        &ns.name,
-        "--owner",
-        "User:olivia@example.com",
-        "--purpose",
-        "x",
-    ]);
+    let out = adopt("x");
     assert!(!out.status.success() && text(&out).contains("already has an owner"), "{}", text(&out));
     let adopted = wait_phase(&agents, "deployment-triage", "Active").await;
     assert_eq!(adopted.metadata.uid, shadow.metadata.uid, "the same object, now registered");
