@@ -2,8 +2,14 @@
 //! ([`crate::controller::shared`]), and after every change builds a new [`Snapshot`] and swaps it in.
 //! Decisions read the current snapshot without locks or API calls; a change reaches them within one watch
 //! event plus one rebuild (milliseconds; the e2e tests measure it against the one-second goal).
+//!
+//! A new Revocation does not wait for that rebuild, which takes a hundred milliseconds or more at ten
+//! thousand agents and may itself be waiting behind one already under way. A second task applies it to the
+//! current snapshot at once ([`Snapshot::with_holds`]: the agents it stops, nothing else), and every rebuild
+//! published before one that read the Revocation carries those holds over, so a rebuild from an older view
+//! never lifts them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,10 +22,11 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::api::{Agent, AgentPolicy, Revocation};
+use crate::authz::index::holds_from;
 use crate::authz::{Builder, Snapshot};
 use crate::controller::shared::{Progress, Watched};
 use crate::controller::watches::WatchHealth;
-use crate::registry::revocation::{self, Reach};
+use crate::registry::revocation::{self, Hold, Reach};
 use crate::supervisor::Supervisor;
 
 /// Shortest time between two rebuilds, so a burst of changes (a thousand agents created at once) costs a
@@ -34,9 +41,19 @@ pub struct PolicyIndex {
     /// The health of the watch of Revocations and how old the view may get while it fails.
     staleness_bound: Option<(Arc<WatchHealth>, Duration)>,
     snapshot: ArcSwap<Snapshot>,
+    /// Serialises the two writers (the rebuild loop and the Revocation fast path), and keeps what the fast
+    /// path applied that no published rebuild has read yet.
+    ahead: Mutex<Ahead>,
     ready: AtomicBool,
     rebuilds: AtomicU64,
     version: watch::Sender<u64>,
+}
+
+/// Revocations applied to the snapshot ahead of a rebuild.
+#[derive(Debug, Default)]
+struct Ahead {
+    /// By Revocation UID: every agent it stops, with its hold.
+    holds: HashMap<String, Vec<(Arc<str>, Hold)>>,
 }
 
 impl Default for PolicyIndex {
@@ -45,6 +62,7 @@ impl Default for PolicyIndex {
             enforcement: Enforcement::default(),
             staleness_bound: None,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            ahead: Mutex::default(),
             ready: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
             version: watch::Sender::new(0),
@@ -100,6 +118,71 @@ impl PolicyIndex {
         self.version.send_replace(n);
     }
 
+    /// Publishes a rebuilt snapshot, made from the Revocations `built_from` after a change delivered at
+    /// `woke`. Holds the fast path applied for Revocations the build did not read are carried over, unless
+    /// the Revocation has gone meanwhile (`present` says whether it is still in the store).
+    fn publish_built(
+        &self,
+        snapshot: Snapshot,
+        built_from: &[Arc<Revocation>],
+        present: impl Fn(&str) -> bool,
+        woke: Timestamp,
+    ) {
+        let mut ahead = self.ahead.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let built: HashSet<&str> = built_from.iter().filter_map(|r| r.metadata.uid.as_deref()).collect();
+        ahead.holds.retain(|uid, _| !built.contains(uid.as_str()) && present(uid));
+        let snapshot = if ahead.holds.is_empty() {
+            snapshot
+        } else {
+            let carried: Vec<(Arc<str>, Hold)> = ahead.holds.values().flatten().cloned().collect();
+            snapshot.with_holds(&carried)
+        };
+        self.publish(snapshot);
+        self.enforcement.record(&built, |uid| ahead.holds.contains_key(uid), woke);
+    }
+
+    /// Stops, in the current snapshot, the agents of every Revocation in `revocations` that no published
+    /// snapshot holds yet (`agents`: the Agents in scope, read only when there is such a Revocation).
+    /// `seen`: when the change was delivered. Returns how many Revocations it applied.
+    pub fn enforce_ahead(
+        &self,
+        revocations: &[Arc<Revocation>],
+        agents: impl FnOnce() -> Vec<Arc<Agent>>,
+        reach: &Reach,
+        seen: Timestamp,
+    ) -> usize {
+        // Before the first snapshot there is nothing to stop ahead of: that build reads every Revocation.
+        if !self.is_ready() {
+            return 0;
+        }
+        let mut ahead = self.ahead.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh: Vec<(&str, &Arc<Revocation>)> = revocations
+            .iter()
+            .filter_map(|r| r.metadata.uid.as_deref().map(|uid| (uid, r)))
+            .filter(|(uid, _)| !self.enforcement.knows(uid) && !ahead.holds.contains_key(*uid))
+            .collect();
+        if fresh.is_empty() {
+            return 0;
+        }
+        let agents = agents();
+        let now = Timestamp::now();
+        let mut all = Vec::new();
+        for (uid, r) in &fresh {
+            // One Revocation at a time, so each keeps every agent it stops even where another outranks it
+            // (that one may go before a rebuild reads this one).
+            let holds = holds_from(std::slice::from_ref(*r), &agents, reach, now);
+            all.extend(holds.iter().cloned());
+            ahead.holds.insert((*uid).to_owned(), holds);
+        }
+        if !all.is_empty() {
+            self.publish(self.load().with_holds(&all));
+        }
+        let uids: HashSet<&str> = fresh.iter().map(|(uid, _)| *uid).collect();
+        self.enforcement.record(&uids, |_| true, seen);
+        debug!(revocations = fresh.len(), agents = all.len(), "revocations applied ahead of the rebuild");
+        fresh.len()
+    }
+
     /// Changes whenever a new snapshot is published.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
@@ -125,11 +208,37 @@ pub fn start(
         watched.agents.store(),
         watched.policies.store(),
         watched.revocations.store(),
-        reach,
+        reach.clone(),
         progress,
     );
     tasks.spawn_infallible("policy index: rebuild", rebuild);
+    let ahead = enforce_loop(
+        Arc::clone(&index),
+        watched.agents.store(),
+        watched.revocations.store(),
+        reach,
+        watched.revocations.progress(),
+    );
+    tasks.spawn_infallible("policy index: revocations ahead of rebuilds", ahead);
     index
+}
+
+/// The fast path for new Revocations: after every change of the Revocations watch, applies the ones no
+/// snapshot holds yet to the current snapshot ([`PolicyIndex::enforce_ahead`]).
+async fn enforce_loop(
+    index: Arc<PolicyIndex>,
+    agents: Store<Agent>,
+    revocations: Store<Revocation>,
+    reach: Reach,
+    mut progress: watch::Receiver<Progress>,
+) {
+    index.wait_ready().await;
+    // A change while waiting is still unseen by `progress`, so the first wait returns at once for it.
+    while progress.changed().await.is_ok() {
+        let seen = Timestamp::now();
+        index.enforce_ahead(&revocations.state(), || agents.state(), &reach, seen);
+    }
+    warn!("the watch of Revocations stopped; new Revocations wait for the next rebuild");
 }
 
 /// Waits until any of the watches moves, or until `deadline` (the next Revocation expiry). False when a
@@ -170,12 +279,11 @@ async fn rebuild_loop(
     loop {
         let started = Instant::now();
         let revoking = revocations.state();
-        index.enforcement.observe(&revoking, woke);
         let snapshot = builder.build(&agents.state(), &policies.state(), &revoking);
         let (agents_n, policies_n) = (snapshot.agents(), snapshot.policies().len());
         let first = !index.is_ready();
-        index.publish(snapshot);
-        index.enforcement.enforced(&revoking);
+        let present = |uid: &str| revocations.state().iter().any(|r| r.metadata.uid.as_deref() == Some(uid));
+        index.publish_built(snapshot, &revoking, present, woke);
         if first {
             info!(agents = agents_n, policies = policies_n, "policy index ready");
         }
@@ -205,9 +313,10 @@ async fn rebuild_loop(
     }
 }
 
-/// When each Revocation first reached the index: the time the rebuild loop first found it in the store
-/// (the operator has seen it) and the time the first snapshot holding it was published (decisions refuse
-/// its targets from then on). The Revocation controller reports both in the status.
+/// When each Revocation first reached the index: the time the change that brought it was delivered (the
+/// operator has seen it) and the time the first snapshot holding it was published (decisions refuse its
+/// targets from then on), by the fast path or a rebuild. The Revocation controller reports both in the
+/// status.
 #[derive(Debug, Default)]
 pub struct Enforcement {
     seen: Mutex<HashMap<String, Enforced>>,
@@ -218,35 +327,29 @@ pub struct Enforcement {
 pub struct Enforced {
     /// First found in the store.
     pub observed_at: Timestamp,
-    /// First in a published snapshot (None until then).
-    pub enforced_at: Option<Timestamp>,
+    /// First in a published snapshot.
+    pub enforced_at: Timestamp,
 }
 
 impl Enforcement {
     /// The instants of the Revocation with `uid`, once the index has published it.
     pub fn get(&self, uid: &str) -> Option<Enforced> {
-        self.seen.lock().ok().and_then(|m| m.get(uid).copied()).filter(|e| e.enforced_at.is_some())
+        self.seen.lock().ok().and_then(|m| m.get(uid).copied())
     }
 
-    fn observe(&self, revocations: &[Arc<Revocation>], now: Timestamp) {
-        if let Ok(mut m) = self.seen.lock() {
-            // Forget the ones gone, so the map is as large as the Revocations in scope.
-            let present: std::collections::HashSet<&str> =
-                revocations.iter().filter_map(|r| r.metadata.uid.as_deref()).collect();
-            m.retain(|uid, _| present.contains(uid.as_str()));
-            for uid in present {
-                m.entry(uid.to_owned()).or_insert(Enforced { observed_at: now, enforced_at: None });
-            }
-        }
+    fn knows(&self, uid: &str) -> bool {
+        self.seen.lock().is_ok_and(|m| m.contains_key(uid))
     }
 
-    fn enforced(&self, revocations: &[Arc<Revocation>]) {
+    /// Records that the snapshot just published holds the Revocations `published` (delivered at `seen`),
+    /// keeping the first instants of each. Forgets those neither published nor kept (deleted), so the map
+    /// is as large as the Revocations in scope.
+    fn record(&self, published: &HashSet<&str>, keep: impl Fn(&str) -> bool, seen: Timestamp) {
         let now = Timestamp::now();
         if let Ok(mut m) = self.seen.lock() {
-            for uid in revocations.iter().filter_map(|r| r.metadata.uid.as_deref()) {
-                if let Some(e) = m.get_mut(uid) {
-                    e.enforced_at.get_or_insert(now);
-                }
+            m.retain(|uid, _| published.contains(uid.as_str()) || keep(uid));
+            for uid in published {
+                m.entry((*uid).to_owned()).or_insert(Enforced { observed_at: seen, enforced_at: now });
             }
         }
     }
@@ -255,6 +358,91 @@ impl Enforcement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{LocalRef, RevocationMode, RevocationSpec, RevocationTarget};
+
+    fn agent(name: &str) -> Arc<Agent> {
+        let owner = crate::api::Owner { kind: crate::api::PrincipalKind::Team, name: "t".into() };
+        let mut a = Agent::new(name, crate::api::AgentSpec::new(owner, "p"));
+        a.metadata.namespace = Some("ns".into());
+        a.metadata.uid = Some(format!("uid-{name}"));
+        Arc::new(a)
+    }
+
+    fn stop(name: &str, agent: &str, mode: RevocationMode) -> Arc<Revocation> {
+        let target =
+            RevocationTarget { agent_ref: Some(LocalRef { name: agent.into() }), ..Default::default() };
+        let spec = RevocationSpec {
+            target,
+            mode,
+            reason: "incident".into(),
+            expires_at: None,
+            stop_workloads: None,
+            emergency: None,
+        };
+        let mut r = Revocation::new(name, spec);
+        r.metadata.namespace = Some("ns".into());
+        r.metadata.uid = Some(format!("rev-{name}"));
+        Arc::new(r)
+    }
+
+    fn held_by(index: &PolicyIndex, agent: &str) -> Option<(String, RevocationMode)> {
+        let snapshot = index.load();
+        let facts = snapshot.agent(&format!("uid-{agent}"))?;
+        facts.revoked_by.as_ref().map(|h| (h.name.to_string(), h.mode))
+    }
+
+    #[test]
+    fn a_new_revocation_stops_its_agents_before_the_rebuild_and_a_stale_rebuild_keeps_them_stopped() {
+        let agents = vec![agent("a"), agent("b")];
+        let reach = Reach::default();
+        let index = PolicyIndex::default();
+        let suspend = stop("suspend-a", "a", RevocationMode::Suspend);
+        let now = Timestamp::now();
+        assert_eq!(
+            index.enforce_ahead(&[Arc::clone(&suspend)], || agents.clone(), &reach, now),
+            0,
+            "not ready"
+        );
+
+        let mut builder = Builder::default();
+        index.publish_built(builder.build(&agents, &[], &[]), &[], |_| true, now);
+        assert_eq!(index.enforce_ahead(&[Arc::clone(&suspend)], || agents.clone(), &reach, now), 1);
+        assert_eq!(held_by(&index, "a"), Some(("suspend-a".into(), RevocationMode::Suspend)));
+        assert_eq!(held_by(&index, "b"), None, "only its target");
+        let e = index.enforcement.get("rev-suspend-a").expect("recorded");
+        assert_eq!(e.observed_at, now);
+        assert!(e.enforced_at >= now);
+        let read = || -> Vec<Arc<Agent>> { panic!("nothing new: the agents are not read") };
+        assert_eq!(index.enforce_ahead(&[Arc::clone(&suspend)], read, &reach, now), 0, "applied once");
+
+        // A rebuild that read the Revocations before this one arrived must not lift it.
+        index.publish_built(builder.build(&agents, &[], &[]), &[], |_| true, now);
+        assert_eq!(held_by(&index, "a"), Some(("suspend-a".into(), RevocationMode::Suspend)));
+        assert!(index.enforcement.get("rev-suspend-a").is_some(), "still known");
+
+        // A Revoke outranks the Suspend; a later Suspend does not displace the Revoke.
+        let revoke = stop("revoke-a", "a", RevocationMode::Revoke);
+        let both = [Arc::clone(&suspend), Arc::clone(&revoke)];
+        assert_eq!(index.enforce_ahead(&both, || agents.clone(), &reach, now), 1);
+        assert_eq!(held_by(&index, "a"), Some(("revoke-a".into(), RevocationMode::Revoke)));
+        let late = stop("a-late", "a", RevocationMode::Suspend);
+        let three = [Arc::clone(&suspend), Arc::clone(&revoke), Arc::clone(&late)];
+        assert_eq!(index.enforce_ahead(&three, || agents.clone(), &reach, now), 1);
+        assert_eq!(held_by(&index, "a"), Some(("revoke-a".into(), RevocationMode::Revoke)));
+
+        // Once a rebuild has read them, they are its own; deleted ones are forgotten and lift.
+        index.publish_built(builder.build(&agents, &[], &three), &three, |_| true, now);
+        assert_eq!(held_by(&index, "a"), Some(("revoke-a".into(), RevocationMode::Revoke)));
+        index.publish_built(builder.build(&agents, &[], &[]), &[], |_| false, now);
+        assert_eq!(held_by(&index, "a"), None, "all three deleted");
+        assert!(index.enforcement.get("rev-revoke-a").is_none());
+
+        // One that goes before any rebuild reads it lifts at the next rebuild too.
+        assert_eq!(index.enforce_ahead(&[Arc::clone(&revoke)], || agents.clone(), &reach, now), 1);
+        assert!(held_by(&index, "a").is_some());
+        index.publish_built(builder.build(&agents, &[], &[]), &[], |_| false, now);
+        assert_eq!(held_by(&index, "a"), None);
+    }
 
     #[test]
     fn decisions_are_refused_while_loading_and_once_the_view_of_revocations_is_too_old() {

@@ -209,8 +209,8 @@ async fn apply(cached: &Revocation, state: &Revocations) -> Result<Action> {
     // The decision API's instants are those of the first enforcement; a restart observes it again later.
     if status.decision_api_enforced_at.is_none()
         && let Some(e) = ctx.authz.enforcement.get(&uid)
-        && let Some(enforced) = e.enforced_at
     {
+        let enforced = e.enforced_at;
         status.observed_at = Some(format!("{:.3}", e.observed_at));
         status.decision_api_enforced_at = Some(format!("{enforced:.3}"));
         status.decision_api_latency_ms =

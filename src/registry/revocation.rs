@@ -87,6 +87,17 @@ impl Hold {
         }
     }
 
+    /// Where it stands among several that hold the same agent: lowest counts. Revoke before Suspend (it
+    /// is final), then by namespace and name, so every reader picks the same one.
+    fn rank(&self) -> (bool, &str, &str) {
+        (self.mode != RevocationMode::Revoke, &self.namespace, &self.name)
+    }
+
+    /// Whether this hold counts rather than `other` when both hold an agent.
+    pub fn outranks(&self, other: &Hold) -> bool {
+        self.rank() < other.rank()
+    }
+
     /// `namespace/name`, for messages.
     pub fn describe(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -168,9 +179,7 @@ pub fn hold_on(
 
 /// Of several Revocations that hold, the one that counts: Revoke before Suspend, then by namespace and name.
 fn strongest<'a>(holding: impl Iterator<Item = &'a Arc<Revocation>>) -> Option<Hold> {
-    holding
-        .min_by_key(|r| (r.spec.mode != RevocationMode::Revoke, r.namespace(), r.name_any()))
-        .map(|r| Hold::of(r))
+    holding.map(|r| Hold::of(r)).min_by(|a, b| a.rank().cmp(&b.rank()))
 }
 
 /// Whether `r` targets the Delegation `namespace/name` by `delegationRef` at `now` (in force, in reach).
