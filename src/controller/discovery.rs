@@ -36,8 +36,8 @@ use crate::audit::{Entry, Outcome};
 use crate::discovery::classify::{Detection, SourceKeys, Sources, Template, classify};
 use crate::discovery::signatures::Signatures;
 use crate::discovery::workload::{
-    PodIdentity, Role, WORKLOAD_ANNOTATION, WORKLOAD_UID_ANNOTATION, WorkloadRef, is_unadopted_shadow,
-    registered_by, role, shadow_agent,
+    HasTemplate, Merged, PodIdentity, Role, WORKLOAD_ANNOTATION, WORKLOAD_UID_ANNOTATION, WorkloadRef,
+    is_unadopted_shadow, merged, registered_by, role, shadow_agent,
 };
 use crate::supervisor::Supervisor;
 
@@ -415,41 +415,19 @@ pub fn start(
     let ns = ctx.config.watch_namespace.clone();
     let client = ctx.client.clone();
     macro_rules! watch_kind {
-        ($k:ty, $name:literal, $template:expr) => {{
+        ($k:ty, $name:literal) => {{
             let api: Api<$k> = scoped_api(&client, ns.as_deref());
             let (ctx, d, tx) = (Arc::clone(&ctx), Arc::clone(&discovery), tx.clone());
-            tasks.spawn_infallible(
-                concat!("discovery: watch ", $name),
-                watch(ctx, d, api, $name, $template, tx),
-            );
+            tasks.spawn_infallible(concat!("discovery: watch ", $name), watch(ctx, d, api, $name, tx));
         }};
     }
-    watch_kind!(Deployment, "Deployment", |o: &Deployment| {
-        let s = &o.spec;
-        Some((s.template.metadata.as_ref(), s.template.spec.as_ref()?, s.selector.match_labels.clone()))
-    });
-    watch_kind!(StatefulSet, "StatefulSet", |o: &StatefulSet| {
-        let s = &o.spec;
-        Some((s.template.metadata.as_ref(), s.template.spec.as_ref()?, s.selector.match_labels.clone()))
-    });
-    watch_kind!(DaemonSet, "DaemonSet", |o: &DaemonSet| {
-        let s = &o.spec;
-        Some((s.template.metadata.as_ref(), s.template.spec.as_ref()?, s.selector.match_labels.clone()))
-    });
-    watch_kind!(ReplicaSet, "ReplicaSet", |o: &ReplicaSet| {
-        let s = &o.spec;
-        let t = s.template.as_ref()?;
-        Some((t.metadata.as_ref(), t.spec.as_ref()?, s.selector.match_labels.clone()))
-    });
-    watch_kind!(Job, "Job", |o: &Job| {
-        let t = &o.spec.as_ref()?.template;
-        Some((t.metadata.as_ref(), t.spec.as_ref()?, None))
-    });
-    watch_kind!(CronJob, "CronJob", |o: &CronJob| {
-        let t = &o.spec.job_template.spec.as_ref()?.template;
-        Some((t.metadata.as_ref(), t.spec.as_ref()?, None))
-    });
-    watch_kind!(Pod, "Pod", |o: &Pod| Some((None, o.spec.as_ref()?, None)));
+    watch_kind!(Deployment, "Deployment");
+    watch_kind!(StatefulSet, "StatefulSet");
+    watch_kind!(DaemonSet, "DaemonSet");
+    watch_kind!(ReplicaSet, "ReplicaSet");
+    watch_kind!(Job, "Job");
+    watch_kind!(CronJob, "CronJob");
+    watch_kind!(Pod, "Pod");
     let changes = agents.touched("discovery").boxed();
     tasks.spawn_infallible(
         "discovery: inventory",
@@ -458,25 +436,15 @@ pub fn start(
     discovery
 }
 
-/// What a template-bearing object offers: its pod template's metadata (None for a Pod, whose own metadata
-/// is the template's, or a template without any), its pod spec, its selector's labels.
-type TemplateOf<K> = for<'a> fn(
-    &'a K,
-) -> Option<(
-    Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
-    &'a PodSpec,
-    Option<BTreeMap<String, String>>,
-)>;
-
 async fn watch<K>(
     ctx: Arc<Context>,
     discovery: Arc<Discovery>,
     api: Api<K>,
     kind: &'static str,
-    template_of: TemplateOf<K>,
     tx: mpsc::Sender<Msg>,
 ) where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + HasTemplate
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -491,7 +459,7 @@ async fn watch<K>(
             watcher::Event::InitDone => Msg::ListDone(kind),
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let Some(uid) = o.uid() else { continue };
-                let (found, usage) = observe(&ctx, &discovery, kind, &o, template_of).await;
+                let (found, usage) = observe(&ctx, &discovery, kind, &o).await;
                 Msg::Seen { kind, uid, found: found.map(Box::new), usage: usage.map(Box::new) }
             }
             watcher::Event::Delete(o) => {
@@ -512,10 +480,9 @@ async fn observe<K>(
     discovery: &Discovery,
     kind: &'static str,
     object: &K,
-    template_of: TemplateOf<K>,
 ) -> (Option<Found>, Option<Usage>)
 where
-    K: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + HasTemplate,
 {
     let meta = object.meta();
     let Some(namespace) = meta.namespace.clone() else { return (None, None) };
@@ -527,20 +494,9 @@ where
         None | Some(Role::Covered) => return (None, None),
         Some(Role::Workload(w) | Role::SourceFor(w)) => w,
     };
-    let Some((template_meta, spec, selector)) = template_of(object) else { return (None, None) };
-    let mut labels = meta.labels.clone().unwrap_or_default();
-    let mut annotations = meta.annotations.clone().unwrap_or_default();
-    // A Pod's own labels are its template's.
-    let template_labels = match template_meta {
-        Some(t) => t.labels.clone().unwrap_or_default(),
-        None if kind == "Pod" => labels.clone(),
-        None => BTreeMap::new(),
-    };
-    if let Some(t) = template_meta {
-        labels.extend(t.labels.clone().unwrap_or_default());
-        annotations.extend(t.annotations.clone().unwrap_or_default());
-    }
-    let sources = read_sources(ctx, &namespace, spec).await;
+    let Some((template_meta, spec, selector)) = object.template() else { return (None, None) };
+    let Merged { labels, annotations, template_labels } = merged(kind, meta, template_meta);
+    let sources = read_sources(&ctx.client, &namespace, spec).await;
     let signatures = discovery.signatures.load();
     let detection =
         classify(&signatures, Template { labels: &labels, annotations: &annotations, spec }, &sources);
@@ -572,7 +528,7 @@ where
 
 /// The key names (never the values) of the Secrets and ConfigMaps a pod spec names, as far as they exist
 /// and can be read.
-async fn read_sources(ctx: &Context, namespace: &str, spec: &PodSpec) -> Sources {
+async fn read_sources(client: &kube::Client, namespace: &str, spec: &PodSpec) -> Sources {
     let (mut secrets, mut maps) = (BTreeSet::new(), BTreeSet::new());
     for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
         for from in c.env_from.iter().flatten() {
@@ -592,12 +548,11 @@ async fn read_sources(ctx: &Context, namespace: &str, spec: &PodSpec) -> Sources
         }
     }
     let mut out = Sources::default();
-    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for name in secrets {
         match secret_api.get_opt(&name).await {
             Ok(Some(s)) => {
-                let issued =
-                    s.labels().get(crate::names::MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER);
+                let issued = crate::discovery::classify::issued_by_agentiam(&name, s.labels());
                 let mut keys: Vec<String> = s.data.iter().flat_map(|d| d.keys().cloned()).collect();
                 keys.extend(s.string_data.iter().flat_map(|d| d.keys().cloned()));
                 out.secrets.insert(name, SourceKeys { keys, issued_by_agentiam: issued });
@@ -608,7 +563,7 @@ async fn read_sources(ctx: &Context, namespace: &str, spec: &PodSpec) -> Sources
             }
         }
     }
-    let map_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let map_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     for name in maps {
         match map_api.get_opt(&name).await {
             Ok(Some(m)) => {

@@ -32,6 +32,17 @@ pub struct SourceKeys {
     pub issued_by_agentiam: bool,
 }
 
+/// Whether the Secret `name` with `labels` is one agentiam issued: labelled as managed by the operator and
+/// for an agent, and named as that agent's credentials or delegated-token Secret (the only shape the
+/// chart's admission policy lets the operator write). The label alone would let anyone hide a provider key
+/// by copying it onto their own Secret.
+pub fn issued_by_agentiam(name: &str, labels: &BTreeMap<String, String>) -> bool {
+    labels.get(crate::names::MANAGED_BY_LABEL).map(String::as_str) == Some(crate::names::FIELD_MANAGER)
+        && labels.get(crate::names::AGENT_LABEL).is_some_and(|agent| {
+            name == crate::names::credentials_secret(agent) || name == crate::names::delegations_secret(agent)
+        })
+}
+
 /// What the caller could read of the Secrets and ConfigMaps a template names (absent: not found or not
 /// readable; then only what the template itself says counts).
 #[derive(Debug, Clone, Default)]

@@ -203,3 +203,19 @@ fn ordinary_workloads_are_not_agents() {
         assert!(d.static_keys.is_empty());
     }
 }
+
+#[test]
+fn only_a_secret_of_agentiams_own_shape_counts_as_issued_by_it() {
+    use crate::discovery::classify::issued_by_agentiam;
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    let ours =
+        labels(&[("app.kubernetes.io/managed-by", "agentiam-operator"), ("agentiam.dev/agent", "bot")]);
+    assert!(issued_by_agentiam("bot-credentials", &ours));
+    assert!(issued_by_agentiam("bot-delegations", &ours));
+    assert!(!issued_by_agentiam("llm-keys", &ours), "the labels copied onto another Secret");
+    assert!(!issued_by_agentiam("other-credentials", &ours));
+    let unlabelled = labels(&[("agentiam.dev/agent", "bot")]);
+    assert!(!issued_by_agentiam("bot-credentials", &unlabelled));
+}

@@ -8,6 +8,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::ObjectMeta as KubeMeta;
 
@@ -67,6 +70,85 @@ pub fn role(api_version: &str, kind: &str, meta: &ObjectMeta) -> Option<Role> {
             uid: o.uid.clone(),
         }),
     })
+}
+
+/// A kind that carries a pod template: the seven kinds discovery watches and admission judges.
+pub trait HasTemplate {
+    /// Its pod template's metadata (None for a Pod, whose own metadata is the template's, or a template
+    /// without any), its pod spec, and its selector's labels. None: no pod spec.
+    fn template(&self) -> Option<TemplateParts<'_>>;
+}
+
+/// What [`HasTemplate::template`] returns.
+pub type TemplateParts<'a> = (Option<&'a ObjectMeta>, &'a PodSpec, Option<BTreeMap<String, String>>);
+
+macro_rules! templated {
+    ($($k:ty => |$o:ident| $body:expr;)*) => {$(
+        impl HasTemplate for $k {
+            fn template(&self) -> Option<TemplateParts<'_>> {
+                let $o = self;
+                $body
+            }
+        }
+    )*};
+}
+
+templated! {
+    Deployment => |o| {
+        let s = &o.spec;
+        Some((s.template.metadata.as_ref(), s.template.spec.as_ref()?, s.selector.match_labels.clone()))
+    };
+    StatefulSet => |o| {
+        let s = &o.spec;
+        Some((s.template.metadata.as_ref(), s.template.spec.as_ref()?, s.selector.match_labels.clone()))
+    };
+    DaemonSet => |o| {
+        let s = &o.spec;
+        Some((s.template.metadata.as_ref(), s.template.spec.as_ref()?, s.selector.match_labels.clone()))
+    };
+    ReplicaSet => |o| {
+        let s = &o.spec;
+        let t = s.template.as_ref()?;
+        Some((t.metadata.as_ref(), t.spec.as_ref()?, s.selector.match_labels.clone()))
+    };
+    Job => |o| {
+        let t = &o.spec.as_ref()?.template;
+        Some((t.metadata.as_ref(), t.spec.as_ref()?, None))
+    };
+    CronJob => |o| {
+        let t = &o.spec.job_template.spec.as_ref()?.template;
+        Some((t.metadata.as_ref(), t.spec.as_ref()?, None))
+    };
+    Pod => |o| Some((None, o.spec.as_ref()?, None));
+}
+
+/// The labels and annotations signatures look at (the workload's and its template's), and the labels its
+/// pods get.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// The workload's labels, then its template's.
+    pub labels: BTreeMap<String, String>,
+    /// The workload's annotations, then its template's.
+    pub annotations: BTreeMap<String, String>,
+    /// The labels its pods carry.
+    pub template_labels: BTreeMap<String, String>,
+}
+
+/// [`Merged`] for an object of `kind` with metadata `meta` and pod template metadata `template`.
+pub fn merged(kind: &str, meta: &ObjectMeta, template: Option<&ObjectMeta>) -> Merged {
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    let mut annotations = meta.annotations.clone().unwrap_or_default();
+    // A Pod's own labels are its template's.
+    let template_labels = match template {
+        Some(t) => t.labels.clone().unwrap_or_default(),
+        None if kind == "Pod" => labels.clone(),
+        None => BTreeMap::new(),
+    };
+    if let Some(t) = template {
+        labels.extend(t.labels.clone().unwrap_or_default());
+        annotations.extend(t.annotations.clone().unwrap_or_default());
+    }
+    Merged { labels, annotations, template_labels }
 }
 
 /// The name of the shadow Agent of a workload: `<kind>-<name>`, lowercased; names too long for a DNS
