@@ -358,7 +358,8 @@ impl Enforcement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{LocalRef, RevocationMode, RevocationSpec, RevocationTarget};
+    use crate::api::RevocationMode;
+    use crate::registry::revocation::tests::{by_name, revocation};
 
     fn agent(name: &str) -> Arc<Agent> {
         let owner = crate::api::Owner { kind: crate::api::PrincipalKind::Team, name: "t".into() };
@@ -369,20 +370,7 @@ mod tests {
     }
 
     fn stop(name: &str, agent: &str, mode: RevocationMode) -> Arc<Revocation> {
-        let target =
-            RevocationTarget { agent_ref: Some(LocalRef { name: agent.into() }), ..Default::default() };
-        let spec = RevocationSpec {
-            target,
-            mode,
-            reason: "incident".into(),
-            expires_at: None,
-            stop_workloads: None,
-            emergency: None,
-        };
-        let mut r = Revocation::new(name, spec);
-        r.metadata.namespace = Some("ns".into());
-        r.metadata.uid = Some(format!("rev-{name}"));
-        Arc::new(r)
+        revocation("ns", name, mode, by_name(agent))
     }
 
     fn held_by(index: &PolicyIndex, agent: &str) -> Option<(String, RevocationMode)> {
@@ -409,7 +397,7 @@ mod tests {
         assert_eq!(index.enforce_ahead(&[Arc::clone(&suspend)], || agents.clone(), &reach, now), 1);
         assert_eq!(held_by(&index, "a"), Some(("suspend-a".into(), RevocationMode::Suspend)));
         assert_eq!(held_by(&index, "b"), None, "only its target");
-        let e = index.enforcement.get("rev-suspend-a").expect("recorded");
+        let e = index.enforcement.get("uid-suspend-a").expect("recorded");
         assert_eq!(e.observed_at, now);
         assert!(e.enforced_at >= now);
         let read = || -> Vec<Arc<Agent>> { panic!("nothing new: the agents are not read") };
@@ -418,7 +406,7 @@ mod tests {
         // A rebuild that read the Revocations before this one arrived must not lift it.
         index.publish_built(builder.build(&agents, &[], &[]), &[], |_| true, now);
         assert_eq!(held_by(&index, "a"), Some(("suspend-a".into(), RevocationMode::Suspend)));
-        assert!(index.enforcement.get("rev-suspend-a").is_some(), "still known");
+        assert!(index.enforcement.get("uid-suspend-a").is_some(), "still known");
 
         // A Revoke outranks the Suspend; a later Suspend does not displace the Revoke.
         let revoke = stop("revoke-a", "a", RevocationMode::Revoke);
@@ -435,7 +423,7 @@ mod tests {
         assert_eq!(held_by(&index, "a"), Some(("revoke-a".into(), RevocationMode::Revoke)));
         index.publish_built(builder.build(&agents, &[], &[]), &[], |_| false, now);
         assert_eq!(held_by(&index, "a"), None, "all three deleted");
-        assert!(index.enforcement.get("rev-revoke-a").is_none());
+        assert!(index.enforcement.get("uid-revoke-a").is_none());
 
         // One that goes before any rebuild reads it lifts at the next rebuild too.
         assert_eq!(index.enforce_ahead(&[Arc::clone(&revoke)], || agents.clone(), &reach, now), 1);

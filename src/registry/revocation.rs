@@ -237,7 +237,7 @@ pub fn namespaces_reached(r: &Revocation, reach: &Reach) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::{LocalRef, RevocationSpec, RevocationTarget};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
@@ -255,7 +255,13 @@ mod tests {
         a
     }
 
-    fn revocation(ns: &str, name: &str, mode: RevocationMode, target: RevocationTarget) -> Arc<Revocation> {
+    /// A Revocation `ns/name` with UID `uid-<name>` (other modules' tests use it too).
+    pub(crate) fn revocation(
+        ns: &str,
+        name: &str,
+        mode: RevocationMode,
+        target: RevocationTarget,
+    ) -> Arc<Revocation> {
         let mut r = Revocation::new(
             name,
             RevocationSpec {
@@ -272,7 +278,8 @@ mod tests {
         Arc::new(r)
     }
 
-    fn by_name(name: &str) -> RevocationTarget {
+    /// The target `agentRef: name`.
+    pub(crate) fn by_name(name: &str) -> RevocationTarget {
         RevocationTarget { agent_ref: Some(LocalRef { name: name.into() }), ..Default::default() }
     }
 
