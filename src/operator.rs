@@ -502,9 +502,15 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     // Agents are listed) and the controllers. So wait for the first complete lists first.
     tasks.wait_for(index.wait_ready()).await.map_err(StartupError::Task)?;
     info!("policy index loaded");
+    // Discovery and workload admission classify with one set of signatures, read once.
+    let signatures = match opts.discovery {
+        true => Some(Arc::new(discovery_signatures(&ctx).await)),
+        false => None,
+    };
     // The webhooks serve before anything writes agentiam objects: with its configuration in place from an
     // earlier run, every write (a finalizer, an archive) goes through them.
-    if let Some(settings) = opts.webhook.clone() {
+    if let Some(mut settings) = opts.webhook.clone() {
+        settings.workload_admission = signatures.is_some();
         let operator_user = own_username(&client).await?;
         info!(user = %operator_user, "the operator authenticates as this user; only it may create ApprovalRequests");
         let webhooks = crate::webhook::server::Webhooks {
@@ -522,6 +528,9 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             audit: Some(audit.clone()),
             unserved_namespace: opts.config.watch_namespace.is_none().then(|| ns.clone()),
             operator_user: Some(operator_user.clone()),
+            workloads: signatures
+                .clone()
+                .map(|signatures| crate::webhook::workloads::Workloads { signatures }),
         };
         let (client, serving) = (client.clone(), Arc::clone(&webhook_serving));
         let stop = stopped(stop_rx.clone());
@@ -555,8 +564,7 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
             stopped(publisher_stop_rx),
         ),
     );
-    if opts.discovery {
-        let signatures = discovery_signatures(&ctx).await;
+    if let Some(signatures) = signatures {
         let discovery =
             controller::discovery::start(Arc::clone(&ctx), &watched.agents, signatures, &mut tasks);
         let _ = ctx.discovery.set(discovery);

@@ -109,6 +109,7 @@ cases=(
     --set logFormat=json --set logLevel=debug --set auditLog.stdout=false --set auditLog.checkpointInterval=1m30s
     --set trustDomain=prod.example.org --set replicaCount=0 --set fullnameOverride=iam
     --set webhook.enabled=false --set issuer.url=https://issuer.example.org/agents --set issuer.keyRotationPeriod=12h
+    --set discovery.enabled=false
     --set listeners.idleTimeout=5m --set listeners.httpMaxConnections=64"
   "storage-class|--set auditLog.persistence.storageClass=- --set auditLog.persistence.keepOnUninstall=false
     --set auditLog.persistence.accessMode=ReadWriteOncePod"
@@ -211,6 +212,10 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "- \"agentiam-api-tls\""
       expect "$out" "$name" "resourceNames: [\"agentiam-api-ca\"]"
       expect "$out" "$name" "port: 443"
+      # Workload admission (discovery on): the label's policy and the role that may set it.
+      expect "$out" "$name" "name: $release-$ns-workload-admission-label"
+      expect "$out" "$name" "name: $release-$ns-workload-admission-setter"
+      expect "$out" "$name" 'verbs: ["set-workload-admission"]'
       ;;
     api-tls-secret)
       expect "$out" "$name" "- --http-tls-cert-file=/etc/agentiam/http-tls/tls.crt"
@@ -228,8 +233,9 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "namespace: $watch_ns"
       expect "$out" "$name" "expression: request.namespace == \"$watch_ns\""
       # The agentiam.dev rules move to the Role; the ClusterRole keeps only the namespace read and the webhook
-      # configuration. (Ten in the Role, two in the example delegator ClusterRole, one in the approver's.)
-      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 13 ] || die "$name: expected the agentiam.dev rules once"
+      # configuration. (Ten in the Role, two in the example delegator ClusterRole, one in the approver's, one
+      # in the workload admission setter's.)
+      [ "$(grep -c 'apiGroups: \["agentiam.dev"\]' "$out")" = 14 ] || die "$name: expected the agentiam.dev rules once"
       ;;
     no-persistence)
       expect "$out" "$name" "emptyDir: {}"
@@ -246,6 +252,8 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "- --issuer-url=https://issuer.example.org/agents"
       expect "$out" "$name" "- --key-rotation-period=12h"
       expect "$out" "$name" "- --webhook=false"
+      expect "$out" "$name" "- --discovery=false"
+      expect "$out" "$name" ! "workload-admission"
       expect "$out" "$name" ! "--webhook-service"
       expect "$out" "$name" ! "mutatingwebhookconfigurations"
       expect "$out" "$name" ! "agentiam-webhook-tls"
@@ -291,7 +299,10 @@ k -n "$ins" get deployment/$release serviceaccount/$release service/$release ser
   pvc/$release-audit role/$release rolebinding/$release >/dev/null || die "installed objects missing"
 k get clusterrole/$release-"$ins" clusterrolebinding/$release-"$ins" \
   validatingadmissionpolicy/$release-"$ins"-restrict-creates \
-  validatingadmissionpolicybinding/$release-"$ins"-restrict-creates >/dev/null || die "cluster objects missing"
+  validatingadmissionpolicybinding/$release-"$ins"-restrict-creates \
+  validatingadmissionpolicy/$release-"$ins"-workload-admission-label \
+  validatingadmissionpolicybinding/$release-"$ins"-workload-admission-label \
+  clusterrole/$release-"$ins"-workload-admission-setter >/dev/null || die "cluster objects missing"
 
 sa=system:serviceaccount:$ins:$release
 # RBAC and admission policies take effect once the API server's informers see them: poll briefly first.
@@ -309,13 +320,15 @@ eventually() { eventually_for 30 "$@"; } # eventually <what> <command...>
 # misspelt field would otherwise only surface as a denial at run time). It learns of the policy from its
 # informer, and right after tests/e2e/outage.rs killed the API server that informer may still be in
 # client-go's reflector backoff (up to 30 s, doubled by jitter): CI once waited more than 30 s here.
-policy_checked() {
-  [ -n "$(k get validatingadmissionpolicy/$release-"$ins"-restrict-creates -o jsonpath='{.status.observedGeneration}')" ]
-}
-eventually_for 120 "kube-controller-manager has type-checked the admission policy" policy_checked
-warnings=$(k get validatingadmissionpolicy/$release-"$ins"-restrict-creates \
-  -o jsonpath='{range .status.typeChecking.expressionWarnings[*]}{.fieldRef}: {.warning}{"\n"}{end}')
-[ -z "$warnings" ] || { printf '%s\n' "$warnings" >&2; die "the admission policy has type-checking warnings"; }
+for policy in restrict-creates workload-admission-label; do
+  policy_checked() {
+    [ -n "$(k get validatingadmissionpolicy/$release-"$ins"-$policy -o jsonpath='{.status.observedGeneration}')" ]
+  }
+  eventually_for 120 "kube-controller-manager has type-checked the admission policy $policy" policy_checked
+  warnings=$(k get validatingadmissionpolicy/$release-"$ins"-$policy \
+    -o jsonpath='{range .status.typeChecking.expressionWarnings[*]}{.fieldRef}: {.warning}{"\n"}{end}')
+  [ -z "$warnings" ] || { printf '%s\n' "$warnings" >&2; die "the admission policy $policy has type-checking warnings"; }
+done
 
 rbac_ready() { [ "$(k auth can-i --as="$sa" get "namespaces/$ins" 2>/dev/null)" = yes ]; }
 eventually "the ServiceAccount's RBAC is in effect" rbac_ready
@@ -584,7 +597,80 @@ for bad in "agentiam.dev secrets NotIn $ins" "agentiam.dev agents NotIn kube-sys
   if apply_in - validating_manifest "${a[0]}" "${a[1]}" "${a[2]}" "${a[3]}"; then die "the policy let a validating webhook with scope ($bad) in"; fi
   grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "validating webhook ($bad) refused, but not by the policy"; }
 done
+# Workload admission (discovery on): the operator may also see Pods and the workload kinds, created or
+# updated, but only in namespaces that carry the mode label, and never kube-system.
+workload_manifest() { # workload_manifest <group> <resources> <operations> <mode selector> <excluded>
+  cat <<YAML
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: $webhook_configuration}
+webhooks:
+  - name: agents.agentiam.dev
+    admissionReviewVersions: [v1]
+    sideEffects: NoneOnDryRun
+    clientConfig: {url: "https://127.0.0.1:9"}
+    rules: [{apiGroups: [agentiam.dev], apiVersions: ["*"], operations: [CREATE, UPDATE, DELETE], resources: [agents]}]
+    namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [$ins]}]}
+  - name: workloads-enforce.agentiam.dev
+    admissionReviewVersions: [v1]
+    sideEffects: NoneOnDryRun
+    clientConfig: {url: "https://127.0.0.1:9/validate/workloads/enforce"}
+    rules: [{apiGroups: ["$1"], apiVersions: [v1], operations: [$3], resources: [$2]}]
+    namespaceSelector:
+      matchExpressions:
+        - {key: kubernetes.io/metadata.name, operator: NotIn, values: [$5]}
+$4
+YAML
+}
+enforce_selector='        - {key: agentiam.dev/workload-admission, operator: Exists}'
+apply_in - workload_manifest apps "deployments, statefulsets" "CREATE, UPDATE" "$enforce_selector" "kube-system, $ins" ||
+  { cat "$work/sa.err" >&2; die "the operator cannot apply its workload admission webhooks"; }
+apply_in - workload_manifest "" pods "CREATE" '        - {key: agentiam.dev/workload-admission, operator: In, values: [audit]}' "kube-system, $ins" ||
+  { cat "$work/sa.err" >&2; die "the operator cannot apply its audit-mode workload webhook"; }
+no_label='        - {key: team, operator: Exists}'
+for bad in "apps|deployments|CREATE, UPDATE|$no_label|kube-system, $ins" \
+  "apps|deployments|CREATE, UPDATE|        - {key: agentiam.dev/workload-admission, operator: In, values: ['off']}|kube-system, $ins" \
+  "apps|deployments|CREATE, DELETE|$enforce_selector|kube-system, $ins" \
+  "|secrets|CREATE|$enforce_selector|kube-system, $ins" \
+  "apps|deployments|CREATE|$enforce_selector|$ins" \
+  "apps|deployments|CREATE|$enforce_selector|kube-system"; do
+  IFS='|' read -r g r o sel ex <<<"$bad"
+  if apply_in - workload_manifest "$g" "$r" "$o" "$sel" "$ex"; then die "the policy let a workload webhook ($bad) in"; fi
+  grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "workload webhook ($bad) refused, but not by the policy"; }
+done
 log "ok: the admission policy allows exactly the writes checked"
+
+# The workload admission mode label: a tenant who may edit its namespace cannot set, change or remove it;
+# cluster-admin can, with the values this version knows; the setter ClusterRole grants the verb.
+new_namespace tenant
+tenant_ns=$created
+tenant=chart-check-tenant-$RANDOM
+k create clusterrole "$tenant" --verb=get,patch,update --resource=namespaces --resource-name="$tenant_ns" >/dev/null
+k create clusterrolebinding "$tenant" --clusterrole="$tenant" --user="$tenant" >/dev/null
+as_tenant() { k --as="$tenant" "$@" >/dev/null 2>"$work/tenant.err"; }
+label_policy_ready() {
+  ! as_tenant label namespace "$tenant_ns" agentiam.dev/workload-admission=off &&
+    grep -q "only cluster administrators" "$work/tenant.err"
+}
+eventually "the label policy refuses a tenant" label_policy_ready
+grep -q "ValidatingAdmissionPolicy" "$work/tenant.err" || { cat "$work/tenant.err" >&2; die "refused, but not by the label policy"; }
+as_tenant label namespace "$tenant_ns" team=payments || { cat "$work/tenant.err" >&2; die "the tenant cannot label its namespace at all"; }
+k label namespace "$tenant_ns" agentiam.dev/workload-admission=enforce >/dev/null || die "cluster-admin cannot set the mode"
+for change in "agentiam.dev/workload-admission=audit --overwrite" "agentiam.dev/workload-admission-"; do
+  read -r -a a <<<"$change"
+  if as_tenant label namespace "$tenant_ns" "${a[@]}"; then die "the tenant could change the mode ($change)"; fi
+  grep -q "only cluster administrators" "$work/tenant.err" || { cat "$work/tenant.err" >&2; die "($change) refused for another reason"; }
+done
+if k label namespace "$tenant_ns" agentiam.dev/workload-admission=strict --overwrite >/dev/null 2>"$work/tenant.err"; then
+  die "the label policy let an unknown mode in"
+fi
+grep -q "must be off, audit, warn or enforce" "$work/tenant.err" || { cat "$work/tenant.err" >&2; die "unknown mode refused for another reason"; }
+k create clusterrolebinding "$tenant-setter" --clusterrole="$release-$ins-workload-admission-setter" --user="$tenant" >/dev/null
+setter_ready() { as_tenant label namespace "$tenant_ns" agentiam.dev/workload-admission=warn --overwrite; }
+eventually "the setter ClusterRole lets the tenant set the mode" setter_ready
+k delete clusterrolebinding "$tenant" "$tenant-setter" >/dev/null
+k delete clusterrole "$tenant" >/dev/null
+log "ok: only holders of set-workload-admission change a namespace's workload admission mode"
 
 # The operator, run here with the Deployment's args and only the ServiceAccount's token.
 bin=${AGENTIAM_BIN:-$AGENTIAM_ROOT/target/debug/agentiam}
@@ -697,7 +783,10 @@ exercise() {
     [ "$(k get mutatingwebhookconfiguration "$webhook_configuration" \
       -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null)" = "$webhook_url/mutate-pods" ] &&
     [ "$(k get validatingwebhookconfiguration "$webhook_configuration" \
-      -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null)" = "$webhook_url/validate/agents" ]
+      -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null)" = "$webhook_url/validate/agents" ] &&
+    # Discovery is on by default: the policy let the operator apply its workload admission webhooks too.
+    [ "$(k get validatingwebhookconfiguration "$webhook_configuration" \
+      -o jsonpath='{.webhooks[7].clientConfig.url}' 2>/dev/null)" = "$webhook_url/validate/workloads/enforce" ]
   }
   eventually "$label: the webhook configuration points at this run" webhook_applied
   create_pod() {

@@ -103,11 +103,14 @@ pub enum Action {
     DiscoveryDetect,
     /// A shadow Agent's workload went: discovery deleted the record.
     DiscoveryCleanup,
+    /// Workload admission judged a Pod or workload that looks like an agent, in a namespace that asks for
+    /// it (admitted, admitted with warnings, or refused).
+    WorkloadAdmit,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 47] = [
+    pub const ALL: [Self; 48] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -155,6 +158,7 @@ impl Action {
         Self::AgentDiscover,
         Self::DiscoveryDetect,
         Self::DiscoveryCleanup,
+        Self::WorkloadAdmit,
     ];
 
     /// The stored spelling.
@@ -207,6 +211,7 @@ impl Action {
             Self::AgentDiscover => "agent.discover",
             Self::DiscoveryDetect => "discovery.detect",
             Self::DiscoveryCleanup => "discovery.cleanup",
+            Self::WorkloadAdmit => "workload.admit",
         }
     }
 

@@ -78,7 +78,8 @@ struct RunArgs {
     /// Revocation made meanwhile could not be seen. "0s" turns the bound off.
     #[arg(long, env = "AGENTIAM_MAX_REVOCATION_STALENESS", default_value = "30s")]
     max_revocation_staleness: String,
-    /// Find workloads that look like AI agents and record the ones no Agent covers as shadow agents
+    /// Find workloads that look like AI agents and record the ones no Agent covers as shadow agents, and
+    /// (with the webhook) judge new ones in namespaces labelled agentiam.dev/workload-admission
     /// (docs/discovery.md).
     #[arg(long, env = "AGENTIAM_DISCOVERY", default_value_t = true, action = clap::ArgAction::Set)]
     discovery: bool,

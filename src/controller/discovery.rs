@@ -393,7 +393,7 @@ impl Discovery {
 pub fn start(
     ctx: Arc<Context>,
     agents: &super::shared::Shared<Agent>,
-    signatures: Signatures,
+    signatures: Arc<Signatures>,
     tasks: &mut Supervisor,
 ) -> Arc<Discovery> {
     let nudge = ctx.nudges.clone();
@@ -407,7 +407,7 @@ pub fn start(
         inventory: Mutex::default(),
         agents: agents.store(),
         reach_cache: Mutex::default(),
-        signatures: arc_swap::ArcSwap::from_pointee(signatures),
+        signatures: arc_swap::ArcSwap::new(signatures),
         excluded,
         nudge,
     });
@@ -528,7 +528,7 @@ where
 
 /// The key names (never the values) of the Secrets and ConfigMaps a pod spec names, as far as they exist
 /// and can be read.
-async fn read_sources(client: &kube::Client, namespace: &str, spec: &PodSpec) -> Sources {
+pub(crate) async fn read_sources(client: &kube::Client, namespace: &str, spec: &PodSpec) -> Sources {
     let (mut secrets, mut maps) = (BTreeSet::new(), BTreeSet::new());
     for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
         for from in c.env_from.iter().flatten() {

@@ -1,7 +1,6 @@
-//! Workload admission, pure: what the validating webhook on Pods and the workload kinds is to decide for a
-//! namespace that asks for it, from the object's classification by the discovery signatures and the Agent
-//! it names. **Not served yet**: the webhook, its configuration and the chart's policy that protects the
-//! label are the next step of issue 15 (docs/discovery.md says so too).
+//! Workload admission, pure: what the validating webhook on Pods and the workload kinds
+//! ([`crate::webhook::workloads`]) decides for a namespace that asks for it, from the object's
+//! classification by the discovery signatures and the Agent it names.
 //!
 //! - The mode is a namespace label ([`MODE_LABEL`]): `off` (or no label: the webhook is not even called),
 //!   `audit` (record only), `warn` (admission warnings) and `enforce` (deny). The API server picks the

@@ -25,6 +25,7 @@ use super::WebhookError;
 use super::pods::AGENT_LABEL;
 use super::server::MUTATE_PODS_PATH;
 use super::validate::Kind;
+use crate::discovery::admission::{MODE_LABEL, Mode};
 use crate::names::FIELD_MANAGER;
 use crate::server::listener::{DEFAULT_WEBHOOK_MAX_CONNECTIONS, Limits};
 use crate::tls::certs::{RenewalPolicy, San};
@@ -81,6 +82,9 @@ pub struct WebhookSettings {
     /// Testing only: wait this long before starting (zero in production). Lets a test hold the operator in
     /// the window where it runs but the webhook does not serve yet.
     pub start_delay: Duration,
+    /// Serve workload admission (the `workloads-<mode>.agentiam.dev` webhooks): on when discovery is, whose
+    /// signatures it judges with.
+    pub workload_admission: bool,
 }
 
 impl WebhookSettings {
@@ -107,6 +111,7 @@ impl WebhookSettings {
             check_interval: DEFAULT_CHECK_INTERVAL,
             limits: Limits::with_max_connections(DEFAULT_WEBHOOK_MAX_CONNECTIONS),
             start_delay: Duration::ZERO,
+            workload_admission: false,
         }
     }
 
@@ -202,10 +207,13 @@ fn metadata(config: &WebhookSettings) -> ObjectMeta {
 }
 
 /// The ValidatingWebhookConfiguration: one webhook per agentiam kind, for every create, update and
-/// delete. `failurePolicy: Fail`, because an unrecorded change to who may do what must not happen;
-/// `sideEffects: NoneOnDryRun`, because the side effect (the audit record) is skipped for dry runs. The
-/// operator's namespace is left out (cluster-wide mode), so that with the operator down its own namespace
-/// stays writable: that is where it is repaired from, and where cluster-wide emergency Revocations live.
+/// delete, then (with [`WebhookSettings::workload_admission`]) the three workload admission webhooks.
+///
+/// The agentiam kinds' webhooks have `failurePolicy: Fail`, because an unrecorded change to who may do what
+/// must not happen, and `sideEffects: NoneOnDryRun`, because the side effect (the audit record) is skipped
+/// for dry runs. The operator's namespace is left out (cluster-wide mode), so that with the operator down
+/// its own namespace stays writable: that is where it is repaired from, and where cluster-wide emergency
+/// Revocations live.
 pub fn desired_validating(
     config: &WebhookSettings,
     ca_bundle_pem: &str,
@@ -231,8 +239,82 @@ pub fn desired_validating(
             namespace_selector: Some(namespace_selector(config, vec![config.operator_namespace.clone()])),
             match_conditions: None,
         })
+        .chain(
+            config.workload_admission.then(|| workload_webhooks(config, ca_bundle_pem)).into_iter().flatten(),
+        )
         .collect();
     admission::ValidatingWebhookConfiguration { metadata: metadata(config), webhooks: Some(webhooks) }
+}
+
+/// How long the API server waits for a workload admission answer: short, because every Pod and workload
+/// write of a namespace that asks for enforcement waits on it. The answer needs an in-memory lookup and
+/// at most a few reads of the Secrets and ConfigMaps the template names.
+pub const WORKLOAD_TIMEOUT_SECONDS: i32 = 3;
+
+/// The namespaces excluded from workload admission whatever their label says: the cluster's own and the
+/// operator's (which must stay writable to repair the operator).
+fn workload_excluded(config: &WebhookSettings) -> Vec<String> {
+    let mut excluded: Vec<String> =
+        crate::controller::discovery::ALWAYS_EXCLUDED.iter().map(|s| (*s).to_owned()).collect();
+    excluded.push(config.operator_namespace.clone());
+    excluded
+}
+
+/// The three workload admission webhooks, one per judged mode: each sees only namespaces whose
+/// [`MODE_LABEL`] selects it, so the API server routes by the label and a namespace without it never
+/// waits on the operator. Enforce takes every value that is not `off`, `audit` or `warn` (an unknown
+/// value is enforced, like [`Mode::of`] reads it).
+///
+/// `failurePolicy` is `Fail` for enforce (a workload must not bypass enforcement because the operator is
+/// down) and `Ignore` for audit and warn, which promise never to refuse: with `Fail` an operator outage
+/// would refuse every Pod of an audited namespace. Discovery still records what was admitted meanwhile.
+fn workload_webhooks(config: &WebhookSettings, ca_bundle_pem: &str) -> Vec<admission::ValidatingWebhook> {
+    let rules = vec![
+        workload_rule("", &["pods"]),
+        workload_rule("apps", &["deployments", "replicasets", "statefulsets", "daemonsets"]),
+        workload_rule("batch", &["jobs", "cronjobs"]),
+    ];
+    Mode::JUDGED
+        .into_iter()
+        .map(|mode| {
+            let mut selector = namespace_selector(config, workload_excluded(config));
+            let by_label = match mode {
+                Mode::Enforce => vec![
+                    requirement(MODE_LABEL, "Exists", None),
+                    requirement(
+                        MODE_LABEL,
+                        "NotIn",
+                        Some([Mode::Off, Mode::Audit, Mode::Warn].map(|m| m.as_str().to_owned()).to_vec()),
+                    ),
+                ],
+                _ => vec![requirement(MODE_LABEL, "In", Some(vec![mode.as_str().to_owned()]))],
+            };
+            selector.match_expressions.get_or_insert_with(Vec::new).extend(by_label);
+            admission::ValidatingWebhook {
+                name: format!("workloads-{}.agentiam.dev", mode.as_str()),
+                admission_review_versions: vec!["v1".to_owned()],
+                client_config: client_config(config, ca_bundle_pem, &super::workloads::path(mode)),
+                rules: Some(rules.clone()),
+                failure_policy: Some(if mode == Mode::Enforce { "Fail" } else { "Ignore" }.to_owned()),
+                match_policy: Some("Equivalent".to_owned()),
+                side_effects: "NoneOnDryRun".to_owned(),
+                timeout_seconds: Some(WORKLOAD_TIMEOUT_SECONDS),
+                object_selector: None,
+                namespace_selector: Some(selector),
+                match_conditions: None,
+            }
+        })
+        .collect()
+}
+
+fn workload_rule(group: &str, resources: &[&str]) -> admission::RuleWithOperations {
+    admission::RuleWithOperations {
+        api_groups: Some(vec![group.to_owned()]),
+        api_versions: Some(vec!["v1".to_owned()]),
+        operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        scope: Some("Namespaced".to_owned()),
+    }
 }
 
 /// The configuration as the operator wants it, with `ca_bundle_pem` as the trusted serving CAs.
@@ -383,6 +465,59 @@ mod tests {
                 json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["agentiam-system"]}]})
             );
         }
+    }
+
+    #[test]
+    fn workload_admission_adds_one_webhook_per_mode_selected_by_the_namespace_label() {
+        let mut settings = service();
+        settings.workload_admission = true;
+        let v = serde_json::to_value(desired_validating(&settings, "PEM")).unwrap();
+        let hooks = v["webhooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), 8);
+        let names: Vec<&str> = hooks[5..].iter().map(|w| w["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["workloads-audit.agentiam.dev", "workloads-warn.agentiam.dev", "workloads-enforce.agentiam.dev"]
+        );
+        let excluded = json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+            "values": ["kube-system", "kube-public", "kube-node-lease", "agentiam-system"]});
+        for (w, mode) in hooks[5..].iter().zip(["audit", "warn", "enforce"]) {
+            assert_eq!(w["clientConfig"]["service"]["path"], format!("/validate/workloads/{mode}"));
+            assert_eq!(
+                w["rules"],
+                json!([
+                    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"], "scope": "Namespaced"},
+                    {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                     "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"], "scope": "Namespaced"},
+                    {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["jobs", "cronjobs"], "scope": "Namespaced"}
+                ])
+            );
+            assert_eq!(w["sideEffects"], "NoneOnDryRun");
+            assert_eq!(w["timeoutSeconds"], 3);
+            assert_eq!(w["failurePolicy"], if mode == "enforce" { "Fail" } else { "Ignore" });
+            let label = if mode == "enforce" {
+                json!([{"key": MODE_LABEL, "operator": "Exists"},
+                       {"key": MODE_LABEL, "operator": "NotIn", "values": ["off", "audit", "warn"]}])
+            } else {
+                json!([{"key": MODE_LABEL, "operator": "In", "values": [mode]}])
+            };
+            let mut expected = vec![excluded.clone()];
+            expected.extend(label.as_array().unwrap().iter().cloned());
+            assert_eq!(w["namespaceSelector"], json!({"matchExpressions": expected}), "{mode}");
+        }
+        let single = WebhookSettings {
+            workload_admission: true,
+            ..WebhookSettings::local("ops", Some("team-a".into()), 9444)
+        };
+        let v = serde_json::to_value(desired_validating(&single, "PEM")).unwrap();
+        assert_eq!(
+            v["webhooks"][7]["namespaceSelector"]["matchExpressions"][0],
+            json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]})
+        );
+        assert_eq!(
+            v["webhooks"][7]["clientConfig"]["url"],
+            "https://127.0.0.1:9444/validate/workloads/enforce"
+        );
     }
 
     #[test]

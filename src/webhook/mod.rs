@@ -7,6 +7,7 @@ pub mod pods;
 pub mod run;
 pub mod server;
 pub mod validate;
+pub mod workloads;
 
 use std::net::SocketAddr;
 

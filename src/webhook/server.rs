@@ -5,6 +5,8 @@
 //! - `POST /validate/<plural>` for the agentiam kinds: [`validate::decide`], and before any answer that is
 //!   not a dry run, the who-did-what audit record of the request ([`validate::entry`]), durable. A request
 //!   that cannot be recorded is refused: a change nobody can trace must not happen.
+//! - `POST /validate/workloads/<mode>` for Pods and the workload kinds in namespaces that ask for workload
+//!   admission: [`super::workloads`].
 //!
 //! The certificate is resolved per handshake from a [`CertHandle`], so renewal swaps it without a restart.
 
@@ -78,7 +80,7 @@ impl Agents {
     }
 
     /// The Agent `namespace/name`, with its recorded phase and SPIFFE ID.
-    fn claimed(
+    pub(crate) fn claimed(
         &self,
         namespace: &str,
         name: &str,
@@ -108,6 +110,9 @@ pub struct Webhooks {
     /// The username the operator authenticates as: the only requester that may create ApprovalRequests.
     /// None: nobody may.
     pub operator_user: Option<String>,
+    /// What workload admission judges with (discovery's signatures). None: discovery is off, and a
+    /// namespace that asks for enforcement has its workloads refused (fail closed).
+    pub workloads: Option<super::workloads::Workloads>,
 }
 
 /// What the webhook knows about Delegations: the shared stores of Delegations and Revocations.
@@ -225,7 +230,8 @@ pub async fn review(
 
 pub use crate::names::DELEGATE_VERB;
 
-/// The webhook routes: the pod mutation and one validating route per agentiam kind.
+/// The webhook routes: the pod mutation, one validating route per agentiam kind, and one per workload
+/// admission mode.
 pub fn router(webhooks: Webhooks) -> Router {
     surface(webhooks).router()
 }
@@ -238,6 +244,14 @@ pub fn surface(webhooks: Webhooks) -> crate::server::Surface {
             kind.path(),
             post(move |state: State<Webhooks>, headers: HeaderMap, body: Bytes| {
                 validate_kind(kind, state, headers, body)
+            }),
+        );
+    }
+    for mode in crate::discovery::admission::Mode::JUDGED {
+        routes = routes.route(
+            &super::workloads::path(mode),
+            post(move |state: State<Webhooks>, headers: HeaderMap, body: Bytes| {
+                super::workloads::route(mode, state, headers, body)
             }),
         );
     }
@@ -340,11 +354,7 @@ async fn validate_request(kind: Kind, webhooks: &Webhooks, review: &Review) -> V
         // Only the kind's own resource is configured; anything else is not ours to judge.
         return Verdict::allow();
     }
-    let requester = Requester {
-        username: request.user_info.username.clone().unwrap_or_default(),
-        uid: request.user_info.uid.clone(),
-        groups: request.user_info.groups.clone().unwrap_or_default(),
-    };
+    let requester = Requester::of(&request.user_info);
     if !webhooks.agents.ready() {
         return Verdict::Deny("agentiam is starting and has not loaded Agents yet; retry shortly".to_owned());
     }

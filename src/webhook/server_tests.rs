@@ -69,6 +69,7 @@ fn webhooks() -> Webhooks {
         audit: None,
         unserved_namespace: None,
         operator_user: None,
+        workloads: None,
     }
 }
 

@@ -111,6 +111,26 @@ pub struct Requester {
 }
 
 impl Requester {
+    /// The requester of an admission request.
+    pub fn of(user: &k8s_openapi::api::authentication::v1::UserInfo) -> Self {
+        Self {
+            username: user.username.clone().unwrap_or_default(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Adds who this is to an audit record's details: username, UID and groups (a JSON array).
+    pub fn record_in(&self, details: &mut BTreeMap<String, String>) {
+        details.insert(a::DETAIL_REQUESTER_USERNAME.to_owned(), self.username.clone());
+        if let Some(u) = &self.uid {
+            details.insert(a::DETAIL_REQUESTER_UID.to_owned(), u.clone());
+        }
+        if !self.groups.is_empty() {
+            let groups = serde_json::to_string(&self.groups).unwrap_or_default();
+            details.insert(a::DETAIL_REQUESTER_GROUPS.to_owned(), groups);
+        }
+    }
     /// `(namespace, name)` when the requester is a ServiceAccount.
     pub fn service_account(&self) -> Option<(&str, &str)> {
         let rest = self.username.strip_prefix("system:serviceaccount:")?;
@@ -458,14 +478,7 @@ pub fn entry(
     };
     let c = changes(req.old_object, req.object);
     let mut details = BTreeMap::new();
-    details.insert(a::DETAIL_REQUESTER_USERNAME.to_owned(), req.requester.username.clone());
-    if let Some(u) = &req.requester.uid {
-        details.insert(a::DETAIL_REQUESTER_UID.to_owned(), u.clone());
-    }
-    if !req.requester.groups.is_empty() {
-        let groups = serde_json::to_string(&req.requester.groups).unwrap_or_default();
-        details.insert(a::DETAIL_REQUESTER_GROUPS.to_owned(), groups);
-    }
+    req.requester.record_in(&mut details);
     details.insert("operation".to_owned(), format!("{:?}", req.operation).to_uppercase());
     details.insert("admissionUID".to_owned(), admission_uid.to_owned());
     if c.spec != "[]" {

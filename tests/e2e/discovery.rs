@@ -12,14 +12,14 @@ use kube::api::{DeleteParams, ListParams};
 use crate::harness::{Operator, TestNs, WAIT, records, text, wait_for, wait_phase, wait_records};
 use crate::require_cluster;
 
-fn deployment(name: &str, pod: &str) -> String {
+pub(crate) fn deployment(name: &str, pod: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 1\n  selector: \
          {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n{pod}"
     )
 }
 
-fn statefulset(name: &str, pod: &str) -> String {
+pub(crate) fn statefulset(name: &str, pod: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: {name}}}\nspec:\n  serviceName: {name}\n  \
          selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    \
@@ -27,21 +27,21 @@ fn statefulset(name: &str, pod: &str) -> String {
     )
 }
 
-fn daemonset(name: &str, pod: &str) -> String {
+pub(crate) fn daemonset(name: &str, pod: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: \
          {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n{pod}"
     )
 }
 
-fn job(name: &str, pod: &str) -> String {
+pub(crate) fn job(name: &str, pod: &str) -> String {
     format!(
         "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  template:\n    spec:\n      \
          restartPolicy: Never\n{pod}"
     )
 }
 
-fn cronjob(name: &str, labels: &str, pod: &str) -> String {
+pub(crate) fn cronjob(name: &str, labels: &str, pod: &str) -> String {
     // Once a year: kube-controller-manager never runs it during the test.
     format!(
         "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: {name}}}\nspec:\n  schedule: \"0 0 1 1 *\"\n  \
@@ -51,12 +51,12 @@ fn cronjob(name: &str, labels: &str, pod: &str) -> String {
     )
 }
 
-fn bare_pod(name: &str, pod: &str) -> String {
+pub(crate) fn bare_pod(name: &str, pod: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{}", dedent(pod, 4))
 }
 
 /// A pod spec body (containers and volumes), indented for a template's `spec:` (6 spaces).
-fn containers(image: &str, extra: &str) -> String {
+pub(crate) fn containers(image: &str, extra: &str) -> String {
     format!("      containers:\n      - name: main\n        image: {image}\n{extra}")
 }
 
@@ -68,7 +68,7 @@ fn dedent(s: &str, n: usize) -> String {
     s.lines().map(|l| format!("{}\n", l.get(n..).unwrap_or(l.trim_start()))).collect()
 }
 
-fn apply(ns: &TestNs, yaml: &str) {
+pub(crate) fn apply(ns: &TestNs, yaml: &str) {
     let out = ns.apply(yaml);
     assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", text(&out));
 }

@@ -31,3 +31,4 @@ mod tls;
 mod token;
 mod validation;
 mod webhook;
+mod workload_admission;

@@ -142,6 +142,16 @@ agentiam-ssf-streams
 agentiam.dev/agent
 {{- end }}
 
+{{/* The namespace label that sets workload admission's mode (src/discovery/admission.rs MODE_LABEL). */}}
+{{- define "agentiam.workloadAdmissionLabel" -}}
+agentiam.dev/workload-admission
+{{- end }}
+
+{{/* The verb, on the virtual resource namespaces.agentiam.dev, that lets someone set or change that label. */}}
+{{- define "agentiam.workloadAdmissionVerb" -}}
+set-workload-admission
+{{- end }}
+
 {{/*
 The MutatingWebhookConfiguration the operator applies: agentiam-<operator namespace>, fixed by the code
 (src/webhook/config.rs default_configuration_name), whatever the release is called.
