@@ -123,7 +123,80 @@ async fn workloads_of_every_kind_and_signature_are_found_and_ordinary_ones_are_n
             &containers("bitnami/kubectl:1.33", "        args: [delete, pods]\n"),
         ),
         bare_pod("debug", &containers("busybox:1.36", "        command: [sleep, '3600']\n")),
+        // More of what a cluster runs, 21 in all, with the near misses: Secrets mounted and brought in with
+        // envFrom whose keys are not LLM keys, API keys of other services, ports named like protocols.
+        deployment(
+            "cache",
+            &containers("redis:7.4", "        ports: [{containerPort: 6379, name: redis}]\n"),
+        ),
+        deployment(
+            "dashboards",
+            &containers(
+                "grafana/grafana:11.3.0",
+                "        env: [{name: GF_SECURITY_ADMIN_PASSWORD, value: x}]\n",
+            ),
+        ),
+        deployment(
+            "edge",
+            &containers("envoyproxy/envoy:v1.32.1", "        args: [-c, /etc/envoy/envoy.yaml]\n"),
+        ),
+        deployment("sessions", &containers("memcached:1.6", "        args: [-m, '64']\n")),
+        deployment(
+            "static-site",
+            &format!(
+                "{}      volumes: [{{name: tls, secret: {{secretName: db}}}}]\n",
+                containers("httpd:2.4", "        volumeMounts: [{name: tls, mountPath: /tls}]\n")
+            ),
+        ),
+        deployment(
+            "payments",
+            &containers(
+                "ghcr.io/acme/payments:5.0",
+                "        envFrom: [{secretRef: {name: db}}]\n        env: [{name: SENDGRID_API_KEY, value: x}, {name: DATADOG_API_KEY, value: x}]\n",
+            ),
+        ),
+        statefulset(
+            "mysql",
+            &containers("mysql:8.4", "        env: [{name: MYSQL_ROOT_PASSWORD, value: x}]\n"),
+        ),
+        statefulset(
+            "docs-db",
+            &containers("mongo:8.0", "        ports: [{containerPort: 27017, name: mongodb}]\n"),
+        ),
+        statefulset(
+            "events",
+            &containers("apache/kafka:3.9.0", "        ports: [{containerPort: 9092, name: broker}]\n"),
+        ),
+        statefulset(
+            "search",
+            &containers(
+                "docker.elastic.co/elasticsearch/elasticsearch:8.16.1",
+                "        env: [{name: ES_JAVA_OPTS, value: -Xms512m}]\n",
+            ),
+        ),
+        daemonset(
+            "logs",
+            &containers("fluent/fluent-bit:3.2", "        args: [-c, /fluent-bit/etc/fluent-bit.conf]\n"),
+        ),
+        job(
+            "migrate",
+            &containers(
+                "flyway/flyway:11",
+                "        args: [migrate]\n        envFrom: [{secretRef: {name: db}}]\n",
+            ),
+        ),
+        job("report", &containers("python:3.12", "        command: [python, report.py, --month, '11']\n")),
+        cronjob(
+            "logrotate",
+            "app: logrotate",
+            &containers("alpine:3.20", "        command: [logrotate, /etc/logrotate.conf]\n"),
+        ),
     ];
+    assert!(ordinary.len() >= 20, "the issue asks for at least 20 ordinary workloads");
+    apply(
+        &ns,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {username: app, password: x}\n",
+    );
     for w in &ordinary {
         apply(&ns, w);
     }
@@ -182,6 +255,25 @@ async fn workloads_of_every_kind_and_signature_are_found_and_ordinary_ones_are_n
                 "    spec:\n      serviceAccountName: reader\n      containers:",
             ),
             "llm-provider-key",
+        ),
+        (
+            "deployment-mounted-key",
+            deployment(
+                "mounted-key",
+                &format!(
+                    "{}      volumes: [{{name: keys, secret: {{secretName: llm}}}}]\n",
+                    containers("python:3.12", "        volumeMounts: [{name: keys, mountPath: /keys}]\n")
+                ),
+            ),
+            "llm-provider-key-in-secret",
+        ),
+        (
+            "statefulset-card",
+            statefulset("card", &containers("ghcr.io/acme/helpdesk:3", "")).replace(
+                "    metadata: {labels: {app: card}}",
+                "    metadata: {labels: {app: card}, annotations: {a2a.agent-card: /.well-known/agent-card.json}}",
+            ),
+            "agent-annotation",
         ),
         (
             "pod-tools",
