@@ -89,5 +89,5 @@ install-crds: ## Install the CRDs into the cluster of RUN_KUBECONFIG.
 ##@ Performance
 
 .PHONY: bench
-bench: ## Benchmarks side by side with their peers (openssl, raw Secret creates, TokenRequest, OPA, Cedar); BENCH_ONLY=jwt|issuance|authz -> bench/results/.
+bench: ## Benchmarks side by side with their peers (openssl, raw Secret creates, TokenRequest, OPA, Cedar); BENCH_ONLY=jwt|issuance|authz|token|revocation|discovery -> bench/results/.
 	@bench/run.sh

@@ -21,6 +21,7 @@ use agentiam::api::Agent;
 use futures::stream;
 
 /// Everything the bench reads from the environment.
+#[derive(Clone)]
 pub struct Settings {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
@@ -266,7 +267,8 @@ impl Operator {
         Self::start_with(s, ns, &["--webhook-listen".to_owned(), listen, "--webhook-url".to_owned(), url])
     }
 
-    fn start_with(s: &Settings, ns: &str, extra: &[String]) -> Self {
+    /// Spawns the operator with `extra` flags (e.g. `--webhook false --discovery false`).
+    pub fn start_with(s: &Settings, ns: &str, extra: &[String]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
@@ -305,7 +307,7 @@ impl Operator {
         self.child.as_ref().expect("operator running").id()
     }
 
-    fn stderr(&self) -> String {
+    pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 

@@ -605,6 +605,7 @@ async fn run(
                     Msg::ListDone(kind) => {
                         let mut d = inv.list_done(kind);
                         if inv.complete() {
+                            info!(looking_like_agents = inv.found.len(), "discovery has listed every kind");
                             // Everything is listed: every record can be checked now.
                             d.extend(inv.found.keys().cloned());
                             d.push(String::new());
