@@ -61,6 +61,22 @@ where
     events_with(api, config(), name, None)
 }
 
+/// [`events`] with lists of `page_size` objects a page (the default is 500). For the kinds whose every
+/// object is only looked at and dropped (discovery's): a page is the largest transient the list makes, and
+/// what the allocator keeps of it after it is freed shows in the resident size.
+pub fn events_paged<K>(
+    api: Api<K>,
+    name: String,
+    page_size: u32,
+) -> impl Stream<Item = watcher::Event<K>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+    K::Scope: NamespaceScope,
+{
+    events_with(api, config().page_size(page_size), name, None)
+}
+
 /// [`events`], reporting failures to `health`.
 pub fn events_reporting<K>(
     api: Api<K>,
