@@ -8,7 +8,8 @@
 //! The watches are streams without stores: an object is classified as it arrives and only what was found
 //! is kept (the workloads that look like agents, a few hundred bytes each), so watching every Pod of a
 //! large cluster costs the operator little memory. The Secrets and ConfigMaps a template names are read
-//! for their key names only, when the template is classified.
+//! for their key names only, when the template is classified; an update that changes nothing discovery
+//! judges by (a status write: [`fingerprint`]) is not classified again.
 //!
 //! One task owns the inventory and makes every write, in arrival order; the watch tasks only classify and
 //! send. After a restart nothing is deleted until every kind has been listed once, so a record whose
@@ -37,7 +38,7 @@ use crate::discovery::classify::{Detection, SourceKeys, Sources, Template, class
 use crate::discovery::signatures::Signatures;
 use crate::discovery::workload::{
     HasTemplate, Merged, PodIdentity, Role, WORKLOAD_ANNOTATION, WORKLOAD_UID_ANNOTATION, WorkloadRef,
-    is_unadopted_shadow, merged, registered_by, role, shadow_agent,
+    fingerprint, is_unadopted_shadow, merged, registered_by, role, shadow_agent,
 };
 use crate::supervisor::Supervisor;
 
@@ -457,17 +458,31 @@ async fn watch<K>(
         + 'static,
 {
     let mut events = Box::pin(watches::events_paged(api, format!("discovery: {kind}"), PAGE_SIZE));
+    // What each object looked like when it was last classified: an update that changes none of it (a status
+    // write) is not classified again. A list always is, so a relist brings everything up to date.
+    let mut judged: HashMap<String, u64> = HashMap::new();
     while let Some(event) = events.next().await {
+        let in_list = matches!(event, watcher::Event::InitApply(_));
         let msg = match event {
-            watcher::Event::Init => Msg::ListStart(kind),
+            watcher::Event::Init => {
+                // The list that follows brings back every object still there.
+                judged.clear();
+                Msg::ListStart(kind)
+            }
             watcher::Event::InitDone => Msg::ListDone(kind),
-            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                let Some(uid) = o.uid() else { continue };
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) if o.uid().is_some() => {
+                let uid = o.uid().unwrap_or_default();
+                let print = fingerprint(o.meta(), o.template());
+                if judged.insert(uid.clone(), print) == Some(print) && !in_list {
+                    continue;
+                }
                 let (found, usage) = observe(&ctx, &discovery, kind, &o).await;
                 Msg::Seen { kind, uid, found: found.map(Box::new), usage: usage.map(Box::new) }
             }
+            watcher::Event::Apply(_) | watcher::Event::InitApply(_) => continue,
             watcher::Event::Delete(o) => {
                 let Some(uid) = o.uid() else { continue };
+                judged.remove(&uid);
                 Msg::Gone { kind, uid }
             }
         };

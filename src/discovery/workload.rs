@@ -151,6 +151,32 @@ pub fn merged(kind: &str, meta: &ObjectMeta, template: Option<&ObjectMeta>) -> M
     Merged { labels, annotations, template_labels }
 }
 
+/// A digest of everything discovery judges an object by: its namespace, owner references, labels and
+/// annotations, and its pod template (metadata and spec). An update that leaves it unchanged (a Pod's or a
+/// workload's status, its `resourceVersion`, managed fields) cannot change what discovery makes of the
+/// object, so it is not classified again: on a cluster whose Pods run, status updates are most of the watch
+/// traffic, and each classification reads the Secrets and ConfigMaps the template names.
+///
+/// Not a security boundary (an in-process cache key): `DefaultHasher` is enough.
+pub fn fingerprint(meta: &ObjectMeta, template: Option<TemplateParts<'_>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.namespace.hash(&mut h);
+    let owners = serde_json::to_string(&meta.owner_references).unwrap_or_default();
+    owners.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    match template {
+        Some((template_meta, spec, selector)) => {
+            template_meta.map(|t| (&t.labels, &t.annotations)).hash(&mut h);
+            serde_json::to_string(spec).unwrap_or_default().hash(&mut h);
+            selector.hash(&mut h);
+        }
+        None => 0u8.hash(&mut h),
+    }
+    h.finish()
+}
+
 /// The name of the shadow Agent of a workload: `<kind>-<name>`, lowercased; names too long for a DNS
 /// label keep their start and end in a stable digest, so the same workload always gets the same name.
 pub fn shadow_name(kind: &str, name: &str) -> String {
@@ -299,6 +325,40 @@ mod tests {
                 }]
             }),
             ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn only_what_discovery_judges_changes_the_fingerprint() {
+        let pod = |f: &dyn Fn(&mut Pod)| {
+            let mut p: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "namespace": "ns", "labels": {"app": "x"}, "resourceVersion": "1"},
+                "spec": {"containers": [{"name": "main", "image": "python:3.12",
+                    "env": [{"name": "OPENAI_API_KEY", "value": "k"}]}]},
+                "status": {"phase": "Pending"}
+            }))
+            .unwrap();
+            f(&mut p);
+            fingerprint(&p.metadata, p.template())
+        };
+        let base = pod(&|_| {});
+        assert_eq!(base, pod(&|_| {}), "stable");
+        let status = pod(&|p| {
+            p.metadata.resource_version = Some("2".into());
+            p.status.as_mut().unwrap().phase = Some("Running".into());
+        });
+        assert_eq!(base, status, "status and resourceVersion do not count");
+        for changed in [
+            pod(&|p| {
+                p.metadata.labels.as_mut().unwrap().insert("agentiam.dev/agent".into(), "bot".into());
+            }),
+            pod(&|p| p.metadata.annotations = Some([("a2a.agent-card".into(), "/card".into())].into())),
+            pod(&|p| p.spec.as_mut().unwrap().containers[0].env = None),
+            pod(&|p| p.spec.as_mut().unwrap().containers[0].image = Some("mcp/github".into())),
+            pod(&|p| p.metadata.owner_references = meta(Some(("ReplicaSet", true))).owner_references),
+            pod(&|p| p.metadata.namespace = Some("other".into())),
+        ] {
+            assert_ne!(base, changed);
         }
     }
 
