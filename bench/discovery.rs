@@ -26,6 +26,8 @@
 #[allow(dead_code)]
 mod cluster;
 
+use cluster::{pct, round};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,19 +44,6 @@ type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 fn num(key: &str, default: usize) -> usize {
     std::env::var(key).ok().filter(|v| !v.is_empty()).map_or(default, |v| v.parse().expect(key))
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn round(x: f64, nd: i32) -> f64 {
-    let f = 10f64.powi(nd);
-    (x * f).round() / f
 }
 
 fn pod(name: &str, agentic: bool) -> Pod {

@@ -22,6 +22,7 @@
 )]
 
 #[path = "support/cluster.rs"]
+#[allow(dead_code)]
 mod cluster;
 
 use std::collections::BTreeMap;

@@ -29,6 +29,8 @@
 #[allow(dead_code)]
 mod cluster;
 
+use cluster::{pct, round};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,19 +49,6 @@ use serde_json::{Value, json};
 
 const SAMPLE: usize = 100;
 const POLLERS: usize = 4;
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn round(x: f64, nd: i32) -> f64 {
-    let f = 10f64.powi(nd);
-    (x * f).round() / f
-}
 
 async fn secrets_left(secrets: &Api<Secret>) -> usize {
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=agentiam-operator");

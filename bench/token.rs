@@ -35,6 +35,8 @@
 #[path = "support/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+
+use cluster::round;
 #[path = "support/load.rs"]
 #[allow(dead_code)]
 mod load;
@@ -634,11 +636,6 @@ fn equal_bound(what: &str, ours: &Sweep, peer: &Sweep) -> Option<Value> {
 
 fn rps(p: Option<&Point>) -> f64 {
     p.map_or(0.0, Point::rps)
-}
-
-fn round(x: f64, nd: i32) -> f64 {
-    let f = 10f64.powi(nd);
-    (x * f).round() / f
 }
 
 /// A figure where higher is better; with a peer of zero (no point within the bound) the ratio is `null` and

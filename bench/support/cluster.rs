@@ -20,6 +20,21 @@ use serde_json::{Value, json};
 use agentiam::api::Agent;
 use futures::stream;
 
+/// The `p`th percentile (nearest rank) of `sorted`; NaN when it is empty.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `x` rounded to `nd` decimals, for the results' JSON.
+pub fn round(x: f64, nd: i32) -> f64 {
+    let f = 10f64.powi(nd);
+    (x * f).round() / f
+}
+
 /// Everything the bench reads from the environment.
 #[derive(Clone)]
 pub struct Settings {

@@ -515,7 +515,7 @@ where
     };
     let Some((template_meta, spec, selector)) = object.template() else { return (None, None) };
     let Merged { labels, annotations, template_labels } = merged(kind, meta, template_meta);
-    let sources = read_sources(&ctx.client, &namespace, spec).await;
+    let sources = read_sources(&ctx.client, &namespace, &[spec]).await;
     let signatures = discovery.signatures.load();
     let detection =
         classify(&signatures, Template { labels: &labels, annotations: &annotations, spec }, &sources);
@@ -545,11 +545,12 @@ where
     (found, Some(usage))
 }
 
-/// The key names (never the values) of the Secrets and ConfigMaps a pod spec names, as far as they exist
+/// The key names (never the values) of the Secrets and ConfigMaps the pod specs name, as far as they exist
 /// and can be read.
-pub(crate) async fn read_sources(client: &kube::Client, namespace: &str, spec: &PodSpec) -> Sources {
+pub(crate) async fn read_sources(client: &kube::Client, namespace: &str, specs: &[&PodSpec]) -> Sources {
     let (mut secrets, mut maps) = (BTreeSet::new(), BTreeSet::new());
-    for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+    let containers = specs.iter().flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()));
+    for c in containers {
         for from in c.env_from.iter().flatten() {
             secrets.extend(from.secret_ref.as_ref().map(|s| s.name.clone()));
             maps.extend(from.config_map_ref.as_ref().map(|m| m.name.clone()));
@@ -560,7 +561,7 @@ pub(crate) async fn read_sources(client: &kube::Client, namespace: &str, spec: &
             );
         }
     }
-    for v in spec.volumes.iter().flatten() {
+    for v in specs.iter().flat_map(|s| s.volumes.iter().flatten()) {
         secrets.extend(v.secret.as_ref().and_then(|s| s.secret_name.clone()));
         for p in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
             secrets.extend(p.secret.as_ref().map(|s| s.name.clone()));

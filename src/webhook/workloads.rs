@@ -33,7 +33,7 @@ use super::server::Webhooks;
 use super::validate::Requester;
 use crate::audit::{Action, Entry, ObjectRef, Outcome as AuditOutcome};
 use crate::discovery::admission::{self, Claim, Context, Judgement, Mode, Outcome, is_workload_controller};
-use crate::discovery::classify::{Template, classify};
+use crate::discovery::classify::{Sources, Template, classify};
 use crate::discovery::signatures::Signatures;
 use crate::discovery::workload::{HasTemplate, Merged, merged};
 
@@ -122,14 +122,16 @@ fn unjudged(mode: Mode, why: String) -> Verdict {
     }
 }
 
-/// Classifies `object` in `namespace` and looks up the Agent its pods name.
-async fn judge(webhooks: &Webhooks, signatures: &Signatures, namespace: &str, object: &Parsed) -> Judgement {
-    let sources = match &webhooks.client {
-        Some(client) => crate::controller::discovery::read_sources(client, namespace, &object.spec).await,
-        None => Default::default(),
-    };
+/// Classifies `object` in `namespace` with what `sources` holds, and looks up the Agent its pods name.
+fn judge(
+    webhooks: &Webhooks,
+    signatures: &Signatures,
+    namespace: &str,
+    object: &Parsed,
+    sources: &Sources,
+) -> Judgement {
     let Merged { labels, annotations, template_labels } = &object.merged;
-    let detection = classify(signatures, Template { labels, annotations, spec: &object.spec }, &sources);
+    let detection = classify(signatures, Template { labels, annotations, spec: &object.spec }, sources);
     let claim = match template_labels.get(crate::names::AGENT_LABEL) {
         None => Claim::None,
         Some(name) => match webhooks.agents.claimed(namespace, name) {
@@ -166,11 +168,18 @@ async fn validate(mode: Mode, webhooks: &Webhooks, review: &Review) -> Verdict {
         Err(e) => return unjudged(mode, format!("agentiam could not read the {kind}: {e}")),
     };
     let signatures = &workloads.signatures;
-    let now = judge(webhooks, signatures, &namespace, &object).await;
-    let before = match (&request.operation, parse(kind, review.old_object_json())) {
-        (Operation::Update, Ok(Some(old))) => Some(judge(webhooks, signatures, &namespace, &old).await),
+    let old = match (&request.operation, parse(kind, review.old_object_json())) {
+        (Operation::Update, Ok(Some(old))) => Some(old),
         _ => None,
     };
+    // One read of what both templates name: an update usually names the same Secrets and ConfigMaps.
+    let specs: Vec<&PodSpec> = std::iter::once(&object.spec).chain(old.as_ref().map(|o| &o.spec)).collect();
+    let sources = match &webhooks.client {
+        Some(client) => crate::controller::discovery::read_sources(client, &namespace, &specs).await,
+        None => Sources::default(),
+    };
+    let now = judge(webhooks, signatures, &namespace, &object, &sources);
+    let before = old.as_ref().map(|o| judge(webhooks, signatures, &namespace, o, &sources));
     let name = if request.name.is_empty() {
         review.object_json().pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default()
     } else {
