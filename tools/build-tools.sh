@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the test and benchmark tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, opa,
-# promtool, spire-server and spire-agent)
+# Builds the test and benchmark tools (kube-apiserver, kube-controller-manager, kubectl, kube-scheduler, kubelet,
+# kube-proxy, etcd, helm, opa, promtool, spire-server and spire-agent, containerd, coredns, crictl and local-path-provisioner)
 # from their published Go modules, pinned in tools/versions.env, into a cache outside the clone:
 #   ${AGENTIAM_TOOLS_CACHE:-~/.cache/agentiam-tools}/<name>-<version>/<binary>
 # A tool already in the cache is not rebuilt, so only the first run on a machine is slow.
-# Usage: tools/build-tools.sh [kubernetes] [etcd] [helm] [opa] [promtool] [spire]   (default: kubernetes etcd helm)
+# Usage: tools/build-tools.sh [kubernetes] [etcd] [helm] [opa] [promtool] [spire] [containerd] [coredns] [crictl]
+#        [local-path-provisioner]
+#        (default: kubernetes etcd helm)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +26,7 @@ build_in_wrapper() {
     local bin; bin=$(basename "$pkg")
     [ "$bin" = v3 ] && bin=etcd
     if [ -x "$out/$bin" ]; then log "$bin cached at $out/$bin"; continue; fi
-    log "building $bin ($pkg); the first build of a Kubernetes binary takes 10-25 minutes on 2 cores"
+    log "building $bin ($pkg); on a fresh machine (empty Go caches) a Kubernetes binary takes 10-25 minutes"
     local start=$SECONDS
     (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$out/$bin.partial" "$pkg")
     mv "$out/$bin.partial" "$out/$bin"
@@ -34,7 +36,7 @@ build_in_wrapper() {
 
 build_kubernetes() {
   local v=$KUBERNETES_VERSION out=$cache/kubernetes-$KUBERNETES_VERSION
-  local bins=(kube-apiserver kube-controller-manager kubectl)
+  local bins=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy)
   local missing=0 b
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
   if [ $missing = 0 ]; then log "kubernetes $v cached in $out"; return; fi
@@ -57,6 +59,9 @@ build_kubernetes() {
     echo "  k8s.io/kubernetes/cmd/kube-apiserver"
     echo "  k8s.io/kubernetes/cmd/kube-controller-manager"
     echo "  k8s.io/kubernetes/cmd/kubectl"
+    echo "  k8s.io/kubernetes/cmd/kube-scheduler"
+    echo "  k8s.io/kubernetes/cmd/kubelet"
+    echo "  k8s.io/kubernetes/cmd/kube-proxy"
     echo ")"
     echo
     echo "replace ("
@@ -74,7 +79,8 @@ build_kubernetes() {
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
   build_in_wrapper "$wrap" "$ld" "$out" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 }
 
 build_etcd() {
@@ -130,6 +136,43 @@ build_spire() {
     github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
 }
 
+build_containerd() {
+  # The daemon, its runc shim and ctr (images import), from one module. Without cgo the btrfs snapshotter is left
+  # out (its build tag needs cgo); the node uses overlayfs.
+  local v=$CONTAINERD_VERSION out=$cache/containerd-$CONTAINERD_VERSION
+  if [ -x "$out/containerd" ] && [ -x "$out/containerd-shim-runc-v2" ] && [ -x "$out/ctr" ]; then
+    log "containerd $v cached in $out"; return
+  fi
+  mkdir -p "$out"
+  local wrap=$cache/src/containerd-$v m=github.com/containerd/containerd/v2
+  mkdir -p "$wrap"
+  printf 'module agentiam.dev/tools/containerd\n\ngo 1.26\n\nrequire %s %s\n\ntool (\n  %s/cmd/containerd\n  %s/cmd/containerd-shim-runc-v2\n  %s/cmd/ctr\n)\n' \
+    "$m" "$v" "$m" "$m" "$m" >"$wrap/go.mod"
+  (cd "$wrap" && go mod tidy)
+  build_in_wrapper "$wrap" "-s -w -X $m/version.Version=$v -X $m/version.Revision=release-$v" "$out" \
+    "$m/cmd/containerd" "$m/cmd/containerd-shim-runc-v2" "$m/cmd/ctr"
+}
+
+build_coredns() {
+  # The cluster DNS of the local node (tools/node.sh runs it on the host, serving the kubernetes plugin).
+  build_simple coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=release-$COREDNS_VERSION"
+}
+
+build_crictl() {
+  # The CRI client: `tools/cluster.sh down` removes the node's pod sandboxes through containerd's CRI (which
+  # tears down their network namespaces and mounts), as kubeadm reset does.
+  build_simple crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
+    "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+}
+
+build_local_path_provisioner() {
+  # The node's default StorageClass (tools/node.sh runs it on the host): a directory per claim, made by a
+  # helper pod with mode 0777, so that pods running as any user can write to their volume.
+  build_simple local-path-provisioner github.com/rancher/local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
+    github.com/rancher/local-path-provisioner "-s -w -X main.VERSION=$LOCAL_PATH_PROVISIONER_VERSION"
+}
+
 build_opa() {
   build_simple opa github.com/open-policy-agent/opa "$OPA_VERSION" github.com/open-policy-agent/opa \
     "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}"
@@ -145,6 +188,10 @@ for t in "${targets[@]}"; do
     opa) build_opa ;;
     promtool) build_promtool ;;
     spire) build_spire ;;
-    *) echo "unknown tool: $t (known: kubernetes etcd helm opa promtool spire)" >&2; exit 2 ;;
+    containerd) build_containerd ;;
+    coredns) build_coredns ;;
+    crictl) build_crictl ;;
+    local-path-provisioner) build_local_path_provisioner ;;
+    *) echo "unknown tool: $t (known: kubernetes etcd helm opa promtool spire containerd coredns crictl local-path-provisioner)" >&2; exit 2 ;;
   esac
 done

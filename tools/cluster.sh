@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A local Kubernetes control plane without Docker or root: etcd, kube-apiserver and kube-controller-manager from
-# the binaries tools/build-tools.sh caches, bound to 127.0.0.1 only. There is no scheduler and no kubelet, so
-# Pods stay Pending; everything an operator talks to (CRDs, RBAC, admission webhooks, TokenRequest, garbage
+# A local Kubernetes cluster without Docker: etcd, kube-apiserver and kube-controller-manager from the binaries
+# tools/build-tools.sh caches, bound to 127.0.0.1, and, where the machine allows (root), one node that runs
+# pods (tools/node.sh: containerd, kubelet, kube-scheduler, kube-proxy, CoreDNS). Without the node, Pods stay
+# Pending but everything an operator talks to (CRDs, RBAC, admission webhooks, TokenRequest, garbage
 # collection, Deployments -> ReplicaSets -> Pods) is real. See docs/local-control-plane.md.
+# AGENTIAM_NODE=auto|1|0 (default auto; E2E_REQUIRED=1 makes auto mean 1) decides whether the node runs.
 #
 # Usage: tools/cluster.sh up | down [--purge] | status | env
 #        tools/cluster.sh stop-apiserver [--kill] | start-apiserver | restart-apiserver [--kill] [--down-for <s>]
@@ -18,8 +20,15 @@ pki=$state/pki
 kubeconfig=$state/kubeconfig
 # Marks a directory as ours, so `down --purge` never deletes a directory someone pointed us at by mistake.
 marker=$state/.agentiam-cluster
-components=(etcd kube-apiserver kube-controller-manager)
+control_plane=(etcd kube-apiserver kube-controller-manager)
+components=("${control_plane[@]}")
 started=() # components this run started; the ones a failed `up` stops again
+# shellcheck source-path=SCRIPTDIR source=node.sh
+source "$AGENTIAM_ROOT/tools/node.sh"
+# Present while this cluster runs with its node: `down`, `status` and the next `up` read it.
+node_flag=$state/node.on
+node_enabled() { [ -f "$node_flag" ]; }
+node_enabled && components+=("${node_components[@]}")
 
 usage() {
   echo "usage: $0 up | down [--purge] | status | env" >&2
@@ -34,6 +43,9 @@ usage() {
 bin_of() {
   case $1 in
     etcd) echo "$ETCD_BIN" ;;
+    containerd) echo "$CONTAINERD_DIR/containerd" ;;
+    coredns) echo "$COREDNS_BIN" ;;
+    local-path-provisioner) echo "$LOCAL_PATH_BIN" ;;
     *) echo "$KUBE_BIN_DIR/$1" ;;
   esac
 }
@@ -106,11 +118,15 @@ stop_component() { # stop_component <name> [KILL]: SIGTERM (then SIGKILL after 2
 
 stop_all() {
   local i
-  for ((i = ${#components[@]} - 1; i >= 0; i--)); do stop_component "${components[i]}"; done
+  # The node's parts in their own order (kubelet before containerd, pods before mounts); its pid files tell
+  # whether anything of it may run, whatever the flag says.
+  if node_enabled || node_running; then node_teardown; fi
+  for ((i = ${#control_plane[@]} - 1; i >= 0; i--)); do stop_component "${control_plane[i]}"; done
 }
 
 stop_started() {
   local i
+  [[ " ${started[*]} " != *" containerd "* ]] || node_teardown
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do stop_component "${started[i]}"; done
 }
 
@@ -177,6 +193,12 @@ component_healthy() {
     etcd) etcd_healthy ;;
     kube-apiserver) apiserver_healthy ;;
     kube-controller-manager) controller_manager_healthy ;;
+    containerd) containerd_healthy ;;
+    kube-scheduler) scheduler_healthy ;;
+    kubelet) kubelet_healthy ;;
+    kube-proxy) kube_proxy_healthy ;;
+    coredns) coredns_ready ;;
+    local-path-provisioner) local_path_healthy ;;
   esac
 }
 
@@ -186,8 +208,12 @@ all_healthy() {
   for c in "${components[@]}"; do component_healthy "$c" || return 1; done
 }
 
+port_names=(ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT KUBELET_PORT
+  KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT COREDNS_HEALTH_PORT COREDNS_READY_PORT)
+
 load_ports() {
-  ETCD_CLIENT_PORT='' ETCD_PEER_PORT='' APISERVER_PORT='' CONTROLLER_MANAGER_PORT=''
+  local n
+  for n in "${port_names[@]}"; do printf -v "$n" '%s' ''; done
   # shellcheck source=/dev/null
   [ ! -f "$state/ports.env" ] || source "$state/ports.env"
 }
@@ -200,34 +226,30 @@ load_ports() {
 # Ports with a listener on any address (one `ss` call; cheaper than a bind test per port).
 listening_ports() { ss -Hltn | awk '{ sub(/.*:/, "", $4); print $4 }' | sort -un; }
 
-pick_ports() { # prints 4 distinct ports that nothing listens on
-  local busy picked=() p
-  busy=" $(listening_ports | tr '\n' ' ') "
-  while [ ${#picked[@]} -lt 4 ]; do
-    p=$((20000 + RANDOM % 12000))
-    [[ $busy == *" $p "* ]] && continue
-    busy+="$p "
-    picked+=("$p")
-  done
-  echo "${picked[@]}"
-}
-
+# Keeps every recorded port that is still free and picks a new one for each that is missing (an older state dir)
+# or taken by another process.
 ensure_ports() {
   load_ports
-  local p ok=1 busy
+  local n p busy changed=()
   busy=" $(listening_ports | tr '\n' ' ') "
-  for p in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$CONTROLLER_MANAGER_PORT"; do
-    if [ -z "$p" ] || [[ $busy == *" $p "* ]]; then ok=0; fi
+  for n in "${port_names[@]}"; do p=${!n}; [ -z "$p" ] || busy+="$p "; done
+  for n in "${port_names[@]}"; do
+    p=${!n}
+    if [ -n "$p" ] && [[ $(listening_ports | grep -cx "$p") == 0 ]]; then continue; fi
+    while :; do
+      p=$((20000 + RANDOM % 12000))
+      [[ $busy == *" $p "* ]] || break
+    done
+    busy+="$p "
+    printf -v "$n" '%s' "$p"
+    changed+=("$n=$p")
   done
-  if [ $ok = 1 ]; then
-    log "reusing ports: etcd $ETCD_CLIENT_PORT/$ETCD_PEER_PORT, apiserver $APISERVER_PORT, controller-manager $CONTROLLER_MANAGER_PORT"
-    return
+  if [ ${#changed[@]} -gt 0 ]; then
+    for n in "${port_names[@]}"; do printf '%s=%s\n' "$n" "${!n}"; done >"$state/ports.env"
+    log "chose ports: ${changed[*]}"
+  else
+    log "reusing ports: etcd $ETCD_CLIENT_PORT/$ETCD_PEER_PORT, apiserver $APISERVER_PORT"
   fi
-  [ -z "$APISERVER_PORT" ] || log "a recorded port is taken by another process; choosing new ports"
-  read -r ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT < <(pick_ports)
-  printf 'ETCD_CLIENT_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\nCONTROLLER_MANAGER_PORT=%s\n' \
-    "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$CONTROLLER_MANAGER_PORT" >"$state/ports.env"
-  log "chose ports: etcd $ETCD_CLIENT_PORT/$ETCD_PEER_PORT, apiserver $APISERVER_PORT, controller-manager $CONTROLLER_MANAGER_PORT"
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,10 +277,11 @@ make_ca() { # make_ca <name> <common name>
 make_leaf() { # make_leaf <name> <ca> <subject> <extendedKeyUsage> [subjectAltName]
   local name=$1 ca=$2 subj=$3 eku=$4 san=${5:-}
   # Kept unless it expires within a day (fail now, not later with an opaque TLS error) or this script now
-  # asks for a different subject (an older state dir).
+  # asks for a different subject or different names (an older state dir).
   if [ -f "$pki/$name.crt" ] && [ -f "$pki/$name.key" ] &&
     openssl x509 -in "$pki/$name.crt" -noout -checkend 86400 >/dev/null 2>&1 &&
-    [ "$(openssl x509 -in "$pki/$name.crt" -noout -subject -nameopt compat)" = "subject=$subj" ]; then
+    [ "$(openssl x509 -in "$pki/$name.crt" -noout -subject -nameopt compat)" = "subject=$subj" ] &&
+    [ "$({ cat "$pki/$name.san"; } 2>/dev/null)" = "$san" ]; then
     return
   fi
   log "creating $name certificate ($subj)"
@@ -273,6 +296,7 @@ make_leaf() { # make_leaf <name> <ca> <subject> <extendedKeyUsage> [subjectAltNa
     -subj "$subj" -out "$pki/$name.csr"
   ossl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days 3650 -extfile "$pki/$name.ext" -out "$pki/$name.crt"
+  printf '%s' "$san" >"$pki/$name.san"
   rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
 
@@ -282,10 +306,10 @@ ensure_certs() {
   local old_umask; old_umask=$(umask); umask 077
   make_ca serving-ca agentiam-local-serving-ca
   make_ca client-ca agentiam-local-client-ca
-  # localhost/127.0.0.1 for us; the in-cluster names and the first service IP so that a client configured the
-  # in-cluster way (a port-forward, a test of the chart's defaults) still verifies the certificate.
+  # localhost/127.0.0.1 for us; the in-cluster names, the first service IP and the node's address (the
+  # kubernetes Service's endpoint) for pods and for clients configured the in-cluster way.
   make_leaf apiserver serving-ca /CN=kube-apiserver serverAuth \
-    'DNS:localhost,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1'
+    "DNS:localhost,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1,IP:$NODE_IP"
   # system:masters bypasses RBAC: the admin can do anything, while non-admin identities (ServiceAccount tokens,
   # the operator's chart RBAC) are still checked by RBAC.
   make_leaf admin client-ca /O=system:masters/CN=admin clientAuth
@@ -358,16 +382,26 @@ run_etcd() {
 }
 
 run_apiserver() {
-  local t=$EPOCHREALTIME
+  local t=$EPOCHREALTIME net
   log "starting kube-apiserver $KUBERNETES_VERSION"
+  if node_enabled; then
+    # Pods reach it through the kubernetes Service, whose endpoint is the node's address: it listens on every
+    # address (client certificates or tokens required; anonymous requests see only health and version), and
+    # calls the kubelet (logs, exec) with a client certificate, verifying the kubelet's.
+    net=(--bind-address=0.0.0.0 --advertise-address="$NODE_IP"
+      --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt"
+      --kubelet-client-key="$pki/apiserver-kubelet-client.key"
+      --kubelet-certificate-authority="$pki/serving-ca.crt" --kubelet-preferred-address-types=InternalIP)
+  else
+    net=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+  fi
   start_component kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
-    --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
-    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --secure-port="$APISERVER_PORT" "${net[@]}" \
     --cert-dir="$state/kube-apiserver" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/client-ca.crt" \
-    --authorization-mode=RBAC \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --service-account-issuer="https://127.0.0.1:$APISERVER_PORT" \
     --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" \
@@ -407,18 +441,29 @@ cmd_up() {
   exec 9>"$state/.lock"
   flock 9
   load_ports
-  if all_healthy; then
-    log "cluster already healthy: https://127.0.0.1:$APISERVER_PORT (KUBECONFIG=$kubeconfig)"
+  mkdir -p "$state/logs"
+  local want_node
+  want_node=$(node_decide)
+  # A cluster without its node is not healthy when the node is wanted now (AGENTIAM_NODE or root changed).
+  if all_healthy && { [ "$want_node" = 0 ] || node_enabled; }; then
+    log "cluster already healthy: https://127.0.0.1:$APISERVER_PORT (KUBECONFIG=$kubeconfig)$(node_enabled && echo ", node $NODE_NAME")"
     return
   fi
   touch "$marker"
-  mkdir -p "$state/pids" "$state/logs"
+  mkdir -p "$state/pids"
   # Anything half-running (a crashed apiserver, a leftover etcd) is restarted as a whole: a full restart costs
   # seconds and leaves only two states to reason about, healthy or not running.
   stop_all
+  rm -f "$node_flag"
+  components=("${control_plane[@]}")
   ensure_binaries
   ensure_certs
   ensure_ports
+  if [ "$want_node" = 1 ]; then
+    node_prerequisites
+    node_certs
+    touch "$node_flag"
+  fi
   write_kubeconfig "$kubeconfig" admin admin
   write_kubeconfig "$state/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
   # However this run ends early (Ctrl-C, a failed check, an unexpected error under set -e), it stops what it
@@ -429,8 +474,22 @@ cmd_up() {
   run_etcd
   run_apiserver
   run_controller_manager
+  if node_enabled; then
+    # In a subshell with its own list of what it started: a node that fails stops only itself. Required, that
+    # fails `up`; in auto mode the control plane goes on without it, as on a machine that cannot run one.
+    # In the background and waited for, not as an `if` condition: there, set -e would be off inside it.
+    (started=(); run_node) &
+    if wait $!; then
+      components+=("${node_components[@]}")
+    else
+      node_teardown
+      rm -f "$node_flag"
+      [ "$(node_mode)" = 1 ] && die "the node is required (AGENTIAM_NODE=1 or E2E_REQUIRED=1) and did not start"
+      log "the node did not start (above: which part and its log); going on without it, pods will stay Pending"
+    fi
+  fi
   trap - INT TERM EXIT
-  log "cluster up in $(elapsed "$t0")s: https://127.0.0.1:$APISERVER_PORT"
+  log "cluster up in $(elapsed "$t0")s: https://127.0.0.1:$APISERVER_PORT$(node_enabled && echo ", node $NODE_NAME Ready")"
   log "use it with: eval \"\$($0 env)\"   (or KUBECONFIG=$kubeconfig)"
 }
 
@@ -520,6 +579,12 @@ cmd_status() {
       etcd) where="http://127.0.0.1:$ETCD_CLIENT_PORT" ;;
       kube-apiserver) where="https://127.0.0.1:$APISERVER_PORT" ;;
       kube-controller-manager) where="https://127.0.0.1:$CONTROLLER_MANAGER_PORT/healthz" ;;
+      containerd) where="unix://$containerd_sock" ;;
+      kube-scheduler) where="https://127.0.0.1:$SCHEDULER_PORT/healthz" ;;
+      kubelet) where="https://$NODE_IP:$KUBELET_PORT (node $NODE_NAME)" ;;
+      kube-proxy) where="http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz" ;;
+      coredns) where="$NODE_IP:53" ;;
+      local-path-provisioner) where="StorageClass standard ($node_dir/volumes)" ;;
     esac
     if ! pid=$(our_pid "$c"); then
       printf '%-24s not running\n' "$c"; bad=1
