@@ -553,7 +553,9 @@ k -n "$agents_ns" delete secret db-credentials probe-credentials >/dev/null
 printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: agentiam-trust-bundle}\n' |
   allowed "apply a trust bundle" -n "$agents_ns" apply --server-side --field-manager=chart-check --dry-run=server -f -
 # The webhook configuration: its own name, and only with the scope the operator gives it.
-webhook_manifest() { # webhook_manifest <resources> <operator> <values...>
+webhook_manifest() { # webhook_manifest <resources> <operator> <values...>; $client_config: another clientConfig
+  local cc=${client_config:-}
+  [ -n "$cc" ] || cc='{url: "https://127.0.0.1:9"}'
   cat <<YAML
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
@@ -562,7 +564,7 @@ webhooks:
   - name: pods.agentiam.dev
     admissionReviewVersions: [v1]
     sideEffects: None
-    clientConfig: {url: "https://127.0.0.1:9"}
+    clientConfig: $cc
     rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [$1]}]
     objectSelector: {matchExpressions: [{key: agentiam.dev/agent, operator: Exists}]}
     namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: $2, values: [$3]}]}
@@ -570,6 +572,14 @@ YAML
 }
 apply_in - webhook_manifest pods NotIn "kube-system, $ins" ||
   { cat "$work/sa.err" >&2; die "the operator cannot apply its webhook configuration"; }
+# In-cluster the operator names its webhook Service (the policy reads the reference's `namespace`, a CEL
+# reserved word): its own Service passes, the same name in another namespace does not.
+client_config="{service: {name: $release-webhook, namespace: $ins}}" apply_in - webhook_manifest pods NotIn "kube-system, $ins" ||
+  { cat "$work/sa.err" >&2; die "the operator cannot apply a webhook configuration naming its own Service"; }
+if client_config="{service: {name: $release-webhook, namespace: default}}" apply_in - webhook_manifest pods NotIn "kube-system, $ins"; then
+  die "the policy let a webhook calling a Service in another namespace in"
+fi
+grep -q ValidatingAdmissionPolicy "$work/sa.err" || { cat "$work/sa.err" >&2; die "webhook (foreign Service) refused, but not by the policy"; }
 for bad in "pods/* NotIn kube-system,$ins" "pods NotIn $ins" "pods In kube-system"; do
   read -r -a a <<<"$bad"
   if apply_in - webhook_manifest "${a[0]}" "${a[1]}" "${a[2]//,/, }"; then die "the policy let a webhook with scope ($bad) in"; fi
