@@ -98,7 +98,13 @@ pub fn decide(pod: &Pod, namespace: &str, claimed: Option<Claimed<'_>>) -> PodDe
         "projected": {
             "defaultMode": 0o440,
             "sources": [
-                {"secret": {"name": credentials_secret_name(name), "optional": false}},
+                // Optional, so that withdrawn credentials leave running pods: when the operator deletes the
+                // Secret (the agent suspended or archived), the kubelet projects the volume without it and
+                // the token files disappear. With `false` the kubelet keeps the last files and logs "secret
+                // not found" (measured on the local node). The cost: a pod admitted in the moment between the
+                // Agent turning Active and its Secret being written starts without them, and gets them at the
+                // kubelet's next sync.
+                {"secret": {"name": credentials_secret_name(name), "optional": true}},
                 {"configMap": {"name": TRUST_BUNDLE_CONFIGMAP, "optional": false}},
                 // Optional: the pod starts before any Delegation to its agent exists, and the kubelet brings
                 // each delegated token (`delegation-<name>`) into the running pod when it appears.
@@ -227,7 +233,8 @@ mod tests {
         let out = apply(&p, &patch);
         let vols = out["spec"]["volumes"].as_array().unwrap();
         assert_eq!(vols.len(), 2);
-        assert_eq!(vols[1]["projected"]["sources"][0]["secret"]["name"], "bot-credentials");
+        let creds = &vols[1]["projected"]["sources"][0]["secret"];
+        assert_eq!((&creds["name"], &creds["optional"]), (&json!("bot-credentials"), &json!(true)));
         let delegated = &vols[1]["projected"]["sources"][2]["secret"];
         assert_eq!((&delegated["name"], &delegated["optional"]), (&json!("bot-delegations"), &json!(true)));
         assert_eq!(vols[1]["projected"]["sources"][1]["configMap"]["name"], TRUST_BUNDLE_CONFIGMAP);
