@@ -67,5 +67,16 @@ log "e2e tests finished in $(elapsed "$start")s"
 if [ $# -eq 0 ]; then
   [ -x "$HELM_BIN" ] || tools/build-tools.sh helm
   tools/chart-check.sh --install
-  log "e2e tier (tests + chart) finished in $(elapsed "$start")s"
+  # The in-cluster tier needs the local node (tools/node.sh); where it cannot run, cluster.sh said why, and
+  # E2E_REQUIRED=1 already failed `up`.
+  if [ -n "${EXISTING_KUBECONFIG:-}" ]; then
+    log "SKIPPED the in-cluster tier: it runs on the local node only"
+  elif [ -f "${AGENTIAM_CLUSTER_DIR:-$AGENTIAM_ROOT/.local/cluster}/node.on" ]; then
+    tools/in-cluster-check.sh
+  elif [ "$required" = 1 ]; then
+    die "E2E_REQUIRED=1 and the local cluster runs without its node: the in-cluster tier cannot run"
+  else
+    log "SKIPPED the in-cluster tier: the local cluster has no node (see tools/cluster.sh up)"
+  fi
+  log "e2e tier (tests + chart + in-cluster) finished in $(elapsed "$start")s"
 fi
