@@ -115,6 +115,9 @@ cases=(
     --set auditLog.persistence.accessMode=ReadWriteOncePod"
   "api-tls-secret|--set apiTls.mode=secret --set apiTls.secretName=agentiam-api-cert"
   "api-tls-plaintext|--set apiTls.mode=plaintext"
+  "disruption-and-network|--set podDisruptionBudget.enabled=true --set networkPolicy.http.from[0].namespaceSelector.matchLabels.team=agents
+    --set networkPolicy.admin.from[0].ipBlock.cidr=10.0.0.0/8 --set webhook.enabled=false"
+  "no-network-policy|--set networkPolicy.enabled=false"
 )
 
 # Values the schema must reject: "name|flags".
@@ -136,6 +139,9 @@ rejected=(
   "unknown API TLS mode|--set apiTls.mode=off"
   "API TLS from a Secret without its name|--set apiTls.mode=secret"
   "approval notification URL that is not http(s)|--set approvals.notifyUrl=ftp://hooks.example.org/x"
+  "a NetworkPolicy peer of an unknown kind|--set networkPolicy.http.from[0].serviceSelector.app=x"
+  "a NetworkPolicy ipBlock without its CIDR|--set networkPolicy.admin.from[0].ipBlock.except[0]=10.1.0.0/16"
+  "a PodDisruptionBudget with a minAvailable of its own|--set podDisruptionBudget.minAvailable=1"
 )
 
 # Whether the rendered manifests (file $1) hold an object of kind $3 (top-level "kind:" line).
@@ -216,6 +222,20 @@ for c in "${cases[@]}"; do
       expect "$out" "$name" "name: $release-$ns-workload-admission-label"
       expect "$out" "$name" "name: $release-$ns-workload-admission-setter"
       expect "$out" "$name" 'verbs: ["set-workload-admission"]'
+      # Ingress on the three ports from anyone; no disruption budget unless asked for.
+      has_kind "$out" "$name" NetworkPolicy
+      expect "$out" "$name" "- ports: [{port: webhook, protocol: TCP}]"
+      lacks_kind "$out" "$name" PodDisruptionBudget
+      ;;
+    disruption-and-network)
+      has_kind "$out" "$name" PodDisruptionBudget
+      expect "$out" "$name" "maxUnavailable: 0"
+      expect "$out" "$name" "team: agents"
+      expect "$out" "$name" "cidr: 10.0.0.0/8"
+      expect "$out" "$name" ! "port: webhook"
+      ;;
+    no-network-policy)
+      lacks_kind "$out" "$name" NetworkPolicy
       ;;
     api-tls-secret)
       expect "$out" "$name" "- --http-tls-cert-file=/etc/agentiam/http-tls/tls.crt"

@@ -11,6 +11,7 @@
 #   - suspending the agent: its running pod gets Deny on its next call and the credentials leave its volume;
 #   - `helm upgrade` with changed values rolls the operator pod and the audit log on its PersistentVolumeClaim
 #     survives (the new pod appends to the same hash chain, `agentiam audit verify` in the pod);
+#   - with podDisruptionBudget.enabled, an eviction of the operator pod is refused;
 #   - `helm uninstall` leaves what NOTES.txt says it leaves.
 #
 # Usage: tools/in-cluster-check.sh        (needs a cluster with its node: tools/cluster.sh up as root)
@@ -81,7 +82,8 @@ log "images ready in $(elapsed "$t")s: $image, $agent_image"
 log "helm install $release into $ns"
 t=$EPOCHREALTIME
 "$helm" install "$release" charts/agentiam -n "$ns" --create-namespace --wait --timeout 180s \
-  --set image.repository="${image%:*}" --set image.tag="${image##*:}" --set image.pullPolicy=Never >/dev/null
+  --set image.repository="${image%:*}" --set image.tag="${image##*:}" --set image.pullPolicy=Never \
+  --set podDisruptionBudget.enabled=true >/dev/null
 # The newest operator pod (a rolled-out one may still be terminating beside it).
 operator_pod() {
   k -n "$ns" get pods -l app.kubernetes.io/name=agentiam --sort-by=.metadata.creationTimestamp \
@@ -89,6 +91,15 @@ operator_pod() {
 }
 pod=$(operator_pod)
 log "ok: operator pod $pod Ready $(elapsed "$t")s after helm install"
+
+# The disruption budget refuses a voluntary eviction (what kubectl drain asks for).
+printf '{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"%s","namespace":"%s"}}' "$pod" "$ns" >"$work/eviction.json"
+if k create --raw "/api/v1/namespaces/$ns/pods/$pod/eviction" -f "$work/eviction.json" >"$work/eviction.out" 2>&1; then
+  die "the operator pod was evicted despite its PodDisruptionBudget"
+fi
+grep -q "disruption budget" "$work/eviction.out" || die "eviction refused, but not by the budget: $(cat "$work/eviction.out")"
+k -n "$ns" get networkpolicy "$release" >/dev/null || die "no NetworkPolicy $release"
+log "ok: the PodDisruptionBudget refuses an eviction of the operator pod; NetworkPolicy $release is in place (not enforced by the node's bridge plugin)"
 
 # The webhooks go through the Service: the operator registers service references, never URLs.
 eventually 60 "the webhook configuration agentiam-$ns" k get mutatingwebhookconfiguration "agentiam-$ns"
@@ -122,7 +133,7 @@ spec:
   provenance: {model: claude-sonnet-4-5, modelProvider: anthropic, version: 1.0.0}
   workload: {serviceAccountName: ic-agent}
   policyRefs: [{name: ic-agent-tickets}]
-  credentials: {audiences: ["$audience"], ttl: 2m}
+  credentials: {audiences: ["$audience"], ttl: 3m}
   lifecycle: {desiredState: Active}
 ---
 apiVersion: agentiam.dev/v1alpha1
@@ -198,7 +209,7 @@ grep -q '"api-ca.crt"' <<<"$files" || die "no api-ca.crt in the pod (trust bundl
 log "ok: the agent pod read its token and got Allow (read) and Deny (delete) from the decision API"
 
 # ---------------------------------------------------------------------------------------------------------------
-# Renewal: the operator replaces the Secret at 80% of the 2 min lifetime; the kubelet must put the new token
+# Renewal: the operator replaces the Secret at 80% of the 3 min lifetime; the kubelet must put the new token
 # into the running pod before the old one expires.
 claims0=$(in_agent claims)
 iat0=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["iat"])' "$claims0")
@@ -208,7 +219,7 @@ renewed() {
   local c; c=$(in_agent claims) || return 1
   [ "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["iat"])' "$c")" != "$iat0" ]
 }
-eventually 150 "a renewed token in the running pod" renewed
+eventually 200 "a renewed token in the running pod" renewed
 seen=$(date +%s)
 [ "$seen" -lt "$exp0" ] || die "the pod saw the renewed token at $seen, after the old one expired ($exp0)"
 [ "$(in_agent authorize read tickets:queue/7)" = Allow ] || die "the renewed token was not allowed"
