@@ -28,6 +28,7 @@ source "$AGENTIAM_ROOT/tools/node.sh"
 # Present while this cluster runs with its node: `down`, `status` and the next `up` read it.
 node_flag=$state/node.on
 node_enabled() { [ -f "$node_flag" ]; }
+node_left=0 # set when tearing the node down left something behind; fails `down`
 node_enabled && components+=("${node_components[@]}")
 
 usage() {
@@ -120,13 +121,13 @@ stop_all() {
   local i
   # The node's parts in their own order (kubelet before containerd, pods before mounts); its pid files tell
   # whether anything of it may run, whatever the flag says.
-  if node_enabled || node_running; then node_teardown; fi
+  if node_enabled || node_running; then node_teardown || node_left=1; fi
   for ((i = ${#control_plane[@]} - 1; i >= 0; i--)); do stop_component "${control_plane[i]}"; done
 }
 
 stop_started() {
   local i
-  [[ " ${started[*]} " != *" containerd "* ]] || node_teardown
+  [[ " ${started[*]} " != *" containerd "* ]] || node_teardown || true
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do stop_component "${started[i]}"; done
 }
 
@@ -482,7 +483,7 @@ cmd_up() {
     if wait $!; then
       components+=("${node_components[@]}")
     else
-      node_teardown
+      node_teardown || true
       rm -f "$node_flag"
       [ "$(node_mode)" = 1 ] && die "the node is required (AGENTIAM_NODE=1 or E2E_REQUIRED=1) and did not start"
       log "the node did not start (above: which part and its log); going on without it, pods will stay Pending"
@@ -510,6 +511,7 @@ cmd_down() {
     rm -rf -- "$state"
     log "removed $state"
   fi
+  [ "$node_left" = 0 ] || die "the node left things behind (above); see tools/node.sh node_leftovers"
   log "cluster down"
 }
 

@@ -28,7 +28,12 @@ else
   fi
 fi
 cleanup() {
-  if [ "$started_here" = 1 ] && [ "${KEEP_CLUSTER:-0}" != 1 ]; then tools/cluster.sh down || true; fi
+  local rc=$?
+  if [ "$started_here" = 1 ] && [ "${KEEP_CLUSTER:-0}" != 1 ] && ! tools/cluster.sh down; then
+    # `down` fails when the node left containers, mounts, rules or its bridge behind.
+    log "error: tools/cluster.sh down failed (above)"
+    [ "$required" = 1 ] && [ "$rc" = 0 ] && exit 1
+  fi
 }
 trap cleanup EXIT
 

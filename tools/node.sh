@@ -513,6 +513,25 @@ node_teardown() {
     ip link del "$NODE_BRIDGE" 2>/dev/null || log "could not delete bridge $NODE_BRIDGE"
   fi
   rm -f "$NODE_RUN/owner"
+  # What `down` promises, checked: a leftover is named, and fails `down`.
+  local left
+  left=$(node_leftovers)
+  if [ -n "$left" ]; then
+    log "error: the node left behind: $left"
+    return 1
+  fi
+}
+
+node_leftovers() { # prints what of the node still exists, comma-separated; nothing when all is gone
+  local left=()
+  pgrep -f "containerd-shim-runc-v2 .*-address $containerd_sock" >/dev/null && left+=("containerd shims (containers)")
+  findmnt -rn -o TARGET | grep -qE "^($node_dir|$NODE_RUN)/" && left+=("mounts under $node_dir or $NODE_RUN")
+  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && left+=("bridge $NODE_BRIDGE")
+  # host-local keeps one file per address it handed out until the CNI DEL of that sandbox.
+  compgen -G "$node_dir/cni/ipam/agentiam/10.*" >/dev/null && left+=("pod IP allocations (sandboxes without CNI DEL)")
+  iptables-save 2>/dev/null | grep -q -- '-j KUBE-' && left+=("iptables rules jumping to KUBE- chains")
+  local IFS=,
+  echo "${left[*]}"
 }
 
 node_running() { # true if any node component of this state dir runs
