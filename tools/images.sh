@@ -221,11 +221,13 @@ cmd_import() {
   ref=$(image_name "$img"):$(image_tag "$img")
   [ -S "$sock" ] || die "the node's containerd is not running ($sock); tools/cluster.sh up starts it"
   local ctr="$AGENTIAM_TOOLS_CACHE/containerd-$CONTAINERD_VERSION/ctr"
-  if "$ctr" -a "$sock" -n k8s.io images ls -q | grep -qxF "$ref"; then
+  # ctr warns about cgroup v1 on every call (this machine's cgroups); the warning says nothing about images.
+  ctr() { "$ctr" "$@" 2> >(grep -v 'DEPRECATION: The support for cgroup v1' >&2); }
+  if ctr -a "$sock" -n k8s.io images ls -q | grep -qxF "$ref"; then
     log "$ref already in the node's containerd"
   else
     # --index-name keeps the archive's index under the reference; --all-platforms: the archive has one.
-    "$ctr" -a "$sock" -n k8s.io images import --index-name "$ref" --all-platforms "$archive" >/dev/null
+    ctr -a "$sock" -n k8s.io images import --index-name "$ref" --all-platforms "$archive" >/dev/null
     log "imported $ref into the node's containerd"
   fi
   echo "$ref"
