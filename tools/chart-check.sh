@@ -8,8 +8,9 @@
 # watchNamespace after a `helm upgrade`) and drives a sample Agent through its lifecycle: credentials Secret,
 # trust bundle, an emergency key rotation, a labelled pod mutated by the admission webhook, archive. A
 # permission the chart forgot shows up as a failure here. Finally it uninstalls and deletes the namespaces and
-# the webhook configuration. Pods stay Pending on the local control plane (no scheduler or kubelet); that is
-# expected, and is why the binary runs here instead (with the issuer and webhook on loopback addresses).
+# the webhook configuration. The binary runs here, not as the chart's pod, so that it works without the local
+# node and with any kubeconfig (issuer and webhook on loopback addresses); tools/in-cluster-check.sh runs the
+# chart's pod from the image we build, on the node.
 #
 # Usage: tools/chart-check.sh [--install]
 # Runs against the local control plane (started when it is down, and stopped again afterwards unless
