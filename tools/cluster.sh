@@ -461,9 +461,15 @@ cmd_up() {
   ensure_certs
   ensure_ports
   if [ "$want_node" = 1 ]; then
-    node_prerequisites
-    node_certs
-    touch "$node_flag"
+    # In the background and waited for (set -e stays on inside): a failure (apt unreachable, a build that
+    # fails) is required-or-skip, like a node that does not start.
+    (node_prerequisites && node_certs) &
+    if wait $!; then
+      touch "$node_flag"
+    else
+      [ "$(node_mode)" = 1 ] && die "the node is required (AGENTIAM_NODE=1 or E2E_REQUIRED=1) and its prerequisites failed (above)"
+      log "the node's prerequisites failed (above); going on without it, pods will stay Pending"
+    fi
   fi
   write_kubeconfig "$kubeconfig" admin admin
   write_kubeconfig "$state/controller-manager.kubeconfig" system:kube-controller-manager controller-manager

@@ -241,9 +241,18 @@ log "ok: refused ($(head -c 160 "$work/refused")), and the unlabelled pod runs u
 log "suspending ic-agent"
 k -n "$agents" patch agent ic-agent --type=merge -p '{"spec":{"lifecycle":{"desiredState":"Suspended"}}}' >/dev/null
 t=$EPOCHREALTIME
-denied() { [ "$(in_agent authorize read tickets:queue/7)" = Deny ]; }
+suspended_after=
+# What the pod gets from each call, and when the operator's status said Suspended: a slow Deny then shows
+# whether the operator or the decision path was late.
+denied() {
+  local answer
+  [ -n "$suspended_after" ] || { [ "$(phase ic-agent)" != Suspended ] || suspended_after=$(elapsed "$t"); }
+  answer=$(in_agent authorize read tickets:queue/7 2>&1 | tail -n 1) || true
+  [ "$answer" = Deny ] || { echo "  $(elapsed "$t")s after the suspension: $answer" >>"$work/deny.log"; return 1; }
+}
 eventually 30 "Deny for the suspended agent's running pod" denied
-log "ok: the running pod got Deny $(elapsed "$t")s after the suspension"
+[ ! -s "$work/deny.log" ] || { log "answers before the Deny:"; cat "$work/deny.log" >&2; }
+log "ok: the running pod got Deny $(elapsed "$t")s after the suspension (status Suspended after ${suspended_after:-?}s)"
 gone() { ! in_agent ls | grep -q '"token-'; }
 eventually 150 "the credentials gone from the suspended agent's volume" gone
 log "ok: the token files left the running pod's volume $(elapsed "$t")s after the suspension"

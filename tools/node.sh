@@ -1,5 +1,6 @@
-# The local node: containerd (with Debian's runc and CNI plugins), kubelet, kube-scheduler, kube-proxy and
-# CoreDNS beside the control plane of tools/cluster.sh, which sources this file. See docs/local-control-plane.md.
+# The local node: containerd (with Debian's runc and CNI plugins), kubelet, kube-scheduler, kube-proxy, CoreDNS
+# and local-path-provisioner beside the control plane of tools/cluster.sh, which sources this file. See
+# docs/local-control-plane.md.
 #
 # One node per machine: it owns host-wide things (the bridge agentiam0 and its subnet, kube-proxy's iptables
 # rules, containerd's shim sockets under /run/containerd/s), so a second cluster directory runs without one.
