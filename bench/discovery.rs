@@ -9,7 +9,8 @@
 //!   log says every kind is listed) plus a few seconds, and its peak RSS (VmHWM) is read. Target: discovery
 //!   adds <= 64 MiB.
 //!
-//! Pods never run (no node yet); the API server and the operator see them all the same. Knobs:
+//! Pods never run (bench/run.sh starts the cluster without its node); the API server and the operator see
+//! them all the same. Knobs:
 //! BENCH_DISCOVERY_ORDINARY (1000), BENCH_DISCOVERY_AGENTIC (100), BENCH_DISCOVERY_MEMORY_PODS (10000).
 //! Writes `$BENCH_RESULTS_DIR/discovery.json`.
 

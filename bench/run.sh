@@ -90,8 +90,12 @@ if runs issuance || runs authz || runs token || runs revocation || runs discover
     cluster_dir=${AGENTIAM_CLUSTER_DIR:-$AGENTIAM_ROOT/.local/cluster}
     kubeconfig=$cluster_dir/kubeconfig
     if ! tools/cluster.sh status >/dev/null 2>&1; then
-      tools/cluster.sh up || die "the local control plane did not come up (the issuance, authz and token benches need it)"
+      # Without the node: the benches measure the API server and the operator, and a kubelet trying to run
+      # the discovery bench's thousands of Pods would share the two cores with them.
+      AGENTIAM_NODE=0 tools/cluster.sh up || die "the local control plane did not come up (the issuance, authz and token benches need it)"
       started_here=1
+    elif [ -f "$cluster_dir/node.on" ]; then
+      log "warning: the running cluster has its node; its kubelet runs the benches' Pods beside the measurements (tools/cluster.sh down, then make bench, for a quiet run)"
     fi
   fi
   cleanup() {

@@ -231,12 +231,13 @@ listening_ports() { ss -Hltn | awk '{ sub(/.*:/, "", $4); print $4 }' | sort -un
 # or taken by another process.
 ensure_ports() {
   load_ports
-  local n p busy changed=()
-  busy=" $(listening_ports | tr '\n' ' ') "
+  local n p listening busy changed=()
+  listening=" $(listening_ports | tr '\n' ' ') "
+  busy=$listening
   for n in "${port_names[@]}"; do p=${!n}; [ -z "$p" ] || busy+="$p "; done
   for n in "${port_names[@]}"; do
     p=${!n}
-    if [ -n "$p" ] && [[ $(listening_ports | grep -cx "$p") == 0 ]]; then continue; fi
+    if [ -n "$p" ] && [[ $listening != *" $p "* ]]; then continue; fi
     while :; do
       p=$((20000 + RANDOM % 12000))
       [[ $busy == *" $p "* ]] || break
