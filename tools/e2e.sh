@@ -78,10 +78,12 @@ if [ $# -eq 0 ]; then
     log "SKIPPED the in-cluster tier: it runs on the local node only"
   elif [ -f "${AGENTIAM_CLUSTER_DIR:-$AGENTIAM_ROOT/.local/cluster}/node.on" ]; then
     tools/in-cluster-check.sh
+    # The suite again with each test's operator as a Pod from the image the check built (tests/e2e/pod.rs).
+    tools/e2e-in-cluster.sh
   elif [ "$required" = 1 ]; then
     die "E2E_REQUIRED=1 and the local cluster runs without its node: the in-cluster tier cannot run"
   else
     log "SKIPPED the in-cluster tier: the local cluster has no node (see tools/cluster.sh up)"
   fi
-  log "e2e tier (tests + chart + in-cluster) finished in $(elapsed "$start")s"
+  log "e2e tier (tests + chart + in-cluster check and pass) finished in $(elapsed "$start")s"
 fi

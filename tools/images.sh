@@ -216,7 +216,7 @@ cmd_build() { # prints the archive path
 }
 
 cmd_import() {
-  local img=$1 archive ref sock=/run/agentiam-node/containerd.sock
+  local img=$1 archive ref sock=$NODE_CRI_SOCKET
   archive=$(cmd_build "$img")
   ref=$(image_name "$img"):$(image_tag "$img")
   [ -S "$sock" ] || die "the node's containerd is not running ($sock); tools/cluster.sh up starts it"

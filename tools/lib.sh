@@ -11,6 +11,12 @@ KUBE_BIN_DIR=$AGENTIAM_TOOLS_CACHE/kubernetes-$KUBERNETES_VERSION
 ETCD_BIN=$AGENTIAM_TOOLS_CACHE/etcd-$ETCD_VERSION/etcd
 HELM_BIN=$AGENTIAM_TOOLS_CACHE/helm-$HELM_VERSION/helm
 PROMTOOL_BIN=$AGENTIAM_TOOLS_CACHE/promtool-$PROMETHEUS_VERSION/promtool
+CRICTL_BIN=$AGENTIAM_TOOLS_CACHE/crictl-$CRICTL_VERSION/crictl
+# The local node's runtime state (tools/node.sh): one node per machine, so one fixed place.
+NODE_RUN=/run/agentiam-node
+NODE_CRI_SOCKET=$NODE_RUN/containerd.sock
+# The node's address on its bridge (agentiam0): its InternalIP, and where pods reach the host.
+NODE_IP=10.244.0.1
 # Exported for the same reason the values exist: scripts that source lib.sh hand them to their children.
 export AGENTIAM_ROOT AGENTIAM_TOOLS_CACHE KUBE_BIN_DIR ETCD_BIN HELM_BIN PROMTOOL_BIN
 

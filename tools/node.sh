@@ -15,16 +15,13 @@
 
 NODE_NAME=agentiam-node
 NODE_BRIDGE=agentiam0
-NODE_IP=10.244.0.1
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.0.0.0/24
-NODE_RUN=/run/agentiam-node
 node_dir=$state/node
 node_components=(containerd kube-scheduler kubelet kube-proxy coredns local-path-provisioner)
 CONTAINERD_DIR=$AGENTIAM_TOOLS_CACHE/containerd-$CONTAINERD_VERSION
 COREDNS_BIN=$AGENTIAM_TOOLS_CACHE/coredns-$COREDNS_VERSION/coredns
 LOCAL_PATH_BIN=$AGENTIAM_TOOLS_CACHE/local-path-provisioner-$LOCAL_PATH_PROVISIONER_VERSION/local-path-provisioner
-CRICTL_BIN=$AGENTIAM_TOOLS_CACHE/crictl-$CRICTL_VERSION/crictl
 
 # ---------------------------------------------------------------------------------------------------------------
 # Whether to run the node. AGENTIAM_NODE=auto (the default) runs it where it can and says why not where it
@@ -138,7 +135,7 @@ node_certs() {
 # ---------------------------------------------------------------------------------------------------------------
 # Components
 
-containerd_sock=$NODE_RUN/containerd.sock
+containerd_sock=$NODE_CRI_SOCKET
 crictl() { "$CRICTL_BIN" --runtime-endpoint "unix://$containerd_sock" --timeout 10s "$@"; }
 ctr() { "$CONTAINERD_DIR/ctr" -a "$containerd_sock" "$@"; }
 

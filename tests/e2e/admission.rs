@@ -252,10 +252,15 @@ struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
     /// None when this machine cannot mount (not root): the caller skips, unless E2E_REQUIRED=1.
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+    /// Owned by the user the operator runs as (the chart's, for a pod).
+    fn mount(env: &crate::harness::Env, dir: &std::path::Path, size: &str) -> Option<Self> {
         std::fs::create_dir_all(dir).expect("create the mount point");
+        let owner = match env.in_cluster {
+            Some(_) => format!(",uid={0},gid={0}", crate::pod::POD_USER),
+            None => String::new(),
+        };
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700{owner}"), "tmpfs"])
             .arg(dir)
             .output()
             .expect("run mount");
@@ -294,12 +299,8 @@ async fn a_change_that_cannot_be_recorded_is_refused_and_readiness_says_why() {
     let mut op = Operator::unstarted(&env, &ns.name, &[]);
     let dir = op.audit_log().parent().expect("the audit directory").to_owned();
     // A real disk-full, not an injected error: the audit log lives on a small tmpfs that is then filled.
-    let Some(_tmpfs) = Tmpfs::mount(&dir, "1m") else { return };
-    op.spawn();
-    wait_for("the operator to run", WAIT, || async {
-        op.stderr().contains("operator running").then_some(())
-    })
-    .await;
+    let Some(_tmpfs) = Tmpfs::mount(&env, &dir, "1m") else { return };
+    op.spawn_and_wait();
     let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(AGENT));
     assert!(out.status.success(), "{}", text(&out));
     wait_phase(&ns.api(), "helper", "Active").await;

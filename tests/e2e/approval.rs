@@ -84,9 +84,10 @@ fn request_id(answer: &Value) -> String {
     answer["approval"]["id"].as_str().unwrap_or_default().to_owned()
 }
 
-/// A one-route HTTP receiver on loopback: answers 200 to each POST and hands over each body.
-async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
+/// A one-route HTTP receiver where the operator reaches the test: answers 200 to each POST and hands over
+/// each body.
+async fn receiver(env: &Env) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind((env.local_host(), 0)).await.expect("bind the receiver");
     let addr = listener.local_addr().expect("its address");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -131,7 +132,7 @@ fn count(op: &Operator, action: &str) -> usize {
 async fn an_approved_request_allows_exactly_once_only_a_listed_person_answers_and_the_rest_ends_denied() {
     let env = require_cluster!();
     let ns = TestNs::new(&env, "apr").await;
-    let (url, mut hooks) = receiver().await;
+    let (url, mut hooks) = receiver(&env).await;
     let op = Operator::start(&env, &ns.name, &[&format!("--approval-notify-url={url}")]);
     let mut spec = basic_spec();
     spec["owner"] = json!({"kind": "User", "name": "olivia@example.com"});
@@ -361,9 +362,13 @@ subjects: [{}]
         "{}",
         text(&out)
     );
-    // Written with the operator's own credentials (here the kubeconfig's admin) but never recorded by the
-    // operator: answering it is refused, and the controller ends it Invalid.
-    let out = env.kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&forged("f2")));
+    // Written with the operator's own credentials (the kubeconfig's admin for a process, its ServiceAccount
+    // for a pod) but never recorded by the operator: answering it is refused, and the controller ends it
+    // Invalid.
+    let as_operator = env.as_operator(&ns.name);
+    let mut args: Vec<&str> = as_operator.iter().map(String::as_str).collect();
+    args.extend(["create", "-n", &ns.name, "-f", "-"]);
+    let out = env.kubectl(&args, Some(&forged("f2")));
     assert!(out.status.success(), "{}", text(&out));
     let out = answer_as(&env, &ns, &["--as=mallory@example.com"], "f2", "Approve");
     assert!(!out.status.success() && text(&out).contains("was not made by agentiam"), "{}", text(&out));

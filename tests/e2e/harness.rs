@@ -13,6 +13,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 
+use crate::pod::{ADMIN_PORT, HTTP_PORT, InCluster, PodOperator, WEBHOOK_PORT};
+
 /// Default time to wait for the operator to react. Generous because tests share 2 cores.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -21,6 +23,8 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub struct Env {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
+    /// Set in the in-cluster pass (tests/e2e/pod.rs): operators run as Pods on the local node.
+    pub in_cluster: Option<InCluster>,
 }
 
 /// The e2e environment, or None when there is no control plane. With E2E_REQUIRED=1, a missing control plane
@@ -31,7 +35,7 @@ pub fn env() -> Option<Env> {
     match kubeconfig {
         Some(k) if k.exists() => {
             let kubectl = std::env::var_os("KUBECTL").map_or_else(|| PathBuf::from("kubectl"), PathBuf::from);
-            Some(Env { kubeconfig: k, kubectl })
+            Some(Env { kubeconfig: k, kubectl, in_cluster: InCluster::from_env() })
         }
         _ if required => panic!(
             "E2E_REQUIRED=1 but AGENTIAM_E2E_KUBECONFIG does not name a kubeconfig; run via `make test`"
@@ -41,6 +45,18 @@ pub fn env() -> Option<Env> {
             None
         }
     }
+}
+
+/// Ends the test early (a skip, with its reason) in the in-cluster pass, for tests that only make sense for an
+/// operator process on loopback (tests/e2e/pod.rs).
+#[macro_export]
+macro_rules! process_only {
+    ($env:expr, $why:expr) => {
+        if $env.in_cluster.is_some() {
+            eprintln!("SKIPPED in the in-cluster pass: {}", $why);
+            return;
+        }
+    };
 }
 
 /// Returns the environment or ends the test early (skip).
@@ -55,6 +71,21 @@ macro_rules! require_cluster {
 }
 
 impl Env {
+    /// The host at which the operator reaches a server a test runs (a notification receiver, a Shared
+    /// Signals receiver): loopback for a process, the node's address on the pods' bridge for a pod.
+    pub fn local_host(&self) -> &str {
+        self.in_cluster.as_ref().map_or("127.0.0.1", InCluster::host_ip)
+    }
+
+    /// kubectl flags that act as the operator itself: nothing for a process (it uses the admin
+    /// kubeconfig), impersonation of the chart's ServiceAccount for a pod.
+    pub fn as_operator(&self, ns: &str) -> Vec<String> {
+        match self.in_cluster {
+            Some(_) => vec![format!("--as=system:serviceaccount:{ns}:agentiam")],
+            None => Vec::new(),
+        }
+    }
+
     /// An API client for the admin kubeconfig.
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
@@ -164,6 +195,12 @@ impl Drop for TestNs {
             );
         }
         let _ = self.env.kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+        if self.env.in_cluster.is_some() {
+            let rbac = crate::pod::cluster_rbac_name(&self.name);
+            let _ = self
+                .env
+                .kubectl(&["delete", "clusterrole,clusterrolebinding", &rbac, "--ignore-not-found"], None);
+        }
         // The operator of this namespace registered cluster-scoped webhook configurations for it.
         let _ = self.env.kubectl(
             &[
@@ -185,9 +222,11 @@ pub fn basic_spec() -> Value {
     })
 }
 
-/// The operator, run as a child process against one namespace, with its own audit log.
+/// The operator, run as a child process against one namespace, with its own audit log; in the in-cluster
+/// pass, as a Pod on the local node (tests/e2e/pod.rs) with the same flags and the same audit log.
 pub struct Operator {
     child: Option<Child>,
+    pod: Option<PodOperator>,
     pub dir: PathBuf,
     pub namespace: String,
     env: Env,
@@ -212,15 +251,22 @@ impl Operator {
     /// An operator for `ns` not yet started (change its addresses, then [`Operator::spawn`]).
     pub fn unstarted(env: &Env, ns: &str, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
+        let pod = env.in_cluster.as_ref().map(|cfg| PodOperator::new(cfg, env, ns));
+        // A pod is reached through its Service, whose ClusterIP stays across restarts.
+        let (http_addr, webhook_addr) = match &pod {
+            Some(p) => (format!("{}:{HTTP_PORT}", p.service_ip), format!("{}:{WEBHOOK_PORT}", p.service_ip)),
+            None => (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())),
+        };
         Self {
             child: None,
+            pod,
             dir: tmp.path().to_owned(),
             namespace: ns.to_owned(),
             env: env.clone(),
             extra: extra.iter().map(ToString::to_string).collect(),
             runs: 0,
-            http_addr: format!("127.0.0.1:{}", free_port()),
-            webhook_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr,
+            webhook_addr,
             _tmp: tmp,
         }
     }
@@ -235,13 +281,32 @@ impl Operator {
 
     /// stdout of the current run: the streamed audit records.
     pub fn stdout_path(&self) -> PathBuf {
-        self.dir.join(format!("stdout-{}.log", self.runs))
+        let path = self.dir.join(format!("stdout-{}.log", self.runs));
+        if let Some(pod) = &self.pod {
+            // A pod's stdout is in the kubelet's log: copied to where a process's would be.
+            std::fs::write(&path, pod.stream("stdout")).expect("write the pod's stdout");
+        }
+        path
     }
 
     /// Spawns without waiting; returns the child for tests of startup failures.
     pub fn spawn(&mut self) {
         self.runs += 1;
+        // A test that moves the operator to another namespace (as a `helm upgrade` of watchNamespace would)
+        // gets a pod there, under that namespace's chart RBAC, behind a Service there.
+        if let (Some(cfg), Some(pod)) = (&self.env.in_cluster, &self.pod)
+            && pod.namespace() != self.namespace
+        {
+            let moved = PodOperator::new(cfg, &self.env, &self.namespace);
+            self.http_addr = format!("{}:{HTTP_PORT}", moved.service_ip);
+            self.webhook_addr = format!("{}:{WEBHOOK_PORT}", moved.service_ip);
+            self.pod = Some(moved);
+        }
         let args = self.command_args();
+        if let Some(pod) = self.pod.as_mut() {
+            pod.spawn(self.runs, &args, &self.dir);
+            return;
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_agentiam"))
             .args(&args)
             .env("KUBECONFIG", &self.env.kubeconfig)
@@ -275,6 +340,15 @@ impl Operator {
     fn command_args(&self) -> Vec<String> {
         let issuer = self.base_url();
         let supplied_issuer = self.extra.iter().any(|a| a.starts_with("--issuer-url"));
+        // A pod listens on all its addresses, on the ports its Service targets.
+        let (http_listen, webhook_listen, admin_listen) = match self.pod {
+            Some(_) => (
+                format!("0.0.0.0:{HTTP_PORT}"),
+                format!("0.0.0.0:{WEBHOOK_PORT}"),
+                format!("0.0.0.0:{ADMIN_PORT}"),
+            ),
+            None => (self.http_addr.clone(), self.webhook_addr.clone(), "127.0.0.1:0".to_owned()),
+        };
         let mut args: Vec<String> = [
             "--log-format",
             "text",
@@ -284,13 +358,13 @@ impl Operator {
             "--watch-namespace",
             &self.namespace,
             "--http-addr",
-            &self.http_addr,
+            &http_listen,
             // Port 0: three fixed ports per operator made collisions between parallel tests likely; the
             // bound address is read back from the log (see `admin_addr`).
             "--admin-addr",
-            "127.0.0.1:0",
+            &admin_listen,
             "--webhook-listen",
-            &self.webhook_addr,
+            &webhook_listen,
             "--webhook-url",
             &format!("https://{}", self.webhook_addr),
             "--checkpoint-interval",
@@ -313,16 +387,28 @@ impl Operator {
         self.extra = extra.iter().map(ToString::to_string).collect();
     }
 
-    fn spawn_and_wait(&mut self) {
+    /// Spawns and waits until the operator runs (and, for a pod, its Service reaches it).
+    pub fn spawn_and_wait(&mut self) {
         self.spawn();
         let deadline = Instant::now() + WAIT;
+        let mut polls = 0u32;
         loop {
             if self.stderr().contains("operator running") {
+                if let Some(pod) = &self.pod {
+                    pod.wait_routed();
+                }
                 self.trust_api_ca();
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("operator exited during startup with {status}:\n{}", self.stderr());
+            }
+            // A pod's state costs an API call: every second.
+            polls += 1;
+            if let Some(code) =
+                self.pod.as_ref().filter(|_| polls.is_multiple_of(20)).and_then(PodOperator::exited)
+            {
+                panic!("the operator pod exited during startup with code {code}:\n{}", self.stderr());
             }
             assert!(Instant::now() < deadline, "operator did not start:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(50));
@@ -365,6 +451,15 @@ impl Operator {
                 self.child = None;
                 return (status.code(), self.stderr());
             }
+            if let Some(code) = self.pod.as_ref().and_then(PodOperator::exited) {
+                // The kubelet writes the last lines of the log when the container ends.
+                std::thread::sleep(Duration::from_millis(500));
+                let stderr = self.stderr();
+                if let Some(pod) = self.pod.as_mut() {
+                    pod.end(Duration::ZERO);
+                }
+                return (Some(code), stderr);
+            }
             assert!(Instant::now() < deadline, "operator did not exit:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -373,6 +468,9 @@ impl Operator {
     /// 127.0.0.1:<port> of the admin server (/metrics and the probes) of the current run, from its log line
     /// `admin server listening on <addr> (...)`.
     pub fn admin_addr(&self) -> String {
+        if let Some(pod) = &self.pod {
+            return format!("{}:{ADMIN_PORT}", pod.pod_ip());
+        }
         let stderr = self.stderr();
         let line = stderr.lines().rev().find(|l| l.contains("admin server listening on "));
         line.and_then(|l| l.split("admin server listening on ").nth(1))
@@ -382,11 +480,17 @@ impl Operator {
     }
 
     pub fn stderr(&self) -> String {
+        if let Some(pod) = &self.pod {
+            return pod.stream("stderr");
+        }
         std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
     }
 
     /// SIGKILL: no cleanup, no final checkpoint, like a crash or OOM kill.
     pub fn kill(&mut self) {
+        if let Some(pod) = self.pod.as_mut() {
+            pod.end(Duration::ZERO);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -395,6 +499,11 @@ impl Operator {
 
     /// SIGTERM and wait: the graceful path (final checkpoint).
     pub fn stop(&mut self) {
+        if let Some(pod) = self.pod.as_mut() {
+            // The chart's terminationGracePeriodSeconds; `crictl stop` sends SIGKILL after it, where the
+            // process run panics: the stop below would not have waited either.
+            pod.end(Duration::from_secs(30));
+        }
         if let Some(mut child) = self.child.take() {
             let pid = child.id().to_string();
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -592,14 +701,21 @@ pub async fn connect(addr: &str) -> Box<dyn Stream> {
     }
 }
 
-/// A TLS connection over `tcp` with `config`, for the server name 127.0.0.1.
+/// A TLS connection over `tcp` with `config`, for the server name of the address it is connected to (the
+/// operator's IP: 127.0.0.1, or its Service's ClusterIP in the in-cluster pass).
 pub async fn connect_tls(tcp: tokio::net::TcpStream, config: Arc<rustls::ClientConfig>) -> Box<dyn Stream> {
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let name = server_name(&tcp.peer_addr().expect("peer address").to_string());
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .expect("TLS handshake with the operator");
     Box::new(tls)
+}
+
+/// The TLS server name of the operator at `addr` (ip:port): its IP, which its certificates name.
+pub fn server_name(addr: &str) -> rustls::pki_types::ServerName<'static> {
+    let ip = addr.parse::<std::net::SocketAddr>().expect("an ip:port address").ip();
+    rustls::pki_types::ServerName::IpAddress(ip.into())
 }
 
 /// What [`connect`] returns.

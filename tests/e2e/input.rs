@@ -232,7 +232,7 @@ async fn webhook_post(op: &Operator, ns: &TestNs, body: &[u8]) -> String {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = TcpStream::connect(&op.webhook_addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let name = crate::harness::server_name(&op.webhook_addr);
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
     let head = format!(
         "POST /mutate-pods HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\

@@ -104,6 +104,7 @@ async fn a_task_that_ends_stops_the_operator_with_its_name() {
 #[tokio::test]
 async fn a_webhook_that_cannot_listen_stops_the_operator_at_startup() {
     let env = require_cluster!();
+    crate::process_only!(env, "it takes the webhook's port on loopback, which a pod does not share");
     let ns = TestNs::new(&env, "bind").await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();

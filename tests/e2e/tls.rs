@@ -24,7 +24,7 @@ async fn config_map_value(ns: &TestNs, name: &str, key: &str) -> Option<String> 
 /// What a client trusting only `ca_pem` gets from `addr`: the status of `GET /readyz`, or the TLS error.
 async fn readyz_trusting(addr: &str, ca_pem: &str) -> Result<u16, String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let name = crate::harness::server_name(addr);
     let config = Arc::new(client_config(ca_pem, None));
     let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
     Ok(http_exchange(Box::new(tls), addr, "GET", "/readyz", &[], &[]).await.0)
@@ -111,16 +111,26 @@ async fn the_http_api_serves_tls_with_the_operators_certificate_and_publishes_it
 async fn a_supplied_certificate_is_served_and_replaced_when_its_files_change() {
     let env = require_cluster!();
     let ns = TestNs::new(&env, "tls-files").await;
-    let dir = tempfile::tempdir().unwrap();
-    let first = certificate_for_loopback();
-    write_files(dir.path(), &first);
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let op = Operator::start(
-        &env,
-        &ns.name,
-        &["--http-tls-cert-file", &cert, "--http-tls-key-file", &key, "--http-tls-check-interval", "1s"],
-    );
+    // The files live in the operator's directory (a pod has it mounted), for the address it serves on.
+    let mut op = Operator::unstarted(&env, &ns.name, &[]);
+    let dir = op.dir.join("tls");
+    std::fs::create_dir(&dir).unwrap();
+    let host = op.http_addr.parse::<std::net::SocketAddr>().unwrap().ip();
+    let certificate = || {
+        ServingCerts::generate(&[San::Ip(host)], &RenewalPolicy::default(), jiff::Timestamp::now()).unwrap()
+    };
+    let first = certificate();
+    write_files(&dir, &first);
+    let (cert, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
+    op.set_extra(&[
+        "--http-tls-cert-file",
+        &cert,
+        "--http-tls-key-file",
+        &key,
+        "--http-tls-check-interval",
+        "1s",
+    ]);
+    op.spawn_and_wait();
     assert_eq!(readyz_trusting(&op.http_addr, &first.ca_bundle_pem()).await, Ok(200));
     trust(&op.http_addr, &first.ca_bundle_pem());
     let (status, _, body) = http_get(&op.http_addr, "/.well-known/openid-configuration").await;
@@ -130,8 +140,8 @@ async fn a_supplied_certificate_is_served_and_replaced_when_its_files_change() {
     assert!(ns.api::<Secret>().get_opt("agentiam-api-tls").await.unwrap().is_none());
 
     // New files (a renewed certificate from another CA): served from the next check on.
-    let second = certificate_for_loopback();
-    write_files(dir.path(), &second);
+    let second = certificate();
+    write_files(&dir, &second);
     let started = Instant::now();
     wait_for("the new certificate to be served", WAIT, || async {
         (readyz_trusting(&op.http_addr, &second.ca_bundle_pem()).await == Ok(200)).then_some(())
@@ -141,7 +151,7 @@ async fn a_supplied_certificate_is_served_and_replaced_when_its_files_change() {
     assert!(readyz_trusting(&op.http_addr, &first.ca_bundle_pem()).await.is_err());
 
     // A broken file keeps the last good certificate (and says so in the log).
-    std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.join("tls.crt"), "not a certificate").unwrap();
     wait_for("the failed check in the log", WAIT, || async {
         op.stderr().contains("HTTP API certificate check failed").then_some(())
     })
