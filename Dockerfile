@@ -5,7 +5,8 @@
 #   docker build -t ghcr.io/agentiam/agentiam:<version> .
 #
 # Nothing on our machines runs Docker, so this file is not built in CI; tools/images.sh is, on every
-# `make test` with a node. Keep the two in step.
+# `make test` with a node. `make lint` checks that the two stay in step (tools/images.sh check-dockerfile:
+# entrypoint, user, where the binary goes, the Debian release, a Rust no older than rust-version).
 
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src

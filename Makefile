@@ -54,6 +54,7 @@ lint: ## cargo fmt --check, clippy and rustdoc with warnings denied.
 	$(CARGO) fmt --manifest-path bench/cedar/Cargo.toml -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --quiet
+	tools/images.sh check-dockerfile
 
 .PHONY: unit
 unit: ## Unit tests only (no cluster needed; PyJWT comes from a virtualenv in the tools cache).

@@ -16,6 +16,8 @@
 #        tools/images.sh ref <image>      prints the image reference (builds if needed)
 #        tools/images.sh import <image>   builds if needed, imports into the node, prints the reference
 #        (<image>: operator, pause, agent-python or busybox)
+#        tools/images.sh check-dockerfile   checks that the Dockerfile builds the operator image's layout
+#                                           (`make lint` runs it; nothing here can run Docker)
 set -euo pipefail
 
 LOG_TAG=images
@@ -27,7 +29,11 @@ debs=$AGENTIAM_TOOLS_CACHE/debs
 state=${AGENTIAM_CLUSTER_DIR:-$AGENTIAM_ROOT/.local/cluster}
 mkdir -p "$images" "$debs"
 
-usage() { echo "usage: $0 build|ref|import operator|pause|agent-python|busybox" >&2; exit 2; }
+# The operator image's user and entrypoint; the Dockerfile must use the same (check-dockerfile).
+OPERATOR_USER=65532:65532
+OPERATOR_ENTRYPOINT=/usr/local/bin/agentiam
+
+usage() { echo "usage: $0 build|ref|import operator|pause|agent-python|busybox, or $0 check-dockerfile" >&2; exit 2; }
 
 # ---------------------------------------------------------------------------------------------------------------
 # Debian packages: the archive's candidate version, the only one it is sure to still serve (a security update
@@ -180,8 +186,8 @@ build_rootfs() { # build_rootfs <image> <rootfs> <spec file>: writes the user an
       # iconv's modules: the operator converts no character sets.
       rm -rf "$root"/usr/lib/x86_64-linux-gnu/gconv
       ca_bundle "$root"
-      install -D -m 0755 "$AGENTIAM_ROOT/target/release/agentiam" "$root/usr/local/bin/agentiam"
-      printf '%s\n' 65532:65532 /usr/local/bin/agentiam >"$spec" ;;
+      install -D -m 0755 "$AGENTIAM_ROOT/target/release/agentiam" "$root$OPERATOR_ENTRYPOINT"
+      printf '%s\n' "$OPERATOR_USER" "$OPERATOR_ENTRYPOINT" >"$spec" ;;
     pause)
       gcc -Os -static -Wall -Wextra -Werror -o "$root/pause" "$AGENTIAM_ROOT/tools/images/pause.c"
       strip "$root/pause"
@@ -233,6 +239,40 @@ cmd_import() {
   echo "$ref"
 }
 
+# The Dockerfile cannot be built here, so its layout is checked against the one assembled above: the same
+# entrypoint path and user, the binary copied there, distroless/cc of the Debian release whose packages
+# go into the image, and a Rust no older than the crate's rust-version.
+cmd_check_dockerfile() {
+  local df=$AGENTIAM_ROOT/Dockerfile bad=0 line
+  check() { # check <what> <grep -E pattern>
+    if ! grep -Eq "$2" "$df"; then log "Dockerfile: expected $1 (pattern: $2)"; bad=1; fi
+  }
+  local entry=${OPERATOR_ENTRYPOINT//./\\.}
+  check "the entrypoint $OPERATOR_ENTRYPOINT" "^ENTRYPOINT \[\"$entry\"\]\$"
+  check "the user $OPERATOR_USER" "^USER $OPERATOR_USER\$"
+  check "the release binary copied to $OPERATOR_ENTRYPOINT" "^COPY --from=build /src/target/release/agentiam $entry\$"
+  local debian codename
+  debian=$( (. /etc/os-release && [ "${ID:-}" = debian ] && echo "${VERSION_ID:-}") || true)
+  codename=$( (. /etc/os-release && echo "${VERSION_CODENAME:-}") || true)
+  if [ -n "$debian" ]; then
+    check "distroless/cc of Debian $debian (the images take this machine's Debian packages)" \
+      "^FROM gcr\.io/distroless/cc-debian$debian:nonroot\$"
+    check "a build stage on Debian $codename" "^FROM docker\.io/library/rust:[0-9.]+-$codename AS build\$"
+  else
+    log "Dockerfile: not a Debian machine, the base image's release is not compared"
+  fi
+  local want have
+  want=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$AGENTIAM_ROOT/Cargo.toml")
+  line=$(grep -E '^FROM docker\.io/library/rust:' "$df" || true)
+  have=$(sed -E 's/^FROM docker\.io\/library\/rust:([0-9.]+)-.*/\1/' <<<"$line")
+  if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" != "$want" ]; then
+    log "Dockerfile: the build stage's Rust ($have) is older than the crate's rust-version $want"; bad=1
+  fi
+  [ $bad = 0 ] || die "the Dockerfile no longer builds the layout of tools/images.sh (above)"
+  log "the Dockerfile builds the operator image's layout ($OPERATOR_USER, $OPERATOR_ENTRYPOINT)"
+}
+
+[ "${1:-}" = check-dockerfile ] && [ $# = 1 ] && { cmd_check_dockerfile; exit; }
 [ $# = 2 ] || usage
 deb_versions_load libc6 libgcc-s1 ca-certificates busybox-static "${python_packages[@]}"
 case $1 in
