@@ -57,6 +57,8 @@ pub struct Options {
     pub monitor: Option<crate::monitor::baseline::Settings>,
     /// Shadow-agent discovery (docs/discovery.md): on unless turned off.
     pub discovery: bool,
+    /// Discovery asks running pods for an A2A agent card on the ports they declare.
+    pub discovery_agent_cards: bool,
 }
 
 /// The signatures discovery uses: the built-in set, as the ConfigMap `agentiam-discovery` in the operator's
@@ -565,8 +567,13 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
         ),
     );
     if let Some(signatures) = signatures {
-        let discovery =
-            controller::discovery::start(Arc::clone(&ctx), &watched.agents, signatures, &mut tasks);
+        let discovery = controller::discovery::start(
+            Arc::clone(&ctx),
+            &watched.agents,
+            signatures,
+            opts.discovery_agent_cards,
+            &mut tasks,
+        );
         let _ = ctx.discovery.set(discovery);
     }
     let nudged = ctx.nudged.lock().ok().and_then(|mut n| n.take());

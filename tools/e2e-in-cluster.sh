@@ -28,6 +28,8 @@ KUBECONFIG=$kubeconfig "$kubectl" wait --for=condition=Established --timeout=60s
 t=$EPOCHREALTIME
 cargo build --release --locked --bin agentiam --quiet
 image=$(tools/images.sh import operator)
+AGENTIAM_E2E_AGENT_IMAGE=$(tools/images.sh import agent-python)
+export AGENTIAM_E2E_AGENT_IMAGE
 log "operator image $image ready in $(elapsed "$t")s"
 
 AGENTIAM_PYTHON=$(tools/python-env.sh)

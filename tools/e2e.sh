@@ -52,6 +52,11 @@ export AGENTIAM_PYTHON
 [ -x "$PROMTOOL_BIN" ] || tools/build-tools.sh promtool
 export PROMTOOL=$PROMTOOL_BIN
 export AGENTIAM_E2E_KUBECONFIG=$kubeconfig KUBECTL=$kubectl HELM=${HELM:-$HELM_BIN} E2E_REQUIRED=$required
+# Tests that need pods to run (an A2A agent card served by one) use the test-agent image on the local node.
+if [ -z "${EXISTING_KUBECONFIG:-}" ] && [ -f "${AGENTIAM_CLUSTER_DIR:-$AGENTIAM_ROOT/.local/cluster}/node.on" ]; then
+  AGENTIAM_E2E_AGENT_IMAGE=$(tools/images.sh import agent-python)
+  export AGENTIAM_E2E_AGENT_IMAGE
+fi
 # Only the local control plane's API server may be restarted by a test (tests/e2e/outage.rs); unset, such
 # tests skip.
 if [ -z "${EXISTING_KUBECONFIG:-}" ]; then

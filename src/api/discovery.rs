@@ -23,6 +23,9 @@ pub enum SignatureKind {
     Label,
     /// An annotation of the workload or its pod template: `key` or `key=value`.
     Annotation,
+    /// The name of an A2A agent card a running pod of the workload serves at
+    /// `/.well-known/agent-card.json` (or the older `agent.json`) on a port it declares.
+    AgentCard,
 }
 
 impl SignatureKind {
@@ -36,6 +39,7 @@ impl SignatureKind {
             Self::Port => "port",
             Self::Label => "label",
             Self::Annotation => "annotation",
+            Self::AgentCard => "agentCard",
         }
     }
 }

@@ -83,6 +83,10 @@ struct RunArgs {
     /// (docs/discovery.md).
     #[arg(long, env = "AGENTIAM_DISCOVERY", default_value_t = true, action = clap::ArgAction::Set)]
     discovery: bool,
+    /// With discovery: ask each running, Ready pod for an A2A agent card (GET /.well-known/agent-card.json,
+    /// then agent.json) on the TCP ports it declares, at its pod IP; a card is evidence of an agent.
+    #[arg(long, env = "AGENTIAM_DISCOVERY_AGENT_CARDS", default_value_t = true, action = clap::ArgAction::Set)]
+    discovery_agent_cards: bool,
     /// Learn each agent's behaviour from its decisions and act on anomalies (docs/monitoring.md).
     #[arg(long, env = "AGENTIAM_ANOMALY_DETECTION", default_value_t = true, action = clap::ArgAction::Set)]
     anomaly_detection: bool,
@@ -363,6 +367,7 @@ fn options(args: RunArgs) -> Result<Options, String> {
         max_revocation_staleness: (!max_revocation_staleness.is_zero()).then_some(max_revocation_staleness),
         monitor: args.anomaly_detection.then_some(monitor),
         discovery: args.discovery,
+        discovery_agent_cards: args.discovery_agent_cards,
     })
 }
 

@@ -32,8 +32,11 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{ACTOR, Context, FIELD_MANAGER, report, scoped_api, watches};
+
+mod cards;
 use crate::api::{Agent, DiscoveryStatus};
 use crate::audit::{Entry, Outcome};
+use crate::discovery::card::ServedCard;
 use crate::discovery::classify::{Detection, SourceKeys, Sources, Template, classify};
 use crate::discovery::signatures::Signatures;
 use crate::discovery::workload::{
@@ -129,6 +132,8 @@ pub struct Inventory {
     sources: HashMap<(&'static str, String), String>,
     /// The kinds whose first list is complete.
     listed: BTreeSet<&'static str>,
+    /// Workload UID -> pod UID -> the A2A agent card that pod served (controller::discovery::cards).
+    cards: HashMap<String, BTreeMap<String, ServedCard>>,
     /// The objects seen in a list in progress, by kind.
     listing: HashMap<&'static str, BTreeSet<String>>,
 }
@@ -173,8 +178,15 @@ impl Inventory {
         dirty
     }
 
-    /// Forgets a deleted object.
+    /// Forgets a deleted object (and the card it served, if it is a pod that served one).
     fn gone(&mut self, kind: &'static str, uid: &str) -> Vec<String> {
+        if kind == "Pod" {
+            self.cards.retain(|_, pods| {
+                pods.remove(uid);
+                !pods.is_empty()
+            });
+        }
+        self.cards.remove(uid);
         if let Some(u) = self.usage.remove(&(kind, uid.to_owned())) {
             self.changed_accounts.push((u.namespace, u.service_account));
         }
@@ -263,6 +275,8 @@ pub struct Discovery {
     excluded: BTreeSet<String>,
     /// Agents to reconcile when what discovery knows about them changes (the Agent controller's nudges).
     nudge: mpsc::UnboundedSender<ObjectRef<Agent>>,
+    /// Where running pods are handed over to be asked for an A2A agent card (unset: not asked).
+    card_asks: std::sync::OnceLock<mpsc::Sender<cards::Ask>>,
 }
 
 impl Discovery {
@@ -382,6 +396,25 @@ impl Discovery {
         reach
     }
 
+    /// Records that pod `pod` of workload `workload` serves `card`.
+    fn record_card(&self, workload: &str, pod: &str, card: ServedCard) {
+        if let Ok(mut inv) = self.inventory.lock() {
+            inv.cards.entry(workload.to_owned()).or_default().insert(pod.to_owned(), card);
+        }
+    }
+
+    /// The cards the pods of `workload` serve, as far as discovery asked them.
+    fn cards_of(&self, workload: &str) -> Vec<ServedCard> {
+        let inv = self.inventory.lock();
+        let mut cards: Vec<ServedCard> = inv
+            .ok()
+            .and_then(|i| i.cards.get(workload).map(|p| p.values().cloned().collect()))
+            .unwrap_or_default();
+        cards.sort();
+        cards.dedup();
+        cards
+    }
+
     /// Every workload that looks like an agent, now.
     pub fn found(&self) -> Vec<Found> {
         self.inventory.lock().map(|i| i.all()).unwrap_or_default()
@@ -399,6 +432,7 @@ pub fn start(
     ctx: Arc<Context>,
     agents: &super::shared::Shared<Agent>,
     signatures: Arc<Signatures>,
+    agent_cards: bool,
     tasks: &mut Supervisor,
 ) -> Arc<Discovery> {
     let nudge = ctx.nudges.clone();
@@ -415,8 +449,13 @@ pub fn start(
         signatures: arc_swap::ArcSwap::new(signatures),
         excluded,
         nudge,
+        card_asks: std::sync::OnceLock::new(),
     });
     let (tx, rx) = mpsc::channel(1024);
+    if agent_cards {
+        let asks = cards::start(Arc::clone(&ctx), Arc::clone(&discovery), tx.clone(), tasks);
+        let _ = discovery.card_asks.set(asks);
+    }
     let ns = ctx.config.watch_namespace.clone();
     let client = ctx.client.clone();
     macro_rules! watch_kind {
@@ -472,6 +511,15 @@ async fn watch<K>(
             watcher::Event::InitDone => Msg::ListDone(kind),
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) if o.uid().is_some() => {
                 let uid = o.uid().unwrap_or_default();
+                // A running pod may serve an A2A agent card; status changes (Ready) matter here, so this
+                // comes before the fingerprint check. A full queue drops it: the pod's next change retries.
+                if let Some(asks) = discovery.card_asks.get()
+                    && let Some(pod) = (&o as &dyn std::any::Any).downcast_ref::<Pod>()
+                    && let Some(target) = crate::discovery::card::target(pod)
+                    && !discovery.excluded.contains(&target.namespace)
+                {
+                    let _ = asks.try_send(cards::Ask { target, retry: false });
+                }
                 let print = fingerprint(o.meta(), o.template());
                 if judged.insert(uid.clone(), print) == Some(print) && !in_list {
                     continue;
@@ -515,7 +563,8 @@ where
     };
     let Some((template_meta, spec, selector)) = object.template() else { return (None, None) };
     let Merged { labels, annotations, template_labels } = merged(kind, meta, template_meta);
-    let sources = read_sources(&ctx.client, &namespace, &[spec]).await;
+    let mut sources = read_sources(&ctx.client, &namespace, &[spec]).await;
+    sources.agent_cards = discovery.cards_of(&workload.uid);
     let signatures = discovery.signatures.load();
     let detection =
         classify(&signatures, Template { labels: &labels, annotations: &annotations, spec }, &sources);

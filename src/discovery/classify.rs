@@ -51,6 +51,8 @@ pub struct Sources {
     pub secrets: BTreeMap<String, SourceKeys>,
     /// ConfigMaps by name, in the workload's namespace.
     pub config_maps: BTreeMap<String, SourceKeys>,
+    /// A2A agent cards its running pods serve ([`super::card`]).
+    pub agent_cards: Vec<super::card::ServedCard>,
 }
 
 /// What one template looks like.
@@ -63,6 +65,9 @@ pub struct Detection {
     /// Static LLM keys it holds.
     pub static_keys: Vec<StaticKey>,
 }
+
+/// The annotation in which `kubectl apply` keeps the whole object it applied.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// At most this many places are listed per signature, so a status stays small.
 pub const MAX_MATCHES: usize = 5;
@@ -89,9 +94,20 @@ impl<'s> Collector<'s> {
         text: &str,
         place: impl Fn(&Signature) -> String,
     ) -> Vec<&'s Signature> {
+        self.check_by(signatures, kind, |s| s.matches(text), place)
+    }
+
+    /// Records every signature of `kind` for which `hit` holds, at `place`; returns the ones that did.
+    fn check_by(
+        &mut self,
+        signatures: &'s Signatures,
+        kind: SignatureKind,
+        hit: impl Fn(&Signature) -> bool,
+        place: impl Fn(&Signature) -> String,
+    ) -> Vec<&'s Signature> {
         let mut found = Vec::new();
         for (i, s) in signatures.all.iter().enumerate() {
-            if s.kind == kind && s.matches(text) {
+            if s.kind == kind && hit(s) {
                 self.hits.entry(i).or_insert_with(|| (s, BTreeSet::new())).1.insert(place(s));
                 found.push(s);
             }
@@ -104,15 +120,20 @@ impl<'s> Collector<'s> {
 pub fn classify(signatures: &Signatures, t: Template<'_>, sources: &Sources) -> Detection {
     let mut c = Collector::default();
     for (k, v) in t.labels {
-        for text in [format!("{k}={v}"), k.clone()] {
-            c.check(signatures, SignatureKind::Label, &text, |_| format!("label {k}={v}"));
-        }
+        c.check_by(signatures, SignatureKind::Label, |s| s.matches_pair(k, v), |_| format!("label {k}={v}"));
     }
     for (k, v) in t.annotations {
-        // Annotation values can be long documents: the evidence names the key only.
-        for text in [format!("{k}={v}"), k.clone()] {
-            c.check(signatures, SignatureKind::Annotation, &text, |_| format!("annotation {k}"));
+        // kubectl's copy of the whole object: what it says is judged where it really is.
+        if k == LAST_APPLIED {
+            continue;
         }
+        // Annotation values can be long documents: the evidence names the key only.
+        c.check_by(
+            signatures,
+            SignatureKind::Annotation,
+            |s| s.matches_pair(k, v),
+            |_| format!("annotation {k}"),
+        );
     }
     for ctr in t.spec.init_containers.iter().flatten().chain(t.spec.containers.iter()) {
         let name = &ctr.name;
@@ -139,6 +160,11 @@ pub fn classify(signatures: &Signatures, t: Template<'_>, sources: &Sources) -> 
                 c.keys.insert(key);
             }
         }
+    }
+    for card in &sources.agent_cards {
+        c.check(signatures, SignatureKind::AgentCard, &card.name, |_| {
+            format!("a pod serves the A2A agent card {:?} on port {}", card.name, card.port)
+        });
     }
     for vol in t.spec.volumes.iter().flatten() {
         let mut names: Vec<String> = vol.secret.iter().filter_map(|s| s.secret_name.clone()).collect();

@@ -133,6 +133,62 @@ fn frameworks_mcp_servers_ports_labels_and_annotations_are_detected() {
 }
 
 #[test]
+fn key_patterns_never_match_inside_values_and_kubectls_copy_of_the_object_is_not_read() {
+    let none = Sources::default();
+    let spec = json!({"containers": [{"name": "x", "image": "busybox"}]});
+    // A readiness probe path in kubectl's copy of the object, and a value that mentions a card: no agent.
+    let annotations = BTreeMap::from([
+        (
+            LAST_APPLIED.to_owned(),
+            "{\"spec\": {\"readinessProbe\": \"/.well-known/agent-card.json\"}}".to_owned(),
+        ),
+        ("docs.example.com/see".to_owned(), "https://example.com/agent-card".to_owned()),
+    ]);
+    let d = run_labelled(spec.clone(), &BTreeMap::new(), &annotations, &none);
+    assert!(d.evidence.is_empty(), "{d:?}");
+    // The key itself still counts; a key=value pattern still looks at the value.
+    let annotations = BTreeMap::from([("example.com/agent-card".to_owned(), "yes".to_owned())]);
+    let d = run_labelled(spec.clone(), &BTreeMap::new(), &annotations, &none);
+    assert_eq!(names(&d), ["agent-annotation"]);
+    let labels = BTreeMap::from([("agentiam.dev/discover".to_owned(), "no".to_owned())]);
+    assert!(run_labelled(spec.clone(), &labels, &BTreeMap::new(), &none).evidence.is_empty());
+    // Even a user's key=value pattern does not see into kubectl's copy.
+    let config = crate::discovery::signatures::SignatureConfig {
+        signatures: vec![crate::discovery::signatures::Signature {
+            name: "any-value".into(),
+            kind: SignatureKind::Annotation,
+            patterns: vec!["*=*agent-card*".into()],
+            confidence: 90,
+            credential: false,
+        }],
+        ..Default::default()
+    };
+    let sigs = Signatures::from_config(&config).unwrap();
+    let annotations = BTreeMap::from([(LAST_APPLIED.to_owned(), "/agent-card".to_owned())]);
+    let t = Template {
+        labels: &BTreeMap::new(),
+        annotations: &annotations,
+        spec: &serde_json::from_value(spec).unwrap(),
+    };
+    assert!(classify(&sigs, t, &none).evidence.is_empty());
+}
+
+#[test]
+fn a_served_agent_card_is_evidence_by_its_name() {
+    let sources = Sources {
+        agent_cards: vec![crate::discovery::card::ServedCard { port: 8080, name: "Refund helper".into() }],
+        ..Sources::default()
+    };
+    let d = run(json!({"containers": [{"name": "x", "image": "busybox"}]}), &sources);
+    assert_eq!(names(&d), ["a2a-agent-card"]);
+    assert_eq!(
+        d.evidence[0].matches,
+        vec!["a pod serves the A2A agent card \"Refund helper\" on port 8080".to_owned()]
+    );
+    assert!(d.is_agent(crate::discovery::signatures::DEFAULT_THRESHOLD));
+}
+
+#[test]
 fn weak_signals_alone_stay_below_the_threshold_and_add_up_together() {
     let none = Sources::default();
     let d = run(

@@ -140,6 +140,17 @@ impl Signature {
         let text = text.to_ascii_lowercase();
         self.patterns.iter().any(|p| crate::authz::pattern::glob(&p.to_ascii_lowercase(), &text))
     }
+
+    /// Whether a label or annotation matches: a pattern with `=` is matched against `key=value`, one
+    /// without against the key alone. (Matched against `key=value`, a key pattern such as `*/agent-card*`
+    /// would also match any value that mentions it: a probe path in a document.)
+    pub fn matches_pair(&self, key: &str, value: &str) -> bool {
+        let (key, pair) = (key.to_ascii_lowercase(), format!("{key}={value}").to_ascii_lowercase());
+        self.patterns.iter().any(|p| {
+            let p = p.to_ascii_lowercase();
+            crate::authz::pattern::glob(&p, if p.contains('=') { &pair } else { &key })
+        })
+    }
 }
 
 /// The combined confidence of independent matches: the chance that at least one of them is right,
@@ -273,6 +284,8 @@ pub fn builtin() -> Vec<Signature> {
             false,
             &["agentiam.dev/discover=agent", "kagenti.io/type=agent", "app.kubernetes.io/component=ai-agent"],
         ),
+        // A pod that answers with an A2A agent card says what it is; any name counts.
+        sig("a2a-agent-card", AgentCard, 90, false, &["*"]),
         sig(
             "agent-annotation",
             Annotation,

@@ -553,3 +553,109 @@ async fn an_adopted_shadow_agent_is_registered_and_stays_and_a_registered_worklo
     assert!(!out.status.success() && text(&out).contains("spec.owner is required"), "{}", text(&out));
     let _ = agents.delete("support-bot", &DeleteParams::default()).await;
 }
+
+/// The test-agent image on the local node (tools/images.sh agent-python: Python 3.11 and busybox), or None
+/// when the cluster runs without its node (then pods do not run; E2E_REQUIRED=1 makes that a failure).
+fn agent_image() -> Option<String> {
+    match std::env::var("AGENTIAM_E2E_AGENT_IMAGE").ok().filter(|s| !s.is_empty()) {
+        Some(image) => Some(image),
+        None if std::env::var("E2E_REQUIRED").is_ok_and(|v| v == "1") => {
+            panic!(
+                "E2E_REQUIRED=1 but AGENTIAM_E2E_AGENT_IMAGE is unset: tools/e2e.sh sets it when the node runs"
+            )
+        }
+        None => {
+            eprintln!("SKIPPED: no local node (AGENTIAM_E2E_AGENT_IMAGE unset): pods do not run");
+            None
+        }
+    }
+}
+
+/// A Deployment whose pod serves `document` at /.well-known/agent-card.json on port 8080 (Python's
+/// http.server, which logs each request), Ready once it does.
+fn serving(name: &str, image: &str, document: &str) -> String {
+    let script = "mkdir -p /w/.well-known && printf %s \"$DOC\" > /w/.well-known/agent-card.json && cd /w && \
+                  exec python3 -m http.server 8080";
+    deployment(
+        name,
+        &format!(
+            "      containers:\n      - name: main\n        image: {image}\n        imagePullPolicy: Never\n        \
+             command: [sh, -c, '{script}']\n        env: [{{name: DOC, value: '{document}'}}]\n        \
+             ports: [{{containerPort: 8080, name: http}}]\n        readinessProbe: {{httpGet: {{path: \
+             /.well-known/agent-card.json, port: 8080}}, periodSeconds: 1}}\n        volumeMounts: [{{name: w, \
+             mountPath: /w}}]\n      volumes: [{{name: w, emptyDir: {{}}}}]\n"
+        ),
+    )
+}
+
+/// The time the pod of Deployment `app` became Ready, once it is.
+async fn ready_at(env: &crate::harness::Env, ns: &TestNs, app: &str) -> jiff::Timestamp {
+    wait_for(&format!("the pod of {app} Ready"), Duration::from_secs(120), || async {
+        let out = env.kubectl(
+            &[
+                "get",
+                "pods",
+                "-n",
+                &ns.name,
+                "-l",
+                &format!("app={app}"),
+                "-o",
+                "jsonpath={.items[0].status.conditions[?(@.type==\"Ready\")].status} \
+                 {.items[0].status.conditions[?(@.type==\"Ready\")].lastTransitionTime}",
+            ],
+            None,
+        );
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, at) = s.split_once(' ')?;
+        (status == "True").then(|| at.trim().parse().ok()).flatten()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_running_pod_that_serves_an_a2a_agent_card_is_found_by_its_card() {
+    let env = require_cluster!();
+    let Some(image) = agent_image() else { return };
+    let ns = TestNs::new(&env, "a2a").await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    // Nothing in either template looks like an agent: no keys, no framework, a port named http.
+    let card =
+        r#"{"name": "Refund\u0007 helper", "description": "refunds", "url": "http://x", "version": "1",
+                   "capabilities": {}, "skills": [{"id": "refund", "name": "refund"}]}"#
+            .replace('\n', " ");
+    apply(&ns, &serving("helper", &image, &card));
+    apply(&ns, &serving("web", &image, r#"{"name": "a web app", "status": "ok"}"#));
+
+    let agents = ns.api::<Agent>();
+    let ready = ready_at(&env, &ns, "helper").await;
+    let shadow = wait_phase(&agents, "deployment-helper", "Discovered").await;
+    let seen = jiff::Timestamp::now();
+    let d = shadow.status.as_ref().and_then(|s| s.discovery.clone()).unwrap_or_default();
+    let evidence = d.evidence.iter().find(|e| e.signature == "a2a-agent-card").expect("card evidence");
+    assert_eq!(
+        evidence.matches,
+        vec![r#"a pod serves the A2A agent card "Refund helper" on port 8080"#.to_owned()],
+        "the card's name, sanitised, and where it was served: {d:?}"
+    );
+    assert_eq!(d.workload.as_ref().map(|w| w.kind.as_str()), Some("Deployment"), "the workload, not its pod");
+    eprintln!("shadow agent recorded {:?} after its pod was Ready", seen.duration_since(ready));
+
+    // The other pod was asked both paths (its log shows the requests) and is not an agent.
+    wait_for("both paths asked of the web pod", WAIT, || async {
+        let out = env.kubectl(&["logs", "-n", &ns.name, "deploy/web"], None);
+        let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (log.contains("GET /.well-known/agent.json") && log.contains("404")).then_some(())
+    })
+    .await;
+    let web = agents.get_opt("deployment-web").await.unwrap();
+    assert!(
+        web.is_none(),
+        "a JSON document without skills is no card: {:?}",
+        web.and_then(|w| w.status).and_then(|s| s.discovery)
+    );
+    wait_records(&op, "the detection audited", |recs| {
+        recs.iter().any(|r| r["action"] == "discovery.detect" && r["object"]["name"] == "deployment-helper")
+    })
+    .await;
+    assert!(!records(&op.audit_log()).iter().any(|r| r["object"]["name"] == "deployment-web"));
+}

@@ -271,16 +271,17 @@ src/controller/ (every rule names the code that needs it).
 # their key names only (Secrets it already reads, above). It creates a shadow Agent for each workload that
 # looks like an agent and that no Agent covers (through the validating webhook, which admits an Agent
 # without an owner from the operator only), and deletes it when the workload goes; never an Agent with an
-# owner.
+# owner. When a pod serves an A2A agent card (discovery.agentCards), it reads the pod and its controlling
+# owners up to the workload with one get each (controller/discovery/cards.rs), objects it already lists.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["watch"]
+  verbs: ["get", "watch"]
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["batch"]
   resources: ["jobs", "cronjobs"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get"]
