@@ -272,16 +272,16 @@ src/controller/ (every rule names the code that needs it).
 # looks like an agent and that no Agent covers (through the validating webhook, which admits an Agent
 # without an owner from the operator only), and deletes it when the workload goes; never an Agent with an
 # owner. When a pod serves an A2A agent card (discovery.agentCards), it reads the pod and its controlling
-# owners up to the workload with one get each (controller/discovery/cards.rs), objects it already lists.
+# owners up to the workload with one list by name each (controller/discovery/cards.rs): no get.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "watch"]
+  verbs: ["watch"]
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["batch"]
   resources: ["jobs", "cronjobs"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get"]

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use kube::{Api, Resource};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
@@ -168,7 +169,7 @@ async fn get(client: &HttpClient, ip: IpAddr, port: u16, path: &str) -> Answer {
 }
 
 /// Records `found` for the workload the pod belongs to, and classifies that workload again (read fresh
-/// from the API server, walking up the pod's controlling owners).
+/// from the API server, walking up the pod's controlling owners, one list by name each).
 async fn record(
     ctx: &Context,
     discovery: &Discovery,
@@ -224,7 +225,10 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &pod.namespace);
-    let Some(object) = api.get_opt(name).await? else { return Ok(Step::Gone) };
+    // A list by name, not a get: discovery holds list and watch on these kinds, and a get would add a verb
+    // to the chart's RBAC for nothing a list does not already give.
+    let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+    let Some(object) = api.list(&by_name).await?.items.into_iter().next() else { return Ok(Step::Gone) };
     let kind = K::kind(&()).into_owned();
     let api_version = K::api_version(&()).into_owned();
     let meta = object.meta();
