@@ -5,7 +5,8 @@ SHELL := /usr/bin/env bash
 
 include tools/versions.env
 
-TOOLS_CACHE ?= $(HOME)/.cache/agentiam-tools
+# AGENTIAM_TOOLS_CACHE in the environment (what the README and tools/ honour) picks it too.
+TOOLS_CACHE ?= $(or $(AGENTIAM_TOOLS_CACHE),$(HOME)/.cache/agentiam-tools)
 KUBE_BIN    := $(TOOLS_CACHE)/kubernetes-$(KUBERNETES_VERSION)
 KUBECTL     ?= $(KUBE_BIN)/kubectl
 HELM        ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
