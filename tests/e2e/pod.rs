@@ -186,22 +186,19 @@ impl PodOperator {
     /// The pod's phase and its container's exit code, if it ended.
     fn state(&self) -> (String, Option<i32>) {
         let Some(run) = &self.run else { return (String::new(), None) };
-        let out = self.env.kubectl(
-            &[
-                "get",
-                "pod",
-                &run.pod,
-                "-n",
-                &self.ns,
-                "-o",
-                "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.exitCode}",
-            ],
-            None,
-        );
+        let (phase, code, _) =
+            self.phase_and(&run.pod, "{.status.containerStatuses[0].state.terminated.exitCode}");
+        (phase, code.and_then(|c| c.parse().ok()))
+    }
+
+    /// The pod's phase and one more field (a jsonpath), and whether kubectl could read the pod.
+    fn phase_and(&self, pod: &str, field: &str) -> (String, Option<String>, bool) {
+        let path = format!("jsonpath={{.status.phase}} {field}");
+        let out = self.env.kubectl(&["get", "pod", pod, "-n", &self.ns, "-o", &path], None);
         let s = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut words = s.split_whitespace();
         let phase = words.next().unwrap_or_default().to_owned();
-        (phase, words.next().and_then(|c| c.parse().ok()))
+        (phase, words.next().map(str::to_owned), out.status.success())
     }
 
     /// The exit code once the container ended during startup (Some), or None while it runs.
@@ -282,26 +279,11 @@ impl PodOperator {
     fn container_id(&self, pod: &str) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let out = self.env.kubectl(
-                &[
-                    "get",
-                    "pod",
-                    pod,
-                    "-n",
-                    &self.ns,
-                    "-o",
-                    "jsonpath={.status.phase} {.status.containerStatuses[0].containerID}",
-                ],
-                None,
-            );
-            let s = String::from_utf8_lossy(&out.stdout).into_owned();
-            let mut words = s.split_whitespace();
-            let phase = words.next().unwrap_or_default();
-            if let Some(id) = words.next().and_then(|id| id.strip_prefix("containerd://")) {
+            let (phase, id, ok) = self.phase_and(pod, "{.status.containerStatuses[0].containerID}");
+            if let Some(id) = id.as_deref().and_then(|id| id.strip_prefix("containerd://")) {
                 return Some(id.to_owned());
             }
-            if !out.status.success() || phase == "Failed" || phase == "Succeeded" || Instant::now() > deadline
-            {
+            if !ok || phase == "Failed" || phase == "Succeeded" || Instant::now() > deadline {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(200));
