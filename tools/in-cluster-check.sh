@@ -108,6 +108,22 @@ grep -q "^$release-webhook $" <<<"$svc_refs" || die "the webhooks do not name Se
 
 # ---------------------------------------------------------------------------------------------------------------
 k create namespace "$agents" >/dev/null
+# The pod is Ready before the Service routes to it (the endpoint and the node's routing follow the pod's
+# condition a moment later), and until then every write of an agentiam object is refused: its webhook fails
+# closed. Wait for a server-side dry run (which goes through the webhook and records nothing) to be admitted.
+admitted() { # admitted <what>: fails while the agentiam webhooks cannot be reached through their Service
+  k -n "$agents" create --dry-run=server -f - <<EOF
+apiVersion: agentiam.dev/v1alpha1
+kind: Agent
+metadata: {name: ic-probe}
+spec:
+  owner: {kind: User, name: alice@example.com}
+  purpose: A dry run that probes the webhook, in the in-cluster check.
+  environment: Development
+  lifecycle: {desiredState: Suspended}
+EOF
+}
+eventually 60 "the agentiam webhooks served through Service $release-webhook" admitted
 audience=https://tickets.example.com
 k -n "$agents" apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -292,6 +308,10 @@ log "helm upgrade with changed values (logLevel)"
 pod2=$(operator_pod)
 [ "$pod2" != "$pod" ] || die "helm upgrade did not roll the operator pod"
 k -n "$ns" wait --for=condition=Ready "pod/$pod2" --timeout=120s >/dev/null
+# The roll (Recreate) leaves the webhooks without an endpoint until the new pod is routed to: the window in
+# which agentiam writes are refused (docs/threat-model.md, limit 6). The check waits it out like a GitOps
+# retry would.
+eventually 60 "the agentiam webhooks served by the new operator pod" admitted
 # Something for the new pod to record: the agent back to Active.
 k -n "$agents" patch agent ic-agent --type=merge -p '{"spec":{"lifecycle":{"desiredState":"Active"}}}' >/dev/null
 eventually 60 "Agent ic-agent Active again under the new operator pod" active ic-agent
