@@ -11,6 +11,7 @@ pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod discovery;
+pub mod gateway;
 pub mod identity;
 pub mod metrics;
 pub mod monitor;

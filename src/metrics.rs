@@ -24,6 +24,11 @@ fn decision_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-6, 2.0, 15))
 }
 
+fn gateway_histogram() -> Histogram {
+    // 100 us .. ~1.6 s: a decision plus an upstream's answer.
+    Histogram::new(exponential_buckets(1e-4, 2.0, 15))
+}
+
 fn reconcile_histogram() -> Histogram {
     // 1 ms .. ~16 s: a reconcile is a few API calls and an fsync.
     Histogram::new(exponential_buckets(1e-3, 2.0, 15))
@@ -52,6 +57,8 @@ pub struct Metrics {
     anomalies: Family<Labels, Counter>,
     shadow_agents: Family<Labels, Counter>,
     discovered_workloads: Gauge,
+    gateway_calls: Family<Labels, Counter>,
+    gateway_duration: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -76,6 +83,8 @@ impl Default for Metrics {
             anomalies: Family::default(),
             shadow_agents: Family::default(),
             discovered_workloads: Gauge::default(),
+            gateway_calls: Family::default(),
+            gateway_duration: Family::new_with_constructor(gateway_histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run, by controller", m.reconciles.clone());
@@ -146,6 +155,16 @@ impl Default for Metrics {
             "Workloads that look like AI agents as discovery sees them now, registered or not",
             m.discovered_workloads.clone(),
         );
+        registry.register(
+            "gateway_calls",
+            "Calls the agent gateway answered, by route and outcome (forwarded, refused, error)",
+            m.gateway_calls.clone(),
+        );
+        registry.register(
+            "gateway_duration_seconds",
+            "Time from a gateway call's arrival to the start of its answer, by route and outcome",
+            m.gateway_duration.clone(),
+        );
         let decisions_allow = m.decisions.get_or_create(&vec![("outcome", "allow".to_owned())]).clone();
         let decisions_deny = m.decisions.get_or_create(&vec![("outcome", "deny".to_owned())]).clone();
         Self { registry, decisions_allow, decisions_deny, ..m }
@@ -205,6 +224,14 @@ impl Metrics {
     pub fn decision(&self, allowed: bool, seconds: f64) {
         if allowed { &self.decisions_allow } else { &self.decisions_deny }.inc();
         self.decision_duration.observe(seconds);
+    }
+
+    /// The gateway answered a call on `route` (a configured name: a bounded set) with `outcome`
+    /// (`forwarded`, `refused`, `error`), `seconds` after it arrived.
+    pub fn gateway_call(&self, route: &str, outcome: &'static str, seconds: f64) {
+        let labels = vec![("route", route.to_owned()), ("outcome", outcome.to_owned())];
+        self.gateway_calls.get_or_create(&labels).inc();
+        self.gateway_duration.get_or_create(&labels).observe(seconds);
     }
 
     /// Credentials of one agent were `event` (`issued`, `rotated`, `withdrawn`).

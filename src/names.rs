@@ -53,6 +53,10 @@ pub const SSF_STREAMS_CONFIGMAP: &str = "agentiam-ssf-streams";
 pub const DISCOVERY_CONFIGMAP: &str = "agentiam-discovery";
 /// Its key: the signatures as YAML.
 pub const DISCOVERY_SIGNATURES_KEY: &str = "signatures.yaml";
+/// The ConfigMap in the operator's namespace holding the agent gateway's routes (docs/gateway.md).
+pub const GATEWAY_CONFIGMAP: &str = "agentiam-gateway";
+/// Its key: the routes as YAML.
+pub const GATEWAY_ROUTES_KEY: &str = "routes.yaml";
 
 /// Annotation on a Delegation the token service created for an RFC 8693 exchange: the exchange's audit
 /// key. Only the operator may create a Delegation that carries it (the webhook refuses anyone else).
@@ -89,6 +93,8 @@ mod tests {
 
     const HELPERS: &str = include_str!("../charts/agentiam/templates/_helpers.tpl");
     const POLICY: &str = include_str!("../charts/agentiam/templates/admission-policy.yaml");
+    const GATEWAY: &str = include_str!("../charts/agentiam/templates/gateway-configmap.yaml");
+    const RBAC: &str = include_str!("../charts/agentiam/templates/rbac-operator-namespace.yaml");
 
     /// The body of `{{- define "<name>" -}} ... {{- end }}` in the chart's helpers.
     fn helper(name: &str) -> &'static str {
@@ -124,5 +130,10 @@ mod tests {
         assert_eq!(credentials_secret("bot"), "bot-credentials");
         assert!(POLICY.contains(&format!("+ \"{DELEGATIONS_SECRET_SUFFIX}\"")), "{POLICY}");
         assert_eq!(delegations_secret("bot"), "bot-delegations");
+        // The gateway's routes: the ConfigMap the chart renders, its key, and the operator's read access.
+        assert!(GATEWAY.contains(&format!("name: {GATEWAY_CONFIGMAP}\n")), "{GATEWAY}");
+        assert!(GATEWAY.contains(&format!("  {GATEWAY_ROUTES_KEY}: |")), "{GATEWAY}");
+        assert!(RBAC.contains(&format!("resourceNames: [\"{GATEWAY_CONFIGMAP}\"]")), "{RBAC}");
+        assert!(RBAC.contains(&format!("resourceNames: [\"{DISCOVERY_CONFIGMAP}\"]")), "{RBAC}");
     }
 }

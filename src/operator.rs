@@ -102,6 +102,47 @@ async fn discovery_signatures(ctx: &Context) -> crate::discovery::signatures::Si
     }
 }
 
+/// The gateway's routes from the `agentiam-gateway` ConfigMap, read at start (the chart rolls the pod when
+/// they change). No ConfigMap: no routes. A ConfigMap that cannot be read or does not parse: an error that
+/// every gateway call is refused with (fail closed; a Warning Event on the ConfigMap says why).
+async fn gateway_routes(ctx: &Context) -> Result<crate::gateway::routes::RouteSet, String> {
+    use crate::gateway::routes::RouteSet;
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
+    let cm = match api.get_opt(crate::names::GATEWAY_CONFIGMAP).await {
+        Ok(Some(cm)) => cm,
+        Ok(None) => return Ok(RouteSet::default()),
+        Err(e) => {
+            warn!(error = %e, "could not read the gateway ConfigMap; the gateway refuses every call");
+            return Err(format!("the ConfigMap {} could not be read: {e}", crate::names::GATEWAY_CONFIGMAP));
+        }
+    };
+    let yaml =
+        cm.data.as_ref().and_then(|d| d.get(crate::names::GATEWAY_ROUTES_KEY)).map_or("", String::as_str);
+    match RouteSet::parse(yaml) {
+        Ok(routes) => {
+            let secrets = routes.secrets();
+            info!(routes = routes.len(), credential_secrets = ?secrets, "gateway routes loaded");
+            Ok(routes)
+        }
+        Err(e) => {
+            warn!(error = %e, "the gateway ConfigMap is invalid; the gateway refuses every call");
+            let note = format!(
+                "{e}; the gateway refuses every call until this is fixed (and the operator restarted)"
+            );
+            controller::report::event(
+                ctx,
+                &cm,
+                kube::runtime::events::EventType::Warning,
+                "InvalidRoutes",
+                note,
+            )
+            .await;
+            Err(e.to_string())
+        }
+    }
+}
+
 /// The TLS client configuration SSF pushes use: the system's CA certificates, and the operator's own API
 /// CA (when it manages its certificate) so a receiver serving a certificate from it is trusted too.
 fn push_tls(api_ca: Option<&str>) -> rustls::ClientConfig {
@@ -460,13 +501,24 @@ pub async fn run(opts: Options) -> Result<(), StartupError> {
     )
     .await
     .map_err(StartupError::Ssf)?;
+    let gateway = crate::gateway::proxy::Gateway::new(
+        gateway_routes(&ctx).await,
+        Arc::clone(&authorizer),
+        audit.clone(),
+        client.clone(),
+        &ns,
+        push_tls(ctx.api_ca.load_full().as_deref().map(String::as_str)),
+        opts.issuer.issuer_url.clone(),
+        opts.http_limits.request_timeout.saturating_sub(std::time::Duration::from_secs(1)),
+    );
     let surfaces = server::Surfaces::default()
         .with(server::probes(health.clone()))
         .with(server::issuer::surface(issuer))
         .with(server::revocations::surface(feed))
         .with(server::ssf::surface(ssf))
         .with(server::decision::surface(Arc::clone(&authorizer)))
-        .with(server::token::surface(token_service));
+        .with(server::token::surface(token_service))
+        .with(crate::gateway::proxy::surface(gateway));
     // The bound address is logged in this exact form; tests and scripts read it when they ask for port 0.
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     info!("http server listening on {addr} ({scheme}; {})", surfaces.describe());

@@ -119,6 +119,7 @@ cases=(
   "disruption-and-network|--set podDisruptionBudget.enabled=true --set networkPolicy.http.from[0].namespaceSelector.matchLabels.team=agents
     --set networkPolicy.admin.from[0].ipBlock.cidr=10.0.0.0/8 --set webhook.enabled=false"
   "no-network-policy|--set networkPolicy.enabled=false"
+  "gateway-routes|--set-json gateway.routes=[{\"name\":\"tickets\",\"upstream\":\"http://tickets.support.svc:8080/api\",\"audience\":\"tickets\",\"credential\":{\"header\":{\"name\":\"X-Api-Key\",\"secretName\":\"tickets-api\",\"key\":\"api-key\"}}},{\"name\":\"crm\",\"upstream\":\"https://crm.example.com\",\"protocol\":\"mcp\",\"audience\":\"crm\",\"approvalWaitSeconds\":30,\"credential\":{\"basic\":{\"secretName\":\"crm-basic\"}}},{\"name\":\"open\",\"upstream\":\"http://open.svc\",\"audience\":\"open\",\"credential\":{\"header\":{\"name\":\"X-Key\",\"secretName\":\"tickets-api\",\"key\":\"other\"}}}]"
 )
 
 # Values the schema must reject: "name|flags".
@@ -143,6 +144,9 @@ rejected=(
   "a NetworkPolicy peer of an unknown kind|--set networkPolicy.http.from[0].serviceSelector.app=x"
   "a NetworkPolicy ipBlock without its CIDR|--set networkPolicy.admin.from[0].ipBlock.except[0]=10.1.0.0/16"
   "a PodDisruptionBudget with a minAvailable of its own|--set podDisruptionBudget.minAvailable=1"
+  "a gateway route to an ftp upstream|--set-json gateway.routes=[{\"name\":\"r\",\"upstream\":\"ftp://files\",\"audience\":\"a\"}]"
+  "a gateway route with a misspelt field|--set-json gateway.routes=[{\"name\":\"r\",\"upstream\":\"http://u\",\"audience\":\"a\",\"timeout\":5}]"
+  "a gateway credential with both kinds|--set-json gateway.routes=[{\"name\":\"r\",\"upstream\":\"http://u\",\"audience\":\"a\",\"credential\":{\"basic\":{\"secretName\":\"s\"},\"header\":{\"name\":\"k\",\"secretName\":\"s\",\"key\":\"k\"}}}]"
 )
 
 # Whether the rendered manifests (file $1) hold an object of kind $3 (top-level "kind:" line).
@@ -227,6 +231,17 @@ for c in "${cases[@]}"; do
       has_kind "$out" "$name" NetworkPolicy
       expect "$out" "$name" "- ports: [{port: webhook, protocol: TCP}]"
       lacks_kind "$out" "$name" PodDisruptionBudget
+      # No gateway routes: no ConfigMap, no Secret access, but the read of a ConfigMap made by hand.
+      expect "$out" "$name" ! "agentiam.dev/gateway-routes"
+      expect "$out" "$name" 'resourceNames: ["agentiam-gateway"]'
+      ;;
+    gateway-routes)
+      expect "$out" "$name" "name: agentiam-gateway"
+      expect "$out" "$name" "  routes.yaml: |"
+      expect "$out" "$name" "upstream: http://tickets.support.svc:8080/api"
+      expect "$out" "$name" "agentiam.dev/gateway-routes:"
+      # Exactly the Secrets the routes name, each once.
+      expect "$out" "$name" 'resourceNames: ["tickets-api","crm-basic"]'
       ;;
     disruption-and-network)
       has_kind "$out" "$name" PodDisruptionBudget

@@ -106,11 +106,13 @@ pub enum Action {
     /// Workload admission judged a Pod or workload that looks like an agent, in a namespace that asks for
     /// it (admitted, admitted with warnings, or refused).
     WorkloadAdmit,
+    /// The agent gateway answered a call: forwarded (with the upstream's status) or refused.
+    GatewayCall,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 48] = [
+    pub const ALL: [Self; 49] = [
         Self::AgentRegister,
         Self::AgentActivate,
         Self::AgentDeactivate,
@@ -159,6 +161,7 @@ impl Action {
         Self::DiscoveryDetect,
         Self::DiscoveryCleanup,
         Self::WorkloadAdmit,
+        Self::GatewayCall,
     ];
 
     /// The stored spelling.
@@ -212,6 +215,7 @@ impl Action {
             Self::DiscoveryDetect => "discovery.detect",
             Self::DiscoveryCleanup => "discovery.cleanup",
             Self::WorkloadAdmit => "workload.admit",
+            Self::GatewayCall => "gateway.call",
         }
     }
 

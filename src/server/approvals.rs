@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request as HttpRequest, StatusCode, Uri, header};
 use http_body_util::Full;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -141,15 +141,7 @@ impl Notifier {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(NotifierError::Url(url.to_owned()));
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| NotifierError::Tls(e.to_string()))?;
-        let config = match builder.clone().with_native_roots() {
-            Ok(b) => b.with_no_client_auth(),
-            // No system CAs: https fails at connect time with a clear log line; http still works.
-            Err(_) => builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth(),
-        };
+        let config = crate::tls::system_roots_client().map_err(|e| NotifierError::Tls(e.to_string()))?;
         let connector =
             HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
         Ok(Self { url: uri, client: HttpClient::builder(TokioExecutor::new()).build(connector) })

@@ -174,6 +174,21 @@ pub struct AuthorizeResponse {
     /// For a rule that requires approval: the ApprovalRequest the decision waited on or used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRef>,
+    /// The agent the token proved, for in-process callers (the gateway's call record); None when the
+    /// token proved nobody (missing, invalid, not an agent's). Not part of the API's answer.
+    #[serde(skip)]
+    pub agent: Option<DecidedAgent>,
+}
+
+/// The agent a decision was about, as its token proved it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecidedAgent {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID, as the token carries it.
+    pub uid: Option<String>,
 }
 
 /// Input the API refuses (a 400), with a message that names the field.
@@ -192,6 +207,8 @@ pub enum Source {
     Mcp,
     /// An in-process caller.
     InProcess,
+    /// The agent gateway (`/gateway/...`), deciding a call it is about to forward.
+    Gateway,
 }
 
 impl Source {
@@ -201,6 +218,7 @@ impl Source {
             Self::ExtAuthz => "ext_authz",
             Self::Mcp => "mcp",
             Self::InProcess => "in-process",
+            Self::Gateway => "gateway",
         }
     }
 }
@@ -357,6 +375,11 @@ impl Authorizer {
             monitor.observe(uid, &who.namespace, &who.name, &obs);
         }
         let (on_behalf_of, chain) = (who.on_behalf_of.clone(), who.chain.clone());
+        let agent = (!who.name.is_empty()).then(|| DecidedAgent {
+            namespace: who.namespace.clone(),
+            name: who.name.clone(),
+            uid: who.uid.clone(),
+        });
         let audit_id = format!("{}-{}", self.id_prefix, self.ids.fetch_add(1, Ordering::Relaxed) + 1);
         let audited = Audited {
             action: req.action.clone(),
@@ -379,6 +402,7 @@ impl Authorizer {
         crate::metrics::global().decision(decision.verdict == Verdict::Allow, took);
         let mut answer = response(decision, audit_id, on_behalf_of, chain);
         answer.approval = approval;
+        answer.agent = agent;
         Ok(answer)
     }
 
@@ -687,6 +711,7 @@ fn response(
         on_behalf_of,
         chain,
         approval: None,
+        agent: None,
         decision: decision.verdict,
         reason: decision.reason.to_string(),
         policy: decision.policy.as_deref().map(str::to_owned),
@@ -1058,8 +1083,8 @@ pub fn ext_authz_request(
     }
 }
 
-/// HTTP methods as verbs: reads are `read`, the rest follow REST.
-fn verb_of(method: &Method) -> &'static str {
+/// HTTP methods as verbs: reads are `read`, the rest follow REST (the ext_authz mapping and the gateway).
+pub fn verb_of(method: &Method) -> &'static str {
     match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => "read",
         Method::POST => "create",

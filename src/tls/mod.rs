@@ -18,6 +18,23 @@ pub fn is_loopback_host(host: &str) -> bool {
         || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A TLS client configuration (aws-lc-rs) that trusts the system's CA certificates, for calls to servers
+/// the user names (approval notification URLs, gateway upstreams). Without system CAs it trusts nothing:
+/// https then fails at connect time with a clear error, and http still works.
+///
+/// # Errors
+/// The provider refuses the default protocol versions (it does not, in practice).
+pub fn system_roots_client() -> Result<rustls::ClientConfig, rustls::Error> {
+    use hyper_rustls::ConfigBuilderExt;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    Ok(match builder.clone().with_native_roots() {
+        Ok(b) => b.with_no_client_auth(),
+        Err(_) => builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth(),
+    })
+}
+
 /// Why a serving certificate could not be loaded, made, renewed or used. Never contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {

@@ -16,7 +16,7 @@ use crate::require_cluster;
 
 /// RBAC in the namespace for `subject`: read approval requests, and optionally patch them (`patch`) and
 /// hold the verb `approve` (`approve`).
-fn grant(env: &Env, ns: &TestNs, role: &str, subject: &str, patch: bool, approve: bool) {
+pub(crate) fn grant(env: &Env, ns: &TestNs, role: &str, subject: &str, patch: bool, approve: bool) {
     let mut verbs = vec!["get", "list", "watch"];
     if patch {
         verbs.extend(["patch", "update"]);
@@ -43,12 +43,18 @@ subjects: [{subject}]
     assert!(out.status.success(), "{}", text(&out));
 }
 
-fn user(name: &str) -> String {
+pub(crate) fn user(name: &str) -> String {
     format!("{{kind: User, apiGroup: rbac.authorization.k8s.io, name: {name}}}")
 }
 
 /// `kubectl patch` of the request's answer, as `who` (kubectl flags such as `--as=...`).
-fn answer_as(env: &Env, ns: &TestNs, who: &[&str], id: &str, verdict: &str) -> std::process::Output {
+pub(crate) fn answer_as(
+    env: &Env,
+    ns: &TestNs,
+    who: &[&str],
+    id: &str,
+    verdict: &str,
+) -> std::process::Output {
     let patch =
         json!({"spec": {"decision": {"verdict": verdict, "reason": "checked the ticket"}}}).to_string();
     let mut args: Vec<&str> = who.to_vec();

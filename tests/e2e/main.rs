@@ -21,6 +21,7 @@ mod crds;
 mod credentials;
 mod delegation;
 mod discovery;
+mod gateway;
 mod hardening;
 mod input;
 mod malformed;

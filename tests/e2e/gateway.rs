@@ -1,0 +1,378 @@
+//! The agent gateway (`/gateway/<route>/...` on the operator's API listener) in front of a real upstream
+//! HTTP server this test runs: allowed calls reach it with the route's API key from a Secret in the
+//! operator's namespace and never with the agent's token; denied, unauthenticated, malformed and oversized
+//! calls never reach it; MCP `tools/call` is decided with its arguments; a Revocation cuts the agent off;
+//! every call is an audit record, and the upstream key appears in no record and no log line.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agentiam::api::Revocation;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::PostParams;
+use serde_json::{Value, json};
+
+use crate::approval::{answer_as, grant, user};
+use crate::authz::{FLIP_WITHIN, active_agent, apply_policy, rule};
+use crate::harness::{Env, Operator, TestNs, WAIT, http_request, text, wait_for, wait_records};
+use crate::require_cluster;
+
+/// The upstream's API key: must reach the upstream on allowed calls and appear nowhere else.
+const UPSTREAM_KEY: &str = "sk-upstream-7f3a9c-never-in-a-log";
+
+/// What the upstream saw: one JSON object per request (method, path, headers, body).
+type Seen = Arc<Mutex<Vec<Value>>>;
+
+/// An upstream on the host the operator reaches (loopback, or the node's bridge for a pod) that records
+/// every request and answers it: a JSON-RPC request with a result naming its method, anything else with
+/// the echo of the request.
+async fn upstream(env: &Env) -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind((env.local_host(), 0)).await.expect("bind the upstream");
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let state = Arc::clone(&seen);
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let seen = Arc::clone(&state);
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or("?"))))
+                .collect();
+            let echo = json!({
+                "method": parts.method.as_str(),
+                "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or_default(),
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            seen.lock().unwrap().push(echo.clone());
+            let answer = match serde_json::from_slice::<Value>(&body) {
+                Ok(rpc) if rpc.get("jsonrpc").is_some() => json!({
+                    "jsonrpc": "2.0", "id": rpc["id"],
+                    "result": {"content": [{"type": "text", "text": format!("did {}", rpc["method"])}]},
+                }),
+                _ => echo,
+            };
+            axum::Json(answer)
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr.to_string(), seen)
+}
+
+/// A call through the gateway: (status, headers, body).
+async fn call(
+    op: &Operator,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> crate::harness::HttpResponse {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b));
+    }
+    headers.extend_from_slice(extra);
+    http_request(&op.http_addr, method, &format!("/gateway{path}"), &headers, body.as_bytes()).await
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn tools_call(tool: &str, amount: u32) -> String {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+           "params": {"name": tool, "arguments": {"amount": amount}}})
+    .to_string()
+}
+
+/// Creates the upstream key Secret and the routes ConfigMap in the operator's namespace (the test
+/// operator's is the test namespace). The key has the trailing newline a Secret made from a file has.
+async fn configure(env: &Env, ns: &TestNs, routes: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tickets-api"},
+        "stringData": {"api-key": format!("{UPSTREAM_KEY}\n")},
+    }))
+    .unwrap();
+    ns.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "agentiam-gateway"},
+        "data": {"routes.yaml": routes},
+    }))
+    .unwrap();
+    ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    if env.in_cluster.is_some() {
+        // The operator pod runs under the chart's RBAC rendered without routes; with routes that name this
+        // Secret the chart grants exactly this read (tools/chart-check.sh checks that rendering).
+        let rbac = format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: gateway-credentials}}\n\
+             rules: [{{apiGroups: [''], resources: [secrets], resourceNames: [tickets-api], verbs: [get]}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: gateway-credentials}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: gateway-credentials}}\n\
+             subjects: [{{kind: ServiceAccount, name: agentiam, namespace: {}}}]\n",
+            ns.name
+        );
+        let out = env.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&rbac));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_forwards_allowed_calls_with_the_upstream_key_and_refuses_the_rest() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "gateway").await;
+    let (upstream_addr, seen) = upstream(&env).await;
+    let routes = format!(
+        r#"routes:
+  - name: tickets
+    upstream: http://{upstream_addr}/api
+    audience: crm
+    maxBodyBytes: 1024
+    credential:
+      header: {{name: X-Api-Key, secretName: tickets-api, key: api-key}}
+  - name: crm-mcp
+    upstream: http://{upstream_addr}
+    protocol: mcp
+    audience: crm
+    credential:
+      header: {{name: Authorization, prefix: "Bearer ", secretName: tickets-api, key: api-key}}
+"#
+    );
+    configure(&env, &ns, &routes).await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let token = active_agent(&ns, "gw").await;
+    let search = json!({"name": "search-tools", "effect": "Allow", "actions": ["tools.call"],
+        "tools": ["search_*"],
+        "conditions": {"attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "10"}]}});
+    let read = rule("read-queue", "Allow", &["read"], &["tickets/queue/*"]);
+    apply_policy(&ns, "gateway", json!({"agents": {"names": ["gw"]}, "rules": [read, search]})).await;
+
+    // Allowed: forwarded to the upstream's path, with the key and without the agent's token. A header
+    // the agent sets in the gateway's name is replaced by the gateway's own.
+    let (status, _, body) = wait_for("the gateway to allow the GET", WAIT, || async {
+        let r = call(
+            &op,
+            "GET",
+            "/tickets/queue/1?page=2",
+            Some(&token),
+            &[("X-Agentiam-Agent", "other/forged")],
+            "",
+        )
+        .await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(status, 200);
+    let echo = json_of(&body);
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/api/queue/1?page=2");
+    assert_eq!(echo["headers"]["x-api-key"], UPSTREAM_KEY, "the key, without the Secret's newline: {echo}");
+    assert!(echo["headers"].get("authorization").is_none(), "the agent's token reached the upstream: {echo}");
+    assert_eq!(echo["headers"]["x-agentiam-agent"], format!("{}/gw", ns.name), "{echo}");
+    assert!(echo["headers"]["x-agentiam-audit-id"].is_string(), "{echo}");
+    let forwarded = seen.lock().unwrap().len();
+
+    // Denied by policy, unauthenticated, a path the resource grammar refuses, an oversized body, an
+    // unknown route: answered by the gateway, never forwarded.
+    let (status, _, body) = call(&op, "DELETE", "/tickets/queue/1", Some(&token), &[], "").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(json_of(&body)["decision"], "Deny", "{body}");
+    let (status, headers, body) = call(&op, "GET", "/tickets/queue/1", None, &[], "").await;
+    assert_eq!(status, 401, "{body}");
+    let challenge = &headers["www-authenticate"];
+    let metadata_path = "/.well-known/oauth-protected-resource/gateway/tickets";
+    assert!(
+        challenge.starts_with("Bearer resource_metadata=") && challenge.contains(metadata_path),
+        "{challenge}"
+    );
+    let (status, _, body) = call(&op, "GET", "/tickets/queue/1", Some("not-a-jwt"), &[], "").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = call(&op, "GET", "/tickets/queue/../admin", Some(&token), &[], "").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("segment"), "{body}");
+    let (status, _, body) = call(&op, "POST", "/tickets/queue/1", Some(&token), &[], &"x".repeat(2000)).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, _, body) = call(&op, "GET", "/nowhere/1", Some(&token), &[], "").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(seen.lock().unwrap().len(), forwarded, "a refused call reached the upstream");
+
+    // The protected resource metadata the challenge names (RFC 9728).
+    let (status, _, body) = http_request(&op.http_addr, "GET", metadata_path, &[], b"").await;
+    assert_eq!(status, 200, "{body}");
+    let metadata = json_of(&body);
+    assert!(metadata["resource"].as_str().unwrap().ends_with("/gateway/tickets"), "{metadata}");
+    assert_eq!(metadata["authorization_servers"].as_array().map(Vec::len), Some(1), "{metadata}");
+
+    // MCP: tools/call decided with its arguments; the upstream gets the key as its bearer token.
+    let (status, _, body) =
+        call(&op, "POST", "/crm-mcp/mcp", Some(&token), &[], &tools_call("search_contacts", 5)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["result"]["content"][0]["text"], "did \"tools/call\"", "{body}");
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last["headers"]["authorization"], format!("Bearer {UPSTREAM_KEY}"), "{last}");
+    let before = seen.lock().unwrap().len();
+    for (tool, amount, why) in [
+        ("search_contacts", 50, "an argument over the rule's limit"),
+        ("delete_all", 1, "a tool no rule names"),
+    ] {
+        let (status, _, body) =
+            call(&op, "POST", "/crm-mcp/mcp", Some(&token), &[], &tools_call(tool, amount)).await;
+        assert_eq!(status, 200, "{why}: {body}");
+        let answer = json_of(&body);
+        assert_eq!(
+            (answer["id"].as_i64(), answer["error"]["code"].as_i64()),
+            (Some(7), Some(-32003)),
+            "{why}: {body}"
+        );
+        assert_eq!(answer["error"]["data"]["decision"], "Deny", "{why}: {body}");
+    }
+    let batch = format!("[{}]", tools_call("search_contacts", 5));
+    let (status, _, body) = call(&op, "POST", "/crm-mcp/mcp", Some(&token), &[], &batch).await;
+    assert_eq!(status, 400, "a JSON-RPC batch: {body}");
+    assert_eq!(seen.lock().unwrap().len(), before, "a refused MCP call reached the upstream");
+
+    // The kill switch: a Revocation cuts the agent off at the gateway within the decision API's latency.
+    let revocation: Revocation = serde_json::from_value(json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop-gw"},
+        "spec": {"target": {"agentRef": {"name": "gw"}}, "mode": "Suspend", "reason": "gateway test"},
+    }))
+    .unwrap();
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation).await.unwrap();
+    let written = Instant::now();
+    loop {
+        let (status, _, body) = call(&op, "GET", "/tickets/queue/1", Some(&token), &[], "").await;
+        if status == 403 {
+            assert!(body.contains("Revocation stop-gw"), "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            written.elapsed() < FLIP_WITHIN * 5,
+            "still forwarded {:?} after the Revocation",
+            written.elapsed()
+        );
+    }
+    eprintln!(
+        "gateway: a Revocation stopped forwarding {} ms after its create returned",
+        written.elapsed().as_millis()
+    );
+
+    // Every call is recorded: the forwarded GET with the upstream's status and the decision's record, the
+    // MCP calls with a digest of their arguments; the upstream key is in no record and no log line.
+    let recs = wait_records(&op, "the gateway's call records", |recs| {
+        recs.iter().filter(|r| r["action"] == "gateway.call").count() >= 10
+    })
+    .await;
+    let calls: Vec<&Value> = recs.iter().filter(|r| r["action"] == "gateway.call").collect();
+    let get = calls
+        .iter()
+        .find(|r| r["details"]["route"] == "tickets" && r["details"]["upstreamStatus"] == "200")
+        .expect("the forwarded GET's record");
+    assert_eq!(get["actor"], format!("agent:{}/gw", ns.name), "{get}");
+    assert_eq!(get["details"]["decision"], "Allow", "{get}");
+    let decision_id = get["details"]["decisionAuditId"].as_str().unwrap();
+    assert!(
+        recs.iter().any(|r| r["action"] == "authz.decide"
+            && r["details"]["auditId"] == decision_id
+            && r["details"]["source"] == "gateway"),
+        "the decision record the call names"
+    );
+    let denied_mcp = calls
+        .iter()
+        .find(|r| r["details"]["tool"] == "search_contacts" && r["details"]["decision"] == "Deny")
+        .expect("the denied MCP call's record");
+    assert_eq!(denied_mcp["details"]["argumentsSHA256"].as_str().map(str::len), Some(64), "{denied_mcp}");
+    assert!(calls.iter().any(|r| r["details"]["status"] == "413"), "the oversized call's record");
+    let log = std::fs::read_to_string(op.audit_log()).unwrap();
+    assert!(!log.contains(UPSTREAM_KEY), "the upstream key is in the audit log");
+    assert!(!op.stderr().contains(UPSTREAM_KEY), "the upstream key is in the operator's log");
+}
+
+#[tokio::test]
+async fn a_call_that_needs_approval_is_held_until_a_human_approves_exactly_that_call() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "gateway-apr").await;
+    let (upstream_addr, seen) = upstream(&env).await;
+    let routes = format!(
+        "routes:\n  - {{name: pay, upstream: 'http://{upstream_addr}', protocol: mcp, audience: crm, \
+         approvalWaitSeconds: 20, credential: {{header: {{name: X-Api-Key, secretName: tickets-api, key: api-key}}}}}}\n  \
+         - {{name: pay-quick, upstream: 'http://{upstream_addr}', protocol: mcp, audience: crm, resource: pay, \
+         approvalWaitSeconds: 1}}\n"
+    );
+    configure(&env, &ns, &routes).await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let token = active_agent(&ns, "payer").await;
+    let refunds = json!({"name": "refunds", "effect": "Allow", "actions": ["tools.call"], "tools": ["refund"],
+        "conditions": {"approval": "required",
+            "approvers": {"users": ["bob@example.com"], "timeout": "5m", "validFor": "1m"}}});
+    apply_policy(&ns, "payments", json!({"agents": {"names": ["payer"]}, "rules": [refunds]})).await;
+    grant(&env, &ns, "bob", &user("bob@example.com"), true, true);
+
+    // Held: the call waits while the decision path has an ApprovalRequest pending.
+    let held = {
+        let (op_addr, token) = (op.http_addr.clone(), token.clone());
+        tokio::spawn(async move {
+            let bearer = format!("Bearer {token}");
+            let headers = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+            let started = Instant::now();
+            let r = http_request(
+                &op_addr,
+                "POST",
+                "/gateway/pay/mcp",
+                &headers,
+                tools_call("refund", 900).as_bytes(),
+            )
+            .await;
+            (r, started.elapsed())
+        })
+    };
+    let id = wait_for("the call's ApprovalRequest", WAIT, || async {
+        let out = env.kubectl(
+            &["get", "approvalrequests", "-n", &ns.name, "-o", "jsonpath={.items[0].metadata.name}"],
+            None,
+        );
+        let id = text(&out).trim().to_owned();
+        (out.status.success() && !id.is_empty()).then_some(id)
+    })
+    .await;
+    assert!(!held.is_finished(), "the call was not held");
+    assert!(seen.lock().unwrap().is_empty(), "the held call reached the upstream before the approval");
+    let out = answer_as(&env, &ns, &["--as=bob@example.com"], &id, "Approve");
+    assert!(out.status.success(), "{}", text(&out));
+    let ((status, _, body), took) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body)["result"]["content"][0]["text"],
+        "did \"tools/call\"",
+        "the approved call's answer: {body}"
+    );
+    eprintln!("gateway: the held call was forwarded {} ms after it arrived", took.as_millis());
+    assert_eq!(seen.lock().unwrap().len(), 1, "the approved call reached the upstream once");
+
+    // The approval covered that call once: the same call again, and a bigger refund, wait for a new answer.
+    // (The quick route decides the same resources, and holds a call one second.)
+    let route = "/pay-quick/mcp";
+    for (amount, why) in
+        [(900, "the same call, once the approval is used"), (9000, "a refund the approval does not cover")]
+    {
+        let started = Instant::now();
+        let (status, _, body) =
+            call(&op, "POST", route, Some(&token), &[], &tools_call("refund", amount)).await;
+        assert_eq!(status, 200, "{why}: {body}");
+        let answer = json_of(&body);
+        assert_eq!(answer["error"]["data"]["decision"], "RequireApproval", "{why}: {body}");
+        assert!(
+            answer["error"]["data"]["approval"].is_string(),
+            "{why}: names the request to approve: {body}"
+        );
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(1),
+            "{why}: answered before the route's wait"
+        );
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "an unapproved call reached the upstream");
+}
