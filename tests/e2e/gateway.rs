@@ -376,3 +376,193 @@ async fn a_call_that_needs_approval_is_held_until_a_human_approves_exactly_that_
     }
     assert_eq!(seen.lock().unwrap().len(), 1, "an unapproved call reached the upstream");
 }
+
+/// An MCP server on the official Python SDK (`mcp`, streamable HTTP at `/mcp`) with two tools; the test
+/// waits for its port.
+const MCP_SERVER: &str = r#"
+import sys
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+
+host, port = sys.argv[1], int(sys.argv[2])
+server = MCPServer("crm")
+
+@server.tool()
+def search_contacts(query: str, amount: int) -> str:
+    """Finds contacts."""
+    return f"found {amount} contacts for {query}"
+
+@server.tool()
+def delete_all() -> str:
+    """Deletes every contact."""
+    return "deleted everything"
+
+# The gateway sets Host to the upstream's address; DNS rebinding checks are for browsers on loopback.
+server.run("streamable-http", host=host, port=port,
+           transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+"#;
+
+/// An MCP client on the official Python SDK, through the gateway with the agent's token: initialize,
+/// list the tools, call one in bounds, out of bounds and one no rule names; print `{"ready": true}`, wait
+/// for a line on stdin, call the allowed one again; print everything as one JSON line.
+const MCP_CLIENT: &str = r#"
+import asyncio, json, ssl, sys
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+url, token, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+
+async def call(session, name, args):
+    try:
+        r = await session.call_tool(name, args)
+        return {"text": [getattr(c, "text", None) for c in r.content], "isError": bool(r.is_error)}
+    except MCPError as e:
+        return {"code": e.code, "message": e.message}
+
+async def main():
+    out = {}
+    verify = ssl.create_default_context(cafile=ca) if ca else True
+    headers = {"Authorization": "Bearer " + token}
+    async with httpx2.AsyncClient(headers=headers, verify=verify, timeout=httpx2.Timeout(30, read=60)) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                out["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
+                out["allowed"] = await call(session, "search_contacts", {"query": "acme", "amount": 5})
+                out["over_limit"] = await call(session, "search_contacts", {"query": "acme", "amount": 50})
+                out["unlisted"] = await call(session, "delete_all", {})
+                print(json.dumps({"ready": True}), flush=True)
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+                out["after_revocation"] = await call(session, "search_contacts", {"query": "acme", "amount": 5})
+    print(json.dumps(out), flush=True)
+
+asyncio.run(main())
+"#;
+
+/// A child process killed when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python() -> std::process::Command {
+    std::process::Command::new(std::env::var("AGENTIAM_PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+#[tokio::test]
+async fn the_mcp_python_sdk_works_through_the_gateway_with_each_call_decided_and_a_revocation_mid_session() {
+    use std::io::{BufRead as _, Write as _};
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "gateway-mcp").await;
+    let port = crate::harness::free_port();
+    let _server = Child(
+        python()
+            .args(["-c", MCP_SERVER, env.local_host(), &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("a Python with the MCP SDK is required (tools/e2e.sh makes one: tools/python-env.sh)"),
+    );
+    let upstream = format!("{}:{port}", env.local_host());
+    wait_for("the MCP server to listen", WAIT, || async {
+        tokio::net::TcpStream::connect(&upstream).await.ok().map(|_| ())
+    })
+    .await;
+    let routes = format!(
+        "routes:\n  - {{name: crm-mcp, upstream: 'http://{upstream}', protocol: mcp, audience: crm, \
+         credential: {{header: {{name: X-Api-Key, secretName: tickets-api, key: api-key}}}}}}\n"
+    );
+    configure(&env, &ns, &routes).await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let token = active_agent(&ns, "mcp-agent").await;
+    // The session's own methods (initialize, its notification, tools/list, the GET stream and the DELETE
+    // that ends it) need a rule like any other action; tools/call only within the argument's bound.
+    let session = json!({"name": "mcp-session", "effect": "Allow", "resources": ["crm-mcp/mcp"],
+        "actions": ["initialize", "notifications.initialized", "tools.list", "read", "delete"]});
+    let search = json!({"name": "search-tools", "effect": "Allow", "actions": ["tools.call"],
+        "tools": ["search_*"],
+        "conditions": {"attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "10"}]}});
+    apply_policy(&ns, "mcp", json!({"agents": {"names": ["mcp-agent"]}, "rules": [session, search]})).await;
+    // In force once a plain decision allows the session's first method.
+    wait_for("the policy in force", WAIT, || async {
+        let d = crate::harness::decide(&op, &token, "initialize", "crm-mcp/mcp", json!({})).await;
+        (d["decision"] == "Allow").then_some(())
+    })
+    .await;
+
+    let ca = if op.tls() { op.ca_file().display().to_string() } else { String::new() };
+    let mut client = python()
+        .args(["-c", MCP_CLIENT, &format!("{}/gateway/crm-mcp/mcp", op.base_url()), &token, &ca])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the MCP client");
+    let mut stdin = client.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let mut client = Child(client);
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    if ready != r#"{"ready": true}"# {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(client.0.stderr.as_mut().unwrap(), &mut err);
+        panic!("the MCP client stopped before its calls were done: {ready}\n{err}\n{}", op.stderr());
+    }
+    // Revoked mid-session: the next call on the same MCP session is refused.
+    let revocation: Revocation = serde_json::from_value(json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop-mcp"},
+        "spec": {"target": {"agentRef": {"name": "mcp-agent"}}, "mode": "Suspend", "reason": "mid-session"},
+    }))
+    .unwrap();
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation).await.unwrap();
+    let written = Instant::now();
+    wait_for("the Revocation in force", WAIT, || async {
+        let d = crate::harness::decide(&op, &token, "initialize", "crm-mcp/mcp", json!({})).await;
+        (d["decision"] == "Deny").then_some(())
+    })
+    .await;
+    eprintln!(
+        "gateway (MCP SDK): the Revocation was in force {} ms after its create",
+        written.elapsed().as_millis()
+    );
+    writeln!(stdin, "go").unwrap();
+    let out: Value =
+        serde_json::from_str(&lines.next().and_then(Result::ok).unwrap_or_default()).unwrap_or(Value::Null);
+    let status = client.0.wait().unwrap();
+    assert!(status.success(), "the MCP client failed: {out}");
+
+    // Not filtered yet (docs/gateway.md): both tools are listed; calling the unlisted one is denied.
+    assert_eq!(out["tools"], json!(["delete_all", "search_contacts"]), "{out}");
+    assert_eq!(out["allowed"], json!({"text": ["found 5 contacts for acme"], "isError": false}), "{out}");
+    for (key, why) in
+        [("over_limit", "an argument over the rule's bound"), ("unlisted", "a tool no rule names")]
+    {
+        assert_eq!(out[key]["code"], -32003, "{why}: {out}");
+        assert!(
+            out[key]["message"].as_str().unwrap_or_default().starts_with("agentiam Deny"),
+            "{why}: {out}"
+        );
+    }
+    assert_eq!(out["after_revocation"]["code"], -32003, "{out}");
+    assert!(
+        out["after_revocation"]["message"].as_str().unwrap_or_default().contains("Revocation stop-mcp"),
+        "{out}"
+    );
+
+    // Each tools/call is a record with its tool and its arguments' digest.
+    let recs = wait_records(&op, "the MCP calls' records", |recs| {
+        recs.iter().filter(|r| r["action"] == "gateway.call" && r["details"]["tool"].is_string()).count() >= 4
+    })
+    .await;
+    let digests: std::collections::BTreeSet<&str> = recs
+        .iter()
+        .filter(|r| r["action"] == "gateway.call" && r["details"]["tool"] == "search_contacts")
+        .filter_map(|r| r["details"]["argumentsSHA256"].as_str())
+        .collect();
+    assert_eq!(digests.len(), 2, "two argument sets, two digests: {digests:?}");
+}
