@@ -178,6 +178,24 @@ build_opa() {
     "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}"
 }
 
+# A Debian package's files, extracted into the cache (never installed: the package's scripts would start a
+# system nginx on port 80). The binary's libraries (OpenSSL, PCRE2, zlib) are the system's.
+fetch_deb() { # fetch_deb <name> <package> <version> <path of the binary in the package>
+  local name=$1 pkg=$2 v=$3 bin=$4 out=$cache/$1-$3
+  if [ -x "$out/$(basename "$bin")" ]; then log "$name $v cached in $out"; return; fi
+  local tmp=$cache/src/$name-$v.partial
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$tmp" && apt-get download -qq "$pkg=$v" >/dev/null 2>&1) || {
+    apt-get update -qq >/dev/null 2>&1 || true
+    (cd "$tmp" && apt-get download -qq "$pkg=$v" >/dev/null 2>&1)
+  } || { echo "apt-get download $pkg=$v failed (a Debian update may have replaced it: see tools/versions.env)" >&2; exit 1; }
+  dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+  mkdir -p "$out"
+  cp "$tmp/root/$bin" "$out/"
+  rm -rf "$tmp"
+  log "$name $v extracted into $out"
+}
+
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm)
 for t in "${targets[@]}"; do
@@ -186,12 +204,13 @@ for t in "${targets[@]}"; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     opa) build_opa ;;
+    nginx) fetch_deb nginx nginx "$DEB_NGINX_VERSION" usr/sbin/nginx ;;
     promtool) build_promtool ;;
     spire) build_spire ;;
     containerd) build_containerd ;;
     coredns) build_coredns ;;
     crictl) build_crictl ;;
     local-path-provisioner) build_local_path_provisioner ;;
-    *) echo "unknown tool: $t (known: kubernetes etcd helm opa promtool spire containerd coredns crictl local-path-provisioner)" >&2; exit 2 ;;
+    *) echo "unknown tool: $t (known: kubernetes etcd helm opa nginx promtool spire containerd coredns crictl local-path-provisioner)" >&2; exit 2 ;;
   esac
 done

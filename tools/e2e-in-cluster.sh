@@ -20,6 +20,7 @@ tools/cluster.sh status >/dev/null 2>&1 || die "no local cluster is running (too
 [ -f "$state/node.on" ] || die "the cluster in $state runs without its node: the in-cluster pass cannot run"
 [ -x "$HELM_BIN" ] || tools/build-tools.sh helm
 [ -x "$PROMTOOL_BIN" ] || tools/build-tools.sh promtool
+[ -x "$NGINX_BIN" ] || tools/build-tools.sh nginx
 
 kubectl=$KUBE_BIN_DIR/kubectl
 KUBECONFIG=$kubeconfig "$kubectl" apply --server-side --force-conflicts --field-manager=agentiam-e2e -f crds/ >/dev/null
@@ -33,7 +34,7 @@ export AGENTIAM_E2E_AGENT_IMAGE
 log "operator image $image ready in $(elapsed "$t")s"
 
 AGENTIAM_PYTHON=$(tools/python-env.sh)
-export AGENTIAM_PYTHON PROMTOOL=$PROMTOOL_BIN HELM=$HELM_BIN KUBECTL=$kubectl E2E_REQUIRED=${E2E_REQUIRED:-0}
+export AGENTIAM_PYTHON PROMTOOL=$PROMTOOL_BIN AGENTIAM_NGINX=$NGINX_BIN HELM=$HELM_BIN KUBECTL=$kubectl E2E_REQUIRED=${E2E_REQUIRED:-0}
 export AGENTIAM_E2E_KUBECONFIG=$kubeconfig AGENTIAM_E2E_OPERATOR_IMAGE=$image
 export AGENTIAM_E2E_POD_LOGS=$state/node/pod-logs AGENTIAM_E2E_CRICTL=$CRICTL_BIN
 export AGENTIAM_E2E_CRI_ENDPOINT=unix://$NODE_CRI_SOCKET AGENTIAM_E2E_HOST_IP=$NODE_IP

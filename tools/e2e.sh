@@ -51,6 +51,9 @@ export AGENTIAM_PYTHON
 # promtool checks the operator's live /metrics (tests/e2e/supervision.rs).
 [ -x "$PROMTOOL_BIN" ] || tools/build-tools.sh promtool
 export PROMTOOL=$PROMTOOL_BIN
+# nginx (Debian's, extracted) asks the ext_authz endpoint with auth_request (tests/e2e/gateway.rs).
+[ -x "$NGINX_BIN" ] || tools/build-tools.sh nginx
+export AGENTIAM_NGINX=$NGINX_BIN
 export AGENTIAM_E2E_KUBECONFIG=$kubeconfig KUBECTL=$kubectl HELM=${HELM:-$HELM_BIN} E2E_REQUIRED=$required
 # Tests that need pods to run (an A2A agent card served by one) use the test-agent image on the local node.
 if [ -z "${EXISTING_KUBECONFIG:-}" ] && [ -f "${AGENTIAM_CLUSTER_DIR:-$AGENTIAM_ROOT/.local/cluster}/node.on" ]; then

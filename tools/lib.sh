@@ -12,13 +12,14 @@ ETCD_BIN=$AGENTIAM_TOOLS_CACHE/etcd-$ETCD_VERSION/etcd
 HELM_BIN=$AGENTIAM_TOOLS_CACHE/helm-$HELM_VERSION/helm
 PROMTOOL_BIN=$AGENTIAM_TOOLS_CACHE/promtool-$PROMETHEUS_VERSION/promtool
 CRICTL_BIN=$AGENTIAM_TOOLS_CACHE/crictl-$CRICTL_VERSION/crictl
+NGINX_BIN=$AGENTIAM_TOOLS_CACHE/nginx-$DEB_NGINX_VERSION/nginx
 # The local node's runtime state (tools/node.sh): one node per machine, so one fixed place.
 NODE_RUN=/run/agentiam-node
 NODE_CRI_SOCKET=$NODE_RUN/containerd.sock
 # The node's address on its bridge (agentiam0): its InternalIP, and where pods reach the host.
 NODE_IP=10.244.0.1
 # Exported for the same reason the values exist: scripts that source lib.sh hand them to their children.
-export AGENTIAM_ROOT AGENTIAM_TOOLS_CACHE KUBE_BIN_DIR ETCD_BIN HELM_BIN PROMTOOL_BIN
+export AGENTIAM_ROOT AGENTIAM_TOOLS_CACHE KUBE_BIN_DIR ETCD_BIN HELM_BIN PROMTOOL_BIN NGINX_BIN
 
 # Progress goes to stderr so that stdout stays machine-readable (`eval "$(tools/cluster.sh env)"`).
 LOG_TAG=${LOG_TAG:-tools}

@@ -566,3 +566,160 @@ async fn the_mcp_python_sdk_works_through_the_gateway_with_each_call_decided_and
         .collect();
     assert_eq!(digests.len(), 2, "two argument sets, two digests: {digests:?}");
 }
+
+/// nginx's configuration, as docs/authorization.md gives it: `auth_request` on every request asks the
+/// operator's ext_authz endpoint with the agent's `Authorization` and the original URI; `Host` names the
+/// resource's first segment. nginx sends that subrequest as a GET whatever the client's method, so the
+/// action is mapped from the method in nginx and sent as `x-agentiam-action`, and every other decision
+/// header a client could send is cleared. Only a 2xx lets nginx proxy to the upstream, without the token.
+fn nginx_conf(dir: &std::path::Path, listen: &str, op: &Operator, upstream: &str) -> String {
+    let d = dir.display();
+    let tls = if op.tls() {
+        format!(
+            "proxy_ssl_verify on; proxy_ssl_trusted_certificate {}; proxy_ssl_name {};",
+            op.ca_file().display(),
+            op.http_addr.rsplit_once(':').map_or("", |(h, _)| h)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{}}
+http {{
+  access_log off;
+  map $request_method $agentiam_action {{
+    GET read; HEAD read; OPTIONS read; POST create; PUT update; PATCH update; DELETE delete; default unknown;
+  }}
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen {listen};
+    location / {{
+      auth_request /_agentiam;
+      proxy_set_header Authorization "";
+      proxy_pass http://{upstream};
+    }}
+    location = /_agentiam {{
+      internal;
+      proxy_pass {base}/v1/ext_authz$request_uri;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header Host crm;
+      proxy_set_header X-Agentiam-Action $agentiam_action;
+      proxy_set_header X-Agentiam-Audience crm;
+      proxy_set_header X-Agentiam-Resource "";
+      proxy_set_header X-Agentiam-Token-Type "";
+      proxy_set_header X-Agentiam-Wait "";
+      proxy_set_header X-Agentiam-Certificate-Thumbprint "";
+      proxy_set_header X-Envoy-Auth-Partial-Body "";
+      {tls}
+    }}
+  }}
+}}
+"#,
+        base = op.base_url()
+    )
+}
+
+#[tokio::test]
+async fn nginx_with_auth_request_lets_through_only_what_the_decision_api_allows() {
+    let env = require_cluster!();
+    let Ok(nginx) = std::env::var("AGENTIAM_NGINX") else {
+        assert!(
+            std::env::var("E2E_REQUIRED").as_deref() != Ok("1"),
+            "AGENTIAM_NGINX is not set (tools/e2e.sh sets it)"
+        );
+        eprintln!("SKIPPED: AGENTIAM_NGINX is not set (tools/e2e.sh builds it: tools/build-tools.sh nginx)");
+        return;
+    };
+    let ns = TestNs::new(&env, "gateway-nginx").await;
+    let (upstream_addr, seen) = upstream(&env).await;
+    let op = Operator::start(&env, &ns.name, &[]);
+    let token = active_agent(&ns, "web").await;
+    let other = active_agent(&ns, "stranger").await;
+    let read = rule("read-contacts", "Allow", &["read"], &["crm/contacts/*"]);
+    apply_policy(&ns, "nginx", json!({"agents": {"names": ["web"]}, "rules": [read]})).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", crate::harness::free_port());
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir.path(), &listen, &op, &upstream_addr)).unwrap();
+    let _nginx = Child(
+        std::process::Command::new(&nginx)
+            .args([
+                "-p",
+                &dir.path().display().to_string(),
+                "-c",
+                &conf.display().to_string(),
+                "-e",
+                "stderr",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    wait_for("nginx to listen", WAIT, || async {
+        tokio::net::TcpStream::connect(&listen).await.ok().map(|_| ())
+    })
+    .await;
+    let through = |method: &'static str, token: Option<String>| {
+        let listen = listen.clone();
+        async move {
+            let bearer = token.map(|t| format!("Bearer {t}"));
+            // What a client would send to choose its own decision: nginx replaces or clears each.
+            let mut headers = vec![("X-Agentiam-Action", "read"), ("X-Agentiam-Resource", "crm/contacts/1")];
+            if let Some(b) = &bearer {
+                headers.push(("Authorization", b.as_str()));
+            }
+            http_request(&listen, method, "/contacts/1", &headers, b"").await
+        }
+    };
+    let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+
+    let (status, _, body) = wait_for("nginx to let the allowed GET through", WAIT, || async {
+        let r = through("GET", Some(token.clone())).await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", error_log());
+    let echo = json_of(&body);
+    assert_eq!(echo["path"], "/contacts/1", "{echo}");
+    assert!(echo["headers"].get("authorization").is_none(), "nginx passed the token on: {echo}");
+    let forwarded = seen.lock().unwrap().len();
+    for (method, token, why) in [
+        ("DELETE", Some(token.clone()), "an action no rule allows"),
+        ("GET", Some(other.clone()), "an agent no policy governs"),
+        ("GET", None, "no token"),
+    ] {
+        let (status, _, body) = through(method, token).await;
+        assert_eq!(status, 403, "{why}: {body}\n{}", error_log());
+    }
+    assert_eq!(seen.lock().unwrap().len(), forwarded, "nginx let a denied request through");
+
+    // Revoked: nginx stops letting the agent through from the next request.
+    let revocation: Revocation = serde_json::from_value(json!({
+        "apiVersion": "agentiam.dev/v1alpha1", "kind": "Revocation", "metadata": {"name": "stop-web"},
+        "spec": {"target": {"agentRef": {"name": "web"}}, "mode": "Suspend", "reason": "nginx test"},
+    }))
+    .unwrap();
+    ns.api::<Revocation>().create(&PostParams::default(), &revocation).await.unwrap();
+    let written = Instant::now();
+    loop {
+        let (status, _, body) = through("GET", Some(token.clone())).await;
+        if status == 403 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(written.elapsed() < FLIP_WITHIN * 5, "nginx still let the revoked agent through");
+    }
+    eprintln!(
+        "nginx: a Revocation stopped the agent {} ms after its create returned",
+        written.elapsed().as_millis()
+    );
+}
