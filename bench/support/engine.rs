@@ -49,6 +49,7 @@ pub fn requests(reqs: &[Request]) -> Vec<authz::Request<'_>> {
             tool: r.tool.as_deref(),
             context: &r.context,
             delegation: None,
+            probe: false,
         })
         .collect()
 }

@@ -250,6 +250,11 @@ pub struct Request<'a> {
     pub context: &'a Map<String, Value>,
     /// The delegation the agent acts under, when it presented a delegated token (None: its own identity).
     pub delegation: Option<&'a Delegated<'a>>,
+    /// A probe, not a request: whether the agent could be allowed this with some request context (the
+    /// gateway filtering an MCP `tools/list`). Attribute conditions it cannot judge without the context
+    /// count as met by an Allow rule and not met by a Deny rule, and rate limits are only looked at, never
+    /// charged. Never used to allow anything.
+    pub probe: bool,
 }
 
 /// What a verified delegated token, checked against the operator's records, says about a request.
@@ -540,7 +545,8 @@ fn evaluate(
     }
     let broken = |mode: PolicyMode| set.broken.iter().find(|(_, m)| *m == mode).map(|(p, _)| p);
     if set.enforce_policies > 0 {
-        let decision = verdict_of(set, &enforce, broken(PolicyMode::Enforce), agent, clock, limiter, true);
+        let consume = !request.probe;
+        let decision = verdict_of(set, &enforce, broken(PolicyMode::Enforce), agent, clock, limiter, consume);
         if set.audit_policies == 0 {
             return decision;
         }
@@ -645,7 +651,8 @@ fn rule_matches(
             }
         }
     }
-    // Unknown attributes resolve to the stricter outcome: no grant for an Allow, the Deny applies.
-    let unknown_holds = rule.effect == Effect::Deny;
+    // Unknown attributes resolve to the stricter outcome: no grant for an Allow, the Deny applies. A probe
+    // asks whether some context could be allowed, so there they resolve the other way.
+    let unknown_holds = (rule.effect == Effect::Deny) != request.probe;
     rule.attributes.iter().all(|a| a.evaluate(request.context).unwrap_or(unknown_holds))
 }

@@ -117,8 +117,23 @@ impl World {
         let context: Map<String, Value> = context.as_object().cloned().unwrap_or_default();
         let uid = format!("uid-{agent}");
         let subject = Subject { uid: &uid, namespace: "ns", name: agent, jti, audience, lifetime };
-        let request = Request { action, resource, tool, context: &context, delegation: None };
+        let request = Request { action, resource, tool, context: &context, delegation: None, probe: false };
         self.snapshot.decide(subject, self.records.get(&uid), &request, self.clock, &self.limiter)
+    }
+
+    /// A probe (could some context be allowed?) of `tool` for `bot`, without a context.
+    fn probe(&self, action: &str, resource: &str, tool: Option<&str>) -> Verdict {
+        let (uid, context) = ("uid-bot".to_owned(), Map::new());
+        let subject = Subject {
+            uid: &uid,
+            namespace: "ns",
+            name: "bot",
+            jti: "jti-bot",
+            audience: AUD,
+            lifetime: Some(LIFETIME),
+        };
+        let request = Request { action, resource, tool, context: &context, delegation: None, probe: true };
+        self.snapshot.decide(subject, self.records.get(&uid), &request, self.clock, &self.limiter).verdict
     }
 
     fn verdict(&self, action: &str, resource: &str) -> Verdict {
@@ -241,6 +256,40 @@ fn trust_score_time_windows_and_attributes() {
     assert_eq!(refund(json!({"amount": 500, "region": "us"})), Verdict::Deny);
     assert_eq!(refund(json!({"region": "eu"})), Verdict::Deny, "missing amount grants nothing");
     assert_eq!(refund(json!({"amount": 500})), Verdict::Deny, "missing region cannot escape the Deny");
+}
+
+#[test]
+fn a_probe_counts_conditions_it_cannot_judge_as_possible_and_charges_no_rate_limit() {
+    let p = policy(
+        "p",
+        "Enforce",
+        json!({"names": ["bot"]}),
+        json!([
+        {"name": "small-refunds", "effect": "Allow", "actions": ["tools.call"], "tools": ["refund"],
+         "conditions": {"attributes": [{"key": "amount", "operator": "LessThanOrEqual", "value": "500"}]}},
+        {"name": "no-us", "effect": "Deny", "actions": ["tools.call"], "tools": ["refund"],
+         "conditions": {"attributes": [{"key": "region", "operator": "In", "values": ["us"]}]}},
+        {"name": "never", "effect": "Deny", "actions": ["tools.call"], "tools": ["wipe"]},
+        {"name": "search", "effect": "Allow", "actions": ["tools.call"], "tools": ["search_*", "wipe"],
+         "conditions": {"rateLimit": {"requests": 1, "per": "1h"}}}]),
+    );
+    let w = World::new(&[bot()], &[p], &[]);
+    let (call, mcp) = ("tools.call", "crm-mcp/mcp");
+    // The calls themselves: no amount, no refund; the probe: some amount could be allowed.
+    assert_eq!(w.ask("bot", call, mcp, Some("refund"), json!({})).verdict, Verdict::Deny);
+    assert_eq!(w.probe(call, mcp, Some("refund")), Verdict::Allow, "a Deny on some regions hides nothing");
+    assert_eq!(w.probe(call, mcp, Some("wipe")), Verdict::Deny, "an unconditional Deny hides the tool");
+    assert_eq!(w.probe(call, mcp, Some("delete_all")), Verdict::Deny, "no rule names it");
+    // Probes never use up the rate limit: the one call an hour is still there after many.
+    for _ in 0..5 {
+        assert_eq!(w.probe(call, mcp, Some("search_contacts")), Verdict::Allow);
+    }
+    assert_eq!(w.ask("bot", call, mcp, Some("search_contacts"), json!({})).verdict, Verdict::Allow);
+    assert_eq!(
+        w.ask("bot", call, mcp, Some("search_contacts"), json!({})).verdict,
+        Verdict::Deny,
+        "now used"
+    );
 }
 
 #[test]
@@ -380,7 +429,8 @@ fn agent_state_and_revocations_deny_before_any_rule() {
     );
     // The token's UID must be the agent's current UID, and its subject must name it.
     let ctx = Map::new();
-    let req = Request { action: "read", resource: "x", tool: None, context: &ctx, delegation: None };
+    let req =
+        Request { action: "read", resource: "x", tool: None, context: &ctx, delegation: None, probe: false };
     let subject = |uid, name| Subject {
         uid,
         namespace: "ns",

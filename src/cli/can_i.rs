@@ -342,6 +342,7 @@ pub async fn run(args: CanIArgs) -> Result<Outcome, CanIError> {
         tool: args.tool.as_deref(),
         context: &context,
         delegation: None,
+        probe: false,
     };
     let answer =
         answer(&snapshot, &namespace, &args.agent, &request, args.at.unwrap_or_else(Timestamp::now))?;

@@ -57,7 +57,7 @@ fn ask_at(
 ) -> Answer {
     let pairs: Vec<(String, Value)> = context.iter().map(|p| parse_context_pair(p).unwrap()).collect();
     let context = context_map(&pairs);
-    let request = Request { action, resource, tool, context: &context, delegation: None };
+    let request = Request { action, resource, tool, context: &context, delegation: None, probe: false };
     answer(snapshot, "ns", "bot", &request, at.parse().unwrap()).unwrap()
 }
 
@@ -286,7 +286,14 @@ fn agent_state_denies_before_rules() {
 #[test]
 fn a_missing_agent_is_an_error_naming_it() {
     let context = Map::new();
-    let request = Request { action: "read", resource: "x", tool: None, context: &context, delegation: None };
+    let request = Request {
+        action: "read",
+        resource: "x",
+        tool: None,
+        context: &context,
+        delegation: None,
+        probe: false,
+    };
     let e = answer(&crm(), "ns", "ghost", &request, AT.parse().unwrap()).unwrap_err();
     assert!(matches!(e, CanIError::AgentNotFound { .. }));
     assert_eq!(e.to_string(), "agent ns/ghost not found");
@@ -330,8 +337,14 @@ fn resources_follow_the_operators_grammar() {
     // A dot segment once matched crm:contacts/* here and printed "yes"; the operator refuses it.
     let context = Map::new();
     for bad in ["crm:contacts/..", "crm:contacts/%2e%2e", "crm:contacts\\..", "crm:contacts//x"] {
-        let request =
-            Request { action: "read", resource: bad, tool: None, context: &context, delegation: None };
+        let request = Request {
+            action: "read",
+            resource: bad,
+            tool: None,
+            context: &context,
+            delegation: None,
+            probe: false,
+        };
         let e = answer(&s, "ns", "bot", &request, AT.parse().unwrap()).unwrap_err();
         assert!(matches!(e, CanIError::Resource { .. }), "{bad:?}: {e}");
         assert!(e.to_string().starts_with(&format!("resource {bad:?} ")), "{e}");

@@ -6,8 +6,10 @@
 //!
 //! - [`routes`]: what the routes configuration may say, and how a call maps to a decision (pure).
 //! - [`headers`]: what is forwarded each way (pure).
+//! - [`tools_list`]: an MCP `tools/list` answer cut down to the tools the agent may call (pure).
 //! - [`proxy`]: the handler, the upstream client, the credential cache and the call records (I/O).
 
 pub mod headers;
 pub mod proxy;
 pub mod routes;
+pub mod tools_list;

@@ -468,7 +468,9 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     if decision.decision != Verdict::Allow {
         return denied(&gw, route, call, started, &decision, id.as_ref());
     }
-    forward(&gw, route, rest, &parts, body, call, started, &decision).await
+    // A tools/list answer is filtered to the tools this agent may call, judged like the calls would be.
+    let list = (route.protocol == Protocol::Mcp && req.action == "tools.list").then_some(&req);
+    forward(&gw, route, rest, &parts, body, call, started, &decision, list).await
 }
 
 /// The answer to a call the decision did not allow: 401 when the token proved nobody, else 403 (a
@@ -519,20 +521,13 @@ async fn forward(
     call: Call,
     started: Instant,
     decision: &AuthorizeResponse,
+    list: Option<&AuthorizeRequest>,
 ) -> Response {
     match send(gw, route, rest, parts, body, decision, started).await {
-        Ok(upstream) => {
-            let (up, upstream_body) = upstream.into_parts();
-            let mut response = Response::new(Body::new(Counted {
-                inner: upstream_body,
-                bytes: 0,
-                finish: Some(Finish { audit: gw.audit.clone(), call, status: up.status.as_u16(), started }),
-            }));
-            *response.status_mut() = up.status;
-            *response.headers_mut() = headers::agent_response(&up.headers);
-            crate::metrics::global().gateway_call(&route.name, "forwarded", started.elapsed().as_secs_f64());
-            response
-        }
+        Ok(upstream) => match list.filter(|_| upstream.status().is_success()) {
+            Some(asked) => filtered_list(gw, route, call, started, upstream, asked).await,
+            None => streamed(gw, route, call, started, upstream),
+        },
         Err(e) => {
             let status = match e {
                 ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -543,6 +538,75 @@ async fn forward(
             refuse_plain(gw, call, started, status, &m)
         }
     }
+}
+
+/// The upstream's answer streamed to the agent as it comes; the call is recorded when it ends.
+fn streamed(
+    gw: &Gateway,
+    route: &Route,
+    call: Call,
+    started: Instant,
+    upstream: hyper::Response<Incoming>,
+) -> Response {
+    let (up, upstream_body) = upstream.into_parts();
+    let mut response = Response::new(Body::new(Counted {
+        inner: upstream_body,
+        bytes: 0,
+        finish: Some(Finish { audit: gw.audit.clone(), call, status: up.status.as_u16(), started }),
+    }));
+    *response.status_mut() = up.status;
+    *response.headers_mut() = headers::agent_response(&up.headers);
+    crate::metrics::global().gateway_call(&route.name, "forwarded", started.elapsed().as_secs_f64());
+    response
+}
+
+/// The largest tools/list answer the gateway filters (it must hold it whole to do so).
+const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Forwards a tools/list answer holding only the tools the agent may call: for each, the decision path
+/// is asked (as a probe: nothing recorded, held or charged) whether `tools.call` of it could be allowed
+/// with some arguments. An answer that cannot be read whole is refused (502), never passed unfiltered.
+async fn filtered_list(
+    gw: &Gateway,
+    route: &Route,
+    call: Call,
+    started: Instant,
+    upstream: hyper::Response<Incoming>,
+    asked: &AuthorizeRequest,
+) -> Response {
+    let (up, body) = upstream.into_parts();
+    let bytes = match Limited::new(body, MAX_LIST_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let m = format!("the tools/list answer could not be read whole (at most {MAX_LIST_BYTES} bytes)");
+            return refuse_plain(gw, call, started, StatusCode::BAD_GATEWAY, &m);
+        }
+    };
+    let content_type = up.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let mut may_call = |tool: &str| {
+        let probe = AuthorizeRequest {
+            action: "tools.call".to_owned(),
+            tool: Some(tool.to_owned()),
+            context: None,
+            wait_seconds: None,
+            ..asked.clone()
+        };
+        gw.authorizer.probe(&probe)
+    };
+    let filtered = match super::tools_list::filter(&bytes, content_type, &mut may_call) {
+        Ok(f) => f,
+        Err(e) => return refuse_plain(gw, call, started, StatusCode::BAD_GATEWAY, &e.to_string()),
+    };
+    let length = filtered.body.len() as u64;
+    let mut response = Response::new(Body::from(filtered.body));
+    *response.status_mut() = up.status;
+    *response.headers_mut() = headers::agent_response(&up.headers);
+    crate::metrics::global().gateway_call(&route.name, "forwarded", started.elapsed().as_secs_f64());
+    let note = format!("forwarded; {} tool(s) the agent may not call left out of the list", filtered.removed);
+    let entry =
+        call.entry(up.status.as_u16(), Some(up.status.as_u16()), length, started.elapsed(), true, &note);
+    record(&gw.audit, entry.with_detail("toolsRemoved", filtered.removed.to_string()));
+    response
 }
 
 #[allow(clippy::too_many_arguments)]

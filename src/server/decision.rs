@@ -84,6 +84,10 @@ pub struct AuthorizeRequest {
     /// allowed only with its own certificate's thumbprint here.
     #[serde(default, rename = "certificateThumbprint", skip_serializing_if = "Option::is_none")]
     pub certificate_thumbprint: Option<String>,
+    /// In-process only (never read from a request body): ask whether some request context could be
+    /// allowed, without recording, holding or charging anything ([`Authorizer::probe`]).
+    #[serde(skip)]
+    pub probe: bool,
 }
 
 /// The kinds of token the decision API accepts.
@@ -406,6 +410,22 @@ impl Authorizer {
         Ok(answer)
     }
 
+    /// Whether the agent `req.token` proves could be allowed `req` with some request context: the
+    /// decision path without its audit record, approval step, monitor or rate-limit charge, attribute
+    /// conditions it cannot judge counting as met by Allow rules and not by Deny rules (Allow and
+    /// RequireApproval both count). For cutting down what an agent is shown (an MCP `tools/list`); it never
+    /// allows anything.
+    pub fn probe(&self, req: &AuthorizeRequest) -> bool {
+        let Ok(canonical) = validate(req, Source::InProcess) else { return false };
+        let mut req = canonical.into_owned();
+        req.probe = true;
+        let empty = Map::new();
+        let now = Timestamp::now();
+        let clock = Clock { now: self.fixed_time.unwrap_or(now), instant: Instant::now() };
+        let (decision, _) = self.decide(&req, req.context.as_ref().unwrap_or(&empty), now, clock);
+        matches!(decision.verdict, Verdict::Allow | Verdict::RequireApproval)
+    }
+
     /// Shows every decision about an agent's policies to `monitor` from now on.
     pub fn set_monitor(&self, monitor: Arc<crate::monitor::Monitor>) {
         self.set_trust_penalties(monitor.penalties());
@@ -474,6 +494,7 @@ impl Authorizer {
             tool: req.tool.as_deref(),
             context,
             delegation: None,
+            probe: req.probe,
         };
         let lifetime = svid
             .issued_at
@@ -600,6 +621,7 @@ impl Authorizer {
             tool: req.tool.as_deref(),
             context,
             delegation: None,
+            probe: req.probe,
         };
         let record = self.record_of(&v.agent_uid, now);
         let acting = Acting { uid: &v.agent_uid, namespace: &who.namespace, name: &who.name };
@@ -692,6 +714,7 @@ impl Authorizer {
             tool: req.tool.as_deref(),
             context,
             delegation: Some(&delegated),
+            probe: req.probe,
         };
         let record = self.record_of(&v.agent_uid, now);
         let acting = Acting { uid: &v.agent_uid, namespace: &who.namespace, name: &who.name };

@@ -403,7 +403,7 @@ server.run("streamable-http", host=host, port=port,
 "#;
 
 /// An MCP client on the official Python SDK, through the gateway with the agent's token: initialize,
-/// list the tools, call one in bounds, out of bounds and one no rule names; print `{"ready": true}`, wait
+/// list the tools (the gateway filters the answer), call one in bounds, out of bounds and one no rule names; print `{"ready": true}`, wait
 /// for a line on stdin, call the allowed one again; print everything as one JSON line.
 const MCP_CLIENT: &str = r#"
 import asyncio, json, ssl, sys
@@ -536,8 +536,8 @@ async fn the_mcp_python_sdk_works_through_the_gateway_with_each_call_decided_and
     let status = client.0.wait().unwrap();
     assert!(status.success(), "the MCP client failed: {out}");
 
-    // Not filtered yet (docs/gateway.md): both tools are listed; calling the unlisted one is denied.
-    assert_eq!(out["tools"], json!(["delete_all", "search_contacts"]), "{out}");
+    // The list holds only what the agent may call (delete_all is left out); calling it anyway is denied.
+    assert_eq!(out["tools"], json!(["search_contacts"]), "{out}");
     assert_eq!(out["allowed"], json!({"text": ["found 5 contacts for acme"], "isError": false}), "{out}");
     for (key, why) in
         [("over_limit", "an argument over the rule's bound"), ("unlisted", "a tool no rule names")]
@@ -565,6 +565,11 @@ async fn the_mcp_python_sdk_works_through_the_gateway_with_each_call_decided_and
         .filter_map(|r| r["details"]["argumentsSHA256"].as_str())
         .collect();
     assert_eq!(digests.len(), 2, "two argument sets, two digests: {digests:?}");
+    let list = recs
+        .iter()
+        .find(|r| r["action"] == "gateway.call" && r["details"]["toolsRemoved"].is_string())
+        .expect("the tools/list call's record");
+    assert_eq!(list["details"]["toolsRemoved"], "1", "{list}");
 }
 
 /// nginx's configuration, as docs/authorization.md gives it: `auth_request` on every request asks the
