@@ -16,6 +16,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Headers some frameworks read as the request's method: the decision judged the method that was sent.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
 /// Whether `name` is dropped from what goes either way: hop-by-hop, or named in a `Connection` header.
 fn hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
     HOP_BY_HOP.contains(name)
@@ -37,8 +40,8 @@ fn connection_names(headers: &HeaderMap) -> Vec<String> {
 
 /// The agent's request headers as the upstream gets them: without `Authorization` (the agent's token
 /// never leaves the gateway: no passthrough), without `Host` (the client sets the upstream's), without
-/// hop-by-hop headers and without any `x-agentiam-*` header (the gateway's own, which an upstream may
-/// trust because only the gateway sets them).
+/// hop-by-hop headers, without any `x-agentiam-*` header (the gateway's own, which an upstream may
+/// trust because only the gateway sets them) and without method overrides (`x-http-method-override`).
 pub fn upstream_request(headers: &HeaderMap) -> HeaderMap {
     let connection = connection_names(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
@@ -47,7 +50,8 @@ pub fn upstream_request(headers: &HeaderMap) -> HeaderMap {
             || name == header::AUTHORIZATION
             || name == header::HOST
             || name == header::CONTENT_LENGTH
-            || name.as_str().starts_with("x-agentiam-");
+            || name.as_str().starts_with("x-agentiam-")
+            || METHOD_OVERRIDES.contains(&name.as_str());
         if !drop {
             out.append(name.clone(), value.clone());
         }
@@ -97,6 +101,8 @@ mod tests {
             ("accept", "application/json"),
             ("mcp-session-id", "s1"),
             ("x-request-id", "r1"),
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
         ]);
         let out = upstream_request(&sent);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();

@@ -7,9 +7,11 @@
 //! - [`routes`]: what the routes configuration may say, and how a call maps to a decision (pure).
 //! - [`headers`]: what is forwarded each way (pure).
 //! - [`tools_list`]: an MCP `tools/list` answer cut down to the tools the agent may call (pure).
+//! - `hold`: an MCP call held for a human's answer behind a kept-alive event stream (I/O).
 //! - [`proxy`]: the handler, the upstream client, the credential cache and the call records (I/O).
 
 pub mod headers;
+mod hold;
 pub mod proxy;
 pub mod routes;
 pub mod tools_list;

@@ -235,13 +235,13 @@ async fn resource_metadata(
 }
 
 /// A refusal before any decision: JSON `{"error": ...}`.
-fn refusal(status: StatusCode, message: &str) -> Response {
+pub(super) fn refusal(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
 /// What one call was, for its audit record.
 #[derive(Debug, Clone, Default)]
-struct Call {
+pub(super) struct Call {
     route: String,
     method: String,
     tool: Option<String>,
@@ -371,6 +371,21 @@ fn rpc_error(id: &Value, message: &str, data: Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// On an MCP route, a body with a `method` that does not say `"jsonrpc": "2.0"`: a lenient server could
+/// take it as a call the mapping (which reads only JSON-RPC 2.0) never judged.
+fn not_json_rpc_2(body: &[u8]) -> Option<&'static str> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let objects: Vec<&serde_json::Map<String, Value>> = match &v {
+        Value::Object(o) => vec![o],
+        Value::Array(items) => items.iter().filter_map(Value::as_object).collect(),
+        _ => return None,
+    };
+    objects
+        .iter()
+        .any(|o| o.contains_key("method") && o.get("jsonrpc").and_then(Value::as_str) != Some("2.0"))
+        .then_some("an MCP route takes JSON-RPC 2.0: a request with a method must say \"jsonrpc\": \"2.0\"")
+}
+
 /// The JSON-RPC `id` of a request body (None for a notification or a body that is not one).
 fn rpc_id(body: &[u8]) -> Option<Value> {
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -443,6 +458,9 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     };
     let mut id = None;
     if route.protocol == Protocol::Mcp && parts.method == Method::POST {
+        if let Some(why) = not_json_rpc_2(&body) {
+            return refuse_plain(&gw, call, started, StatusCode::BAD_REQUEST, why);
+        }
         match mcp::map_body(&body) {
             Mapping::NotJsonRpc => {}
             Mapping::Refused(why) => {
@@ -458,19 +476,61 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
             }
         }
     }
+    // An MCP request whose client takes an event stream can wait for a human's answer longer than the
+    // listener would let a plain answer wait: once it takes a while, the gateway answers with an event
+    // stream, keeps it alive, and sends the call's answer as its event (hold.rs).
+    if route.protocol == Protocol::Mcp && id.is_some() && super::hold::accepts_events(&parts.headers) {
+        req.wait_seconds = Some(u32::try_from(route.approval_wait.as_secs()).unwrap_or(0));
+        req.kept_alive = true;
+        let held = super::hold::Held {
+            route: route.clone(),
+            rest: rest.to_owned(),
+            parts,
+            body,
+            call,
+            started,
+            req,
+            id,
+        };
+        return super::hold::answer(Arc::clone(&gw), held).await;
+    }
+    decide_and_forward(&gw, route, rest, &parts, body, call, started, req, id.as_ref(), false).await
+}
+
+/// Decides the call and, on Allow, forwards it. With `kept_alive` the caller keeps the agent's connection
+/// alive itself (an event stream), so the upstream gets the route's whole timeout however long the
+/// decision waited.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn decide_and_forward(
+    gw: &Gateway,
+    route: &Route,
+    rest: &str,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    mut call: Call,
+    started: Instant,
+    req: AuthorizeRequest,
+    id: Option<&Value>,
+    kept_alive: bool,
+) -> Response {
     let decision = match gw.authorizer.authorize(&req, Source::Gateway).await {
         Ok(d) => d,
         Err(BadRequest(m)) => {
-            return refuse_plain(&gw, call, started, StatusCode::BAD_REQUEST, &m);
+            return refuse_plain(gw, call, started, StatusCode::BAD_REQUEST, &m);
         }
     };
     call.decision = Some(decision.clone());
     if decision.decision != Verdict::Allow {
-        return denied(&gw, route, call, started, &decision, id.as_ref());
+        return denied(gw, route, call, started, &decision, id);
     }
+    let timeout = if kept_alive {
+        route.timeout
+    } else {
+        route.timeout.min(gw.budget.saturating_sub(started.elapsed()))
+    };
     // A tools/list answer is filtered to the tools this agent may call, judged like the calls would be.
     let list = (route.protocol == Protocol::Mcp && req.action == "tools.list").then_some(&req);
-    forward(&gw, route, rest, &parts, body, call, started, &decision, list).await
+    forward(gw, route, rest, parts, body, call, started, &decision, list, timeout).await
 }
 
 /// The answer to a call the decision did not allow: 401 when the token proved nobody, else 403 (a
@@ -522,8 +582,9 @@ async fn forward(
     started: Instant,
     decision: &AuthorizeResponse,
     list: Option<&AuthorizeRequest>,
+    timeout: Duration,
 ) -> Response {
-    match send(gw, route, rest, parts, body, decision, started).await {
+    match send(gw, route, rest, parts, body, decision, timeout).await {
         Ok(upstream) => match list.filter(|_| upstream.status().is_success()) {
             Some(asked) => filtered_list(gw, route, call, started, upstream, asked).await,
             None => streamed(gw, route, call, started, upstream),
@@ -617,7 +678,7 @@ async fn send(
     parts: &axum::http::request::Parts,
     body: Bytes,
     decision: &AuthorizeResponse,
-    started: Instant,
+    timeout: Duration,
 ) -> Result<hyper::Response<Incoming>, ForwardError> {
     let uri = route.upstream_uri(rest, parts.uri.query()).map_err(|e| ForwardError::Url(e.to_string()))?;
     let mut out = headers::upstream_request(&parts.headers);
@@ -637,9 +698,6 @@ async fn send(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = out;
-    // The answer must start before the listener's request timeout would cut the call off.
-    let left = gw.budget.saturating_sub(started.elapsed());
-    let timeout = route.timeout.min(left);
     match tokio::time::timeout(timeout, gw.client.request(request)).await {
         Err(_) => Err(ForwardError::Timeout(timeout)),
         Ok(Err(e)) => Err(ForwardError::Connect(error_chain(&e))),

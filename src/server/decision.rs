@@ -88,6 +88,11 @@ pub struct AuthorizeRequest {
     /// allowed, without recording, holding or charging anything ([`Authorizer::probe`]).
     #[serde(skip)]
     pub probe: bool,
+    /// In-process only: the caller keeps the client's connection alive itself while a RequireApproval
+    /// decision waits (the gateway's event stream), so the wait is bounded by `wait_seconds` (at most 60 s)
+    /// alone, not by the listener's request timeout.
+    #[serde(skip)]
+    pub kept_alive: bool,
 }
 
 /// The kinds of token the decision API accepts.
@@ -320,7 +325,8 @@ impl Authorizer {
         let context = req.context.as_ref().unwrap_or(&empty);
         let approvals = self.approvals.get();
         let wait = approvals.map_or(Duration::ZERO, |a| {
-            Duration::from_secs(req.wait_seconds.unwrap_or(0).into()).min(a.max_wait())
+            let cap = if req.kept_alive { MAX_WAIT } else { a.max_wait() };
+            Duration::from_secs(req.wait_seconds.unwrap_or(0).into()).min(cap)
         });
         let deadline = tokio::time::Instant::now() + wait;
         let mut waited_on: Option<String> = None;

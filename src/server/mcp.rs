@@ -39,6 +39,13 @@ pub fn map_body(body: &[u8]) -> Mapping {
         Value::Object(o) if is_json_rpc_object(&o) => o,
         _ => return Mapping::NotJsonRpc,
     };
+    // A key sent twice is read as its last copy here, and as its first by some servers: the tool decided
+    // would not be the tool called.
+    if has_duplicate_keys(body) {
+        return Mapping::Refused(
+            "the JSON-RPC request has a key twice; readers disagree on which one counts",
+        );
+    }
     let Some(method) = object.get("method").and_then(Value::as_str) else {
         return Mapping::Refused("JSON-RPC method is not a string");
     };
@@ -68,6 +75,61 @@ pub fn map_body(body: &[u8]) -> Mapping {
         Some(_) => return Mapping::Refused("tools/call params.arguments is not an object"),
     };
     Mapping::Call { action, tool: Some(tool.to_owned()), arguments }
+}
+
+/// Whether any object in the JSON `body` has a key twice.
+pub fn has_duplicate_keys(body: &[u8]) -> bool {
+    use serde::de::DeserializeSeed as _;
+    NoDuplicates.deserialize(&mut serde_json::Deserializer::from_slice(body)).is_err()
+}
+
+/// Walks a JSON document and fails at the first object with a key twice (or on anything not JSON).
+struct NoDuplicates;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicates {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicates {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicates)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("a key twice"));
+            }
+            map.next_value_seed(NoDuplicates)?;
+        }
+        Ok(())
+    }
 }
 
 fn is_json_rpc(v: &Value) -> bool {
@@ -128,5 +190,13 @@ mod tests {
         ));
         assert!(refused(json!({"jsonrpc": "2.0", "method": 7})));
         assert!(refused(json!({"jsonrpc": "2.0", "method": "tools call"})));
+        // The same key twice: a server reading the first copy would call delete_all.
+        let twice = br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "delete_all", "name": "search_contacts"}}"#;
+        assert!(matches!(map_body(twice), Mapping::Refused(m) if m.contains("twice")));
+        let outer =
+            br#"{"jsonrpc": "2.0", "method": "tools/call", "method": "ping", "params": {"name": "a"}}"#;
+        assert!(matches!(map_body(outer), Mapping::Refused(_)));
+        assert!(!has_duplicate_keys(br#"{"a": {"b": 1}, "c": [{"b": 2}, {"b": 3}]}"#));
     }
 }

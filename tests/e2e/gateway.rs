@@ -154,15 +154,8 @@ async fn the_gateway_forwards_allowed_calls_with_the_upstream_key_and_refuses_th
     // Allowed: forwarded to the upstream's path, with the key and without the agent's token. A header
     // the agent sets in the gateway's name is replaced by the gateway's own.
     let (status, _, body) = wait_for("the gateway to allow the GET", WAIT, || async {
-        let r = call(
-            &op,
-            "GET",
-            "/tickets/queue/1?page=2",
-            Some(&token),
-            &[("X-Agentiam-Agent", "other/forged")],
-            "",
-        )
-        .await;
+        let forged = [("X-Agentiam-Agent", "other/forged"), ("X-HTTP-Method-Override", "DELETE")];
+        let r = call(&op, "GET", "/tickets/queue/1?page=2", Some(&token), &forged, "").await;
         (r.0 == 200).then_some(r)
     })
     .await;
@@ -173,6 +166,10 @@ async fn the_gateway_forwards_allowed_calls_with_the_upstream_key_and_refuses_th
     assert_eq!(echo["headers"]["x-api-key"], UPSTREAM_KEY, "the key, without the Secret's newline: {echo}");
     assert!(echo["headers"].get("authorization").is_none(), "the agent's token reached the upstream: {echo}");
     assert_eq!(echo["headers"]["x-agentiam-agent"], format!("{}/gw", ns.name), "{echo}");
+    assert!(
+        echo["headers"].get("x-http-method-override").is_none(),
+        "a method override reached the upstream: {echo}"
+    );
     assert!(echo["headers"]["x-agentiam-audit-id"].is_string(), "{echo}");
     let forwarded = seen.lock().unwrap().len();
 
@@ -230,6 +227,15 @@ async fn the_gateway_forwards_allowed_calls_with_the_upstream_key_and_refuses_th
         );
         assert_eq!(answer["error"]["data"]["decision"], "Deny", "{why}: {body}");
     }
+    // Parser differentials: a key twice (a server reading the first copy would call delete_all), and a
+    // call without "jsonrpc": "2.0" that a lenient server might still run.
+    let twice = r#"{"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "delete_all", "name": "search_contacts", "arguments": {"amount": 1}}}"#;
+    let (status, _, body) = call(&op, "POST", "/crm-mcp/mcp", Some(&token), &[], twice).await;
+    assert_eq!(status, 400, "a key twice: {body}");
+    let bare = r#"{"id": 7, "method": "tools/call", "params": {"name": "delete_all"}}"#;
+    let (status, _, body) = call(&op, "POST", "/crm-mcp/mcp", Some(&token), &[], bare).await;
+    assert_eq!(status, 400, "no jsonrpc member: {body}");
     let batch = format!("[{}]", tools_call("search_contacts", 5));
     let (status, _, body) = call(&op, "POST", "/crm-mcp/mcp", Some(&token), &[], &batch).await;
     assert_eq!(status, 400, "a JSON-RPC batch: {body}");
@@ -292,6 +298,47 @@ async fn the_gateway_forwards_allowed_calls_with_the_upstream_key_and_refuses_th
     assert!(!op.stderr().contains(UPSTREAM_KEY), "the upstream key is in the operator's log");
 }
 
+/// Refunds through the gateway need bob's approval: the policy, and bob's right to answer.
+async fn refunds_need_approval(env: &Env, ns: &TestNs) {
+    let refunds = json!({"name": "refunds", "effect": "Allow", "actions": ["tools.call"], "tools": ["refund"],
+        "conditions": {"approval": "required",
+            "approvers": {"users": ["bob@example.com"], "timeout": "5m", "validFor": "1m"}}});
+    apply_policy(ns, "payments", json!({"agents": {"names": ["payer"]}, "rules": [refunds]})).await;
+    grant(env, ns, "bob", &user("bob@example.com"), true, true);
+}
+
+/// A refund of 900 posted to route `pay` in a task of its own: its answer and how long it took.
+fn held_refund(
+    op: &Operator,
+    token: &str,
+    accept: Option<&'static str>,
+) -> tokio::task::JoinHandle<(crate::harness::HttpResponse, std::time::Duration)> {
+    let (op_addr, bearer) = (op.http_addr.clone(), format!("Bearer {token}"));
+    tokio::spawn(async move {
+        let mut headers = vec![("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+        if let Some(a) = accept {
+            headers.push(("Accept", a));
+        }
+        let started = Instant::now();
+        let body = tools_call("refund", 900);
+        let r = http_request(&op_addr, "POST", "/gateway/pay/mcp", &headers, body.as_bytes()).await;
+        (r, started.elapsed())
+    })
+}
+
+/// The name of the (first) ApprovalRequest in the namespace, once there is one.
+async fn approval_request(env: &Env, ns: &TestNs) -> String {
+    wait_for("the call's ApprovalRequest", WAIT, || async {
+        let out = env.kubectl(
+            &["get", "approvalrequests", "-n", &ns.name, "-o", "jsonpath={.items[0].metadata.name}"],
+            None,
+        );
+        let id = text(&out).trim().to_owned();
+        (out.status.success() && !id.is_empty()).then_some(id)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_call_that_needs_approval_is_held_until_a_human_approves_exactly_that_call() {
     let env = require_cluster!();
@@ -306,39 +353,11 @@ async fn a_call_that_needs_approval_is_held_until_a_human_approves_exactly_that_
     configure(&env, &ns, &routes).await;
     let op = Operator::start(&env, &ns.name, &[]);
     let token = active_agent(&ns, "payer").await;
-    let refunds = json!({"name": "refunds", "effect": "Allow", "actions": ["tools.call"], "tools": ["refund"],
-        "conditions": {"approval": "required",
-            "approvers": {"users": ["bob@example.com"], "timeout": "5m", "validFor": "1m"}}});
-    apply_policy(&ns, "payments", json!({"agents": {"names": ["payer"]}, "rules": [refunds]})).await;
-    grant(&env, &ns, "bob", &user("bob@example.com"), true, true);
+    refunds_need_approval(&env, &ns).await;
 
     // Held: the call waits while the decision path has an ApprovalRequest pending.
-    let held = {
-        let (op_addr, token) = (op.http_addr.clone(), token.clone());
-        tokio::spawn(async move {
-            let bearer = format!("Bearer {token}");
-            let headers = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
-            let started = Instant::now();
-            let r = http_request(
-                &op_addr,
-                "POST",
-                "/gateway/pay/mcp",
-                &headers,
-                tools_call("refund", 900).as_bytes(),
-            )
-            .await;
-            (r, started.elapsed())
-        })
-    };
-    let id = wait_for("the call's ApprovalRequest", WAIT, || async {
-        let out = env.kubectl(
-            &["get", "approvalrequests", "-n", &ns.name, "-o", "jsonpath={.items[0].metadata.name}"],
-            None,
-        );
-        let id = text(&out).trim().to_owned();
-        (out.status.success() && !id.is_empty()).then_some(id)
-    })
-    .await;
+    let held = held_refund(&op, &token, None);
+    let id = approval_request(&env, &ns).await;
     assert!(!held.is_finished(), "the call was not held");
     assert!(seen.lock().unwrap().is_empty(), "the held call reached the upstream before the approval");
     let out = answer_as(&env, &ns, &["--as=bob@example.com"], &id, "Approve");
@@ -727,4 +746,44 @@ async fn nginx_with_auth_request_lets_through_only_what_the_decision_api_allows(
         "nginx: a Revocation stopped the agent {} ms after its create returned",
         written.elapsed().as_millis()
     );
+}
+
+#[tokio::test]
+async fn an_mcp_call_held_past_the_listeners_timeout_is_kept_alive_and_answered_after_the_approval() {
+    let env = require_cluster!();
+    let ns = TestNs::new(&env, "gateway-keep").await;
+    let (upstream_addr, seen) = upstream(&env).await;
+    let routes = format!(
+        "routes:\n  - {{name: pay, upstream: 'http://{upstream_addr}', protocol: mcp, audience: crm, \
+         approvalWaitSeconds: 40}}\n"
+    );
+    configure(&env, &ns, &routes).await;
+    // A listener that lets a plain answer wait 6 s at most: the approval below comes later than that.
+    let op = Operator::start(&env, &ns.name, &["--listener-request-timeout=6s"]);
+    let token = active_agent(&ns, "payer").await;
+    refunds_need_approval(&env, &ns).await;
+
+    let held = held_refund(&op, &token, Some("application/json, text/event-stream"));
+    let id = approval_request(&env, &ns).await;
+    // Approved after the listener's timeout and after the first keep-alive (2 s + 10 s).
+    tokio::time::sleep(std::time::Duration::from_secs(13)).await;
+    assert!(!held.is_finished(), "the held call was answered before the approval");
+    let out = answer_as(&env, &ns, &["--as=bob@example.com"], &id, "Approve");
+    assert!(out.status.success(), "{}", text(&out));
+    let ((status, headers, body), took) = held.await.unwrap();
+    eprintln!(
+        "gateway: a call held behind a kept-alive event stream was answered after {} ms",
+        took.as_millis()
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(headers["content-type"].starts_with("text/event-stream"), "{headers:?}");
+    assert!(body.contains(": waiting for the call's answer"), "no keep-alive: {body}");
+    let data = body.lines().rev().find_map(|l| l.strip_prefix("data: ")).unwrap_or_default();
+    let answer = json_of(data);
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "did \"tools/call\"",
+        "the approved call's answer: {body}"
+    );
+    assert!(took > std::time::Duration::from_secs(6), "answered within the listener's timeout: {took:?}");
+    assert_eq!(seen.lock().unwrap().len(), 1, "the approved call reached the upstream once");
 }
