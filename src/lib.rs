@@ -23,3 +23,16 @@ pub mod server;
 pub mod supervisor;
 pub mod tls;
 pub mod webhook;
+
+/// An error and its causes on one line, `outer: cause: cause`: hyper's client errors alone say only
+/// "client error (Connect)". Used wherever a network error is logged or returned.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -710,7 +710,7 @@ impl Fetcher {
             .body(Empty::new())
             .map_err(|e| fail(e.to_string()))?;
         let fetch = async {
-            let response = self.client.request(request).await.map_err(|e| fail(error_chain(&e)))?;
+            let response = self.client.request(request).await.map_err(|e| fail(crate::error_chain(&e)))?;
             if response.status() != StatusCode::OK {
                 return Err(fail(format!("HTTP status {}", response.status())));
             }
@@ -721,17 +721,6 @@ impl Fetcher {
             .await
             .map_err(|_| fail(format!("no complete response within {}s", FETCH_TIMEOUT.as_secs())))?
     }
-}
-
-/// The error and its causes on one line: hyper's top-level "client error (Connect)" alone says nothing.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let _ = write!(message, ": {cause}");
-        source = cause.source();
-    }
-    message
 }
 
 fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore, TokenCliError> {

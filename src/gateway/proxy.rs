@@ -371,25 +371,21 @@ fn rpc_error(id: &Value, message: &str, data: Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-/// On an MCP route, a body with a `method` that does not say `"jsonrpc": "2.0"`: a lenient server could
-/// take it as a call the mapping (which reads only JSON-RPC 2.0) never judged.
-fn not_json_rpc_2(body: &[u8]) -> Option<&'static str> {
-    let v: Value = serde_json::from_slice(body).ok()?;
+/// What the gateway itself reads from an MCP route's body, in one parse: its JSON-RPC `id` (None for a
+/// notification or a body that is not one), and whether some object in it has a `method` without saying
+/// `"jsonrpc": "2.0"` (a lenient server could take it as a call the mapping, which reads only JSON-RPC
+/// 2.0, never judged).
+fn json_rpc_facts(body: &[u8]) -> (Option<Value>, bool) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return (None, false) };
     let objects: Vec<&serde_json::Map<String, Value>> = match &v {
         Value::Object(o) => vec![o],
         Value::Array(items) => items.iter().filter_map(Value::as_object).collect(),
-        _ => return None,
+        _ => return (None, false),
     };
-    objects
+    let not_2 = objects
         .iter()
-        .any(|o| o.contains_key("method") && o.get("jsonrpc").and_then(Value::as_str) != Some("2.0"))
-        .then_some("an MCP route takes JSON-RPC 2.0: a request with a method must say \"jsonrpc\": \"2.0\"")
-}
-
-/// The JSON-RPC `id` of a request body (None for a notification or a body that is not one).
-fn rpc_id(body: &[u8]) -> Option<Value> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    v.get("id").filter(|id| !id.is_null()).cloned()
+        .any(|o| o.contains_key("method") && o.get("jsonrpc").and_then(Value::as_str) != Some("2.0"));
+    (v.get("id").filter(|id| !id.is_null()).cloned(), not_2)
 }
 
 /// SHA-256 of the arguments as JSON (keys in order), hex: the record can prove which arguments were
@@ -458,7 +454,10 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     };
     let mut id = None;
     if route.protocol == Protocol::Mcp && parts.method == Method::POST {
-        if let Some(why) = not_json_rpc_2(&body) {
+        let (rpc_id, not_2) = json_rpc_facts(&body);
+        if not_2 {
+            let why =
+                "an MCP route takes JSON-RPC 2.0: a request with a method must say \"jsonrpc\": \"2.0\"";
             return refuse_plain(&gw, call, started, StatusCode::BAD_REQUEST, why);
         }
         match mcp::map_body(&body) {
@@ -472,7 +471,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
                 req.action = action;
                 req.tool = tool;
                 req.context = (!arguments.is_empty()).then_some(arguments);
-                id = rpc_id(&body);
+                id = rpc_id;
             }
         }
     }
@@ -700,21 +699,9 @@ async fn send(
     *request.headers_mut() = out;
     match tokio::time::timeout(timeout, gw.client.request(request)).await {
         Err(_) => Err(ForwardError::Timeout(timeout)),
-        Ok(Err(e)) => Err(ForwardError::Connect(error_chain(&e))),
+        Ok(Err(e)) => Err(ForwardError::Connect(crate::error_chain(&e))),
         Ok(Ok(r)) => Ok(r),
     }
-}
-
-/// An error and its causes, one line (hyper's client error alone says only "client error (Connect)").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// What the call record needs once the answer has been sent.

@@ -170,23 +170,12 @@ impl Notifier {
                         return Err(last);
                     }
                 }
-                Ok(Err(e)) => last = error_chain(&e),
+                Ok(Err(e)) => last = crate::error_chain(&e),
                 Err(_) => last = format!("no answer within {NOTIFY_TIMEOUT:?}"),
             }
         }
         Err(format!("{last} (after {NOTIFY_ATTEMPTS} attempts)"))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// The approval step of the decision path (see the module docs).
